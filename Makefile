@@ -1,0 +1,41 @@
+# chargpt: two commands.  `make train` sets up and runs the main job; `make test` sets up and runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+# Machines without internet find tiny Shakespeare in ../shared/data (see README: "Where the corpus comes from").
+SHARED_DATA := $(abspath ../shared/data)
+ifneq ($(wildcard $(SHARED_DATA)/tinyshakespeare/input.txt),)
+export CHARGPT_DATA ?= $(SHARED_DATA)
+endif
+# Tests and CI never talk to a wandb server.
+export WANDB_SILENT ?= true
+
+.PHONY: setup train test test-fast bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=23" "setuptools>=64" wheel
+	$(PY) -m pip install --quiet -c requirements.lock -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(VENV)/bin/chargpt prepare --dataset shakespeare --out data/shakespeare
+	$(VENV)/bin/chargpt train --data data/shakespeare
+	$(VENV)/bin/chargpt sample --ckpt runs/latest --max-new-tokens 500
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) runs data wandb .pytest_cache

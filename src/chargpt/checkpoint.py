@@ -1,0 +1,76 @@
+"""Checkpoints: everything needed to sample, evaluate or resume a run, in one file, written atomically and
+read without ever running code from it (`torch.load(..., weights_only=True)`)."""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .config import Config
+from .errors import CheckpointError, ConfigError
+from .fsutil import save_torch
+from .model import LanguageModel, build_model
+from .tokenizer import CharTokenizer
+
+CKPT_NAME = "ckpt.pt"
+FORMAT = "chargpt-checkpoint"
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or a run directory holding one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CKPT_NAME
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; pass --ckpt RUN_DIR or a .pt file written by `chargpt train`")
+    return path
+
+
+def save(path: str | os.PathLike, *, model: LanguageModel, optimizers, step: int, config: Config,
+         tokenizer: CharTokenizer, dataset_hash: str, rng: dict, extra: dict | None = None) -> None:
+    state = {
+        "format": FORMAT,
+        "version": 1,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizers": [opt.state_dict() for opt in optimizers],
+        "step": step,
+        "config": config.to_dict(),
+        "vocab": tokenizer.to_dict(),
+        "dataset_hash": dataset_hash,
+        "rng": rng,
+        "extra": extra or {},
+    }
+    save_torch(path, state)
+
+
+def load(path: str | os.PathLike) -> dict:
+    """Read a checkpoint's contents; never unpickles arbitrary objects."""
+    path = resolve(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported object"
+        raise CheckpointError(f"{path} holds objects chargpt will not unpickle (refused: {first[:160]}); "
+                              f"only load checkpoints written by chargpt") from None
+    except (zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is truncated or corrupt ({e.__class__.__name__}); "
+                              f"use an earlier checkpoint or retrain") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a chargpt checkpoint")
+    return state
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[LanguageModel, CharTokenizer, dict]:
+    """Rebuild the model and tokenizer from a checkpoint, ready for sampling or evaluation."""
+    state = load(path)
+    try:
+        config = Config.from_dict(state["config"])
+        tokenizer = CharTokenizer.from_dict(state["vocab"])
+        model = build_model(config.model)
+        model.load_state_dict(state["model"])
+    except (ConfigError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"{resolve(path)} does not match any chargpt model ({str(e).splitlines()[0][:200]})") from None
+    return model.to(device).eval(), tokenizer, state

@@ -1,0 +1,279 @@
+"""The `chargpt` command line: prepare | train | sample | eval | attention | runs.
+
+Library code raises `ChargptError`s; `main` turns each into one line on stderr and a non-zero exit.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import PRESETS, add_config_flags, apply_overrides, default_preset, format_config, get_preset
+from .errors import ChargptError, ConfigError
+
+DEFAULT_DATA = "data/shakespeare"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (and exit code 2), without the usage block."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+class UsageError(ChargptError):
+    pass
+
+
+def _defaults(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    return p
+
+
+# ------------------------------------------------------------------------------------------ prepare
+def cmd_prepare(args) -> int:
+    from .corpus import locate
+    from .data import prepare
+
+    if args.input is None and args.dataset is None:
+        args.dataset = "shakespeare"
+    source = locate(args.dataset or "", args.input)
+    name = args.dataset if args.input is None else Path(args.input).stem
+    out = args.out or f"data/{name}"
+    result = prepare(source, out, val_fraction=args.val_fraction, name=name, dtype=args.dtype)
+    m = result.meta
+    if result.changed:
+        print(f"prepared {out}: {m['total_chars']:,} characters, vocabulary {m['vocab_size']}, "
+              f"train {m['train_tokens']:,} / val {m['val_tokens']:,} tokens ({m['dtype']}) from {source}")
+    else:
+        print(f"{out} is already prepared from this input (sha256 {m['source_sha256'][:12]}...): nothing changed")
+    if args.wandb:
+        from .tracking import log_dataset
+
+        log_dataset(Path(out), m, mode=args.wandb_mode, project=args.wandb_project,
+                    entity=args.wandb_entity, artifact_name=args.artifact_name)
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- train
+def cmd_train(args) -> int:
+    from . import checkpoint
+    from .config import Config
+    from .data import load_dataset
+    from .device import resolve_device
+    from .rundir import RunDir, default_name
+    from .train import train
+
+    if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from .launch import relaunch_with_torchrun
+
+        return relaunch_with_torchrun(args.nproc, sys.argv[1:])
+    resume_state = None
+    if args.resume:
+        run = RunDir.open(args.resume)
+        resume_state = checkpoint.load(run.ckpt)
+        config = Config.from_dict(resume_state["config"])
+        preset = resume_state["extra"].get("preset")
+        data_dir = args.data or resume_state["extra"].get("data_dir") or DEFAULT_DATA
+    else:
+        device = resolve_device(args.device or "auto")
+        preset = args.preset or default_preset(device.type)
+        if args.preset is None:
+            print(f"no --preset given: using '{preset}' for {device.type}")
+        config = get_preset(preset)
+        data_dir = args.data or DEFAULT_DATA
+    apply_overrides(config, args)
+    data = load_dataset(data_dir)
+    config.model.vocab_size = data.tokenizer.vocab_size
+    config.validate()
+    if resume_state is not None:
+        if resume_state["dataset_hash"] != data.content_hash:
+            raise ConfigError(f"{data_dir} is not the dataset {args.resume} was trained on; "
+                              f"pass --data with the original dataset directory")
+    else:
+        run_name = args.name or default_name(config.model.model, preset)
+        run = RunDir.create(args.out_dir, run_name) if _is_main_process() else None
+    if run is not None:
+        run.write_config(config.to_dict() | {"preset": preset, "data_dir": str(data_dir)})
+    if _is_main_process():
+        print(f"{'resuming' if resume_state else 'training'} run {run.path if run else ''} with preset '{preset}':")
+        print(format_config(config))
+    tracker = None
+    if args.wandb and _is_main_process():
+        from .tracking import WandbTracker
+
+        tracker = WandbTracker.start(config, run, data, mode=args.wandb_mode, project=args.wandb_project,
+                                     entity=args.wandb_entity, name=args.wandb_name, preset=preset,
+                                     dataset_artifact=args.dataset_artifact)
+    summary = train(config, data, run, preset=preset, resume_state=resume_state, tracker=tracker,
+                    data_dir=str(data_dir))
+    if summary.get("sample"):
+        print("--- sample ---")
+        print(summary["sample"])
+    return 0
+
+
+def _is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+# ------------------------------------------------------------------------------------------- sample
+def cmd_sample(args) -> int:
+    import torch
+
+    from .checkpoint import load_model
+    from .device import resolve_device
+    from .engine import Engine
+
+    if args.max_new_tokens < 0:
+        raise ConfigError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if args.num_samples < 1:
+        raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.temperature < 0:
+        raise ConfigError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise ConfigError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise ConfigError(f"--top-p must be in (0, 1], got {args.top_p}")
+    device = resolve_device(args.device)
+    model, tok, _ = load_model(args.ckpt, device)
+    prompt = args.prompt if args.prompt else ("\n" if "\n" in tok.stoi else tok.chars[0])
+    ids = tok.encode(prompt)
+    idx = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=device)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    kw = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=gen)
+    out = sys.stdout
+    if args.num_samples == 1:
+        out.write(args.prompt)
+        for col in Engine(model).stream(idx, args.max_new_tokens, **kw):
+            out.write(tok.decode(col[0].tolist()))
+            out.flush()
+        out.write("\n")
+    else:
+        result = Engine(model).generate(idx, args.max_new_tokens, **kw)
+        for i in range(args.num_samples):
+            out.write(f"--- sample {i + 1} ---\n{args.prompt}{tok.decode(result[i, len(ids):].tolist())}\n")
+    out.flush()
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- eval
+def cmd_eval(args) -> int:
+    import time
+
+    from .checkpoint import load_model
+    from .data import load_dataset
+    from .device import autocast_for, resolve_device
+    from .evaluate import bits_per_char, full_pass_loss
+
+    device = resolve_device(args.device)
+    model, tok, state = load_model(args.ckpt, device)
+    data_dir = args.data or state["extra"].get("data_dir") or DEFAULT_DATA
+    data = load_dataset(data_dir)
+    if data.tokenizer != tok:
+        raise ConfigError(f"{data_dir} has a different vocabulary than the checkpoint; pass --data with the "
+                          f"dataset the model was trained on")
+    t0 = time.perf_counter()
+    loss = full_pass_loss(model, data.split(args.split), model.config.block_size, device,
+                          autocast=autocast_for(device))
+    seconds = time.perf_counter() - t0
+    result = {"split": args.split, "loss": loss, "bpc": bits_per_char(loss), "tokens": len(data.split(args.split)) - 1,
+              "seconds": round(seconds, 3), "ckpt": str(args.ckpt), "step": state["step"]}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{args.split} loss {loss:.4f} nats/char, {result['bpc']:.4f} bits/char "
+              f"({result['tokens']:,} tokens, {seconds:.2f} s)")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- parser
+def _add_wandb_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Weights & Biases")
+    g.add_argument("--wandb", action="store_true", help="track this in Weights & Biases")
+    g.add_argument("--wandb-mode", choices=["auto", "online", "offline", "disabled"], default="auto",
+                   help="auto: online when logged in, else offline")
+    g.add_argument("--wandb-project", default="chargpt", help="wandb project")
+    g.add_argument("--wandb-entity", default=None, help="wandb entity (team or user)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="chargpt", description="Train, track and sample small character-level GPTs.")
+    parser.add_argument("--version", action="version", version=f"chargpt {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+
+    p = _defaults(sub.add_parser("prepare", help="encode a corpus into a dataset directory"))
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--input", help="UTF-8 text file to prepare")
+    src.add_argument("--dataset", choices=["shakespeare"], help="a named corpus (found locally or downloaded)")
+    p.add_argument("--out", help="dataset directory (default: data/<name>)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="last fraction of the text kept for validation")
+    p.add_argument("--dtype", default="auto", help="token dtype: auto (smallest that fits), uint8, int16, int32, "
+                                                   "int64 (what the notebook's torch.tensor(..., dtype=torch.long) gives)")
+    _add_wandb_flags(p)
+    p.add_argument("--artifact-name", default=None, help="dataset artifact name (default: mini-shakespeare-tensors "
+                                                         "for tiny Shakespeare, else <name>-tensors)")
+    p.set_defaults(func=cmd_prepare)
+
+    p = _defaults(sub.add_parser("train", help="train a model"))
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="named configuration (default: lecture on CUDA, cpu elsewhere)")
+    p.add_argument("--data", default=None, help=f"dataset directory from `chargpt prepare` (default: {DEFAULT_DATA})")
+    p.add_argument("--out-dir", default="runs", help="where run directories are created")
+    p.add_argument("--name", default=None, help="run name (default: train-<model>-<preset>-<time>)")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its checkpoint")
+    p.add_argument("--nproc", type=int, default=0, help="processes on this machine (launches torchrun)")
+    _add_wandb_flags(p)
+    p.add_argument("--wandb-name", default=None, help="wandb run name (default: train-<model>-<preset>)")
+    p.add_argument("--dataset-artifact", default=None, metavar="ENTITY/PROJECT/NAME:ALIAS",
+                   help="take the dataset from this wandb artifact (online)")
+    add_config_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    p = _defaults(sub.add_parser("sample", help="generate text from a checkpoint"))
+    p.add_argument("--ckpt", default="runs/latest", help="checkpoint file or run directory")
+    p.add_argument("--prompt", default="", help="text to continue (default: a newline)")
+    p.add_argument("--max-new-tokens", type=int, default=500, help="characters to generate")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely characters")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold")
+    p.add_argument("--seed", type=int, default=1337, help="random seed")
+    p.add_argument("--num-samples", type=int, default=1, help="samples generated together as one batch")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.set_defaults(func=cmd_sample)
+
+    p = _defaults(sub.add_parser("eval", help="exact full-pass loss of a checkpoint"))
+    p.add_argument("--ckpt", default="runs/latest", help="checkpoint file or run directory")
+    p.add_argument("--data", default=None, help="dataset directory (default: the one the run trained on)")
+    p.add_argument("--split", choices=["val", "train"], default="val", help="which split to score")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ChargptError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", 1)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

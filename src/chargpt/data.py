@@ -1,0 +1,215 @@
+"""Dataset directories: encode a corpus into train/val tensors (the notebook's 90/10 split) and read them back.
+
+A dataset directory holds `train.pt` and `val.pt` (1-D integer tensors, readable with
+`torch.load(path, weights_only=True)` as in the notebook) and `meta.json` (vocabulary, sizes, split
+fraction, source sha256). Preparation streams the input in chunks, so memory stays bounded.
+"""
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DataError
+from .fsutil import atomic_path, write_json
+from .tokenizer import CharTokenizer
+
+FORMAT = "chargpt-dataset"
+FORMAT_VERSION = 1
+CHUNK = 1 << 24  # 16 MiB of input per step
+DTYPES = {"uint8": torch.uint8, "int16": torch.int16, "int32": torch.int32, "int64": torch.int64}
+
+
+def smallest_dtype(vocab_size: int) -> str:
+    if vocab_size <= 256:
+        return "uint8"
+    if vocab_size <= 32767:
+        return "int16"
+    return "int32"
+
+
+def _read_chunks(path: Path):
+    """Yield (raw bytes, text-as-uint32-code-points or uint8-ASCII array) chunks of a UTF-8 file."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
+    offset = 0
+    with open(path, "rb") as f:
+        while True:
+            raw = f.read(CHUNK)
+            final = not raw
+            if raw and b"\x00" in raw:
+                at = offset + raw.index(b"\x00")
+                raise DataError(f"{path} looks binary (NUL byte at offset {at}); chargpt trains on UTF-8 text")
+            if raw.isascii() and not decoder.getstate()[0]:
+                yield raw, np.frombuffer(raw, dtype=np.uint8)
+            else:
+                try:
+                    text = decoder.decode(raw, final=final)
+                except UnicodeDecodeError as e:
+                    raise DataError(
+                        f"{path} is not valid UTF-8 (byte offset {offset + e.start}); convert it, e.g. "
+                        f"`iconv -f latin1 -t utf-8 {path} > fixed.txt`"
+                    ) from None
+                if text:
+                    yield raw, np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+            if final:
+                return
+            offset += len(raw)
+
+
+@dataclass
+class PrepareResult:
+    out_dir: Path
+    meta: dict
+    changed: bool
+
+
+def prepare(input_path: str | os.PathLike, out_dir: str | os.PathLike, val_fraction: float = 0.1,
+            name: str | None = None, dtype: str = "auto") -> PrepareResult:
+    """Encode `input_path` into `out_dir`; a second call with the same input and options changes nothing."""
+    input_path, out_dir = Path(input_path), Path(out_dir)
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"--val-fraction must be strictly between 0 and 1, got {val_fraction}")
+    if dtype != "auto" and dtype not in DTYPES:
+        raise DataError(f"--dtype must be auto or one of {', '.join(DTYPES)}, got {dtype!r}")
+    if not input_path.is_file():
+        raise DataError(f"input file {input_path} does not exist; pass --input with a UTF-8 text file")
+
+    # Pass 1: count characters (vocabulary) and hash the source.
+    sha = hashlib.sha256()
+    counts = np.zeros(256, dtype=np.int64)
+    for raw, cps in _read_chunks(input_path):
+        sha.update(raw)
+        c = np.bincount(cps, minlength=len(counts))
+        if len(c) > len(counts):
+            c[: len(counts)] += counts
+            counts = c
+        else:
+            counts += c
+    total = int(counts.sum())
+    if total == 0:
+        raise DataError(f"{input_path} is empty; give a UTF-8 text file with at least a few hundred characters")
+    present = np.flatnonzero(counts)
+    tok = CharTokenizer("".join(map(chr, present)))
+    n_train = int((1.0 - val_fraction) * total)  # the notebook: n = int(0.9 * len(data))
+    if n_train < 2 or total - n_train < 2:
+        raise DataError(f"{input_path} has {total} characters: too few to split into train and val")
+    dtype = smallest_dtype(tok.vocab_size) if dtype == "auto" else dtype
+    meta = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "name": name or input_path.stem,
+        "source": str(input_path),
+        "source_sha256": sha.hexdigest(),
+        "source_bytes": input_path.stat().st_size,
+        "total_chars": total,
+        "vocab_size": tok.vocab_size,
+        "vocab": tok.chars,
+        "val_fraction": val_fraction,
+        "train_tokens": n_train,
+        "val_tokens": total - n_train,
+        "dtype": dtype,
+    }
+    if _up_to_date(out_dir, meta):
+        return PrepareResult(out_dir, json.loads((out_dir / "meta.json").read_text()), changed=False)
+
+    # Pass 2: encode chunk by chunk into raw files, then wrap each as a torch tensor file.
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np_dtype = np.dtype(str(DTYPES[dtype]).replace("torch.", ""))
+    table = np.zeros(len(counts), dtype=np_dtype)
+    table[present] = np.arange(len(present), dtype=np_dtype)
+    with atomic_path(out_dir / ".train.raw") as train_raw, atomic_path(out_dir / ".val.raw") as val_raw:
+        with open(train_raw, "wb") as ft, open(val_raw, "wb") as fv:
+            written = 0
+            for _, cps in _read_chunks(input_path):
+                ids = table[cps]
+                cut = max(0, min(len(ids), n_train - written))
+                ft.write(ids[:cut].tobytes())
+                fv.write(ids[cut:].tobytes())
+                written += len(ids)
+        for split, raw, n in (("train", train_raw, n_train), ("val", val_raw, total - n_train)):
+            tensor = torch.from_file(str(raw), shared=False, size=n, dtype=DTYPES[dtype])
+            with atomic_path(out_dir / f"{split}.pt") as tmp:
+                torch.save(tensor, tmp)
+            del tensor
+            meta[f"{split}_sha256"] = _sha256(out_dir / f"{split}.pt")
+    write_json(out_dir / "meta.json", meta)
+    return PrepareResult(out_dir, meta, changed=True)
+
+
+def _sha256(path: Path) -> str:
+    from .corpus import sha256_file
+
+    return sha256_file(path)
+
+
+def _up_to_date(out_dir: Path, meta: dict) -> bool:
+    try:
+        old = json.loads((out_dir / "meta.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    same = all(old.get(k) == v for k, v in meta.items() if k not in ("source", "name"))
+    return same and all(
+        (out_dir / f"{s}.pt").is_file() and _sha256(out_dir / f"{s}.pt") == old.get(f"{s}_sha256")
+        for s in ("train", "val")
+    )
+
+
+@dataclass
+class Dataset:
+    """A prepared dataset: its tokenizer, its splits (memory-mapped), and its metadata."""
+
+    path: Path
+    meta: dict
+    tokenizer: CharTokenizer
+    train: torch.Tensor
+    val: torch.Tensor
+
+    @property
+    def content_hash(self) -> str:
+        """Identifies the encoded tensors (for lineage when no artifact can be used)."""
+        return hashlib.sha256((self.meta.get("train_sha256", "") + self.meta.get("val_sha256", "")).encode()).hexdigest()
+
+    def split(self, name: str) -> torch.Tensor:
+        if name not in ("train", "val"):
+            raise DataError(f"unknown split {name!r}; use train or val")
+        return self.train if name == "train" else self.val
+
+
+def load_split(path: str | os.PathLike) -> torch.Tensor:
+    """Read one split tensor memory-mapped (bounded memory), never running code from the file."""
+    path = Path(path)
+    try:
+        t = torch.load(path, weights_only=True, mmap=True)
+    except FileNotFoundError:
+        raise DataError(f"{path} is missing; run `chargpt prepare` first") from None
+    except Exception as e:
+        raise DataError(f"{path} is not a readable tensor file ({e.__class__.__name__}); re-run `chargpt prepare`") from None
+    if not isinstance(t, torch.Tensor) or t.ndim != 1 or t.is_floating_point():
+        raise DataError(f"{path} does not hold a 1-D integer tensor; re-run `chargpt prepare`")
+    return t
+
+
+def load_dataset(path: str | os.PathLike) -> Dataset:
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"dataset directory {path} does not exist; create it with `chargpt prepare --out {path}`")
+    try:
+        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path} has no meta.json; create it with `chargpt prepare --out {path}`") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"{path / 'meta.json'} is unreadable ({e}); re-run `chargpt prepare`") from None
+    if meta.get("format") != FORMAT or "vocab" not in meta:
+        raise DataError(f"{path / 'meta.json'} is not a chargpt dataset description; re-run `chargpt prepare`")
+    tok = CharTokenizer(meta["vocab"])
+    train, val = load_split(path / "train.pt"), load_split(path / "val.pt")
+    for name, t in (("train", train), ("val", val)):
+        if len(t) and int(t.max()) >= tok.vocab_size:
+            raise DataError(f"{path / (name + '.pt')} has token ids beyond the vocabulary; re-run `chargpt prepare`")
+    return Dataset(path, meta, tok, train, val)

@@ -1,0 +1,77 @@
+"""Data-parallel training across processes with torch.distributed (launched by torchrun): nccl on CUDA,
+gloo on CPU. A single process is simply rank 0 of 1."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .errors import ConfigError
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init(device_type: str) -> DistInfo:
+    """Join the process group when torchrun started us (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    info = DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world)
+    if not dist.is_initialized():
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        if device_type == "cuda":
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group(backend=backend)
+    return info
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def split_batch(batch_size: int, grad_accum: int, world_size: int) -> tuple[int, int]:
+    """(micro-batch, accumulation steps) per rank that keep the global batch the same for any world size."""
+    if grad_accum % world_size == 0:
+        return batch_size, grad_accum // world_size
+    if batch_size % world_size == 0:
+        return batch_size // world_size, grad_accum
+    raise ConfigError(f"a global batch of {batch_size} x {grad_accum} sequences cannot be split evenly over "
+                      f"{world_size} processes; make --batch-size or --grad-accum a multiple of {world_size}")
+
+
+def all_max(values: list[float], info: DistInfo) -> list[float]:
+    """Element-wise maximum over ranks (agreeing on stop flags and elapsed time)."""
+    if not info.enabled:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
+
+
+def all_gather_tensor(t: torch.Tensor, info: DistInfo) -> list[torch.Tensor]:
+    if not info.enabled:
+        return [t]
+    out = [torch.empty_like(t) for _ in range(info.world_size)]
+    dist.all_gather(out, t)
+    return out
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()

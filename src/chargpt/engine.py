@@ -1,0 +1,87 @@
+"""Fast generation: a preallocated per-layer key/value cache, prefill once, then one token per step.
+
+The context window follows `chargpt.model.window_start`, as naive generation does, so both produce
+exactly the same tokens; the cache is rebuilt only when the window jumps (every half block).
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+
+from .model import GPT, LanguageModel, sample_next, window_start
+
+
+class KVCache:
+    """Keys and values of every layer for positions [0, pos) of the current window: (L, B, nh, T, hs)."""
+
+    def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_size: int,
+                 dtype: torch.dtype, device: torch.device):
+        shape = (n_layer, batch_size, n_head, max_len, head_size)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.pos = 0
+
+    def reset(self) -> None:
+        self.pos = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.pos + k.size(2)
+        self.k[layer, :, :, self.pos:end] = k
+        self.v[layer, :, :, self.pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.pos += n
+
+
+class Engine:
+    """Generates from a model with a KV cache (GPT) or directly (context-free models such as the bigram)."""
+
+    def __init__(self, model: LanguageModel):
+        self.model = model.eval()
+        self.config = model.config
+
+    def _new_cache(self, batch_size: int, like: torch.Tensor) -> KVCache | None:
+        if not isinstance(self.model, GPT):
+            return None
+        c = self.config
+        dtype = next(self.model.parameters()).dtype
+        return KVCache(c.n_layer, batch_size, c.n_head, c.block_size, c.n_embd // c.n_head, dtype, like.device)
+
+    @torch.inference_mode()
+    def stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+               top_p: float | None = None, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+        """Yield each new token column (B, 1) as soon as it is sampled."""
+        block = self.config.block_size
+        cache = self._new_cache(idx.size(0), idx)
+        tokens = idx
+        start = None
+        logits = None
+        for _ in range(max_new_tokens):
+            length = tokens.size(1)
+            if cache is None:
+                logits, _ = self.model(tokens[:, -1:])
+            else:
+                s = window_start(length, block)
+                if s != start:  # new window: prefill it from an empty cache
+                    cache.reset()
+                    logits, _ = self.model(tokens[:, s:], cache=cache)
+                    start = s
+                else:  # same window: feed only the newest token
+                    logits, _ = self.model(tokens[:, -1:], cache=cache)
+            nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
+            tokens = torch.cat((tokens, nxt), dim=1)
+            yield nxt
+
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, **kw) -> torch.Tensor:
+        new = list(self.stream(idx, max_new_tokens, **kw))
+        return torch.cat([idx, *new], dim=1) if new else idx
+
+
+def stream_text(model: LanguageModel, encode: Callable[[str], list[int]], decode: Callable[[list[int]], str],
+                prompt: str, max_new_tokens: int, device: str | torch.device = "cpu", **kw) -> Iterator[str]:
+    """Yield generated characters of a single sample one at a time."""
+    idx = torch.tensor([encode(prompt)], dtype=torch.long, device=device)
+    for col in Engine(model).stream(idx, max_new_tokens, **kw):
+        yield decode(col[0].tolist())

@@ -1,0 +1,21 @@
+"""Exceptions chargpt raises for problems a user can fix; the CLI turns each into one line on stderr."""
+
+
+class ChargptError(Exception):
+    """Base class: the message says what is wrong, where, and how to fix it."""
+
+
+class DataError(ChargptError):
+    """A corpus or dataset directory that cannot be used."""
+
+
+class VocabularyError(ChargptError, ValueError):
+    """Text with a character outside the vocabulary."""
+
+
+class ConfigError(ChargptError, ValueError):
+    """An invalid configuration value or combination."""
+
+
+class CheckpointError(ChargptError):
+    """A checkpoint or run directory that cannot be loaded or resumed."""

@@ -1,0 +1,299 @@
+"""The models, written the way the lecture builds them: the bigram baseline, then the GPT.
+
+`GPT` is the lecture's transformer (token + position embeddings, Blocks of causal self-attention and a
+feed-forward network, final LayerNorm, linear head). Each modern change is one `ModelConfig` field:
+RoPE, RMSNorm, ReLU², QK-norm, no biases, zero-init output projections, logit soft-capping, tied head.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    model: str = "gpt"  # bigram | gpt
+    vocab_size: int = 65  # set from the dataset
+    block_size: int = 256  # context length
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.2
+    bias: bool = True  # biases in Linear and LayerNorm
+    pos: str = "learned"  # learned | rope
+    norm: str = "layernorm"  # layernorm | rmsnorm (parameter-free)
+    mlp: str = "relu"  # relu (the lecture) | relu2 | gelu
+    qk_norm: bool = False  # RMS-normalize queries and keys before attention
+    zero_init: bool = False  # output projections start at zero
+    tie_weights: bool = False  # share the token embedding with the head
+    logit_softcap: float = 0.0  # > 0: logits = cap * tanh(logits / cap)
+
+    def validate(self) -> None:
+        if self.model not in MODELS:
+            raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"--n-embd ({self.n_embd}) must be divisible by --n-head ({self.n_head})")
+        if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ConfigError(f"RoPE needs an even head size; n_embd / n_head = {self.n_embd // self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+        for name, allowed in (("pos", ("learned", "rope")), ("norm", ("layernorm", "rmsnorm")),
+                              ("mlp", ("relu", "relu2", "gelu"))):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.logit_softcap < 0:
+            raise ConfigError(f"--logit-softcap must be >= 0 (0 turns it off), got {self.logit_softcap}")
+
+
+def window_start(length: int, block_size: int) -> int:
+    """First token of the context used to predict token `length` (shared by naive and cached generation).
+
+    Up to `block_size` tokens the whole sequence is the context; beyond it the window jumps forward by
+    half a block at a time, so a KV cache is rebuilt once per half block instead of every token.
+    """
+    if length <= block_size:
+        return 0
+    stride = max(1, block_size // 2)
+    return -(-(length - block_size) // stride) * stride
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick the next token for each row of `logits` (B, V); temperature 0 is greedy."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        v, _ = torch.topk(logits, top_k)
+        logits = logits.masked_fill(logits < v[:, [-1]], float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        drop = cum - torch.softmax(sorted_logits, dim=-1) >= top_p  # keep the smallest set reaching top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+class LanguageModel(nn.Module):
+    """What every chargpt model shares: naive generation with the context window of `window_start`."""
+
+    config: ModelConfig
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Full recompute each step (the lecture's loop); `chargpt.engine` is the fast KV-cache path."""
+        for _ in range(max_new_tokens):
+            idx_cond = idx[:, window_start(idx.size(1), self.config.block_size):]
+            logits, _ = self(idx_cond)
+            idx_next = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
+            idx = torch.cat((idx, idx_next), dim=1)
+        return idx
+
+
+class BigramLanguageModel(LanguageModel):
+    """Each token reads the logits for the next token straight off a lookup table."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.token_embedding_table = nn.Embedding(config.vocab_size, config.vocab_size)
+
+    def forward(self, idx, targets=None, cache=None):
+        logits = self.token_embedding_table(idx)  # (B, T, vocab_size)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+        return logits, loss
+
+
+# --------------------------------------------------------------------------------------- the GPT
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+class RMSNorm(nn.Module):
+    """Parameter-free RMS normalization."""
+
+    def forward(self, x):
+        return rms_norm(x)
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return RMSNorm()
+    return nn.LayerNorm(config.n_embd, bias=config.bias)
+
+
+def rope_tables(head_size: int, length: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / base ** (torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
+    angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)  # (T, hs/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs of channels of x (B, nh, T, hs) by position-dependent angles."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1).type_as(x)
+
+
+class CausalSelfAttention(nn.Module):
+    """All heads of causal self-attention in one batched computation (flash kernels through SDPA).
+
+    Equal to the lecture's `wei = q @ k.T * head_size**-0.5`, lower-triangular mask, softmax, `wei @ v`
+    (kept as `chargpt.lecture.explicit_attention`; the tests check both agree).
+    """
+
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head = config.n_head
+        self.head_size = config.n_embd // config.n_head
+        self.qk_norm = config.qk_norm
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # query, key, value
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, rope=None, cache=None):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, self.head_size).transpose(1, 2)
+        v = v.view(B, T, self.n_head, self.head_size).transpose(1, 2)
+        if self.qk_norm:
+            q, k = rms_norm(q), rms_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        causal = True
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)
+            causal = T > 1  # a single new query may attend to every cached key
+            if causal and k.size(2) != T:
+                raise ValueError("a multi-token step must start from an empty cache (prefill)")
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=causal)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class FeedForward(nn.Module):
+    """A simple MLP, 4x wider inside, applied to each position on its own."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+        self.mlp = config.mlp
+
+    def forward(self, x):
+        h = self.c_fc(x)
+        if self.mlp == "relu2":
+            h = F.relu(h).square()
+        elif self.mlp == "gelu":
+            h = F.gelu(h)
+        else:
+            h = F.relu(h)
+        return self.dropout(self.c_proj(h))
+
+
+class Block(nn.Module):
+    """Transformer block: communication (attention) followed by computation (feed-forward)."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.ln1 = make_norm(config)
+        self.sa = CausalSelfAttention(config, layer_idx)
+        self.ln2 = make_norm(config)
+        self.ffwd = FeedForward(config)
+
+    def forward(self, x, rope=None, cache=None):
+        x = x + self.sa(self.ln1(x), rope, cache)
+        x = x + self.ffwd(self.ln2(x))
+        return x
+
+
+class GPT(LanguageModel):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.token_embedding_table = nn.Embedding(config.vocab_size, config.n_embd)
+        if config.pos == "learned":
+            self.position_embedding_table = nn.Embedding(config.block_size, config.n_embd)
+        else:
+            cos, sin = rope_tables(config.n_embd // config.n_head, config.block_size)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
+        self.ln_f = make_norm(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.bias)
+        if config.tie_weights:
+            self.lm_head.weight = self.token_embedding_table.weight
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):  # residual projections (nanoGPT / GPT-2 scaling)
+                if config.zero_init:
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx, targets=None, cache=None):
+        B, T = idx.shape
+        pos0 = cache.pos if cache is not None else 0
+        if pos0 + T > self.config.block_size:
+            raise ValueError(f"sequence of {pos0 + T} tokens exceeds block_size {self.config.block_size}")
+        x = self.token_embedding_table(idx)  # (B, T, C)
+        rope = None
+        if self.config.pos == "learned":
+            x = x + self.position_embedding_table(torch.arange(pos0, pos0 + T, device=idx.device))
+        else:
+            rope = (self.rope_cos[pos0:pos0 + T], self.rope_sin[pos0:pos0 + T])
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x, rope, cache)
+        if cache is not None:
+            cache.advance(T)
+        x = self.ln_f(x)
+        if targets is None and cache is not None:
+            x = x[:, -1:, :]  # generation only needs the last position's logits
+        logits = self.lm_head(x)  # (B, T, vocab_size)
+        if self.config.logit_softcap > 0:
+            cap = self.config.logit_softcap
+            logits = cap * torch.tanh(logits / cap)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+        return logits, loss
+
+
+MODELS = {"bigram": BigramLanguageModel, "gpt": GPT}
+
+
+def build_model(config: ModelConfig) -> LanguageModel:
+    """The one registry of models, chosen by name (`--model`)."""
+    config.validate()
+    return MODELS[config.model](config)

@@ -1,0 +1,114 @@
+"""Optimizers and learning-rate schedules.
+
+Muon (orthogonalized momentum) trains the 2-D hidden weight matrices; AdamW trains embeddings, the head
+and every scalar/vector parameter. On CUDA this is `torch.optim.Muon`; elsewhere `Muon` below runs the
+same update with the Newton-Schulz iteration in float32, because CPUs without native bfloat16 run
+torch's bfloat16 iteration 15-40x slower.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import TrainConfig
+
+NS_COEFFICIENTS = (3.4445, -4.775, 2.0315)
+
+
+def newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Approximately orthogonalize a matrix (U S V^T -> U S' V^T with S' near 1) by a quintic iteration."""
+    a, b, c = NS_COEFFICIENTS
+    x = g.to(dtype)
+    transposed = g.size(0) > g.size(1)
+    if transposed:
+        x = x.T
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if transposed else x
+
+
+class Muon(torch.optim.Optimizer):
+    """torch.optim.Muon's update (Nesterov momentum, Newton-Schulz, lr * sqrt(max(1, rows/cols))), with a
+    choosable dtype for the iteration."""
+
+    def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
+                 weight_decay: float = 0.0, ns_steps: int = 5, ns_dtype: torch.dtype = torch.float32):
+        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                                      ns_steps=ns_steps, ns_dtype=ns_dtype))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - group["momentum"])
+                update = p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
+                update = newton_schulz(update, group["ns_steps"], dtype=group["ns_dtype"]).to(p.dtype)
+                lr = group["lr"] * math.sqrt(max(1.0, p.size(0) / p.size(1)))
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(update, alpha=-lr)
+        return loss
+
+
+def is_hidden_matrix(name: str, p: nn.Parameter) -> bool:
+    """2-D weights inside the transformer blocks (not embeddings, not the head)."""
+    return p.ndim == 2 and name.startswith("blocks.")
+
+
+def make_optimizers(model: nn.Module, cfg: TrainConfig, device_type: str) -> list[torch.optim.Optimizer]:
+    """AdamW alone, or Muon on hidden matrices plus AdamW on the rest. Each group remembers its peak lr."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    muon_params = [p for n, p in named if cfg.optimizer == "muon" and is_hidden_matrix(n, p)]
+    muon_ids = {id(p) for p in muon_params}
+    rest = [(n, p) for n, p in named if id(p) not in muon_ids]
+    decay = [p for n, p in rest if p.ndim >= 2]
+    no_decay = [p for n, p in rest if p.ndim < 2]
+    groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay},
+                          {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    extra = {"fused": True} if device_type == "cuda" else {"foreach": True}
+    optimizers: list[torch.optim.Optimizer] = [
+        torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **extra)]
+    if muon_params:
+        if device_type == "cuda":
+            optimizers.append(torch.optim.Muon(muon_params, lr=cfg.muon_lr, weight_decay=0.0))
+        else:
+            optimizers.append(Muon(muon_params, lr=cfg.muon_lr))
+    for opt in optimizers:
+        for g in opt.param_groups:
+            g["peak_lr"] = g["lr"]
+    return optimizers
+
+
+def lr_multiplier(progress: float, cfg: TrainConfig) -> float:
+    """Learning-rate factor at `progress` in [0, 1] (fraction of steps, or of the time budget, done)."""
+    progress = min(max(progress, 0.0), 1.0)
+    if cfg.warmup > 0 and progress < cfg.warmup:
+        return (progress + 1e-3) / (cfg.warmup + 1e-3)
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "cosine":
+        t = (progress - cfg.warmup) / max(1e-9, 1.0 - cfg.warmup)
+        return cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t))
+    decay_start = 1.0 - cfg.decay  # wsd
+    if progress < decay_start:
+        return 1.0
+    return max(0.0, (1.0 - progress) / max(cfg.decay, 1e-9))
+
+
+def set_lr(optimizers: list[torch.optim.Optimizer], multiplier: float) -> None:
+    for opt in optimizers:
+        for g in opt.param_groups:
+            g["lr"] = g["peak_lr"] * multiplier

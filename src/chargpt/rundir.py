@@ -1,0 +1,92 @@
+"""The local record of a run: `runs/<name>/` with config, metrics log, checkpoint, sample and summary."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CheckpointError
+from .fsutil import append_line, write_json, write_text
+
+CONFIG, METRICS, SUMMARY, SAMPLE, CKPT, PLOT = "config.json", "metrics.jsonl", "summary.json", "sample.txt", "ckpt.pt", "loss.png"
+
+
+@dataclass
+class RunDir:
+    path: Path
+
+    @classmethod
+    def create(cls, out_dir: str | os.PathLike, name: str) -> "RunDir":
+        path = Path(out_dir) / name
+        if path.exists() and any(path.iterdir()):
+            raise CheckpointError(f"run directory {path} already exists; pass --resume {path} to continue it "
+                                  f"or --name to start another")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CheckpointError(f"cannot create run directory {path} ({e.strerror}); choose a writable --out-dir") from None
+        if not os.access(path, os.W_OK):
+            raise CheckpointError(f"run directory {path} is not writable; choose a writable --out-dir")
+        return cls(path)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "RunDir":
+        path = Path(path)
+        if path.is_file():
+            path = path.parent
+        if not (path / CKPT).is_file():
+            raise CheckpointError(f"cannot resume {path}: no {CKPT} there; pass the directory of a chargpt run")
+        return cls(path)
+
+    @property
+    def ckpt(self) -> Path:
+        return self.path / CKPT
+
+    def write_config(self, config: dict) -> None:
+        write_json(self.path / CONFIG, config)
+
+    def log_metrics(self, record: dict) -> None:
+        append_line(self.path / METRICS, json.dumps(record))
+
+    def metrics(self) -> list[dict]:
+        return read_metrics(self.path)
+
+    def write_summary(self, summary: dict) -> None:
+        write_json(self.path / SUMMARY, summary)
+
+    def write_sample(self, text: str) -> None:
+        write_text(self.path / SAMPLE, text)
+
+    def mark_latest(self) -> None:
+        """Point `<out_dir>/latest` at this run (a symlink replaced atomically)."""
+        link = self.path.parent / "latest"
+        tmp = self.path.parent / f".latest.{os.getpid()}"
+        try:
+            if tmp.is_symlink():
+                tmp.unlink()
+            tmp.symlink_to(self.path.name)
+            os.replace(tmp, link)
+        except OSError:
+            pass  # a filesystem without symlinks only loses the convenience name
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """Records of a metrics log; a torn last line (crash mid-write) is skipped."""
+    out = []
+    try:
+        lines = (Path(path) / METRICS).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return out
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def default_name(model: str, preset: str | None) -> str:
+    label = "baseline" if model == "bigram" else (preset or "custom")
+    return f"train-{model}-{label}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -1,0 +1,247 @@
+"""The training loop: flat and visible. Evaluation, checkpoints, logging and stopping are small calls from it."""
+from __future__ import annotations
+
+import math
+import random
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from . import checkpoint, distributed
+from .batch import get_batch
+from .config import Config
+from .data import Dataset
+from .device import autocast_for, configure_backends, resolve_device
+from .engine import Engine
+from .errors import ChargptError, CheckpointError
+from .evaluate import bigram_optimum, bits_per_char, estimate_loss, full_pass_loss
+from .model import build_model
+from .optim import lr_multiplier, make_optimizers, set_lr
+from .progress import Progress
+from .rundir import RunDir
+from .tracking import NullTracker
+
+
+class TrainingInterrupted(ChargptError):
+    """Stopped by SIGINT/SIGTERM after saving a checkpoint; `exit_code` is 130 or 143."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class NonFiniteLoss(ChargptError):
+    pass
+
+
+@dataclass
+class StopSignals:
+    """First SIGINT/SIGTERM asks the loop to stop after the current step; a second one stops at once."""
+
+    received: int | None = None
+    _old: dict = field(default_factory=dict)
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            raise KeyboardInterrupt  # second signal: stop now (atomic writes keep files whole)
+        self.received = signum
+
+    def __enter__(self):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def rng_state(gen: torch.Generator) -> dict:
+    return {"torch": torch.get_rng_state(), "batch": gen.get_state(), "python": list(random.getstate()[1]),
+            "python_version": random.getstate()[0]}
+
+
+def restore_rng(state: dict, gen: torch.Generator, batch_state: torch.Tensor | None = None) -> None:
+    torch.set_rng_state(state["torch"])
+    gen.set_state(batch_state if batch_state is not None else state["batch"])
+    random.setstate((state["python_version"], tuple(state["python"]), None))
+
+
+def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | None = None,
+          resume_state: dict | None = None, tracker=None, data_dir: str | None = None, echo: Callable[[str], None] = print) -> dict:
+    """Train `config` on `data`, writing into `run` (rank 0 only); return the run's summary."""
+    mc, tc = config.model, config.train
+    device = resolve_device(tc.device)
+    dist_info = distributed.init(device.type)
+    if dist_info.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist_info.local_rank)
+    main = dist_info.is_main
+    say = echo if main else (lambda *_: None)
+    tracker = tracker if (tracker is not None and main) else NullTracker()
+    configure_backends(device)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    autocast = autocast_for(device, tc.dtype)
+    micro_batch, accum = distributed.split_batch(tc.batch_size, tc.grad_accum, dist_info.world_size)
+
+    torch.manual_seed(tc.seed)
+    random.seed(tc.seed)
+    gen = torch.Generator().manual_seed(tc.seed + dist_info.rank)  # each rank draws its own batches
+    model = build_model(mc).to(device)
+    optimizers = make_optimizers(model, tc, device.type)
+    step, spent = 0, 0.0
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        for opt, st in zip(optimizers, resume_state["optimizers"]):
+            opt.load_state_dict(st)
+        step = resume_state["step"]
+        spent = resume_state["extra"].get("train_seconds", 0.0)
+        states = resume_state["rng"].get("batch_per_rank")
+        mine = states[dist_info.rank] if states and len(states) == dist_info.world_size else None
+        restore_rng(resume_state["rng"], gen, mine)
+    params = model.num_params()
+    tokens_per_step = micro_batch * accum * dist_info.world_size * mc.block_size
+    say(f"model: {mc.model}, {params:,} parameters ({params / 1e6:.2f}M) on {device}"
+        + (f", {dist_info.world_size} processes" if dist_info.enabled else ""))
+    say(f"batch: {tokens_per_step:,} tokens per step ({dist_info.world_size} x {accum} x {micro_batch} x {mc.block_size})")
+
+    train_model = torch.compile(model) if tc.compile else model
+    ddp_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None) if dist_info.enabled else None
+    fwd = ddp_model or train_model
+    splits = {"train": data.train, "val": data.val}
+    for name, split in splits.items():
+        if len(split) < mc.block_size + 1:
+            raise ChargptError(f"the {name} split has {len(split)} tokens, fewer than one block "
+                               f"({mc.block_size} + 1); use a smaller --block-size or a larger corpus")
+
+    def evaluate() -> dict:
+        losses = estimate_loss(train_model, splits, tc.eval_iters, micro_batch, mc.block_size, device,
+                               torch.Generator().manual_seed(tc.seed + 10_000), autocast)
+        return {"train_loss": losses["train"], "val_loss": losses["val"]}
+
+    def save_checkpoint(extra: dict) -> None:
+        states = distributed.all_gather_tensor(gen.get_state(), dist_info)
+        if not main or run is None:
+            return
+        rng = rng_state(gen) | {"batch_per_rank": states}
+        checkpoint.save(run.ckpt, model=model, optimizers=optimizers, step=step, config=config,
+                        tokenizer=data.tokenizer, dataset_hash=data.content_hash, rng=rng,
+                        extra={"train_seconds": train_seconds(), "preset": preset, "data_dir": data_dir} | extra)
+
+    budget = tc.time_budget
+    total_steps = tc.max_steps
+    progress_bar = Progress(total=None if budget else total_steps, initial=step, enabled=main, budget=budget)
+    last_eval: dict = {}
+    ckpt_every = tc.ckpt_interval or tc.eval_interval
+    resumed_at = step if resume_state is not None else None
+    t_start = time.perf_counter()
+    paused = 0.0  # evaluation time does not count against the budget
+
+    def train_seconds() -> float:
+        return spent + time.perf_counter() - t_start - paused
+
+    def fraction_done() -> float:
+        return train_seconds() / budget if budget else step / total_steps
+
+    # ------------------------------------------------------------------------------- the loop
+    with StopSignals() as stop:
+        model.train()
+        while True:
+            done_frac, stop_flag = distributed.all_max([fraction_done(), float(stop.received or 0)], dist_info)
+            finished = done_frac >= 1.0
+            if (step % tc.eval_interval == 0 and step != resumed_at) or finished:
+                t0 = time.perf_counter()
+                last_eval = evaluate()
+                record = {"step": step, **last_eval, "lr": optimizers[0].param_groups[0]["lr"],
+                          "tokens_seen": step * tokens_per_step, "train_seconds": round(train_seconds(), 3),
+                          "tokens_per_sec": round(step * tokens_per_step / max(train_seconds(), 1e-9), 1)}
+                if main and run is not None:
+                    run.log_metrics(record)
+                    tracker.log(record, step)
+                progress_bar.note(f"step {step}: train {last_eval['train_loss']:.4f}, val {last_eval['val_loss']:.4f}")
+                if step > 0 and (step % ckpt_every == 0 or finished):
+                    save_checkpoint({})
+                paused += time.perf_counter() - t0
+            if finished:
+                break
+            if stop_flag:
+                save_checkpoint({})
+                code = 130 if int(stop_flag) == signal.SIGINT else 143
+                where = run.path if run is not None else "the run directory"
+                raise TrainingInterrupted(f"stopped at step {step} by {signal.Signals(int(stop_flag)).name}; "
+                                          f"checkpoint saved; resume with: chargpt train --resume {where}", code)
+
+            set_lr(optimizers, lr_multiplier(fraction_done(), tc))
+            for micro in range(accum):
+                x, y = get_batch(data.train, micro_batch, mc.block_size, device, gen)
+                sync = ddp_model is None or micro == accum - 1
+                ctx = ddp_model.no_sync() if not sync else nullcontext()
+                with ctx:
+                    with autocast():
+                        _, loss = fwd(x, y)
+                    (loss / accum).backward()
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise NonFiniteLoss(f"loss became {loss_value} at step {step}; the last good checkpoint is kept. "
+                                    f"Lower --lr or --muon-lr, or set --grad-clip")
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
+            for opt in optimizers:
+                opt.step()
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            step += 1
+            if step % tc.log_interval == 0:
+                progress_bar.update(step, loss_value, step * tokens_per_step / max(train_seconds(), 1e-9),
+                                    fraction_done())
+                if main:
+                    tracker.log({"loss": loss_value, "lr": optimizers[0].param_groups[0]["lr"],
+                                 "grad_norm": float(grad_norm),
+                                 "tokens_per_sec": step * tokens_per_step / max(train_seconds(), 1e-9)}, step)
+    progress_bar.close()
+    seconds = train_seconds()
+
+    # ------------------------------------------------------------------------ after training
+    summary: dict = {}
+    if main:
+        t0 = time.perf_counter()
+        val_full = full_pass_loss(model, data.val, mc.block_size, device, autocast=autocast)
+        eval_seconds = time.perf_counter() - t0
+        summary = {
+            "model": mc.model, "preset": preset, "params": params, "steps": step,
+            "tokens_seen": step * tokens_per_step, "train_seconds": round(seconds, 3),
+            "time_budget": budget or None, "tokens_per_sec": round(step * tokens_per_step / max(seconds, 1e-9), 1),
+            "train_loss": last_eval.get("train_loss"), "val_loss": last_eval.get("val_loss"),
+            "val_loss_full": val_full, "val_bpc_full": bits_per_char(val_full),
+            "eval_seconds": round(eval_seconds, 3), "device": str(device), "world_size": dist_info.world_size,
+            "seed": tc.seed, "dataset": data.meta.get("name"), "dataset_hash": data.content_hash,
+        }
+        if mc.model == "bigram":
+            summary["bigram_optimum_val_loss"] = bigram_optimum(data.train, data.val, mc.vocab_size)
+        say(f"full-pass val loss {val_full:.4f} nats/char ({bits_per_char(val_full):.4f} bits/char) "
+            f"after {step} steps, {seconds:.1f} s")
+        if "bigram_optimum_val_loss" in summary:
+            say(f"count-based bigram optimum on val: {summary['bigram_optimum_val_loss']:.4f}")
+        if run is not None:
+            if tc.sample_tokens:
+                g = torch.Generator(device=device).manual_seed(tc.seed)
+                idx = torch.zeros((1, 1), dtype=torch.long, device=device)  # start from index 0 (newline)
+                text = data.tokenizer.decode(Engine(model).generate(idx, tc.sample_tokens, generator=g)[0].tolist())
+                run.write_sample(text)
+                summary["sample"] = text
+            run.write_summary(summary)
+            run.mark_latest()
+        tracker.finish(summary, run)
+    distributed.barrier(dist_info)
+    return summary
+
+
