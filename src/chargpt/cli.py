@@ -70,7 +70,7 @@ def cmd_train(args) -> int:
     if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         from .launch import relaunch_with_torchrun
 
-        return relaunch_with_torchrun(args.nproc, sys.argv[1:])
+        return relaunch_with_torchrun(args.nproc, args.argv)
     resume_state = None
     if args.resume:
         run = RunDir.open(args.resume)
@@ -96,7 +96,7 @@ def cmd_train(args) -> int:
     else:
         run_name = args.name or default_name(config.model.model, preset)
         run = RunDir.create(args.out_dir, run_name) if _is_main_process() else None
-    if run is not None:
+    if run is not None and _is_main_process():
         run.write_config(config.to_dict() | {"preset": preset, "data_dir": str(data_dir)})
     if _is_main_process():
         print(f"{'resuming' if resume_state else 'training'} run {run.path if run else ''} with preset '{preset}':")
@@ -258,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        args.argv = sys.argv[1:] if argv is None else list(argv)
         return args.func(args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)

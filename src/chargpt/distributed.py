@@ -32,12 +32,34 @@ def init(device_type: str) -> DistInfo:
     if world <= 1:
         return DistInfo()
     info = DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world)
+    torch.set_num_threads(thread_share(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(info.local_rank)
         dist.init_process_group(backend=backend)
     return info
+
+
+def thread_share(local_world_size: int) -> int:
+    """CPU threads for one of `local_world_size` processes on this machine.
+
+    torchrun sets OMP_NUM_THREADS=1 in every process, which leaves most cores idle on a CPU run, so that
+    value counts as unset: each process takes max(1, cpus // local_world_size). Any other OMP_NUM_THREADS
+    is kept, and `--threads N` overrides both.
+    """
+    asked = os.environ.get("OMP_NUM_THREADS", "")
+    if asked.isdigit() and int(asked) > 1:
+        return int(asked)
+    return max(1, cpu_count() // max(1, local_world_size))
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def shutdown() -> None:

@@ -1,0 +1,51 @@
+"""`chargpt train --nproc N`: start the same command under torchrun, N processes on this machine."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+from .distributed import thread_share
+from .errors import ConfigError
+
+
+def strip_nproc(argv: list[str]) -> list[str]:
+    """`argv` without `--nproc N` / `--nproc=N`, so the launched processes do not launch again."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
+def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "chargpt", *strip_nproc(argv)]
+
+
+def relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
+    """Run `chargpt <argv>` as `torchrun --standalone --nproc_per_node=nproc -m chargpt ...`; return its exit code.
+
+    Unless OMP_NUM_THREADS is already set, each process gets an equal share of this machine's CPUs,
+    max(1, cpus // nproc), instead of torchrun's default of 1.
+    """
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be >= 1, got {nproc}")
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(thread_share(nproc)))
+    proc = subprocess.Popen(torchrun_command(nproc, argv), env=env)
+    old = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
+    try:
+        while True:
+            try:
+                return proc.wait()
+            except KeyboardInterrupt:
+                pass  # Ctrl-C reached torchrun and its workers too: wait while they checkpoint and exit
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
