@@ -85,6 +85,10 @@ def cmd_train(args) -> int:
             print(f"no --preset given: using '{preset}' for {device.type}")
         config = get_preset(preset)
         data_dir = args.data or DEFAULT_DATA
+        if args.wandb and args.dataset_artifact and args.data is None:
+            from .tracking import download_dataset
+
+            data_dir = download_dataset(args.dataset_artifact, mode=args.wandb_mode) or data_dir
     apply_overrides(config, args)
     data = load_dataset(data_dir)
     config.model.vocab_size = data.tokenizer.vocab_size
@@ -96,8 +100,6 @@ def cmd_train(args) -> int:
     else:
         run_name = args.name or default_name(config.model.model, preset)
         run = RunDir.create(args.out_dir, run_name) if _is_main_process() else None
-    if run is not None and _is_main_process():
-        run.write_config(config.to_dict() | {"preset": preset, "data_dir": str(data_dir)})
     if _is_main_process():
         print(f"{'resuming' if resume_state else 'training'} run {run.path if run else ''} with preset '{preset}':")
         print(format_config(config))
@@ -190,6 +192,24 @@ def cmd_eval(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------- runs
+def cmd_runs(args) -> int:
+    from .runs import format_runs, list_runs, resolve_run
+
+    if args.plot:
+        from .plotting import plot_runs
+
+        out = plot_runs([resolve_run(name, args.out_dir) for name in args.plot], args.out)
+        print(f"wrote {out}: val loss of {', '.join(args.plot)}")
+        return 0
+    runs = list_runs(args.out_dir)
+    if not runs:
+        print(f"no runs under {args.out_dir}")
+        return 0
+    print(format_runs(runs))
+    return 0
+
+
 # ------------------------------------------------------------------------------------------- parser
 def _add_wandb_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("Weights & Biases")
@@ -252,6 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.set_defaults(func=cmd_eval)
+
+    p = _defaults(sub.add_parser("runs", help="list the runs (or plot their val curves together)"))
+    p.add_argument("--out-dir", default="runs", help="where run directories are")
+    p.add_argument("--plot", nargs="+", default=None, metavar="RUN", help="overlay these runs' val-loss curves")
+    p.add_argument("--out", default="runs.png", help="PNG written by --plot")
+    p.set_defaults(func=cmd_runs)
     return parser
 
 

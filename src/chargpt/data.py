@@ -123,8 +123,9 @@ def prepare(input_path: str | os.PathLike, out_dir: str | os.PathLike, val_fract
     np_dtype = np.dtype(str(DTYPES[dtype]).replace("torch.", ""))
     table = np.zeros(len(counts), dtype=np_dtype)
     table[present] = np.arange(len(present), dtype=np_dtype)
-    with atomic_path(out_dir / ".train.raw") as train_raw, atomic_path(out_dir / ".val.raw") as val_raw:
-        with open(train_raw, "wb") as ft, open(val_raw, "wb") as fv:
+    raw = {split: out_dir / f".{split}.{os.getpid()}.raw" for split in ("train", "val")}
+    try:
+        with open(raw["train"], "wb") as ft, open(raw["val"], "wb") as fv:
             written = 0
             for _, cps in _read_chunks(input_path):
                 ids = table[cps]
@@ -132,12 +133,15 @@ def prepare(input_path: str | os.PathLike, out_dir: str | os.PathLike, val_fract
                 ft.write(ids[:cut].tobytes())
                 fv.write(ids[cut:].tobytes())
                 written += len(ids)
-        for split, raw, n in (("train", train_raw, n_train), ("val", val_raw, total - n_train)):
-            tensor = torch.from_file(str(raw), shared=False, size=n, dtype=DTYPES[dtype])
+        for split, n in (("train", n_train), ("val", total - n_train)):
+            tensor = torch.from_file(str(raw[split]), shared=False, size=n, dtype=DTYPES[dtype])
             with atomic_path(out_dir / f"{split}.pt") as tmp:
                 torch.save(tensor, tmp)
             del tensor
             meta[f"{split}_sha256"] = _sha256(out_dir / f"{split}.pt")
+    finally:
+        for path in raw.values():
+            path.unlink(missing_ok=True)
     write_json(out_dir / "meta.json", meta)
     return PrepareResult(out_dir, meta, changed=True)
 

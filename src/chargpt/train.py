@@ -24,6 +24,7 @@ from .errors import ChargptError, CheckpointError
 from .evaluate import bigram_optimum, bits_per_char, estimate_loss, full_pass_loss
 from .model import build_model
 from .optim import lr_multiplier, make_optimizers, set_lr
+from .plotting import refresh_run_plot
 from .progress import Progress
 from .rundir import RunDir
 from .tracking import NullTracker
@@ -109,10 +110,12 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
         states = resume_state["rng"].get("batch_per_rank")
         mine = states[dist_info.rank] if states and len(states) == dist_info.world_size else None
         restore_rng(resume_state["rng"], gen, mine)
+    if main and run is not None:
+        run.write_config(config.to_dict() | {"preset": preset, "data_dir": data_dir})
     params = model.num_params()
     tokens_per_step = micro_batch * accum * dist_info.world_size * mc.block_size
     say(f"model: {mc.model}, {params:,} parameters ({params / 1e6:.2f}M) on {device}"
-        + (f", {dist_info.world_size} processes" if dist_info.enabled else ""))
+        + (f", {dist_info.world_size} processes of {torch.get_num_threads()} threads" if dist_info.enabled else ""))
     say(f"batch: {tokens_per_step:,} tokens per step ({dist_info.world_size} x {accum} x {micro_batch} x {mc.block_size})")
 
     train_model = torch.compile(model) if tc.compile else model
@@ -167,6 +170,7 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
                           "tokens_per_sec": round(step * tokens_per_step / max(train_seconds(), 1e-9), 1)}
                 if main and run is not None:
                     run.log_metrics(record)
+                    refresh_run_plot(run.path)
                     tracker.log(record, step)
                 progress_bar.note(f"step {step}: train {last_eval['train_loss']:.4f}, val {last_eval['val_loss']:.4f}")
                 if step > 0 and (step % ckpt_every == 0 or finished):
