@@ -1,6 +1,22 @@
 """Experiment tracking behind one small interface. The local run directory is always written by the
-training loop; a tracker adds a service such as Weights & Biases."""
+training loop; a tracker adds a service such as Weights & Biases.
+
+Tracking never breaks training: every call into wandb is guarded, and a failure becomes one warning line on
+stderr, after which the tracker goes quiet. `wandb` is imported only when `--wandb` is used.
+"""
 from __future__ import annotations
+
+import os
+import re
+import sys
+import threading
+from pathlib import Path
+from typing import Callable
+
+INIT_TIMEOUT = 10.0  # seconds wandb may spend reaching the server before we fall back to offline (its default: 90)
+FINISH_TIMEOUT = 120.0  # seconds to wait for uploads at the end before leaving them to `wandb sync`
+DOWNLOAD_TIMEOUT = 300.0
+TINY_SHAKESPEARE_ARTIFACT = "mini-shakespeare-tensors"  # the notebook's name
 
 
 class NullTracker:
@@ -11,3 +27,300 @@ class NullTracker:
 
     def finish(self, summary: dict, run=None) -> None:
         pass
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def warn(what: str, exc: BaseException | None = None) -> None:
+    """One line on stderr: what failed and that the work goes on."""
+    reason = ""
+    if exc is not None:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        reason = f" ({exc.__class__.__name__}: {first})" if first else f" ({exc.__class__.__name__})"
+    print(f"warning: wandb: {what}{reason}", file=sys.stderr, flush=True)
+
+
+def notice(text: str) -> None:
+    print(f"wandb: {text}", flush=True)
+
+
+def dataset_artifact_name(meta: dict) -> str:
+    """`mini-shakespeare-tensors` for tiny Shakespeare (by name or by content; the notebook's name), else
+    `<name>-tensors`."""
+    from .corpus import SHAKESPEARE_SHA256
+
+    name = str(meta.get("name") or "dataset")
+    if name == "shakespeare" or meta.get("source_sha256") == SHAKESPEARE_SHA256:
+        return TINY_SHAKESPEARE_ARTIFACT
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") + "-tensors"
+
+
+def default_run_name(model: str, preset: str | None) -> str:
+    """Readable and stable across repeats: `train-bigram-baseline`, `train-gpt-cpu`."""
+    return f"train-{model}-{'baseline' if model == 'bigram' else (preset or 'custom')}"
+
+
+def is_logged_in() -> bool:
+    """Whether an API key is configured (environment, ~/.netrc or wandb settings); no network is used."""
+    try:
+        from wandb.sdk import wandb_setup
+        from wandb.sdk.lib.wbauth import authenticate_session
+
+        host = wandb_setup.singleton().settings.base_url
+        return authenticate_session(host=host, source="chargpt", prompt=False, update_session=False) is not None
+    except Exception:  # an internal API that moved: fall back to the documented variable
+        return bool(os.environ.get("WANDB_API_KEY"))
+
+
+def _bounded(fn: Callable[[], object], seconds: float) -> tuple[bool, object]:
+    """Run `fn` in a daemon thread for at most `seconds`: (finished, result or exception)."""
+    box: list = [None]
+
+    def target():
+        try:
+            box[0] = fn()
+        except Exception as e:  # handed back to the caller, who turns it into a warning
+            box[0] = e
+
+    t = threading.Thread(target=target, daemon=True, name="chargpt-wandb")
+    t.start()
+    t.join(seconds)
+    return not t.is_alive(), box[0]
+
+
+def _init_timeout() -> float:
+    try:
+        return float(os.environ.get("WANDB_INIT_TIMEOUT", INIT_TIMEOUT))
+    except ValueError:
+        return INIT_TIMEOUT
+
+
+def _init(*, mode: str, job_type: str, name: str, project: str, entity: str | None, config: dict,
+          dir: str | None = None):
+    """Start a wandb run. auto = online when logged in, else offline; an online start that fails or times out
+    falls back to offline. Returns the run, or None (disabled or failed, already reported)."""
+    if mode == "disabled":
+        return None
+    try:
+        import wandb
+    except Exception as e:
+        warn("cannot import wandb; going on without it", e)
+        return None
+
+    def start(m: str):
+        settings = wandb.Settings(init_timeout=_init_timeout(), silent=True, console="off")
+        return wandb.init(project=project, entity=entity, name=name, job_type=job_type, config=config,
+                          mode=m, dir=dir, settings=settings, reinit="finish_previous")
+
+    want = mode if mode != "auto" else ("online" if is_logged_in() else "offline")
+    if want == "online":
+        try:
+            run = start("online")
+            notice(f"tracking {name} online at {run.url}")
+            return run
+        except Exception as e:
+            _teardown(wandb)
+            warn_prefix = "cannot start an online run"
+            try:
+                run = start("offline")
+            except Exception as e2:
+                warn(f"{warn_prefix}, nor an offline one; going on without wandb", e2)
+                _teardown(wandb)
+                return None
+            sync_dir = run.settings.sync_dir
+            warn(f"{warn_prefix}; tracking offline in {sync_dir} instead, upload later with: "
+                 f"wandb sync {sync_dir}", e)
+            return run
+    try:
+        run = start("offline")
+    except Exception as e:
+        warn("cannot start an offline run; going on without wandb", e)
+        _teardown(wandb)
+        return None
+    why = "not logged in, so " if mode == "auto" else ""
+    notice(f"{why}tracking offline in {run.settings.sync_dir}; upload later with: wandb sync {run.settings.sync_dir}")
+    return run
+
+
+def _is_offline(run) -> bool:
+    try:
+        return bool(run.settings._offline)
+    except Exception:
+        return run.settings.mode in ("offline", "dryrun")
+
+
+def _teardown(wandb) -> None:
+    """Stop wandb-core (it outlives `finish()` until `teardown()` or interpreter exit)."""
+    try:
+        wandb.teardown()
+    except Exception:
+        pass
+
+
+def _finish(run, what: str) -> None:
+    """finish() and teardown() within FINISH_TIMEOUT; a stuck upload is left to `wandb sync`."""
+    import wandb
+
+    sync_dir = getattr(run.settings, "sync_dir", "the wandb directory")
+
+    def stop():
+        run.finish()
+        wandb.teardown()
+
+    done, err = _bounded(stop, FINISH_TIMEOUT)
+    if not done:
+        warn(f"{what}: uploading did not finish within {FINISH_TIMEOUT:.0f} s; the data is kept in {sync_dir}, "
+             f"upload it with: wandb sync {sync_dir}")
+    elif isinstance(err, Exception):
+        warn(f"{what}: finishing the run failed", err)
+        _teardown(wandb)
+
+
+# ------------------------------------------------------------------------------------------ dataset
+def log_dataset(out_dir: Path, meta: dict, *, mode: str = "auto", project: str = "chargpt",
+                entity: str | None = None, artifact_name: str | None = None) -> None:
+    """`chargpt prepare --wandb`: a `dataset-prep` run that logs the dataset directory as a `dataset` artifact."""
+    name = artifact_name or dataset_artifact_name(meta)
+    metadata = {k: meta.get(k) for k in ("name", "vocab_size", "vocab", "total_chars", "train_tokens", "val_tokens",
+                                         "val_fraction", "dtype", "source_sha256", "train_sha256", "val_sha256")}
+    metadata["source"] = Path(str(meta.get("source", ""))).name
+    run = _init(mode=mode, job_type="dataset-prep", name=f"prepare-{meta.get('name', 'dataset')}",
+                project=project, entity=entity, config={k: v for k, v in metadata.items() if k != "vocab"})
+    if run is None:
+        return
+    try:
+        import wandb
+
+        artifact = wandb.Artifact(name, type="dataset", metadata=metadata,
+                                  description=f"{meta.get('name')} encoded by chargpt: train.pt and val.pt are 1-D "
+                                              f"token tensors, meta.json holds the vocabulary")
+        for file in ("train.pt", "val.pt", "meta.json"):
+            artifact.add_file(str(Path(out_dir) / file), name=file)
+        run.log_artifact(artifact)
+        notice(f"logged {out_dir} as dataset artifact {name}")
+    except Exception as e:
+        warn(f"cannot log {out_dir} as artifact {name}; the local dataset is unaffected", e)
+    _finish(run, "dataset-prep run")
+
+
+def download_dataset(artifact: str, *, mode: str = "auto") -> Path | None:
+    """Download a dataset artifact (online only) and return its directory; None, with one line why, otherwise."""
+    if mode in ("offline", "disabled"):
+        notice(f"{mode} mode cannot download {artifact}; using the local dataset")
+        return None
+    try:
+        import wandb
+
+        if mode == "auto" and not is_logged_in():
+            notice(f"not logged in, so {artifact} cannot be downloaded; using the local dataset")
+            return None
+        done, result = _bounded(lambda: wandb.Api(timeout=30).artifact(artifact, type="dataset").download(),
+                                DOWNLOAD_TIMEOUT)
+    except Exception as e:
+        done, result = True, e
+    if not done:
+        warn(f"downloading {artifact} took over {DOWNLOAD_TIMEOUT:.0f} s; using the local dataset")
+        return None
+    if isinstance(result, Exception):
+        warn(f"cannot download {artifact}; using the local dataset", result)
+        return None
+    notice(f"downloaded dataset artifact {artifact} to {result}")
+    return Path(str(result))
+
+
+# ----------------------------------------------------------------------------------------- training
+class WandbTracker:
+    """A `training` run: config, metrics, samples table, summary and the final checkpoint as a `model` artifact."""
+
+    def __init__(self, run, name: str):
+        self.run = run  # None once wandb has failed: the tracker then does nothing
+        self.name = name
+
+    @classmethod
+    def start(cls, config, run, data, *, mode: str = "auto", project: str = "chargpt", entity: str | None = None,
+              name: str | None = None, preset: str | None = None,
+              dataset_artifact: str | None = None) -> "WandbTracker | NullTracker":
+        name = name or default_run_name(config.model.model, preset)
+        artifact = dataset_artifact or dataset_artifact_name(data.meta)
+        wandb_config = config.to_dict() | {
+            "preset": preset,
+            "run_dir": str(run.path) if run is not None else None,
+            "dataset": {"name": data.meta.get("name"), "dir": str(data.path), "content_hash": data.content_hash,
+                        "artifact": artifact, "vocab_size": data.meta.get("vocab_size"),
+                        "train_tokens": data.meta.get("train_tokens"), "val_tokens": data.meta.get("val_tokens")},
+        }
+        wrun = _init(mode=mode, job_type="training", name=name, project=project, entity=entity, config=wandb_config)
+        if wrun is None:
+            return NullTracker()
+        tracker = cls(wrun, name)
+        tracker._use_dataset(data, artifact, named=dataset_artifact is not None)
+        return tracker
+
+    def _use_dataset(self, data, artifact: str, named: bool) -> None:
+        """Record the dataset in the run's lineage; offline runs cannot, so the content hash (in the config) stands in."""
+        if _is_offline(self.run):
+            notice(f"offline runs cannot use artifacts: the local dataset {data.path} (content hash "
+                   f"{data.content_hash[:12]}) is recorded in the config instead of {artifact}")
+            return
+        try:
+            if named:
+                self.run.use_artifact(artifact)
+            else:
+                # The same files as `chargpt prepare --wandb` logged: wandb deduplicates by digest, so the lineage
+                # points at that version (or creates one).
+                import wandb
+
+                draft = wandb.Artifact(artifact, type="dataset", metadata={"content_hash": data.content_hash})
+                for file in ("train.pt", "val.pt", "meta.json"):
+                    draft.add_file(str(Path(data.path) / file), name=file)
+                self.run.use_artifact(draft)
+        except Exception as e:
+            warn(f"cannot record dataset artifact {artifact}; its content hash is in the config", e)
+
+    def _guard(self, what: str, fn: Callable[[], None]) -> None:
+        if self.run is None:
+            return
+        try:
+            fn()
+        except Exception as e:
+            warn(f"{what} failed; training goes on without wandb", e)
+            run, self.run = self.run, None
+            try:
+                import wandb
+
+                run.finish(exit_code=1)
+                _teardown(wandb)
+            except Exception:
+                pass
+
+    def log(self, metrics: dict, step: int) -> None:
+        # The keys are those of metrics.jsonl, so local and wandb charts share names.
+        self._guard("logging metrics", lambda: self.run.log({k: v for k, v in metrics.items() if k != "step"},
+                                                            step=step))
+
+    def finish(self, summary: dict, run=None) -> None:
+        if self.run is None:
+            return
+
+        def record():
+            import wandb
+
+            steps = int(summary.get("steps") or 0)
+            if summary.get("sample"):
+                table = wandb.Table(columns=["step", "sample"], data=[[steps, summary["sample"]]])
+                self.run.log({"samples": table}, step=steps)
+            self.run.summary.update({k: v for k, v in summary.items()
+                                     if k != "sample" and isinstance(v, (int, float, str, bool))})
+            if run is not None and Path(run.ckpt).is_file():
+                scalars = {k: v for k, v in summary.items() if k != "sample" and isinstance(v, (int, float, str))}
+                model = wandb.Artifact(f"{self.name}-model", type="model", metadata=scalars,
+                                       description="chargpt checkpoint: weights, config, vocabulary, optimizer state")
+                model.add_file(str(run.ckpt), name=Path(run.ckpt).name)
+                for extra in ("config.json", "summary.json"):
+                    if (Path(run.path) / extra).is_file():
+                        model.add_file(str(Path(run.path) / extra), name=extra)
+                self.run.log_artifact(model, aliases=["latest", f"step-{steps}"])
+
+        self._guard("recording the summary and checkpoint", record)
+        if self.run is not None:
+            wrun, self.run = self.run, None
+            _finish(wrun, "training run")

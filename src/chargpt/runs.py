@@ -1,0 +1,127 @@
+"""The runs under `runs/`, side by side: one row per run directory, from its config, metrics log and summary.
+
+A run without `summary.json` did not finish (still training, stopped or crashed); it is listed from what it wrote.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CheckpointError
+from .rundir import CONFIG, METRICS, SUMMARY, read_metrics
+
+
+@dataclass
+class RunInfo:
+    name: str
+    path: Path
+    model: str | None
+    preset: str | None
+    params: int | None
+    steps: int | None
+    best_val: float | None  # lowest random-window val estimate in the metrics log
+    val_full: float | None  # exact full-pass val loss at the end (finished runs only)
+    seconds: float | None  # training wall time, evaluations excluded
+    updated: float  # last write into the run directory (unix time)
+    finished: bool
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _count_params(model_config: dict) -> int | None:
+    """Parameters of an unfinished run's model, built on the meta device (no memory, no weights)."""
+    try:
+        import torch
+
+        from .model import ModelConfig, build_model
+
+        with torch.device("meta"):
+            return build_model(ModelConfig(**model_config)).num_params()
+    except Exception:
+        return None
+
+
+def read_run(path: str | os.PathLike) -> RunInfo:
+    path = Path(path)
+    config, summary = _read_json(path / CONFIG), _read_json(path / SUMMARY)
+    evals = [r for r in read_metrics(path) if r.get("val_loss") is not None]
+    last = evals[-1] if evals else {}
+    model_config = config.get("model", {})
+    params = summary.get("params")
+    if params is None and model_config.get("vocab_size"):
+        params = _count_params(model_config)
+    mtimes = [p.stat().st_mtime for p in (path / CONFIG, path / METRICS, path / SUMMARY) if p.is_file()]
+    return RunInfo(
+        name=path.name, path=path,
+        model=summary.get("model") or model_config.get("model"),
+        preset=summary.get("preset") or config.get("preset"),
+        params=params,
+        steps=summary.get("steps", last.get("step")),
+        best_val=min((r["val_loss"] for r in evals), default=None),
+        val_full=summary.get("val_loss_full"),
+        seconds=summary.get("train_seconds", last.get("train_seconds")),
+        updated=max(mtimes, default=path.stat().st_mtime),
+        finished=bool(summary),
+    )
+
+
+def list_runs(out_dir: str | os.PathLike = "runs") -> list[RunInfo]:
+    """Every run directory under `out_dir` (those holding a config.json), oldest first; `latest` is skipped."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise CheckpointError(f"no runs directory {out_dir}; train a model first or pass --out-dir")
+    dirs = [p for p in out_dir.iterdir() if p.is_dir() and not p.is_symlink() and (p / CONFIG).is_file()]
+    return sorted((read_run(p) for p in dirs), key=lambda r: (r.updated, r.name))
+
+
+def resolve_run(name: str, out_dir: str | os.PathLike = "runs") -> Path:
+    """A run given by name (under `out_dir`) or by path."""
+    for candidate in (Path(out_dir) / name, Path(name)):
+        if candidate.is_dir() and (candidate / METRICS).is_file():
+            return candidate
+    raise CheckpointError(f"no run {name!r}: neither {Path(out_dir) / name} nor {name} holds a {METRICS}; "
+                          f"see `chargpt runs --out-dir {out_dir}`")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 59.95:
+        return f"{seconds:.1f}s"
+    seconds = int(round(seconds))
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _params(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.2f}M" if n >= 100_000 else f"{n / 1e3:.1f}k"
+
+
+def format_runs(runs: list[RunInfo]) -> str:
+    """A fixed-width table; unfinished runs show `-` for the full-pass loss and `unfinished` as status."""
+    header = ("name", "model", "params", "steps", "best val", "val full", "wall", "date", "status")
+    rows = [header]
+    for r in runs:
+        model = r.model if r.preset in (None, r.model) else f"{r.model} ({r.preset})"
+        rows.append((
+            r.name, model or "-", _params(r.params), "-" if r.steps is None else str(r.steps),
+            "-" if r.best_val is None else f"{r.best_val:.4f}", "-" if r.val_full is None else f"{r.val_full:.4f}",
+            _duration(r.seconds), time.strftime("%Y-%m-%d %H:%M", time.localtime(r.updated)),
+            "finished" if r.finished else "unfinished",
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    numeric = {2, 3, 4, 5, 6}
+    lines = ["  ".join(cell.rjust(w) if i in numeric else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             .rstrip() for row in rows]
+    return "\n".join(lines)
