@@ -1,0 +1,194 @@
+"""Data-parallel training with real processes on CPU (gloo): DDP gradients equal one big batch, a 2-rank
+torchrun run writes one set of run files and resumes, and `chargpt train --nproc 2` launches the same."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+import pytest
+import torch
+
+from chargpt import distributed
+from chargpt.errors import ConfigError
+from chargpt.launch import strip_nproc, torchrun_command
+from chargpt.model import ModelConfig, build_model
+
+from conftest import TINY_GPT, run_cli
+
+# Rank-to-rank traffic stays on the loopback interface.
+LOOPBACK = {"GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1"}
+
+
+# ---------------------------------------------------------------------------------------- unit
+def test_split_batch_keeps_the_global_batch_for_any_world_size():
+    for batch, accum in [(16, 1), (16, 4), (6, 2), (4, 8)]:
+        for world in (1, 2, 4):
+            try:
+                micro, steps = distributed.split_batch(batch, accum, world)
+            except ConfigError:
+                assert batch % world and accum % world
+                continue
+            assert micro * steps * world == batch * accum
+
+
+def test_split_batch_refuses_a_batch_that_does_not_divide():
+    with pytest.raises(ConfigError, match="multiple of 2"):
+        distributed.split_batch(3, 1, 2)
+
+
+def test_thread_share_replaces_torchruns_single_thread_with_an_equal_share(monkeypatch):
+    monkeypatch.setattr(distributed, "cpu_count", lambda: 16)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what torchrun sets
+    assert distributed.thread_share(4) == 4
+    assert distributed.thread_share(32) == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert distributed.thread_share(2) == 8
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # a user's choice is kept
+    assert distributed.thread_share(2) == 3
+
+
+def test_nproc_is_removed_from_the_relaunched_command():
+    argv = ["train", "--nproc", "2", "--max-steps", "5", "--nproc=3", "--name", "x"]
+    assert strip_nproc(argv) == ["train", "--max-steps", "5", "--name", "x"]
+    cmd = torchrun_command(2, argv)
+    assert cmd[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
+    assert cmd[6:] == ["chargpt", "train", "--max-steps", "5", "--name", "x"]
+
+
+# ------------------------------------------------------------- gradients: 2 x B equals 1 x 2B
+CONFIGS = [  # the lecture's GPT (no dropout: ranks would drop different units) and the modern one, tied head
+    ModelConfig(model="gpt", vocab_size=65, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0),
+    ModelConfig(model="gpt", vocab_size=65, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0,
+                pos="rope", norm="rmsnorm", mlp="relu2", qk_norm=True, bias=False, tie_weights=True),
+]
+MICRO_BATCH = 3
+
+
+def _gradient_worker(rank: int, world: int, init_file: str) -> None:
+    """Rank r sees rows r*B:(r+1)*B of each micro-step; its DDP-averaged gradients must equal the
+    gradients of one process that sees all rows at once."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        for cfg in CONFIGS:
+            for accum in (1, 2):
+                torch.manual_seed(0)
+                model = build_model(cfg)
+                with torch.no_grad():  # move zero-initialised weights off zero so every gradient is non-trivial
+                    for p in model.parameters():
+                        p.add_(0.02 * torch.randn_like(p))
+                reference = copy.deepcopy(model)
+                rows = world * accum * MICRO_BATCH
+                data = torch.randint(cfg.vocab_size, (rows, cfg.block_size + 1),
+                                     generator=torch.Generator().manual_seed(1))
+                x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
+
+                _, loss = reference(x, y)  # one process, all rows
+                loss.backward()
+
+                ddp = DDP(model)
+                for micro in range(accum):
+                    lo = (micro * world + rank) * MICRO_BATCH
+                    ctx = ddp.no_sync() if micro < accum - 1 else nullcontext()
+                    with ctx:
+                        _, loss = ddp(x[lo:lo + MICRO_BATCH], y[lo:lo + MICRO_BATCH])
+                        (loss / accum).backward()
+
+                for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+                    assert p.grad is not None, name
+                    assert p.grad.abs().max() > 0, f"{name}: zero gradient makes the comparison empty"
+                    diff = (p.grad - q.grad).abs().max().item()
+                    assert diff <= 1e-6, f"{cfg.pos} model, accum {accum}: {name} differs by {diff:.2e}"
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_with_micro_batch_b_give_the_gradients_of_one_rank_with_batch_2b(tmp_path, monkeypatch):
+    for k, v in LOOPBACK.items():
+        monkeypatch.setenv(k, v)
+    torch.multiprocessing.spawn(_gradient_worker, args=(2, str(tmp_path / "rendezvous")), nprocs=2, join=True)
+
+
+# ----------------------------------------------------------------- torchrun and --nproc runs
+STEPS = ["--eval-interval", "5", "--schedule", "constant"]  # constant lr: a resumed run can match a whole one
+
+
+def _torchrun(*args, cwd, env=None, timeout=240) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "chargpt", *map(str, args)]
+    p = subprocess.run(cmd, cwd=cwd, env=dict(os.environ, PYTHONUNBUFFERED="1", **LOOPBACK, **(env or {})),
+                       capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, f"torchrun exited {p.returncode}:\n{p.stdout}\n{p.stderr[-4000:]}"
+    return p
+
+
+@pytest.fixture(scope="module")
+def two_rank_runs(dataset_dir, tmp_path_factory) -> dict:
+    """Run `split` for 10 steps and resume it to 20 under torchrun; run `whole` for 20 steps with --nproc 2."""
+    root = tmp_path_factory.mktemp("ddp")
+    common = ["train", "--data", dataset_dir, "--out-dir", root / "runs", *TINY_GPT, *STEPS]
+    first = _torchrun(*common, "--name", "split", "--max-steps", "10", cwd=root)
+    files_after_first = sorted(os.listdir(root / "runs"))
+    resumed = _torchrun("train", "--resume", root / "runs/split", "--max-steps", "20", cwd=root)
+    whole = run_cli(*common, "--name", "whole", "--max-steps", "20", "--nproc", "2", cwd=root,
+                    env=LOOPBACK, timeout=240)
+    assert whole.returncode == 0, f"--nproc 2 exited {whole.returncode}:\n{whole.stdout}\n{whole.stderr[-4000:]}"
+    return {"root": root, "runs": root / "runs", "first": first, "resumed": resumed, "whole": whole,
+            "files_after_first": files_after_first}
+
+
+def _steps(run: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_train_and_only_rank_0_writes_one_set_of_run_files(two_rank_runs):
+    runs = two_rank_runs["runs"]
+    assert two_rank_runs["files_after_first"] == ["latest", "split"]
+    files = {p.name for p in (runs / "split").iterdir()}
+    assert {"ckpt.pt", "config.json", "metrics.jsonl", "sample.txt", "summary.json"} <= files
+    assert not [f for f in files if f.startswith(".")]  # no temporary files left by a second writer
+    assert _steps(runs / "split") == [0, 5, 10, 15, 20]  # one line per evaluation: rank 1 wrote none
+    out = two_rank_runs["first"].stdout
+    assert out.count("full-pass val loss") == 1 and "2 processes" in out
+    summary = json.loads((runs / "split/summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 20
+    assert summary["val_loss_full"] < 4.17  # below the uniform guess, ln 65
+
+
+@pytest.mark.slow
+def test_checkpoint_holds_each_ranks_batch_generator(two_rank_runs):
+    state = torch.load(two_rank_runs["runs"] / "split/ckpt.pt", weights_only=True)
+    per_rank = state["rng"]["batch_per_rank"]
+    assert len(per_rank) == 2 and not torch.equal(per_rank[0], per_rank[1])
+
+
+@pytest.mark.slow
+def test_resume_with_two_ranks_continues_the_same_loss_curve(two_rank_runs):
+    runs = two_rank_runs["runs"]
+    assert "resuming run" in two_rank_runs["resumed"].stdout
+    split = (runs / "split/metrics.jsonl").read_text().splitlines()
+    whole = (runs / "whole/metrics.jsonl").read_text().splitlines()
+
+    def losses(lines):
+        return [(r["step"], r["train_loss"], r["val_loss"]) for r in map(json.loads, lines)]
+
+    assert losses(split) == losses(whole)
+    s, w = (json.loads((runs / f"{n}/summary.json").read_text()) for n in ("split", "whole"))
+    assert s["val_loss_full"] == pytest.approx(w["val_loss_full"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_nproc_2_launches_torchrun_with_a_share_of_the_cpus_per_process(two_rank_runs):
+    out = two_rank_runs["whole"].stdout
+    assert f"2 processes of {distributed.thread_share(2)} threads" in out
+    assert sorted(os.listdir(two_rank_runs["runs"])) == ["latest", "split", "whole"]
+    assert os.readlink(two_rank_runs["runs"] / "latest") == "whole"
