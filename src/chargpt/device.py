@@ -1,6 +1,7 @@
 """Where and how tensors compute: device detection (cuda, then mps, then cpu), autocast, CUDA fast-path settings."""
 from __future__ import annotations
 
+import re
 from contextlib import nullcontext
 from functools import partial
 
@@ -21,6 +22,8 @@ def resolve_device(name: str = "auto") -> torch.device:
     """`auto` picks the best device; an explicit device that is not there is a clear error."""
     if name == "auto":
         return torch.device(detect_device())
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", name):
+        raise ConfigError(f"--device must be auto, cpu, mps, cuda or cuda:N, got {name!r}")
     dev = torch.device(name)
     if dev.type == "cuda":
         if not torch.cuda.is_available():

@@ -1,0 +1,103 @@
+"""The CLI end to end, through real processes."""
+import json
+
+import pytest
+
+from conftest import TINY_GPT, run_cli
+
+
+def test_prepare_train_sample_eval_end_to_end(shakespeare_path, tmp_path):
+    p = run_cli("prepare", "--input", shakespeare_path, "--out", "data/ts", cwd=tmp_path, check=True)
+    assert "vocabulary 65" in p.stdout and "1,003,854" in p.stdout
+    again = run_cli("prepare", "--input", shakespeare_path, "--out", "data/ts", cwd=tmp_path, check=True)
+    assert "nothing changed" in again.stdout
+
+    p = run_cli("train", "--data", "data/ts", "--name", "r1", *TINY_GPT, cwd=tmp_path, check=True)
+    assert "parameters" in p.stdout and "model: gpt" in p.stdout
+    assert "block_size=16" in p.stdout  # the resolved config is printed
+    assert "--- sample ---" in p.stdout
+    summary = json.loads((tmp_path / "runs/r1/summary.json").read_text())
+    assert summary["steps"] == 20 and summary["val_loss_full"] < 4.2
+    assert (tmp_path / "runs/latest").resolve() == (tmp_path / "runs/r1").resolve()
+
+    s = run_cli("sample", "--ckpt", "runs/r1", "--prompt", "ROMEO:", "--max-new-tokens", "40", "--seed", "3",
+                cwd=tmp_path, check=True)
+    assert s.stdout.startswith("ROMEO:") and len(s.stdout.rstrip("\n")) == 46
+    s2 = run_cli("sample", "--prompt", "ROMEO:", "--max-new-tokens", "40", "--seed", "3", cwd=tmp_path, check=True)
+    assert s2.stdout == s.stdout  # runs/latest by default; same seed, same text
+    many = run_cli("sample", "--num-samples", "3", "--max-new-tokens", "10", cwd=tmp_path, check=True)
+    assert many.stdout.count("--- sample") == 3
+
+    e = run_cli("eval", "--ckpt", "runs/r1", "--json", cwd=tmp_path, check=True)
+    result = json.loads(e.stdout)
+    assert result["split"] == "val" and result["tokens"] == 111539
+    assert abs(result["loss"] - summary["val_loss_full"]) < 1e-6
+    assert abs(result["bpc"] - result["loss"] / 0.6931471805599453) < 1e-9
+    t = run_cli("eval", "--ckpt", "runs/r1/ckpt.pt", "--split", "train", cwd=tmp_path, check=True)
+    assert "train loss" in t.stdout and "bits/char" in t.stdout
+
+
+@pytest.mark.parametrize("command", ["prepare", "train", "sample", "eval"])
+def test_help_lists_options_with_defaults(command):
+    p = run_cli(command, "--help", check=True)
+    assert "--help" in p.stdout and "default" in p.stdout
+
+
+def test_train_help_lists_every_config_field():
+    from dataclasses import fields
+
+    from chargpt.config import TrainConfig
+    from chargpt.model import ModelConfig
+
+    text = run_cli("train", "--help", check=True).stdout
+    for f in [*fields(ModelConfig), *fields(TrainConfig)]:
+        if f.name != "vocab_size":
+            assert "--" + f.name.replace("_", "-") in text, f.name
+
+
+def one_error_line(p):
+    assert p.returncode != 0
+    assert "Traceback" not in p.stderr
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, p.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, code, needle", [
+    (["--lr", "0"], 2, "--lr"),
+    (["--lr", "-1e-3"], 2, "--lr"),
+    (["--batch-size", "0"], 2, "--batch-size"),
+    (["--preset", "nope"], 2, "preset"),
+    (["--model", "transformer-xl"], 2, "model"),
+    (["--n-embd", "30", "--n-head", "4"], 2, "divisible"),
+    (["--max-steps", "-5"], 2, "--max-steps"),
+    (["--time-budget", "soon"], 2, "duration"),
+    (["--device", "tpu"], 2, "--device"),
+])
+def test_invalid_train_values_give_one_line_and_exit_2(dataset_dir, tmp_path, args, code, needle):
+    p = run_cli("train", "--data", dataset_dir, *args, cwd=tmp_path)
+    line = one_error_line(p)
+    assert p.returncode == code and needle in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_corpora_give_one_line(tmp_path):
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1") * 50)
+    (tmp_path / "tiny.txt").write_text("to be or not to be, that is the question\n")
+    assert "does not exist" in one_error_line(run_cli("prepare", "--input", "missing.txt", cwd=tmp_path))
+    assert "empty" in one_error_line(run_cli("prepare", "--input", "empty.txt", cwd=tmp_path))
+    assert "UTF-8" in one_error_line(run_cli("prepare", "--input", "latin1.txt", cwd=tmp_path))
+    run_cli("prepare", "--input", "tiny.txt", "--out", "tiny", cwd=tmp_path, check=True)
+    line = one_error_line(run_cli("train", "--data", "tiny", "--preset", "bigram", "--block-size", "64", cwd=tmp_path))
+    assert "fewer than one block" in line
+
+
+def test_prompt_outside_the_vocabulary_is_one_line(shakespeare_path, tmp_path):
+    run_cli("prepare", "--input", shakespeare_path, "--out", "ds", cwd=tmp_path, check=True)
+    run_cli("train", "--data", "ds", "--name", "r", "--preset", "bigram", "--max-steps", "5", "--eval-interval", "5",
+            "--eval-iters", "2", cwd=tmp_path, check=True)
+    line = one_error_line(run_cli("sample", "--ckpt", "runs/r", "--prompt", "Hello ~ world", cwd=tmp_path))
+    assert "'~' at position 6" in line
+    line = one_error_line(run_cli("sample", "--ckpt", "runs/r", "--max-new-tokens", "-1", cwd=tmp_path))
+    assert "--max-new-tokens" in line
