@@ -16,6 +16,7 @@ class DistInfo:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    owns_group: bool = False  # init() created the process group, so shutdown() destroys it
 
     @property
     def enabled(self) -> bool:
@@ -38,6 +39,7 @@ def init(device_type: str) -> DistInfo:
         if device_type == "cuda":
             torch.cuda.set_device(info.local_rank)
         dist.init_process_group(backend=backend)
+        info.owns_group = True
     return info
 
 
@@ -62,8 +64,8 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
+def shutdown(info: DistInfo) -> None:
+    if info.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -246,6 +246,7 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
             run.mark_latest()
         tracker.finish(summary, run)
     distributed.barrier(dist_info)
+    distributed.shutdown(dist_info)  # NCCL warns at exit about a process group never destroyed
     return summary
 
 
