@@ -1,0 +1,251 @@
+"""Weights & Biases tracking, run for real in offline mode inside temporary directories and read back from the
+run's .wandb file with wandb's own inspector (`wandb leet inspect --json`)."""
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from chargpt.data import load_dataset
+from chargpt.tracking import (INIT_TIMEOUT, NullTracker, WandbTracker, dataset_artifact_name, default_run_name)
+
+BIGRAM = ["--preset", "bigram", "--max-steps", "20", "--eval-interval", "10", "--eval-iters", "2",
+          "--log-interval", "5", "--sample-tokens", "20"]
+
+
+@pytest.fixture
+def wandb_dir(tmp_path, monkeypatch) -> Path:
+    """wandb confined to tmp_path, with no credentials of the machine it runs on."""
+    root = tmp_path / "wandb-home"
+    for var, sub in (("WANDB_DIR", "dir"), ("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"),
+                     ("WANDB_CONFIG_DIR", "config")):
+        (root / sub).mkdir(parents=True)
+        monkeypatch.setenv(var, str(root / sub))
+    for var in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "WANDB_INIT_TIMEOUT", "WANDB_IDENTITY_TOKEN_FILE",
+                "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NETRC", str(root / "no-netrc"))
+    monkeypatch.setenv("PYTHONUNBUFFERED", "1")
+    return root / "dir"
+
+
+def chargpt(*args, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "chargpt", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=240, stdin=subprocess.DEVNULL)
+
+
+def offline_runs(wandb_dir: Path) -> list[Path]:
+    return sorted((wandb_dir / "wandb").glob("offline-run-*"))
+
+
+def inspect(run_dir: Path, *extra) -> str:
+    p = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", *extra, str(run_dir)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+def records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in inspect(run_dir).splitlines() if line.strip()]
+
+
+def artifacts(recs: list[dict]) -> dict[str, dict]:
+    return {r["artifact"]["name"]: r["artifact"] for r in recs if r["type"] == "artifact"}
+
+
+def history(recs: list[dict]) -> dict[int, dict]:
+    return {int(r["history"]["step"].get("num", 0)): r["history"]["item"] for r in recs if r["type"] == "history"}
+
+
+def wandb_core_processes(wandb_dir: Path) -> list[int]:
+    """wandb-core processes started for this test (recognised by the WANDB_DIR in their environment)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            argv0 = (proc / "cmdline").read_bytes().split(b"\0")[0]
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"wandb-core" in Path(argv0.decode(errors="replace")).name.encode() and \
+                f"WANDB_DIR={wandb_dir}".encode() in environ:
+            found.append(int(proc.name))
+    return found
+
+
+def assert_no_wandb_core_left(wandb_dir: Path) -> None:
+    deadline = time.monotonic() + 5
+    while wandb_core_processes(wandb_dir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert wandb_core_processes(wandb_dir) == []
+
+
+def md5_b64(path: Path) -> str:
+    return base64.b64encode(hashlib.md5(path.read_bytes()).digest()).decode()
+
+
+# ----------------------------------------------------------------------------------------------- names
+def test_tiny_shakespeare_gets_the_notebook_artifact_name_by_name_or_by_content():
+    assert dataset_artifact_name({"name": "shakespeare"}) == "mini-shakespeare-tensors"
+    sha = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+    assert dataset_artifact_name({"name": "input", "source_sha256": sha}) == "mini-shakespeare-tensors"
+    assert dataset_artifact_name({"name": "war and peace", "source_sha256": "0" * 64}) == "war-and-peace-tensors"
+
+
+def test_default_run_names_read_like_the_notebook():
+    assert default_run_name("bigram", "bigram") == "train-bigram-baseline"
+    assert default_run_name("gpt", "cpu") == "train-gpt-cpu"
+    assert default_run_name("gpt", None) == "train-gpt-custom"
+
+
+# ------------------------------------------------------------------------------------- offline, for real
+def test_prepare_wandb_logs_the_dataset_artifact_offline_with_one_sync_line(shakespeare_path, wandb_dir, tmp_path):
+    p = chargpt("prepare", "--input", shakespeare_path, "--out", "data/shakespeare", "--wandb", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    (run_dir,) = offline_runs(wandb_dir)
+    sync_lines = [line for line in p.stdout.splitlines() if "wandb sync" in line]
+    assert sync_lines == [f"wandb: not logged in, so tracking offline in {run_dir}; upload later with: "
+                          f"wandb sync {run_dir}"]
+    assert "Traceback" not in p.stderr and "warning" not in p.stderr
+
+    recs = records(run_dir)
+    (run,) = [r["run"] for r in recs if r["type"] == "run"]
+    assert run["job_type"] == "dataset-prep" and run["project"] == "chargpt"
+    art = artifacts(recs)["mini-shakespeare-tensors"]
+    assert art["type"] == "dataset"
+    files = {c["path"]: c for c in art["manifest"]["contents"]}
+    assert set(files) == {"train.pt", "val.pt", "meta.json"}
+    data_dir = tmp_path / "data/shakespeare"
+    for name in ("train.pt", "val.pt"):
+        assert files[name]["digest"] == md5_b64(data_dir / name)
+    meta = json.loads(art["metadata"])
+    local = json.loads((data_dir / "meta.json").read_text())
+    assert meta["vocab_size"] == 65 == local["vocab_size"]
+    assert (meta["train_tokens"], meta["val_tokens"]) == (local["train_tokens"], local["val_tokens"])
+    assert meta["val_fraction"] == 0.1 and meta["source_sha256"] == local["source_sha256"]
+    assert_no_wandb_core_left(wandb_dir)
+
+
+def test_train_wandb_offline_records_config_metrics_summary_samples_and_model(dataset_dir, wandb_dir, tmp_path):
+    p = chargpt("train", "--data", dataset_dir, *BIGRAM, "--name", "b", "--wandb", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    (run_dir,) = offline_runs(wandb_dir)
+    notices = [line for line in p.stdout.splitlines() if line.startswith("wandb:")]
+    assert notices[0] == f"wandb: not logged in, so tracking offline in {run_dir}; upload later with: wandb sync {run_dir}"
+    data = load_dataset(dataset_dir)
+    assert notices[1].startswith("wandb: offline runs cannot use artifacts: the local dataset")
+    assert data.content_hash[:12] in notices[1] and len(notices) == 2
+    assert "Traceback" not in p.stderr and "warning" not in p.stderr
+
+    local_run = tmp_path / "runs/b"
+    local_metrics = [json.loads(line) for line in (local_run / "metrics.jsonl").read_text().splitlines()]
+    local_summary = json.loads((local_run / "summary.json").read_text())
+    recs = records(run_dir)
+    (run,) = [r["run"] for r in recs if r["type"] == "run"]
+    assert run["job_type"] == "training" and run["display_name"] == "train-bigram-baseline"
+
+    state = json.loads(inspect(run_dir, "--summary"))
+    config = state["config"]
+    assert config["model"]["model"] == "bigram" and config["model"]["vocab_size"] == 65
+    assert config["train"]["max_steps"] == 20 and config["train"]["eval_interval"] == 10
+    assert config["preset"] == "bigram"
+    assert config["dataset"]["content_hash"] == data.content_hash
+    assert config["dataset"]["artifact"] == "mini-shakespeare-tensors"
+
+    rows = history(recs)
+    assert sorted(rows) == [0, 5, 10, 15, 20]
+    for record in local_metrics:  # every evaluation, with the same keys and values as metrics.jsonl
+        row = rows[record["step"]]
+        for key in ("train_loss", "val_loss", "tokens_seen", "train_seconds"):
+            assert row[key] == pytest.approx(record[key]), key
+    for step in (5, 10, 15, 20):  # every log interval
+        assert {"loss", "lr", "grad_norm", "tokens_per_sec"} <= set(rows[step])
+        assert rows[step]["lr"] == pytest.approx(0.01)
+
+    summary = state["summary"]
+    assert summary["val_loss_full"] == pytest.approx(local_summary["val_loss_full"])
+    assert summary["val_bpc_full"] == pytest.approx(local_summary["val_bpc_full"])
+    assert summary["params"] == 65 * 65 and summary["steps"] == 20
+    assert summary["samples"]["_type"] == "table-file" and summary["samples"]["nrows"] == 1
+    table = json.loads((run_dir / "files" / summary["samples"]["path"]).read_text())
+    assert table["columns"] == ["step", "sample"]
+    assert table["data"] == [[20, (local_run / "sample.txt").read_text()]]
+
+    model = artifacts(recs)["train-bigram-baseline-model"]
+    assert model["type"] == "model"
+    files = {c["path"]: c for c in model["manifest"]["contents"]}
+    assert set(files) == {"ckpt.pt", "config.json", "summary.json"}
+    assert files["ckpt.pt"]["digest"] == md5_b64(local_run / "ckpt.pt")
+    assert "step-20" in model["aliases"]
+    assert state["state"] == "finished" and state["exit_code"] == 0
+    assert_no_wandb_core_left(wandb_dir)
+
+
+def test_an_unreachable_server_with_a_key_set_starts_promptly_and_falls_back_to_offline(
+        dataset_dir, wandb_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)  # well-formed, fake
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # the discard port: nothing listens
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "chargpt", "train", "--data", str(dataset_dir), *BIGRAM,
+                             "--name", "u", "--wandb"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    started = None
+    out = []
+    for line in proc.stdout:
+        out.append(line)
+        if started is None and line.startswith("step 0:"):
+            started = time.monotonic() - t0
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0, err
+    total = time.monotonic() - t0
+    # wandb alone would wait its 90 s default; chargpt bounds the start and then trains.
+    assert started is not None and started < INIT_TIMEOUT + 25, (started, "".join(out), err)
+    assert total < INIT_TIMEOUT + 60
+    (run_dir,) = offline_runs(wandb_dir)
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, err
+    assert "cannot start an online run" in warnings[0] and f"wandb sync {run_dir}" in warnings[0]
+    assert "Traceback" not in err
+    assert (tmp_path / "runs/u/summary.json").is_file()
+    assert sorted(history(records(run_dir))) == [0, 5, 10, 15, 20]
+    assert_no_wandb_core_left(wandb_dir)
+
+
+# ------------------------------------------------------------------------------------ never breaks training
+class BrokenRun:
+    """A wandb run whose calls fail, as when wandb-core dies mid-training."""
+
+    def __init__(self):
+        self.finished_with = None
+
+    def log(self, *args, **kwargs):
+        raise ConnectionResetError("wandb-core went away")
+
+    def finish(self, exit_code=0):
+        self.finished_with = exit_code
+
+
+def test_a_failing_wandb_call_is_one_warning_and_then_the_tracker_goes_quiet(capsys, tmp_path):
+    broken = BrokenRun()
+    tracker = WandbTracker(broken, "train-x")
+    for step in range(3):
+        tracker.log({"loss": 1.0}, step)
+    tracker.finish({"steps": 3, "val_loss_full": 1.0}, None)
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["warning: wandb: logging metrics failed; training goes on without wandb "
+                   "(ConnectionResetError: wandb-core went away)"]
+    assert tracker.run is None and broken.finished_with == 1
+
+
+def test_disabled_mode_gives_a_tracker_that_does_nothing(dataset_dir, wandb_dir):
+    from chargpt.config import get_preset
+
+    tracker = WandbTracker.start(get_preset("bigram"), None, load_dataset(dataset_dir), mode="disabled")
+    assert isinstance(tracker, NullTracker)
+    assert not (wandb_dir / "wandb").exists()
