@@ -1,0 +1,89 @@
+"""Loss-curve PNGs: one run's curves, refreshed by the training loop, and several runs overlaid."""
+import json
+import struct
+import time
+from pathlib import Path
+
+import chargpt.train
+from chargpt.config import get_preset
+from chargpt.data import load_dataset
+from chargpt.plotting import plot_run, plot_runs, refresh_run_plot
+from chargpt.rundir import RunDir
+from chargpt.train import train
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
+    return struct.unpack(">II", head[16:24])
+
+
+def write_metrics(run: Path, steps=(0, 10, 20), val=(4.2, 3.1, 2.6)) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    with open(run / "metrics.jsonl", "w") as f:
+        for i, (step, v) in enumerate(zip(steps, val)):
+            f.write(json.dumps({"step": step, "train_loss": v + 0.05, "val_loss": v, "lr": 1e-3,
+                                "tokens_seen": step * 256, "train_seconds": 0.5 * i, "tokens_per_sec": 500.0}) + "\n")
+
+
+def test_plot_run_draws_two_panels_into_loss_png_and_leaves_no_temporary_file(tmp_path):
+    run = tmp_path / "r"
+    write_metrics(run)
+    out = plot_run(run)
+    assert out == run / "loss.png"
+    assert png_size(out) == (1000, 400)  # two side-by-side panels: against steps and against seconds
+    assert sorted(p.name for p in run.iterdir()) == ["loss.png", "metrics.jsonl"]
+
+
+def test_plot_run_skips_a_torn_last_line_and_draws_nothing_before_the_first_evaluation(tmp_path):
+    run = tmp_path / "r"
+    write_metrics(run)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 30, "val_lo')  # a crash mid-write
+    assert plot_run(run) == run / "loss.png"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert plot_run(empty) is None and not (empty / "loss.png").exists()
+
+
+def test_a_plotting_failure_is_one_warning_line_and_not_an_exception(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("chargpt.plotting._warned", False)
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    refresh_run_plot(not_a_dir)
+    refresh_run_plot(not_a_dir)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"warning: cannot draw the loss curve in {not_a_dir}")
+
+
+def test_training_refreshes_the_plot_at_every_evaluation(dataset_dir, tmp_path, monkeypatch):
+    calls = []
+
+    def spy(path):
+        calls.append(len(RunDir(Path(path)).metrics()))
+        refresh_run_plot(path)
+
+    monkeypatch.setattr(chargpt.train, "refresh_run_plot", spy)
+    cfg = get_preset("bigram")
+    cfg.train.max_steps, cfg.train.eval_interval, cfg.train.eval_iters, cfg.train.sample_tokens = 20, 5, 2, 0
+    run = RunDir.create(tmp_path, "b")
+    train(cfg, load_dataset(dataset_dir), run, preset="bigram", echo=lambda *_: None)
+    assert calls == [1, 2, 3, 4, 5]  # after each record of steps 0, 5, 10, 15, 20 is written
+    assert png_size(run.path / "loss.png") == (1000, 400)
+
+
+def test_plot_runs_overlays_several_runs_into_one_png(tmp_path):
+    write_metrics(tmp_path / "a")
+    write_metrics(tmp_path / "b", steps=(0, 50), val=(4.1, 2.2))
+    out = plot_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "out" / "cmp.png")
+    assert png_size(out) == (1000, 400)
+
+
+def test_replotting_a_long_run_stays_cheap(tmp_path):
+    n = 2000
+    run = tmp_path / "long"
+    write_metrics(run, steps=range(0, n * 10, 10), val=[4 - i / n for i in range(n)])
+    plot_run(run)  # the first call pays matplotlib's import
+    t0 = time.perf_counter()
+    plot_run(run)
+    assert time.perf_counter() - t0 < 2.0
