@@ -1,0 +1,114 @@
+"""`chargpt runs`: the table of runs under runs/ and the overlay plot, checked against the runs' real files."""
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chargpt.cli import main
+from chargpt.config import get_preset
+from chargpt.data import load_dataset
+from chargpt.rundir import RunDir
+from chargpt.runs import format_runs, list_runs, read_run
+from chargpt.train import train
+
+BIGRAM = ["--preset", "bigram", "--max-steps", "1000000", "--eval-interval", "50", "--eval-iters", "2",
+          "--sample-tokens", "0"]
+
+
+def chargpt(*args, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "chargpt", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=240, stdin=subprocess.DEVNULL)
+
+
+def tiny(preset: str, steps: int, **model):
+    cfg = get_preset(preset)
+    for k, v in model.items():
+        setattr(cfg.model, k, v)
+    cfg.model.vocab_size = 65
+    cfg.train.max_steps, cfg.train.eval_interval, cfg.train.eval_iters = steps, steps // 2, 2
+    cfg.train.batch_size, cfg.train.sample_tokens, cfg.train.compile = 4, 0, False
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def workdir(dataset_dir, tmp_path_factory) -> Path:
+    """Two finished runs (trained here) and one that `chargpt train` wrote until SIGTERM stopped it."""
+    cwd = tmp_path_factory.mktemp("runs-cwd")
+    data = load_dataset(dataset_dir)
+    gpt = tiny("cpu", 10, n_layer=1, n_embd=32, n_head=2, block_size=16)
+    gpt.train.optimizer = "adamw"
+    for name, preset, cfg in (("bigram", "bigram", tiny("bigram", 20)), ("tiny-gpt", "cpu", gpt)):
+        train(cfg, data, RunDir.create(cwd / "runs", name), preset=preset, data_dir=str(dataset_dir),
+              echo=lambda *_: None)
+    proc = subprocess.Popen([sys.executable, "-m", "chargpt", "train", "--data", str(dataset_dir), "--name", "stopped",
+                             *BIGRAM], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    for line in proc.stdout:
+        if line.startswith("step 0:"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    return cwd
+
+
+def test_runs_lists_every_run_with_the_values_of_its_files(workdir):
+    p = chargpt("runs", cwd=workdir)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0].split() == ["name", "model", "params", "steps", "best", "val", "val", "full", "wall", "date",
+                                "status"]
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert set(rows) == {"bigram", "tiny-gpt", "stopped"}  # `latest` is a link, not a run
+
+    for name in ("bigram", "tiny-gpt"):
+        summary = json.loads((workdir / "runs" / name / "summary.json").read_text())
+        metrics = [json.loads(x) for x in (workdir / "runs" / name / "metrics.jsonl").read_text().splitlines()]
+        cells = rows[name].split()
+        assert f"{summary['val_loss_full']:.4f}" in cells
+        assert f"{min(r['val_loss'] for r in metrics):.4f}" in cells
+        assert str(summary["steps"]) in cells and cells[-1] == "finished"
+    assert rows["bigram"].split()[1:3] == ["bigram", "4.2k"]  # 65 x 65 parameters
+    assert rows["tiny-gpt"].split()[1:3] == ["gpt", "(cpu)"]
+
+    stopped = rows["stopped"].split()
+    assert stopped[-1] == "unfinished" and stopped[5] == "-"  # no full-pass loss without a summary
+    assert stopped[3] == "0"  # its last evaluation was at step 0
+
+
+def test_an_unfinished_run_is_read_from_its_config_and_metrics(workdir):
+    info = read_run(workdir / "runs" / "stopped")
+    assert not info.finished and info.val_full is None
+    assert info.params == 65 * 65  # counted from the config on the meta device
+    assert info.steps == 0 and info.best_val is not None
+    runs = list_runs(workdir / "runs")
+    assert [r.name for r in runs][-1] == "stopped"  # oldest first
+    assert "unfinished" in format_runs(runs)
+
+
+def test_runs_plot_overlays_the_named_runs(workdir, capsys, monkeypatch):
+    monkeypatch.chdir(workdir)
+    assert main(["runs", "--plot", "bigram", "runs/tiny-gpt", "--out", "cmp/both.png"]) == 0
+    assert capsys.readouterr().out == "wrote cmp/both.png: val loss of bigram, runs/tiny-gpt\n"
+    assert (workdir / "cmp/both.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_each_run_directory_holds_its_loss_png(workdir):
+    for name in ("bigram", "tiny-gpt", "stopped"):
+        assert (workdir / "runs" / name / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unknown_runs_and_missing_directories_are_one_error_line(workdir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(workdir)
+    assert main(["runs", "--plot", "nope", "--out", "x.png"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: no run 'nope'") and err.count("\n") == 1
+    monkeypatch.chdir(tmp_path)
+    assert main(["runs", "--out-dir", "elsewhere"]) == 1
+    assert capsys.readouterr().err == "error: no runs directory elsewhere; train a model first or pass --out-dir\n"
+    (tmp_path / "empty").mkdir()
+    assert main(["runs", "--out-dir", "empty"]) == 0
+    assert capsys.readouterr().out == "no runs under empty\n"
