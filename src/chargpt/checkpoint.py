@@ -2,6 +2,7 @@
 read without ever running code from it (`torch.load(..., weights_only=True)`)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import zipfile
@@ -13,6 +14,7 @@ from .config import Config
 from .errors import CheckpointError, ConfigError
 from .fsutil import save_torch
 from .model import LanguageModel, build_model
+from .optim import make_optimizers
 from .tokenizer import CharTokenizer
 
 CKPT_NAME = "ckpt.pt"
@@ -74,3 +76,30 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     except (ConfigError, KeyError, RuntimeError) as e:
         raise CheckpointError(f"{resolve(path)} does not match any chargpt model ({str(e).splitlines()[0][:200]})") from None
     return model.to(device).eval(), tokenizer, state
+
+
+def check_resumable(state: dict, config: Config, path: str | os.PathLike) -> None:
+    """Refuse to resume `state` as `config` when the model or optimizer would differ from the one saved."""
+    try:
+        saved = Config.from_dict(state["config"])
+    except (ConfigError, KeyError) as e:
+        raise CheckpointError(f"{path} has no usable config ({e}); it cannot be resumed") from None
+    for section, flags in (("model", [f.name for f in dataclasses.fields(saved.model)]), ("train", ["optimizer"])):
+        old, new = getattr(saved, section), getattr(config, section)
+        changed = [f"--{f.replace('_', '-')} {getattr(new, f)} (saved: {getattr(old, f)})"
+                   for f in flags if getattr(old, f) != getattr(new, f)]
+        if changed:
+            raise ConfigError(f"cannot resume {path} with a different {section}: {', '.join(changed)}; "
+                              f"drop those flags, or start a new run with --name")
+    try:
+        model = build_model(config.model)
+        model.load_state_dict(state["model"])
+        optimizers = make_optimizers(model, config.train, "cpu")
+        if len(optimizers) != len(state["optimizers"]):
+            raise ValueError(f"{len(state['optimizers'])} optimizer states for {len(optimizers)} optimizers")
+        for opt, st in zip(optimizers, state["optimizers"]):
+            opt.load_state_dict(st)
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
+        raise CheckpointError(f"{path} does not match the model it records ({first}); "
+                              f"it cannot be resumed, start a new run") from None

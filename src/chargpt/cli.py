@@ -93,10 +93,12 @@ def cmd_train(args) -> int:
     data = load_dataset(data_dir)
     config.model.vocab_size = data.tokenizer.vocab_size
     config.validate()
+    data.check_block_size(config.model.block_size)
     if resume_state is not None:
         if resume_state["dataset_hash"] != data.content_hash:
             raise ConfigError(f"{data_dir} is not the dataset {args.resume} was trained on; "
                               f"pass --data with the original dataset directory")
+        checkpoint.check_resumable(resume_state, config, run.path)
     else:
         run_name = args.name or default_name(config.model.model, preset)
         run = RunDir.create(args.out_dir, run_name) if _is_main_process() else None
@@ -296,10 +298,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 1)
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        print("error: interrupted; files are written whole or not at all, the last checkpoint is kept", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as e:  # a full disk or a vanished directory: nothing chargpt could check beforehand
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}; free space or choose another path, then retry", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

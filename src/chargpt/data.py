@@ -118,8 +118,14 @@ def prepare(input_path: str | os.PathLike, out_dir: str | os.PathLike, val_fract
     if _up_to_date(out_dir, meta):
         return PrepareResult(out_dir, json.loads((out_dir / "meta.json").read_text()), changed=False)
 
+    if tok.vocab_size > torch.iinfo(DTYPES[dtype]).max + 1:
+        raise DataError(f"--dtype {dtype} cannot hold a vocabulary of {tok.vocab_size} characters; use --dtype auto")
+
     # Pass 2: encode chunk by chunk into raw files, then wrap each as a torch tensor file.
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create dataset directory {out_dir} ({e.strerror}); choose a writable --out") from None
     np_dtype = np.dtype(str(DTYPES[dtype]).replace("torch.", ""))
     table = np.zeros(len(counts), dtype=np_dtype)
     table[present] = np.arange(len(present), dtype=np_dtype)
@@ -178,6 +184,14 @@ class Dataset:
     def content_hash(self) -> str:
         """Identifies the encoded tensors (for lineage when no artifact can be used)."""
         return hashlib.sha256((self.meta.get("train_sha256", "") + self.meta.get("val_sha256", "")).encode()).hexdigest()
+
+    def check_block_size(self, block_size: int) -> None:
+        """Both splits must hold at least one block plus its next-character target."""
+        for name in ("train", "val"):
+            n = len(self.split(name))
+            if n < block_size + 1:
+                raise DataError(f"the {name} split of {self.path} has {n} tokens, fewer than one block "
+                                f"({block_size} + 1); use a smaller --block-size or a larger corpus")
 
     def split(self, name: str) -> torch.Tensor:
         if name not in ("train", "val"):

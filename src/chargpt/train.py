@@ -102,9 +102,15 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
     optimizers = make_optimizers(model, tc, device.type)
     step, spent = 0, 0.0
     if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        for opt, st in zip(optimizers, resume_state["optimizers"]):
-            opt.load_state_dict(st)
+        try:
+            model.load_state_dict(resume_state["model"])
+            if len(optimizers) != len(resume_state["optimizers"]):
+                raise ValueError("the number of optimizers differs")
+            for opt, st in zip(optimizers, resume_state["optimizers"]):
+                opt.load_state_dict(st)
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise CheckpointError(f"the checkpoint does not fit this model and optimizer ({str(e).splitlines()[0][:200]}); "
+                                  f"resume with the config it was saved with") from None
         step = resume_state["step"]
         spent = resume_state["extra"].get("train_seconds", 0.0)
         states = resume_state["rng"].get("batch_per_rank")
@@ -122,10 +128,7 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
     ddp_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None) if dist_info.enabled else None
     fwd = ddp_model or train_model
     splits = {"train": data.train, "val": data.val}
-    for name, split in splits.items():
-        if len(split) < mc.block_size + 1:
-            raise ChargptError(f"the {name} split has {len(split)} tokens, fewer than one block "
-                               f"({mc.block_size} + 1); use a smaller --block-size or a larger corpus")
+    data.check_block_size(mc.block_size)
 
     def evaluate() -> dict:
         losses = estimate_loss(train_model, splits, tc.eval_iters, micro_batch, mc.block_size, device,
