@@ -131,7 +131,8 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
     data.check_block_size(mc.block_size)
 
     def evaluate() -> dict:
-        losses = estimate_loss(train_model, splits, tc.eval_iters, micro_batch, mc.block_size, device,
+        # Eager model: compiling an eval-mode graph would cost a second compile outside the time budget.
+        losses = estimate_loss(model, splits, tc.eval_iters, micro_batch, mc.block_size, device,
                                torch.Generator().manual_seed(tc.seed + 10_000), autocast)
         return {"train_loss": losses["train"], "val_loss": losses["val"]}
 

@@ -1,0 +1,137 @@
+"""Quality per second: full-pass val loss of `chargpt train --preset cpu --time-budget B`, median of 3 seeds,
+and the ablations that chose the `cpu` preset (each row: one change to the preset, same budget).
+
+    python benchmarks/bench_quality.py                      # 3 seeds x 150 s and 3 seeds x 300 s
+    python benchmarks/bench_quality.py --budgets 150 --seeds 1
+    python benchmarks/bench_quality.py --ablations --budgets 150 --seeds 1
+
+Each run is a real `chargpt train` process (fresh interpreter, the machine's default threads); its peak
+resident memory is read from the kernel (getrusage of the finished child).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, print_table  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TARGETS = {150: "<= 1.60 (aim 1.55)", 300: "<= 1.53 (aim 1.48)"}
+
+# name -> extra flags on top of --preset cpu
+ABLATIONS: dict[str, list[str]] = {
+    "cpu preset": [],
+    "AdamW instead of Muon": ["--optimizer", "adamw"],
+    "learned positions instead of RoPE": ["--pos", "learned"],
+    "GELU instead of ReLU²": ["--mlp", "gelu"],
+    "LayerNorm with biases instead of RMSNorm": ["--norm", "layernorm", "--bias"],
+    "no QK-norm": ["--no-qk-norm"],
+    "untied head": ["--no-tie-weights"],
+    "3 layers": ["--n-layer", "3"],
+    "4 layers": ["--n-layer", "4"],
+    "n_embd 192, 6 heads": ["--n-embd", "192", "--n-head", "6"],
+    "context 64": ["--block-size", "64"],
+    "context 256": ["--block-size", "256"],
+    "batch 8": ["--batch-size", "8"],
+    "batch 32": ["--batch-size", "32"],
+    "muon lr 0.04": ["--muon-lr", "0.04"],
+    "muon lr 0.01": ["--muon-lr", "0.01"],
+    "adam lr 1e-2": ["--lr", "1e-2"],
+    "no compile": ["--no-compile"],
+    "1 thread": ["--threads", "1"],
+    "cosine schedule": ["--schedule", "cosine", "--min-lr-frac", "0.0"],
+}
+
+
+def dataset(tmp: Path) -> Path:
+    data = REPO / "data" / "shakespeare"
+    if not (data / "meta.json").is_file():
+        subprocess.run([sys.executable, "-m", "chargpt", "prepare", "--dataset", "shakespeare", "--out", str(data)],
+                       check=True, cwd=REPO)
+    return data
+
+
+def run_once(budget: float, seed: int, extra: list[str], out_dir: Path, data: Path) -> dict:
+    name = f"q-{int(budget)}-{seed}-{abs(hash(tuple(extra))) % 10**8}-{int(time.time() * 1000) % 10**8}"
+    cmd = [sys.executable, "-m", "chargpt", "train", "--preset", "cpu", "--data", str(data), "--out-dir", str(out_dir),
+           "--name", name, "--time-budget", str(budget), "--seed", str(seed), "--sample-tokens", "0", *extra]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{p.stderr[-2000:]}")
+    summary = json.loads((out_dir / name / "summary.json").read_text())
+    import resource
+
+    summary["peak_rss_mb_children"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    summary["wall"] = wall
+    return summary
+
+
+def measure(budgets=(150, 300), seeds=(1, 2, 3), extra=None, out_dir=None) -> dict:
+    out_dir = Path(out_dir or tempfile.mkdtemp(prefix="chargpt-quality-"))
+    data = dataset(out_dir)
+    results = {}
+    for b in budgets:
+        runs = [run_once(b, s, extra or [], out_dir, data) for s in seeds]
+        results[b] = runs
+        for r in runs:
+            print(f"  budget {b}s seed {r['seed']}: val_full {r['val_loss_full']:.4f}, {r['steps']} steps, "
+                  f"{r['tokens_per_sec']:,.0f} tok/s", file=sys.stderr, flush=True)
+    return results
+
+
+def main(budgets=(150, 300), seeds=(1, 2, 3)) -> list[dict]:
+    results = measure(budgets, seeds)
+    rows = []
+    for b, runs in results.items():
+        vals = [r["val_loss_full"] for r in runs]
+        rows.append({"figure": f"cpu preset, --time-budget {b}: full-pass val (median of {len(vals)})",
+                     "value": f"{statistics.median(vals):.4f} ({', '.join(f'{v:.3f}' for v in vals)})",
+                     "target": TARGETS.get(b, "")})
+        rows.append({"figure": f"cpu preset, --time-budget {b}: steps, tokens/s",
+                     "value": f"{int(statistics.median(r['steps'] for r in runs))}, "
+                              f"{statistics.median(r['tokens_per_sec'] for r in runs):,.0f}", "target": ""})
+    rss = max(r["peak_rss_mb_children"] for runs in results.values() for r in runs)
+    rows.append({"figure": "peak RSS of a training run (MB)", "value": f"{rss:.0f}", "target": "< 500"})
+    return rows
+
+
+def ablations(budget: float, seeds: list[int], names: list[str] | None) -> list[dict]:
+    rows = []
+    base = None
+    for name, extra in ABLATIONS.items():
+        if names and name not in names:
+            continue
+        res = measure([budget], seeds, extra)[budget]
+        val = statistics.mean(r["val_loss_full"] for r in res)
+        base = val if name == "cpu preset" else base
+        delta = f" ({val - base:+.3f})" if base is not None and name != "cpu preset" else ""
+        flags = " ".join(extra) or "(none)"
+        rows.append({"figure": f"{name}: `{flags}`", "value": f"{val:.4f}{delta}, "
+                     f"{statistics.mean(r['tokens_per_sec'] for r in res):,.0f} tok/s", "target": ""})
+        print(rows[-1], file=sys.stderr, flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--budgets", type=float, nargs="+", default=[150, 300])
+    ap.add_argument("--seeds", type=int, default=3, help="number of seeds (1..N)")
+    ap.add_argument("--ablations", action="store_true")
+    ap.add_argument("--only", nargs="*", help="ablation names to run")
+    a = ap.parse_args()
+    print(f"machine: {machine()}")
+    seeds = list(range(1, a.seeds + 1))
+    if a.ablations:
+        print_table(ablations(a.budgets[0], seeds, a.only), f"ablations at {a.budgets[0]:.0f} s")
+    else:
+        print_table(main(a.budgets, seeds), "quality per second")
