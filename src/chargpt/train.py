@@ -136,7 +136,14 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
                                torch.Generator().manual_seed(tc.seed + 10_000), autocast)
         return {"train_loss": losses["train"], "val_loss": losses["val"]}
 
+    def kept() -> str:
+        has_ckpt = run is not None and run.ckpt.is_file()
+        return f"the last good checkpoint ({run.ckpt}) is kept" if has_ckpt else "no checkpoint was written"
+
     def save_checkpoint(extra: dict) -> None:
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):  # never replace a good one with NaNs
+            raise NonFiniteLoss(f"the weights became non-finite by step {step}; {kept()}. "
+                                f"Lower --lr or --muon-lr, or set --grad-clip")
         states = distributed.all_gather_tensor(gen.get_state(), dist_info)
         if not main or run is None:
             return
@@ -169,6 +176,10 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
             if (step % tc.eval_interval == 0 and step != resumed_at) or finished:
                 t0 = time.perf_counter()
                 last_eval = evaluate()
+                if not all(math.isfinite(v) for v in last_eval.values()):
+                    raise NonFiniteLoss(f"the estimated loss became train {last_eval['train_loss']}, val {last_eval['val_loss']} "
+                                        f"at step {step}; {kept()}. "
+                                        f"Lower --lr or --muon-lr, or set --grad-clip")
                 record = {"step": step, **last_eval, "lr": optimizers[0].param_groups[0]["lr"],
                           "tokens_seen": step * tokens_per_step, "train_seconds": round(train_seconds(), 3),
                           "tokens_per_sec": round(step * tokens_per_step / max(train_seconds(), 1e-9), 1)}
@@ -177,8 +188,10 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
                     refresh_run_plot(run.path)
                     tracker.log(record, step)
                 progress_bar.note(f"step {step}: train {last_eval['train_loss']:.4f}, val {last_eval['val_loss']:.4f}")
-                if step > 0 and (step % ckpt_every == 0 or finished):
-                    save_checkpoint({})
+                paused += time.perf_counter() - t0
+            if step > 0 and ((step % ckpt_every == 0 and step != resumed_at) or finished):
+                t0 = time.perf_counter()
+                save_checkpoint({})
                 paused += time.perf_counter() - t0
             if finished:
                 break
@@ -200,7 +213,7 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
                     (loss / accum).backward()
             loss_value = loss.item()
             if not math.isfinite(loss_value):
-                raise NonFiniteLoss(f"loss became {loss_value} at step {step}; the last good checkpoint is kept. "
+                raise NonFiniteLoss(f"loss became {loss_value} at step {step}; {kept()}. "
                                     f"Lower --lr or --muon-lr, or set --grad-clip")
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
             for opt in optimizers:
