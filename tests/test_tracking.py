@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from chargpt.data import load_dataset
-from chargpt.tracking import (INIT_TIMEOUT, NullTracker, WandbTracker, dataset_artifact_name, default_run_name)
+from chargpt.tracking import (INIT_TIMEOUT, NullTracker, WandbTracker, dataset_artifact_name, default_run_name,
+                              download_dataset)
 
 BIGRAM = ["--preset", "bigram", "--max-steps", "20", "--eval-interval", "10", "--eval-iters", "2",
           "--log-interval", "5", "--sample-tokens", "20"]
@@ -109,9 +110,10 @@ def test_prepare_wandb_logs_the_dataset_artifact_offline_with_one_sync_line(shak
     p = chargpt("prepare", "--input", shakespeare_path, "--out", "data/shakespeare", "--wandb", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     (run_dir,) = offline_runs(wandb_dir)
+    shown = run_dir.relative_to(tmp_path)  # the path as typed from the working directory
     sync_lines = [line for line in p.stdout.splitlines() if "wandb sync" in line]
-    assert sync_lines == [f"wandb: not logged in, so tracking offline in {run_dir}; upload later with: "
-                          f"wandb sync {run_dir}"]
+    assert sync_lines == [f"wandb: not logged in, so tracking offline in {shown}; upload later with: "
+                          f"wandb sync {shown}"]
     assert "Traceback" not in p.stderr and "warning" not in p.stderr
 
     recs = records(run_dir)
@@ -137,7 +139,8 @@ def test_train_wandb_offline_records_config_metrics_summary_samples_and_model(da
     assert p.returncode == 0, p.stderr
     (run_dir,) = offline_runs(wandb_dir)
     notices = [line for line in p.stdout.splitlines() if line.startswith("wandb:")]
-    assert notices[0] == f"wandb: not logged in, so tracking offline in {run_dir}; upload later with: wandb sync {run_dir}"
+    shown = run_dir.relative_to(tmp_path)
+    assert notices[0] == f"wandb: not logged in, so tracking offline in {shown}; upload later with: wandb sync {shown}"
     data = load_dataset(dataset_dir)
     assert notices[1].startswith("wandb: offline runs cannot use artifacts: the local dataset")
     assert data.content_hash[:12] in notices[1] and len(notices) == 2
@@ -210,8 +213,8 @@ def test_an_unreachable_server_with_a_key_set_starts_promptly_and_falls_back_to_
     (run_dir,) = offline_runs(wandb_dir)
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1, err
-    assert "cannot start an online run" in warnings[0] and f"wandb sync {run_dir}" in warnings[0]
-    assert "Traceback" not in err
+    assert "cannot start an online run" in warnings[0] and f"wandb sync {run_dir.relative_to(tmp_path)}" in warnings[0]
+    assert "Traceback" not in err and not [line for line in err.splitlines() if line.startswith("wandb:")]
     assert (tmp_path / "runs/u/summary.json").is_file()
     assert sorted(history(records(run_dir))) == [0, 5, 10, 15, 20]
     assert_no_wandb_core_left(wandb_dir)
@@ -249,3 +252,13 @@ def test_disabled_mode_gives_a_tracker_that_does_nothing(dataset_dir, wandb_dir)
     tracker = WandbTracker.start(get_preset("bigram"), None, load_dataset(dataset_dir), mode="disabled")
     assert isinstance(tracker, NullTracker)
     assert not (wandb_dir / "wandb").exists()
+
+
+def test_a_dataset_artifact_is_not_downloaded_offline_or_logged_out_and_the_local_dataset_is_used(wandb_dir, capsys):
+    name = "me/chargpt/mini-shakespeare-tensors:latest"
+    assert download_dataset(name, mode="offline") is None
+    assert download_dataset(name, mode="auto") is None  # no key configured
+    assert capsys.readouterr().out.splitlines() == [
+        f"wandb: offline mode cannot download {name}; using the local dataset",
+        f"wandb: not logged in, so {name} cannot be downloaded; using the local dataset",
+    ]

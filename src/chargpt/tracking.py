@@ -94,22 +94,24 @@ def _init_timeout() -> float:
         return INIT_TIMEOUT
 
 
-def _init(*, mode: str, job_type: str, name: str, project: str, entity: str | None, config: dict,
-          dir: str | None = None):
+def _init(*, mode: str, job_type: str, name: str, project: str, entity: str | None, config: dict):
     """Start a wandb run. auto = online when logged in, else offline; an online start that fails or times out
     falls back to offline. Returns the run, or None (disabled or failed, already reported)."""
     if mode == "disabled":
         return None
     try:
         import wandb
+
+        # Silent before anything else reads the settings: chargpt prints the few lines that matter itself.
+        wandb.setup(settings=wandb.Settings(silent=True))
     except Exception as e:
-        warn("cannot import wandb; going on without it", e)
+        warn("cannot load wandb; going on without it", e)
         return None
 
     def start(m: str):
         settings = wandb.Settings(init_timeout=_init_timeout(), silent=True, console="off")
         return wandb.init(project=project, entity=entity, name=name, job_type=job_type, config=config,
-                          mode=m, dir=dir, settings=settings, reinit="finish_previous")
+                          mode=m, settings=settings, reinit="finish_previous")
 
     want = mode if mode != "auto" else ("online" if is_logged_in() else "offline")
     if want == "online":
@@ -126,7 +128,7 @@ def _init(*, mode: str, job_type: str, name: str, project: str, entity: str | No
                 warn(f"{warn_prefix}, nor an offline one; going on without wandb", e2)
                 _teardown(wandb)
                 return None
-            sync_dir = run.settings.sync_dir
+            sync_dir = _sync_dir(run)
             warn(f"{warn_prefix}; tracking offline in {sync_dir} instead, upload later with: "
                  f"wandb sync {sync_dir}", e)
             return run
@@ -137,8 +139,17 @@ def _init(*, mode: str, job_type: str, name: str, project: str, entity: str | No
         _teardown(wandb)
         return None
     why = "not logged in, so " if mode == "auto" else ""
-    notice(f"{why}tracking offline in {run.settings.sync_dir}; upload later with: wandb sync {run.settings.sync_dir}")
+    notice(f"{why}tracking offline in {_sync_dir(run)}; upload later with: wandb sync {_sync_dir(run)}")
     return run
+
+
+def _sync_dir(run) -> str:
+    """The offline run's directory, relative when it is under the working directory (shorter to copy)."""
+    try:
+        path = Path(run.settings.sync_dir)
+        return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+    except Exception:
+        return "the wandb directory"
 
 
 def _is_offline(run) -> bool:
@@ -160,7 +171,7 @@ def _finish(run, what: str) -> None:
     """finish() and teardown() within FINISH_TIMEOUT; a stuck upload is left to `wandb sync`."""
     import wandb
 
-    sync_dir = getattr(run.settings, "sync_dir", "the wandb directory")
+    sync_dir = _sync_dir(run)
 
     def stop():
         run.finish()
