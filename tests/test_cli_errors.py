@@ -61,7 +61,7 @@ def ws(tmp_path_factory, dataset_dir) -> Path:
     assert p.returncode == 0, p.stderr
     base = root / "runs" / "base"
     for name, mangle in (("truncated", lambda b: b[: len(b) // 2]), ("garbage", lambda b: os.urandom(4096)),
-                         ("emptyckpt", lambda b: b"")):
+                         ("emptyckpt", lambda b: b""), ("textckpt", lambda b: b"hello there, not a checkpoint\n")):
         (root / "runs" / name).mkdir()
         shutil.copy(base / "config.json", root / "runs" / name / "config.json")
         (root / "runs" / name / "ckpt.pt").write_bytes(mangle((base / "ckpt.pt").read_bytes()))
@@ -142,6 +142,7 @@ ROWS = [
     ("resume-truncated-ckpt", ["train", "--resume", "runs/truncated", "--data", "data"], "truncated"),
     ("resume-garbage-ckpt", ["train", "--resume", "runs/garbage", "--data", "data"], "garbage"),
     ("resume-empty-ckpt", ["train", "--resume", "runs/emptyckpt", "--data", "data"], "emptyckpt"),
+    ("resume-text-file-ckpt", ["train", "--resume", "runs/textckpt", "--data", "data"], "textckpt"),
     ("resume-tensor-not-ckpt", ["train", "--resume", "runs/tensor", "--data", "data"], "not a chargpt checkpoint"),
     ("resume-unknown-device", ["train", "--resume", "runs/base", "--device", "tpu"], "tpu"),
     ("resume-invalid-override", ["train", "--resume", "runs/base", "--lr", "-1"], "--lr"),
@@ -172,6 +173,7 @@ for _cmd in ckpt_commands():
         (f"{_cmd}-truncated-ckpt", [_cmd, "--ckpt", "runs/truncated", "--device", "cpu"], "truncated"),
         (f"{_cmd}-garbage-ckpt", [_cmd, "--ckpt", "runs/garbage", "--device", "cpu"], "garbage"),
         (f"{_cmd}-empty-ckpt", [_cmd, "--ckpt", "runs/emptyckpt", "--device", "cpu"], "emptyckpt"),
+        (f"{_cmd}-text-file-ckpt", [_cmd, "--ckpt", "runs/textckpt", "--device", "cpu"], "textckpt"),
         (f"{_cmd}-tensor-not-ckpt", [_cmd, "--ckpt", "runs/tensor", "--device", "cpu"], "not a chargpt checkpoint"),
         (f"{_cmd}-ckpt-of-another-model", [_cmd, "--ckpt", "runs/othershape", "--device", "cpu"], "othershape"),
     ]

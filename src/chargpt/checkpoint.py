@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
 
 from .config import Config
-from .errors import CheckpointError, ConfigError
-from .fsutil import save_torch
+from .errors import ChargptError, CheckpointError, ConfigError
+from .fsutil import load_torch, refused_global, save_torch
 from .model import LanguageModel, build_model
 from .optim import make_optimizers
 from .tokenizer import CharTokenizer
@@ -52,12 +50,14 @@ def load(path: str | os.PathLike) -> dict:
     """Read a checkpoint's contents; never unpickles arbitrary objects."""
     path = resolve(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported object"
-        raise CheckpointError(f"{path} holds objects chargpt will not unpickle (refused: {first[:160]}); "
-                              f"only load checkpoints written by chargpt") from None
-    except (zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as e:
+        state = load_torch(path)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path} ({e.strerror or e}); check its permissions") from None
+    except Exception as e:  # a damaged file can fail inside zip, pickle or storage code: all mean the same here
+        blocked = refused_global(e)
+        if blocked:
+            raise CheckpointError(f"{path} refused: loading it would call {blocked}, and chargpt never runs code "
+                                  f"from a file; only load checkpoints written by chargpt") from None
         raise CheckpointError(f"{path} is truncated or corrupt ({e.__class__.__name__}); "
                               f"use an earlier checkpoint or retrain") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -73,8 +73,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         tokenizer = CharTokenizer.from_dict(state["vocab"])
         model = build_model(config.model)
         model.load_state_dict(state["model"])
-    except (ConfigError, KeyError, RuntimeError) as e:
-        raise CheckpointError(f"{resolve(path)} does not match any chargpt model ({str(e).splitlines()[0][:200]})") from None
+    except (ChargptError, KeyError, RuntimeError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{resolve(path)} does not match any chargpt model ({(str(e).splitlines() or [e.__class__.__name__])[0][:200]})") from None
     return model.to(device).eval(), tokenizer, state
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .errors import DataError
-from .fsutil import atomic_path, write_json
+from .fsutil import atomic_path, load_torch, write_json
 from .tokenizer import CharTokenizer
 
 FORMAT = "chargpt-dataset"
@@ -203,7 +203,7 @@ def load_split(path: str | os.PathLike) -> torch.Tensor:
     """Read one split tensor memory-mapped (bounded memory), never running code from the file."""
     path = Path(path)
     try:
-        t = torch.load(path, weights_only=True, mmap=True)
+        t = load_torch(path, mmap=True)
     except FileNotFoundError:
         raise DataError(f"{path} is missing; run `chargpt prepare` first") from None
     except Exception as e:

@@ -109,7 +109,7 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
             for opt, st in zip(optimizers, resume_state["optimizers"]):
                 opt.load_state_dict(st)
         except (KeyError, RuntimeError, ValueError) as e:
-            raise CheckpointError(f"the checkpoint does not fit this model and optimizer ({str(e).splitlines()[0][:200]}); "
+            raise CheckpointError(f"the checkpoint does not fit this model and optimizer ({(str(e).splitlines() or [e.__class__.__name__])[0][:200]}); "
                                   f"resume with the config it was saved with") from None
         step = resume_state["step"]
         spent = resume_state["extra"].get("train_seconds", 0.0)
