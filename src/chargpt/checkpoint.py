@@ -3,6 +3,7 @@ read without ever running code from it (`torch.load(..., weights_only=True)`).""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from pathlib import Path
 
@@ -43,7 +44,36 @@ def save(path: str | os.PathLike, *, model: LanguageModel, optimizers, step: int
         "rng": rng,
         "extra": extra or {},
     }
+    state["checksum"] = digest(state)
     save_torch(path, state)
+
+
+def digest(state: dict) -> str:
+    """A hash of every value and tensor byte in `state` (but its own "checksum"): a flipped bit is caught on load."""
+    h = hashlib.blake2b(digest_size=16)
+
+    def feed(obj) -> None:
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous().reshape(-1)
+            h.update(f"T{t.dtype}{tuple(obj.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(obj, dict):
+            h.update(b"{")
+            for k in sorted(obj, key=repr):
+                if k != "checksum":
+                    h.update(repr(k).encode())
+                    feed(obj[k])
+            h.update(b"}")
+        elif isinstance(obj, (list, tuple)):
+            h.update(b"[")
+            for v in obj:
+                feed(v)
+            h.update(b"]")
+        else:
+            h.update(repr(obj).encode())
+
+    feed(state)
+    return h.hexdigest()
 
 
 def load(path: str | os.PathLike) -> dict:
@@ -62,6 +92,9 @@ def load(path: str | os.PathLike) -> dict:
                               f"use an earlier checkpoint or retrain") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a chargpt checkpoint")
+    if "checksum" in state and state["checksum"] != digest(state):
+        raise CheckpointError(f"{path} is corrupt: its contents do not match their checksum; "
+                              f"use an earlier checkpoint or retrain")
     return state
 
 
