@@ -111,7 +111,7 @@ def _init(*, mode: str, job_type: str, name: str, project: str, entity: str | No
     def start(m: str):
         settings = wandb.Settings(init_timeout=_init_timeout(), silent=True, console="off")
         return wandb.init(project=project, entity=entity, name=name, job_type=job_type, config=config,
-                          mode=m, settings=settings, reinit="finish_previous")
+                          mode=m, settings=settings)
 
     want = mode if mode != "auto" else ("online" if is_logged_in() else "offline")
     if want == "online":
@@ -295,13 +295,14 @@ class WandbTracker:
         except Exception as e:
             warn(f"{what} failed; training goes on without wandb", e)
             run, self.run = self.run, None
-            try:
+
+            def stop():
                 import wandb
 
                 run.finish(exit_code=1)
                 _teardown(wandb)
-            except Exception:
-                pass
+
+            _bounded(stop, 30.0)  # a wandb that is failing may also hang: never wait on it for long
 
     def log(self, metrics: dict, step: int) -> None:
         # The keys are those of metrics.jsonl, so local and wandb charts share names.
