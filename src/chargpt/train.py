@@ -175,14 +175,15 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
             finished = done_frac >= 1.0
             if (step % tc.eval_interval == 0 and step != resumed_at) or finished:
                 t0 = time.perf_counter()
+                seconds_so_far = train_seconds()
                 last_eval = evaluate()
                 if not all(math.isfinite(v) for v in last_eval.values()):
                     raise NonFiniteLoss(f"the estimated loss became train {last_eval['train_loss']}, val {last_eval['val_loss']} "
                                         f"at step {step}; {kept()}. "
                                         f"Lower --lr or --muon-lr, or set --grad-clip")
                 record = {"step": step, **last_eval, "lr": optimizers[0].param_groups[0]["lr"],
-                          "tokens_seen": step * tokens_per_step, "train_seconds": round(train_seconds(), 3),
-                          "tokens_per_sec": round(step * tokens_per_step / max(train_seconds(), 1e-9), 1)}
+                          "tokens_seen": step * tokens_per_step, "train_seconds": round(seconds_so_far, 3),
+                          "tokens_per_sec": round(step * tokens_per_step / max(seconds_so_far, 1e-9), 1)}
                 if main and run is not None:
                     run.log_metrics(record)
                     refresh_run_plot(run.path)
