@@ -81,7 +81,7 @@ def load(path: str | os.PathLike) -> dict:
     path = resolve(path)
     try:
         state = load_torch(path)
-    except OSError as e:
+    except PermissionError as e:
         raise CheckpointError(f"cannot read {path} ({e.strerror or e}); check its permissions") from None
     except Exception as e:  # a damaged file can fail inside zip, pickle or storage code: all mean the same here
         blocked = refused_global(e)
