@@ -10,6 +10,7 @@ import codecs
 import hashlib
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 
 from .errors import DataError
 from .fsutil import atomic_path, load_torch, write_json
+from .tensorfile import TensorFileWriter
 from .tokenizer import CharTokenizer
 
 FORMAT = "chargpt-dataset"
@@ -80,21 +82,26 @@ def prepare(input_path: str | os.PathLike, out_dir: str | os.PathLike, val_fract
     if not input_path.is_file():
         raise DataError(f"input file {input_path} does not exist; pass --input with a UTF-8 text file")
 
-    # Pass 1: count characters (vocabulary) and hash the source.
+    # Pass 1: find the vocabulary, count the characters and hash the source.
     sha = hashlib.sha256()
-    counts = np.zeros(256, dtype=np.int64)
+    seen = np.zeros(256, dtype=bool)  # indexed by code point
+    seen_ascii = b""
+    total = 0
     for raw, cps in _read_chunks(input_path):
         sha.update(raw)
-        c = np.bincount(cps, minlength=len(counts))
-        if len(c) > len(counts):
-            c[: len(counts)] += counts
-            counts = c
-        else:
-            counts += c
-    total = int(counts.sum())
+        total += len(cps)
+        if cps.dtype == np.uint8:  # ASCII: translate deletes the known characters at memory speed
+            new = raw.translate(None, seen_ascii)
+            if new:
+                seen[np.frombuffer(new, dtype=np.uint8)] = True
+        elif len(cps):
+            if int(cps.max()) >= len(seen):
+                seen = np.concatenate([seen, np.zeros(int(cps.max()) + 1 - len(seen), dtype=bool)])
+            seen[cps] = True
+        seen_ascii = bytes(np.flatnonzero(seen[:128]).tolist())
     if total == 0:
         raise DataError(f"{input_path} is empty; give a UTF-8 text file with at least a few hundred characters")
-    present = np.flatnonzero(counts)
+    present = np.flatnonzero(seen)
     tok = CharTokenizer("".join(map(chr, present)))
     n_train = int((1.0 - val_fraction) * total)  # the notebook: n = int(0.9 * len(data))
     if n_train < 2 or total - n_train < 2:
@@ -121,33 +128,28 @@ def prepare(input_path: str | os.PathLike, out_dir: str | os.PathLike, val_fract
     if tok.vocab_size > torch.iinfo(DTYPES[dtype]).max + 1:
         raise DataError(f"--dtype {dtype} cannot hold a vocabulary of {tok.vocab_size} characters; use --dtype auto")
 
-    # Pass 2: encode chunk by chunk into raw files, then wrap each as a torch tensor file.
+    # Pass 2: encode chunk by chunk, straight into the two tensor files.
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(f"cannot create dataset directory {out_dir} ({e.strerror}); choose a writable --out") from None
     np_dtype = np.dtype(str(DTYPES[dtype]).replace("torch.", ""))
-    table = np.zeros(len(counts), dtype=np_dtype)
+    table = np.zeros(len(seen), dtype=np_dtype)
     table[present] = np.arange(len(present), dtype=np_dtype)
-    raw = {split: out_dir / f".{split}.{os.getpid()}.raw" for split in ("train", "val")}
-    try:
-        with open(raw["train"], "wb") as ft, open(raw["val"], "wb") as fv:
+    translation = table[:256].tobytes() if np_dtype == np.uint8 else None  # for bytes.translate, the fastest lookup
+    with atomic_path(out_dir / "train.pt") as train_tmp, atomic_path(out_dir / "val.pt") as val_tmp:
+        # Each chunk's ids go straight into the tensor files: no split is ever held in memory.
+        with TensorFileWriter(train_tmp, n_train, DTYPES[dtype]) as ft, \
+                TensorFileWriter(val_tmp, total - n_train, DTYPES[dtype]) as fv:
             written = 0
-            for _, cps in _read_chunks(input_path):
-                ids = table[cps]
+            for raw, cps in _read_chunks(input_path):
+                ids = memoryview(raw.translate(translation) if translation and cps.dtype == np.uint8 else table[cps])
                 cut = max(0, min(len(ids), n_train - written))
-                ft.write(ids[:cut].tobytes())
-                fv.write(ids[cut:].tobytes())
+                ft.write(ids[:cut])
+                fv.write(ids[cut:])
                 written += len(ids)
-        for split, n in (("train", n_train), ("val", total - n_train)):
-            tensor = torch.from_file(str(raw[split]), shared=False, size=n, dtype=DTYPES[dtype])
-            with atomic_path(out_dir / f"{split}.pt") as tmp:
-                torch.save(tensor, tmp)
-            del tensor
-            meta[f"{split}_sha256"] = _sha256(out_dir / f"{split}.pt")
-    finally:
-        for path in raw.values():
-            path.unlink(missing_ok=True)
+    for split in ("train", "val"):
+        meta[f"{split}_sha256"] = _sha256(out_dir / f"{split}.pt")
     write_json(out_dir / "meta.json", meta)
     return PrepareResult(out_dir, meta, changed=True)
 
@@ -228,6 +230,28 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
     tok = CharTokenizer(meta["vocab"])
     train, val = load_split(path / "train.pt"), load_split(path / "val.pt")
     for name, t in (("train", train), ("val", val)):
-        if len(t) and int(t.max()) >= tok.vocab_size:
+        lo, hi = _id_range(path / f"{name}.pt", t)
+        if lo < 0 or hi >= tok.vocab_size:
             raise DataError(f"{path / (name + '.pt')} has token ids beyond the vocabulary; re-run `chargpt prepare`")
     return Dataset(path, meta, tok, train, val)
+
+
+def _id_range(path: Path, t: torch.Tensor) -> tuple[int, int]:
+    """Smallest and largest id in the file's data, read with plain reads in chunks: scanning the
+    memory-mapped tensor instead would leave the whole split resident in this process."""
+    if not len(t):
+        return 0, 0
+    try:
+        with zipfile.ZipFile(path) as zf:
+            [entry] = [i for i in zf.infolist() if "/data/" in i.filename]  # one storage: the tensor's
+            if entry.file_size != t.untyped_storage().nbytes():
+                raise ValueError("the tensor is not the whole storage")
+            dtype = np.dtype(str(t.dtype).replace("torch.", ""))
+            lo, hi = np.iinfo(dtype).max, np.iinfo(dtype).min
+            with zf.open(entry) as f:  # CHUNK is a multiple of every item size
+                while chunk := f.read(CHUNK):
+                    ids = np.frombuffer(chunk, dtype=dtype)
+                    lo, hi = min(lo, int(ids.min())), max(hi, int(ids.max()))
+            return lo, hi
+    except (ValueError, zipfile.BadZipFile):  # not torch's zip layout (or a view): scan the tensor itself
+        return int(t.min()), int(t.max())

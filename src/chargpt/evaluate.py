@@ -51,18 +51,17 @@ def full_pass_loss(model, data: torch.Tensor, block_size: int, device, batch_siz
     model.eval()
     total = torch.zeros((), dtype=torch.float64)
     full = n // block_size
-    data = data.long() if data.dtype != torch.long else data
     starts = torch.arange(full) * block_size
     offsets = torch.arange(block_size + 1)
-    for i in range(0, full, batch_size):
-        window = data[(starts[i:i + batch_size, None] + offsets)].to(device)
+    for i in range(0, full, batch_size):  # int64 one batch at a time: never a copy of the whole split
+        window = data[(starts[i:i + batch_size, None] + offsets)].long().to(device)
         with autocast():
             logits, _ = model(window[:, :-1])
         total += F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), window[:, 1:].reshape(-1),
                                  reduction="sum").double().cpu()
     rest = n - full * block_size
     if rest:
-        window = data[full * block_size:].unsqueeze(0).to(device)
+        window = data[full * block_size:].long().unsqueeze(0).to(device)
         with autocast():
             logits, _ = model(window[:, :-1])
         total += F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), window[:, 1:].reshape(-1),
