@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .errors import DataError
-from .fsutil import atomic_path, load_torch, write_json
+from .fsutil import atomic_path, load_torch, refused_global, write_json
 from .tensorfile import TensorFileWriter
 from .tokenizer import CharTokenizer
 
@@ -209,6 +209,10 @@ def load_split(path: str | os.PathLike) -> torch.Tensor:
     except FileNotFoundError:
         raise DataError(f"{path} is missing; run `chargpt prepare` first") from None
     except Exception as e:
+        blocked = refused_global(e)
+        if blocked:
+            raise DataError(f"{path} refused: loading it would call {blocked}, and chargpt never runs code from a "
+                            f"file; re-run `chargpt prepare`") from None
         raise DataError(f"{path} is not a readable tensor file ({e.__class__.__name__}); re-run `chargpt prepare`") from None
     if not isinstance(t, torch.Tensor) or t.ndim != 1 or t.is_floating_point():
         raise DataError(f"{path} does not hold a 1-D integer tensor; re-run `chargpt prepare`")
