@@ -81,7 +81,7 @@ def cmd_train(args) -> int:
     else:
         device = resolve_device(args.device or "auto")
         preset = args.preset or default_preset(device.type)
-        if args.preset is None:
+        if args.preset is None and _is_main_process():
             print(f"no --preset given: using '{preset}' for {device.type}")
         config = get_preset(preset)
         data_dir = args.data or DEFAULT_DATA
