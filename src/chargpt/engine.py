@@ -5,6 +5,7 @@ exactly the same tokens; the cache is rebuilt only when the window jumps (every 
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable, Iterator
 
 import torch
@@ -20,6 +21,7 @@ class KVCache:
         shape = (n_layer, batch_size, n_head, max_len, head_size)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self._k, self._v = self.k.unbind(0), self.v.unbind(0)  # per-layer views, made once
         self.pos = 0
 
     def reset(self) -> None:
@@ -27,12 +29,32 @@ class KVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         end = self.pos + k.size(2)
-        self.k[layer, :, :, self.pos:end] = k
-        self.v[layer, :, :, self.pos:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        kc, vc = self._k[layer], self._v[layer]
+        kc[:, :, self.pos:end] = k
+        vc[:, :, self.pos:end] = v
+        return kc[:, :, :end], vc[:, :, :end]
 
     def advance(self, n: int) -> None:
         self.pos += n
+
+
+@contextmanager
+def one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """Run a generation step on a single CPU thread.
+
+    A one-token step is a few hundred tiny ops (and a prefill a few small ones, once per half block);
+    splitting them across threads costs more in fork/join than it saves, and collapses when other
+    processes share the cores. GPUs are left alone.
+    """
+    n = torch.get_num_threads()
+    if device.type != "cpu" or n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 class Engine:
@@ -54,24 +76,25 @@ class Engine:
                top_p: float | None = None, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
         """Yield each new token column (B, 1) as soon as it is sampled."""
         block = self.config.block_size
-        cache = self._new_cache(idx.size(0), idx)
-        tokens = idx
+        B, P = idx.shape
+        cache = self._new_cache(B, idx)
+        tokens = torch.empty((B, P + max_new_tokens), dtype=idx.dtype, device=idx.device)  # no growing torch.cat
+        tokens[:, :P] = idx
         start = None
-        logits = None
-        for _ in range(max_new_tokens):
-            length = tokens.size(1)
-            if cache is None:
-                logits, _ = self.model(tokens[:, -1:])
-            else:
-                s = window_start(length, block)
-                if s != start:  # new window: prefill it from an empty cache
-                    cache.reset()
-                    logits, _ = self.model(tokens[:, s:], cache=cache)
-                    start = s
-                else:  # same window: feed only the newest token
-                    logits, _ = self.model(tokens[:, -1:], cache=cache)
-            nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
-            tokens = torch.cat((tokens, nxt), dim=1)
+        for length in range(P, P + max_new_tokens):
+            with one_cpu_thread(idx.device):
+                if cache is None:
+                    logits, _ = self.model(tokens[:, length - 1:length])
+                else:
+                    s = window_start(length, block)
+                    if s != start:  # new window: prefill it from an empty cache
+                        cache.reset()
+                        logits, _ = self.model(tokens[:, s:length], cache=cache)
+                        start = s
+                    else:  # same window: feed only the newest token
+                        logits, _ = self.model(tokens[:, length - 1:length], cache=cache)
+                nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
+                tokens[:, length:length + 1] = nxt
             yield nxt
 
     def generate(self, idx: torch.Tensor, max_new_tokens: int, **kw) -> torch.Tensor:

@@ -139,15 +139,18 @@ def make_norm(config: ModelConfig) -> nn.Module:
 
 
 def rope_tables(head_size: int, length: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of each position's rotation angles, laid out for `apply_rope`: (T, 2, hs/2) each."""
     inv_freq = 1.0 / base ** (torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
     angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)  # (T, hs/2)
-    return angles.cos(), angles.sin()
+    cos, sin = angles.cos(), angles.sin()
+    return torch.stack((cos, cos), dim=1), torch.stack((sin, -sin), dim=1)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs of channels of x (B, nh, T, hs) by position-dependent angles."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1).type_as(x)
+    """Rotate each pair of channels (i, i + hs/2) of x (..., T, hs) by position-dependent angles:
+    (x1, x2) -> (x1 cos + x2 sin, x2 cos - x1 sin), written with few ops because decoding runs it every token."""
+    halves = x.unflatten(-1, (2, -1))  # (..., T, 2, hs/2)
+    return (halves * cos + halves.flip(-2) * sin).flatten(-2).type_as(x)
 
 
 class CausalSelfAttention(nn.Module):
@@ -168,16 +171,21 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
+    def qkv(self, x, rope=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values of every head, (B, nh, T, hs) each, QK-normed and rotated when configured."""
+        B, T, C = x.shape
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, self.head_size).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
+        qk, v = qkv[:2], qkv[2]  # queries and keys are normalized and rotated together: half the ops
+        if self.qk_norm:
+            qk = rms_norm(qk)
+        if rope is not None:
+            qk = apply_rope(qk, *rope)
+        q, k = qk.unbind(0)
+        return q, k, v
+
     def forward(self, x, rope=None, cache=None):
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, self.head_size).transpose(1, 2)
-        v = v.view(B, T, self.n_head, self.head_size).transpose(1, 2)
-        if self.qk_norm:
-            q, k = rms_norm(q), rms_norm(k)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k, v = self.qkv(x, rope)
         causal = True
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
