@@ -118,6 +118,8 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
         restore_rng(resume_state["rng"], gen, mine)
     if main and run is not None:
         run.write_config(config.to_dict() | {"preset": preset, "data_dir": data_dir})
+        if resume_state is not None:
+            run.drop_metrics_after(step)
     params = model.num_params()
     tokens_per_step = micro_batch * accum * dist_info.world_size * mc.block_size
     say(f"model: {mc.model}, {params:,} parameters ({params / 1e6:.2f}M) on {device}"

@@ -1,0 +1,284 @@
+"""Runs survive signals and crashes and resume exactly; files never run code; same seed, same run (issue 7).
+
+Every run here is a real `python -m chargpt` process on a tiny model, compared bit for bit."""
+from __future__ import annotations
+
+import math
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from chargpt import checkpoint
+from chargpt.config import get_preset
+from chargpt.data import load_dataset
+from chargpt.rundir import RunDir, read_metrics
+from chargpt.train import TrainingInterrupted, train
+
+STEPS = 300  # long enough that a signal sent at the first checkpoint lands mid-run
+TINY = ["--preset", "cpu", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "16",
+        "--batch-size", "4", "--eval-interval", "50", "--eval-iters", "2", "--sample-tokens", "20",
+        "--threads", "1", "--device", "cpu", "--no-compile",
+        "--dropout", "0.1",  # dropout draws from torch's RNG: resume must restore it
+        "--schedule", "constant"]  # so that the first half of a run is the same as a shorter run
+
+
+def env() -> dict:
+    return dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+
+
+def chargpt(*args, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "chargpt", *map(str, args)], cwd=cwd, env=env(), text=True,
+                          capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def start(*args, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "chargpt", *map(str, args)], cwd=cwd, env=env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+
+
+def wait_for_checkpoint(run: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not (run / "ckpt.pt").exists():
+        if proc.poll() is not None:
+            pytest.fail(f"training ended (exit {proc.returncode}) before its first checkpoint:\n{proc.communicate()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("no checkpoint appeared")
+        time.sleep(0.01)
+
+
+def ok(p: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert p.returncode == 0, f"exit {p.returncode}:\n{p.stdout}\n{p.stderr}"
+    return p
+
+
+def one_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert "Traceback" not in stderr, stderr
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{stderr}"
+    return lines[0]
+
+
+def curve(run: Path) -> list[tuple]:
+    return [(r["step"], r["train_loss"], r["val_loss"], r["lr"]) for r in read_metrics(run)]
+
+
+def assert_same_run(a: Path, b: Path, steps: int = STEPS) -> None:
+    """Same loss curve and bitwise-equal final weights and optimizer state."""
+    assert curve(a) == curve(b)
+    sa, sb = checkpoint.load(a), checkpoint.load(b)
+    assert sa["step"] == sb["step"] == steps
+    assert sa["model"].keys() == sb["model"].keys()
+    for k in sa["model"]:
+        assert torch.equal(sa["model"][k], sb["model"][k]), k
+    assert checkpoint.digest({"o": sa["optimizers"]}) == checkpoint.digest({"o": sb["optimizers"]})
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("reliability")
+
+
+@pytest.fixture(scope="module")
+def straight(home, dataset_dir) -> Path:
+    """The reference: STEPS steps in one uninterrupted run."""
+    ok(chargpt("train", *TINY, "--data", dataset_dir, "--max-steps", STEPS, "--name", "straight", cwd=home))
+    return home / "runs" / "straight"
+
+
+# ------------------------------------------------------------------------------------- exact resume
+@pytest.mark.slow
+def test_resume_continues_the_same_loss_curve_and_weights(home, dataset_dir, straight):
+    half = home / "runs" / "half"
+    ok(chargpt("train", *TINY, "--data", dataset_dir, "--max-steps", STEPS // 2, "--name", "half", cwd=home))
+    assert checkpoint.load(half)["step"] == STEPS // 2
+    with open(half / "metrics.jsonl", "a") as f:  # what a crash can leave: a record past the checkpoint, a torn line
+        f.write('{"step": %d, "train_loss": 9.0, "val_loss": 9.0, "lr": 0.1}\n{"step": 2' % (STEPS // 2 + 50))
+    ok(chargpt("train", "--resume", half, "--max-steps", STEPS, cwd=home))
+    assert_same_run(half, straight)
+
+
+@pytest.mark.slow
+def test_sigterm_mid_run_saves_prints_how_to_resume_and_resumes_to_the_same_result(home, dataset_dir, straight):
+    run = home / "runs" / "term"
+    p = start("train", *TINY, "--data", dataset_dir, "--max-steps", STEPS, "--ckpt-interval", 1, "--name", "term",
+              cwd=home)
+    wait_for_checkpoint(run, p)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=240)
+    assert p.returncode == 143, f"exit {p.returncode}:\n{out}\n{err}"
+    line = one_line(err)
+    assert "SIGTERM" in line and "chargpt train --resume runs/term" in line, line
+    stopped = checkpoint.load(run)["step"]
+    assert 0 < stopped < STEPS
+    assert f"stopped at step {stopped}" in line
+    ok(chargpt("train", "--resume", "runs/term", "--ckpt-interval", 0, cwd=home))  # how often it saves changes nothing
+    assert_same_run(run, straight)
+
+
+@pytest.mark.slow
+def test_kill_9_at_a_random_moment_leaves_a_loadable_checkpoint_that_resumes_exactly(home, dataset_dir, straight):
+    run = home / "runs" / "killed"
+    delay = random.Random(int.from_bytes(os.urandom(4), "little")).uniform(0.0, 1.0)
+    p = start("train", *TINY, "--data", dataset_dir, "--max-steps", STEPS, "--ckpt-interval", 1, "--name", "killed",
+              cwd=home)
+    wait_for_checkpoint(run, p)
+    time.sleep(delay)
+    p.send_signal(signal.SIGKILL)
+    p.communicate(timeout=60)
+    state = checkpoint.load(run)  # whole, checksum verified
+    model, _, _ = checkpoint.load_model(run)
+    assert 0 < state["step"] <= STEPS and model.num_params() > 0, delay
+    ok(chargpt("train", "--resume", "runs/killed", "--ckpt-interval", 0, cwd=home))
+    assert_same_run(run, straight)
+
+
+# ---------------------------------------------------------------------------------------- determinism
+@pytest.mark.slow
+def test_same_seed_and_config_give_identical_loss_curves_and_weights(home, dataset_dir, straight):
+    ok(chargpt("train", *TINY, "--data", dataset_dir, "--max-steps", STEPS, "--name", "again", cwd=home))
+    again = home / "runs" / "again"
+    assert_same_run(again, straight)
+    assert (again / "sample.txt").read_text() == (straight / "sample.txt").read_text()
+    assert len(curve(straight)) == STEPS // 50 + 1
+
+
+# --------------------------------------------------------------------------------------- second signal
+@pytest.mark.slow
+def test_second_ctrl_c_stops_at_once_with_exit_130_and_files_whole(home, dataset_dir):
+    run = home / "runs" / "twice"
+    p = start("train", *TINY, "--data", dataset_dir, "--max-steps", STEPS, "--ckpt-interval", 1, "--name", "twice",
+              cwd=home)
+    wait_for_checkpoint(run, p)
+    p.send_signal(signal.SIGINT)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=240)
+    assert p.returncode == 130, f"exit {p.returncode}:\n{out}\n{err}"
+    assert "interrupt" in one_line(err).lower() or "SIGINT" in err
+    assert 0 < checkpoint.load(run)["step"] < STEPS
+    assert not [f.name for f in run.iterdir() if f.name.endswith(".tmp")]  # no half-written file left behind
+    assert all(json_ok for json_ok in (r.get("step") is not None for r in read_metrics(run)))
+
+
+class SignalAt:
+    """A tracker that sends this process SIGINT `times` times when step `at` is logged."""
+
+    def __init__(self, at: int, times: int):
+        self.at, self.times = at, times
+
+    def log(self, record: dict, step: int) -> None:
+        if step == self.at:
+            for _ in range(self.times):
+                os.kill(os.getpid(), signal.SIGINT)
+
+    def finish(self, summary, run=None) -> None:
+        pass
+
+
+def tiny_config(steps: int = 40):
+    config = get_preset("cpu")
+    m, t = config.model, config.train
+    m.n_layer, m.n_embd, m.n_head, m.block_size = 1, 32, 2, 16
+    t.batch_size, t.max_steps, t.eval_interval, t.eval_iters, t.ckpt_interval = 4, steps, 10, 2, 5
+    t.sample_tokens, t.device, t.log_interval, t.threads = 0, "cpu", 1, 1
+    return config
+
+
+@pytest.fixture
+def keep_threads():
+    """train() sets torch's thread count for the process; give pytest's back."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def test_ctrl_c_finishes_the_step_saves_and_exits_130(tmp_path, dataset_dir, keep_threads):
+    data = load_dataset(dataset_dir)
+    config = tiny_config()
+    config.model.vocab_size = data.tokenizer.vocab_size
+    run = RunDir.create(tmp_path, "run")
+    with pytest.raises(TrainingInterrupted, match=r"stopped at step 13 by SIGINT.*--resume") as e:
+        train(config, data, run, tracker=SignalAt(13, 1), echo=lambda *_: None)
+    assert e.value.exit_code == 130
+    assert checkpoint.load(run.path)["step"] == 13
+
+
+def test_second_ctrl_c_raises_at_once_and_keeps_the_last_checkpoint(tmp_path, dataset_dir, keep_threads):
+    data = load_dataset(dataset_dir)
+    config = tiny_config()
+    config.model.vocab_size = data.tokenizer.vocab_size
+    run = RunDir.create(tmp_path, "run")
+    with pytest.raises(KeyboardInterrupt):
+        train(config, data, run, tracker=SignalAt(13, 2), echo=lambda *_: None)
+    assert checkpoint.load(run.path)["step"] == 10  # the last periodic checkpoint, untouched
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+# ----------------------------------------------------------------------------------------- non-finite
+@pytest.mark.slow
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(home, dataset_dir):
+    run = home / "runs" / "blowup"
+    p = chargpt("train", *TINY, "--data", dataset_dir, "--max-steps", 50, "--lr", "1e30", "--ckpt-interval", 1,
+                "--name", "blowup", cwd=home)
+    assert p.returncode == 1, p.stdout + p.stderr
+    line = one_line(p.stderr)
+    m = re.search(r"step (\d+)", line)
+    assert m and any(word in line for word in ("non-finite", "nan", "inf")), line
+    state = checkpoint.load(run)
+    assert state["step"] <= int(m.group(1))
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert all(math.isfinite(r["train_loss"]) and math.isfinite(r["val_loss"]) for r in read_metrics(run))
+
+
+# ------------------------------------------------------------------------------- files never run code
+class Evil:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def ckpt_commands() -> list[str]:
+    from chargpt.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    return sorted(name for name, p in sub.choices.items() if any("--ckpt" in a.option_strings for a in p._actions))
+
+
+@pytest.mark.slow
+def test_malicious_checkpoint_or_dataset_is_refused_by_every_command_and_never_runs(home, dataset_dir, straight):
+    marker = home / "PWNED"
+    evil_run = home / "runs" / "evil"
+    evil_run.mkdir(parents=True)
+    shutil.copy(straight / "config.json", evil_run / "config.json")
+    torch.save({"format": checkpoint.FORMAT, "version": 1, "model": Evil(marker), "config": Evil(marker)},
+               evil_run / "ckpt.pt")
+    evil_data = home / "evil_data"
+    shutil.copytree(dataset_dir, evil_data)
+    torch.save(Evil(marker), evil_data / "train.pt")
+
+    commands = [[cmd, "--ckpt", "runs/evil", "--device", "cpu"] for cmd in ckpt_commands()]
+    commands += [["eval", "--ckpt", "runs/evil", "--data", dataset_dir],
+                 ["train", "--resume", "runs/evil", "--data", dataset_dir],
+                 ["train", *TINY, "--data", "evil_data", "--name", "from-evil-data"],
+                 ["eval", "--ckpt", "runs/straight", "--data", "evil_data", "--device", "cpu"]]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        results = list(pool.map(lambda argv: (argv, chargpt(*argv, cwd=home)), commands))
+    assert {"sample", "eval"} <= set(ckpt_commands())
+    for argv, p in results:
+        assert p.returncode != 0, argv
+        line = one_line(p.stderr)
+        assert "refused" in line and "system" in line, (argv, line)
+        assert not marker.exists(), argv
+    assert not (home / "runs" / "from-evil-data").exists()
