@@ -40,12 +40,14 @@ def relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
     env.setdefault("OMP_NUM_THREADS", str(thread_share(nproc)))
     proc = subprocess.Popen(torchrun_command(nproc, argv), env=env)
     old = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
+    interrupted = False
     try:
         while True:
             try:
-                return proc.wait()
+                code = proc.wait()
+                return 130 if interrupted and code != 0 else code  # torchrun itself exits 1 on a signal
             except KeyboardInterrupt:
-                pass  # Ctrl-C reached torchrun and its workers too: wait while they checkpoint and exit
+                interrupted = True  # Ctrl-C reached torchrun and its workers too: wait while they checkpoint
     finally:
         signal.signal(signal.SIGTERM, old)
 
