@@ -283,28 +283,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _error(message) -> None:
+    """One line on stderr, whatever the message holds (a path given with a newline in it, say)."""
+    text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(message))
+    print(f"error: {text}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         args.argv = sys.argv[1:] if argv is None else list(argv)
         return args.func(args)
+    except SystemExit as e:  # --help and --version print and stop: a return code for callers of main()
+        return e.code if isinstance(e.code, int) else int(e.code is not None)
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _error(e)
         return 2
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _error(e)
         return 2
     except ChargptError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _error(e)
         return getattr(e, "exit_code", 1)
     except KeyboardInterrupt:
-        print("error: interrupted; files are written whole or not at all, the last checkpoint is kept", file=sys.stderr)
+        _error("interrupted; files are written whole or not at all, the last checkpoint is kept")
         return 130
     except BrokenPipeError:
         return 0
     except OSError as e:  # a full disk or a vanished directory: nothing chargpt could check beforehand
         where = f" ({e.filename})" if e.filename else ""
-        print(f"error: {e.strerror or e}{where}; free space or choose another path, then retry", file=sys.stderr)
+        _error(f"{e.strerror or e}{where}; free space or choose another path, then retry")
         return 1
 
 

@@ -11,8 +11,12 @@ from .errors import DataError, VocabularyError
 
 
 def _codepoints(text: str) -> np.ndarray:
-    """The Unicode code points of `text` as a uint32 array, without a Python loop."""
-    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    """The Unicode code points of `text` as a uint32 array, without a Python loop.
+
+    A lone surrogate (what undecodable bytes on a command line become) passes through as its code point:
+    to the vocabulary it is just another unknown character.
+    """
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
 
 
 class CharTokenizer:
@@ -67,7 +71,7 @@ class CharTokenizer:
         arr = np.asarray(ids, dtype=np.int64).reshape(-1)
         if len(arr) and (arr.min() < 0 or arr.max() >= self.vocab_size):
             raise VocabularyError(f"token id out of range 0..{self.vocab_size - 1}")
-        return self._itos_cp[arr].tobytes().decode("utf-32-le")
+        return self._itos_cp[arr].tobytes().decode("utf-32-le", "surrogatepass")
 
     # -- persistence -----------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -1,0 +1,149 @@
+"""Generated input finds no traceback: the tokenizer round-trips any text, `prepare` turns any bytes into a dataset
+or a DataError, and the command line answers any argv with a return code and at most one line on stderr."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from chargpt import cli
+from chargpt.data import load_dataset, prepare
+from chargpt.errors import DataError, VocabularyError
+from chargpt.tokenizer import CharTokenizer
+
+QUICK = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SLOWER = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+# Any code point, lone surrogates included (what undecodable command-line bytes turn into).
+ANY_CHAR = st.characters(min_codepoint=0, max_codepoint=0x10FFFF, categories=None, exclude_categories=())
+
+
+# ------------------------------------------------------------------------------------------ tokenizer
+@QUICK
+@given(st.text(min_size=1))
+@example("\n")
+@example("hello\x00world\U0010ffff")
+def test_tokenizer_round_trips_any_text(text):
+    tok = CharTokenizer.from_text(text)
+    ids = tok.encode(text)
+    assert len(ids) == len(text) and all(0 <= i < tok.vocab_size for i in ids)
+    assert tok.decode(ids) == text
+    assert CharTokenizer.from_dict(tok.to_dict()) == tok
+
+
+@QUICK
+@given(vocab=st.text(min_size=1, max_size=30), text=st.text(alphabet=ANY_CHAR, max_size=30))
+@example(vocab="abc", text="a\udcffb")
+def test_encoding_text_outside_the_vocabulary_is_a_vocabulary_error(vocab, text):
+    tok = CharTokenizer.from_text(vocab)
+    try:
+        assert tok.decode(tok.encode(text)) == text
+    except VocabularyError as e:
+        assert "not in the vocabulary" in str(e)
+
+
+@QUICK
+@given(vocab=st.text(min_size=1, max_size=30), ids=st.lists(st.integers(-5, 100), max_size=20))
+def test_decoding_any_ids_gives_text_or_a_vocabulary_error(vocab, ids):
+    tok = CharTokenizer.from_text(vocab)
+    try:
+        assert tok.encode(tok.decode(ids)) == ids
+    except VocabularyError:
+        assert any(not 0 <= i < tok.vocab_size for i in ids)
+
+
+# -------------------------------------------------------------------------------------------- prepare
+CORPORA = st.one_of(
+    st.binary(max_size=400),  # anything: invalid UTF-8, NUL bytes, empty
+    st.text(max_size=400).map(lambda t: t.encode("utf-8")),  # valid UTF-8 of every kind
+    st.tuples(st.text(min_size=1, max_size=200), st.binary(max_size=4), st.text(max_size=200)).map(
+        lambda t: t[0].encode("utf-8") + t[1] + t[2].encode("utf-8")),  # mostly text with a bad spot
+)
+
+
+@SLOWER
+@given(raw=CORPORA, val_fraction=st.one_of(st.floats(0.01, 0.99), st.floats(allow_nan=True, allow_infinity=True)),
+       dtype=st.sampled_from(["auto", "auto", "uint8", "int16", "int64", "float32", ""]))
+@example(raw=b"ab\x00cd" * 10, val_fraction=0.1, dtype="auto")
+@example(raw=b"caf\xe9 " * 10, val_fraction=0.1, dtype="auto")
+@example(raw=b"\xed\xa0\x80 surrogate" * 5, val_fraction=0.1, dtype="auto")
+@example(raw="".join(map(chr, range(0x100, 0x300))).encode() * 2, val_fraction=0.5, dtype="uint8")
+def test_prepare_gives_a_dataset_or_a_data_error_for_any_bytes(raw, val_fraction, dtype):
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = Path(tmp) / "input.txt", Path(tmp) / "data"
+        src.write_bytes(raw)
+        try:
+            prepare(src, out, val_fraction=val_fraction, dtype=dtype)
+        except DataError as e:
+            assert "\n" not in str(e)
+            return
+        text = raw.decode("utf-8")  # only valid UTF-8 may succeed ...
+        data = load_dataset(out)  # ... and it reads back to exactly the input
+        assert 0 < val_fraction < 1 and "\x00" not in text
+        assert data.tokenizer.decode(data.train.tolist() + data.val.tolist()) == text
+
+
+# ----------------------------------------------------------------------------------------- the CLI
+def _flags() -> list[str]:
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    flags = {s for p in [parser, *sub.choices.values()] for a in p._actions for s in a.option_strings}
+    return sorted(flags) + sorted(sub.choices)
+
+
+TOKENS = _flags()
+VALUES = st.one_of(st.sampled_from(["0", "-1", "1e6", "nan", "inf", "-0", "cpu", "cuda", "tpu", "", "=", "--",
+                                    "5m", "1h", "abc", "runs/nope", "\n", "é"]),
+                   st.integers(-10**6, 10**6).map(str), st.floats().map(str), st.text(alphabet=ANY_CHAR, max_size=8))
+ARGV = st.lists(st.one_of(st.sampled_from(TOKENS), VALUES), max_size=8)
+
+
+@pytest.fixture
+def parse_only(monkeypatch, tmp_path):
+    """Every command replaced by a stub: what runs is argument parsing and the error boundary."""
+    monkeypatch.chdir(tmp_path)
+    for name in [n for n in vars(cli) if n.startswith("cmd_")]:
+        monkeypatch.setattr(cli, name, lambda args: 0)
+
+
+@QUICK
+@given(argv=ARGV)
+@example(argv=["--help"])
+@example(argv=["train", "--time-budget", "soon"])
+@example(argv=["sample", "--prompt"])
+@example(argv=["train", "--preset", "\udcff"])
+def test_argument_parsing_never_raises(parse_only, capsys, argv):
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    assert isinstance(code, int)
+    assert "Traceback" not in err
+    assert len(err.splitlines()) <= 1, err
+    assert (code == 0) == (not err), (code, err)
+
+
+SAFE = [t for t in TOKENS if not t.startswith(("--wandb", "--nproc", "--data", "--dataset", "--out", "--name",
+                                               "--ckpt", "--input", "--resume", "--artifact"))]
+# Real commands, pointed at nothing: whatever else argv says, each must fail with one line, never a traceback.
+REAL = st.tuples(st.sampled_from([["train", "--data", "no-such-data"], ["sample", "--ckpt", "no-such-run"],
+                                  ["eval", "--ckpt", "no-such-run"], ["prepare", "--input", "no-such.txt"],
+                                  ["train", "--resume", "no-such-run"]]),
+                 st.lists(st.one_of(st.sampled_from(SAFE), VALUES), max_size=6)).map(lambda t: t[0] + t[1])
+
+
+@SLOWER
+@given(argv=REAL)
+@example(argv=["train", "--data", "no-such-data", "--device", "tpu"])
+@example(argv=["sample", "--ckpt", "no-such-run", "--prompt", "\udcff"])
+def test_real_commands_answer_bad_argv_with_one_line(tmp_path, monkeypatch, capsys, argv):
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    if code == 0:  # only --help or --version (also abbreviated) may succeed
+        assert not err and ("usage:" in out or out.startswith("chargpt ")), (argv, out, err)
+        return
+    assert code != 0, (argv, out)
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), (argv, err)
+    assert not any(tmp_path.iterdir()), argv  # nothing written
