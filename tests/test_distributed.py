@@ -192,3 +192,14 @@ def test_nproc_2_launches_torchrun_with_a_share_of_the_cpus_per_process(two_rank
     assert f"2 processes of {distributed.thread_share(2)} threads" in out
     assert sorted(os.listdir(two_rank_runs["runs"])) == ["latest", "split", "whole"]
     assert os.readlink(two_rank_runs["runs"] / "latest") == "whole"
+
+
+@pytest.mark.slow
+def test_resuming_a_one_process_run_with_two_ranks_gives_each_rank_its_own_batches(dataset_dir, tmp_path):
+    common = ["train", "--data", dataset_dir, "--out-dir", tmp_path / "runs", *TINY_GPT, *STEPS]
+    run_cli(*common, "--name", "one", "--max-steps", "5", cwd=tmp_path, check=True)
+    out = _torchrun("train", "--resume", tmp_path / "runs/one", "--max-steps", "10", cwd=tmp_path).stdout
+    assert "2 processes" in out
+    state = torch.load(tmp_path / "runs/one/ckpt.pt", weights_only=True)
+    per_rank = state["rng"]["batch_per_rank"]
+    assert state["step"] == 10 and len(per_rank) == 2 and not torch.equal(per_rank[0], per_rank[1])

@@ -116,10 +116,12 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
         states = resume_state["rng"].get("batch_per_rank")
         mine = states[dist_info.rank] if states and len(states) == dist_info.world_size else None
         restore_rng(resume_state["rng"], gen, mine)
+        if mine is None and dist_info.enabled:  # another number of processes: keep the ranks' batches apart
+            gen.manual_seed(tc.seed + dist_info.rank + 1_000_003 * step)
     if main and run is not None:
         run.write_config(config.to_dict() | {"preset": preset, "data_dir": data_dir})
         if resume_state is not None:
-            run.drop_metrics_after(step)
+            run.recover(step)
     params = model.num_params()
     tokens_per_step = micro_batch * accum * dist_info.world_size * mc.block_size
     say(f"model: {mc.model}, {params:,} parameters ({params / 1e6:.2f}M) on {device}"
