@@ -121,8 +121,14 @@ class BigramLanguageModel(LanguageModel):
 
 
 # --------------------------------------------------------------------------------------- the GPT
+RMS_EPS = torch.finfo(torch.float32).eps
+
+
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
-    return F.rms_norm(x, (x.size(-1),))
+    """x / RMS(x) over the last dimension. Written as a norm rather than `F.rms_norm`, which is a chain of
+    ~20 small ops on CPU: decoding one token normalizes 7 tiny vectors, and this is the largest cost."""
+    y = x / (torch.linalg.vector_norm(x, dim=-1, keepdim=True) * x.size(-1) ** -0.5).clamp_min(RMS_EPS)
+    return y if y.dtype == x.dtype else y.to(x.dtype)  # CUDA autocast computes norms in float32
 
 
 class RMSNorm(nn.Module):
@@ -138,19 +144,24 @@ def make_norm(config: ModelConfig) -> nn.Module:
     return nn.LayerNorm(config.n_embd, bias=config.bias)
 
 
+def make_dropout(p: float) -> nn.Module:
+    """Dropout, or nothing at all when p is 0 (one call less per use when decoding a token)."""
+    return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
 def rope_tables(head_size: int, length: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of each position's rotation angles, laid out for `apply_rope`: (T, 2, hs/2) each."""
+    """cos and sin of each position's rotation angles, laid out for `apply_rope`: (T, hs) each."""
     inv_freq = 1.0 / base ** (torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
     angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)  # (T, hs/2)
     cos, sin = angles.cos(), angles.sin()
-    return torch.stack((cos, cos), dim=1), torch.stack((sin, -sin), dim=1)
+    return torch.cat((cos, cos), dim=1), torch.cat((sin, -sin), dim=1)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate each pair of channels (i, i + hs/2) of x (..., T, hs) by position-dependent angles:
-    (x1, x2) -> (x1 cos + x2 sin, x2 cos - x1 sin), written with few ops because decoding runs it every token."""
-    halves = x.unflatten(-1, (2, -1))  # (..., T, 2, hs/2)
-    return (halves * cos + halves.flip(-2) * sin).flatten(-2).type_as(x)
+    (x1, x2) -> (x1 cos + x2 sin, x2 cos - x1 sin), in few ops because decoding runs it every token."""
+    y = x * cos + x.roll(x.size(-1) // 2, dims=-1) * sin  # roll by hs/2 swaps the halves: (x2, x1)
+    return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
 class CausalSelfAttention(nn.Module):
@@ -169,7 +180,7 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # query, key, value
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = make_dropout(config.dropout)
 
     def qkv(self, x, rope=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries, keys and values of every head, (B, nh, T, hs) each, QK-normed and rotated when configured."""
@@ -194,7 +205,7 @@ class CausalSelfAttention(nn.Module):
                 raise ValueError("a multi-token step must start from an empty cache (prefill)")
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
                                            is_causal=causal)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
+        y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble all head outputs side by side
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -205,7 +216,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = make_dropout(config.dropout)
         self.mlp = config.mlp
 
     def forward(self, x):
@@ -246,7 +257,7 @@ class GPT(LanguageModel):
             cos, sin = rope_tables(config.n_embd // config.n_head, config.block_size)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = make_dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
         self.ln_f = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.bias)
@@ -286,7 +297,7 @@ class GPT(LanguageModel):
         if cache is not None:
             cache.advance(T)
         x = self.ln_f(x)
-        if targets is None and cache is not None:
+        if targets is None and cache is not None and T > 1:
             x = x[:, -1:, :]  # generation only needs the last position's logits
         logits = self.lm_head(x)  # (B, T, vocab_size)
         if self.config.logit_softcap > 0:
