@@ -79,12 +79,17 @@ def ws(tmp_path_factory, dataset_dir) -> Path:
     return root
 
 
+def _subparsers() -> dict:
+    return next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction").choices
+
+
 def ckpt_commands() -> list[str]:
     """Every subcommand that reads a checkpoint with --ckpt (attention joins when it exists)."""
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    return sorted(name for name, p in sub.choices.items()
-                  if any("--ckpt" in a.option_strings for a in p._actions))
+    return sorted(name for name, p in _subparsers().items() if any("--ckpt" in a.option_strings for a in p._actions))
+
+
+def on_cpu(cmd: str) -> list[str]:
+    return ["--device", "cpu"] if any("--device" in a.option_strings for a in _subparsers()[cmd]._actions) else []
 
 
 # (id, argv, a fragment the one line must contain (lower case))
@@ -170,12 +175,12 @@ ROWS = [
 for _cmd in ckpt_commands():
     ROWS += [
         (f"{_cmd}-missing-ckpt", [_cmd, "--ckpt", "runs/nope"], "runs/nope"),
-        (f"{_cmd}-truncated-ckpt", [_cmd, "--ckpt", "runs/truncated", "--device", "cpu"], "truncated"),
-        (f"{_cmd}-garbage-ckpt", [_cmd, "--ckpt", "runs/garbage", "--device", "cpu"], "garbage"),
-        (f"{_cmd}-empty-ckpt", [_cmd, "--ckpt", "runs/emptyckpt", "--device", "cpu"], "emptyckpt"),
-        (f"{_cmd}-text-file-ckpt", [_cmd, "--ckpt", "runs/textckpt", "--device", "cpu"], "textckpt"),
-        (f"{_cmd}-tensor-not-ckpt", [_cmd, "--ckpt", "runs/tensor", "--device", "cpu"], "not a chargpt checkpoint"),
-        (f"{_cmd}-ckpt-of-another-model", [_cmd, "--ckpt", "runs/othershape", "--device", "cpu"], "othershape"),
+        (f"{_cmd}-truncated-ckpt", [_cmd, "--ckpt", "runs/truncated", *on_cpu(_cmd)], "truncated"),
+        (f"{_cmd}-garbage-ckpt", [_cmd, "--ckpt", "runs/garbage", *on_cpu(_cmd)], "garbage"),
+        (f"{_cmd}-empty-ckpt", [_cmd, "--ckpt", "runs/emptyckpt", *on_cpu(_cmd)], "emptyckpt"),
+        (f"{_cmd}-text-file-ckpt", [_cmd, "--ckpt", "runs/textckpt", *on_cpu(_cmd)], "textckpt"),
+        (f"{_cmd}-tensor-not-ckpt", [_cmd, "--ckpt", "runs/tensor", *on_cpu(_cmd)], "not a chargpt checkpoint"),
+        (f"{_cmd}-ckpt-of-another-model", [_cmd, "--ckpt", "runs/othershape", *on_cpu(_cmd)], "othershape"),
     ]
 
 

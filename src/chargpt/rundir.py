@@ -53,13 +53,16 @@ class RunDir:
     def metrics(self) -> list[dict]:
         return read_metrics(self.path)
 
-    def drop_metrics_after(self, step: int) -> None:
-        """Forget records past `step`: a crash can log an evaluation after the checkpoint a resume restarts from."""
+    def recover(self, step: int) -> None:
+        """Before resuming at `step`, undo what a crash can leave: evaluations logged after the checkpoint was
+        saved, a torn last line, and half-written temporary files of atomic writes."""
+        for tmp in self.path.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
         path = self.path / METRICS
         if not path.is_file():
             return
         kept = "".join(json.dumps(r) + "\n" for r in read_metrics(self.path) if r.get("step", 0) <= step)
-        if kept != path.read_text(encoding="utf-8"):  # also drops a line torn by the crash
+        if kept != path.read_text(encoding="utf-8"):
             write_text(path, kept)
 
     def write_summary(self, summary: dict) -> None:
