@@ -128,6 +128,8 @@ ROWS = [
     ("train-lr-0", ["train", *TINY, "--data", "data", "--lr", "0"], "--lr"),
     ("train-lr-negative", ["train", *TINY, "--data", "data", "--lr", "-1e-3"], "--lr"),
     ("train-lr-nan", ["train", *TINY, "--data", "data", "--lr", "nan"], "--lr"),
+    ("train-lr-inf", ["train", *TINY, "--data", "data", "--lr", "inf"], "--lr"),
+    ("train-muon-lr-0", ["train", *TINY, "--data", "data", "--muon-lr", "0"], "--muon-lr"),
     ("train-lr-text", ["train", *TINY, "--data", "data", "--lr", "fast"], "--lr"),
     ("train-time-budget-text", ["train", *TINY, "--data", "data", "--time-budget", "soon"], "duration"),
     ("train-unknown-preset", ["train", "--preset", "huge", "--data", "data"], "huge"),

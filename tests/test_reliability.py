@@ -140,6 +140,7 @@ def test_kill_9_at_a_random_moment_leaves_a_loadable_checkpoint_that_resumes_exa
     model, _, _ = checkpoint.load_model(run)
     assert 0 < state["step"] <= STEPS and model.num_params() > 0, delay
     ok(chargpt("train", "--resume", "runs/killed", "--ckpt-interval", 0, cwd=home))
+    assert not list(run.glob(".*.tmp"))  # a save cut short by the kill leaves nothing behind after the resume
     assert_same_run(run, straight)
 
 
@@ -224,20 +225,42 @@ def test_second_ctrl_c_raises_at_once_and_keeps_the_last_checkpoint(tmp_path, da
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
 
 
+def test_checkpoints_follow_ckpt_interval_not_just_evaluations(tmp_path, dataset_dir, keep_threads, monkeypatch):
+    data = load_dataset(dataset_dir)
+    config = tiny_config(steps=10)
+    config.model.vocab_size = data.tokenizer.vocab_size
+    config.train.ckpt_interval, config.train.eval_interval = 3, 10
+    saved = []
+    real_save = checkpoint.save
+    monkeypatch.setattr(checkpoint, "save", lambda path, **kw: (saved.append(kw["step"]), real_save(path, **kw)))
+    train(config, data, RunDir.create(tmp_path, "run"), echo=lambda *_: None)
+    assert saved == [3, 6, 9, 10]
+
+
 # ----------------------------------------------------------------------------------------- non-finite
+BLOWUP = ["--preset", "bigram", "--batch-size", "4", "--eval-interval", "50", "--eval-iters", "2", "--threads", "1",
+          "--device", "cpu", "--max-steps", "50", "--ckpt-interval", "1"]  # the bigram table has no norm to tame it
+
+
 @pytest.mark.slow
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(home, dataset_dir):
     run = home / "runs" / "blowup"
-    p = chargpt("train", *TINY, "--data", dataset_dir, "--max-steps", 50, "--lr", "1e30", "--ckpt-interval", 1,
-                "--name", "blowup", cwd=home)
+    p = chargpt("train", *BLOWUP, "--data", dataset_dir, "--lr", "1e37", "--name", "blowup", cwd=home)
     assert p.returncode == 1, p.stdout + p.stderr
     line = one_line(p.stderr)
-    m = re.search(r"step (\d+)", line)
-    assert m and any(word in line for word in ("non-finite", "nan", "inf")), line
+    m = re.search(r"(?:loss|weights) became (?:nan|inf|-inf|non-finite).* (?:at|by) step (\d+)", line)
+    assert m and "checkpoint" in line, line
     state = checkpoint.load(run)
-    assert state["step"] <= int(m.group(1))
+    assert 0 < state["step"] <= int(m.group(1))
     assert all(torch.isfinite(v).all() for v in state["model"].values())
     assert all(math.isfinite(r["train_loss"]) and math.isfinite(r["val_loss"]) for r in read_metrics(run))
+
+
+@pytest.mark.slow
+def test_an_update_too_large_for_float32_is_the_same_clear_stop(home, dataset_dir):
+    p = chargpt("train", *BLOWUP, "--data", dataset_dir, "--lr", "1e38", "--name", "overflow", cwd=home)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert re.search(r"step \d+ overflowed", one_line(p.stderr))
 
 
 # ------------------------------------------------------------------------------- files never run code
@@ -249,11 +272,18 @@ class Evil:
         return os.system, (f"touch {self.marker}",)
 
 
-def ckpt_commands() -> list[str]:
+def _subparsers() -> dict:
     from chargpt.cli import build_parser
 
-    sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
-    return sorted(name for name, p in sub.choices.items() if any("--ckpt" in a.option_strings for a in p._actions))
+    return next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction").choices
+
+
+def ckpt_commands() -> list[str]:
+    return sorted(name for name, p in _subparsers().items() if any("--ckpt" in a.option_strings for a in p._actions))
+
+
+def on_cpu(cmd: str) -> list[str]:
+    return ["--device", "cpu"] if any("--device" in a.option_strings for a in _subparsers()[cmd]._actions) else []
 
 
 @pytest.mark.slow
@@ -268,7 +298,7 @@ def test_malicious_checkpoint_or_dataset_is_refused_by_every_command_and_never_r
     shutil.copytree(dataset_dir, evil_data)
     torch.save(Evil(marker), evil_data / "train.pt")
 
-    commands = [[cmd, "--ckpt", "runs/evil", "--device", "cpu"] for cmd in ckpt_commands()]
+    commands = [[cmd, "--ckpt", "runs/evil", *on_cpu(cmd)] for cmd in ckpt_commands()]
     commands += [["eval", "--ckpt", "runs/evil", "--data", dataset_dir],
                  ["train", "--resume", "runs/evil", "--data", dataset_dir],
                  ["train", *TINY, "--data", "evil_data", "--name", "from-evil-data"],

@@ -221,8 +221,14 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
                 raise NonFiniteLoss(f"loss became {loss_value} at step {step}; {kept()}. "
                                     f"Lower --lr or --muon-lr, or set --grad-clip")
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
-            for opt in optimizers:
-                opt.step()
+            try:
+                for opt in optimizers:
+                    opt.step()
+            except RuntimeError as e:  # torch refuses an update too large for float32
+                if "overflow" not in str(e):
+                    raise
+                raise NonFiniteLoss(f"the update at step {step} overflowed float32; {kept()}. "
+                                    f"Lower --lr or --muon-lr") from None
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             step += 1
