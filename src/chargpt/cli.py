@@ -212,6 +212,26 @@ def cmd_runs(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------- attention
+def cmd_attention(args) -> int:
+    import torch
+
+    from .attention import attention_weights, draw_attention
+    from .checkpoint import load_model
+    from .device import resolve_device
+
+    device = resolve_device(args.device)
+    model, tok, state = load_model(args.ckpt, device)
+    idx = torch.tensor([tok.encode(args.prompt)], dtype=torch.long, device=device)
+    weights = attention_weights(model, idx)[0]
+    L, H, T, _ = weights.shape
+    out = draw_attention(weights, args.prompt, args.out,
+                         title=f"attention of {args.ckpt} (step {state['step']}): {L} layers x {H} heads, "
+                               f"query (row) -> key (column)")
+    print(f"wrote {out}: {L} layers x {H} heads over {T} characters")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------- parser
 def _add_wandb_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("Weights & Biases")
@@ -280,6 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", nargs="+", default=None, metavar="RUN", help="overlay these runs' val-loss curves")
     p.add_argument("--out", default="runs.png", help="PNG written by --plot")
     p.set_defaults(func=cmd_runs)
+
+    p = _defaults(sub.add_parser("attention", help="draw each head's attention over a prompt into a PNG"))
+    p.add_argument("--ckpt", default="runs/latest", help="checkpoint file or run directory (a GPT)")
+    p.add_argument("--prompt", required=True, help="text whose attention is drawn (at most block_size characters)")
+    p.add_argument("--out", default="attention.png", help="PNG to write")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.set_defaults(func=cmd_attention)
     return parser
 
 

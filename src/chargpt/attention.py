@@ -1,0 +1,98 @@
+"""Attention maps: how much each head of each layer attends to every earlier character of a prompt, and a
+grid of them (layers x heads) drawn into a PNG (`chargpt attention`)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import ConfigError
+from .fsutil import atomic_path
+from .lecture import explicit_attention
+from .model import GPT, LanguageModel
+
+# characters that would be invisible (or break a line) as tick labels
+VISIBLE = {"\n": "⏎", " ": "␣", "\t": "⇥", "\r": "␍"}
+
+
+@torch.no_grad()
+def attention_weights(model: LanguageModel, idx: torch.Tensor) -> torch.Tensor:
+    """Attention weights (B, n_layer, n_head, T, T) for the prompts `idx` (B, T); row t holds how much the
+    query at t attends to each key (columns after t are 0).
+
+    Each attention layer's input is caught on its way through the model's own forward pass; the layer
+    then recomputes its queries and keys (`CausalSelfAttention.qkv`: QK-norm and RoPE exactly as in
+    the model) and the weights come from the lecture's explicit softmax(q k^T / sqrt(head_size)).
+    """
+    if not isinstance(model, GPT):
+        raise ConfigError(f"a {model.config.model} model has no attention to draw; use a GPT checkpoint")
+    T = idx.size(1)
+    if not 0 < T <= model.config.block_size:
+        raise ConfigError(f"the prompt has {T} characters; it needs 1 to {model.config.block_size} "
+                          f"(the model's block_size)")
+    caught = []
+
+    def catch(module, args, kwargs):
+        x = args[0] if args else kwargs["x"]
+        rope = args[1] if len(args) > 1 else kwargs.get("rope")
+        caught.append((module, x, rope))
+
+    hooks = [block.sa.register_forward_pre_hook(catch, with_kwargs=True) for block in model.blocks]
+    was_training = model.training
+    model.eval()
+    try:
+        model(idx)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    weights = []
+    for sa, x, rope in caught:
+        q, k, v = sa.qkv(x, rope)
+        _, wei = explicit_attention(q.float(), k.float(), v.float(), return_weights=True)  # (B, nh, T, T)
+        weights.append(wei)
+    return torch.stack(weights, dim=1)
+
+
+def label(ch: str) -> str:
+    return VISIBLE.get(ch, ch)
+
+
+def cell_inches(T: int) -> float:
+    """Side of one head's map: room for T tick labels, within reason."""
+    return min(max(1.8, 0.14 * T + 0.8), 6.0)
+
+
+def draw_attention(weights: torch.Tensor, prompt: str, out: str | os.PathLike, title: str | None = None,
+                   dpi: int = 100) -> Path:
+    """Draw `weights` (n_layer, n_head, T, T) as a grid of heat maps (a row per layer, a column per head),
+    the prompt's characters along both axes (queries down, keys across); write the PNG atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n_layer, n_head, T, _ = weights.shape
+    if len(prompt) != T:
+        raise ValueError(f"{T} attention rows but a prompt of {len(prompt)} characters")
+    cell = cell_inches(T)
+    fig = Figure(figsize=(n_head * cell + 1.2, n_layer * cell + 0.6), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(n_layer, n_head, squeeze=False)
+    ticks = [label(c) for c in prompt]
+    fontsize = min(9.0, max(3.0, 0.6 * cell * 72 / (T + 2)))
+    image = None
+    for layer in range(n_layer):
+        for head in range(n_head):
+            ax = axes[layer][head]
+            image = ax.imshow(weights[layer, head].cpu().numpy(), cmap="viridis", vmin=0.0, vmax=1.0,
+                              interpolation="nearest")
+            ax.set_xticks(range(T), ticks, fontsize=fontsize)
+            ax.set_yticks(range(T), ticks, fontsize=fontsize)
+            ax.tick_params(length=0, pad=1)
+            ax.set_title(f"layer {layer} head {head}", fontsize=8)
+    fig.colorbar(image, ax=axes, shrink=0.5, label="attention weight")
+    fig.suptitle(title or f"attention: {n_layer} layers x {n_head} heads, query (row) -> key (column)")
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    return out
