@@ -89,7 +89,11 @@ def ckpt_commands() -> list[str]:
 
 
 def on_cpu(cmd: str) -> list[str]:
-    return ["--device", "cpu"] if any("--device" in a.option_strings for a in _subparsers()[cmd]._actions) else []
+    """`--device cpu` where `cmd` takes it, and a value for each other option it requires (e.g. attention's --prompt)."""
+    actions = _subparsers()[cmd]._actions
+    extra = [x for a in actions if a.required and a.option_strings and "--ckpt" not in a.option_strings
+             for x in (a.option_strings[-1], "a")]
+    return extra + (["--device", "cpu"] if any("--device" in a.option_strings for a in actions) else [])
 
 
 # (id, argv, a fragment the one line must contain (lower case))
@@ -176,7 +180,7 @@ ROWS = [
 # Every checkpoint reader gets the same bad checkpoints.
 for _cmd in ckpt_commands():
     ROWS += [
-        (f"{_cmd}-missing-ckpt", [_cmd, "--ckpt", "runs/nope"], "runs/nope"),
+        (f"{_cmd}-missing-ckpt", [_cmd, "--ckpt", "runs/nope", *on_cpu(_cmd)], "runs/nope"),
         (f"{_cmd}-truncated-ckpt", [_cmd, "--ckpt", "runs/truncated", *on_cpu(_cmd)], "truncated"),
         (f"{_cmd}-garbage-ckpt", [_cmd, "--ckpt", "runs/garbage", *on_cpu(_cmd)], "garbage"),
         (f"{_cmd}-empty-ckpt", [_cmd, "--ckpt", "runs/emptyckpt", *on_cpu(_cmd)], "emptyckpt"),

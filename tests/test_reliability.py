@@ -283,7 +283,11 @@ def ckpt_commands() -> list[str]:
 
 
 def on_cpu(cmd: str) -> list[str]:
-    return ["--device", "cpu"] if any("--device" in a.option_strings for a in _subparsers()[cmd]._actions) else []
+    """`--device cpu` where `cmd` takes it, and a value for each other option it requires (e.g. attention's --prompt)."""
+    actions = _subparsers()[cmd]._actions
+    extra = [x for a in actions if a.required and a.option_strings and "--ckpt" not in a.option_strings
+             for x in (a.option_strings[-1], "a")]
+    return extra + (["--device", "cpu"] if any("--device" in a.option_strings for a in actions) else [])
 
 
 @pytest.mark.slow
