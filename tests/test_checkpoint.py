@@ -100,6 +100,22 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, kind):
     assert not marker.exists()
 
 
+def test_only_the_weights_only_loader_reads_torch_or_pickle_files():
+    """Every tensor file chargpt opens goes through fsutil.load_torch (torch.load with weights_only=True)."""
+    import ast
+
+    import chargpt
+
+    calls = []
+    for path in Path(chargpt.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                    and node.func.attr in ("load", "loads", "Unpickler") \
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id in ("torch", "pickle", "np"):
+                calls.append((path.name, node.lineno, ast.unparse(node)))
+    assert [(f, src) for f, _, src in calls] == [("fsutil.py", "torch.load(path, map_location='cpu', weights_only=True, **kwargs)")]
+
+
 def test_the_malicious_file_really_would_run_code_with_a_plain_unpickler(tmp_path):
     """Guards the tests above: the payload is live, so its refusal means something."""
     marker = tmp_path / "pwned"

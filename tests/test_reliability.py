@@ -168,7 +168,7 @@ def test_second_ctrl_c_stops_at_once_with_exit_130_and_files_whole(home, dataset
     assert "interrupt" in one_line(err).lower() or "SIGINT" in err
     assert 0 < checkpoint.load(run)["step"] < STEPS
     assert not [f.name for f in run.iterdir() if f.name.endswith(".tmp")]  # no half-written file left behind
-    assert all(json_ok for json_ok in (r.get("step") is not None for r in read_metrics(run)))
+    assert all("step" in r for r in read_metrics(run))  # the metrics log reads back whole
 
 
 class SignalAt:
