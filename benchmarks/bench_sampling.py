@@ -5,6 +5,10 @@ naive full-recompute `model.generate`, same model, batch 1, under torch.inferenc
 
 Targets (issue 3): the KV cache at least 10x the naive path, and at least 3,000 tokens/s on 2 CPU cores.
 A randomly initialized model is enough: the work per token does not depend on the weights.
+
+The Engine runs its steps on one CPU thread whatever torch's setting (see `chargpt.engine.one_cpu_thread`);
+the naive path is timed with `--threads` and with one thread, and the speed-up is taken over the faster,
+so that a busy machine, where torch's thread pool stalls, cannot flatter the cache.
 """
 from __future__ import annotations
 
@@ -65,10 +69,12 @@ def measure(tokens: int = 2000, threads: int = 2, repeats: int = 3) -> dict:
         with torch.inference_mode():
             kv, kv_out = tokens_per_second(seeded(engine.generate), prompt, tokens, repeats)
             naive, naive_out = tokens_per_second(seeded(model.generate), prompt, tokens, 1)
+            torch.set_num_threads(1)
+            naive_1, _ = tokens_per_second(seeded(model.generate), prompt, tokens, 1)
     finally:
         torch.set_num_threads(before)
-    return {"kv": kv, "naive": naive, "same_tokens": torch.equal(kv_out, naive_out), "tokens": tokens,
-            "threads": threads}
+    return {"kv": kv, "naive": naive, "naive_1": naive_1, "same_tokens": torch.equal(kv_out, naive_out),
+            "tokens": tokens, "threads": threads}
 
 
 def main(tokens: int = 2000, threads: int = 2) -> list[dict]:
@@ -76,8 +82,10 @@ def main(tokens: int = 2000, threads: int = 2) -> list[dict]:
     where = f"{m['tokens']} chars, cpu preset, batch 1, {m['threads']} threads"
     return [
         {"figure": f"KV-cache tokens/s ({where})", "value": f"{m['kv']:,.0f}", "target": ">= 3,000"},
-        {"figure": f"naive tokens/s ({where})", "value": f"{m['naive']:,.0f}", "target": "-"},
-        {"figure": "KV-cache speed-up over naive", "value": f"{m['kv'] / m['naive']:.1f}x", "target": ">= 10x"},
+        {"figure": f"naive tokens/s ({where})", "value": f"{m['naive']:,.0f}", "target": ""},
+        {"figure": "naive tokens/s (same, 1 thread)", "value": f"{m['naive_1']:,.0f}", "target": ""},
+        {"figure": "KV-cache speed-up over the faster naive", "value": f"{m['kv'] / max(m['naive'], m['naive_1']):.1f}x",
+         "target": ">= 10x"},
         {"figure": "KV-cache tokens equal naive (seeded sampling)", "value": str(m["same_tokens"]), "target": "True"},
     ]
 

@@ -19,6 +19,15 @@ CONFIGS = [pytest.param({}, id="lecture"),
            pytest.param(dict(pos="rope", qk_norm=True, norm="rmsnorm", mlp="relu2", bias=False), id="modern")]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models train faster on one thread, and far faster when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def lively(**kw):
     torch.manual_seed(0)
     model = build_model(ModelConfig(vocab_size=30, block_size=16, n_layer=3, n_head=2, n_embd=16, dropout=0.0, **kw))

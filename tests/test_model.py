@@ -21,6 +21,15 @@ def small(**kw) -> ModelConfig:
     return ModelConfig(**(base | kw))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models train faster on one thread, and far faster when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ------------------------------------------------------------------------------- the lecture's model
 def copy_into_lecture_model(model: GPT) -> LectureGPT:
     """The lecture's head-by-head model holding `model`'s weights (its query/key/value have no biases)."""
