@@ -4,14 +4,25 @@ from __future__ import annotations
 import torch
 
 from .errors import DataError
+from .tensorfile import TensorFileReader
+
+Split = torch.Tensor | TensorFileReader  # a split in memory (or memory-mapped), or read from its file
 
 
-def get_batch(data: torch.Tensor, batch_size: int, block_size: int, device: str | torch.device = "cpu",
+def windows(data: Split, starts: torch.Tensor, length: int) -> torch.Tensor:
+    """(len(starts), length) int64: row i holds data[starts[i]:starts[i] + length]."""
+    if isinstance(data, TensorFileReader):
+        return data.windows(starts, length)
+    return data[starts.unsqueeze(1) + torch.arange(length)].long()  # one gather instead of a Python loop
+
+
+def get_batch(data: Split, batch_size: int, block_size: int, device: str | torch.device = "cpu",
               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (x, y), each (batch_size, block_size) int64, y being x shifted left by one.
 
     Offsets come from `torch.randint(len(data) - block_size, (batch_size,))`, from `generator` when
-    given, else from the global RNG, so after `torch.manual_seed(S)` the batches equal the notebook's.
+    given, else from the global RNG, so after `torch.manual_seed(S)` the batches equal the notebook's,
+    whether `data` is a tensor or a reader of its file.
     """
     if len(data) < block_size + 1:
         raise DataError(
@@ -19,8 +30,7 @@ def get_batch(data: torch.Tensor, batch_size: int, block_size: int, device: str 
             f"use a smaller --block-size or a larger corpus"
         )
     ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
-    offsets = ix.unsqueeze(1) + torch.arange(block_size + 1)  # (B, T+1): one gather instead of a Python loop
-    window = data[offsets].long()
+    window = windows(data, ix, block_size + 1)  # (B, T+1)
     x, y = window[:, :-1].contiguous(), window[:, 1:].contiguous()
     if torch.device(device).type == "cuda":
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)

@@ -10,8 +10,7 @@ import codecs
 import hashlib
 import json
 import os
-import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ import torch
 
 from .errors import DataError
 from .fsutil import atomic_path, load_torch, refused_global, write_json
-from .tensorfile import TensorFileWriter
+from .tensorfile import TensorFileReader, TensorFileWriter
 from .tokenizer import CharTokenizer
 
 FORMAT = "chargpt-dataset"
@@ -174,13 +173,15 @@ def _up_to_date(out_dir: Path, meta: dict) -> bool:
 
 @dataclass
 class Dataset:
-    """A prepared dataset: its tokenizer, its splits (memory-mapped), and its metadata."""
+    """A prepared dataset: its tokenizer, its splits (memory-mapped tensors, and readers of their files for
+    training to sample from), and its metadata."""
 
     path: Path
     meta: dict
     tokenizer: CharTokenizer
     train: torch.Tensor
     val: torch.Tensor
+    readers: dict[str, TensorFileReader] = field(default_factory=dict, repr=False)
 
     @property
     def content_hash(self) -> str:
@@ -199,6 +200,11 @@ class Dataset:
         if name not in ("train", "val"):
             raise DataError(f"unknown split {name!r}; use train or val")
         return self.train if name == "train" else self.val
+
+    def reader(self, name: str) -> TensorFileReader | torch.Tensor:
+        """The split to read windows from: its file with plain reads where its layout allows (windows taken
+        from the memory-mapped tensor stay resident, until RSS nears the split's size), else the tensor."""
+        return self.readers.get(name, self.split(name))
 
 
 def load_split(path: str | os.PathLike) -> torch.Tensor:
@@ -233,29 +239,27 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
         raise DataError(f"{path / 'meta.json'} is not a chargpt dataset description; re-run `chargpt prepare`")
     tok = CharTokenizer(meta["vocab"])
     train, val = load_split(path / "train.pt"), load_split(path / "val.pt")
+    readers = {}
     for name, t in (("train", train), ("val", val)):
-        lo, hi = _id_range(path / f"{name}.pt", t)
+        reader = TensorFileReader.locate(path / f"{name}.pt", t)
+        lo, hi = _id_range(t if reader is None else reader)
         if lo < 0 or hi >= tok.vocab_size:
             raise DataError(f"{path / (name + '.pt')} has token ids beyond the vocabulary; re-run `chargpt prepare`")
-    return Dataset(path, meta, tok, train, val)
+        if reader is not None:
+            readers[name] = reader
+    return Dataset(path, meta, tok, train, val, readers)
 
 
-def _id_range(path: Path, t: torch.Tensor) -> tuple[int, int]:
-    """Smallest and largest id in the file's data, read with plain reads in chunks: scanning the
-    memory-mapped tensor instead would leave the whole split resident in this process."""
-    if not len(t):
+def _id_range(data: TensorFileReader | torch.Tensor) -> tuple[int, int]:
+    """Smallest and largest id, read from the file in chunks where a reader can: scanning the memory-mapped
+    tensor instead would leave the whole split resident in this process."""
+    if not len(data):
         return 0, 0
-    try:
-        with zipfile.ZipFile(path) as zf:
-            [entry] = [i for i in zf.infolist() if "/data/" in i.filename]  # one storage: the tensor's
-            if entry.file_size != t.untyped_storage().nbytes():
-                raise ValueError("the tensor is not the whole storage")
-            dtype = np.dtype(str(t.dtype).replace("torch.", ""))
-            lo, hi = np.iinfo(dtype).max, np.iinfo(dtype).min
-            with zf.open(entry) as f:  # CHUNK is a multiple of every item size
-                while chunk := f.read(CHUNK):
-                    ids = np.frombuffer(chunk, dtype=dtype)
-                    lo, hi = min(lo, int(ids.min())), max(hi, int(ids.max()))
-            return lo, hi
-    except (ValueError, zipfile.BadZipFile):  # not torch's zip layout (or a view): scan the tensor itself
-        return int(t.min()), int(t.max())
+    if isinstance(data, torch.Tensor):  # not torch's usual zip layout: scan the tensor itself
+        return int(data.min()), int(data.max())
+    step = max(1, CHUNK // data.np_dtype.itemsize)
+    lo, hi = np.iinfo(data.np_dtype).max, np.iinfo(data.np_dtype).min
+    for start in range(0, len(data), step):
+        ids = data.read(start, min(step, len(data) - start))
+        lo, hi = min(lo, int(ids.min())), max(hi, int(ids.max()))
+    return lo, hi

@@ -7,7 +7,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
-from .batch import get_batch
+from .batch import Split, get_batch, windows
 from .errors import DataError
 
 LN2 = math.log(2)
@@ -18,7 +18,7 @@ def bits_per_char(nats: float) -> float:
 
 
 @torch.no_grad()
-def estimate_loss(model, splits: dict[str, torch.Tensor], eval_iters: int, batch_size: int, block_size: int,
+def estimate_loss(model, splits: dict[str, Split], eval_iters: int, batch_size: int, block_size: int,
                   device, generator: torch.Generator | None = None, autocast=nullcontext) -> dict[str, float]:
     """Mean loss over `eval_iters` random batches per split (the notebook's `estimate_loss`)."""
     was_training = model.training
@@ -37,7 +37,7 @@ def estimate_loss(model, splits: dict[str, torch.Tensor], eval_iters: int, batch
 
 
 @torch.no_grad()
-def full_pass_loss(model, data: torch.Tensor, block_size: int, device, batch_size: int = 64,
+def full_pass_loss(model, data: Split, block_size: int, device, batch_size: int = 64,
                    autocast=nullcontext) -> float:
     """Mean cross-entropy (nats/char) over every token of `data` after the first, each scored exactly once.
 
@@ -52,16 +52,15 @@ def full_pass_loss(model, data: torch.Tensor, block_size: int, device, batch_siz
     total = torch.zeros((), dtype=torch.float64)
     full = n // block_size
     starts = torch.arange(full) * block_size
-    offsets = torch.arange(block_size + 1)
     for i in range(0, full, batch_size):  # int64 one batch at a time: never a copy of the whole split
-        window = data[(starts[i:i + batch_size, None] + offsets)].long().to(device)
+        window = windows(data, starts[i:i + batch_size], block_size + 1).to(device)
         with autocast():
             logits, _ = model(window[:, :-1])
         total += F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), window[:, 1:].reshape(-1),
                                  reduction="sum").double().cpu()
     rest = n - full * block_size
     if rest:
-        window = data[full * block_size:].long().unsqueeze(0).to(device)
+        window = windows(data, torch.tensor([full * block_size]), rest + 1).to(device)
         with autocast():
             logits, _ = model(window[:, :-1])
         total += F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), window[:, 1:].reshape(-1),
@@ -70,10 +69,19 @@ def full_pass_loss(model, data: torch.Tensor, block_size: int, device, batch_siz
     return (total / n).item()
 
 
-def bigram_optimum(train: torch.Tensor, val: torch.Tensor, vocab_size: int) -> float:
+def bigram_optimum(train: Split, val: Split, vocab_size: int, chunk: int = 1 << 20) -> float:
     """Val loss (nats/char) of add-one-smoothed bigram counts from train: the best a bigram can do."""
-    train, val = train.long(), val.long()
-    counts = torch.bincount(train[:-1] * vocab_size + train[1:], minlength=vocab_size * vocab_size)
+    counts = torch.zeros(vocab_size * vocab_size, dtype=torch.long)
+    for ids in _chunks(train, chunk):
+        counts += torch.bincount(ids[:-1] * vocab_size + ids[1:], minlength=vocab_size * vocab_size)
     counts = counts.view(vocab_size, vocab_size).double() + 1.0
     logp = (counts / counts.sum(1, keepdim=True)).log()
-    return -logp[val[:-1], val[1:]].mean().item()
+    nll = sum(-logp[ids[:-1], ids[1:]].sum() for ids in _chunks(val, chunk))
+    return (nll / (len(val) - 1)).item()
+
+
+def _chunks(data: Split, chunk: int):
+    """int64 pieces of `data` that overlap by one token, so every adjacent pair is in exactly one piece:
+    a large split is never turned into int64 (8 bytes a token) whole."""
+    for start in range(0, len(data) - 1, chunk):
+        yield windows(data, torch.tensor([start]), min(chunk, len(data) - 1 - start) + 1)[0]

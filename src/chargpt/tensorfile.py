@@ -1,13 +1,16 @@
-"""Write a 1-D tensor file, exactly as `torch.save` lays it out, by streaming its data in chunks, so a
-split larger than memory never has to be held as one tensor."""
+"""1-D tensor files as `torch.save` lays them out: written by streaming their data in chunks, and read a
+window at a time with plain file reads, so a split larger than memory is never held, nor mapped, whole."""
 from __future__ import annotations
 
 import os
 import struct
+import sys
+import weakref
 import zipfile
 import zlib
 from pathlib import Path
 
+import numpy as np
 import torch
 
 LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature ... file name length, extra field length
@@ -85,3 +88,81 @@ class TensorFileWriter:
             self.close()
         else:
             self.f.close()
+
+
+class TensorFileReader:
+    """Elements of a 1-D tensor stored in a torch zip file, read with `os.pread` from the file's stored
+    (uncompressed) data.
+
+    Sampling random windows from the memory-mapped tensor instead would leave every page it touched (and the
+    kernel maps whole blocks around each fault) resident in the process, until RSS approaches the split's size.
+    Plain reads go through the page cache, which the kernel reclaims at will, and leave the process's RSS flat.
+    """
+
+    def __init__(self, path: str | os.PathLike, dtype: torch.dtype, length: int, offset: int):
+        self.path = Path(path)
+        self.dtype = dtype
+        self.np_dtype = np.dtype(str(dtype).removeprefix("torch."))
+        self.length = length
+        self.offset = offset  # of element 0, in bytes from the start of the file
+        self.fd = os.open(self.path, os.O_RDONLY)  # held: a file replaced under a run is not read half old, half new
+        weakref.finalize(self, os.close, self.fd)
+
+    @classmethod
+    def locate(cls, path: str | os.PathLike, t: torch.Tensor) -> TensorFileReader | None:
+        """The reader for `t` as `torch.load` read it from `path`; None when the file is not laid out as
+        `torch.save` lays out one contiguous 1-D tensor (and reads must go through `t`)."""
+        if t.ndim != 1 or t.stride(0) != 1 or sys.byteorder != "little":
+            return None
+        try:
+            with zipfile.ZipFile(path) as zf:
+                entries = [i for i in zf.infolist() if "/data/" in i.filename]
+                byteorder = [i for i in zf.infolist() if i.filename.endswith("/byteorder")]
+                if byteorder and zf.read(byteorder[0]) != b"little":
+                    return None
+            if len(entries) != 1:  # one storage: the tensor's
+                return None
+            [entry] = entries
+            if entry.compress_type != zipfile.ZIP_STORED or entry.file_size != t.untyped_storage().nbytes():
+                return None
+            with open(path, "rb") as f:
+                f.seek(entry.header_offset)
+                sig, name_len, extra_len = LOCAL_HEADER.unpack(f.read(LOCAL_HEADER.size))
+            if sig != b"PK\x03\x04":
+                return None
+        except (OSError, ValueError, struct.error, zipfile.BadZipFile):
+            return None
+        start = entry.header_offset + LOCAL_HEADER.size + name_len + extra_len
+        return cls(path, t.dtype, len(t), start + t.storage_offset() * t.element_size())
+
+    def __len__(self) -> int:
+        return self.length
+
+    def read(self, start: int, n: int) -> np.ndarray:
+        """Elements [start, start + n), in the file's dtype."""
+        self._check(start, start + n)
+        return self._pread([start], n)
+
+    def windows(self, starts: torch.Tensor, length: int) -> torch.Tensor:
+        """(len(starts), length) int64: row i holds elements [starts[i], starts[i] + length)."""
+        starts = starts.tolist()
+        if not starts:
+            return torch.empty((0, length), dtype=torch.int64)
+        lo, hi = min(starts), max(starts) + length
+        self._check(lo, hi)
+        if hi - lo <= 2 * length * len(starts):  # windows side by side (a full pass): one read for them all
+            out = self._pread([lo], hi - lo)[np.array(starts)[:, None] - lo + np.arange(length)]
+        else:  # random windows: one read each
+            out = self._pread(starts, length).reshape(len(starts), length)
+        return torch.from_numpy(out.astype(np.int64))
+
+    def _check(self, start: int, stop: int) -> None:
+        if start < 0 or stop < start or stop > self.length:
+            raise IndexError(f"elements [{start}, {stop}) of a tensor of {self.length} in {self.path}")
+
+    def _pread(self, starts: list[int], n: int) -> np.ndarray:
+        size = self.np_dtype.itemsize
+        raw = b"".join(os.pread(self.fd, n * size, self.offset + s * size) for s in starts)
+        if len(raw) != len(starts) * n * size:
+            raise OSError(f"{self.path} ended early: it was truncated or replaced while being read")
+        return np.frombuffer(raw, dtype=self.np_dtype)

@@ -131,7 +131,7 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
     train_model = torch.compile(model) if tc.compile else model
     ddp_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None) if dist_info.enabled else None
     fwd = ddp_model or train_model
-    splits = {"train": data.train, "val": data.val}
+    splits = {name: data.reader(name) for name in ("train", "val")}  # windows by plain reads: RSS stays flat
     data.check_block_size(mc.block_size)
 
     def evaluate() -> dict:
@@ -209,7 +209,7 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
 
             set_lr(optimizers, lr_multiplier(fraction_done(), tc))
             for micro in range(accum):
-                x, y = get_batch(data.train, micro_batch, mc.block_size, device, gen)
+                x, y = get_batch(splits["train"], micro_batch, mc.block_size, device, gen)
                 sync = ddp_model is None or micro == accum - 1
                 ctx = ddp_model.no_sync() if not sync else nullcontext()
                 with ctx:
@@ -246,7 +246,7 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
     summary: dict = {}
     if main:
         t0 = time.perf_counter()
-        val_full = full_pass_loss(model, data.val, mc.block_size, device, autocast=autocast)
+        val_full = full_pass_loss(model, splits["val"], mc.block_size, device, autocast=autocast)
         eval_seconds = time.perf_counter() - t0
         summary = {
             "model": mc.model, "preset": preset, "params": params, "steps": step,
@@ -258,7 +258,7 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
             "seed": tc.seed, "dataset": data.meta.get("name"), "dataset_hash": data.content_hash,
         }
         if mc.model == "bigram":
-            summary["bigram_optimum_val_loss"] = bigram_optimum(data.train, data.val, mc.vocab_size)
+            summary["bigram_optimum_val_loss"] = bigram_optimum(splits["train"], splits["val"], mc.vocab_size)
         say(f"full-pass val loss {val_full:.4f} nats/char ({bits_per_char(val_full):.4f} bits/char) "
             f"after {step} steps, {seconds:.1f} s")
         if "bigram_optimum_val_loss" in summary:
