@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from chargpt import checkpoint
 from chargpt.cli import build_parser, main
 
 TINY = ["--preset", "cpu", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "16",
@@ -68,6 +69,7 @@ def ws(tmp_path_factory, dataset_dir) -> Path:
     # A checkpoint whose recorded config claims another model shape than its weights.
     state = torch.load(base / "ckpt.pt", weights_only=True)
     state["config"]["model"]["n_embd"] = 64
+    state["checksum"] = checkpoint.digest(state)  # consistent, so what is tested is the shape
     (root / "runs" / "othershape").mkdir()
     torch.save(state, root / "runs" / "othershape" / "ckpt.pt")
     # A valid torch file that is not a checkpoint (a dataset split).
@@ -100,7 +102,7 @@ def on_cpu(cmd: str) -> list[str]:
 ROWS = [
     # -- prepare: missing, empty, binary, non-UTF-8 input; val fraction outside (0, 1); unwritable output
     ("prepare-missing-input", ["prepare", "--input", "nope.txt", "--out", "data"], "does not exist"),
-    ("prepare-input-is-dir", ["prepare", "--input", "emptydir", "--out", "data"], "emptydir"),
+    ("prepare-input-is-dir", ["prepare", "--input", "emptydir", "--out", "data"], "is not a file"),
     ("prepare-empty-input", ["prepare", "--input", "empty.txt", "--out", "data"], "empty"),
     ("prepare-binary-input", ["prepare", "--input", "binary.bin", "--out", "data"], "binary"),
     ("prepare-non-utf8-input", ["prepare", "--input", "latin1.txt", "--out", "data"], "utf-8"),
@@ -116,7 +118,7 @@ ROWS = [
     # -- train: bad dataset directories, a corpus shorter than one block
     ("train-missing-data", ["train", *TINY, "--data", "nope"], "nope"),
     ("train-data-empty-dir", ["train", *TINY, "--data", "emptydir"], "meta.json"),
-    ("train-data-is-file", ["train", *TINY, "--data", "corpus.txt"], "corpus.txt"),
+    ("train-data-is-file", ["train", *TINY, "--data", "corpus.txt"], "not a dataset directory"),
     ("train-data-corrupt-split", ["train", *TINY, "--data", "data_corrupt"], "train.pt"),
     ("train-corpus-shorter-than-block", ["train", *TINY, "--data", "data_tiny"], "block"),
     # -- train: invalid configurations
@@ -130,7 +132,7 @@ ROWS = [
     ("train-max-steps-negative", ["train", *TINY, "--data", "data", "--max-steps", "-5"], "--max-steps"),
     ("train-eval-iters-0", ["train", *TINY, "--data", "data", "--eval-iters", "0"], "--eval-iters"),
     ("train-lr-0", ["train", *TINY, "--data", "data", "--lr", "0"], "--lr"),
-    ("train-lr-negative", ["train", *TINY, "--data", "data", "--lr", "-1e-3"], "--lr"),
+    ("train-lr-negative", ["train", *TINY, "--data", "data", "--lr", "-0.001"], "--lr"),
     ("train-lr-nan", ["train", *TINY, "--data", "data", "--lr", "nan"], "--lr"),
     ("train-lr-inf", ["train", *TINY, "--data", "data", "--lr", "inf"], "--lr"),
     ("train-muon-lr-0", ["train", *TINY, "--data", "data", "--muon-lr", "0"], "--muon-lr"),
@@ -149,7 +151,7 @@ ROWS = [
     ("resume-other-dataset", ["train", "--resume", "runs/base", "--data", "data_other"], "dataset"),
     ("resume-other-model-shape", ["train", "--resume", "runs/base", "--n-embd", "64"], "n-embd"),
     ("resume-other-optimizer", ["train", "--resume", "runs/base", "--optimizer", "adamw"], "optimizer"),
-    ("resume-ckpt-config-mismatch", ["train", "--resume", "runs/othershape", "--data", "data"], "othershape"),
+    ("resume-ckpt-config-mismatch", ["train", "--resume", "runs/othershape", "--data", "data"], "does not match"),
     ("resume-truncated-ckpt", ["train", "--resume", "runs/truncated", "--data", "data"], "truncated"),
     ("resume-garbage-ckpt", ["train", "--resume", "runs/garbage", "--data", "data"], "garbage"),
     ("resume-empty-ckpt", ["train", "--resume", "runs/emptyckpt", "--data", "data"], "emptyckpt"),
@@ -186,7 +188,7 @@ for _cmd in ckpt_commands():
         (f"{_cmd}-empty-ckpt", [_cmd, "--ckpt", "runs/emptyckpt", *on_cpu(_cmd)], "emptyckpt"),
         (f"{_cmd}-text-file-ckpt", [_cmd, "--ckpt", "runs/textckpt", *on_cpu(_cmd)], "textckpt"),
         (f"{_cmd}-tensor-not-ckpt", [_cmd, "--ckpt", "runs/tensor", *on_cpu(_cmd)], "not a chargpt checkpoint"),
-        (f"{_cmd}-ckpt-of-another-model", [_cmd, "--ckpt", "runs/othershape", *on_cpu(_cmd)], "othershape"),
+        (f"{_cmd}-ckpt-of-another-model", [_cmd, "--ckpt", "runs/othershape", *on_cpu(_cmd)], "does not match"),
     ]
 
 

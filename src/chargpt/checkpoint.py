@@ -122,7 +122,8 @@ def check_resumable(state: dict, config: Config, path: str | os.PathLike) -> Non
         changed = [f"--{f.replace('_', '-')} {getattr(new, f)} (saved: {getattr(old, f)})"
                    for f in flags if getattr(old, f) != getattr(new, f)]
         if changed:
-            raise ConfigError(f"cannot resume {path} with a different {section}: {', '.join(changed)}; "
+            raise ConfigError(f"cannot resume {path} with a different {'model' if section == 'model' else 'optimizer'}: "
+                              f"{', '.join(changed)}; "
                               f"drop those flags, or start a new run with --name")
     try:
         model = build_model(config.model)

@@ -79,7 +79,8 @@ def prepare(input_path: str | os.PathLike, out_dir: str | os.PathLike, val_fract
     if dtype != "auto" and dtype not in DTYPES:
         raise DataError(f"--dtype must be auto or one of {', '.join(DTYPES)}, got {dtype!r}")
     if not input_path.is_file():
-        raise DataError(f"input file {input_path} does not exist; pass --input with a UTF-8 text file")
+        what = "is not a file" if input_path.exists() else "does not exist"
+        raise DataError(f"input file {input_path} {what}; pass --input with a UTF-8 text file")
 
     # Pass 1: find the vocabulary, count the characters and hash the source.
     sha = hashlib.sha256()
@@ -227,6 +228,8 @@ def load_split(path: str | os.PathLike) -> torch.Tensor:
 
 def load_dataset(path: str | os.PathLike) -> Dataset:
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{path} is a file, not a dataset directory; pass the directory `chargpt prepare --out` wrote")
     if not path.is_dir():
         raise DataError(f"dataset directory {path} does not exist; create it with `chargpt prepare --out {path}`")
     try:
