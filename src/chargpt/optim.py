@@ -18,22 +18,27 @@ NS_COEFFICIENTS = (3.4445, -4.775, 2.0315)
 
 
 def newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Approximately orthogonalize a matrix (U S V^T -> U S' V^T with S' near 1) by a quintic iteration."""
+    """Approximately orthogonalize a matrix (U S V^T -> U S' V^T with S' near 1) by a quintic iteration.
+
+    `g` may be a stack of same-shaped matrices (k, m, n): they are iterated together, in one batched matmul
+    per product instead of one small matmul per matrix.
+    """
     a, b, c = NS_COEFFICIENTS
     x = g.to(dtype)
-    transposed = g.size(0) > g.size(1)
+    transposed = g.size(-2) > g.size(-1)
     if transposed:
-        x = x.T
-    x = x / x.norm().clamp(min=eps)
+        x = x.mT
+    x = x / torch.linalg.matrix_norm(x, keepdim=True).clamp(min=eps)
+    addmm = torch.addmm if x.ndim == 2 else torch.baddbmm
     for _ in range(steps):
-        gram = x @ x.T
-        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x.T if transposed else x
+        gram = x @ x.mT
+        x = addmm(x, addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.mT if transposed else x
 
 
 class Muon(torch.optim.Optimizer):
     """torch.optim.Muon's update (Nesterov momentum, Newton-Schulz, lr * sqrt(max(1, rows/cols))), with a
-    choosable dtype for the iteration."""
+    choosable dtype for the iteration, and matrices of the same shape orthogonalized as one batch."""
 
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
                  weight_decay: float = 0.0, ns_steps: int = 5, ns_dtype: torch.dtype = torch.float32):
@@ -47,6 +52,7 @@ class Muon(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            by_shape: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = {}
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -56,10 +62,15 @@ class Muon(torch.optim.Optimizer):
                 buf = state["momentum_buffer"]
                 buf.lerp_(p.grad, 1 - group["momentum"])
                 update = p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
-                update = newton_schulz(update, group["ns_steps"], dtype=group["ns_dtype"]).to(p.dtype)
-                lr = group["lr"] * math.sqrt(max(1.0, p.size(0) / p.size(1)))
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(update, alpha=-lr)
+                by_shape.setdefault((tuple(p.shape), p.dtype), []).append((p, update))
+            for (shape, dtype), items in by_shape.items():
+                updates = [u for _, u in items]
+                stacked = updates[0] if len(updates) == 1 else torch.stack(updates)
+                ortho = newton_schulz(stacked, group["ns_steps"], dtype=group["ns_dtype"]).to(dtype)
+                lr = group["lr"] * math.sqrt(max(1.0, shape[0] / shape[1]))
+                for i, (p, _) in enumerate(items):
+                    p.mul_(1 - group["lr"] * group["weight_decay"])
+                    p.add_(ortho if len(items) == 1 else ortho[i], alpha=-lr)
         return loss
 
 
