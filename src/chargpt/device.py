@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from contextlib import nullcontext
 from functools import partial
 
@@ -47,3 +48,12 @@ def configure_backends(device: torch.device) -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+def compile_unavailable_reason(device: torch.device) -> str | None:
+    """Why torch.compile cannot work here, or None. On CPU inductor builds C++ kernels and needs a compiler."""
+    if device.type == "cpu" and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        return "torch.compile on CPU needs a C++ compiler (c++, g++ or clang++) on PATH"
+    if device.type == "mps":
+        return "torch.compile is not used on Apple MPS"
+    return None

@@ -18,7 +18,7 @@ from . import checkpoint, distributed
 from .batch import get_batch
 from .config import Config
 from .data import Dataset
-from .device import autocast_for, configure_backends, resolve_device
+from .device import autocast_for, compile_unavailable_reason, configure_backends, resolve_device
 from .engine import Engine
 from .errors import ChargptError, CheckpointError
 from .evaluate import bigram_optimum, bits_per_char, estimate_loss, full_pass_loss
@@ -128,7 +128,10 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
         + (f", {dist_info.world_size} processes of {torch.get_num_threads()} threads" if dist_info.enabled else ""))
     say(f"batch: {tokens_per_step:,} tokens per step ({dist_info.world_size} x {accum} x {micro_batch} x {mc.block_size})")
 
-    train_model = torch.compile(model) if tc.compile else model
+    no_compile = compile_unavailable_reason(device) if tc.compile else None
+    if no_compile:
+        say(f"warning: {no_compile}; training without it")
+    train_model = torch.compile(model) if tc.compile and not no_compile else model
     ddp_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None) if dist_info.enabled else None
     fwd = ddp_model or train_model
     splits = {name: data.reader(name) for name in ("train", "val")}  # windows by plain reads: RSS stays flat

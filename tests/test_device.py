@@ -1,0 +1,40 @@
+from contextlib import nullcontext
+
+import pytest
+import torch
+
+from chargpt.device import autocast_for, compile_unavailable_reason, detect_device, resolve_device
+from chargpt.errors import ConfigError
+
+
+def test_auto_picks_an_available_device():
+    assert resolve_device("auto").type == detect_device()
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_cuda_is_a_clear_error():
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        resolve_device("cuda")
+
+
+@pytest.mark.parametrize("name", ["tpu", "cuda:x", "gpu", ""])
+def test_unknown_device_names_are_refused(name):
+    with pytest.raises(ConfigError, match="--device"):
+        resolve_device(name)
+
+
+def test_autocast_is_bf16_on_cuda_and_off_on_cpu():
+    assert autocast_for(torch.device("cpu")) is nullcontext
+    with autocast_for(torch.device("cpu"), "bfloat16")():
+        y = torch.ones(2, 2) @ torch.ones(2, 2)
+    assert y.dtype == torch.bfloat16
+    ctx = autocast_for(torch.device("cuda"))()
+    assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16
+
+
+def test_compile_needs_a_cpp_compiler_on_cpu(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no compiler
+    assert "C++ compiler" in compile_unavailable_reason(torch.device("cpu"))
+    monkeypatch.undo()
+    assert compile_unavailable_reason(torch.device("cuda")) is None
