@@ -97,7 +97,7 @@ def trained_run(dataset_dir, tmp_path_factory):
     config = get_preset("cpu")
     config.model.__dict__.update(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=65)
     config.train.__dict__.update(max_steps=60, batch_size=16, eval_interval=60, eval_iters=2, sample_tokens=0,
-                                 log_interval=1000)
+                                 log_interval=1000, compile=False)
     run = RunDir.create(tmp_path_factory.mktemp("runs"), "attention")
     train(config, load_dataset(dataset_dir), run, echo=lambda *_: None)
     return run.path

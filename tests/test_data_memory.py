@@ -58,7 +58,7 @@ def test_notebook_int64_splits_with_a_meta_json_load_and_train(shakespeare_path,
     cfg.model.vocab_size = ds.tokenizer.vocab_size
     cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head, cfg.model.block_size = 1, 32, 2, 16
     cfg.train.batch_size, cfg.train.max_steps, cfg.train.eval_interval, cfg.train.eval_iters = 4, 30, 15, 2
-    cfg.train.sample_tokens = 0
+    cfg.train.sample_tokens, cfg.train.compile = 0, False
     summary = train(cfg, ds, RunDir.create(tmp_path, "run"), preset="cpu", echo=lambda *_: None)
     assert summary["steps"] == 30 and summary["val_loss_full"] < math.log(65)
 

@@ -191,7 +191,7 @@ def tiny_config(steps: int = 40):
     m, t = config.model, config.train
     m.n_layer, m.n_embd, m.n_head, m.block_size = 1, 32, 2, 16
     t.batch_size, t.max_steps, t.eval_interval, t.eval_iters, t.ckpt_interval = 4, steps, 10, 2, 5
-    t.sample_tokens, t.device, t.log_interval, t.threads = 0, "cpu", 1, 1
+    t.sample_tokens, t.device, t.log_interval, t.threads, t.compile = 0, "cpu", 1, 1, False
     return config
 
 

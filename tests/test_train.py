@@ -90,7 +90,7 @@ def test_gpt_trains_on_cpu_and_loss_falls(dataset_dir, tmp_path):
     cfg = get_preset("cpu")
     cfg.model.n_layer, cfg.model.n_embd, cfg.model.block_size = 1, 32, 32
     cfg.train.batch_size, cfg.train.max_steps, cfg.train.eval_interval, cfg.train.eval_iters = 8, 60, 30, 5
-    cfg.train.sample_tokens = 0
+    cfg.train.sample_tokens, cfg.train.compile = 0, False
     run = RunDir.create(tmp_path, "g")
     summary = train(cfg, data, run, preset="cpu", echo=lambda *_: None)
     records = run.metrics()
