@@ -57,7 +57,7 @@ def test_weights_reproduce_the_attention_output_of_every_layer(kw):
     for h in hooks:
         h.remove()
     weights = attention_weights(model, idx)
-    for layer, (sa, (x, rope, _), actual) in enumerate(seen):
+    for layer, (sa, (x, rope, *_), actual) in enumerate(seen):
         _, _, v = sa.qkv(x, rope)
         y = (weights[:, layer] @ v).transpose(1, 2).reshape(x.shape)  # (B, T, C): heads side by side
         assert (sa.c_proj(y) - actual).abs().max().item() < 1e-5

@@ -28,10 +28,13 @@ def prompt(batch: int, length: int, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
-def both(model, idx, n, **kw):
+def both(model, idx, n, backend="auto", **kw):
     naive = model.generate(idx, n, generator=torch.Generator().manual_seed(7), **kw)
-    cached = Engine(model).generate(idx, n, generator=torch.Generator().manual_seed(7), **kw)
+    cached = Engine(model, backend).generate(idx, n, generator=torch.Generator().manual_seed(7), **kw)
     return naive, cached
+
+
+BACKENDS = [pytest.param("torch", id="torch-kv-cache"), pytest.param("numpy", id="numpy-decoding")]
 
 
 MODELS = [pytest.param(dict(pos="learned"), id="learned"),
@@ -40,35 +43,39 @@ PROMPTS = [pytest.param(1, 3, id="short-prompt"), pytest.param(2, BLOCK, id="pro
            pytest.param(3, 2 * BLOCK + 5, id="prompt-longer-than-block")]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("model_kw", MODELS)
 @pytest.mark.parametrize("batch,length", PROMPTS)
-def test_greedy_kv_cache_generation_equals_naive_generation(model_kw, batch, length):
+def test_greedy_kv_cache_generation_equals_naive_generation(model_kw, batch, length, backend):
     model = lively_model(**model_kw)
     idx = prompt(batch, length)
-    naive, cached = both(model, idx, 3 * BLOCK + 3, temperature=0)  # crosses several window jumps
+    naive, cached = both(model, idx, 3 * BLOCK + 3, backend, temperature=0)  # crosses several window jumps
     assert len(set(naive[:, length:].flatten().tolist())) > 1  # not a constant
     assert torch.equal(naive, cached)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("model_kw", MODELS)
 @pytest.mark.parametrize("batch,length", PROMPTS)
-def test_seeded_sampling_with_kv_cache_equals_naive_sampling(model_kw, batch, length):
+def test_seeded_sampling_with_kv_cache_equals_naive_sampling(model_kw, batch, length, backend):
     model = lively_model(**model_kw)
-    naive, cached = both(model, prompt(batch, length), 3 * BLOCK + 3, temperature=1.0)
+    naive, cached = both(model, prompt(batch, length), 3 * BLOCK + 3, backend, temperature=1.0)
     assert torch.equal(naive, cached)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kw", [dict(temperature=0.7, top_k=5), dict(temperature=1.3, top_p=0.8),
                                 dict(temperature=1.0, top_k=8, top_p=0.9)])
-def test_top_k_and_top_p_sampling_agree_between_paths(kw):
+def test_top_k_and_top_p_sampling_agree_between_paths(kw, backend):
     model = lively_model(pos="rope")
-    naive, cached = both(model, prompt(2, 5), 2 * BLOCK, **kw)
+    naive, cached = both(model, prompt(2, 5), 2 * BLOCK, backend, **kw)
     assert torch.equal(naive, cached)
 
 
-def test_logit_softcap_and_tied_weights_agree_between_paths():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_logit_softcap_and_tied_weights_agree_between_paths(backend):
     model = lively_model(logit_softcap=5.0, tie_weights=True)
-    naive, cached = both(model, prompt(2, 4), 2 * BLOCK)
+    naive, cached = both(model, prompt(2, 4), 2 * BLOCK, backend)
     assert torch.equal(naive, cached)
 
 
@@ -128,3 +135,15 @@ def test_generation_leaves_the_thread_count_as_it_found_it():
     assert torch.get_num_threads() == before
     Engine(lively_model()).generate(prompt(1, 3), 5)
     assert torch.get_num_threads() == before
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("model_kw", MODELS)
+def test_a_prefill_gives_the_full_forwards_last_logits(model_kw):
+    """A prefill runs the last block's attention and feed-forward for the last position only."""
+    model = lively_model(**model_kw)
+    idx = prompt(2, 11)
+    cache = KVCache(2, 2, 2, BLOCK, 16, torch.float32, torch.device("cpu"))
+    logits, _ = model(idx, cache=cache)
+    assert logits.shape == (2, 1, VOCAB) and cache.pos == 11
+    torch.testing.assert_close(logits[:, 0], model(idx)[0][:, -1], rtol=1e-5, atol=1e-5)

@@ -1,16 +1,21 @@
 """Fast generation: a preallocated per-layer key/value cache, prefill once, then one token per step.
 
 The context window follows `chargpt.model.window_start`, as naive generation does, so both produce
-exactly the same tokens; the cache is rebuilt only when the window jumps (every half block).
+exactly the same tokens; the cache is rebuilt only when the window jumps (every half block). On the CPU a
+float32 GPT runs its forward passes in numpy (`chargpt.fastdecode`), free of torch's per-op overhead.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 
+from . import fastdecode
 from .model import GPT, LanguageModel, sample_next, window_start
+
+BACKENDS = ("auto", "torch", "numpy")
 
 
 class KVCache:
@@ -58,11 +63,20 @@ def one_cpu_thread(device: torch.device) -> Iterator[None]:
 
 
 class Engine:
-    """Generates from a model with a KV cache (GPT) or directly (context-free models such as the bigram)."""
+    """Generates from a model with a KV cache (GPT) or directly (context-free models such as the bigram).
 
-    def __init__(self, model: LanguageModel):
+    `backend` chooses how a GPT decodes: "numpy" (`chargpt.fastdecode`, float32 on the CPU), "torch" (the
+    model's own forward, any device and dtype), or "auto": numpy where it applies, torch elsewhere.
+    """
+
+    def __init__(self, model: LanguageModel, backend: str = "auto"):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if backend == "numpy" and not fastdecode.supports(model):
+            raise ValueError("the numpy backend runs a GPT with float32 parameters on the CPU")
         self.model = model.eval()
         self.config = model.config
+        self.backend = backend
 
     def _new_cache(self, batch_size: int, like: torch.Tensor) -> KVCache | None:
         if not isinstance(self.model, GPT):
@@ -71,10 +85,18 @@ class Engine:
         dtype = next(self.model.parameters()).dtype
         return KVCache(c.n_layer, batch_size, c.n_head, c.block_size, c.n_embd // c.n_head, dtype, like.device)
 
-    @torch.inference_mode()
     def stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                top_p: float | None = None, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
         """Yield each new token column (B, 1) as soon as it is sampled."""
+        numpy_decodes = (self.backend != "torch" and fastdecode.supports(self.model) and idx.device.type == "cpu"
+                         and not self.model.training)
+        if self.backend == "numpy" and not numpy_decodes:
+            raise ValueError("the numpy backend decodes prompts on the CPU, with the model in eval mode")
+        run = self._stream_numpy if numpy_decodes else self._stream_torch
+        return run(idx, max_new_tokens, temperature, top_k, top_p, generator)
+
+    @torch.inference_mode()
+    def _stream_torch(self, idx, max_new_tokens, temperature, top_k, top_p, generator) -> Iterator[torch.Tensor]:
         block = self.config.block_size
         B, P = idx.shape
         cache = self._new_cache(B, idx)
@@ -95,6 +117,30 @@ class Engine:
                         logits, _ = self.model(tokens[:, length - 1:length], cache=cache)
                 nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
                 tokens[:, length:length + 1] = nxt
+            yield nxt
+
+    def _stream_numpy(self, idx, max_new_tokens, temperature, top_k, top_p, generator) -> Iterator[torch.Tensor]:
+        """`stream` with the forward passes in numpy (`chargpt.fastdecode`); the logits go back to torch for
+        `sample_next`, so the generator is consumed exactly as in naive generation."""
+        block = self.config.block_size
+        B, P = idx.shape
+        with one_cpu_thread(idx.device):
+            decoder = fastdecode.NumpyDecoder(self.model)  # the weights as they are now
+        keys, values = decoder.new_cache(B)
+        tokens = np.empty((B, P + max_new_tokens), dtype=np.int64)
+        tokens[:, :P] = idx.numpy()
+        start = pos = None
+        for length in range(P, P + max_new_tokens):
+            s = window_start(length, block)
+            if s != start:  # new window: prefill it
+                with one_cpu_thread(idx.device):
+                    logits = decoder.prefill(tokens[:, s:length], keys, values)
+                start, pos = s, length - s
+            else:  # same window: feed only the newest token
+                logits = decoder.step(tokens[:, length - 1], pos, keys, values)
+                pos += 1
+            nxt = sample_next(torch.from_numpy(logits), temperature, top_k, top_p, generator)
+            tokens[:, length] = nxt.numpy()[:, 0]
             yield nxt
 
     def generate(self, idx: torch.Tensor, max_new_tokens: int, **kw) -> torch.Tensor:

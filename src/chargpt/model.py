@@ -71,7 +71,9 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     """Pick the next token for each row of `logits` (B, V); temperature 0 is greedy."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    if temperature != 1.0:  # dividing by 1 changes nothing: one op less per generated token
+        logits = logits / temperature
     if top_k is not None and top_k < logits.size(-1):
         v, _ = torch.topk(logits, top_k)
         logits = logits.masked_fill(logits < v[:, [-1]], float("-inf"))
@@ -194,7 +196,7 @@ class CausalSelfAttention(nn.Module):
         q, k = qk.unbind(0)
         return q, k, v
 
-    def forward(self, x, rope=None, cache=None):
+    def forward(self, x, rope=None, cache=None, last_only=False):
         B, T, C = x.shape
         q, k, v = self.qkv(x, rope)
         causal = True
@@ -203,6 +205,8 @@ class CausalSelfAttention(nn.Module):
             causal = T > 1  # a single new query may attend to every cached key
             if causal and k.size(2) != T:
                 raise ValueError("a multi-token step must start from an empty cache (prefill)")
+        if last_only:  # keys and values of every position, the output of the last one only
+            q, T, causal = q[:, :, -1:], 1, False
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
                                            is_causal=causal)
         y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble all head outputs side by side
@@ -240,8 +244,9 @@ class Block(nn.Module):
         self.ln2 = make_norm(config)
         self.ffwd = FeedForward(config)
 
-    def forward(self, x, rope=None, cache=None):
-        x = x + self.sa(self.ln1(x), rope, cache)
+    def forward(self, x, rope=None, cache=None, last_only=False):
+        a = self.sa(self.ln1(x), rope, cache, last_only)
+        x = (x[:, -1:] if last_only else x) + a
         x = x + self.ffwd(self.ln2(x))
         return x
 
@@ -292,13 +297,14 @@ class GPT(LanguageModel):
         else:
             rope = (self.rope_cos[pos0:pos0 + T], self.rope_sin[pos0:pos0 + T])
         x = self.drop(x)
-        for block in self.blocks:
-            x = block(x, rope, cache)
+        # a prefill only needs the last position's logits: the last block computes the keys and values of
+        # every position but attention and feed-forward for the last one only
+        prefill = targets is None and cache is not None and T > 1
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, cache, last_only=prefill and i == len(self.blocks) - 1)
         if cache is not None:
             cache.advance(T)
         x = self.ln_f(x)
-        if targets is None and cache is not None and T > 1:
-            x = x[:, -1:, :]  # generation only needs the last position's logits
         logits = self.lm_head(x)  # (B, T, vocab_size)
         if self.config.logit_softcap > 0:
             cap = self.config.logit_softcap
