@@ -37,7 +37,7 @@ def estimate_loss(model, splits: dict[str, Split], eval_iters: int, batch_size: 
 
 
 @torch.no_grad()
-def full_pass_loss(model, data: Split, block_size: int, device, batch_size: int = 64,
+def full_pass_loss(model, data: Split, block_size: int, device, batch_size: int | None = None,
                    autocast=nullcontext) -> float:
     """Mean cross-entropy (nats/char) over every token of `data` after the first, each scored exactly once.
 
@@ -52,6 +52,7 @@ def full_pass_loss(model, data: Split, block_size: int, device, batch_size: int 
     total = torch.zeros((), dtype=torch.float64)
     full = n // block_size
     starts = torch.arange(full) * block_size
+    batch_size = batch_size or max(1, 16384 // block_size)  # ~16k tokens per forward, whatever the context
     for i in range(0, full, batch_size):  # int64 one batch at a time: never a copy of the whole split
         window = windows(data, starts[i:i + batch_size], block_size + 1).to(device)
         with autocast():
