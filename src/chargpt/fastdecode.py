@@ -120,21 +120,23 @@ def _rotations(cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
 class NumpyDecoder:
     """A GPT's forward pass for generation: `prefill` a window, then `step` one token at a time.
 
-    Both follow `GPT.forward` with a cache, with three shortcuts that change results only by float32 rounding:
+    Both follow `GPT.forward` with a cache (a prefill, likewise, runs the last block's attention and
+    feed-forward for the last position only), in fewer calls, with results that differ by float32 rounding:
     - RoPE: the first layer's queries, keys and values (before rotation) depend on the token alone, so they
       are a table, computed by the model itself; the rotation of a position is one small matrix.
     - QK-norm: the attention scale is folded into the queries' normalization (q * hs**-0.5 / (||q|| * hs**-0.5)
       is q / ||q||, so their clamp is eps / hs**-0.5), and normalized queries and keys bound every score by
-      hs**0.5, so the softmax needs no max subtracted: three calls less per layer.
-    - A prefill, like `GPT.forward`'s, runs the last block's attention and feed-forward for the last position only.
+      hs**0.5, so the softmax needs no max subtracted.
+    - Attention weights are normalized after their product with the values, as SDPA does; a column of ones
+      beside the values gives their sum in the same product.
     """
 
     def __init__(self, model: GPT):
         if not supports(model):
             raise ValueError("NumpyDecoder runs a GPT with float32 parameters on the CPU")
         c = model.config
-        self.n_layer, self.n_head, self.head_size, self.block_size = c.n_layer, c.n_head, c.n_embd // c.n_head, \
-            c.block_size
+        self.n_layer, self.n_head, self.block_size = c.n_layer, c.n_head, c.block_size
+        self.head_size = c.n_embd // c.n_head
         self.scale = np.float32(self.head_size ** -0.5)  # attention's, and rms_norm's over a head
         self.qk_norm, self.mlp, self.softcap = c.qk_norm, c.mlp, c.logit_softcap
         self.qk_scale = np.array([[1], [self.scale]], dtype=np.float32)  # per (query, key), over heads
@@ -149,7 +151,7 @@ class NumpyDecoder:
             block = model.blocks[0]
             with torch.inference_mode():
                 qkv = block.sa.qkv(block.ln1(model.token_embedding_table.weight[None]))  # 3 x (1, nh, V, hs)
-                self.first_qkv = torch.stack(qkv).squeeze(1).permute(2, 0, 1, 3).contiguous().numpy()  # (V, 3, nh, hs)
+                self.first_qkv = torch.stack(qkv)[:, 0].permute(2, 0, 1, 3).contiguous().numpy()  # (V, 3, nh, hs)
             if self.qk_norm:
                 self.first_qkv[:, 0] *= self.scale
         self.layers = [(_norm(b.ln1, c.n_embd), *_linear(b.sa.c_attn), *_linear(b.sa.c_proj),
@@ -159,9 +161,12 @@ class NumpyDecoder:
         self.head_w, self.head_b = _linear(model.lm_head)
 
     def new_cache(self, batch_size: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Each layer's keys and values, (B, nh, block_size, hs) each."""
+        """Each layer's keys (B, nh, block_size, hs) and values (B, nh, block_size, hs + 1). The values' last
+        column is all ones, so that the product of the attention weights with the values carries their sum."""
         shape = (self.n_layer, batch_size, self.n_head, self.block_size, self.head_size)
-        return list(np.zeros(shape, dtype=np.float32)), list(np.zeros(shape, dtype=np.float32))
+        values = np.zeros(shape[:-1] + (self.head_size + 1,), dtype=np.float32)
+        values[..., -1] = 1
+        return list(np.zeros(shape, dtype=np.float32)), list(values)
 
     def _queries_keys(self, qkv: np.ndarray) -> np.ndarray:
         """The queries and keys (..., 2, nh, hs) of c_attn's output (..., 3, nh, hs), QK-normed if configured."""
@@ -207,7 +212,7 @@ class NumpyDecoder:
                 qk = qk.reshape(T, B, 2, nh, hs).transpose(1, 0, 2, 3, 4)
             k, v = keys[layer][:, :, :T], values[layer][:, :, :T]
             k[...] = qk[:, :, 1].transpose(0, 2, 1, 3)
-            v[...] = qkv[:, :, 2].transpose(0, 2, 1, 3)
+            v[..., :hs] = qkv[:, :, 2].transpose(0, 2, 1, 3)
             last = layer == self.n_layer - 1  # the last block: the last position's output only
             q = (qk[:, -1:, 0] if last else qk[:, :, 0]).transpose(0, 2, 1, 3)  # (B, nh, Tq, hs)
             att = np.matmul(q, k.swapaxes(-1, -2))  # (B, nh, Tq, T)
@@ -217,8 +222,8 @@ class NumpyDecoder:
                 att *= self.scale
                 att -= np.maximum.reduce(att, axis=-1, keepdims=True)
             np.exp(att, out=att)
-            y = np.matmul(att, v)  # (B, nh, Tq, hs)
-            y /= np.add.reduce(att, axis=-1, keepdims=True)
+            y = np.matmul(att, v)  # (B, nh, Tq, hs + 1): the values' weighted sum, and the weights' sum
+            y = y[..., :hs] / y[..., hs:]
             y = _affine_rows(y.transpose(0, 2, 1, 3).reshape(-1, C), w_aproj, b_aproj)
             x = (x.reshape(B, T, C)[:, -1] if last else x) + y
             x = x + self._feed_forward(x, ln2, w_fc, b_fc, w_mproj, b_mproj, _affine_rows)
@@ -229,13 +234,13 @@ class NumpyDecoder:
         positions [0, pos) of the cache hold the window's earlier tokens."""
         B, nh, hs = tokens.shape[0], self.n_head, self.head_size
         end = pos + 1
-        x = self.wte[tokens]  # (B, C)
+        x = self.wte.take(tokens, axis=0)  # (B, C)
         if self.wpe is not None:
             x += self.wpe[pos]
         for layer, (ln1, w_attn, b_attn, w_aproj, b_aproj, ln2, w_fc, b_fc, w_mproj, b_mproj) in enumerate(
                 self.layers):
             if layer == 0 and self.first_qkv is not None:
-                qkv = self.first_qkv[tokens]  # (B, 3, nh, hs)
+                qkv = self.first_qkv.take(tokens, axis=0)  # (B, 3, nh, hs)
                 qk = qkv[:, :2]
             else:
                 qkv = _affine(ln1(x), w_attn, b_attn).reshape(B, 3, nh, hs)
@@ -244,14 +249,14 @@ class NumpyDecoder:
                 qk = np.dot(qk.reshape(-1, hs), self.rot[pos]).reshape(B, 2, nh, hs)
             k, v = keys[layer], values[layer]
             k[:, :, pos] = qk[:, 1]
-            v[:, :, pos] = qkv[:, 2]
+            v[:, :, pos, :hs] = qkv[:, 2]
             att = _matvec(k[:, :, :end], qk[:, 0])  # (B, nh, T): a single query attends to every cached key
             if not self.qk_norm:
                 att *= self.scale
                 att -= np.maximum.reduce(att, axis=-1, keepdims=True)
             np.exp(att, out=att)
-            y = _vecmat(att, v[:, :, :end])  # (B, nh, hs)
-            y /= np.add.reduce(att, axis=-1, keepdims=True)
+            y = _vecmat(att, v[:, :, :end])  # (B, nh, hs + 1): the values' weighted sum, and the weights' sum
+            y = y[..., :hs] / y[..., hs:]
             x = x + _affine(y.reshape(B, nh * hs), w_aproj, b_aproj)  # heads side by side, projected
             x = x + self._feed_forward(x, ln2, w_fc, b_fc, w_mproj, b_mproj, _affine)
         return self._logits(x)
