@@ -3,7 +3,8 @@ from contextlib import nullcontext
 import pytest
 import torch
 
-from chargpt.device import autocast_for, compile_unavailable_reason, detect_device, resolve_device
+from chargpt.device import (autocast_for, compile_unavailable_reason, detect_device, native_bf16, resolve_device,
+                            resolve_dtype)
 from chargpt.errors import ConfigError
 
 
@@ -24,8 +25,18 @@ def test_unknown_device_names_are_refused(name):
         resolve_device(name)
 
 
-def test_autocast_is_bf16_on_cuda_and_off_on_cpu():
-    assert autocast_for(torch.device("cpu")) is nullcontext
+def test_autocast_is_bf16_where_native_and_float32_elsewhere(monkeypatch):
+    cpu = torch.device("cpu")
+    native = bool(torch.cpu.get_capabilities().get("avx512_bf16") or torch.cpu.get_capabilities().get("amx_bf16"))
+    assert native_bf16(cpu) == native
+    assert (autocast_for(cpu) is nullcontext) == (not native)
+    assert autocast_for(cpu, "float32") is nullcontext
+    assert resolve_dtype(torch.device("mps")) == "float32"
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False, "avx2": True})
+    assert resolve_dtype(cpu) == "float32" and autocast_for(cpu) is nullcontext  # emulated bf16 is slower
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True})
+    assert resolve_dtype(cpu) == "bfloat16"
+    monkeypatch.undo()
     with autocast_for(torch.device("cpu"), "bfloat16")():
         y = torch.ones(2, 2) @ torch.ones(2, 2)
     assert y.dtype == torch.bfloat16

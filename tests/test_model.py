@@ -12,7 +12,7 @@ from chargpt.config import TrainConfig, get_preset
 from chargpt.data import load_dataset
 from chargpt.errors import ConfigError
 from chargpt.lecture import LectureGPT, explicit_attention
-from chargpt.model import GPT, ModelConfig, apply_rope, build_model, rms_norm, rope_tables
+from chargpt.model import GPT, ModelConfig, apply_rope, attention, build_model, rms_norm, rope_tables
 from chargpt.optim import lr_multiplier, make_optimizers, set_lr
 
 
@@ -100,6 +100,26 @@ def test_self_attention_through_sdpa_equals_the_explicit_computation(kw):
     q, k, v = sa.qkv(x, rope)
     y = explicit_attention(q, k, v).transpose(1, 2).reshape(2, 16, 32)
     assert (sa(x, rope) - sa.c_proj(y)).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_bfloat16_attention_on_cpu_is_the_explicit_computation_and_its_gradients(causal):
+    # bf16 on the CPU takes the explicit path (SDPA's CPU flash kernel is slow in bf16); it must agree with
+    # float32 SDPA to bf16 rounding, forward and backward, and stay causal
+    g = torch.Generator().manual_seed(0)
+    q32, k32, v32 = (torch.randn(2, 3, 16, 8, generator=g).requires_grad_() for _ in range(3))
+    q16, k16, v16 = (t.detach().bfloat16().requires_grad_() for t in (q32, k32, v32))
+    y32 = F.scaled_dot_product_attention(q32, k32, v32, is_causal=causal)
+    y16 = attention(q16, k16, v16, causal)
+    assert y16.dtype == torch.bfloat16
+    assert (y16.float() - y32).abs().max().item() < 0.05
+    if causal:
+        assert (y16[:, :, 0].float() - v16[:, :, 0].float()).abs().max().item() < 1e-6  # position 0 sees itself only
+    w = torch.randn(y32.shape, generator=g)
+    (y32 * w).sum().backward()
+    (y16.float() * w).sum().backward()
+    for a, b in ((q16, q32), (k16, k32), (v16, v32)):
+        assert (a.grad.float() - b.grad).abs().max().item() < 0.05 * b.grad.abs().max().item()
 
 
 @pytest.mark.parametrize("kw", [{}, dict(pos="rope", qk_norm=True, norm="rmsnorm", mlp="relu2", bias=False)])

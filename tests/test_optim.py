@@ -69,6 +69,13 @@ def test_muon_trains_hidden_matrices_and_adamw_the_rest():
                                             if n.startswith("blocks.") and p.ndim == 2}
     assert all(names[i].startswith(("token_embedding", "position_embedding", "lm_head", "ln_f", "blocks."))
                for i in adamw_ids)
+    assert muon.param_groups[0]["ns_dtype"] == torch.float32
+
+
+def test_muon_iterates_in_bfloat16_when_the_training_does():
+    model = build_model(ModelConfig(vocab_size=30, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    _, muon = make_optimizers(model, TrainConfig(optimizer="muon"), "cpu", bf16=True)
+    assert muon.param_groups[0]["ns_dtype"] == torch.bfloat16
 
 
 def test_adamw_alone_gets_every_parameter_and_weight_decay_only_on_matrices():

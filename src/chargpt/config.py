@@ -34,7 +34,7 @@ class TrainConfig:
     log_interval: int = 10  # steps between progress updates
     seed: int = 1337
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
-    dtype: str = "auto"  # auto (bf16 autocast on CUDA, else float32) | float32 | bfloat16
+    dtype: str = "auto"  # auto (bf16 autocast on CUDA and bf16-capable CPUs, else float32) | float32 | bfloat16
     compile: bool = False  # torch.compile the model
     threads: int = 0  # CPU threads for torch; 0 = torch's default
     sample_tokens: int = 500  # characters sampled into the run directory at the end

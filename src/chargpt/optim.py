@@ -2,8 +2,9 @@
 
 Muon (orthogonalized momentum) trains the 2-D hidden weight matrices; AdamW trains embeddings, the head
 and every scalar/vector parameter. On CUDA this is `torch.optim.Muon`; elsewhere `Muon` below runs the
-same update with the Newton-Schulz iteration in float32, because CPUs without native bfloat16 run
-torch's bfloat16 iteration 15-40x slower.
+same update with the Newton-Schulz iteration in the training's precision: bfloat16 where the CPU computes it
+natively (1.4x faster than float32 here), float32 otherwise (CPUs without native bfloat16 run torch's bfloat16
+iteration 15-40x slower).
 """
 from __future__ import annotations
 
@@ -79,8 +80,10 @@ def is_hidden_matrix(name: str, p: nn.Parameter) -> bool:
     return p.ndim == 2 and name.startswith("blocks.")
 
 
-def make_optimizers(model: nn.Module, cfg: TrainConfig, device_type: str) -> list[torch.optim.Optimizer]:
-    """AdamW alone, or Muon on hidden matrices plus AdamW on the rest. Each group remembers its peak lr."""
+def make_optimizers(model: nn.Module, cfg: TrainConfig, device_type: str,
+                    bf16: bool = False) -> list[torch.optim.Optimizer]:
+    """AdamW alone, or Muon on hidden matrices plus AdamW on the rest. Each group remembers its peak lr.
+    `bf16`: the training computes in bfloat16 (natively), so Muon's Newton-Schulz iteration does too."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     muon_params = [p for n, p in named if cfg.optimizer == "muon" and is_hidden_matrix(n, p)]
     muon_ids = {id(p) for p in muon_params}
@@ -96,7 +99,7 @@ def make_optimizers(model: nn.Module, cfg: TrainConfig, device_type: str) -> lis
         if device_type == "cuda":
             optimizers.append(torch.optim.Muon(muon_params, lr=cfg.muon_lr, weight_decay=0.0))
         else:
-            optimizers.append(Muon(muon_params, lr=cfg.muon_lr))
+            optimizers.append(Muon(muon_params, lr=cfg.muon_lr, ns_dtype=torch.bfloat16 if bf16 else torch.float32))
     for opt in optimizers:
         for g in opt.param_groups:
             g["peak_lr"] = g["lr"]

@@ -18,7 +18,7 @@ from . import checkpoint, distributed
 from .batch import get_batch
 from .config import Config
 from .data import Dataset
-from .device import autocast_for, compile_unavailable_reason, configure_backends, resolve_device
+from .device import autocast_for, compile_unavailable_reason, configure_backends, resolve_device, resolve_dtype
 from .engine import Engine
 from .errors import ChargptError, CheckpointError
 from .evaluate import bigram_optimum, bits_per_char, estimate_loss, full_pass_loss
@@ -92,14 +92,15 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
     configure_backends(device)
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    autocast = autocast_for(device, tc.dtype)
+    precision = resolve_dtype(device, tc.dtype)  # bfloat16 autocast where it is native, else float32
+    autocast = autocast_for(device, precision)
     micro_batch, accum = distributed.split_batch(tc.batch_size, tc.grad_accum, dist_info.world_size)
 
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)
     gen = torch.Generator().manual_seed(tc.seed + dist_info.rank)  # each rank draws its own batches
     model = build_model(mc).to(device)
-    optimizers = make_optimizers(model, tc, device.type)
+    optimizers = make_optimizers(model, tc, device.type, bf16=precision == "bfloat16")
     step, spent = 0, 0.0
     if resume_state is not None:
         try:
@@ -124,7 +125,7 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
             run.recover(step)
     params = model.num_params()
     tokens_per_step = micro_batch * accum * dist_info.world_size * mc.block_size
-    say(f"model: {mc.model}, {params:,} parameters ({params / 1e6:.2f}M) on {device}"
+    say(f"model: {mc.model}, {params:,} parameters ({params / 1e6:.2f}M) on {device} in {precision}"
         + (f", {dist_info.world_size} processes of {torch.get_num_threads()} threads" if dist_info.enabled else ""))
     say(f"batch: {tokens_per_step:,} tokens per step ({dist_info.world_size} x {accum} x {micro_batch} x {mc.block_size})")
 
@@ -249,7 +250,7 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
     summary: dict = {}
     if main:
         t0 = time.perf_counter()
-        val_full = full_pass_loss(model, splits["val"], mc.block_size, device, autocast=autocast)
+        val_full = full_pass_loss(model, splits["val"], mc.block_size, device)  # float32: the exact figure
         eval_seconds = time.perf_counter() - t0
         summary = {
             "model": mc.model, "preset": preset, "params": params, "steps": step,
@@ -257,7 +258,7 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
             "time_budget": budget or None, "tokens_per_sec": round(step * tokens_per_step / max(seconds, 1e-9), 1),
             "train_loss": last_eval.get("train_loss"), "val_loss": last_eval.get("val_loss"),
             "val_loss_full": val_full, "val_bpc_full": bits_per_char(val_full),
-            "eval_seconds": round(eval_seconds, 3), "device": str(device), "world_size": dist_info.world_size,
+            "eval_seconds": round(eval_seconds, 3), "device": str(device), "dtype": precision, "world_size": dist_info.world_size,
             "seed": tc.seed, "dataset": data.meta.get("name"), "dataset_hash": data.content_hash,
         }
         if mc.model == "bigram":
