@@ -6,7 +6,8 @@ and the ablations that chose the `cpu` preset (each row: one change to the prese
     python benchmarks/bench_quality.py --ablations --budgets 150 --seeds 1
 
 Each run is a real `chargpt train` process (fresh interpreter, the machine's default threads); its peak
-resident memory is read from the kernel (getrusage of the finished child).
+resident memory is read from the kernel: the training process's own high-water mark (`peak_rss_mb` in its
+summary.json), and getrusage of the finished children, which also counts torch.compile's worker processes.
 """
 from __future__ import annotations
 
@@ -21,9 +22,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, print_table  # noqa: E402
+from common import machine, print_table, shakespeare_dataset  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 TARGETS = {150: "<= 1.60 (aim 1.55)", 300: "<= 1.53 (aim 1.48)"}
 
 # name -> extra flags on top of --preset cpu
@@ -47,15 +47,13 @@ ABLATIONS: dict[str, list[str]] = {
     "no QK-norm": ["--no-qk-norm"],
     "1 thread": ["--threads", "1"],
     "cosine schedule": ["--schedule", "cosine", "--min-lr-frac", "0.0"],
+    "float32 instead of bf16 autocast": ["--dtype", "float32"],
+    "4 layers": ["--n-layer", "4"],
+    "n_embd 256, 4 heads": ["--n-embd", "256", "--n-head", "4"],
+    "n_embd 192, 3 heads": ["--n-embd", "192", "--n-head", "3"],
+    "muon lr 0.03": ["--muon-lr", "0.03"],
+    "batch 24": ["--batch-size", "24"],
 }
-
-
-def dataset(tmp: Path) -> Path:
-    data = REPO / "data" / "shakespeare"
-    if not (data / "meta.json").is_file():
-        subprocess.run([sys.executable, "-m", "chargpt", "prepare", "--dataset", "shakespeare", "--out", str(data)],
-                       check=True, cwd=REPO)
-    return data
 
 
 def run_once(budget: float, seed: int, extra: list[str], out_dir: Path, data: Path) -> dict:
@@ -77,7 +75,7 @@ def run_once(budget: float, seed: int, extra: list[str], out_dir: Path, data: Pa
 
 def measure(budgets=(150, 300), seeds=(1, 2, 3), extra=None, out_dir=None) -> dict:
     out_dir = Path(out_dir or tempfile.mkdtemp(prefix="chargpt-quality-"))
-    data = dataset(out_dir)
+    data = shakespeare_dataset()
     results = {}
     for b in budgets:
         runs = [run_once(b, s, extra or [], out_dir, data) for s in seeds]
@@ -99,8 +97,11 @@ def main(budgets=(150, 300), seeds=(1, 2, 3)) -> list[dict]:
         rows.append({"figure": f"cpu preset, --time-budget {b}: steps, tokens/s",
                      "value": f"{int(statistics.median(r['steps'] for r in runs))}, "
                               f"{statistics.median(r['tokens_per_sec'] for r in runs):,.0f}", "target": ""})
-    rss = max(r["peak_rss_mb_children"] for runs in results.values() for r in runs)
-    rows.append({"figure": "peak RSS of a training run (MB)", "value": f"{rss:.0f}", "target": "< 500"})
+    rss = max(r["peak_rss_mb"] for runs in results.values() for r in runs)
+    tree = max(r["peak_rss_mb_children"] for runs in results.values() for r in runs)
+    rows.append({"figure": "peak RSS of the training process (MB)", "value": f"{rss:.0f}", "target": "< 500"})
+    rows.append({"figure": "peak RSS of any process of the run, compile workers included (MB)", "value": f"{tree:.0f}",
+                 "target": ""})
     return rows
 
 

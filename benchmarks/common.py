@@ -4,8 +4,12 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import sys
+from pathlib import Path
 
 import torch
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def machine() -> str:
@@ -37,3 +41,12 @@ def print_table(rows: list[dict], title: str | None = None) -> None:
     print("|" + "|".join("-" * (widths[c] + 2) for c in cols) + "|")
     for r in rows:
         print("| " + " | ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols) + " |")
+
+
+def shakespeare_dataset() -> Path:
+    """The prepared tiny Shakespeare dataset (prepared into data/shakespeare on first use)."""
+    data = REPO / "data" / "shakespeare"
+    if not (data / "meta.json").is_file():
+        subprocess.run([sys.executable, "-m", "chargpt", "prepare", "--dataset", "shakespeare", "--out", str(data)],
+                       check=True, cwd=REPO)
+    return data

@@ -70,6 +70,7 @@ def test_muon_trains_hidden_matrices_and_adamw_the_rest():
     assert all(names[i].startswith(("token_embedding", "position_embedding", "lm_head", "ln_f", "blocks."))
                for i in adamw_ids)
     assert muon.param_groups[0]["ns_dtype"] == torch.float32
+    assert adamw.defaults["fused"]  # one kernel for the whole update on CPU and CUDA
 
 
 def test_muon_iterates_in_bfloat16_when_the_training_does():

@@ -25,6 +25,8 @@ def test_short_bigram_run_gets_val_loss_below_2_6(dataset_dir, tmp_path):
     summary = train(cfg, data, RunDir.create(tmp_path, "b"), preset="bigram", echo=lambda *_: None)
     assert summary["val_loss_full"] < 2.6
     assert summary["steps"] == 600 and summary["tokens_seen"] == 600 * 32 * 8
+    assert 50 < summary["peak_rss_mb"] < 4000  # this process's own high-water mark, in MB
+    assert summary["dtype"] in ("float32", "bfloat16")
 
 
 @pytest.mark.slow

@@ -52,7 +52,9 @@ def full_pass_loss(model, data: Split, block_size: int, device, batch_size: int 
     total = torch.zeros((), dtype=torch.float64)
     full = n // block_size
     starts = torch.arange(full) * block_size
-    batch_size = batch_size or max(1, 16384 // block_size)  # ~16k tokens per forward, whatever the context
+    # ~2k tokens per forward whatever the context: as fast as 16k on a CPU (1.0 s against 1.4 s for the cpu
+    # preset on tiny Shakespeare's val split) at a fraction of the memory (+50 MB against +230 MB)
+    batch_size = batch_size or max(1, 2048 // block_size)
     for i in range(0, full, batch_size):  # int64 one batch at a time: never a copy of the whole split
         window = windows(data, starts[i:i + batch_size], block_size + 1).to(device)
         with autocast():

@@ -92,7 +92,8 @@ def make_optimizers(model: nn.Module, cfg: TrainConfig, device_type: str,
     no_decay = [p for n, p in rest if p.ndim < 2]
     groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay},
                           {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
-    extra = {"fused": True} if device_type == "cuda" else {"foreach": True}
+    # one fused kernel for the whole AdamW update (CUDA and CPU; ~9% of a CPU step at the nanoGPT shape)
+    extra = {"fused": True} if device_type in ("cuda", "cpu") else {"foreach": True}
     optimizers: list[torch.optim.Optimizer] = [
         torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **extra)]
     if muon_params:

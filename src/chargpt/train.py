@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import random
+import resource
 import signal
 import sys
 import time
@@ -40,6 +41,12 @@ class TrainingInterrupted(ChargptError):
 
 class NonFiniteLoss(ChargptError):
     pass
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (the kernel's high-water mark)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
 @dataclass
@@ -258,7 +265,8 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
             "time_budget": budget or None, "tokens_per_sec": round(step * tokens_per_step / max(seconds, 1e-9), 1),
             "train_loss": last_eval.get("train_loss"), "val_loss": last_eval.get("val_loss"),
             "val_loss_full": val_full, "val_bpc_full": bits_per_char(val_full),
-            "eval_seconds": round(eval_seconds, 3), "device": str(device), "dtype": precision, "world_size": dist_info.world_size,
+            "eval_seconds": round(eval_seconds, 3), "peak_rss_mb": peak_rss_mb(), "device": str(device),
+            "dtype": precision, "world_size": dist_info.world_size,
             "seed": tc.seed, "dataset": data.meta.get("name"), "dataset_hash": data.content_hash,
         }
         if mc.model == "bigram":
