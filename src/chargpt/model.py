@@ -83,7 +83,11 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
         drop = cum - torch.softmax(sorted_logits, dim=-1) >= top_p  # keep the smallest set reaching top_p
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
+    # torch.multinomial(probs, 1, generator) draws a single sample as an exponential race, argmax(p / E) with
+    # E ~ Exp(1): the same draws from the same generator state (tests/test_model.py checks it), without its
+    # input checks: 6 us instead of 15 per token, a tenth of a decoding step
+    race = torch.empty_like(probs).exponential_(1, generator=generator)
+    return (probs / race).argmax(dim=-1, keepdim=True)
 
 
 class LanguageModel(nn.Module):
