@@ -1,10 +1,11 @@
+import sys
 from contextlib import nullcontext
 
 import pytest
 import torch
 
-from chargpt.device import (autocast_for, compile_unavailable_reason, detect_device, native_bf16, resolve_device,
-                            resolve_dtype)
+from chargpt.device import (autocast_for, compile_unavailable_reason, detect_device, keep_freed_memory_for_reuse,
+                            native_bf16, resolve_device, resolve_dtype)
 from chargpt.errors import ConfigError
 
 
@@ -49,3 +50,10 @@ def test_compile_needs_a_cpp_compiler_on_cpu(monkeypatch, tmp_path):
     assert "C++ compiler" in compile_unavailable_reason(torch.device("cpu"))
     monkeypatch.undo()
     assert compile_unavailable_reason(torch.device("cuda")) is None
+
+
+def test_freed_tensor_memory_is_kept_for_reuse_on_linux_cpus_only():
+    applied = keep_freed_memory_for_reuse(torch.device("cpu"))
+    assert applied == sys.platform.startswith("linux")  # glibc's mallopt took both settings
+    assert keep_freed_memory_for_reuse(torch.device("cuda")) is False
+    assert keep_freed_memory_for_reuse(torch.device("mps")) is False

@@ -19,7 +19,8 @@ from . import checkpoint, distributed
 from .batch import get_batch
 from .config import Config
 from .data import Dataset
-from .device import autocast_for, compile_unavailable_reason, configure_backends, resolve_device, resolve_dtype
+from .device import (autocast_for, compile_unavailable_reason, configure_backends, keep_freed_memory_for_reuse,
+                     resolve_device, resolve_dtype)
 from .engine import Engine
 from .errors import ChargptError, CheckpointError
 from .evaluate import bigram_optimum, bits_per_char, estimate_loss, full_pass_loss
@@ -97,6 +98,7 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
     say = echo if main else (lambda *_: None)
     tracker = tracker if (tracker is not None and main) else NullTracker()
     configure_backends(device)
+    keep_freed_memory_for_reuse(device)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     precision = resolve_dtype(device, tc.dtype)  # bfloat16 autocast where it is native, else float32
