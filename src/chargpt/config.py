@@ -104,7 +104,7 @@ PRESETS: dict[str, Config] = {
     ),
     # The modern variant sized for minutes on a 2-core CPU (chosen by the ablations in benchmarks/RESULTS.md).
     "cpu": Config(
-        ModelConfig(model="gpt", block_size=128, n_layer=2, n_head=4, n_embd=128, tie_weights=False, **MODERN),
+        ModelConfig(model="gpt", block_size=128, n_layer=3, n_head=4, n_embd=128, tie_weights=False, **MODERN),
         TrainConfig(batch_size=16, max_steps=2500, optimizer="muon", lr=3e-3, muon_lr=0.02, beta2=0.95,
                     schedule="wsd", warmup=0.0, decay=0.35, eval_interval=500, eval_iters=20, compile=True),
     ),
