@@ -106,6 +106,7 @@ def _gradient_worker(rank: int, world: int, init_file: str) -> None:
                     assert p.grad.abs().max() > 0, f"{name}: zero gradient makes the comparison empty"
                     diff = (p.grad - q.grad).abs().max().item()
                     assert diff <= 1e-6, f"{cfg.pos} model, accum {accum}: {name} differs by {diff:.2e}"
+        torch.distributed.barrier()  # neither rank tears gloo down while the other still talks to it
     finally:
         torch.distributed.destroy_process_group()
 
