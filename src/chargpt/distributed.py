@@ -17,10 +17,11 @@ class DistInfo:
     local_rank: int = 0
     world_size: int = 1
     owns_group: bool = False  # init() created the process group, so shutdown() destroys it
+    launched: bool = False  # started by torchrun: in a process group (and under DDP) even as its only rank
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.world_size > 1 or self.launched
 
     @property
     def is_main(self) -> bool:
@@ -28,11 +29,12 @@ class DistInfo:
 
 
 def init(device_type: str) -> DistInfo:
-    """Join the process group when torchrun started us (WORLD_SIZE > 1)."""
+    """Join the process group when torchrun started us (it sets RANK and WORLD_SIZE), even as its only process:
+    `torchrun --nproc_per_node=1` runs the real DDP path (nccl on one GPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if world <= 1 and "RANK" not in os.environ:
         return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world)
+    info = DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world, launched=True)
     torch.set_num_threads(thread_share(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
