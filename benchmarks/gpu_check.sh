@@ -5,7 +5,7 @@
 #
 # (a) runs the tests marked `gpu` (tests/test_gpu.py: a compiled bf16 training run, KV-cache generation equal to
 #     naive generation on CUDA, checkpoints moving CUDA <-> CPU, a one-process nccl DDP run);
-# (b) trains the `lecture` preset (the lecture's 6x384 GPT, 5000 steps) and reports when its validation estimate
+# (b) trains the `lecture` preset (the lecture's 6x384 GPT, 5000 steps, compiled, estimates every 250 steps) and reports when its validation estimate
 #     first reached 1.47 and its final full-pass val loss;
 # (c) trains the `gpu` preset for 60 s of training and reports its full-pass val loss (target <= 1.40);
 # (d) prints one table: card, torch, CUDA, figures.
@@ -29,24 +29,24 @@ DATA_ROOT=${1:-${CHARGPT_DATA:-../shared/data}}
 export CHARGPT_DATA=$(cd "$DATA_ROOT" && pwd) PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 WANDB_MODE=disabled
 DIR=${GPU_CHECK_DIR:-$(mktemp -d -t chargpt-gpu-check.XXXXXX)}
 mkdir -p "$DIR"
-chargpt() { "$PY" -m chargpt "$@"; }
 echo "gpu_check: logs and runs in $DIR"
 
 # (a) the gpu tests
 t0=$SECONDS
-"$PY" -m pytest -q -ra -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$DIR/pytest.log"
+timeout "${GPU_CHECK_TEST_S:-300}" "$PY" -m pytest -q -ra -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$DIR/pytest.log"
 tests_rc=${PIPESTATUS[0]}
 tests_line=$(grep -E '(passed|failed|error)' "$DIR/pytest.log" | tail -n 1)
 tests_s=$((SECONDS - t0))
 
 # (b) the lecture's model, and (c) the gpu preset for 60 s
-chargpt prepare --dataset shakespeare --out "$DIR/data" > "$DIR/prepare.log" 2>&1 || { cat "$DIR/prepare.log"; die "prepare failed"; }
+"$PY" -m chargpt prepare --dataset shakespeare --out "$DIR/data" > "$DIR/prepare.log" 2>&1 || { cat "$DIR/prepare.log"; die "prepare failed"; }
 t0=$SECONDS
-chargpt train --preset lecture --compile --data "$DIR/data" --out-dir "$DIR/runs" --name lecture --eval-interval 250 \
+timeout "${GPU_CHECK_LECTURE_S:-330}" "$PY" -m chargpt train --preset lecture --compile --data "$DIR/data" --out-dir "$DIR/runs" --name lecture \
+  --eval-interval 250 --eval-iters 100 \
   2>&1 | tee "$DIR/lecture.log" | grep -vE '^\s*$' | tail -n 4
 lecture_s=$((SECONDS - t0))
 t0=$SECONDS
-chargpt train --preset gpu --time-budget 60 --data "$DIR/data" --out-dir "$DIR/runs" --name gpu60 \
+timeout "${GPU_CHECK_GPU_S:-200}" "$PY" -m chargpt train --preset gpu --time-budget 60 --data "$DIR/data" --out-dir "$DIR/runs" --name gpu60 \
   2>&1 | tee "$DIR/gpu60.log" | grep -vE '^\s*$' | tail -n 4
 gpu_s=$((SECONDS - t0))
 
