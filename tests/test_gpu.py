@@ -39,7 +39,7 @@ def test_a_compiled_bf16_training_run_on_cuda_learns(dataset_dir, tmp_path):
     s = summary(tmp_path / "cuda")
     assert s["device"].startswith("cuda") and s["dtype"] == "bfloat16"
     # 40 steps of Muon take a 65-way model well below the uniform loss ln 65 = 4.17
-    assert math.isfinite(s["val_loss_full"]) and s["val_loss_full"] < 3.3
+    assert math.isfinite(s["loss"]) and s["loss"] < 3.3
 
 
 def lively_model(**kw):
@@ -71,7 +71,7 @@ def test_kv_cache_generation_on_cuda_equals_naive_generation(kw, temperature):
 def eval_loss(ckpt, device: str) -> float:
     p = run_cli("eval", "--ckpt", ckpt, "--split", "val", "--json", "--device", device, timeout=600)
     assert p.returncode == 0, p.stderr
-    return json.loads(p.stdout.strip().splitlines()[-1])["val_loss_full"]
+    return json.loads(p.stdout.strip().splitlines()[-1])["loss"]
 
 
 @pytest.mark.parametrize("trained_on,loaded_on", [("cuda", "cpu"), ("cpu", "cuda")])
@@ -98,4 +98,4 @@ def test_one_process_nccl_ddp_run_trains(dataset_dir, tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     assert "1 process" in p.stdout  # it joined a process group: DDP over nccl, not the plain loop
     s = summary(tmp_path / "ddp")
-    assert s["world_size"] == 1 and s["steps"] == 40 and s["val_loss_full"] < 3.3
+    assert s["world_size"] == 1 and s["steps"] == 40 and s["loss"] < 3.3

@@ -18,6 +18,7 @@ class DistInfo:
     world_size: int = 1
     owns_group: bool = False  # init() created the process group, so shutdown() destroys it
     launched: bool = False  # started by torchrun: in a process group (and under DDP) even as its only rank
+    device: torch.device = torch.device("cpu")  # where collectives run: nccl reduces CUDA tensors only
 
     @property
     def enabled(self) -> bool:
@@ -40,6 +41,7 @@ def init(device_type: str) -> DistInfo:
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(info.local_rank)
+            info.device = torch.device("cuda", info.local_rank)
         dist.init_process_group(backend=backend)
         info.owns_group = True
     return info
@@ -85,7 +87,7 @@ def all_max(values: list[float], info: DistInfo) -> list[float]:
     """Element-wise maximum over ranks (agreeing on stop flags and elapsed time)."""
     if not info.enabled:
         return values
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=info.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t.tolist()
 
@@ -93,9 +95,9 @@ def all_max(values: list[float], info: DistInfo) -> list[float]:
 def all_gather_tensor(t: torch.Tensor, info: DistInfo) -> list[torch.Tensor]:
     if not info.enabled:
         return [t]
-    out = [torch.empty_like(t) for _ in range(info.world_size)]
-    dist.all_gather(out, t)
-    return out
+    out = [torch.empty_like(t, device=info.device) for _ in range(info.world_size)]
+    dist.all_gather(out, t.to(info.device))
+    return [o.to(t.device) for o in out]
 
 
 def barrier(info: DistInfo) -> None:
