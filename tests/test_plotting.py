@@ -93,24 +93,12 @@ def test_replotting_a_long_run_stays_cheap(tmp_path):
     assert time.perf_counter() - t0 < 2.0
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the forked drawing is Linux-only")
-def test_refreshing_draws_in_a_child_and_keeps_matplotlib_out_of_the_training_process(tmp_path):
+def test_refreshing_draws_in_the_training_process_without_starting_another(tmp_path):
     run = tmp_path / "r"
     write_metrics(run)
-    code = ("import sys; from chargpt.plotting import refresh_run_plot; refresh_run_plot(sys.argv[1]); "
-            "print('matplotlib' in sys.modules)")
+    code = ("import os, sys; from chargpt.plotting import refresh_run_plot; os.fork = None; "
+            "refresh_run_plot(sys.argv[1]); print('matplotlib' in sys.modules)")
     p = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.strip() == "False" and p.stderr == ""
+    assert p.stdout.strip() == "True" and p.stderr == ""
     assert png_size(run / "loss.png") == (1000, 400)
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the forked drawing is Linux-only")
-def test_a_stuck_drawing_is_killed_and_reported_once(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("chargpt.plotting._warned", False)
-    monkeypatch.setattr("chargpt.plotting.plot_run", lambda path: time.sleep(30))
-    t0 = time.perf_counter()
-    refresh_run_plot(tmp_path, timeout=0.5)
-    assert time.perf_counter() - t0 < 5
-    err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and "longer than" in err[0]

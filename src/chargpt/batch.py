@@ -4,25 +4,19 @@ from __future__ import annotations
 import torch
 
 from .errors import DataError
-from .tensorfile import TensorFileReader
-
-Split = torch.Tensor | TensorFileReader  # a split in memory (or memory-mapped), or read from its file
 
 
-def windows(data: Split, starts: torch.Tensor, length: int) -> torch.Tensor:
+def windows(data: torch.Tensor, starts: torch.Tensor, length: int) -> torch.Tensor:
     """(len(starts), length) int64: row i holds data[starts[i]:starts[i] + length]."""
-    if isinstance(data, TensorFileReader):
-        return data.windows(starts, length)
     return data[starts.unsqueeze(1) + torch.arange(length)].long()  # one gather instead of a Python loop
 
 
-def get_batch(data: Split, batch_size: int, block_size: int, device: str | torch.device = "cpu",
+def get_batch(data: torch.Tensor, batch_size: int, block_size: int, device: str | torch.device = "cpu",
               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (x, y), each (batch_size, block_size) int64, y being x shifted left by one.
 
     Offsets come from `torch.randint(len(data) - block_size, (batch_size,))`, from `generator` when
-    given, else from the global RNG, so after `torch.manual_seed(S)` the batches equal the notebook's,
-    whether `data` is a tensor or a reader of its file.
+    given, else from the global RNG, so after `torch.manual_seed(S)` the batches equal the notebook's.
     """
     if len(data) < block_size + 1:
         raise DataError(

@@ -181,7 +181,7 @@ def cmd_eval(args) -> int:
         raise ConfigError(f"{data_dir} has a different vocabulary than the checkpoint; pass --data with the "
                           f"dataset the model was trained on")
     t0 = time.perf_counter()
-    loss = full_pass_loss(model, data.reader(args.split), model.config.block_size, device)  # float32: exact
+    loss = full_pass_loss(model, data.split(args.split), model.config.block_size, device)  # float32: exact
     seconds = time.perf_counter() - t0
     result = {"split": args.split, "loss": loss, "bpc": bits_per_char(loss), "tokens": len(data.split(args.split)) - 1,
               "seconds": round(seconds, 3), "ckpt": str(args.ckpt), "step": state["step"]}

@@ -10,7 +10,7 @@ import codecs
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,7 @@ import torch
 
 from .errors import DataError
 from .fsutil import atomic_path, load_torch, refused_global, write_json
-from .tensorfile import TensorFileReader, TensorFileWriter
+from .tensorfile import TensorFileWriter, chunks
 from .tokenizer import CharTokenizer
 
 FORMAT = "chargpt-dataset"
@@ -174,15 +174,13 @@ def _up_to_date(out_dir: Path, meta: dict) -> bool:
 
 @dataclass
 class Dataset:
-    """A prepared dataset: its tokenizer, its splits (memory-mapped tensors, and readers of their files for
-    training to sample from), and its metadata."""
+    """A prepared dataset: its tokenizer, its splits (memory-mapped tensors) and its metadata."""
 
     path: Path
     meta: dict
     tokenizer: CharTokenizer
     train: torch.Tensor
     val: torch.Tensor
-    readers: dict[str, TensorFileReader] = field(default_factory=dict, repr=False)
 
     @property
     def content_hash(self) -> str:
@@ -201,11 +199,6 @@ class Dataset:
         if name not in ("train", "val"):
             raise DataError(f"unknown split {name!r}; use train or val")
         return self.train if name == "train" else self.val
-
-    def reader(self, name: str) -> TensorFileReader | torch.Tensor:
-        """The split to read windows from: its file with plain reads where its layout allows (windows taken
-        from the memory-mapped tensor stay resident, until RSS nears the split's size), else the tensor."""
-        return self.readers.get(name, self.split(name))
 
 
 def load_split(path: str | os.PathLike) -> torch.Tensor:
@@ -242,27 +235,18 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
         raise DataError(f"{path / 'meta.json'} is not a chargpt dataset description; re-run `chargpt prepare`")
     tok = CharTokenizer(meta["vocab"])
     train, val = load_split(path / "train.pt"), load_split(path / "val.pt")
-    readers = {}
-    for name, t in (("train", train), ("val", val)):
-        reader = TensorFileReader.locate(path / f"{name}.pt", t)
-        lo, hi = _id_range(t if reader is None else reader)
+    for name in ("train", "val"):
+        lo, hi = _id_range(path / f"{name}.pt")
         if lo < 0 or hi >= tok.vocab_size:
             raise DataError(f"{path / (name + '.pt')} has token ids beyond the vocabulary; re-run `chargpt prepare`")
-        if reader is not None:
-            readers[name] = reader
-    return Dataset(path, meta, tok, train, val, readers)
+    return Dataset(path, meta, tok, train, val)
 
 
-def _id_range(data: TensorFileReader | torch.Tensor) -> tuple[int, int]:
-    """Smallest and largest id, read from the file in chunks where a reader can: scanning the memory-mapped
-    tensor instead would leave the whole split resident in this process."""
-    if not len(data):
-        return 0, 0
-    if isinstance(data, torch.Tensor):  # not torch's usual zip layout: scan the tensor itself
-        return int(data.min()), int(data.max())
-    step = max(1, CHUNK // data.np_dtype.itemsize)
-    lo, hi = np.iinfo(data.np_dtype).max, np.iinfo(data.np_dtype).min
-    for start in range(0, len(data), step):
-        ids = data.read(start, min(step, len(data) - start))
-        lo, hi = min(lo, int(ids.min())), max(hi, int(ids.max()))
+def _id_range(path: Path) -> tuple[int, int]:
+    """Smallest and largest id in a split file, scanned in chunks that are each released after use: scanning
+    the training tensor instead would leave the whole split resident in this process."""
+    lo, hi = 0, 0
+    for i, ids in enumerate(chunks(path, CHUNK)):
+        a, b = torch.aminmax(ids)
+        lo, hi = (int(a), int(b)) if i == 0 else (min(lo, int(a)), max(hi, int(b)))
     return lo, hi

@@ -7,7 +7,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
-from .batch import Split, get_batch, windows
+from .batch import get_batch, windows
 from .errors import DataError
 
 LN2 = math.log(2)
@@ -18,7 +18,7 @@ def bits_per_char(nats: float) -> float:
 
 
 @torch.no_grad()
-def estimate_loss(model, splits: dict[str, Split], eval_iters: int, batch_size: int, block_size: int,
+def estimate_loss(model, splits: dict[str, torch.Tensor], eval_iters: int, batch_size: int, block_size: int,
                   device, generator: torch.Generator | None = None, autocast=nullcontext) -> dict[str, float]:
     """Mean loss over `eval_iters` random batches per split (the notebook's `estimate_loss`)."""
     was_training = model.training
@@ -37,7 +37,7 @@ def estimate_loss(model, splits: dict[str, Split], eval_iters: int, batch_size: 
 
 
 @torch.no_grad()
-def full_pass_loss(model, data: Split, block_size: int, device, batch_size: int | None = None,
+def full_pass_loss(model, data: torch.Tensor, block_size: int, device, batch_size: int | None = None,
                    autocast=nullcontext) -> float:
     """Mean cross-entropy (nats/char) over every token of `data` after the first, each scored exactly once.
 
@@ -72,7 +72,7 @@ def full_pass_loss(model, data: Split, block_size: int, device, batch_size: int 
     return (total / n).item()
 
 
-def bigram_optimum(train: Split, val: Split, vocab_size: int, chunk: int = 1 << 20) -> float:
+def bigram_optimum(train: torch.Tensor, val: torch.Tensor, vocab_size: int, chunk: int = 1 << 20) -> float:
     """Val loss (nats/char) of add-one-smoothed bigram counts from train: the best a bigram can do."""
     counts = torch.zeros(vocab_size * vocab_size, dtype=torch.long)
     for ids in _chunks(train, chunk):
@@ -83,7 +83,7 @@ def bigram_optimum(train: Split, val: Split, vocab_size: int, chunk: int = 1 << 
     return (nll / (len(val) - 1)).item()
 
 
-def _chunks(data: Split, chunk: int):
+def _chunks(data: torch.Tensor, chunk: int):
     """int64 pieces of `data` that overlap by one token, so every adjacent pair is in exactly one piece:
     a large split is never turned into int64 (8 bytes a token) whole."""
     for start in range(0, len(data) - 1, chunk):

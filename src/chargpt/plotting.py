@@ -4,10 +4,9 @@ Drawn with matplotlib's Agg canvas on a bare `Figure` (no pyplot state, no displ
 """
 from __future__ import annotations
 
+import gc
 import os
-import signal
 import sys
-import time
 from pathlib import Path
 
 from .fsutil import atomic_path
@@ -60,65 +59,18 @@ def plot_run(run_path: str | os.PathLike, out: str | os.PathLike | None = None) 
     return _save(fig, Path(out) if out is not None else run_path / PLOT)
 
 
-def refresh_run_plot(run_path: str | os.PathLike, timeout: float = 60.0) -> None:
-    """`plot_run` for the training loop: a failure is one warning line, once, and training goes on.
-
-    On Linux the drawing happens in a forked child that the loop waits for (the loop is paused for evaluation
-    then): matplotlib, ~30 MB once imported and more with every redraw, never enters the training process,
-    whose peak memory is ~40-65 MB lower for it. Elsewhere it draws in-process."""
+def refresh_run_plot(run_path: str | os.PathLike) -> None:
+    """`plot_run` for the training loop, drawn in this process: a failure is one warning line, once, and
+    training goes on. matplotlib adds ~35 MB to the process once imported (benchmarks/RESULTS.md)."""
     global _warned
-    error = _draw_in_child(run_path, timeout) if _can_fork() else _draw_here(run_path)
-    if error and not _warned:
-        _warned = True
-        print(f"warning: cannot draw the loss curve in {run_path} ({error}); training goes on", file=sys.stderr)
-
-
-def _can_fork() -> bool:
-    return sys.platform.startswith("linux") and hasattr(os, "fork")
-
-
-def _draw_here(run_path) -> str | None:
     try:
         plot_run(run_path)
-    except Exception as e:
-        return f"{e.__class__.__name__}: {e}"
-    return None
-
-
-def _draw_in_child(run_path, timeout: float) -> str | None:
-    """Draw in a forked child; its error, if any, comes back through a pipe. A child that outlives `timeout`
-    seconds is killed, so that a stuck drawing can never stop training."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: draw, report, and leave without running the parent's exit handlers
-        os.close(read_end)
-        code = 0
-        try:
-            error = _draw_here(run_path)
-            if error:
-                os.write(write_end, error.encode(errors="replace")[:4096])
-                code = 1
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    deadline = time.monotonic() + timeout
-    status = None
-    while status is None:
-        done, st = os.waitpid(pid, os.WNOHANG)
-        if done:
-            status = st
-        elif time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            os.close(read_end)
-            return f"drawing took longer than {timeout:.0f} s"
-        else:
-            time.sleep(0.005)
-    with os.fdopen(read_end, "rb") as f:
-        message = f.read().decode(errors="replace")
-    if status != 0:
-        return message or f"the drawing process ended with status {status}"
-    return None
+        gc.collect(1)  # figures are reference cycles: collected young, each redraw does not add ~1.5 MB (~10 ms)
+    except Exception as e:  # a plot is never worth a run: any failure of matplotlib or the disk is a warning
+        if not _warned:
+            _warned = True
+            print(f"warning: cannot draw the loss curve in {run_path} ({e.__class__.__name__}: {e}); training goes on",
+                  file=sys.stderr)
 
 
 def plot_runs(run_paths: list[str | os.PathLike], out: str | os.PathLike) -> Path:

@@ -144,7 +144,7 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
     train_model = torch.compile(model) if tc.compile and not no_compile else model
     ddp_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None) if dist_info.enabled else None
     fwd = ddp_model or train_model
-    splits = {name: data.reader(name) for name in ("train", "val")}  # windows by plain reads: RSS stays flat
+    splits = {"train": data.train, "val": data.val}
     data.check_block_size(mc.block_size)
 
     def evaluate() -> dict:
