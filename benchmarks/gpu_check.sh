@@ -74,6 +74,9 @@ hit = next((r for r in m if isinstance(r.get("val_loss"), (int, float)) and r["v
 rows += [("lecture: full-pass val after its steps", f"{f(s.get('val_loss_full'))} after {s.get('steps', '-')} steps, "
           f"{f(s.get('train_seconds'), '{:.1f}')} s of training, {f(s.get('tokens_per_sec'), '{:,.0f}')} tok/s ({lecture_s} s wall with compile and evals)"),
          ("lecture: first val estimate <= 1.47", f"step {hit['step']}, {f(hit.get('train_seconds'), '{:.1f}')} s of training" if hit else "not reached")]
+best = min((r for r in m if isinstance(r.get("val_loss"), (int, float))), key=lambda r: r["val_loss"], default=None)
+if best:
+    rows.append(("lecture: lowest val estimate", f"{best['val_loss']:.4f} at step {best['step']}, {f(best.get('train_seconds'), '{:.1f}')} s of training"))
 s, _ = run("gpu60")
 rows += [("gpu preset, 60 s budget: full-pass val (target <= 1.40)",
           f"{f(s.get('val_loss_full'))} after {s.get('steps', '-')} steps, {f(s.get('tokens_per_sec'), '{:,.0f}')} tok/s ({gpu_s} s wall)")]

@@ -98,4 +98,4 @@ def test_one_process_nccl_ddp_run_trains(dataset_dir, tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     assert "1 process" in p.stdout  # it joined a process group: DDP over nccl, not the plain loop
     s = summary(tmp_path / "ddp")
-    assert s["world_size"] == 1 and s["steps"] == 40 and s["loss"] < 3.3
+    assert s["world_size"] == 1 and s["steps"] == 40 and s["val_loss_full"] < 3.3

@@ -69,14 +69,31 @@ def test_muon_trains_hidden_matrices_and_adamw_the_rest():
                                             if n.startswith("blocks.") and p.ndim == 2}
     assert all(names[i].startswith(("token_embedding", "position_embedding", "lm_head", "ln_f", "blocks."))
                for i in adamw_ids)
-    assert muon.param_groups[0]["ns_dtype"] == torch.float32
+    assert muon.ns_dtype == torch.float32
     assert adamw.defaults["fused"]  # one kernel for the whole update on CPU and CUDA
 
 
 def test_muon_iterates_in_bfloat16_when_the_training_does():
     model = build_model(ModelConfig(vocab_size=30, block_size=8, n_layer=1, n_head=2, n_embd=16))
     _, muon = make_optimizers(model, TrainConfig(optimizer="muon"), "cpu", bf16=True)
-    assert muon.param_groups[0]["ns_dtype"] == torch.bfloat16
+    assert muon.ns_dtype == torch.bfloat16
+
+
+def test_optimizer_state_saved_for_one_device_resumes_on_another():
+    """The first GPU run found resume across CUDA and CPU refused: CUDA used torch.optim.Muon, the CPU our Muon."""
+    model = build_model(ModelConfig(vocab_size=30, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    cfg = TrainConfig(optimizer="muon")
+    model(torch.randint(0, 30, (2, 8)), torch.randint(0, 30, (2, 8)))[1].backward()
+    saved = []
+    for opt in make_optimizers(model, cfg, "cuda", bf16=True):
+        opt.step()
+        saved.append(opt.state_dict())
+    resumed = make_optimizers(model, cfg, "cpu", bf16=False)
+    assert [type(o) for o in resumed] == [type(o) for o in make_optimizers(model, cfg, "cuda", bf16=True)]
+    for opt, st in zip(resumed, saved):
+        opt.load_state_dict(st)
+    assert resumed[1].ns_dtype == torch.float32  # the machine's precision, not the saved one
+    assert torch.equal(resumed[1].state_dict()["state"][0]["momentum_buffer"], saved[1]["state"][0]["momentum_buffer"])
 
 
 def test_adamw_alone_gets_every_parameter_and_weight_decay_only_on_matrices():

@@ -1,10 +1,10 @@
 """Optimizers and learning-rate schedules.
 
 Muon (orthogonalized momentum) trains the 2-D hidden weight matrices; AdamW trains embeddings, the head
-and every scalar/vector parameter. On CUDA this is `torch.optim.Muon`; elsewhere `Muon` below runs the
-same update with the Newton-Schulz iteration in the training's precision: bfloat16 where the CPU computes it
-natively (1.4x faster than float32 here), float32 otherwise (CPUs without native bfloat16 run torch's bfloat16
-iteration 15-40x slower).
+and every scalar/vector parameter. `Muon` below is `torch.optim.Muon`'s update (tests compare them) on every
+device, so a checkpoint's optimizer state resumes on any device; its Newton-Schulz iteration runs in the
+training's precision: bfloat16 on CUDA and where the CPU computes it natively, float32 otherwise (CPUs without
+native bfloat16 run a bfloat16 iteration 15-40x slower).
 """
 from __future__ import annotations
 
@@ -39,12 +39,16 @@ def newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7, dtype: tor
 
 class Muon(torch.optim.Optimizer):
     """torch.optim.Muon's update (Nesterov momentum, Newton-Schulz, lr * sqrt(max(1, rows/cols))), with a
-    choosable dtype for the iteration, and matrices of the same shape orthogonalized as one batch."""
+    choosable dtype for the iteration, and matrices of the same shape orthogonalized as one batch.
+
+    `ns_dtype` belongs to the machine, not to the run: it is kept out of the state dict, so a run saved where
+    bfloat16 is native resumes in float32 elsewhere, and the reverse."""
 
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
                  weight_decay: float = 0.0, ns_steps: int = 5, ns_dtype: torch.dtype = torch.float32):
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-                                      ns_steps=ns_steps, ns_dtype=ns_dtype))
+                                      ns_steps=ns_steps))
+        self.ns_dtype = ns_dtype
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -67,7 +71,7 @@ class Muon(torch.optim.Optimizer):
             for (shape, dtype), items in by_shape.items():
                 updates = [u for _, u in items]
                 stacked = updates[0] if len(updates) == 1 else torch.stack(updates)
-                ortho = newton_schulz(stacked, group["ns_steps"], dtype=group["ns_dtype"]).to(dtype)
+                ortho = newton_schulz(stacked, group["ns_steps"], dtype=self.ns_dtype).to(dtype)
                 lr = group["lr"] * math.sqrt(max(1.0, shape[0] / shape[1]))
                 for i, (p, _) in enumerate(items):
                     p.mul_(1 - group["lr"] * group["weight_decay"])
@@ -97,10 +101,7 @@ def make_optimizers(model: nn.Module, cfg: TrainConfig, device_type: str,
     optimizers: list[torch.optim.Optimizer] = [
         torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **extra)]
     if muon_params:
-        if device_type == "cuda":
-            optimizers.append(torch.optim.Muon(muon_params, lr=cfg.muon_lr, weight_decay=0.0))
-        else:
-            optimizers.append(Muon(muon_params, lr=cfg.muon_lr, ns_dtype=torch.bfloat16 if bf16 else torch.float32))
+        optimizers.append(Muon(muon_params, lr=cfg.muon_lr, ns_dtype=torch.bfloat16 if bf16 else torch.float32))
     for opt in optimizers:
         for g in opt.param_groups:
             g["peak_lr"] = g["lr"]
