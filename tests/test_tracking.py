@@ -9,9 +9,14 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
+import platform
 
-from chargpt.data import load_dataset
+import pytest
+import torch
+
+from chargpt import __version__
+from chargpt import provenance
+from chargpt.data import load_dataset, prepare
 from chargpt.tracking import (INIT_TIMEOUT, NullTracker, WandbTracker, dataset_artifact_name, default_run_name,
                               download_dataset)
 
@@ -118,7 +123,7 @@ def test_prepare_wandb_logs_the_dataset_artifact_offline_with_one_sync_line(shak
 
     recs = records(run_dir)
     (run,) = [r["run"] for r in recs if r["type"] == "run"]
-    assert run["job_type"] == "dataset-prep" and run["project"] == "chargpt"
+    assert run["job_type"] == "dataset-prep" and run["project"] == "nanogpt"  # the notebook's, with no .env
     art = artifacts(recs)["mini-shakespeare-tensors"]
     assert art["type"] == "dataset"
     files = {c["path"]: c for c in art["manifest"]["contents"]}
@@ -151,7 +156,9 @@ def test_train_wandb_offline_records_config_metrics_summary_samples_and_model(da
     local_summary = json.loads((local_run / "summary.json").read_text())
     recs = records(run_dir)
     (run,) = [r["run"] for r in recs if r["type"] == "run"]
+    # The notebook's names: `wandb.init(name='train-bigram-baseline', job_type='training')` in project nanogpt.
     assert run["job_type"] == "training" and run["display_name"] == "train-bigram-baseline"
+    assert run["project"] == "nanogpt"
 
     state = json.loads(inspect(run_dir, "--summary"))
     config = state["config"]
@@ -160,6 +167,11 @@ def test_train_wandb_offline_records_config_metrics_summary_samples_and_model(da
     assert config["preset"] == "bigram"
     assert config["dataset"]["content_hash"] == data.content_hash
     assert config["dataset"]["artifact"] == "mini-shakespeare-tensors"
+    origin = config["provenance"]
+    assert origin["chargpt_version"] == __version__ and origin["torch_version"] == torch.__version__
+    assert origin["python_version"] == platform.python_version() and origin["device_name"]
+    assert origin["command"].startswith(f"chargpt train --data {dataset_dir} --preset bigram")
+    assert origin["git_commit"] == provenance.git_commit(provenance.PACKAGE_DIR)[0]
 
     rows = history(recs)
     assert sorted(rows) == [0, 5, 10, 15, 20]
@@ -185,7 +197,8 @@ def test_train_wandb_offline_records_config_metrics_summary_samples_and_model(da
     files = {c["path"]: c for c in model["manifest"]["contents"]}
     assert set(files) == {"ckpt.pt", "config.json", "summary.json"}
     assert files["ckpt.pt"]["digest"] == md5_b64(local_run / "ckpt.pt")
-    assert "step-20" in model["aliases"]
+    assert set(model["aliases"]) == {"latest", "best", "step-20"}  # no separate best.pt: the final one is the best
+    assert rows[20]["loss_curve._type"] == "image-file" and "attention._type" not in rows[20]  # a bigram has none
     assert state["state"] == "finished" and state["exit_code"] == 0
     assert_no_wandb_core_left(wandb_dir)
 
@@ -262,3 +275,108 @@ def test_a_dataset_artifact_is_not_downloaded_offline_or_logged_out_and_the_loca
         f"wandb: offline mode cannot download {name}; using the local dataset",
         f"wandb: not logged in, so {name} cannot be downloaded; using the local dataset",
     ]
+
+
+# ------------------------------------------------------------------------ .env and wandb's own variables
+@pytest.fixture(scope="module")
+def small_dataset(shakespeare_path, tmp_path_factory) -> Path:
+    """The first 20,000 characters of tiny Shakespeare: the full-pass evaluation at the end takes no time."""
+    text = tmp_path_factory.mktemp("small") / "input.txt"
+    text.write_text(shakespeare_path.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    prepare(text, text.parent / "shakespeare", name="shakespeare")
+    return text.parent / "shakespeare"
+
+
+def run_of(run_dir: Path) -> dict:
+    (run,) = [r["run"] for r in records(run_dir) if r["type"] == "run"]
+    return run
+
+
+@pytest.mark.slow
+def test_a_dotenv_file_steers_the_run_and_the_environment_overrides_it(small_dataset, wandb_dir, tmp_path,
+                                                                       monkeypatch):
+    (tmp_path / ".env").write_text("WANDB_MODE=offline\nWANDB_PROJECT=somewhere\n")
+    # A key and a server that would take INIT_TIMEOUT to give up on: WANDB_MODE=offline from .env never tries it.
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    t0 = time.monotonic()
+    p = chargpt("prepare", "--input", small_dataset.parent / "input.txt", "--out", "d", "--wandb", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr == "" and time.monotonic() - t0 < INIT_TIMEOUT + 20
+    lines = p.stdout.splitlines()
+    assert lines[0] == f"read {tmp_path / '.env'}: WANDB_MODE, WANDB_PROJECT"
+    (run_dir,) = offline_runs(wandb_dir)
+    shown = run_dir.relative_to(tmp_path)
+    assert f"wandb: WANDB_MODE=offline, so tracking offline in {shown}; upload later with: wandb sync {shown}" in lines
+    assert run_of(run_dir)["project"] == "somewhere"
+
+    monkeypatch.setenv("WANDB_PROJECT", "elsewhere")  # already in the environment: wins over the file
+    p = chargpt("prepare", "--input", small_dataset.parent / "input.txt", "--out", "d", "--wandb", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[0] == f"read {tmp_path / '.env'}: WANDB_MODE; already set, so kept: WANDB_PROJECT"
+    (newer,) = set(offline_runs(wandb_dir)) - {run_dir}
+    assert run_of(newer)["project"] == "elsewhere"
+    assert_no_wandb_core_left(wandb_dir)
+
+
+@pytest.mark.slow
+def test_a_malformed_dotenv_file_is_one_warning_and_training_goes_on(small_dataset, wandb_dir, tmp_path):
+    (tmp_path / ".env").write_bytes(b"WANDB_MODE=offline\n\x00\xff\xfe\x80\x81binary\nNO_EQUALS_SIGN\n")
+    p = chargpt("train", "--data", small_dataset, *BIGRAM, "--name", "m", "--wandb", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.splitlines() == [f"warning: {tmp_path / '.env'} lines 2, 3 are not NAME=value text (binary bytes, "
+                                     f"or no '='); skipped, the rest was read"]
+    assert p.stdout.splitlines()[0] == f"read {tmp_path / '.env'}: WANDB_MODE"
+    assert json.loads((tmp_path / "runs/m/summary.json").read_text())["steps"] == 20
+    (run_dir,) = offline_runs(wandb_dir)  # the file's good line took effect
+    assert "wandb: WANDB_MODE=offline, so tracking offline" in p.stdout
+
+
+def test_wandb_mode_disabled_from_the_environment_tracks_nothing_with_one_line(small_dataset, wandb_dir, tmp_path,
+                                                                               monkeypatch, capsys):
+    from chargpt.config import get_preset
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    tracker = WandbTracker.start(get_preset("bigram"), None, load_dataset(small_dataset))
+    assert isinstance(tracker, NullTracker)
+    assert capsys.readouterr().out.splitlines() == ["wandb: WANDB_MODE=disabled, so not tracking train-bigram-baseline"]
+    assert not (wandb_dir / "wandb").exists()
+
+
+def test_a_dataset_artifact_without_wandb_is_fetched_not_ignored(small_dataset, wandb_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    name = "nanogpt/mini-shakespeare-tensors:latest"
+    p = chargpt("train", "--dataset-artifact", name, "--preset", "bigram", "--max-steps", "1", cwd=tmp_path)
+    # No dataset in tmp_path and no way to download offline: one line says why, then the usual missing-data error.
+    assert f"wandb: WANDB_MODE=offline, so {name} cannot be downloaded; using the local dataset" in p.stdout
+    assert p.returncode != 0 and len(p.stderr.splitlines()) == 1 and "data/shakespeare" in p.stderr
+
+
+# ------------------------------------------------------------------------------------------- resuming
+@pytest.mark.slow
+def test_resume_continues_the_same_wandb_run_with_images_and_model_aliases(small_dataset, wandb_dir, tmp_path):
+    from conftest import TINY_GPT
+
+    first = chargpt("train", "--data", small_dataset, *TINY_GPT, "--max-steps", "10", "--eval-interval", "5",
+                    "--log-interval", "5", "--name", "g", "--wandb", "--wandb-mode", "offline", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    kept = json.loads((tmp_path / "runs/g/wandb-run.json").read_text())
+    assert kept["project"] == "nanogpt" and kept["name"] == "train-gpt-cpu"
+    second = chargpt("train", "--resume", "runs/g", "--max-steps", "20", "--wandb", "--wandb-mode", "offline",
+                     cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "warning" not in first.stderr + second.stderr
+    before, after = offline_runs(wandb_dir)
+    assert run_of(before)["run_id"] == run_of(after)["run_id"] == kept["id"]  # one W&B run, synced as one chart
+    assert run_of(after)["display_name"] == "train-gpt-cpu" and run_of(after)["project"] == "nanogpt"
+    assert sorted(history(records(before))) == [0, 5, 10]
+    rows = history(records(after))
+    assert sorted(rows) == [15, 20]  # continues where the first left off
+    for recs, steps in ((records(before), 10), (records(after), 20)):
+        last = history(recs)[steps]
+        assert last["loss_curve._type"] == "image-file" and last["attention._type"] == "image-file"
+        assert last["attention.width"] > 0
+        model = artifacts(recs)["train-gpt-cpu-model"]
+        assert set(model["aliases"]) == {"latest", "best", f"step-{steps}"}
+    assert_no_wandb_core_left(wandb_dir)

@@ -37,7 +37,9 @@ def _defaults(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def cmd_prepare(args) -> int:
     from .corpus import locate
     from .data import prepare
+    from .envfile import load_env_file
 
+    load_env_file()
     if args.input is None and args.dataset is None:
         args.dataset = "shakespeare"
     source = locate(args.dataset or "", args.input)
@@ -71,6 +73,9 @@ def cmd_train(args) -> int:
         from .launch import relaunch_with_torchrun
 
         return relaunch_with_torchrun(args.nproc, args.argv)
+    from .envfile import load_env_file
+
+    load_env_file()
     resume_state = None
     if args.resume:
         run = RunDir.open(args.resume)
@@ -85,7 +90,7 @@ def cmd_train(args) -> int:
             print(f"no --preset given: using '{preset}' for {device.type}")
         config = get_preset(preset)
         data_dir = args.data or DEFAULT_DATA
-        if args.wandb and args.dataset_artifact and args.data is None:
+        if args.dataset_artifact and args.data is None:  # with or without --wandb: download, then train
             from .tracking import download_dataset
 
             data_dir = download_dataset(args.dataset_artifact, mode=args.wandb_mode) or data_dir
@@ -111,7 +116,7 @@ def cmd_train(args) -> int:
 
         tracker = WandbTracker.start(config, run, data, mode=args.wandb_mode, project=args.wandb_project,
                                      entity=args.wandb_entity, name=args.wandb_name, preset=preset,
-                                     dataset_artifact=args.dataset_artifact)
+                                     dataset_artifact=args.dataset_artifact, argv=["chargpt", *args.argv])
     summary = train(config, data, run, preset=preset, resume_state=resume_state, tracker=tracker,
                     data_dir=str(data_dir))
     if summary.get("sample"):
@@ -236,9 +241,11 @@ def _add_wandb_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("Weights & Biases")
     g.add_argument("--wandb", action="store_true", help="track this in Weights & Biases")
     g.add_argument("--wandb-mode", choices=["auto", "online", "offline", "disabled"], default="auto",
-                   help="auto: online when logged in, else offline")
-    g.add_argument("--wandb-project", default="chargpt", help="wandb project")
-    g.add_argument("--wandb-entity", default=None, help="wandb entity (team or user)")
+                   help="auto: WANDB_MODE when set, else online when logged in, else offline")
+    g.add_argument("--wandb-project", default=None,
+                   help="wandb project (default: WANDB_PROJECT, else the notebook's nanogpt)")
+    g.add_argument("--wandb-entity", default=None,
+                   help="wandb entity, team or user (default: WANDB_ENTITY, else your logged-in default)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -270,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_wandb_flags(p)
     p.add_argument("--wandb-name", default=None, help="wandb run name (default: train-<model>-<preset>)")
     p.add_argument("--dataset-artifact", default=None, metavar="ENTITY/PROJECT/NAME:ALIAS",
-                   help="take the dataset from this wandb artifact (online)")
+                   help="download this wandb dataset artifact and train on it (online; --wandb not needed)")
     add_config_flags(p)
     p.set_defaults(func=cmd_train)
 

@@ -2,21 +2,30 @@
 training loop; a tracker adds a service such as Weights & Biases.
 
 Tracking never breaks training: every call into wandb is guarded, and a failure becomes one warning line on
-stderr, after which the tracker goes quiet. `wandb` is imported only when `--wandb` is used.
+stderr, after which the tracker goes quiet. `wandb` is imported only when `--wandb` is used. wandb's own
+environment variables (WANDB_MODE, WANDB_PROJECT, WANDB_ENTITY, ...), also from a `.env` file, count as
+chargpt's defaults; flags given on the command line win.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Callable
+
+from .envfile import load_env_file
 
 INIT_TIMEOUT = 10.0  # seconds wandb may spend reaching the server before we fall back to offline (its default: 90)
 FINISH_TIMEOUT = 120.0  # seconds to wait for uploads at the end before leaving them to `wandb sync`
 DOWNLOAD_TIMEOUT = 300.0
 TINY_SHAKESPEARE_ARTIFACT = "mini-shakespeare-tensors"  # the notebook's name
+DEFAULT_PROJECT = "nanogpt"  # the notebook's project: its use_artifact('nanogpt/mini-shakespeare-tensors:latest')
+RUN_ID_FILE = "wandb-run.json"  # in the run directory: the W&B run a resumed run continues
+ATTENTION_PROMPT_CHARS = 32  # characters of the validation text drawn in the attention map logged at the end
 
 
 class NullTracker:
@@ -59,6 +68,26 @@ def default_run_name(model: str, preset: str | None) -> str:
     return f"train-{model}-{'baseline' if model == 'bigram' else (preset or 'custom')}"
 
 
+def resolve_project(project: str | None) -> str:
+    """The flag, else wandb's WANDB_PROJECT, else the notebook's project."""
+    return project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
+
+
+def resolve_mode(mode: str) -> tuple[str, str]:
+    """(online | offline | disabled, why): a mode other than auto is kept; auto follows wandb's WANDB_MODE (or
+    WANDB_DISABLED) when set, else is online when an API key is configured and offline otherwise."""
+    if mode != "auto":
+        return mode, ""
+    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    if env in ("offline", "dryrun"):
+        return "offline", f"WANDB_MODE={env}, so "
+    if env == "disabled" or os.environ.get("WANDB_DISABLED", "").strip().lower() in ("true", "1", "yes"):
+        return "disabled", ("WANDB_MODE=disabled" if env == "disabled" else "WANDB_DISABLED is set") + ", so "
+    if env in ("online", "run"):
+        return "online", ""
+    return ("online", "") if is_logged_in() else ("offline", "not logged in, so ")
+
+
 def is_logged_in() -> bool:
     """Whether an API key is configured (environment, ~/.netrc or wandb settings); no network is used."""
     try:
@@ -94,10 +123,16 @@ def _init_timeout() -> float:
         return INIT_TIMEOUT
 
 
-def _init(*, mode: str, job_type: str, name: str, project: str, entity: str | None, config: dict):
-    """Start a wandb run. auto = online when logged in, else offline; an online start that fails or times out
-    falls back to offline. Returns the run, or None (disabled or failed, already reported)."""
-    if mode == "disabled":
+def _init(*, mode: str, job_type: str, name: str, project: str | None, entity: str | None, config: dict,
+          run_id: str | None = None):
+    """Start a wandb run (`resolve_mode`); an online start that fails or times out falls back to offline. With
+    `run_id`, the run continues that W&B run (resume="allow"). Returns the run, or None (disabled or failed,
+    already reported)."""
+    load_env_file()
+    want, why = resolve_mode(mode)
+    if want == "disabled":
+        if why:
+            notice(f"{why}not tracking {name}")
         return None
     try:
         import wandb
@@ -110,10 +145,10 @@ def _init(*, mode: str, job_type: str, name: str, project: str, entity: str | No
 
     def start(m: str):
         settings = wandb.Settings(init_timeout=_init_timeout(), silent=True, console="off")
-        return wandb.init(project=project, entity=entity, name=name, job_type=job_type, config=config,
-                          mode=m, settings=settings)
+        resume = {"id": run_id, "resume": "allow"} if run_id else {}
+        return wandb.init(project=resolve_project(project), entity=entity, name=name, job_type=job_type,
+                          config=config, mode=m, settings=settings, **resume)
 
-    want = mode if mode != "auto" else ("online" if is_logged_in() else "offline")
     if want == "online":
         try:
             run = start("online")
@@ -138,7 +173,6 @@ def _init(*, mode: str, job_type: str, name: str, project: str, entity: str | No
         warn("cannot start an offline run; going on without wandb", e)
         _teardown(wandb)
         return None
-    why = "not logged in, so " if mode == "auto" else ""
     notice(f"{why}tracking offline in {_sync_dir(run)}; upload later with: wandb sync {_sync_dir(run)}")
     return run
 
@@ -187,9 +221,10 @@ def _finish(run, what: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ dataset
-def log_dataset(out_dir: Path, meta: dict, *, mode: str = "auto", project: str = "chargpt",
+def log_dataset(out_dir: Path, meta: dict, *, mode: str = "auto", project: str | None = None,
                 entity: str | None = None, artifact_name: str | None = None) -> None:
-    """`chargpt prepare --wandb`: a `dataset-prep` run that logs the dataset directory as a `dataset` artifact."""
+    """`chargpt prepare --wandb`: a `dataset-prep` run that logs the dataset directory as a `dataset` artifact
+    (project: `resolve_project`; entity: WANDB_ENTITY or the logged-in default)."""
     name = artifact_name or dataset_artifact_name(meta)
     metadata = {k: meta.get(k) for k in ("name", "vocab_size", "vocab", "total_chars", "train_tokens", "val_tokens",
                                          "val_fraction", "dtype", "source_sha256", "train_sha256", "val_sha256")}
@@ -215,15 +250,15 @@ def log_dataset(out_dir: Path, meta: dict, *, mode: str = "auto", project: str =
 
 def download_dataset(artifact: str, *, mode: str = "auto") -> Path | None:
     """Download a dataset artifact (online only) and return its directory; None, with one line why, otherwise."""
-    if mode in ("offline", "disabled"):
-        notice(f"{mode} mode cannot download {artifact}; using the local dataset")
+    load_env_file()
+    want, why = resolve_mode(mode)
+    if want != "online":
+        notice(f"{why}{artifact} cannot be downloaded; using the local dataset" if why else
+               f"{want} mode cannot download {artifact}; using the local dataset")
         return None
     try:
         import wandb
 
-        if mode == "auto" and not is_logged_in():
-            notice(f"not logged in, so {artifact} cannot be downloaded; using the local dataset")
-            return None
         done, result = _bounded(lambda: wandb.Api(timeout=30).artifact(artifact, type="dataset").download(),
                                 DOWNLOAD_TIMEOUT)
     except Exception as e:
@@ -240,17 +275,28 @@ def download_dataset(artifact: str, *, mode: str = "auto") -> Path | None:
 
 # ----------------------------------------------------------------------------------------- training
 class WandbTracker:
-    """A `training` run: config, metrics, samples table, summary and the final checkpoint as a `model` artifact."""
+    """A `training` run: config (with provenance), metrics, samples table, summary, loss curve and attention map
+    as images, and the checkpoint as a `model` artifact. A resumed run continues the same W&B run."""
 
-    def __init__(self, run, name: str):
+    def __init__(self, run, name: str, prompt: str = ""):
         self.run = run  # None once wandb has failed: the tracker then does nothing
         self.name = name
+        self.prompt = prompt  # drawn in the attention map at the end (GPT models)
 
     @classmethod
-    def start(cls, config, run, data, *, mode: str = "auto", project: str = "chargpt", entity: str | None = None,
-              name: str | None = None, preset: str | None = None,
-              dataset_artifact: str | None = None) -> "WandbTracker | NullTracker":
-        name = name or default_run_name(config.model.model, preset)
+    def start(cls, config, run, data, *, mode: str = "auto", project: str | None = None, entity: str | None = None,
+              name: str | None = None, preset: str | None = None, dataset_artifact: str | None = None,
+              argv: list[str] | None = None) -> "WandbTracker | NullTracker":
+        """Start (or, when `run` holds a W&B run id, continue) the training run. project: the flag, else the one
+        the run was started in, else `resolve_project`; entity: the flag, else the run's, else WANDB_ENTITY or
+        the logged-in default; name: the flag, else the run's, else WANDB_NAME, else `default_run_name`."""
+        from .device import resolve_device
+        from .provenance import provenance
+
+        load_env_file()
+        previous = read_run_id(run.path) if run is not None else {}
+        name = name or previous.get("name") or os.environ.get("WANDB_NAME") or \
+            default_run_name(config.model.model, preset)
         artifact = dataset_artifact or dataset_artifact_name(data.meta)
         wandb_config = config.to_dict() | {
             "preset": preset,
@@ -258,11 +304,17 @@ class WandbTracker:
             "dataset": {"name": data.meta.get("name"), "dir": str(data.path), "content_hash": data.content_hash,
                         "artifact": artifact, "vocab_size": data.meta.get("vocab_size"),
                         "train_tokens": data.meta.get("train_tokens"), "val_tokens": data.meta.get("val_tokens")},
+            "provenance": provenance(resolve_device(config.train.device), argv),
         }
-        wrun = _init(mode=mode, job_type="training", name=name, project=project, entity=entity, config=wandb_config)
+        wrun = _init(mode=mode, job_type="training", name=name, config=wandb_config, run_id=previous.get("id"),
+                     project=project or previous.get("project"), entity=entity or previous.get("entity"))
         if wrun is None:
             return NullTracker()
-        tracker = cls(wrun, name)
+        if run is not None:
+            _remember_run_id(run.path, wrun, name)
+        val = data.split("val")
+        prompt = data.tokenizer.decode(val[:min(ATTENTION_PROMPT_CHARS, config.model.block_size)].tolist())
+        tracker = cls(wrun, name, prompt)
         tracker._use_dataset(data, artifact, named=dataset_artifact is not None)
         return tracker
 
@@ -317,22 +369,111 @@ class WandbTracker:
             import wandb
 
             steps = int(summary.get("steps") or 0)
-            if summary.get("sample"):
-                table = wandb.Table(columns=["step", "sample"], data=[[steps, summary["sample"]]])
-                self.run.log({"samples": table}, step=steps)
+            with tempfile.TemporaryDirectory(prefix="chargpt-wandb-") as tmp:  # wandb copies the images at log()
+                logged: dict = {}
+                if summary.get("sample"):
+                    logged["samples"] = wandb.Table(columns=["step", "sample"], data=[[steps, summary["sample"]]])
+                if run is not None:
+                    try:
+                        logged |= self._images(run, Path(tmp))
+                    except Exception as e:  # a picture is not worth the summary and the checkpoint
+                        warn("cannot draw the loss curve or attention map; the rest is recorded", e)
+                if logged:
+                    self.run.log(logged, step=steps)
             self.run.summary.update({k: v for k, v in summary.items()
                                      if k != "sample" and isinstance(v, (int, float, str, bool))})
             if run is not None and Path(run.ckpt).is_file():
-                scalars = {k: v for k, v in summary.items() if k != "sample" and isinstance(v, (int, float, str))}
-                model = wandb.Artifact(f"{self.name}-model", type="model", metadata=scalars,
-                                       description="chargpt checkpoint: weights, config, vocabulary, optimizer state")
-                model.add_file(str(run.ckpt), name=Path(run.ckpt).name)
-                for extra in ("config.json", "summary.json"):
-                    if (Path(run.path) / extra).is_file():
-                        model.add_file(str(Path(run.path) / extra), name=extra)
-                self.run.log_artifact(model, aliases=["latest", f"step-{steps}"])
+                self._log_model(run, summary, steps)
 
         self._guard("recording the summary and checkpoint", record)
         if self.run is not None:
             wrun, self.run = self.run, None
             _finish(wrun, "training run")
+
+    def _images(self, run, tmp: Path) -> dict:
+        """`loss.png` from the run directory, and for a GPT the attention over the start of the validation text,
+        drawn from the saved checkpoint into `tmp`; each as a wandb.Image."""
+        import wandb
+
+        images = {}
+        loss_png = Path(run.path) / "loss.png"
+        if loss_png.is_file():
+            images["loss_curve"] = wandb.Image(str(loss_png), caption=f"{self.name}: loss")
+        if Path(run.ckpt).is_file():
+            out = draw_attention_of(run.ckpt, self.prompt, tmp / "attention.png", self.name)
+            if out is not None:
+                images["attention"] = wandb.Image(str(out), caption=f"{self.name}: attention over {self.prompt!r}")
+        return images
+
+    def _log_model(self, run, summary: dict, steps: int) -> None:
+        """The final checkpoint as a `model` artifact aliased `latest`, and `best`: the run's best.pt when it
+        keeps a different one (logged first, so that `latest` stays on the final checkpoint), else this one."""
+        import wandb
+
+        scalars = {k: v for k, v in summary.items() if k != "sample" and isinstance(v, (int, float, str))}
+        path = Path(run.path)
+
+        def model_artifact(ckpt: Path, metadata: dict):
+            model = wandb.Artifact(f"{self.name}-model", type="model", metadata=metadata,
+                                   description="chargpt checkpoint: weights, config, vocabulary, optimizer state")
+            model.add_file(str(ckpt), name="ckpt.pt")
+            for extra in ("config.json", "summary.json"):
+                if (path / extra).is_file():
+                    model.add_file(str(path / extra), name=extra)
+            return model
+
+        best = path / BEST_CKPT
+        aliases = ["latest", f"step-{steps}"]
+        if best.is_file() and not _same_file(best, run.ckpt):
+            self.run.log_artifact(model_artifact(best, {"checkpoint": BEST_CKPT}), aliases=["best"])
+        else:
+            aliases.insert(1, "best")
+        self.run.log_artifact(model_artifact(Path(run.ckpt), scalars), aliases=aliases)
+
+
+BEST_CKPT = "best.pt"  # the lowest validation estimate, kept beside ckpt.pt by the training loop when it differs
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b) or a.read_bytes() == b.read_bytes()
+    except OSError:
+        return False
+
+
+def draw_attention_of(ckpt: Path, prompt: str, out: Path, name: str) -> Path | None:
+    """The attention map of a GPT checkpoint over `prompt`, or None for a model without attention."""
+    import torch
+
+    from .attention import attention_weights, draw_attention
+    from .checkpoint import load_model
+    from .model import GPT
+
+    model, tok, state = load_model(ckpt, "cpu")
+    if not isinstance(model, GPT) or not prompt:
+        return None
+    idx = torch.tensor([tok.encode(prompt)], dtype=torch.long)
+    weights = attention_weights(model, idx)[0]
+    L, H, _, _ = weights.shape
+    return draw_attention(weights, prompt, out, title=f"{name} (step {state['step']}): attention, {L} layers x "
+                                                      f"{H} heads, query (row) -> key (column)")
+
+
+# --------------------------------------------------------------------------------- the run's W&B id
+def read_run_id(run_path: str | os.PathLike) -> dict:
+    """The W&B run a run directory was tracked in ({"id", "project", "entity", "name"}), or {}."""
+    try:
+        found = json.loads((Path(run_path) / RUN_ID_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in found.items() if isinstance(v, str) and v} if isinstance(found, dict) else {}
+
+
+def _remember_run_id(run_path: Path, wrun, name: str) -> None:
+    from .fsutil import write_json
+
+    try:
+        write_json(Path(run_path) / RUN_ID_FILE, {"id": wrun.id, "project": wrun.project,
+                                                  "entity": wrun.entity or None, "name": name})
+    except Exception as e:  # an offline run's entity, or a full disk: resuming then starts a new W&B run
+        warn(f"cannot keep the W&B run id in {run_path}; a resumed run will start a new W&B run", e)
