@@ -26,7 +26,6 @@ $(STAMP): pyproject.toml requirements.lock
 train: $(STAMP)
 	$(VENV)/bin/chargpt prepare --dataset shakespeare --out data/shakespeare
 	$(VENV)/bin/chargpt train --data data/shakespeare
-	$(VENV)/bin/chargpt sample --ckpt runs/latest --max-new-tokens 500
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -101,3 +101,40 @@ def test_prompt_outside_the_vocabulary_is_one_line(shakespeare_path, tmp_path):
     assert "'~' at position 6" in line
     line = one_error_line(run_cli("sample", "--ckpt", "runs/r", "--max-new-tokens", "-1", cwd=tmp_path))
     assert "--max-new-tokens" in line
+
+
+BIGRAM_SHORT = ["--preset", "bigram", "--max-steps", "20", "--eval-interval", "10", "--eval-iters", "2",
+                "--sample-tokens", "20"]
+
+
+@pytest.mark.slow
+def test_readme_sequence_train_resume_latest_twice_then_sample_latest(dataset_dir, tmp_path):
+    first = run_cli("train", "--data", dataset_dir, *BIGRAM_SHORT, cwd=tmp_path, check=True)
+    header = first.stdout.splitlines()[:4]
+    assert header[0].startswith("training runs/train-bigram-baseline-") and "from preset 'bigram'" in header[0]
+    assert header[1] == "changed from the preset: max_steps=20, eval_interval=10, eval_iters=2, sample_tokens=20"
+    assert header[2].startswith("model: bigram, context 8, 4,225 parameters")
+    assert header[3].startswith("run: 20 steps, batch 256 tokens per step")
+    assert "n_layer" not in first.stdout and all(len(line) < 120 for line in header)
+
+    run_cli("train", "--resume", "runs/latest", "--max-steps", "30", cwd=tmp_path, check=True)
+    (name,) = [p.name for p in (tmp_path / "runs").iterdir() if p.name != "latest"]
+    assert (tmp_path / "runs/latest").readlink().name == name
+    metrics = (tmp_path / "runs" / name / "metrics.jsonl").read_text()
+    again = run_cli("train", "--resume", "runs/latest", cwd=tmp_path, check=True)  # a finished run
+    assert again.stdout.startswith(f"resuming runs/{name} at step 30 (full config in its config.json)")
+    assert (tmp_path / "runs" / name / "metrics.jsonl").read_text() == metrics  # no second record of step 30
+    assert "full-pass val loss" in again.stdout and "%|" not in again.stdout
+    assert (tmp_path / "runs/latest").readlink().name == name
+    sample = run_cli("sample", "--ckpt", "runs/latest", "--max-new-tokens", "10", cwd=tmp_path, check=True)
+    assert len(sample.stdout) == 11
+
+
+def test_make_train_prints_one_sample():
+    import subprocess
+
+    from conftest import REPO
+
+    dry = subprocess.run(["make", "-n", "train", "STAMP=/dev/null"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60).stdout
+    assert "chargpt train" in dry and "chargpt sample" not in dry  # training prints its own sample

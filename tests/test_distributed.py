@@ -147,7 +147,7 @@ def two_rank_runs(dataset_dir, tmp_path_factory) -> dict:
 
 
 def _steps(run: Path) -> list[int]:
-    return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "val_loss" in r]
 
 
 @pytest.mark.slow
@@ -175,12 +175,12 @@ def test_checkpoint_holds_each_ranks_batch_generator(two_rank_runs):
 @pytest.mark.slow
 def test_resume_with_two_ranks_continues_the_same_loss_curve(two_rank_runs):
     runs = two_rank_runs["runs"]
-    assert "resuming run" in two_rank_runs["resumed"].stdout
+    assert "resuming " in two_rank_runs["resumed"].stdout
     split = (runs / "split/metrics.jsonl").read_text().splitlines()
     whole = (runs / "whole/metrics.jsonl").read_text().splitlines()
 
     def losses(lines):
-        return [(r["step"], r["train_loss"], r["val_loss"]) for r in map(json.loads, lines)]
+        return [(r["step"], r.get("loss"), r.get("train_loss"), r.get("val_loss")) for r in map(json.loads, lines)]
 
     assert losses(split) == losses(whole)
     s, w = (json.loads((runs / f"{n}/summary.json").read_text()) for n in ("split", "whole"))

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from chargpt import checkpoint
 from chargpt.cli import main
 from chargpt.config import get_preset
 from chargpt.data import load_dataset
-from chargpt.rundir import RunDir
+from chargpt.rundir import RunDir, read_metrics
 from chargpt.runs import format_runs, list_runs, read_run
 from chargpt.train import train
 
@@ -59,14 +60,15 @@ def test_runs_lists_every_run_with_the_values_of_its_files(workdir):
     p = chargpt("runs", cwd=workdir)
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
-    assert lines[0].split() == ["name", "model", "params", "steps", "best", "val", "val", "full", "wall", "date",
-                                "status"]
+    assert lines[0].split() == ["name", "model", "params", "steps", "best", "val", "at", "step", "val", "full", "wall",
+                                "date", "status"]
     rows = {line.split()[0]: line for line in lines[1:]}
     assert set(rows) == {"bigram", "tiny-gpt", "stopped"}  # `latest` is a link, not a run
 
     for name in ("bigram", "tiny-gpt"):
         summary = json.loads((workdir / "runs" / name / "summary.json").read_text())
-        metrics = [json.loads(x) for x in (workdir / "runs" / name / "metrics.jsonl").read_text().splitlines()]
+        metrics = [r for r in map(json.loads, (workdir / "runs" / name / "metrics.jsonl").read_text().splitlines())
+                   if "val_loss" in r]
         cells = rows[name].split()
         assert f"{summary['val_loss_full']:.4f}" in cells
         assert f"{min(r['val_loss'] for r in metrics):.4f}" in cells
@@ -75,15 +77,25 @@ def test_runs_lists_every_run_with_the_values_of_its_files(workdir):
     assert rows["tiny-gpt"].split()[1:3] == ["gpt", "(cpu)"]
 
     stopped = rows["stopped"].split()
-    assert stopped[-1] == "unfinished" and stopped[5] == "-"  # no full-pass loss without a summary
-    assert stopped[3] == "0"  # its last evaluation was at step 0
+    assert stopped[-1] == "unfinished" and stopped[6] == "-"  # no full-pass loss without a summary
+    ckpt_step = checkpoint.load(workdir / "runs/stopped")["step"]
+    assert ckpt_step > 0 and stopped[3] == str(ckpt_step)  # where its checkpoint is, not its last evaluation (0)
+    assert stopped[7] != "0.0s"
+
+
+def test_runs_show_where_best_pt_is(workdir):
+    for name in ("bigram", "tiny-gpt"):
+        best = checkpoint.load(workdir / "runs" / name / "best.pt")
+        evals = [r for r in read_metrics(workdir / "runs" / name) if "val_loss" in r]
+        assert best["step"] == min(evals, key=lambda r: r["val_loss"])["step"]
+        assert read_run(workdir / "runs" / name).best_step == best["step"]
 
 
 def test_an_unfinished_run_is_read_from_its_config_and_metrics(workdir):
     info = read_run(workdir / "runs" / "stopped")
     assert not info.finished and info.val_full is None
     assert info.params == 65 * 65  # counted from the config on the meta device
-    assert info.steps == 0 and info.best_val is not None
+    assert info.steps == checkpoint.load(workdir / "runs/stopped")["step"] and info.best_val is not None
     runs = list_runs(workdir / "runs")
     assert [r.name for r in runs][-1] == "stopped"  # oldest first
     assert "unfinished" in format_runs(runs)

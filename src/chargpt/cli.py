@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .config import PRESETS, add_config_flags, apply_overrides, default_preset, format_config, get_preset
+from .config import PRESETS, add_config_flags, apply_overrides, config_changes, default_preset, get_preset
 from .errors import ChargptError, ConfigError
 
 DEFAULT_DATA = "data/shakespeare"
@@ -81,6 +81,7 @@ def cmd_train(args) -> int:
         run = RunDir.open(args.resume)
         resume_state = checkpoint.load(run.ckpt)
         config = Config.from_dict(resume_state["config"])
+        base = Config.from_dict(resume_state["config"])
         preset = resume_state["extra"].get("preset")
         data_dir = args.data or resume_state["extra"].get("data_dir") or DEFAULT_DATA
     else:
@@ -89,6 +90,7 @@ def cmd_train(args) -> int:
         if args.preset is None and _is_main_process():
             print(f"no --preset given: using '{preset}' for {device.type}")
         config = get_preset(preset)
+        base = get_preset(preset)
         data_dir = args.data or DEFAULT_DATA
         if args.dataset_artifact and args.data is None:  # with or without --wandb: download, then train
             from .tracking import download_dataset
@@ -97,6 +99,7 @@ def cmd_train(args) -> int:
     apply_overrides(config, args)
     data = load_dataset(data_dir)
     config.model.vocab_size = data.tokenizer.vocab_size
+    base.model.vocab_size = config.model.vocab_size
     config.validate()
     data.check_block_size(config.model.block_size)
     if resume_state is not None:
@@ -108,8 +111,12 @@ def cmd_train(args) -> int:
         run_name = args.name or default_name(config.model.model, preset)
         run = RunDir.create(args.out_dir, run_name) if _is_main_process() else None
     if _is_main_process():
-        print(f"{'resuming' if resume_state else 'training'} run {run.path if run else ''} with preset '{preset}':")
-        print(format_config(config))
+        changes = config_changes(config, base)
+        what = (f"resuming {run.path} at step {resume_state['step']}" if resume_state
+                else f"training {run.path} from preset '{preset}'")
+        print(f"{what} (full config in its config.json)")
+        if changes:
+            print(f"changed from {'the saved run' if resume_state else 'the preset'}: {', '.join(changes)}")
     tracker = None
     if args.wandb and _is_main_process():
         from .tracking import WandbTracker

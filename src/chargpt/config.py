@@ -30,8 +30,9 @@ class TrainConfig:
     min_lr_frac: float = 0.1  # cosine: final learning rate as a fraction of the peak
     eval_interval: int = 500  # steps between estimates of train/val loss
     eval_iters: int = 200  # batches per estimate
+    budget_evals: int = 10  # with a time budget: estimates at this many evenly spaced times (not eval_interval)
     ckpt_interval: int = 0  # steps between checkpoints; 0 = at every evaluation
-    log_interval: int = 10  # steps between progress updates
+    log_interval: int = 10  # steps between progress updates and training-loss records in metrics.jsonl
     seed: int = 1337
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (bf16 autocast on CUDA and bf16-capable CPUs, else float32) | float32 | bfloat16
@@ -40,7 +41,8 @@ class TrainConfig:
     sample_tokens: int = 500  # characters sampled into the run directory at the end
 
     def validate(self) -> None:
-        for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "eval_iters", "log_interval"):
+        for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "eval_iters", "budget_evals",
+                     "log_interval"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         for name in ("lr", "muon_lr"):
@@ -183,8 +185,12 @@ def apply_overrides(config: Config, args: argparse.Namespace) -> list[str]:
     return changed
 
 
-def format_config(config: Config) -> str:
-    lines = []
-    for section, values in config.to_dict().items():
-        lines.append(f"  {section}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
-    return "\n".join(lines)
+def config_changes(config: Config, base: Config) -> list[str]:
+    """`name=value` for each field of `config` that differs from `base` (the preset, or the config a resumed
+    run was saved with); `vocab_size` comes from the dataset and is left out."""
+    out = []
+    for section in ("model", "train"):
+        new, old = getattr(config, section), getattr(base, section)
+        out += [f"{f.name}={getattr(new, f.name)}" for f in fields(new)
+                if f.name not in NOT_FLAGS and getattr(new, f.name) != getattr(old, f.name)]
+    return out

@@ -1,40 +1,84 @@
-"""Training progress: a tqdm bar on a terminal, plain periodic lines otherwise (logs, CI, pipes)."""
+"""Training progress: a tqdm bar on a terminal, plain periodic lines otherwise (logs, CI, pipes).
+
+Both say the same things: how far the run is (steps of `max_steps`, or seconds of the time budget), the step,
+the latest loss, tokens per second and the time left.
+"""
 from __future__ import annotations
 
 import sys
-import time
 
 from tqdm import tqdm
 
 
+def format_duration(seconds: float | None) -> str:
+    """17.9s, 2m05s, 1h03m; `-` when unknown."""
+    if seconds is None or seconds != seconds:
+        return "-"
+    if seconds < 59.95:
+        return f"{seconds:.1f}s"
+    seconds = int(round(seconds))
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 class Progress:
-    def __init__(self, total: int | None, initial: int = 0, enabled: bool = True, budget: float = 0.0, stream=None):
+    """Progress of one run: `total_steps` steps, or `budget` seconds of training when `budget` is set.
+
+    `step` and `seconds` passed in are the run's own (training seconds, evaluations excluded), counted from its
+    first step, so a resumed run continues its bar where it stopped."""
+
+    def __init__(self, total_steps: int, budget: float = 0.0, step: int = 0, seconds: float = 0.0,
+                 enabled: bool = True, stream=None):
         self.stream = stream or sys.stdout
         self.enabled = enabled
         self.tty = enabled and self.stream.isatty()
-        self.budget = budget
-        self.total = total
-        self.last_plain = -1.0
+        self.total_steps, self.budget = total_steps, budget
+        self.start_step, self.start_seconds = step, seconds
+        self.last_tenth = int(min(self._fraction(step, seconds), 1.0) * 10)  # plain lines: one per tenth of the run
+        self.last: tuple | None = None
         self.bar = None
         if self.tty:
-            unit = "s" if budget else "step"
-            self.bar = tqdm(total=round(budget) if budget else total, initial=0 if budget else initial, unit=unit,
-                            file=self.stream, dynamic_ncols=True, leave=True)
-        self.t0 = time.perf_counter()
+            tqdm.monitor_interval = 0  # no thread redrawing the bar after it was closed or written under
+            self.bar = tqdm(total=1.0, initial=min(self._fraction(step, seconds), 1.0), file=self.stream,
+                            dynamic_ncols=True, leave=True, bar_format="{percentage:3.0f}%|{bar}| {postfix}")
+            self.bar.set_postfix_str(self._text(step, None, None, seconds), refresh=True)
 
-    def update(self, step: int, loss: float, tokens_per_sec: float, fraction: float) -> None:
+    def _fraction(self, step: int, seconds: float) -> float:
+        return seconds / self.budget if self.budget else step / max(self.total_steps, 1)
+
+    def _eta(self, step: int, seconds: float) -> float | None:
+        if self.budget:
+            return max(0.0, self.budget - seconds)
+        done = step - self.start_step
+        if done <= 0:
+            return None
+        return max(0, self.total_steps - step) * (seconds - self.start_seconds) / done
+
+    def _text(self, step: int, loss: float | None, tokens_per_sec: float | None, seconds: float) -> str:
+        where = (f"{format_duration(seconds)}/{format_duration(self.budget)} | step {step:,}" if self.budget
+                 else f"step {step:,}/{self.total_steps:,} | {format_duration(seconds)}")
+        parts = [where]
+        if loss is not None:
+            parts.append(f"loss {loss:.4f}")
+        if tokens_per_sec is not None:
+            parts.append(f"{tokens_per_sec:,.0f} tok/s")
+        parts.append(f"eta {format_duration(self._eta(step, seconds))}")
+        return " | ".join(parts)
+
+    def update(self, step: int, loss: float, tokens_per_sec: float, seconds: float) -> None:
         if not self.enabled:
             return
+        self.last = (step, loss, tokens_per_sec, seconds)
+        fraction = self._fraction(step, seconds)
         if self.bar is not None:
-            self.bar.n = round(fraction * self.budget) if self.budget else step
-            self.bar.set_postfix_str(f"step {step} loss {loss:.4f} {tokens_per_sec:,.0f} tok/s", refresh=False)
+            self.bar.n = min(fraction, 1.0)
+            self.bar.set_postfix_str(self._text(step, loss, tokens_per_sec, seconds), refresh=False)
             self.bar.refresh()
-        elif fraction - self.last_plain >= 0.1 or fraction >= 1.0:  # every 10% of the run
-            self.last_plain = fraction
-            elapsed = time.perf_counter() - self.t0
-            eta = elapsed * (1 - fraction) / fraction if fraction > 0 else float("nan")
-            print(f"step {step:>6} | loss {loss:.4f} | {tokens_per_sec:,.0f} tok/s | {fraction:5.1%} | "
-                  f"eta {eta:,.0f} s", file=self.stream, flush=True)
+        elif int(min(fraction, 1.0) * 10) > self.last_tenth:
+            self.last_tenth = int(min(fraction, 1.0) * 10)
+            print(f"{min(fraction, 1.0):4.0%} | " + self._text(step, loss, tokens_per_sec, seconds),
+                  file=self.stream, flush=True)
 
     def note(self, text: str) -> None:
         if not self.enabled:
@@ -44,6 +88,17 @@ class Progress:
         else:
             print(text, file=self.stream, flush=True)
 
-    def close(self) -> None:
+    def close(self, step: int | None = None, seconds: float | None = None) -> None:
+        """End the bar on a line of its own, before anything else is printed. Given the step and seconds where
+        training stopped, show them last (a finished run shows 100%, whatever step its last update was at)."""
+        if self.enabled and step is not None and seconds is not None:
+            loss, tokens_per_sec = (self.last[1], self.last[2]) if self.last else (None, None)
+            fraction = self._fraction(step, seconds)
+            if self.bar is not None:
+                self.bar.n = min(fraction, 1.0)
+                self.bar.set_postfix_str(self._text(step, loss, tokens_per_sec, seconds), refresh=False)
+            elif fraction >= 1.0 and self.last_tenth < 10 and step > self.start_step:
+                print("100% | " + self._text(step, loss, tokens_per_sec, seconds), file=self.stream, flush=True)
         if self.bar is not None:
             self.bar.close()
+            self.bar = None

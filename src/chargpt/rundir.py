@@ -10,7 +10,8 @@ from pathlib import Path
 from .errors import CheckpointError
 from .fsutil import append_line, write_json, write_text
 
-CONFIG, METRICS, SUMMARY, SAMPLE, CKPT, PLOT = "config.json", "metrics.jsonl", "summary.json", "sample.txt", "ckpt.pt", "loss.png"
+CONFIG, METRICS, SUMMARY, SAMPLE, CKPT, BEST, PLOT = ("config.json", "metrics.jsonl", "summary.json", "sample.txt",
+                                                     "ckpt.pt", "best.pt", "loss.png")
 
 
 @dataclass
@@ -33,7 +34,9 @@ class RunDir:
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "RunDir":
-        path = Path(path)
+        """The run at `path` (its directory, or a file in it). A link such as `runs/latest` is followed, so the
+        run keeps its own name: marking it latest again must not point `latest` at itself."""
+        path = real_path(Path(path))
         if path.is_file():
             path = path.parent
         if not (path / CKPT).is_file():
@@ -43,6 +46,11 @@ class RunDir:
     @property
     def ckpt(self) -> Path:
         return self.path / CKPT
+
+    @property
+    def best(self) -> Path:
+        """The checkpoint of the lowest validation estimate so far (the latest one is `ckpt`)."""
+        return self.path / BEST
 
     def write_config(self, config: dict) -> None:
         write_json(self.path / CONFIG, config)
@@ -73,15 +81,30 @@ class RunDir:
 
     def mark_latest(self) -> None:
         """Point `<out_dir>/latest` at this run (a symlink replaced atomically)."""
-        link = self.path.parent / "latest"
-        tmp = self.path.parent / f".latest.{os.getpid()}"
+        target = real_path(self.path)
+        link = target.parent / "latest"
+        tmp = target.parent / f".latest.{os.getpid()}"
+        if target.name == "latest":
+            return  # never a link to itself
         try:
             if tmp.is_symlink():
                 tmp.unlink()
-            tmp.symlink_to(self.path.name)
+            tmp.symlink_to(target.name)
             os.replace(tmp, link)
         except OSError:
             pass  # a filesystem without symlinks only loses the convenience name
+
+
+def real_path(path: Path) -> Path:
+    """`path` with its links followed, kept relative to the working directory when it is under it (messages
+    then show `runs/<name>`, not an absolute path)."""
+    if not path.exists():
+        return path
+    real = path.resolve()
+    try:
+        return real.relative_to(Path.cwd().resolve())
+    except ValueError:
+        return real
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:

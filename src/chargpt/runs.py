@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CheckpointError
-from .rundir import CONFIG, METRICS, SUMMARY, read_metrics
+from .progress import format_duration
+from .rundir import BEST, CONFIG, METRICS, SUMMARY, read_metrics
 
 
 @dataclass
@@ -21,8 +22,9 @@ class RunInfo:
     model: str | None
     preset: str | None
     params: int | None
-    steps: int | None
+    steps: int | None  # the last step it logged (a stopped run's checkpoint is at that step)
     best_val: float | None  # lowest random-window val estimate in the metrics log
+    best_step: int | None  # the step of that estimate: where best.pt was saved
     val_full: float | None  # exact full-pass val loss at the end (finished runs only)
     seconds: float | None  # training wall time, evaluations excluded
     updated: float  # last write into the run directory (unix time)
@@ -52,8 +54,10 @@ def _count_params(model_config: dict) -> int | None:
 def read_run(path: str | os.PathLike) -> RunInfo:
     path = Path(path)
     config, summary = _read_json(path / CONFIG), _read_json(path / SUMMARY)
-    evals = [r for r in read_metrics(path) if r.get("val_loss") is not None]
-    last = evals[-1] if evals else {}
+    records = [r for r in read_metrics(path) if isinstance(r.get("step"), int)]
+    evals = [r for r in records if r.get("val_loss") is not None]
+    last = max(records, key=lambda r: r["step"], default={})  # training-loss records too: a run may stop between evaluations
+    best = min(evals, key=lambda r: r["val_loss"], default={})
     model_config = config.get("model", {})
     params = summary.get("params")
     if params is None and model_config.get("vocab_size"):
@@ -65,7 +69,8 @@ def read_run(path: str | os.PathLike) -> RunInfo:
         preset=summary.get("preset") or config.get("preset"),
         params=params,
         steps=summary.get("steps", last.get("step")),
-        best_val=min((r["val_loss"] for r in evals), default=None),
+        best_val=best.get("val_loss"),
+        best_step=best.get("step") if (path / BEST).is_file() else None,
         val_full=summary.get("val_loss_full"),
         seconds=summary.get("train_seconds", last.get("train_seconds")),
         updated=max(mtimes, default=path.stat().st_mtime),
@@ -91,17 +96,6 @@ def resolve_run(name: str, out_dir: str | os.PathLike = "runs") -> Path:
                           f"see `chargpt runs --out-dir {out_dir}`")
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 59.95:
-        return f"{seconds:.1f}s"
-    seconds = int(round(seconds))
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
 def _params(n: int | None) -> str:
     if n is None:
         return "-"
@@ -109,19 +103,20 @@ def _params(n: int | None) -> str:
 
 
 def format_runs(runs: list[RunInfo]) -> str:
-    """A fixed-width table; unfinished runs show `-` for the full-pass loss and `unfinished` as status."""
-    header = ("name", "model", "params", "steps", "best val", "val full", "wall", "date", "status")
+    """A fixed-width table; unfinished runs show `-` for the full-pass loss and `unfinished` as status.
+    `steps` is where the latest checkpoint (`ckpt.pt`) is; `at step` where `best.pt` is."""
+    header = ("name", "model", "params", "steps", "best val", "at step", "val full", "wall", "date", "status")
     rows = [header]
     for r in runs:
         model = r.model if r.preset in (None, r.model) else f"{r.model} ({r.preset})"
         rows.append((
             r.name, model or "-", _params(r.params), "-" if r.steps is None else str(r.steps),
-            "-" if r.best_val is None else f"{r.best_val:.4f}", "-" if r.val_full is None else f"{r.val_full:.4f}",
-            _duration(r.seconds), time.strftime("%Y-%m-%d %H:%M", time.localtime(r.updated)),
+            "-" if r.best_val is None else f"{r.best_val:.4f}", "-" if r.best_step is None else str(r.best_step),
+            "-" if r.val_full is None else f"{r.val_full:.4f}", format_duration(r.seconds), time.strftime("%Y-%m-%d %H:%M", time.localtime(r.updated)),
             "finished" if r.finished else "unfinished",
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    numeric = {2, 3, 4, 5, 6}
+    numeric = {2, 3, 4, 5, 6, 7}
     lines = ["  ".join(cell.rjust(w) if i in numeric else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              .rstrip() for row in rows]
     return "\n".join(lines)

@@ -7,7 +7,7 @@ import resource
 import signal
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -27,7 +27,7 @@ from .evaluate import bigram_optimum, bits_per_char, estimate_loss, full_pass_lo
 from .model import build_model
 from .optim import lr_multiplier, make_optimizers, set_lr
 from .plotting import refresh_run_plot
-from .progress import Progress
+from .progress import Progress, format_duration
 from .rundir import RunDir
 from .tracking import NullTracker
 
@@ -75,6 +75,16 @@ class StopSignals:
             signal.signal(s, h)
 
 
+@contextmanager
+def closing_bar(bar: Progress, where: Callable[[], tuple[int, float]]):
+    """Close the progress bar however the loop ends (finished, stopped by a signal, failed), showing where it
+    ended, so that a message printed next starts on a line of its own."""
+    try:
+        yield bar
+    finally:
+        bar.close(*where())
+
+
 def rng_state(gen: torch.Generator) -> dict:
     return {"torch": torch.get_rng_state(), "batch": gen.get_state(), "python": list(random.getstate()[1]),
             "python_version": random.getstate()[0]}
@@ -110,7 +120,7 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
     gen = torch.Generator().manual_seed(tc.seed + dist_info.rank)  # each rank draws its own batches
     model = build_model(mc).to(device)
     optimizers = make_optimizers(model, tc, device.type, bf16=precision == "bfloat16")
-    step, spent = 0, 0.0
+    step, spent, best_val = 0, 0.0, math.inf
     if resume_state is not None:
         try:
             model.load_state_dict(resume_state["model"])
@@ -123,6 +133,7 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
                                   f"resume with the config it was saved with") from None
         step = resume_state["step"]
         spent = resume_state["extra"].get("train_seconds", 0.0)
+        best_val = resume_state["extra"].get("best_val_loss") or math.inf
         states = resume_state["rng"].get("batch_per_rank")
         mine = states[dist_info.rank] if states and len(states) == dist_info.world_size else None
         restore_rng(resume_state["rng"], gen, mine)
@@ -134,9 +145,14 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
             run.recover(step)
     params = model.num_params()
     tokens_per_step = micro_batch * accum * dist_info.world_size * mc.block_size
-    say(f"model: {mc.model}, {params:,} parameters ({params / 1e6:.2f}M) on {device} in {precision}"
+    shape = "" if mc.model == "bigram" else (f"{mc.n_layer} layer{'s' * (mc.n_layer != 1)} x {mc.n_head} heads x "
+                                              f"{mc.n_embd} wide, ")
+    say(f"model: {mc.model}, {shape}context {mc.block_size}, {params:,} parameters ({params / 1e6:.2f}M) "
+        f"on {device} in {precision}"
         + (f", {dist_info.world_size} processes of {torch.get_num_threads()} threads" if dist_info.enabled else ""))
-    say(f"batch: {tokens_per_step:,} tokens per step ({dist_info.world_size} x {accum} x {micro_batch} x {mc.block_size})")
+    length = f"{format_duration(tc.time_budget)} of training" if tc.time_budget else f"{tc.max_steps:,} steps"
+    say(f"run: {length}, batch {tokens_per_step:,} tokens per step ({dist_info.world_size} x {accum} x {micro_batch} "
+        f"x {mc.block_size}), {tc.optimizer} lr {tc.lr:g}, {tc.schedule} schedule")
 
     no_compile = compile_unavailable_reason(device) if tc.compile else None
     if no_compile:
@@ -157,7 +173,7 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
         has_ckpt = run is not None and run.ckpt.is_file()
         return f"the last good checkpoint ({run.ckpt}) is kept" if has_ckpt else "no checkpoint was written"
 
-    def save_checkpoint(extra: dict) -> None:
+    def save_checkpoint(extra: dict, path: Path | None = None) -> None:
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):  # never replace a good one with NaNs
             raise NonFiniteLoss(f"the weights became non-finite by step {step}; {kept()}. "
                                 f"Lower --lr or --muon-lr, or set --grad-clip")
@@ -165,32 +181,52 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
         if not main or run is None:
             return
         rng = rng_state(gen) | {"batch_per_rank": states}
-        checkpoint.save(run.ckpt, model=model, optimizers=optimizers, step=step, config=config,
+        checkpoint.save(path or run.ckpt, model=model, optimizers=optimizers, step=step, config=config,
                         tokenizer=data.tokenizer, dataset_hash=data.content_hash, rng=rng,
-                        extra={"train_seconds": train_seconds(), "preset": preset, "data_dir": data_dir} | extra)
+                        extra={"train_seconds": train_seconds(), "preset": preset, "data_dir": data_dir,
+                               "best_val_loss": best_val} | extra)
 
     budget = tc.time_budget
     total_steps = tc.max_steps
-    progress_bar = Progress(total=None if budget else total_steps, initial=step, enabled=main, budget=budget)
+    progress_bar = Progress(total_steps, budget, step=step, seconds=spent, enabled=main)
     last_eval: dict = {}
     ckpt_every = tc.ckpt_interval or tc.eval_interval
     resumed_at = step if resume_state is not None else None
+    # A time budget is evaluated at evenly spaced fractions of it (steps per second vary with the model).
+    next_eval_mark = math.floor(spent / budget * tc.budget_evals) + 1 if budget else 0
+    if resume_state is not None and run is not None and (spent >= budget if budget else step >= total_steps):
+        # resuming a finished run: its last evaluation is already logged; only the final report is redone
+        last_eval = next(({"train_loss": r["train_loss"], "val_loss": r["val_loss"]} for r in reversed(run.metrics())
+                          if r.get("step") == step and "val_loss" in r), {})
     t_start = time.perf_counter()
     paused = 0.0  # evaluation time does not count against the budget
 
     def train_seconds() -> float:
         return spent + time.perf_counter() - t_start - paused
 
+    def train_record(loss_value: float) -> dict:
+        """The metrics log's record of the training loss at `step` (evaluations add records with val_loss)."""
+        seconds_so_far = train_seconds()
+        return {"step": step, "loss": loss_value, "lr": optimizers[0].param_groups[0]["lr"],
+                "tokens_seen": step * tokens_per_step, "train_seconds": round(seconds_so_far, 3),
+                "tokens_per_sec": round(step * tokens_per_step / max(seconds_so_far, 1e-9), 1)}
+
     def fraction_done() -> float:
         return train_seconds() / budget if budget else step / total_steps
 
     # ------------------------------------------------------------------------------- the loop
-    with StopSignals() as stop:
+    with StopSignals() as stop, closing_bar(progress_bar, lambda: (step, train_seconds())):
         model.train()
         while True:
             done_frac, stop_flag = distributed.all_max([fraction_done(), float(stop.received or 0)], dist_info)
             finished = done_frac >= 1.0
-            if (step % tc.eval_interval == 0 and step != resumed_at) or finished:
+            if budget:
+                due = done_frac * tc.budget_evals >= next_eval_mark or (step == 0 and step != resumed_at)
+                if due:
+                    next_eval_mark = math.floor(done_frac * tc.budget_evals) + 1
+            else:
+                due = step % tc.eval_interval == 0 and step != resumed_at
+            if (due or finished) and not (finished and step == resumed_at and last_eval):
                 t0 = time.perf_counter()
                 seconds_so_far = train_seconds()
                 last_eval = evaluate()
@@ -205,9 +241,12 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
                     run.log_metrics(record)
                     refresh_run_plot(run.path)
                     tracker.log(record, step)
+                if last_eval["val_loss"] < best_val and step > 0:
+                    best_val = last_eval["val_loss"]
+                    save_checkpoint({}, run.best if run is not None else None)  # the lowest val estimate so far
                 progress_bar.note(f"step {step}: train {last_eval['train_loss']:.4f}, val {last_eval['val_loss']:.4f}")
                 paused += time.perf_counter() - t0
-            if step > 0 and ((step % ckpt_every == 0 and step != resumed_at) or finished):
+            if step > 0 and step != resumed_at and (step % ckpt_every == 0 or finished or (due and budget and not tc.ckpt_interval)):
                 t0 = time.perf_counter()
                 save_checkpoint({})
                 paused += time.perf_counter() - t0
@@ -215,6 +254,8 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
                 break
             if stop_flag:
                 save_checkpoint({})
+                if main and run is not None and step != resumed_at and step % tc.log_interval:
+                    run.log_metrics(train_record(loss_value))  # where it stopped, for `chargpt runs`
                 code = 130 if int(stop_flag) == signal.SIGINT else 143
                 where = run.path if run is not None else "the run directory"
                 raise TrainingInterrupted(f"stopped at step {step} by {signal.Signals(int(stop_flag)).name}; "
@@ -246,13 +287,13 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
                 opt.zero_grad(set_to_none=True)
             step += 1
             if step % tc.log_interval == 0:
-                progress_bar.update(step, loss_value, step * tokens_per_step / max(train_seconds(), 1e-9),
-                                    fraction_done())
+                record = train_record(loss_value)
+                progress_bar.update(step, loss_value, record["tokens_per_sec"], record["train_seconds"])
                 if main:
-                    tracker.log({"loss": loss_value, "lr": optimizers[0].param_groups[0]["lr"],
-                                 "grad_norm": float(grad_norm),
-                                 "tokens_per_sec": step * tokens_per_step / max(train_seconds(), 1e-9)}, step)
-    progress_bar.close()
+                    if run is not None:
+                        run.log_metrics(record)
+                    tracker.log({"loss": loss_value, "lr": record["lr"], "grad_norm": float(grad_norm),
+                                 "tokens_per_sec": record["tokens_per_sec"]}, step)
     seconds = train_seconds()
 
     # ------------------------------------------------------------------------ after training
