@@ -296,13 +296,13 @@ def run_of(run_dir: Path) -> dict:
 def test_a_dotenv_file_steers_the_run_and_the_environment_overrides_it(small_dataset, wandb_dir, tmp_path,
                                                                        monkeypatch):
     (tmp_path / ".env").write_text("WANDB_MODE=offline\nWANDB_PROJECT=somewhere\n")
-    # A key and a server that would take INIT_TIMEOUT to give up on: WANDB_MODE=offline from .env never tries it.
+    # A key and a server that nothing answers: an online attempt would cost INIT_TIMEOUT and end in a warning.
+    # WANDB_MODE=offline from .env (with --wandb-mode auto) never tries it.
     monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
-    t0 = time.monotonic()
     p = chargpt("prepare", "--input", small_dataset.parent / "input.txt", "--out", "d", "--wandb", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
-    assert p.stderr == "" and time.monotonic() - t0 < INIT_TIMEOUT + 20
+    assert p.stderr == ""
     lines = p.stdout.splitlines()
     assert lines[0] == f"read {tmp_path / '.env'}: WANDB_MODE, WANDB_PROJECT"
     (run_dir,) = offline_runs(wandb_dir)
