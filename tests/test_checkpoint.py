@@ -265,3 +265,42 @@ def test_kill_9_at_random_moments_of_saving_leaves_a_loadable_checkpoint(tmp_pat
                 p.kill()
         state = checkpoint.load(path)  # whole, and its checksum holds
         assert torch.equal(state["model"]["w"], torch.full((2_000_000,), float(state["step"]))), (attempt, delay)
+
+
+# ------------------------------------------------------------------------------------------ fine-tuning
+@pytest.mark.parametrize("model_kw", [dict(), dict(tie_weights=True), dict(model="bigram")])
+def test_fine_tuning_keeps_the_rows_of_shared_characters_and_gives_new_ones_fresh_rows(model_kw):
+    old_tok, new_tok = CharTokenizer("abcxy"), CharTokenizer("bcdy")
+    config = tiny_config(**model_kw)
+    config.model.vocab_size = old_tok.vocab_size
+    torch.manual_seed(0)
+    old = build_model(config.model)
+    state = {"model": old.state_dict(), "vocab": old_tok.to_dict()}
+    config.model.vocab_size = new_tok.vocab_size
+    torch.manual_seed(1)
+    new = build_model(config.model)
+    fresh = {k: v.clone() for k, v in new.state_dict().items()}
+    info = checkpoint.transfer_weights(state, new, new_tok)
+    assert info == {"shared_chars": 3, "new_chars": 1, "dropped_chars": 2}
+    got, was = new.state_dict(), state["model"]
+    rows = {"b": (1, 0), "c": (2, 1), "y": (4, 3)}  # character: (old row, new row)
+    emb = "token_embedding_table.weight"
+    for ch, (o, n) in rows.items():
+        assert torch.equal(got[emb][n] if model_kw.get("model") != "bigram" else got[emb][n, [0, 1, 3]],
+                           was[emb][o] if model_kw.get("model") != "bigram" else was[emb][o, [1, 2, 4]]), ch
+        if "lm_head.weight" in got:
+            assert torch.equal(got["lm_head.weight"][n], was["lm_head.weight"][o]), ch
+    d = new_tok.stoi["d"]
+    assert torch.equal(got[emb][d], fresh[emb][d])  # a new character keeps its fresh initialisation
+    for key in got:
+        if key not in checkpoint.VOCAB_DIMS[config.model.model]:
+            assert torch.equal(got[key], was[key]), key
+
+
+def test_fine_tuning_another_model_shape_is_one_clear_error():
+    config = tiny_config()
+    old = build_model(config.model)
+    state = {"model": old.state_dict(), "vocab": CharTokenizer.from_text(TEXT).to_dict()}
+    other = tiny_config(n_embd=64)
+    with pytest.raises(CheckpointError, match="fine-tune with the model it was trained as"):
+        checkpoint.transfer_weights(state, build_model(other.model), CharTokenizer.from_text(TEXT))

@@ -138,3 +138,32 @@ def test_make_train_prints_one_sample():
     dry = subprocess.run(["make", "-n", "train", "STAMP=/dev/null"], cwd=REPO,
                          capture_output=True, text=True, timeout=60).stdout
     assert "chargpt train" in dry and "chargpt sample" not in dry  # training prints its own sample
+
+
+@pytest.mark.slow
+def test_fine_tune_from_a_run_on_other_text_records_its_origin_and_best_pt_is_usable(dataset_dir, tmp_path):
+    import pydoc_data.topics
+
+    (tmp_path / "docs.txt").write_text("\n".join(pydoc_data.topics.topics.values())[:60_000], encoding="utf-8")
+    run_cli("prepare", "--input", "docs.txt", "--out", "data/docs", cwd=tmp_path, check=True)
+    run_cli("train", "--data", dataset_dir, "--name", "base", *TINY_GPT, cwd=tmp_path, check=True)
+    p = run_cli("train", "--init-from", "runs/latest", "--data", "data/docs", "--name", "ft", "--max-steps", "10",
+                cwd=tmp_path, check=True)
+    assert p.stdout.startswith("fine-tuning runs/ft from runs/base/ckpt.pt (step 20) on data/docs")
+    config = json.loads((tmp_path / "runs/ft/config.json").read_text())
+    summary = json.loads((tmp_path / "runs/ft/summary.json").read_text())
+    base = json.loads((tmp_path / "runs/base/summary.json").read_text())
+    assert config["init_from"] == summary["init_from"]
+    assert summary["init_from"]["ckpt"] == "runs/base/ckpt.pt" and summary["init_from"]["step"] == 20
+    assert summary["init_from"]["dataset_hash"] == base["dataset_hash"] != summary["dataset_hash"]
+    assert summary["init_from"]["new_chars"] > 0 and summary["init_from"]["shared_chars"] > 50
+    assert config["model"]["n_embd"] == 32 and config["model"]["vocab_size"] > 65
+    prov = summary["provenance"]
+    assert prov["command"].startswith("chargpt train --init-from runs/latest") and prov["torch_version"]
+
+    refused = run_cli("train", "--init-from", "runs/base", "--data", "data/docs", "--n-embd", "64", cwd=tmp_path)
+    assert refused.returncode == 2 and "drop n_embd=64" in refused.stderr
+
+    for command in (["sample", "--max-new-tokens", "5"], ["eval"], ["attention", "--prompt", "to be", "--out", "a.png"]):
+        r = run_cli(*command, "--ckpt", "runs/base/best.pt", cwd=tmp_path, check=True)
+        assert r.stdout

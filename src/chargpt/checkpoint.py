@@ -137,3 +137,40 @@ def check_resumable(state: dict, config: Config, path: str | os.PathLike) -> Non
         first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
         raise CheckpointError(f"{path} does not match the model it records ({first}); "
                               f"it cannot be resumed, start a new run") from None
+
+
+# The tensors indexed by the vocabulary, and along which dimensions: (GPT's embedding rows and head rows; the
+# bigram's table is vocabulary by vocabulary).
+VOCAB_DIMS = {"gpt": {"token_embedding_table.weight": (0,), "lm_head.weight": (0,), "lm_head.bias": (0,)},
+              "bigram": {"token_embedding_table.weight": (0, 1)}}
+
+
+def transfer_weights(state: dict, model: LanguageModel, tokenizer: CharTokenizer) -> dict:
+    """Copy a checkpoint's weights into `model`, built for `tokenizer`'s vocabulary (fine-tuning on other text):
+    a character in both vocabularies keeps its embedding and head rows; a new character keeps the rows `model`
+    was initialised with. Every other tensor must have the same shape. Returns what was shared and new."""
+    old = CharTokenizer.from_dict(state["vocab"])
+    shared = [c for c in tokenizer.chars if c in old.stoi]
+    new_idx = torch.tensor([tokenizer.stoi[c] for c in shared], dtype=torch.long)
+    old_idx = torch.tensor([old.stoi[c] for c in shared], dtype=torch.long)
+    dims = VOCAB_DIMS.get(model.config.model, {})
+    target = model.state_dict()
+    with torch.no_grad():
+        for key, t in target.items():
+            if key not in state["model"]:
+                raise CheckpointError(f"the checkpoint has no {key}; fine-tune from a run of the same model")
+            src = state["model"][key]
+            other_dims = [d for d in range(t.dim()) if d not in dims.get(key, ())]
+            if src.dim() != t.dim() or any(src.shape[d] != t.shape[d] for d in other_dims):
+                raise CheckpointError(f"{key} has shape {tuple(src.shape)} in the checkpoint but "
+                                      f"{tuple(t.shape)} here; fine-tune with the model it was trained as")
+            if key in dims:
+                if dims[key] == (0, 1):
+                    t[new_idx[:, None], new_idx[None, :]] = src[old_idx[:, None], old_idx[None, :]].to(t.dtype)
+                else:
+                    t[new_idx] = src[old_idx].to(t.dtype)
+            else:
+                t.copy_(src)
+    model.load_state_dict(target)
+    return {"shared_chars": len(shared), "new_chars": tokenizer.vocab_size - len(shared),
+            "dropped_chars": old.vocab_size - len(shared)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import fields
 import os
 import sys
 from pathlib import Path
@@ -66,7 +67,7 @@ def cmd_train(args) -> int:
     from .config import Config
     from .data import load_dataset
     from .device import resolve_device
-    from .rundir import RunDir, default_name
+    from .rundir import RunDir, default_name, real_path
     from .train import train
 
     if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
@@ -76,7 +77,9 @@ def cmd_train(args) -> int:
     from .envfile import load_env_file
 
     load_env_file()
-    resume_state = None
+    resume_state = init_from = None
+    if args.resume and args.init_from:
+        raise ConfigError("--resume continues a run and --init-from starts a new one from a run's weights; pass one")
     if args.resume:
         run = RunDir.open(args.resume)
         resume_state = checkpoint.load(run.ckpt)
@@ -84,6 +87,16 @@ def cmd_train(args) -> int:
         base = Config.from_dict(resume_state["config"])
         preset = resume_state["extra"].get("preset")
         data_dir = args.data or resume_state["extra"].get("data_dir") or DEFAULT_DATA
+    elif args.init_from:
+        source = checkpoint.resolve(real_path(Path(args.init_from)))
+        state = checkpoint.load(source)
+        config, base = Config.from_dict(state["config"]), Config.from_dict(state["config"])
+        preset = state["extra"].get("preset")
+        if args.data is None:
+            raise ConfigError("--init-from needs --data: the dataset directory of the text to fine-tune on")
+        data_dir = args.data
+        init_from = {"state": state, "origin": {"ckpt": str(source), "step": state["step"],
+                                                "dataset_hash": state["dataset_hash"]}}
     else:
         device = resolve_device(args.device or "auto")
         preset = args.preset or default_preset(device.type)
@@ -102,6 +115,11 @@ def cmd_train(args) -> int:
     base.model.vocab_size = config.model.vocab_size
     config.validate()
     data.check_block_size(config.model.block_size)
+    if init_from is not None:
+        shape = [c for c in config_changes(config, base) if c.split("=")[0] not in ("dropout", "vocab_size")
+                 and c.split("=")[0] in {f.name for f in fields(config.model)}]
+        if shape:
+            raise ConfigError(f"--init-from keeps the model it starts from; drop {', '.join(shape)}")
     if resume_state is not None:
         if resume_state["dataset_hash"] != data.content_hash:
             raise ConfigError(f"{data_dir} is not the dataset {args.resume} was trained on; "
@@ -112,11 +130,16 @@ def cmd_train(args) -> int:
         run = RunDir.create(args.out_dir, run_name) if _is_main_process() else None
     if _is_main_process():
         changes = config_changes(config, base)
-        what = (f"resuming {run.path} at step {resume_state['step']}" if resume_state
-                else f"training {run.path} from preset '{preset}'")
+        if resume_state:
+            what, against = f"resuming {run.path} at step {resume_state['step']}", "the saved run"
+        elif init_from:
+            what, against = (f"fine-tuning {run.path} from {init_from['origin']['ckpt']} "
+                             f"(step {init_from['origin']['step']}) on {data_dir}"), "that run"
+        else:
+            what, against = f"training {run.path} from preset '{preset}'", "the preset"
         print(f"{what} (full config in its config.json)")
         if changes:
-            print(f"changed from {'the saved run' if resume_state else 'the preset'}: {', '.join(changes)}")
+            print(f"changed from {against}: {', '.join(changes)}")
     tracker = None
     if args.wandb and _is_main_process():
         from .tracking import WandbTracker
@@ -124,7 +147,7 @@ def cmd_train(args) -> int:
         tracker = WandbTracker.start(config, run, data, mode=args.wandb_mode, project=args.wandb_project,
                                      entity=args.wandb_entity, name=args.wandb_name, preset=preset,
                                      dataset_artifact=args.dataset_artifact, argv=["chargpt", *args.argv])
-    summary = train(config, data, run, preset=preset, resume_state=resume_state, tracker=tracker,
+    summary = train(config, data, run, preset=preset, resume_state=resume_state, init_from=init_from, tracker=tracker,
                     data_dir=str(data_dir))
     if summary.get("sample"):
         print("--- sample ---")
@@ -280,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="runs", help="where run directories are created")
     p.add_argument("--name", default=None, help="run name (default: train-<model>-<preset>-<time>)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its checkpoint")
+    p.add_argument("--init-from", default=None, metavar="RUN",
+                   help="fine-tune: start a new run from this run's weights (a run directory or .pt file) on --data")
     p.add_argument("--nproc", type=int, default=0, help="processes on this machine (launches torchrun)")
     _add_wandb_flags(p)
     p.add_argument("--wandb-name", default=None, help="wandb run name (default: train-<model>-<preset>)")

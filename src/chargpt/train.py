@@ -28,6 +28,7 @@ from .model import build_model
 from .optim import lr_multiplier, make_optimizers, set_lr
 from .plotting import refresh_run_plot
 from .progress import Progress, format_duration
+from .provenance import provenance
 from .rundir import RunDir
 from .tracking import NullTracker
 
@@ -97,8 +98,12 @@ def restore_rng(state: dict, gen: torch.Generator, batch_state: torch.Tensor | N
 
 
 def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | None = None,
-          resume_state: dict | None = None, tracker=None, data_dir: str | None = None, echo: Callable[[str], None] = print) -> dict:
-    """Train `config` on `data`, writing into `run` (rank 0 only); return the run's summary."""
+          resume_state: dict | None = None, init_from: dict | None = None, tracker=None, data_dir: str | None = None,
+          echo: Callable[[str], None] = print) -> dict:
+    """Train `config` on `data`, writing into `run` (rank 0 only); return the run's summary.
+
+    `init_from` fine-tunes: {"state": a checkpoint's contents, "origin": what to record of it} starts from that
+    checkpoint's weights (characters of `data` it does not know get fresh rows) with a fresh optimizer."""
     mc, tc = config.model, config.train
     device = resolve_device(tc.device)
     dist_info = distributed.init(device.type)
@@ -118,7 +123,13 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)
     gen = torch.Generator().manual_seed(tc.seed + dist_info.rank)  # each rank draws its own batches
-    model = build_model(mc).to(device)
+    model = build_model(mc)
+    origin = None
+    if init_from is not None:
+        origin = init_from["origin"] | checkpoint.transfer_weights(init_from["state"], model, data.tokenizer)
+    elif resume_state is not None:
+        origin = resume_state["extra"].get("init_from")
+    model = model.to(device)
     optimizers = make_optimizers(model, tc, device.type, bf16=precision == "bfloat16")
     step, spent, best_val = 0, 0.0, math.inf
     if resume_state is not None:
@@ -140,7 +151,8 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
         if mine is None and dist_info.enabled:  # another number of processes: keep the ranks' batches apart
             gen.manual_seed(tc.seed + dist_info.rank + 1_000_003 * step)
     if main and run is not None:
-        run.write_config(config.to_dict() | {"preset": preset, "data_dir": data_dir})
+        run.write_config(config.to_dict() | {"preset": preset, "data_dir": data_dir}
+                         | ({"init_from": origin} if origin else {}))
         if resume_state is not None:
             run.recover(step)
     params = model.num_params()
@@ -184,7 +196,7 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
         checkpoint.save(path or run.ckpt, model=model, optimizers=optimizers, step=step, config=config,
                         tokenizer=data.tokenizer, dataset_hash=data.content_hash, rng=rng,
                         extra={"train_seconds": train_seconds(), "preset": preset, "data_dir": data_dir,
-                               "best_val_loss": best_val} | extra)
+                               "best_val_loss": best_val, "init_from": origin} | extra)
 
     budget = tc.time_budget
     total_steps = tc.max_steps
@@ -311,6 +323,7 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
             "eval_seconds": round(eval_seconds, 3), "peak_rss_mb": peak_rss_mb(), "device": str(device),
             "dtype": precision, "world_size": dist_info.world_size,
             "seed": tc.seed, "dataset": data.meta.get("name"), "dataset_hash": data.content_hash,
+            **({"init_from": origin} if origin else {}), "provenance": provenance(device),
         }
         if mc.model == "bigram":
             summary["bigram_optimum_val_loss"] = bigram_optimum(splits["train"], splits["val"], mc.vocab_size)
