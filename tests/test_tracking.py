@@ -18,7 +18,7 @@ from chargpt import __version__
 from chargpt import provenance
 from chargpt.data import load_dataset, prepare
 from chargpt.tracking import (INIT_TIMEOUT, NullTracker, WandbTracker, dataset_artifact_name, default_run_name,
-                              download_dataset)
+                              download_dataset, separate_best)
 
 BIGRAM = ["--preset", "bigram", "--max-steps", "20", "--eval-interval", "10", "--eval-iters", "2",
           "--log-interval", "5", "--sample-tokens", "20"]
@@ -354,6 +354,18 @@ def test_a_dataset_artifact_without_wandb_is_fetched_not_ignored(small_dataset, 
 
 
 # ------------------------------------------------------------------------------------------- resuming
+def test_best_is_a_separate_model_version_only_when_it_is_an_earlier_step(tmp_path):
+    assert separate_best(tmp_path) is None  # no checkpoints at all
+    torch.save({"step": 40}, tmp_path / "ckpt.pt")
+    assert separate_best(tmp_path) is None  # no best.pt: the final checkpoint is the best there is
+    torch.save({"step": 40}, tmp_path / "best.pt")
+    assert separate_best(tmp_path) is None  # saved at the final step too
+    torch.save({"step": 30}, tmp_path / "best.pt")
+    assert separate_best(tmp_path) == 30
+    (tmp_path / "best.pt").write_bytes(b"not a checkpoint")
+    assert separate_best(tmp_path) is None
+
+
 @pytest.mark.slow
 def test_resume_continues_the_same_wandb_run_with_images_and_model_aliases(small_dataset, wandb_dir, tmp_path):
     from conftest import TINY_GPT

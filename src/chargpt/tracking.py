@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from .envfile import load_env_file
+from .rundir import BEST, CKPT
 
 INIT_TIMEOUT = 10.0  # seconds wandb may spend reaching the server before we fall back to offline (its default: 90)
 FINISH_TIMEOUT = 120.0  # seconds to wait for uploads at the end before leaving them to `wandb sync`
@@ -406,8 +407,8 @@ class WandbTracker:
         return images
 
     def _log_model(self, run, summary: dict, steps: int) -> None:
-        """The final checkpoint as a `model` artifact aliased `latest`, and `best`: the run's best.pt when it
-        keeps a different one (logged first, so that `latest` stays on the final checkpoint), else this one."""
+        """The final checkpoint as a `model` artifact aliased `latest` and `step-N`; `best` goes to the run's best.pt
+        when that is an earlier step (logged first, so that `latest` ends on the final checkpoint), else to it too."""
         import wandb
 
         scalars = {k: v for k, v in summary.items() if k != "sample" and isinstance(v, (int, float, str))}
@@ -422,23 +423,26 @@ class WandbTracker:
                     model.add_file(str(path / extra), name=extra)
             return model
 
-        best = path / BEST_CKPT
+        best_step = separate_best(path)
         aliases = ["latest", f"step-{steps}"]
-        if best.is_file() and not _same_file(best, run.ckpt):
-            self.run.log_artifact(model_artifact(best, {"checkpoint": BEST_CKPT}), aliases=["best"])
+        if best_step is not None:
+            self.run.log_artifact(model_artifact(path / BEST, {"checkpoint": BEST, "steps": best_step}),
+                                  aliases=["best", f"step-{best_step}"])
         else:
             aliases.insert(1, "best")
         self.run.log_artifact(model_artifact(Path(run.ckpt), scalars), aliases=aliases)
 
 
-BEST_CKPT = "best.pt"  # the lowest validation estimate, kept beside ckpt.pt by the training loop when it differs
+def separate_best(run_path: Path) -> int | None:
+    """The step of the run's best.pt when it is another checkpoint than ckpt.pt (an earlier step); None when
+    there is none or it holds the same step (the final checkpoint is then the best)."""
+    from .fsutil import load_torch
 
-
-def _same_file(a: Path, b: Path) -> bool:
     try:
-        return a.samefile(b) or a.read_bytes() == b.read_bytes()
-    except OSError:
-        return False
+        best_step = int(load_torch(Path(run_path) / BEST, mmap=True)["step"])
+        return None if best_step == int(load_torch(Path(run_path) / CKPT, mmap=True)["step"]) else best_step
+    except Exception:  # no best.pt, or one that cannot be read: `best` goes to the final checkpoint
+        return None
 
 
 def draw_attention_of(ckpt: Path, prompt: str, out: Path, name: str) -> Path | None:
