@@ -344,6 +344,17 @@ def test_wandb_mode_disabled_from_the_environment_tracks_nothing_with_one_line(s
     assert not (wandb_dir / "wandb").exists()
 
 
+def test_the_python_api_reads_the_dotenv_file_too(small_dataset, wandb_dir, tmp_path, monkeypatch, capsys):
+    from chargpt.config import get_preset
+
+    (tmp_path / ".env").write_text("WANDB_MODE=disabled\n")
+    monkeypatch.chdir(tmp_path)
+    tracker = WandbTracker.start(get_preset("bigram"), None, load_dataset(small_dataset), mode="auto")
+    assert isinstance(tracker, NullTracker)
+    assert capsys.readouterr().out.splitlines() == [
+        f"read {tmp_path / '.env'}: WANDB_MODE", "wandb: WANDB_MODE=disabled, so not tracking train-bigram-baseline"]
+
+
 def test_a_dataset_artifact_without_wandb_is_fetched_not_ignored(small_dataset, wandb_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     name = "nanogpt/mini-shakespeare-tensors:latest"
