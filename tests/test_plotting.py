@@ -102,3 +102,20 @@ def test_refreshing_draws_in_the_training_process_without_starting_another(tmp_p
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "True" and p.stderr == ""
     assert png_size(run / "loss.png") == (1000, 400)
+
+
+def test_loss_png_draws_every_logged_training_loss_under_the_evaluations_on_a_log_axis(tmp_path):
+    from chargpt.plotting import run_figure
+
+    run = tmp_path / "r"
+    write_metrics(run, steps=(0, 20), val=(4.2, 3.0))
+    with open(run / "metrics.jsonl", "a") as f:
+        for step, loss in ((5, 4.0), (10, 3.6), (15, 3.3)):
+            f.write(json.dumps({"step": step, "loss": loss, "lr": 1e-3, "train_seconds": step / 20}) + "\n")
+    fig = run_figure(run)
+    by_step, by_time = fig.axes
+    assert by_step.get_yscale() == by_time.get_yscale() == "log"
+    lines = {line.get_label(): line for line in by_step.get_lines()}
+    assert list(lines["training loss (one batch)"].get_ydata()) == [4.0, 3.6, 3.3]
+    assert list(lines["val loss (estimate)"].get_xdata()) == [0, 20]
+    assert lines["training loss (one batch)"].get_zorder() < lines["val loss (estimate)"].get_zorder()

@@ -51,6 +51,8 @@ def test_run_directory_holds_config_metrics_checkpoint_sample_summary(dataset_di
     assert {"config.json", "metrics.jsonl", "ckpt.pt", "sample.txt", "summary.json"} <= names
     records = [r for r in run.metrics() if "val_loss" in r]
     assert [r["step"] for r in records] == [0, 20, 40]
+    logged = [r for r in run.metrics() if "loss" in r]  # the training loss of every --log-interval (10) steps
+    assert [r["step"] for r in logged] == [10, 20, 30, 40] and all(r["loss"] > 0 for r in logged)
     assert records[-1]["val_loss"] < records[0]["val_loss"]
     state = checkpoint.load(run.ckpt)
     assert state["step"] == 40 and state["vocab"]["chars"] == data.tokenizer.chars
@@ -80,8 +82,12 @@ def test_time_budget_stops_training_and_is_recorded(dataset_dir, tmp_path):
     cfg = bigram_config(10**9)
     cfg.train.time_budget = 2.0
     cfg.train.schedule = "wsd"
-    summary = train(cfg, data, RunDir.create(tmp_path, "t"), preset="bigram", echo=lambda *_: None)
+    run = RunDir.create(tmp_path, "t")
+    summary = train(cfg, data, run, preset="bigram", echo=lambda *_: None)
     assert summary["time_budget"] == 2.0
+    seconds = [r["train_seconds"] for r in run.metrics() if "val_loss" in r]
+    assert len(seconds) >= 8  # at evenly spaced times (budget_evals=10), not only at the start and the end
+    assert max(b - a for a, b in zip(seconds, seconds[1:])) < 0.6  # no long stretch without one
     assert 2.0 <= summary["train_seconds"] < 4.0
     assert summary["steps"] > 10
     assert summary["tokens_seen"] == summary["steps"] * 32 * 8

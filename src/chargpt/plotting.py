@@ -35,28 +35,46 @@ def _save(fig, out: Path) -> Path:
 
 
 def plot_run(run_path: str | os.PathLike, out: str | os.PathLike | None = None) -> Path | None:
-    """Draw train and val loss against steps and against training seconds into `<run>/loss.png`.
+    """Draw the loss against steps and against training seconds into `<run>/loss.png`: the training loss of
+    every logged step as a thin line, the train and val estimates of the evaluations as points over it, on a
+    log y axis (the early drop and the late slow gains both stay visible).
 
     Returns the PNG's path, or None when the metrics log has no evaluation yet.
     """
     run_path = Path(run_path)
-    evals = _evals(read_metrics(run_path))
+    fig = run_figure(run_path)
+    return None if fig is None else _save(fig, Path(out) if out is not None else run_path / PLOT)
+
+
+def run_figure(run_path: Path):
+    """The figure `plot_run` writes (None before the first evaluation)."""
+    from matplotlib.ticker import FuncFormatter
+
+    records = read_metrics(run_path)
+    evals = _evals(records)
     if not evals:
         return None
+    logged = [r for r in records if "loss" in r and "step" in r and r["loss"] == r["loss"]]
     fig, (by_step, by_time) = _figure()
     for ax, x_key, label in ((by_step, "step", "step"), (by_time, "train_seconds", "training time (s)")):
+        steps = [r for r in logged if r.get(x_key) is not None]
+        ax.plot([r[x_key] for r in steps], [r["loss"] for r in steps], color="0.6", linewidth=0.8,
+                label="training loss (one batch)", zorder=1)
         rows = [r for r in evals if r.get(x_key) is not None]
         xs = [r[x_key] for r in rows]
-        for key in ("train_loss", "val_loss"):
-            ax.plot(xs, [r.get(key) for r in rows], marker="." if len(rows) < 30 else None,
-                    label=key.replace("_", " "))
+        for key, color in (("train_loss", "C0"), ("val_loss", "C1")):
+            ax.plot(xs, [r.get(key) for r in rows], marker="o" if len(rows) < 30 else None, markersize=4,
+                    color=color, label=key.replace("_", " ") + " (estimate)", zorder=2)
         ax.set_xlabel(label)
-        ax.grid(alpha=0.3)
-    by_step.set_ylabel("loss (nats/char)")
+        ax.set_yscale("log")
+        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis(FuncFormatter(lambda v, _: f"{v:g}"))  # 3 and 4, not 3x10^0
+        ax.grid(alpha=0.3, which="both")
+    by_step.set_ylabel("loss (nats/char, log scale)")
     by_step.legend()
     last = evals[-1]
     fig.suptitle(f"{run_path.name}: val {last['val_loss']:.4f} at step {last['step']}")
-    return _save(fig, Path(out) if out is not None else run_path / PLOT)
+    return fig
 
 
 def refresh_run_plot(run_path: str | os.PathLike) -> None:
