@@ -1,12 +1,17 @@
+import os
 import sys
 from contextlib import nullcontext
+from pathlib import Path
 
 import pytest
 import torch
 
+from chargpt import device
 from chargpt.device import (autocast_for, compile_unavailable_reason, detect_device, keep_freed_memory_for_reuse,
-                            native_bf16, resolve_device, resolve_dtype)
+                            native_bf16, resolve_device, resolve_dtype, use_persistent_compile_cache)
 from chargpt.errors import ConfigError
+
+from conftest import TINY_GPT, run_cli
 
 
 def test_auto_picks_an_available_device():
@@ -57,3 +62,28 @@ def test_freed_tensor_memory_is_kept_for_reuse_on_linux_cpus_only():
     assert applied == sys.platform.startswith("linux")  # glibc's mallopt took both settings
     assert keep_freed_memory_for_reuse(torch.device("cuda")) is False
     assert keep_freed_memory_for_reuse(torch.device("mps")) is False
+
+
+def test_compile_caches_live_in_the_users_cache_directory_unless_torch_is_told_otherwise(monkeypatch, tmp_path):
+    monkeypatch.setattr(device, "_USERS_INDUCTOR_CACHE", "")  # the user set nothing...
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/torchinductor_root")  # ...and torch wrote its default back
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = Path(use_persistent_compile_cache())
+    assert path.parent == tmp_path / "cache" / "chargpt" and torch.__version__ in path.name
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(path)  # where inductor looks
+    monkeypatch.setattr(device, "_USERS_INDUCTOR_CACHE", str(tmp_path / "mine"))
+    assert use_persistent_compile_cache() == str(tmp_path / "mine")
+
+
+@pytest.mark.slow
+def test_a_compiled_run_fills_the_persistent_cache_and_a_second_run_reuses_it(dataset_dir, tmp_path):
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "TORCHINDUCTOR_CACHE_DIR": ""}
+    args = [*TINY_GPT[:-1], "--compile", "--device", "cpu", "--max-steps", "2", "--eval-interval", "2",
+            "--data", dataset_dir, "--out-dir", tmp_path / "runs"]
+    run_cli("train", *args, "--name", "a", env=env, check=True)
+    cache = tmp_path / "cache" / "chargpt"
+    files = {p for p in cache.rglob("*") if p.is_file()}
+    assert files, "the compiled run left nothing in the cache"
+    run_cli("train", *args, "--name", "b", env=env, check=True)
+    assert {p for p in cache.rglob("*") if p.is_file() and not p.name.endswith(".lock")} == \
+        {p for p in files if not p.name.endswith(".lock")}  # every compiled graph came from the cache

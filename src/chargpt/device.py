@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import re
 import shutil
 import sys
 from contextlib import nullcontext
 from functools import partial
+from pathlib import Path
 
 import torch
 
@@ -96,3 +98,20 @@ def compile_unavailable_reason(device: torch.device) -> str | None:
     if device.type == "mps":
         return "torch.compile is not used on Apple MPS"
     return None
+
+
+def use_persistent_compile_cache() -> str:
+    """Keep torch.compile's caches (inductor's compiled kernels and graphs) in the user's cache directory, so a
+    repeated run of the same shape skips most of compilation (10-30 s of a time budget, minutes on a busy
+    machine) also after /tmp, torch's default place, is cleared. A TORCHINDUCTOR_CACHE_DIR the user set wins.
+    Returns the directory."""
+    users = os.environ.get("TORCHINDUCTOR_CACHE_DIR") if _USERS_INDUCTOR_CACHE is None else _USERS_INDUCTOR_CACHE
+    if users:
+        return users
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(base / "chargpt" / f"torchinductor-{torch.__version__}")
+    return os.environ["TORCHINDUCTOR_CACHE_DIR"]
+
+
+# What the user set, read before torch's first look at it: inductor writes its default back into the environment.
+_USERS_INDUCTOR_CACHE = os.environ.get("TORCHINDUCTOR_CACHE_DIR")

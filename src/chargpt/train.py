@@ -20,7 +20,7 @@ from .batch import get_batch
 from .config import Config
 from .data import Dataset
 from .device import (autocast_for, compile_unavailable_reason, configure_backends, keep_freed_memory_for_reuse,
-                     resolve_device, resolve_dtype)
+                     resolve_device, resolve_dtype, use_persistent_compile_cache)
 from .engine import Engine
 from .errors import ChargptError, CheckpointError
 from .evaluate import bigram_optimum, bits_per_char, estimate_loss, full_pass_loss
@@ -169,6 +169,8 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
     no_compile = compile_unavailable_reason(device) if tc.compile else None
     if no_compile:
         say(f"warning: {no_compile}; training without it")
+    if tc.compile and not no_compile:
+        use_persistent_compile_cache()
     train_model = torch.compile(model) if tc.compile and not no_compile else model
     ddp_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None) if dist_info.enabled else None
     fwd = ddp_model or train_model
