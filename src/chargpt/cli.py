@@ -1,4 +1,4 @@
-"""The `chargpt` command line: prepare | train | sample | eval | attention | runs.
+"""The `chargpt` command line: prepare | train | sample | eval | attention | runs | serve.
 
 Library code raises `ChargptError`s; `main` turns each into one line on stderr and a non-zero exit.
 """
@@ -266,6 +266,16 @@ def cmd_attention(args) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------------------- serve
+def cmd_serve(args) -> int:
+    from .device import resolve_device
+    from .serve import ServedRuns, serve
+
+    runs = ServedRuns(runs_dir=None if args.ckpt else args.runs, ckpt=args.ckpt, device=resolve_device(args.device))
+    serve(runs, host=args.host, port=args.port)
+    return 0
+
+
 # ------------------------------------------------------------------------------------------- parser
 def _add_wandb_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("Weights & Biases")
@@ -345,6 +355,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="attention.png", help="PNG to write")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.set_defaults(func=cmd_attention)
+
+    p = _defaults(sub.add_parser("serve", help="web playground and OpenAI-compatible API over the runs"))
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--runs", default="runs", metavar="DIR", help="serve every run in this directory")
+    src.add_argument("--ckpt", default=None, metavar="RUN", help="serve only this run directory or checkpoint")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (others reach the API if not local)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -1,0 +1,404 @@
+"""`chargpt serve`: the API and the page, against a real server process on a free localhost port, a real
+OpenAI client, and a real browser (Debian's chromium driven by playwright)."""
+from __future__ import annotations
+
+import contextlib
+import http.client
+import io
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import torch
+
+from chargpt.attention import attention_weights
+from chargpt.checkpoint import load_model
+from chargpt.cli import main
+from chargpt.config import get_preset
+from chargpt.data import load_dataset
+from chargpt.rundir import RunDir
+from chargpt.serve import MAX_NEW_TOKENS, MAX_PROMPT_CHARS
+from chargpt.train import train
+from conftest import run_cli
+
+GPT_RUN, BIGRAM_RUN = "tiny-gpt", "bigram"
+
+
+def tiny(preset: str, steps: int, **model):
+    cfg = get_preset(preset)
+    for k, v in model.items():
+        setattr(cfg.model, k, v)
+    cfg.train.max_steps, cfg.train.eval_interval, cfg.train.eval_iters = steps, steps // 2, 2
+    cfg.train.batch_size, cfg.train.sample_tokens, cfg.train.compile = 4, 0, False
+    return cfg
+
+
+class Server:
+    """`chargpt serve --port 0` as a real process; the URL is read from its first line."""
+
+    def __init__(self, *args, cwd):
+        self.log = Path(cwd) / "serve.stderr"
+        self.proc = subprocess.Popen([sys.executable, "-m", "chargpt", "serve", "--port", "0", *map(str, args)],
+                                     cwd=cwd, stdout=subprocess.PIPE, stderr=self.log.open("w"), text=True,
+                                     stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        ready, _, _ = select.select([self.proc.stdout], [], [], 180)
+        line = self.proc.stdout.readline() if ready else ""
+        if "http://" not in line:
+            self.stop()
+            raise AssertionError(f"chargpt serve did not start: {line!r} {self.log.read_text()}")
+        self.url = line.split("open ")[1].split()[0].rstrip("/")
+        self.host, self.port = urlparse(self.url).hostname, urlparse(self.url).port
+
+    def request(self, method: str, path: str, body=None, raw: bytes | None = None) -> tuple[int, dict | str]:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=120)
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+        res = conn.getresponse()
+        text = res.read().decode()
+        conn.close()
+        try:
+            return res.status, json.loads(text)
+        except ValueError:
+            return res.status, text
+
+    def stream(self, body: dict) -> tuple[list[dict], list[str]]:
+        """POST a streaming completion; the JSON events and the raw `data:` lines."""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=120)
+        conn.request("POST", "/v1/completions", body=json.dumps({**body, "stream": True}),
+                     headers={"Content-Type": "application/json"})
+        res = conn.getresponse()
+        assert res.status == 200 and res.getheader("Content-Type").startswith("text/event-stream")
+        lines = [ln for ln in res.read().decode().split("\n") if ln]
+        conn.close()
+        return [json.loads(ln[6:]) for ln in lines if ln != "data: [DONE]"], lines
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def runs_dir(dataset_dir, tmp_path_factory) -> Path:
+    """A tiny GPT and a bigram, trained here in a few seconds, plus a run outside the served directory."""
+    root = tmp_path_factory.mktemp("serve")
+    data = load_dataset(dataset_dir)
+    gpt = tiny("cpu", 10, n_layer=2, n_embd=32, n_head=2, block_size=16)
+    gpt.train.optimizer = "adamw"
+    for out, name, preset, cfg in ((root / "runs", GPT_RUN, "cpu", gpt), (root / "runs", BIGRAM_RUN, "bigram", tiny("bigram", 10)),
+                                   (root, "outside", "bigram", tiny("bigram", 2))):
+        cfg.model.vocab_size = data.tokenizer.vocab_size
+        train(cfg, data, RunDir.create(out, name), preset=preset, data_dir=str(dataset_dir), echo=lambda *_: None)
+    latest = root / "runs" / "latest"  # training pointed it at the newest run; now it leads outside
+    latest.unlink()
+    latest.symlink_to("../outside")
+    return root / "runs"
+
+
+@pytest.fixture(scope="module")
+def server(runs_dir):
+    s = Server("--runs", runs_dir, "--device", "cpu", cwd=runs_dir.parent)
+    yield s
+    s.stop()
+    log = s.log.read_text()
+    assert "Traceback" not in log, log
+
+
+def cli_sample(ckpt, prompt: str, tokens: int, seed: int, *extra) -> str:
+    """What `chargpt sample` prints, run in this process (the 8 references of the concurrency test)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["sample", "--ckpt", str(ckpt), "--prompt", prompt, "--max-new-tokens", str(tokens),
+                     "--seed", str(seed), "--device", "cpu", *map(str, extra)]) == 0
+    return out.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------ API
+def test_a_streamed_completion_equals_chargpt_sample_with_the_same_seed(server, runs_dir):
+    cli = run_cli("sample", "--ckpt", runs_dir / GPT_RUN, "--prompt", "ROMEO:", "--max-new-tokens", 120,
+                  "--seed", 7, "--temperature", 0.8, "--top-k", 20, "--device", "cpu", check=True).stdout
+    body = {"model": GPT_RUN, "prompt": "ROMEO:", "max_tokens": 120, "seed": 7, "temperature": 0.8, "top_k": 20}
+    events, lines = server.stream(body)
+    assert lines[-1] == "data: [DONE]"
+    assert all(e["object"] == "text_completion" and e["model"] == GPT_RUN for e in events)
+    assert [e["choices"][0]["finish_reason"] for e in events][-1] == "length"
+    assert all(e["choices"][0]["finish_reason"] is None for e in events[:-1])
+    text = "".join(e["choices"][0]["text"] for e in events)
+    assert "ROMEO:" + text + "\n" == cli
+    status, whole = server.request("POST", "/v1/completions", body)
+    assert status == 200 and whole["choices"][0]["text"] == text
+    assert whole["usage"] == {"prompt_tokens": 6, "completion_tokens": 120, "total_tokens": 126}
+
+
+def test_the_openai_client_streams_the_same_text_as_chargpt_sample(server, runs_dir):
+    openai = pytest.importorskip("openai", reason="the openai package is a test dependency: pip install -e .[test]")
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    assert {m.id for m in client.models.list()} == {GPT_RUN, BIGRAM_RUN}
+    chunks = client.completions.create(model=GPT_RUN, prompt="JULIET:\n", max_tokens=80, temperature=0.9, top_p=0.9,
+                                       seed=2024, stream=True)
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert len(text) == 80
+    assert "JULIET:\n" + text + "\n" == cli_sample(runs_dir / GPT_RUN, "JULIET:\n", 80, 2024, "--temperature", 0.9,
+                                                   "--top-p", 0.9)
+    with pytest.raises(openai.NotFoundError, match="no run named"):
+        client.completions.create(model="no-such-run", prompt="a", max_tokens=3)
+    with pytest.raises(openai.BadRequestError, match="temperature"):
+        client.completions.create(model=GPT_RUN, prompt="a", max_tokens=3, temperature=7)
+
+
+@pytest.mark.slow
+def test_eight_concurrent_seeded_streams_each_equal_chargpt_sample(server, runs_dir):
+    jobs = [(["", "KING:", "Nurse", "O, "][seed % 4], 300 + 40 * seed, seed) for seed in range(8)]
+    results = {}
+
+    def client(prompt, tokens, seed):
+        try:
+            events, lines = server.stream({"model": GPT_RUN, "prompt": prompt, "max_tokens": tokens, "seed": seed})
+            results[seed] = "".join(e["choices"][0]["text"] for e in events), len(events), lines[-1]
+        except Exception as e:  # noqa: BLE001 -- reported below, with the seed
+            results[seed] = repr(e), 0, ""
+
+    threads = [threading.Thread(target=client, args=job) for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert sorted(results) == list(range(8))
+    for prompt, tokens, seed in jobs:
+        text, n_events, last = results[seed]
+        assert last == "data: [DONE]"
+        assert prompt + text + "\n" == cli_sample(runs_dir / GPT_RUN, prompt, tokens, seed), f"seed {seed}"
+
+
+def test_stop_sequences_end_the_completion_before_them(server):
+    status, full = server.request("POST", "/v1/completions", {"model": GPT_RUN, "prompt": "A", "max_tokens": 300,
+                                                               "seed": 3})
+    text = full["choices"][0]["text"]
+    stop = text[100:102]
+    cut = text.find(stop)
+    status, stopped = server.request("POST", "/v1/completions", {"model": GPT_RUN, "prompt": "A", "max_tokens": 300,
+                                                                  "seed": 3, "stop": [stop]})
+    assert status == 200
+    assert stopped["choices"][0] | {"text": None} == {"text": None, "index": 0, "logprobs": None, "finish_reason": "stop"}
+    assert stopped["choices"][0]["text"] == text[:cut]
+    events, _ = server.stream({"model": GPT_RUN, "prompt": "A", "max_tokens": 300, "seed": 3, "stop": stop})
+    assert "".join(e["choices"][0]["text"] for e in events) == text[:cut]
+
+
+BAD_REQUESTS = [
+    (b'{"prompt": "ROMEO",', 400, "not valid JSON"),
+    (b"[1, 2]", 400, "JSON object"),
+    (b'{"model": "no-such-run", "prompt": "a"}', 404, "no run named 'no-such-run'"),
+    (b'{"model": 3, "prompt": "a"}', 400, "'model' must be a string"),
+    (b'{"prompt": "a", "temperature": -0.5}', 400, "'temperature' must be in [0, 2]"),
+    (b'{"prompt": "a", "temperature": "hot"}', 400, "'temperature' must be a number"),
+    (b'{"prompt": "a", "top_p": 0}', 400, "'top_p' must be in (0, 1]"),
+    (b'{"prompt": "a", "top_k": 2.5}', 400, "'top_k' must be an integer"),
+    (b'{"prompt": "a", "seed": -1}', 400, "'seed' must be in"),
+    (b'{"prompt": "a", "max_tokens": -1}', 400, "'max_tokens' must be in"),
+    (json.dumps({"prompt": "a", "max_tokens": MAX_NEW_TOKENS + 1}).encode(), 400, f"[0, {MAX_NEW_TOKENS}]"),
+    (json.dumps({"prompt": "a" * (MAX_PROMPT_CHARS + 1)}).encode(), 400, "at most"),
+    ('{"prompt": "caf\u00e9 \u20ac"}'.encode(), 400, "character '\u00e9' at position 3 is not in the vocabulary"),
+    (b'{"prompt": 42}', 400, "'prompt' must be a string"),
+    (b'{"prompt": "a", "n": 2}', 400, "'n' is not supported"),
+    (b'{"prompt": "a", "stream": "yes"}', 400, "'stream' must be true or false"),
+    (b'{"prompt": "a", "stop": [1]}', 400, "'stop' must be"),
+    (b'{"prompt": "a", "temprature": 1}', 400, "unknown parameter 'temprature'"),
+    (b"\xff\xfe", 400, "not valid JSON"),
+]
+
+
+@pytest.mark.parametrize("raw,status,message", BAD_REQUESTS, ids=[m for _, _, m in BAD_REQUESTS])
+def test_bad_completion_requests_get_a_4xx_json_error_that_says_what_to_change(server, raw, status, message):
+    got, body = server.request("POST", "/v1/completions", raw=raw)
+    assert got == status, body
+    assert message in body["error"]["message"]
+    assert body["error"]["type"] == "invalid_request_error"
+
+
+def test_bad_attention_requests_and_routes_get_a_4xx_json_error(server):
+    cases = [
+        ("POST", "/api/attention", {"model": BIGRAM_RUN, "prompt": "ab"}, 400, "no attention"),
+        ("POST", "/api/attention", {"model": GPT_RUN, "prompt": "a" * 17}, 400, "block_size 16"),
+        ("POST", "/api/attention", {"model": GPT_RUN, "prompt": ""}, 400, "at least one character"),
+        ("POST", "/api/attention", {"model": GPT_RUN, "prompt": "abc", "query": 3}, 400, "'query' must be in [-3, 2]"),
+        ("POST", "/api/attention", {"model": GPT_RUN, "prompt": "ab\u20ac"}, 400, "not in the vocabulary"),
+        ("GET", "/v1/completions", None, 405, "Method Not Allowed"),
+        ("GET", "/nowhere", None, 404, "Not Found"),
+        ("GET", "/v1/models/no-such-run", None, 404, "no run named"),
+    ]
+    for method, path, body, status, message in cases:
+        got, answer = server.request(method, path, body)
+        assert got == status and message in answer["error"]["message"], (path, body, answer)
+
+
+def test_no_request_reaches_a_file_outside_the_served_runs(server, runs_dir):
+    (runs_dir.parent / "secret.txt").write_text("do not serve")
+    for path in ["/static/../serve.py", "/static/..%2Fserve.py", "/static/%2e%2e%2fcli.py", "/static/index.html/..",
+                 "/static/__init__.py", "/api/runs/..%2F..%2Fsecret.txt", "/api/runs/..", "/api/runs/%2e%2e%2foutside",
+                 "/api/runs/latest", "/v1/models/..%2Foutside", "/..%2F..%2Fsecret.txt", "//etc/passwd"]:
+        status, body = server.request("GET", path)
+        assert 400 <= status < 500, path
+        assert "do not serve" not in str(body) and "import" not in str(body) and "root:" not in str(body)
+    for model in ["../outside", "latest", str(runs_dir.parent / "outside"), "./tiny-gpt", "/etc/passwd", "."]:
+        for path, body in [("/v1/completions", {"model": model, "prompt": "a"}),
+                           ("/api/attention", {"model": model, "prompt": "a"})]:
+            status, answer = server.request("POST", path, body)
+            assert status == 404 and answer["error"]["code"] == "model_not_found", (model, answer)
+
+
+def test_a_client_that_disconnects_stops_its_generation(server):
+    _, before = server.request("GET", "/api/status")
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=60)
+    conn.request("POST", "/v1/completions", body=json.dumps({"model": GPT_RUN, "prompt": "a", "stream": True,
+                                                             "max_tokens": MAX_NEW_TOKENS, "seed": 1}))
+    res = conn.getresponse()
+    assert res.read(6) == b"data: "
+    conn.sock.shutdown(2)
+    conn.close()
+    deadline = time.time() + 30
+    while True:
+        _, now = server.request("GET", "/api/status")
+        if now["streams"] == 0 or time.time() > deadline:
+            break
+        time.sleep(0.05)
+    assert now["streams"] == 0
+    time.sleep(0.5)
+    _, after = server.request("GET", "/api/status")
+    assert after["tokens"] == now["tokens"]  # nothing sampled once the stream has ended
+    assert 0 < after["tokens"] - before["tokens"] < MAX_NEW_TOKENS // 2
+
+
+def test_attention_api_returns_the_weights_of_chargpt_attention(server, runs_dir):
+    model, tok, _ = load_model(runs_dir / GPT_RUN, "cpu")
+    prompt = "First Citizen:"
+    expected = attention_weights(model, torch.tensor([tok.encode(prompt)]))[0]  # (L, H, T, T)
+    status, full = server.request("POST", "/api/attention", {"model": GPT_RUN, "prompt": prompt})
+    assert status == 200 and (full["n_layer"], full["n_head"], full["start"]) == (2, 2, 0)
+    assert full["chars"] == list(prompt)
+    got = torch.zeros_like(expected)
+    for layer, heads in enumerate(full["weights"]):
+        for head, rows in enumerate(heads):
+            for t, row in enumerate(rows):
+                assert len(row) == t + 1
+                got[layer, head, t, :t + 1] = torch.tensor(row)
+    assert torch.allclose(got, expected, atol=1e-5)
+    # one character's row: the context the model saw before the next character (a window past block_size)
+    long = "First Citizen:\nBefore we proceed"  # 31 characters, block_size 16
+    status, row = server.request("POST", "/api/attention", {"model": GPT_RUN, "prompt": long, "query": 26})
+    assert status == 200 and row["start"] == 16 and row["query"] == 26 and "".join(row["chars"]) == long[16:27]
+    ids = torch.tensor([tok.encode(long[16:27])])
+    assert torch.allclose(torch.tensor(row["weights"]), attention_weights(model, ids)[0, :, :, -1], atol=1e-5)
+
+
+def test_runs_and_models_list_the_served_runs_with_their_records(server, runs_dir):
+    status, runs = server.request("GET", "/api/runs")
+    assert status == 200 and [r["name"] for r in runs["runs"]] == [GPT_RUN, BIGRAM_RUN]
+    assert all(r["servable"] and r["finished"] and r["steps"] == 10 for r in runs["runs"])
+    status, details = server.request("GET", f"/api/runs/{GPT_RUN}")
+    assert [m["step"] for m in details["metrics"]] == [0, 5, 10]
+    assert details["summary"]["val_loss_full"] == pytest.approx(runs["runs"][0]["val_full"])
+    assert details["config"]["model"]["block_size"] == 16
+    status, models = server.request("GET", "/v1/models")
+    assert models["object"] == "list" and {m["id"] for m in models["data"]} == {GPT_RUN, BIGRAM_RUN}
+
+
+def test_the_page_ships_in_the_package_without_any_cdn(server):
+    status, html = server.request("GET", "/")
+    assert status == 200 and '<script src="/static/app.js">' in html
+    for name in ["app.js", "style.css"]:
+        status, text = server.request("GET", f"/static/{name}")
+        assert status == 200 and len(text) > 1000
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text
+    assert "https://" not in html and "http://" not in html
+
+
+def test_serve_refuses_bad_arguments_in_one_line(tmp_path, capsys):
+    assert main(["serve", "--runs", str(tmp_path / "none")]) == 2
+    assert main(["serve", "--ckpt", str(tmp_path / "none")]) != 0
+    assert main(["serve", "--runs", str(tmp_path), "--port", "70000"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and all(line.startswith("error: ") for line in err), err
+    assert "no runs directory" in err[0] and "no checkpoint" in err[1] and "--port must be 0 to 65535" in err[2]
+
+
+def test_serve_with_ckpt_serves_that_one_run(runs_dir):
+    s = Server("--ckpt", runs_dir / BIGRAM_RUN, "--device", "cpu", cwd=runs_dir.parent)
+    try:
+        status, models = s.request("GET", "/v1/models")
+        assert [m["id"] for m in models["data"]] == [BIGRAM_RUN]
+        status, out = s.request("POST", "/v1/completions", {"prompt": "To be", "max_tokens": 50, "seed": 5})
+        assert status == 200 and out["model"] == BIGRAM_RUN
+        assert "To be" + out["choices"][0]["text"] + "\n" == cli_sample(runs_dir / BIGRAM_RUN, "To be", 50, 5)
+        assert s.request("POST", "/v1/completions", {"model": GPT_RUN, "prompt": "a"})[0] == 404
+    finally:
+        s.stop()
+
+
+# -------------------------------------------------------------------------------------------- browser
+def chromium() -> str | None:
+    return os.environ.get("CHARGPT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.slow
+def test_the_page_streams_text_and_draws_attention_in_a_real_browser(server, runs_dir, tmp_path):
+    browser_path = chromium()
+    if browser_path is None:
+        pytest.skip("browser tests skipped: no chromium here (Debian: apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests skipped: playwright is not installed "
+                                                                 "(pip install -e .[test])")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server.url + "/")
+        page.wait_for_selector(f"#run option[value='{GPT_RUN}']", state="attached")
+        page.select_option("#run", GPT_RUN)
+        page.fill("#prompt", "ROMEO:")
+        page.fill("#length", "200")
+        page.fill("#seed", "11")
+        page.click("#generate")
+        page.wait_for_function("document.querySelector('#status').textContent.startsWith('done')", timeout=60_000)
+        assert page.inner_text("#text").replace("\u21b5", "") == cli_sample(
+            runs_dir / GPT_RUN, "ROMEO:", 200, 11, "--temperature", 0.8).rstrip("\n")
+        generated = page.query_selector_all("#text span.g")
+        assert len(generated) == 200
+        generated[150].click()  # past block_size: the attention window has moved on
+        page.wait_for_selector("#attention[data-query='156']")
+        rows = page.query_selector_all("#attention .row")
+        assert len(rows) == 2 * 2  # layers x heads
+        heat = page.eval_on_selector_all("#attention .row .c", "cs => cs.map(c => c.style.background)")
+        assert len(heat) == 4 * 13 and sum("rgba(234, 88, 12" in h for h in heat) == len(heat)  # keys 144..156
+        assert page.eval_on_selector_all("#text span[style*='background']", "s => s.length") == 13
+        assert "at 156" in page.inner_text("#attention-title")
+        curve_pixels = page.evaluate("""() => { const c = document.querySelector('#curves');
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] > 0; return n; }""")
+        assert curve_pixels > 2000
+        page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
+        assert (tmp_path / "serve.png").stat().st_size > 10_000
+        # a long generation stopped by the button ends short, and the server stops sampling it
+        page.fill("#length", str(MAX_NEW_TOKENS))
+        page.click("#generate")
+        page.wait_for_function("document.querySelectorAll('#text span.g').length > 0")
+        page.click("#stop")
+        page.wait_for_function("document.querySelector('#status').textContent.startsWith('stopped')")
+        assert len(page.query_selector_all("#text span.g")) < MAX_NEW_TOKENS
+        browser.close()
+    assert not errors
+    deadline = time.time() + 30
+    while server.request("GET", "/api/status")[1]["streams"] and time.time() < deadline:
+        time.sleep(0.1)
+    assert server.request("GET", "/api/status")[1]["streams"] == 0
