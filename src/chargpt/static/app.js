@@ -167,7 +167,7 @@ function drawCurves() {
   for (const name of names) {
     const d = state.details.get(name);
     if (!d) continue;
-    for (const key of ["val_loss", "train_loss"]) {
+    for (const key of name === state.current ? ["loss", "val_loss", "train_loss"] : ["val_loss", "train_loss"]) {
       const pts = d.metrics.filter((r) => r[key] !== undefined && r[key] !== null && r[state.x] !== undefined)
         .map((r) => [r[state.x], r[key]]);
       if (pts.length) series.push({ name, key, pts, color: colorOf(name) });
@@ -198,8 +198,9 @@ function drawCurves() {
   g.fillText(state.x === "step" ? "step" : "training time (s)", (L + W - R) / 2, H - 2);
   g.save(); g.translate(11, (T + H - B) / 2); g.rotate(-Math.PI / 2); g.fillText("loss (nats/char)", 0, 0); g.restore();
   for (const s of series) {
-    g.strokeStyle = s.color; g.lineWidth = s.key === "val_loss" ? 2.2 : 1.4;
-    g.setLineDash(s.key === "val_loss" ? [] : [5, 4]);
+    g.globalAlpha = s.key === "loss" ? 0.22 : 1;  // every logged step's loss: noisy, drawn faint under the evaluations
+    g.strokeStyle = s.color; g.lineWidth = s.key === "val_loss" ? 2.2 : s.key === "loss" ? 1 : 1.4;
+    g.setLineDash(s.key === "train_loss" ? [5, 4] : []);
     g.beginPath();
     s.pts.forEach(([x, y], i) => (i ? g.lineTo(px(x), py(y)) : g.moveTo(px(x), py(y))));
     g.stroke();
@@ -209,13 +210,14 @@ function drawCurves() {
     }
   }
   g.setLineDash([]);
+  g.globalAlpha = 1;
   legend.replaceChildren(...names.map((n) => {
     const span = document.createElement("span");
     span.innerHTML = `<span class="sw"></span>`;
     span.firstChild.style.borderColor = colorOf(n);
     span.append(n);
     return span;
-  }), keyLegend("val", false), keyLegend("train", true));
+  }), keyLegend("val", false), keyLegend("train (estimate)", true));
 }
 
 function keyLegend(label, dashed) {
