@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import commit, machine, print_table  # noqa: E402
 
-BENCHES = ["bench_prepare", "bench_train", "bench_eval", "bench_sampling", "bench_quality"]
+BENCHES = ["bench_prepare", "bench_train", "bench_eval", "bench_sampling", "bench_serve", "bench_quality"]
 LONG = {"bench_quality"}
 
 

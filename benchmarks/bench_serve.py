@@ -1,0 +1,151 @@
+"""`chargpt serve` under load: aggregate tokens/s of 1, 4 and 16 concurrent streaming completions against one
+server process, next to `chargpt sample` alone generating the same number of characters per stream.
+
+    python benchmarks/bench_serve.py [--tokens 2000] [--clients 1 4 16] [--device cpu]
+
+The model is the `cpu` preset, randomly initialized (the work per token does not depend on the weights), saved
+as a checkpoint in a temporary run directory. Each stream asks for `--tokens` characters with its own seed; the
+aggregate is all the characters received divided by the wall time from the first request to the last
+`data: [DONE]`. `chargpt sample` is timed in this process (`chargpt.cli.main`), model load included. Figures
+mean something only on an otherwise idle machine: on a shared one they measure the neighbours.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import io
+import json
+import os
+import select
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, print_table  # noqa: E402
+
+from chargpt import checkpoint  # noqa: E402
+from chargpt.cli import main as cli  # noqa: E402
+from chargpt.config import get_preset  # noqa: E402
+from chargpt.fsutil import write_json  # noqa: E402
+from chargpt.model import build_model  # noqa: E402
+from chargpt.tokenizer import CharTokenizer  # noqa: E402
+
+CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # tiny Shakespeare's vocabulary
+
+
+def make_run(root: Path) -> Path:
+    """A run directory holding a `cpu` preset checkpoint (random weights, as benchmarks/bench_sampling.py)."""
+    cfg = get_preset("cpu")
+    cfg.model.vocab_size = len(CHARS)
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    for name, p in model.named_parameters():
+        if name.endswith("c_proj.weight"):  # zero-initialized projections would make attention irrelevant
+            torch.nn.init.normal_(p, std=0.02)
+    run = root / "bench-cpu"
+    run.mkdir(parents=True)
+    write_json(run / "config.json", cfg.to_dict())
+    checkpoint.save(run / "ckpt.pt", model=model, optimizers=[], step=0, config=cfg, tokenizer=CharTokenizer(CHARS),
+                    dataset_hash="random-weights", rng={})
+    return run
+
+
+def sample_alone(run: Path, tokens: int, device: str) -> float:
+    """tokens/s of `chargpt sample` for one stream, best of 3."""
+    best = float("inf")
+    for seed in range(3):
+        t0 = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            cli(["sample", "--ckpt", str(run), "--prompt", "ROMEO:", "--max-new-tokens", str(tokens),
+                 "--seed", str(seed), "--device", device])
+        best = min(best, time.perf_counter() - t0)
+    return tokens / best
+
+
+class Server:
+    def __init__(self, run: Path, device: str):
+        self.proc = subprocess.Popen([sys.executable, "-m", "chargpt", "serve", "--ckpt", str(run), "--port", "0",
+                                      "--device", device], stdout=subprocess.PIPE, text=True,
+                                     stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        ready, _, _ = select.select([self.proc.stdout], [], [], 300)
+        line = self.proc.stdout.readline() if ready else ""
+        if "http://" not in line:
+            self.proc.kill()
+            raise SystemExit(f"chargpt serve did not start: {line!r}")
+        self.port = int(line.split("open http://")[1].split("/")[0].rsplit(":", 1)[1])
+
+    def stream(self, tokens: int, seed: int) -> tuple[int, float, float]:
+        """Characters received, seconds to the first one, seconds to [DONE]."""
+        t0 = time.perf_counter()
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
+        conn.request("POST", "/v1/completions", body=json.dumps({"prompt": "ROMEO:", "max_tokens": tokens,
+                                                                 "seed": seed, "stream": True}))
+        res = conn.getresponse()
+        received, first = 0, None
+        for line in res:
+            if line.startswith(b"data: {"):
+                text = json.loads(line[6:])["choices"][0]["text"]
+                if text and first is None:
+                    first = time.perf_counter() - t0
+                received += len(text)
+        conn.close()
+        return received, first or 0.0, time.perf_counter() - t0
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def concurrent(server: Server, clients: int, tokens: int) -> dict:
+    results = [None] * clients
+
+    def one(i: int) -> None:
+        results[i] = server.stream(tokens, seed=i)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    received = sum(r[0] for r in results)
+    assert received == clients * tokens, f"{received} characters for {clients} x {tokens}"
+    return {"aggregate": received / wall, "per_stream": statistics.median(r[0] / r[2] for r in results),
+            "first": statistics.median(r[1] for r in results)}
+
+
+def main(tokens: int = 2000, clients: tuple[int, ...] = (1, 4, 16), device: str = "cpu") -> list[dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        run = make_run(Path(tmp))
+        alone = sample_alone(run, tokens, device)
+        server = Server(run, device)
+        try:
+            server.stream(50, seed=0)  # warm-up: load the model
+            measured = {c: concurrent(server, c, tokens) for c in clients}
+        finally:
+            server.stop()
+    rows = [{"figure": f"`chargpt sample` alone, {tokens} chars, cpu preset ({device})", "value": f"{alone:,.0f} tokens/s"}]
+    for c, m in measured.items():
+        rows.append({"figure": f"`chargpt serve`, {c} concurrent stream{'s' if c > 1 else ''}: aggregate "
+                               f"(median per stream, median first chunk)",
+                     "value": f"{m['aggregate']:,.0f} tokens/s ({m['per_stream']:,.0f}/s, {m['first'] * 1000:.0f} ms)"})
+    return rows
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=2000)
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--device", default="cpu")
+    a = ap.parse_args()
+    print(f"machine: {machine()}")
+    print_table(main(a.tokens, tuple(a.clients), a.device), "serving")
