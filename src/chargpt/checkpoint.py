@@ -95,7 +95,66 @@ def load(path: str | os.PathLike) -> dict:
     if "checksum" in state and state["checksum"] != digest(state):
         raise CheckpointError(f"{path} is corrupt: its contents do not match their checksum; "
                               f"use an earlier checkpoint or retrain")
+    problem = state_problem(state)
+    if problem:
+        raise CheckpointError(f"{path} is not a chargpt checkpoint ({problem}); use a checkpoint written by "
+                              f"`chargpt train`")
     return state
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def state_problem(state: dict) -> str | None:
+    """What is missing or of the wrong type in a loaded checkpoint, if anything: checked once, here, so that
+    every command that reads one (resume, sample, eval, attention) can rely on its fields."""
+    model = state.get("model")
+    if not isinstance(model, dict) or not model or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
+        return "'model' is not a dictionary of tensors"
+    optimizers = state.get("optimizers")
+    if not isinstance(optimizers, list) or not all(isinstance(o, dict) for o in optimizers):
+        return "'optimizers' is not a list of optimizer states"
+    if not _is_int(state.get("step")) or state["step"] < 0:
+        return f"'step' is {state.get('step')!r}, not a count"
+    if not isinstance(state.get("dataset_hash"), str):
+        return "'dataset_hash' is not a string"
+    try:
+        config = Config.from_dict(state.get("config"))
+        tokenizer = CharTokenizer.from_dict(state.get("vocab"))
+        config.model.validate()
+        config.train.validate()
+    except (ChargptError, KeyError, TypeError) as e:
+        return f"'config' or 'vocab': {e}"
+    if config.model.vocab_size != tokenizer.vocab_size:
+        return f"its config's vocab_size {config.model.vocab_size} is not its vocabulary's {tokenizer.vocab_size}"
+    rng = state.get("rng")
+    if not isinstance(rng, dict) or not all(isinstance(rng.get(k), torch.Tensor) and rng[k].dtype == torch.uint8
+                                            for k in ("torch", "batch")):
+        return "'rng' lacks the generator states"
+    python = rng.get("python")
+    if python is not None and (not isinstance(python, (list, tuple)) or len(python) != 625
+                               or not all(_is_int(x) and 0 <= x < 2 ** 32 for x in python)
+                               or not _is_int(rng.get("python_version"))):
+        return "'rng' holds no valid Python random state"
+    per_rank = rng.get("batch_per_rank")
+    if per_rank is not None and not (isinstance(per_rank, (list, tuple)) and all(
+            isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in per_rank)):
+        return "'rng' has per-process states that are not generator states"
+    extra = state.get("extra")
+    if not isinstance(extra, dict):
+        return "'extra' is not a dictionary"
+    if "train_seconds" in extra and not (_is_number(extra["train_seconds"]) and extra["train_seconds"] >= 0):
+        return "'extra.train_seconds' is not a number of seconds"
+    for key in ("preset", "data_dir"):
+        if extra.get(key) is not None and not isinstance(extra[key], str):
+            return f"'extra.{key}' is not a string"
+    return None
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[LanguageModel, CharTokenizer, dict]:

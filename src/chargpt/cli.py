@@ -8,6 +8,7 @@ import argparse
 import json
 from dataclasses import fields
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -67,13 +68,16 @@ def cmd_train(args) -> int:
     from .config import Config
     from .data import load_dataset
     from .device import resolve_device
-    from .rundir import RunDir, default_name, real_path
+    from .rundir import RunDir, check_run_name, default_name, real_path
     from .train import train
 
-    if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        from .launch import relaunch_with_torchrun
+    launch = args.nproc is not None and "WORLD_SIZE" not in os.environ
+    if launch:
+        from .launch import check_nproc
 
-        return relaunch_with_torchrun(args.nproc, args.argv)
+        check_nproc(args.nproc)
+    if args.name is not None:
+        check_run_name(args.name)
     from .envfile import load_env_file
 
     load_env_file()
@@ -122,12 +126,16 @@ def cmd_train(args) -> int:
             raise ConfigError(f"--init-from keeps the model it starts from; drop {', '.join(shape)}")
     if resume_state is not None:
         if resume_state["dataset_hash"] != data.content_hash:
-            raise ConfigError(f"{data_dir} is not the dataset {args.resume} was trained on; "
+            raise ConfigError(f"{data_dir} is not the dataset {args.resume} was trained on (its files differ); "
                               f"pass --data with the original dataset directory")
         checkpoint.check_resumable(resume_state, config, run.path)
-    else:
+    if launch and args.nproc > 1:  # every argument checked here, once: the processes would each report it
+        from .launch import relaunch_with_torchrun
+
+        return relaunch_with_torchrun(args.nproc, args.argv)
+    if resume_state is None:
         run_name = args.name or default_name(config.model.model, preset)
-        run = RunDir.create(args.out_dir, run_name) if _is_main_process() else None
+        run = RunDir.create(args.out_dir, run_name, unique=args.name is None) if _is_main_process() else None
     if _is_main_process():
         changes = config_changes(config, base)
         if resume_state:
@@ -315,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its checkpoint")
     p.add_argument("--init-from", default=None, metavar="RUN",
                    help="fine-tune: start a new run from this run's weights (a run directory or .pt file) on --data")
-    p.add_argument("--nproc", type=int, default=0, help="processes on this machine (launches torchrun)")
+    p.add_argument("--nproc", type=int, default=None, help="processes on this machine (launches torchrun)")
     _add_wandb_flags(p)
     p.add_argument("--wandb-name", default=None, help="wandb run name (default: train-<model>-<preset>)")
     p.add_argument("--dataset-artifact", default=None, metavar="ENTITY/PROJECT/NAME:ALIAS",
@@ -373,7 +381,20 @@ def _error(message) -> None:
     print(f"error: {text}", file=sys.stderr)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that every temporary file is removed on the way out."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):  # training installs its own handler
+            signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread
+        pass
     try:
         args = build_parser().parse_args(argv)
         args.argv = sys.argv[1:] if argv is None else list(argv)
@@ -389,9 +410,10 @@ def main(argv: list[str] | None = None) -> int:
     except ChargptError as e:
         _error(e)
         return getattr(e, "exit_code", 1)
-    except KeyboardInterrupt:
-        _error("interrupted; files are written whole or not at all, the last checkpoint is kept")
-        return 130
+    except KeyboardInterrupt as e:
+        _error(f"{'terminated' if isinstance(e, Terminated) else 'interrupted'}; files are written whole or not "
+               f"at all (temporaries removed), the last checkpoint is kept")
+        return 143 if isinstance(e, Terminated) else 130
     except BrokenPipeError:
         return 0
     except OSError as e:  # a full disk or a vanished directory: nothing chargpt could check beforehand

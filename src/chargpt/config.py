@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import ConfigError
 from .model import ModelConfig
+
+
+MAX_THREADS = 1024  # torch crashes (not an error: a segfault) when asked for 100,000
 
 
 @dataclass
@@ -41,6 +45,10 @@ class TrainConfig:
     sample_tokens: int = 500  # characters sampled into the run directory at the end
 
     def validate(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
         for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "eval_iters", "budget_evals",
                      "log_interval"):
             if getattr(self, name) <= 0:
@@ -51,6 +59,13 @@ class TrainConfig:
         for name in ("time_budget", "weight_decay", "grad_clip", "ckpt_interval", "threads", "sample_tokens"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.threads > MAX_THREADS:
+            raise ConfigError(f"--threads must be at most {MAX_THREADS} (0 = torch's default), got {self.threads}")
+        if not 0 <= self.seed < 2 ** 64:
+            raise ConfigError(f"--seed must be in [0, 2^64), got {self.seed}")
         for name in ("warmup", "decay", "min_lr_frac"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
@@ -78,10 +93,26 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
+        """The config saved as `d` (a checkpoint's or a run's), each value checked against its field's type."""
         try:
-            return cls(ModelConfig(**d["model"]), TrainConfig(**d["train"]))
+            return cls(_typed(ModelConfig, d["model"]), _typed(TrainConfig, d["train"]))
         except (KeyError, TypeError) as e:
             raise ConfigError(f"not a chargpt config ({e})") from None
+
+
+def _typed(kind, values: dict):
+    if not isinstance(values, dict):
+        raise TypeError(f"{kind.__name__} values are {type(values).__name__}, not an object")
+    default = kind()
+    for name, value in values.items():
+        if not hasattr(default, name):
+            raise TypeError(f"unknown field {name!r}")
+        want = type(getattr(default, name))
+        ok = (isinstance(value, want) and (want is bool or not isinstance(value, bool))) or \
+             (want is float and isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            raise TypeError(f"{name} is {value!r}, not a {want.__name__}")
+    return kind(**{k: (float(v) if type(getattr(default, k)) is float else v) for k, v in values.items()})
 
 
 # ------------------------------------------------------------------------------------------- presets

@@ -7,9 +7,11 @@ fraction, source sha256). Preparation streams the input in chunks, so memory sta
 from __future__ import annotations
 
 import codecs
+import functools
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 
 from .errors import DataError
-from .fsutil import atomic_path, load_torch, refused_global, write_json
+from .fsutil import atomic_path, kind_of, load_torch, not_regular, refused_global, remove_stale_temporaries, write_json
 from .tensorfile import TensorFileWriter, chunks
 from .tokenizer import CharTokenizer
 
@@ -25,6 +27,39 @@ FORMAT = "chargpt-dataset"
 FORMAT_VERSION = 1
 CHUNK = 1 << 24  # 16 MiB of input per step
 DTYPES = {"uint8": torch.uint8, "int16": torch.int16, "int32": torch.int32, "int64": torch.int64}
+FILES = ("train.pt", "val.pt", "meta.json")  # all that chargpt writes into a dataset directory
+
+
+class InputChanged(DataError):
+    def __init__(self, path: Path):
+        super().__init__(f"{path} changed while it was read; nothing was written. Run `chargpt prepare` again "
+                         f"once the file stops changing")
+
+
+def check_dataset_out(out_dir: Path, input_path: Path) -> None:
+    """Refuse to write a dataset into a directory that holds files and is not a chargpt dataset, or over the
+    input itself: chargpt replaces only the files of its own datasets."""
+    kind = kind_of(out_dir)
+    if kind is None:
+        return
+    if not out_dir.is_dir():
+        raise DataError(f"--out {out_dir} is {kind}, not a directory; choose a new or empty directory")
+    for name in FILES:
+        target = out_dir / name
+        if target.exists() and input_path.exists() and os.path.samefile(target, input_path):
+            raise DataError(f"--input {input_path} is the dataset's own {name}: preparing would overwrite its "
+                            f"input; choose another --out")
+    remove_stale_temporaries(out_dir, FILES)
+    if not any(out_dir.iterdir()):
+        return
+    meta = out_dir / "meta.json"
+    try:
+        ours = not_regular(meta) is None and json.loads(meta.read_bytes()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise DataError(f"--out {out_dir} holds files and is not a chargpt dataset (no chargpt meta.json); "
+                        f"chargpt leaves them as they are: choose a new or empty directory")
 
 
 def smallest_dtype(vocab_size: int) -> str:
@@ -81,6 +116,8 @@ def prepare(input_path: str | os.PathLike, out_dir: str | os.PathLike, val_fract
     if not input_path.is_file():
         what = "is not a file" if input_path.exists() else "does not exist"
         raise DataError(f"input file {input_path} {what}; pass --input with a UTF-8 text file")
+    check_dataset_out(out_dir, input_path)
+    stamp = _stamp(input_path)
 
     # Pass 1: find the vocabulary, count the characters and hash the source.
     sha = hashlib.sha256()
@@ -113,7 +150,7 @@ def prepare(input_path: str | os.PathLike, out_dir: str | os.PathLike, val_fract
         "name": name or input_path.stem,
         "source": str(input_path),
         "source_sha256": sha.hexdigest(),
-        "source_bytes": input_path.stat().st_size,
+        "source_bytes": stamp[0],
         "total_chars": total,
         "vocab_size": tok.vocab_size,
         "vocab": tok.chars,
@@ -137,21 +174,44 @@ def prepare(input_path: str | os.PathLike, out_dir: str | os.PathLike, val_fract
     table = np.zeros(len(seen), dtype=np_dtype)
     table[present] = np.arange(len(present), dtype=np_dtype)
     translation = table[:256].tobytes() if np_dtype == np.uint8 else None  # for bytes.translate, the fastest lookup
+    for name in FILES:
+        if kind_of(out_dir / name) not in (None, "a regular file"):
+            raise DataError(f"{out_dir / name} is {kind_of(out_dir / name)}, not a file chargpt wrote; "
+                            f"remove it or choose another --out")
     with atomic_path(out_dir / "train.pt") as train_tmp, atomic_path(out_dir / "val.pt") as val_tmp:
-        # Each chunk's ids go straight into the tensor files: no split is ever held in memory.
+        # Each chunk's ids go straight into the tensor files: no split is ever held in memory. The input is
+        # read a second time: it must be the same bytes as in pass 1, or what was counted is not what is encoded.
+        sha2 = hashlib.sha256()
         with TensorFileWriter(train_tmp, n_train, DTYPES[dtype]) as ft, \
                 TensorFileWriter(val_tmp, total - n_train, DTYPES[dtype]) as fv:
             written = 0
             for raw, cps in _read_chunks(input_path):
+                sha2.update(raw)
+                if written + len(cps) > total or _unseen(raw, cps, seen, seen_ascii):
+                    raise InputChanged(input_path)
                 ids = memoryview(raw.translate(translation) if translation and cps.dtype == np.uint8 else table[cps])
                 cut = max(0, min(len(ids), n_train - written))
                 ft.write(ids[:cut])
                 fv.write(ids[cut:])
                 written += len(ids)
-    for split in ("train", "val"):
-        meta[f"{split}_sha256"] = _sha256(out_dir / f"{split}.pt")
+            if written != total or sha2.hexdigest() != meta["source_sha256"] or _stamp(input_path) != stamp:
+                raise InputChanged(input_path)
+        for split, tmp in (("train", train_tmp), ("val", val_tmp)):
+            meta[f"{split}_sha256"] = _sha256(tmp)
     write_json(out_dir / "meta.json", meta)
     return PrepareResult(out_dir, meta, changed=True)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _unseen(raw: bytes, cps: np.ndarray, seen: np.ndarray, seen_ascii: bytes) -> bool:
+    """Whether a chunk holds a character pass 1 did not see (the file changed in between)."""
+    if cps.dtype == np.uint8:
+        return bool(raw.translate(None, seen_ascii))
+    return bool(len(cps)) and (int(cps.max()) >= len(seen) or not seen[cps].all())
 
 
 def _sha256(path: Path) -> str:
@@ -162,8 +222,10 @@ def _sha256(path: Path) -> str:
 
 def _up_to_date(out_dir: Path, meta: dict) -> bool:
     try:
-        old = json.loads((out_dir / "meta.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        old = json.loads((out_dir / "meta.json").read_bytes())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(old, dict):
         return False
     same = all(old.get(k) == v for k, v in meta.items() if k not in ("source", "name"))
     return same and all(
@@ -182,10 +244,14 @@ class Dataset:
     train: torch.Tensor
     val: torch.Tensor
 
-    @property
+    @functools.cached_property
     def content_hash(self) -> str:
-        """Identifies the encoded tensors (for lineage when no artifact can be used)."""
-        return hashlib.sha256((self.meta.get("train_sha256", "") + self.meta.get("val_sha256", "")).encode()).hexdigest()
+        """Identifies the encoded tensors (for lineage, and so that a run resumes only on its own data).
+
+        Computed from the split files themselves when first asked (a run asks as it starts), not taken from
+        meta.json: a file swapped under an unchanged meta.json must not pass for the original. For a prepared
+        dataset it equals the hash of the sha256 values `prepare` recorded."""
+        return hashlib.sha256((_sha256(self.path / "train.pt") + _sha256(self.path / "val.pt")).encode()).hexdigest()
 
     def check_block_size(self, block_size: int) -> None:
         """Both splits must hold at least one block plus its next-character target."""
@@ -201,22 +267,72 @@ class Dataset:
         return self.train if name == "train" else self.val
 
 
+INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
 def load_split(path: str | os.PathLike) -> torch.Tensor:
     """Read one split tensor memory-mapped (bounded memory), never running code from the file."""
     path = Path(path)
+    kind = not_regular(path)
+    if kind == "missing":
+        raise DataError(f"{path} is missing; run `chargpt prepare` first")
+    if kind:
+        raise DataError(f"not a chargpt dataset: {path} is {kind}, not a file; re-run `chargpt prepare`")
     try:
         t = load_torch(path, mmap=True)
-    except FileNotFoundError:
-        raise DataError(f"{path} is missing; run `chargpt prepare` first") from None
     except Exception as e:
         blocked = refused_global(e)
         if blocked:
             raise DataError(f"{path} refused: loading it would call {blocked}, and chargpt never runs code from a "
                             f"file; re-run `chargpt prepare`") from None
         raise DataError(f"{path} is not a readable tensor file ({e.__class__.__name__}); re-run `chargpt prepare`") from None
-    if not isinstance(t, torch.Tensor) or t.ndim != 1 or t.is_floating_point():
-        raise DataError(f"{path} does not hold a 1-D integer tensor; re-run `chargpt prepare`")
+    if not isinstance(t, torch.Tensor) or t.ndim != 1 or t.dtype not in INTEGER_DTYPES:
+        what = f"a {t.dtype} tensor of {t.ndim} dimensions" if isinstance(t, torch.Tensor) else type(t).__name__
+        raise DataError(f"not a chargpt dataset: {path} holds {what}, not a 1-D integer tensor; re-run `chargpt prepare`")
     return t
+
+
+def read_meta(path: Path) -> dict:
+    """`path`/meta.json, checked field by field: every later use of it may rely on its types."""
+    meta_path = path / "meta.json"
+    kind = not_regular(meta_path)
+    if kind == "missing":
+        raise DataError(f"{path} has no meta.json; create it with `chargpt prepare --out {path}`")
+    if kind:
+        raise DataError(f"not a chargpt dataset: {meta_path} is {kind}, not a file; re-run `chargpt prepare`")
+    try:
+        meta = json.loads(meta_path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise DataError(f"{meta_path} is unreadable ({e.strerror or e}); check its permissions") from None
+    except ValueError as e:  # invalid JSON or invalid UTF-8
+        first = str(e).splitlines()[0][:120] if str(e) else e.__class__.__name__
+        raise DataError(f"not a chargpt dataset: {meta_path} is not valid JSON ({first}); re-run `chargpt prepare`") from None
+    problem = _meta_problem(meta)
+    if problem:
+        raise DataError(f"not a chargpt dataset: {meta_path} {problem}; re-run `chargpt prepare`")
+    return meta
+
+
+def _meta_problem(meta) -> str | None:
+    if not isinstance(meta, dict):
+        return f"holds {type(meta).__name__ if meta is not None else 'null'}, not an object"
+    if meta.get("format") != FORMAT:
+        return f"has format {meta.get('format')!r}, not {FORMAT!r}"
+    vocab = meta.get("vocab")
+    if not isinstance(vocab, str) or not vocab or len(set(vocab)) != len(vocab):
+        return "has no vocabulary string of distinct characters ('vocab')"
+    if "vocab_size" in meta and (type(meta["vocab_size"]) is not int or meta["vocab_size"] != len(vocab)):
+        return f"records vocab_size {meta['vocab_size']!r} for a vocabulary of {len(vocab)} characters"
+    for key in ("train_sha256", "val_sha256"):
+        if key in meta and not (isinstance(meta[key], str) and re.fullmatch(r"[0-9a-f]{64}", meta[key])):
+            return f"has a {key} that is not a sha256 hex digest"
+    for key in ("train_tokens", "val_tokens", "total_chars"):
+        if key in meta and (type(meta[key]) is not int or meta[key] < 0):
+            return f"has a {key} that is not a count ({meta[key]!r})"
+    for key in ("name", "source", "dtype"):
+        if key in meta and not isinstance(meta[key], str):
+            return f"has a {key} that is not a string"
+    return None
 
 
 def load_dataset(path: str | os.PathLike) -> Dataset:
@@ -225,20 +341,22 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
         raise DataError(f"{path} is a file, not a dataset directory; pass the directory `chargpt prepare --out` wrote")
     if not path.is_dir():
         raise DataError(f"dataset directory {path} does not exist; create it with `chargpt prepare --out {path}`")
-    try:
-        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path} has no meta.json; create it with `chargpt prepare --out {path}`") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"{path / 'meta.json'} is unreadable ({e}); re-run `chargpt prepare`") from None
-    if meta.get("format") != FORMAT or "vocab" not in meta:
-        raise DataError(f"{path / 'meta.json'} is not a chargpt dataset description; re-run `chargpt prepare`")
+    meta = read_meta(path)
     tok = CharTokenizer(meta["vocab"])
     train, val = load_split(path / "train.pt"), load_split(path / "val.pt")
-    for name in ("train", "val"):
+    top = -1
+    for name, t in (("train", train), ("val", val)):
         lo, hi = _id_range(path / f"{name}.pt")
         if lo < 0 or hi >= tok.vocab_size:
             raise DataError(f"{path / (name + '.pt')} has token ids beyond the vocabulary; re-run `chargpt prepare`")
+        recorded = meta.get(f"{name}_tokens")
+        if recorded is not None and recorded != len(t):
+            raise DataError(f"not a chargpt dataset: {path / (name + '.pt')} holds {len(t):,} tokens, meta.json "
+                            f"records {recorded:,}; re-run `chargpt prepare`")
+        top = max(top, hi)
+    if top != tok.vocab_size - 1:  # prepare keeps exactly the characters the corpus has: the largest id occurs
+        raise DataError(f"not a chargpt dataset: {path / 'meta.json'} has a vocabulary of {tok.vocab_size:,} "
+                        f"characters but the splits use ids up to {top}; re-run `chargpt prepare`")
     return Dataset(path, meta, tok, train, val)
 
 

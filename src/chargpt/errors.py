@@ -19,3 +19,7 @@ class ConfigError(ChargptError, ValueError):
 
 class CheckpointError(ChargptError):
     """A checkpoint or run directory that cannot be loaded or resumed."""
+
+
+class OutputError(ChargptError):
+    """An output path chargpt must not write: not a regular file, or a directory that is not chargpt's own."""

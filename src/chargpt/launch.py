@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 
-from .distributed import thread_share
+from .distributed import cpu_count, thread_share
 from .errors import ConfigError
 
 
@@ -26,6 +26,18 @@ def strip_nproc(argv: list[str]) -> list[str]:
 def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
             "-m", "chargpt", *strip_nproc(argv)]
+
+
+def max_nproc() -> int:
+    """More processes than this machine has CPUs (or GPUs) only slows each one down."""
+    import torch
+
+    return max(cpu_count(), torch.cuda.device_count() if torch.cuda.is_available() else 0)
+
+
+def check_nproc(nproc: int) -> None:
+    if not 1 <= nproc <= max_nproc():
+        raise ConfigError(f"--nproc must be between 1 and {max_nproc()} (the CPUs or GPUs of this machine), got {nproc}")
 
 
 def relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:

@@ -50,8 +50,8 @@ class ModelConfig:
                               ("mlp", ("relu", "relu2", "gelu"))):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if self.logit_softcap < 0:
-            raise ConfigError(f"--logit-softcap must be >= 0 (0 turns it off), got {self.logit_softcap}")
+        if not 0 <= self.logit_softcap < float("inf"):
+            raise ConfigError(f"--logit-softcap must be a finite number >= 0 (0 turns it off), got {self.logit_softcap}")
 
 
 def window_start(length: int, block_size: int) -> int:

@@ -7,8 +7,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CheckpointError
-from .fsutil import append_line, write_json, write_text
+from .errors import CheckpointError, ConfigError
+from .fsutil import append_line, kind_of, not_regular, remove_stale_temporaries, write_json, write_text
 
 CONFIG, METRICS, SUMMARY, SAMPLE, CKPT, BEST, PLOT = ("config.json", "metrics.jsonl", "summary.json", "sample.txt",
                                                      "ckpt.pt", "best.pt", "loss.png")
@@ -19,28 +19,44 @@ class RunDir:
     path: Path
 
     @classmethod
-    def create(cls, out_dir: str | os.PathLike, name: str) -> "RunDir":
-        path = Path(out_dir) / name
-        if path.exists() and any(path.iterdir()):
-            raise CheckpointError(f"run directory {path} already exists; pass --resume {path} to continue it "
-                                  f"or --name to start another")
+    def create(cls, out_dir: str | os.PathLike, name: str, unique: bool = False) -> "RunDir":
+        """Make `out_dir/name`, a directory no one else has: creation is exclusive, so two runs started at
+        once never share one. With `unique` (a default name), a name already taken gets a suffix -2, -3, ..."""
+        check_run_name(name)
+        out_dir = Path(out_dir)
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise CheckpointError(f"cannot create run directory {path} ({e.strerror}); choose a writable --out-dir") from None
-        if not os.access(path, os.W_OK):
-            raise CheckpointError(f"run directory {path} is not writable; choose a writable --out-dir")
-        return cls(path)
+            raise CheckpointError(f"cannot create --out-dir {out_dir} ({e.strerror}); choose a writable --out-dir") from None
+        for n in range(1, 1000 if unique else 2):
+            path = out_dir / (name if n == 1 else f"{name}-{n}")
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise CheckpointError(f"cannot create run directory {path} ({e.strerror}); choose a writable --out-dir") from None
+            if not os.access(path, os.W_OK):
+                path.rmdir()
+                raise CheckpointError(f"run directory {path} is not writable; choose a writable --out-dir")
+            return cls(path)
+        path = out_dir / name
+        raise CheckpointError(f"run directory {path} already exists; pass --resume {path} to continue it "
+                              f"or --name to start another")
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "RunDir":
-        """The run at `path` (its directory, or a file in it). A link such as `runs/latest` is followed, so the
-        run keeps its own name: marking it latest again must not point `latest` at itself."""
+        """The run at `path` (its directory, or a file in it), checked before anything is written into it. A
+        link such as `runs/latest` is followed, so the run keeps its own name: marking it latest again must not
+        point `latest` at itself."""
         path = real_path(Path(path))
         if path.is_file():
             path = path.parent
         if not (path / CKPT).is_file():
             raise CheckpointError(f"cannot resume {path}: no {CKPT} there; pass the directory of a chargpt run")
+        problem = run_problem(path)
+        if problem:
+            raise CheckpointError(f"cannot resume {path}: {problem}; start a new run, or repair or remove that file")
         return cls(path)
 
     @property
@@ -64,13 +80,12 @@ class RunDir:
     def recover(self, step: int) -> None:
         """Before resuming at `step`, undo what a crash can leave: evaluations logged after the checkpoint was
         saved, a torn last line, and half-written temporary files of atomic writes."""
-        for tmp in self.path.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
+        remove_stale_temporaries(self.path)
         path = self.path / METRICS
         if not path.is_file():
             return
         kept = "".join(json.dumps(r) + "\n" for r in read_metrics(self.path) if r.get("step", 0) <= step)
-        if kept != path.read_text(encoding="utf-8"):
+        if kept != path.read_bytes().decode("utf-8", errors="replace"):
             write_text(path, kept)
 
     def write_summary(self, summary: dict) -> None:
@@ -79,13 +94,18 @@ class RunDir:
     def write_sample(self, text: str) -> None:
         write_text(self.path / SAMPLE, text)
 
-    def mark_latest(self) -> None:
-        """Point `<out_dir>/latest` at this run (a symlink replaced atomically)."""
+    def mark_latest(self) -> str | None:
+        """Point `<out_dir>/latest` at this run (a symlink replaced atomically), unless `latest` is something
+        other than chargpt's own symlink (a plain name of a run next to it): then it is left alone, and the
+        reason returned."""
         target = real_path(self.path)
         link = target.parent / "latest"
         tmp = target.parent / f".latest.{os.getpid()}"
         if target.name == "latest":
-            return  # never a link to itself
+            return None  # never a link to itself
+        kind = kind_of(link)
+        if kind is not None and not (kind == "a symbolic link" and _is_run_link(link)):
+            return f"{link} is {kind} that chargpt did not make; left as it is"
         try:
             if tmp.is_symlink():
                 tmp.unlink()
@@ -93,6 +113,70 @@ class RunDir:
             os.replace(tmp, link)
         except OSError:
             pass  # a filesystem without symlinks only loses the convenience name
+        return None
+
+
+def _is_run_link(link: Path) -> bool:
+    target = os.readlink(link)
+    return "/" not in target and target not in (".", "..") and (not (link.parent / target).exists()
+                                                                or (link.parent / target / CONFIG).is_file())
+
+
+def check_run_name(name: str) -> None:
+    """A run name is one plain path component: the run stays inside --out-dir, and `latest` stays chargpt's."""
+    if (not name or name in (".", "..", "latest") or "/" in name or os.sep in name or name.startswith(".")
+            or "\0" in name):
+        raise ConfigError(f"--name {name!r} is not a plain run name; use letters, digits, '-', '_' or '.', "
+                          f"without '/', not starting with '.', and not 'latest'")
+
+
+def run_problem(path: Path) -> str | None:
+    """What is wrong with the files of run directory `path` (config, summary, metrics log), if anything."""
+    for name in (CONFIG, SUMMARY, METRICS):
+        kind = not_regular(path / name)
+        if kind and kind != "missing":
+            return f"{name} is {kind}"
+    if (path / CONFIG).exists():  # a checkpoint alone (copied by hand) is a run too
+        try:
+            config = json.loads((path / CONFIG).read_bytes().decode("utf-8"))
+        except (OSError, ValueError) as e:
+            return f"{CONFIG} is unreadable ({e.__class__.__name__})"
+        if not isinstance(config, dict) or not isinstance(config.get("model"), dict) or not isinstance(config.get("train"), dict):
+            return f"{CONFIG} is not a chargpt run config (an object with model and train)"
+    if (path / SUMMARY).exists():
+        try:
+            summary = json.loads((path / SUMMARY).read_bytes().decode("utf-8"))
+        except (OSError, ValueError) as e:
+            return f"{SUMMARY} is unreadable ({e.__class__.__name__})"
+        if not isinstance(summary, dict):
+            return f"{SUMMARY} is not an object"
+    try:
+        metrics_problem(path)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def metrics_problem(path: Path) -> None:
+    """Raise ValueError naming the first damaged line of the metrics log (a torn last line is a crash's, not damage)."""
+    try:
+        lines = (Path(path) / METRICS).read_bytes().decode("utf-8").splitlines()
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{METRICS} is unreadable ({e.__class__.__name__})") from None
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if i == len(lines) - 1:
+                continue
+            raise ValueError(f"{METRICS} line {i + 1} is not JSON") from None
+        if not _is_record(record):
+            raise ValueError(f"{METRICS} line {i + 1} is not a record of numbers")
+
+
+NUMERIC = ("step", "train_loss", "val_loss", "train_seconds", "lr", "tokens_seen", "tokens_per_sec")
 
 
 def real_path(path: Path) -> Path:
@@ -108,18 +192,30 @@ def real_path(path: Path) -> Path:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """Records of a metrics log; a torn last line (crash mid-write) is skipped."""
+    """Records of a metrics log; a torn last line (crash mid-write) is skipped, and so is any line that is not a
+    record of numbers (a hand edit): readers may rely on the types."""
     out = []
+    file = Path(path) / METRICS
+    if not_regular(file):
+        return out
     try:
-        lines = (Path(path) / METRICS).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
+        lines = file.read_bytes().decode("utf-8", errors="replace").splitlines()
+    except OSError:
         return out
     for line in lines:
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line)
+        except ValueError:
             continue
+        if _is_record(record):
+            out.append(record)
     return out
+
+
+def _is_record(record) -> bool:
+    return isinstance(record, dict) and all(
+        isinstance(record[k], (int, float)) and not isinstance(record[k], bool)
+        and (k != "step" or isinstance(record[k], int)) for k in NUMERIC if record.get(k) is not None)
 
 
 def default_name(model: str, preset: str | None) -> str:

@@ -94,7 +94,8 @@ def rng_state(gen: torch.Generator) -> dict:
 def restore_rng(state: dict, gen: torch.Generator, batch_state: torch.Tensor | None = None) -> None:
     torch.set_rng_state(state["torch"])
     gen.set_state(batch_state if batch_state is not None else state["batch"])
-    random.setstate((state["python_version"], tuple(state["python"]), None))
+    if state.get("python") is not None:  # checkpoints of tests and older versions may lack it
+        random.setstate((state["python_version"], tuple(state["python"]), None))
 
 
 def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | None = None,
@@ -122,7 +123,7 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
 
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)
-    gen = torch.Generator().manual_seed(tc.seed + dist_info.rank)  # each rank draws its own batches
+    gen = torch.Generator().manual_seed((tc.seed + dist_info.rank) % 2 ** 64)  # each rank draws its own batches
     model = build_model(mc)
     origin = None
     if init_from is not None:
@@ -149,7 +150,7 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
         mine = states[dist_info.rank] if states and len(states) == dist_info.world_size else None
         restore_rng(resume_state["rng"], gen, mine)
         if mine is None and dist_info.enabled:  # another number of processes: keep the ranks' batches apart
-            gen.manual_seed(tc.seed + dist_info.rank + 1_000_003 * step)
+            gen.manual_seed((tc.seed + dist_info.rank + 1_000_003 * step) % 2 ** 64)
     if main and run is not None:
         run.write_config(config.to_dict() | {"preset": preset, "data_dir": data_dir}
                          | ({"init_from": origin} if origin else {}))
@@ -180,7 +181,7 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
     def evaluate() -> dict:
         # Eager model: compiling an eval-mode graph would cost a second compile outside the time budget.
         losses = estimate_loss(model, splits, tc.eval_iters, micro_batch, mc.block_size, device,
-                               torch.Generator().manual_seed(tc.seed + 10_000), autocast)
+                               torch.Generator().manual_seed((tc.seed + 10_000) % 2 ** 64), autocast)
         return {"train_loss": losses["train"], "val_loss": losses["val"]}
 
     def kept() -> str:
@@ -341,7 +342,9 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
                 run.write_sample(text)
                 summary["sample"] = text
             run.write_summary(summary)
-            run.mark_latest()
+            note = run.mark_latest()
+            if note:
+                say(f"warning: {note}")
         tracker.finish(summary, run)
     distributed.barrier(dist_info)
     distributed.shutdown(dist_info)  # NCCL warns at exit about a process group never destroyed
