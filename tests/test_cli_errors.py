@@ -3,10 +3,14 @@ files that were already there untouched (issue 7, section 3). Each row runs `pyt
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
+import signal
+import stat
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -32,12 +36,14 @@ def snapshot(root: Path) -> dict[str, tuple]:
     out = {}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()
+        st = p.lstat()
         if p.is_symlink():
             out[rel] = ("link", os.readlink(p))
         elif p.is_dir():
             out[rel] = ("dir",)
+        elif not stat.S_ISREG(st.st_mode):  # a FIFO or a device: its kind and identity, never its contents
+            out[rel] = ("special", stat.S_IFMT(st.st_mode), st.st_ino, st.st_rdev, st.st_mtime_ns)
         else:
-            st = p.stat()
             out[rel] = ("file", st.st_size, st.st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
     return out
 
@@ -78,7 +84,63 @@ def ws(tmp_path_factory, dataset_dir) -> Path:
     # A dataset whose split file is not a tensor file.
     shutil.copytree(root / "data", root / "data_corrupt")
     (root / "data_corrupt" / "train.pt").write_bytes(b"not a tensor file")
+    damage_datasets(root)
+    damage_checkpoints(root, state_of=lambda: torch.load(base / "ckpt.pt", weights_only=True))
+    damage_runs(root, base)
+    # A user's own directory (not a chargpt dataset) holding files named like a dataset's.
+    (root / "userdir").mkdir()
+    (root / "userdir" / "train.pt").write_bytes(b"the user's own train.pt\n")
+    (root / "userdir" / "meta.json").write_text('{"mine": true}\n')
     return root
+
+
+def damage_datasets(root: Path) -> None:
+    """Dataset directories edited by hand, from another version, or damaged (issue 11, section 3)."""
+    meta = json.loads((root / "data" / "meta.json").read_text())
+    train = torch.load(root / "data" / "train.pt", weights_only=True)
+    def copy(name: str) -> Path:
+        shutil.copytree(root / "data", root / name)
+        return root / name
+    for name, tensor in (("data_bool", train.bool()), ("data_complex", train.to(torch.complex64)),
+                         ("data_float", train.float()), ("data_2d", train[: len(train) // 2 * 2].reshape(2, -1))):
+        torch.save(tensor, copy(name) / "train.pt")
+    for name, text in (("meta_list", "[1, 2]"), ("meta_null", "null"), ("meta_string", '"chargpt-dataset"'),
+                       ("meta_vocab_list", json.dumps(meta | {"vocab": list(meta["vocab"])})),
+                       ("meta_vocab_int", json.dumps(meta | {"vocab": 65})),
+                       ("meta_hash_int", json.dumps(meta | {"train_sha256": 12345})),
+                       ("meta_huge_vocab", json.dumps(meta | {"vocab": "".join(map(chr, range(0x100, 0x100 + 100_000))),
+                                                              "vocab_size": 100_000})),
+                       ("meta_size_str", json.dumps(meta | {"vocab_size": "65"}))):
+        (copy(name) / "meta.json").write_text(text)
+    (copy("meta_bad_utf8") / "meta.json").write_bytes(b'{"format": "chargpt-dataset", "vocab": "\xff\xfe"}')
+    # The same meta.json over a train.pt with other contents (same length, same ids): only the files tell.
+    torch.save(train.flip(0).clone(), copy("data_swapped") / "train.pt")
+
+
+def damage_checkpoints(root: Path, state_of) -> None:
+    """Checkpoints with missing or wrong-typed fields, their checksums recomputed (so only the structure is wrong)."""
+    def drop(key):
+        return lambda s: s.pop(key)
+    def put(key, value):
+        return lambda s: s.__setitem__(key, value)
+    for name, edit in (("ck_nostep", drop("step")), ("ck_strstep", put("step", "3")), ("ck_extralist", put("extra", [])),
+                       ("ck_norng", drop("rng")), ("ck_hashint", put("dataset_hash", 7)),
+                       ("ck_configtype", lambda s: s["config"]["model"].__setitem__("n_layer", "1")),
+                       ("ck_noconfig", drop("config")), ("ck_datadir", lambda s: s["extra"].__setitem__("data_dir", 5))):
+        state = state_of()
+        edit(state)
+        state["checksum"] = checkpoint.digest(state)
+        (root / "runs" / name).mkdir()
+        torch.save(state, root / "runs" / name / "ckpt.pt")
+
+
+def damage_runs(root: Path, base: Path) -> None:
+    """Runs whose own files were damaged; resuming one must refuse before it writes anything."""
+    for name, file, text in (("run_summary_list", "summary.json", "[]"), ("run_summary_null", "summary.json", "null"),
+                             ("run_config_list", "config.json", "[]"),
+                             ("run_metrics_bad", "metrics.jsonl", '{"step": 0, "val_loss": 4.2}\nnot json\n{"step": 1}\n')):
+        shutil.copytree(base, root / "runs" / name, symlinks=True)
+        (root / "runs" / name / file).write_text(text)
 
 
 def _subparsers() -> dict:
@@ -173,6 +235,54 @@ ROWS = [
     ("eval-other-vocabulary", ["eval", "--ckpt", "runs/base", "--data", "data_other"], "vocabulary"),
     ("eval-missing-data", ["eval", "--ckpt", "runs/base", "--data", "nope"], "nope"),
     ("eval-unknown-split", ["eval", "--ckpt", "runs/base", "--split", "test"], "split"),
+    # -- issue 11, section 1: never replace what is not ours
+    ("prepare-into-user-dir", ["prepare", "--input", "corpus.txt", "--out", "userdir"], "not a chargpt dataset"),
+    ("prepare-over-own-input", ["prepare", "--input", "data/train.pt", "--out", "data"], "input"),
+    ("prepare-out-is-file", ["prepare", "--input", "corpus.txt", "--out", "corpus.txt"], "not a directory"),
+    ("train-name-outside-out-dir", ["train", *TINY, "--data", "data", "--name", "../x"], "plain run name"),
+    ("train-name-latest", ["train", *TINY, "--data", "data", "--name", "latest"], "plain run name"),
+    ("train-name-absolute", ["train", *TINY, "--data", "data", "--name", "/tmp/x"], "plain run name"),
+    ("train-out-dir-is-file", ["train", *TINY, "--data", "data", "--out-dir", "corpus.txt"], "corpus.txt"),
+    # -- issue 11, section 2: sizes that cannot fit, bounds, non-finite values, one line before any work
+    ("train-batch-size-huge", ["train", *TINY, "--data", "data", "--batch-size", "100000000"], "--batch-size"),
+    ("train-block-size-huge-learned", ["train", *TINY, "--data", "data", "--block-size", "100000", "--pos", "learned"],
+     "--block-size"),
+    ("train-sample-tokens-huge", ["train", *TINY, "--data", "data", "--sample-tokens", str(10 ** 20)], "--sample-tokens"),
+    ("train-n-layer-huge", ["train", *TINY, "--data", "data", "--n-layer", "100000000"], "--n-layer"),
+    ("train-threads-huge", ["train", *TINY, "--data", "data", "--threads", "100000"], "--threads"),
+    ("train-nproc-0", ["train", *TINY, "--data", "data", "--nproc", "0"], "--nproc"),
+    ("train-nproc-huge", ["train", *TINY, "--data", "data", "--nproc", "100000"], "--nproc"),
+    ("train-nproc-2-bad-argument", ["train", *TINY, "--data", "data", "--nproc", "2", "--lr", "-1"], "--lr"),
+    ("train-beta1-nan", ["train", *TINY, "--data", "data", "--beta1", "nan"], "--beta1"),
+    ("train-beta2-1.5", ["train", *TINY, "--data", "data", "--beta2", "1.5"], "--beta2"),
+    ("train-beta2-1", ["train", *TINY, "--data", "data", "--beta2", "1"], "--beta2"),
+    ("train-grad-clip-inf", ["train", *TINY, "--data", "data", "--grad-clip", "inf"], "--grad-clip"),
+    ("train-grad-clip-nan", ["train", *TINY, "--data", "data", "--grad-clip", "nan"], "--grad-clip"),
+    ("train-logit-softcap-nan", ["train", *TINY, "--data", "data", "--logit-softcap", "nan"], "--logit-softcap"),
+    ("train-logit-softcap-inf", ["train", *TINY, "--data", "data", "--logit-softcap", "inf"], "--logit-softcap"),
+    ("train-weight-decay-nan", ["train", *TINY, "--data", "data", "--weight-decay", "nan"], "--weight-decay"),
+    ("train-dropout-nan", ["train", *TINY, "--data", "data", "--dropout", "nan"], "--dropout"),
+    ("train-seed-beyond-64-bits", ["train", *TINY, "--data", "data", "--seed", str(2 ** 70)], "--seed"),
+    ("train-seed-negative", ["train", *TINY, "--data", "data", "--seed", "-1"], "--seed"),
+    ("sample-temperature-nan", ["sample", "--ckpt", "runs/base", "--temperature", "nan"], "--temperature"),
+    ("sample-temperature-inf", ["sample", "--ckpt", "runs/base", "--temperature", "inf"], "--temperature"),
+    ("sample-top-p-nan", ["sample", "--ckpt", "runs/base", "--top-p", "nan"], "--top-p"),
+    ("sample-seed-beyond-64-bits", ["sample", "--ckpt", "runs/base", "--seed", str(2 ** 70)], "--seed"),
+    ("sample-max-new-tokens-huge", ["sample", "--ckpt", "runs/base", "--max-new-tokens", str(10 ** 20)], "--max-new-tokens"),
+    ("sample-num-samples-huge", ["sample", "--ckpt", "runs/base", "--num-samples", str(10 ** 8),
+                                 "--max-new-tokens", "1000"], "--num-samples"),
+    # -- issue 11, section 3: damaged datasets, checkpoints and runs
+    *((f"train-{name}", ["train", *TINY, "--data", name], "not a chargpt dataset") for name in (
+        "data_bool", "data_complex", "data_float", "data_2d", "meta_list", "meta_null", "meta_string",
+        "meta_vocab_list", "meta_vocab_int", "meta_hash_int", "meta_huge_vocab", "meta_size_str", "meta_bad_utf8")),
+    ("resume-swapped-dataset-files", ["train", "--resume", "runs/base", "--data", "data_swapped"], "differ"),
+    *((f"resume-{name}", ["train", "--resume", f"runs/{name}", "--data", "data"], "not a chargpt checkpoint")
+      for name in ("ck_nostep", "ck_strstep", "ck_extralist", "ck_norng", "ck_hashint", "ck_configtype", "ck_noconfig",
+                   "ck_datadir")),
+    ("resume-summary-list", ["train", "--resume", "runs/run_summary_list"], "summary.json"),
+    ("resume-summary-null", ["train", "--resume", "runs/run_summary_null"], "summary.json"),
+    ("resume-config-list", ["train", "--resume", "runs/run_config_list"], "config.json"),
+    ("resume-metrics-bad-line", ["train", "--resume", "runs/run_metrics_bad"], "metrics.jsonl"),
     # -- the command line itself
     ("no-command", [], "command"),
     ("unknown-command", ["frobnicate"], "frobnicate"),
@@ -189,6 +299,9 @@ for _cmd in ckpt_commands():
         (f"{_cmd}-text-file-ckpt", [_cmd, "--ckpt", "runs/textckpt", *on_cpu(_cmd)], "textckpt"),
         (f"{_cmd}-tensor-not-ckpt", [_cmd, "--ckpt", "runs/tensor", *on_cpu(_cmd)], "not a chargpt checkpoint"),
         (f"{_cmd}-ckpt-of-another-model", [_cmd, "--ckpt", "runs/othershape", *on_cpu(_cmd)], "does not match"),
+        *((f"{_cmd}-{name}", [_cmd, "--ckpt", f"runs/{name}", *on_cpu(_cmd)], "not a chargpt checkpoint")
+          for name in ("ck_nostep", "ck_strstep", "ck_extralist", "ck_norng", "ck_hashint", "ck_configtype",
+                       "ck_noconfig", "ck_datadir")),
     ]
 
 
@@ -201,6 +314,14 @@ ISSUE_ROWS = {
     "prepare-unwritable-out", "resume-missing-run", "resume-other-dataset", "resume-other-model-shape",
     "train-unknown-preset", "train-unknown-model", "train-unknown-device", "train-device-cuda-without-cuda",
     *(f"{cmd}-{what}" for cmd in ckpt_commands() for what in ("truncated-ckpt", "ckpt-of-another-model")),
+    # issue 11: one member of each class as a real process
+    "prepare-into-user-dir", "prepare-over-own-input", "train-name-outside-out-dir", "train-batch-size-huge",
+    "train-block-size-huge-learned", "train-sample-tokens-huge", "train-threads-huge", "train-nproc-0",
+    "train-nproc-2-bad-argument", "train-beta2-1.5", "train-grad-clip-inf", "train-logit-softcap-nan",
+    "sample-temperature-nan", "sample-seed-beyond-64-bits", "sample-max-new-tokens-huge", "sample-num-samples-huge",
+    "train-seed-beyond-64-bits", "train-data_complex", "train-meta_list", "train-meta_bad_utf8",
+    "train-meta_huge_vocab", "resume-swapped-dataset-files", "resume-ck_strstep", "resume-summary-list",
+    "resume-config-list", *(f"{cmd}-ck_extralist" for cmd in ckpt_commands()),
 }
 
 
@@ -261,3 +382,213 @@ def test_every_bad_input_of_the_issue_runs_as_a_process():
     ids = {r[0] for r in ROWS}
     assert ISSUE_ROWS <= ids, ISSUE_ROWS - ids
     assert len(ISSUE_ROWS) >= 22 + 2 * len(ckpt_commands())
+
+
+# ------------------------------------------------------------------------------------------ issue 11
+def one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert "Traceback" not in stderr, stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    return lines[0]
+
+
+def test_runs_lists_every_run_and_says_what_is_damaged(ws, monkeypatch, capsys):
+    """One damaged run directory does not stop the listing: its row says what is wrong, the others print."""
+    home = ws.parent / "runs_listing"
+    shutil.copytree(ws / "runs", home / "runs", symlinks=True)
+    odd = {"run_strings": ("summary.json", '{"steps": "many", "val_loss_full": "low"}'),
+           "run_absurd": ("config.json", json.dumps({"model": {"model": "gpt", "vocab_size": 65, "n_layer": 10 ** 12,
+                                                                "n_embd": 32, "n_head": 2, "block_size": 16},
+                                                      "train": {}}))}
+    for name, (file, text) in odd.items():
+        shutil.copytree(ws / "runs" / "base", home / "runs" / name)
+        (home / "runs" / name / "summary.json").unlink()
+        (home / "runs" / name / file).write_text(text)
+    monkeypatch.chdir(home)
+    before = snapshot(home)
+    assert main(["runs"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and "Traceback" not in out
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert "finished" in rows["base"] and "damaged" not in rows["base"]
+    for name in ("run_summary_list", "run_summary_null", "run_config_list", "run_metrics_bad", "run_strings", "run_absurd"):
+        assert "damaged:" in rows[name], (name, rows.get(name))
+    assert "metrics.jsonl line 2" in rows["run_metrics_bad"]
+    check_unchanged(before, snapshot(home))
+
+
+def _targets(tmp: Path) -> dict[str, Path]:
+    """A FIFO, a symlink to a file of the user's, and (as root) a character device made with mknod."""
+    out = {}
+    os.mkfifo(tmp / "fifo.png")
+    out["fifo"] = tmp / "fifo.png"
+    (tmp / "users_file.png").write_bytes(b"the user's own picture")
+    (tmp / "link.png").symlink_to("users_file.png")
+    out["symlink"] = tmp / "link.png"
+    if os.geteuid() == 0:
+        os.mknod(tmp / "null.png", 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # what /dev/null is
+        out["device"] = tmp / "null.png"
+    return out
+
+
+WRITERS = {  # every command that writes a path the user names: argv with OUT where that path goes
+    "attention": ["attention", "--ckpt", "runs/base", "--prompt", "First", "--device", "cpu", "--out", "OUT"],
+    "runs-plot": ["runs", "--plot", "base", "--out", "OUT"],
+    "prepare": ["prepare", "--input", "corpus.txt", "--out", "OUT"],
+    "train-out-dir": ["train", *TINY, "--max-steps", "1", "--data", "data", "--out-dir", "OUT"],
+}
+
+
+@pytest.mark.slow
+def test_outputs_that_are_not_regular_files_are_refused_and_left_untouched(ws, tmp_path):
+    if os.geteuid() != 0:
+        print("SKIPPED PART: not root, so no device node is made with mknod; FIFOs and symlinks are still tried")
+    jobs = []
+    for cmd, argv in WRITERS.items():
+        targets = _targets(tmp_path / cmd) if (tmp_path / cmd).mkdir() is None else {}
+        jobs += [(cmd, kind, path, [str(path) if a == "OUT" else a for a in argv]) for kind, path in targets.items()]
+
+    def one(job):
+        cmd, kind, path, argv = job
+        before = snapshot(path.parent)
+        p = chargpt(*argv, cwd=ws, timeout=180)
+        return job, p, before, snapshot(path.parent)
+
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        for (cmd, kind, path, argv), p, before, after in pool.map(one, jobs):
+            assert p.returncode != 0, (cmd, kind, p.stdout, p.stderr)
+            one_error_line(p.stderr)
+            check_unchanged(before, after)
+    if os.geteuid() == 0:
+        assert any(kind == "device" for _, kind, _, _ in jobs)
+
+
+def test_latest_that_is_not_chargpts_symlink_is_left_alone(ws, tmp_path):
+    """`latest` a user's regular file: the run trains, a warning says why `latest` was not updated."""
+    shutil.copytree(ws / "data", tmp_path / "data")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "latest").write_text("my notes, not a link\n")
+    before = snapshot(tmp_path / "runs")
+    p = chargpt("train", *TINY, "--max-steps", "1", "--data", "data", "--name", "r", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "latest" in p.stderr and "left as it is" in p.stderr and "Traceback" not in p.stderr
+    assert (tmp_path / "runs" / "latest").read_text() == "my notes, not a link\n"
+    assert before["latest"] == snapshot(tmp_path / "runs")["latest"]
+
+
+def test_two_runs_with_the_same_default_name_get_their_own_directories(tmp_path):
+    from chargpt.rundir import RunDir
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        runs = list(pool.map(lambda _: RunDir.create(tmp_path, "train-gpt-cpu-20260101-000000", unique=True), range(8)))
+    assert len({r.path for r in runs}) == 8
+    with pytest.raises(Exception, match="already exists"):
+        RunDir.create(tmp_path, "train-gpt-cpu-20260101-000000")  # a name the user gave is never reused
+
+
+def test_full_disk_while_saving_is_one_line_and_keeps_the_previous_checkpoint(ws, tmp_path):
+    """A real small filesystem (tmpfs, as root) that fills up while `train` writes its checkpoint."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root to mount a small tmpfs; the injected ENOSPC test below still runs")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("mount -t tmpfs is not permitted here (a container without CAP_SYS_ADMIN)")
+    try:
+        p = chargpt("train", *TINY, "--max-steps", "1", "--sample-tokens", "0", "--data", str(ws / "data"),
+                    "--out-dir", str(mnt), "--name", "r", cwd=ws)
+        lines = [line for line in p.stderr.splitlines() if line.startswith("error")]
+        assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr
+        assert len(lines) == 1 and "no space left" in lines[0].lower() and "free space" in lines[0], p.stderr
+        assert not [q for q in (mnt / "r").iterdir() if q.name.endswith(".tmp")]  # no temporaries left behind
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_injected_enospc_while_saving_is_one_line(ws, tmp_path, monkeypatch, capsys):
+    """The same, by an OSError(ENOSPC) from the OS call that flushes the file (runs everywhere)."""
+    import errno
+
+    shutil.copytree(ws / "runs" / "base", tmp_path / "base")
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    code = main(["attention", "--ckpt", "base", "--prompt", "First", "--device", "cpu", "--out", "att.png"])
+    monkeypatch.undo()
+    line = one_error_line(capsys.readouterr().err)
+    assert code != 0 and "no space left" in line.lower() and "free space" in line
+    check_unchanged(before, snapshot(tmp_path))
+
+
+def test_sigterm_during_prepare_leaves_no_temporaries_and_the_next_run_removes_stale_ones(shakespeare_path, tmp_path):
+    big = tmp_path / "big.txt"
+    big.write_bytes(shakespeare_path.read_bytes() * 60)  # ~65 MB: prepare takes long enough to be caught writing
+    out = tmp_path / "ds"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "chargpt", "prepare", "--input", str(big), "--out", str(out)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (out.is_dir() and any(p.name.endswith(".tmp") for p in out.iterdir())):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "prepare never started writing"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "terminated" in one_error_line(err)
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    # A writer killed outright (kill -9) leaves a temporary: the next prepare removes it, then writes the dataset.
+    stale = out / ".train.pt.999999999.abcd1234.tmp"
+    stale.write_bytes(b"x" * 1000)
+    p = chargpt("prepare", "--input", str(shakespeare_path), "--out", str(out), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert not stale.exists() and (out / "meta.json").is_file()
+
+
+def test_fifo_inside_a_dataset_is_refused_not_waited_on(ws, tmp_path):
+    for name in ("train.pt", "meta.json"):
+        ds = tmp_path / f"fifo_{name}"
+        shutil.copytree(ws / "data", ds)
+        (ds / name).unlink()
+        os.mkfifo(ds / name)
+        p = chargpt("train", *TINY, "--data", str(ds), cwd=tmp_path, timeout=120)
+        line = one_error_line(p.stderr)
+        assert p.returncode != 0 and "fifo" in line.lower() and "not a chargpt dataset" in line
+
+
+def test_a_corpus_that_changes_while_prepare_reads_it_is_one_error_and_writes_nothing(tmp_path, monkeypatch):
+    import chargpt.data as data_mod
+    from chargpt.errors import DataError
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello world, a corpus that someone is editing. " * 50)
+    original = data_mod._up_to_date
+
+    def edit_between_the_passes(out_dir, meta):  # pass 1 counted one text; pass 2 would encode another
+        with open(corpus, "a") as f:
+            f.write("QXZ appended while prepare was running\n")
+        return original(out_dir, meta)
+
+    monkeypatch.setattr(data_mod, "_up_to_date", edit_between_the_passes)
+    with pytest.raises(DataError, match="changed while it was read"):
+        data_mod.prepare(corpus, tmp_path / "ds")
+    assert not (tmp_path / "ds").exists() or not any((tmp_path / "ds").iterdir())
+
+
+def test_sample_to_an_ascii_terminal_escapes_what_it_cannot_show(ws, tmp_path):
+    (tmp_path / "fr.txt").write_text("caf\u00e9 cr\u00e8me br\u00fbl\u00e9e, d\u00e9j\u00e0 vu. " * 200, encoding="utf-8")
+    assert chargpt("prepare", "--input", "fr.txt", "--out", "fr", cwd=tmp_path).returncode == 0
+    p = chargpt("train", *TINY, "--max-steps", "1", "--sample-tokens", "0", "--data", "fr", "--name", "fr", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    env = dict(os.environ, PYTHONIOENCODING="ascii", OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-m", "chargpt", "sample", "--ckpt", "runs/fr", "--prompt", "caf\u00e9",
+                        "--max-new-tokens", "200", "--device", "cpu"], cwd=tmp_path, env=env, capture_output=True,
+                       timeout=120, stdin=subprocess.DEVNULL)
+    err = p.stderr.decode()
+    assert p.returncode == 0 and "Traceback" not in err, err
+    assert err.count("warning:") == 1 and "ascii" in err
+    assert p.stdout.decode("ascii").startswith("caf\\xe9")

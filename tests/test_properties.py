@@ -2,6 +2,8 @@
 or a DataError, and the command line answers any argv with a return code and at most one line on stderr."""
 from __future__ import annotations
 
+import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -147,3 +149,114 @@ def test_real_commands_answer_bad_argv_with_one_line(tmp_path, monkeypatch, caps
     assert code != 0, (argv, out)
     assert len(err.splitlines()) == 1 and err.startswith("error: "), (argv, err)
     assert not any(tmp_path.iterdir()), argv  # nothing written
+
+
+# ------------------------------------------------------------- damaged files (issue 11, section 3)
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) | st.floats() | st.text(max_size=6),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+                    max_leaves=6)
+DAMAGE = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+TINY_TRAIN = ["--preset", "cpu", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "16",
+              "--batch-size", "4", "--eval-interval", "5", "--eval-iters", "2", "--sample-tokens", "5",
+              "--threads", "1", "--device", "cpu", "--no-compile"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(dataset_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs")
+    assert cli.main(["train", *TINY_TRAIN, "--max-steps", "2", "--data", str(dataset_dir), "--out-dir", str(out),
+                     "--name", "base"]) == 0
+    return out / "base"
+
+
+def _damaged(original: dict, key, value, drop: bool):
+    """`original` with one field (chosen by `key` among its own) replaced by `value`, or removed."""
+    out = json.loads(json.dumps(original))
+    keys = sorted(out)
+    k = keys[key % len(keys)]
+    if drop:
+        del out[k]
+    else:
+        out[k] = value
+    return out
+
+
+def one_line_or_success(code: int, err: str) -> None:
+    assert "Traceback" not in err, err
+    if code != 0:
+        assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+
+
+@DAMAGE
+@given(whole=st.one_of(st.none(), JSON), key=st.integers(0, 100), value=JSON, drop=st.booleans(),
+       raw=st.one_of(st.none(), st.binary(max_size=20)))
+@example(whole=[1, 2], key=0, value=None, drop=False, raw=None)
+@example(whole=None, key=0, value=None, drop=False, raw=b"\xff\xfe{")
+@example(whole=None, key=9, value="x" * 3, drop=False, raw=None)
+def test_damaged_meta_json_is_one_line(dataset_dir, tmp_path, capsys, whole, key, value, drop, raw):
+    meta = json.loads((dataset_dir / "meta.json").read_text())
+    ds = Path(tempfile.mkdtemp(dir=tmp_path))
+    for split in ("train.pt", "val.pt"):
+        (ds / split).symlink_to(dataset_dir / split)
+    text = raw if raw is not None else json.dumps(whole if whole is not None else _damaged(meta, key, value, drop)).encode()
+    (ds / "meta.json").write_bytes(text)
+    # --batch-size far too large: a dataset that loads still ends in one line (memory), before any work
+    code = cli.main(["train", *TINY_TRAIN, "--data", str(ds), "--batch-size", "100000000",
+                     "--out-dir", str(ds / "runs")])
+    out, err = capsys.readouterr()
+    assert code != 0
+    one_line_or_success(code, err)
+    assert not (ds / "runs").exists()
+
+
+@DAMAGE
+@given(summary=st.one_of(st.none(), JSON, st.builds(lambda k, v, d: ("edit", k, v, d), st.integers(0, 50), JSON,
+                                                    st.booleans())),
+       lines=st.lists(st.one_of(JSON.map(json.dumps), st.text(max_size=10)), max_size=4))
+@example(summary=[], lines=[])
+@example(summary=None, lines=['{"step": "x", "val_loss": "low"}', "not json", '{"step": 1}'])
+def test_damaged_summary_or_metrics_leave_runs_listing_every_run(tiny_run, tmp_path, capsys, summary, lines):
+    runs = Path(tempfile.mkdtemp(dir=tmp_path))
+    shutil.copytree(tiny_run, runs / "good", ignore=shutil.ignore_patterns("*.pt", "*.png"))
+    shutil.copytree(runs / "good", runs / "bad")
+    original = json.loads((tiny_run / "summary.json").read_text())
+    if isinstance(summary, tuple) and summary and summary[0] == "edit":
+        summary = _damaged(original, summary[1], summary[2], summary[3])
+    (runs / "bad" / "summary.json").write_text(json.dumps(summary))
+    with open(runs / "bad" / "metrics.jsonl", "a") as f:
+        f.write("".join(line.replace("\n", " ") + "\n" for line in lines))
+    code = cli.main(["runs", "--out-dir", str(runs)])
+    out, err = capsys.readouterr()
+    assert code == 0 and err == "", err
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert set(rows) == {"good", "bad"} and "finished" in rows["good"]
+
+
+CKPT_PATHS = [(), ("config",), ("config", "model"), ("config", "train"), ("extra",), ("rng",), ("vocab",)]
+
+
+@DAMAGE
+@given(where=st.sampled_from(CKPT_PATHS), key=st.integers(0, 100), value=JSON, drop=st.booleans())
+@example(where=(), key=0, value=None, drop=True)
+@example(where=("config", "model"), key=3, value="3", drop=False)
+def test_damaged_checkpoint_fields_are_one_line(tiny_run, tmp_path, capsys, where, key, value, drop):
+    import torch
+
+    from chargpt import checkpoint
+
+    state = torch.load(tiny_run / "ckpt.pt", weights_only=True)
+    node = state
+    for part in where:
+        node = node[part]
+    keys = sorted(node, key=str)
+    k = keys[key % len(keys)]
+    if drop:
+        del node[k]
+    else:
+        node[k] = value
+    state["checksum"] = checkpoint.digest(state)
+    path = Path(tempfile.mkdtemp(dir=tmp_path)) / "ckpt.pt"
+    torch.save(state, path)
+    code = cli.main(["sample", "--ckpt", str(path), "--max-new-tokens", "3", "--device", "cpu"])
+    out, err = capsys.readouterr()
+    one_line_or_success(code, err)

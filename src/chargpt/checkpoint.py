@@ -133,6 +133,10 @@ def state_problem(state: dict) -> str | None:
         return f"'config' or 'vocab': {e}"
     if config.model.vocab_size != tokenizer.vocab_size:
         return f"its config's vocab_size {config.model.vocab_size} is not its vocabulary's {tokenizer.vocab_size}"
+    from .resources import num_params
+
+    if num_params(config.model) > 2 * sum(t.numel() for t in model.values()) + 100_000:  # before allocating it
+        return "its config describes a model far larger than its weights"
     rng = state.get("rng")
     if not isinstance(rng, dict) or not all(isinstance(rng.get(k), torch.Tensor) and rng[k].dtype == torch.uint8
                                             for k in ("torch", "batch")):
@@ -165,7 +169,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         tokenizer = CharTokenizer.from_dict(state["vocab"])
         model = build_model(config.model)
         model.load_state_dict(state["model"])
-    except (ChargptError, KeyError, RuntimeError, TypeError, ValueError, AttributeError) as e:
+    except (ChargptError, KeyError, RuntimeError, TypeError, ValueError, AttributeError, OverflowError, MemoryError) as e:
         raise CheckpointError(f"{resolve(path)} does not match any chargpt model ({(str(e).splitlines() or [e.__class__.__name__])[0][:200]})") from None
     return model.to(device).eval(), tokenizer, state
 

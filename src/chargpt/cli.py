@@ -119,6 +119,9 @@ def cmd_train(args) -> int:
     base.model.vocab_size = config.model.vocab_size
     config.validate()
     data.check_block_size(config.model.block_size)
+    from .resources import check_train_fits
+
+    check_train_fits(config, resolve_device(config.train.device))
     if init_from is not None:
         shape = [c for c in config_changes(config, base) if c.split("=")[0] not in ("dropout", "vocab_size")
                  and c.split("=")[0] in {f.name for f in fields(config.model)}]
@@ -158,9 +161,35 @@ def cmd_train(args) -> int:
     summary = train(config, data, run, preset=preset, resume_state=resume_state, init_from=init_from, tracker=tracker,
                     data_dir=str(data_dir))
     if summary.get("sample"):
-        print("--- sample ---")
-        print(summary["sample"])
+        out = TerminalText(sys.stdout)
+        out.write(f"--- sample ---\n{summary['sample']}\n")
+        out.flush()
     return 0
+
+
+class TerminalText:
+    """Text for stdout: characters its encoding cannot show (PYTHONIOENCODING=ascii, a latin-1 terminal) are
+    written as escapes such as \\xe9, and a warning says so once, instead of a UnicodeEncodeError mid-sample."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.encoding = getattr(stream, "encoding", None) or "utf-8"
+        self.warned = False
+
+    def write(self, text: str) -> None:
+        try:
+            text.encode(self.encoding)
+        except UnicodeEncodeError:
+            if not self.warned:
+                self.warned = True
+                self.stream.flush()
+                print(f"warning: the output encoding ({self.encoding}) cannot show some characters; they are "
+                      f"written as escapes such as \\xe9 (set PYTHONIOENCODING=utf-8 to see them)", file=sys.stderr)
+            text = text.encode(self.encoding, "backslashreplace").decode(self.encoding)
+        self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 def _is_main_process() -> bool:
@@ -179,20 +208,25 @@ def cmd_sample(args) -> int:
         raise ConfigError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     if args.num_samples < 1:
         raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
-    if args.temperature < 0:
-        raise ConfigError(f"--temperature must be >= 0, got {args.temperature}")
+    if not 0 <= args.temperature < float("inf"):
+        raise ConfigError(f"--temperature must be a finite number >= 0, got {args.temperature}")
     if args.top_k is not None and args.top_k < 1:
         raise ConfigError(f"--top-k must be >= 1, got {args.top_k}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise ConfigError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if not 0 <= args.seed < 2 ** 64:
+        raise ConfigError(f"--seed must be in [0, 2^64), got {args.seed}")
     device = resolve_device(args.device)
     model, tok, _ = load_model(args.ckpt, device)
     prompt = args.prompt if args.prompt else ("\n" if "\n" in tok.stoi else tok.chars[0])
     ids = tok.encode(prompt)
+    from .resources import check_sample_fits
+
+    check_sample_fits(model.config, args.num_samples, len(ids) + args.max_new_tokens, device)
     idx = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     kw = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=gen)
-    out = sys.stdout
+    out = TerminalText(sys.stdout)
     if args.num_samples == 1:
         out.write(args.prompt)
         for col in Engine(model).stream(idx, args.max_new_tokens, **kw):
@@ -335,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", default="runs/latest", help="checkpoint file or run directory")
     p.add_argument("--prompt", default="", help="text to continue (default: a newline)")
     p.add_argument("--max-new-tokens", type=int, default=500, help="characters to generate")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 (or below 1e-6) = greedy")
     p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely characters")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold")
     p.add_argument("--seed", type=int, default=1337, help="random seed")
@@ -390,11 +424,20 @@ def _terminate(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
+    previous = None
     try:
         if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):  # training installs its own handler
-            signal.signal(signal.SIGTERM, _terminate)
+            previous = signal.signal(signal.SIGTERM, _terminate)
     except ValueError:  # not the main thread
         pass
+    try:
+        return _run(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv: list[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
         args.argv = sys.argv[1:] if argv is None else list(argv)

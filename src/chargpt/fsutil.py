@@ -28,7 +28,7 @@ def kind_of(path: str | os.PathLike) -> str | None:
     """What is at `path` without following a symlink: None (nothing), "a regular file", "a directory", ..."""
     try:
         mode = os.lstat(path).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     for test, kind in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"),
                        (stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
@@ -52,7 +52,7 @@ def not_regular(path: str | os.PathLike) -> str | None:
     would wait forever, reading a device could return anything."""
     try:
         mode = os.stat(path).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return "missing"
     if stat.S_ISREG(mode):
         return None

@@ -32,7 +32,7 @@ def max_nproc() -> int:
     """More processes than this machine has CPUs (or GPUs) only slows each one down."""
     import torch
 
-    return max(cpu_count(), torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    return max(2, cpu_count(), torch.cuda.device_count() if torch.cuda.is_available() else 0)
 
 
 def check_nproc(nproc: int) -> None:

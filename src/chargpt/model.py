@@ -66,10 +66,14 @@ def window_start(length: int, block_size: int) -> int:
     return -(-(length - block_size) // stride) * stride
 
 
+GREEDY_BELOW = 1e-6
+
+
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Pick the next token for each row of `logits` (B, V); temperature 0 is greedy."""
-    if temperature == 0:
+    """Pick the next token for each row of `logits` (B, V); temperature 0 is greedy, and so is any temperature
+    below `GREEDY_BELOW` (dividing by it would overflow float32 to inf, and softmax to NaN)."""
+    if temperature < GREEDY_BELOW:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float()
     if temperature != 1.0:  # dividing by 1 changes nothing: one op less per generated token

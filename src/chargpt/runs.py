@@ -5,14 +5,19 @@ A run without `summary.json` did not finish (still training, stopped or crashed)
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CheckpointError
+from .errors import ChargptError, CheckpointError
+from .fsutil import not_regular
 from .progress import format_duration
-from .rundir import BEST, CONFIG, METRICS, SUMMARY, read_metrics
+from .rundir import BEST, CONFIG, METRICS, SUMMARY, read_metrics, run_problem
+
+
+ABSURD_PARAMS = 10 ** 12  # 4 TB of float32 weights: a config edited by hand, not one that trained
 
 
 @dataclass
@@ -29,53 +34,88 @@ class RunInfo:
     seconds: float | None  # training wall time, evaluations excluded
     updated: float  # last write into the run directory (unix time)
     finished: bool
+    problem: str | None = None  # what is damaged in its files (the row still shows what could be read)
 
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        value = json.loads(path.read_bytes().decode("utf-8")) if not not_regular(path) else {}
+    except (OSError, ValueError):
         return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _count_params(model_config: dict) -> int | None:
-    """Parameters of an unfinished run's model, built on the meta device (no memory, no weights)."""
+    """Parameters of an unfinished run's model: built on the meta device (no memory, no weights) when its size
+    is sane, else estimated; None for a config that is not a valid model."""
     try:
         import torch
 
+        from .config import _typed
         from .model import ModelConfig, build_model
+        from .resources import num_params
 
+        mc = _typed(ModelConfig, model_config)
+        mc.validate()
+        if mc.n_layer > 1000 or num_params(mc) > 10 ** 10:  # building millions of modules, even empty, takes ages
+            return num_params(mc)
         with torch.device("meta"):
-            return build_model(ModelConfig(**model_config)).num_params()
-    except Exception:
+            return build_model(mc).num_params()
+    except (ChargptError, TypeError, ValueError, RuntimeError):
         return None
+
+
+def _of(kind, value):
+    """`value` if it is of `kind` (numbers: int or float, not bool), else None: a hand edit shows as `-`."""
+    if kind in (int, float):
+        ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+        return value if ok and math.isfinite(value) else None
+    return value if isinstance(value, kind) else None
 
 
 def read_run(path: str | os.PathLike) -> RunInfo:
     path = Path(path)
+    problem = run_problem(path)
     config, summary = _read_json(path / CONFIG), _read_json(path / SUMMARY)
+    if problem is None:
+        wrong = [k for k, kind in (("model", str), ("preset", str), ("params", int), ("steps", int),
+                                   ("val_loss_full", float), ("train_seconds", float))
+                 if summary.get(k) is not None and _of(kind, summary[k]) is None]
+        if wrong:
+            problem = f"{SUMMARY} has a {wrong[0]} of the wrong type ({summary[wrong[0]]!r})"
     records = [r for r in read_metrics(path) if isinstance(r.get("step"), int)]
     evals = [r for r in records if r.get("val_loss") is not None]
     last = max(records, key=lambda r: r["step"], default={})  # training-loss records too: a run may stop between evaluations
     best = min(evals, key=lambda r: r["val_loss"], default={})
-    model_config = config.get("model", {})
-    params = summary.get("params")
+    model_config = config.get("model") if isinstance(config.get("model"), dict) else {}
+    params = _of(int, summary.get("params"))
     if params is None and model_config.get("vocab_size"):
         params = _count_params(model_config)
-    mtimes = [p.stat().st_mtime for p in (path / CONFIG, path / METRICS, path / SUMMARY) if p.is_file()]
+        if params is None and problem is None:
+            problem = f"{CONFIG} does not describe a valid model"
+        elif params is not None and params > ABSURD_PARAMS and problem is None:
+            problem = f"{CONFIG} describes a model of {params:.3g} parameters, more than any machine holds"
+    mtimes = [p.stat().st_mtime for p in (path / CONFIG, path / METRICS, path / SUMMARY) if p.exists()]
     return RunInfo(
         name=path.name, path=path,
-        model=summary.get("model") or model_config.get("model"),
-        preset=summary.get("preset") or config.get("preset"),
+        model=_of(str, summary.get("model")) or _of(str, model_config.get("model")),
+        preset=_of(str, summary.get("preset")) or _of(str, config.get("preset")),
         params=params,
-        steps=summary.get("steps", last.get("step")),
+        steps=_of(int, summary.get("steps", last.get("step"))),
         best_val=best.get("val_loss"),
         best_step=best.get("step") if (path / BEST).is_file() else None,
-        val_full=summary.get("val_loss_full"),
-        seconds=summary.get("train_seconds", last.get("train_seconds")),
+        val_full=_of(float, summary.get("val_loss_full")),
+        seconds=_of(float, summary.get("train_seconds", last.get("train_seconds"))),
         updated=max(mtimes, default=path.stat().st_mtime),
         finished=bool(summary),
+        problem=problem,
     )
+
+
+def _unreadable(path: Path, error: Exception) -> RunInfo:
+    return RunInfo(name=path.name, path=path, model=None, preset=None, params=None, steps=None, best_val=None,
+                   best_step=None, val_full=None, seconds=None, updated=0.0, finished=False,
+                   problem=f"unreadable ({error.__class__.__name__}: {str(error)[:80]})")
 
 
 def list_runs(out_dir: str | os.PathLike = "runs") -> list[RunInfo]:
@@ -83,8 +123,14 @@ def list_runs(out_dir: str | os.PathLike = "runs") -> list[RunInfo]:
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise CheckpointError(f"no runs directory {out_dir}; train a model first or pass --out-dir")
-    dirs = [p for p in out_dir.iterdir() if p.is_dir() and not p.is_symlink() and (p / CONFIG).is_file()]
-    return sorted((read_run(p) for p in dirs), key=lambda r: (r.updated, r.name))
+    dirs = [p for p in out_dir.iterdir() if p.is_dir() and not p.is_symlink() and (p / CONFIG).exists()]
+    runs = []
+    for p in dirs:
+        try:
+            runs.append(read_run(p))
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:  # one damaged run must not hide the others
+            runs.append(_unreadable(p, e))
+    return sorted(runs, key=lambda r: (r.updated, r.name))
 
 
 def resolve_run(name: str, out_dir: str | os.PathLike = "runs") -> Path:
@@ -113,7 +159,7 @@ def format_runs(runs: list[RunInfo]) -> str:
             r.name, model or "-", _params(r.params), "-" if r.steps is None else str(r.steps),
             "-" if r.best_val is None else f"{r.best_val:.4f}", "-" if r.best_step is None else str(r.best_step),
             "-" if r.val_full is None else f"{r.val_full:.4f}", format_duration(r.seconds), time.strftime("%Y-%m-%d %H:%M", time.localtime(r.updated)),
-            "finished" if r.finished else "unfinished",
+            f"damaged: {r.problem}" if r.problem else "finished" if r.finished else "unfinished",
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     numeric = {2, 3, 4, 5, 6, 7}

@@ -344,7 +344,7 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
             run.write_summary(summary)
             note = run.mark_latest()
             if note:
-                say(f"warning: {note}")
+                print(f"warning: {note}", file=sys.stderr)
         tracker.finish(summary, run)
     distributed.barrier(dist_info)
     distributed.shutdown(dist_info)  # NCCL warns at exit about a process group never destroyed
