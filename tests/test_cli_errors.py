@@ -463,6 +463,7 @@ def test_outputs_that_are_not_regular_files_are_refused_and_left_untouched(ws, t
         assert any(kind == "device" for _, kind, _, _ in jobs)
 
 
+@pytest.mark.slow
 def test_latest_that_is_not_chargpts_symlink_is_left_alone(ws, tmp_path):
     """`latest` a user's regular file: the run trains, a warning says why `latest` was not updated."""
     shutil.copytree(ws / "data", tmp_path / "data")
@@ -486,6 +487,7 @@ def test_two_runs_with_the_same_default_name_get_their_own_directories(tmp_path)
         RunDir.create(tmp_path, "train-gpt-cpu-20260101-000000")  # a name the user gave is never reused
 
 
+@pytest.mark.slow
 def test_full_disk_while_saving_is_one_line_and_keeps_the_previous_checkpoint(ws, tmp_path):
     """A real small filesystem (tmpfs, as root) that fills up while `train` writes its checkpoint."""
     if os.geteuid() != 0 or shutil.which("mount") is None:
@@ -524,6 +526,7 @@ def test_injected_enospc_while_saving_is_one_line(ws, tmp_path, monkeypatch, cap
     check_unchanged(before, snapshot(tmp_path))
 
 
+@pytest.mark.slow
 def test_sigterm_during_prepare_leaves_no_temporaries_and_the_next_run_removes_stale_ones(shakespeare_path, tmp_path):
     big = tmp_path / "big.txt"
     big.write_bytes(shakespeare_path.read_bytes() * 60)  # ~65 MB: prepare takes long enough to be caught writing
@@ -549,6 +552,7 @@ def test_sigterm_during_prepare_leaves_no_temporaries_and_the_next_run_removes_s
     assert not stale.exists() and (out / "meta.json").is_file()
 
 
+@pytest.mark.slow
 def test_fifo_inside_a_dataset_is_refused_not_waited_on(ws, tmp_path):
     for name in ("train.pt", "meta.json"):
         ds = tmp_path / f"fifo_{name}"
@@ -579,6 +583,7 @@ def test_a_corpus_that_changes_while_prepare_reads_it_is_one_error_and_writes_no
     assert not (tmp_path / "ds").exists() or not any((tmp_path / "ds").iterdir())
 
 
+@pytest.mark.slow
 def test_sample_to_an_ascii_terminal_escapes_what_it_cannot_show(ws, tmp_path):
     (tmp_path / "fr.txt").write_text("caf\u00e9 cr\u00e8me br\u00fbl\u00e9e, d\u00e9j\u00e0 vu. " * 200, encoding="utf-8")
     assert chargpt("prepare", "--input", "fr.txt", "--out", "fr", cwd=tmp_path).returncode == 0
