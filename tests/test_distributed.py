@@ -1,5 +1,6 @@
-"""Data-parallel training with real processes on CPU (gloo): DDP gradients equal one big batch, a 2-rank
-torchrun run writes one set of run files and resumes, and `chargpt train --nproc 2` launches the same."""
+"""Data-parallel training with real processes on CPU (gloo): DDP gradients equal one big batch, the sharded
+end-of-run evaluation equals one process's, a 2-rank torchrun run writes one set of run files and resumes, and
+`chargpt train --nproc 2` launches the same."""
 from __future__ import annotations
 
 import copy
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from chargpt import distributed
+from chargpt.evaluate import EvaluationInterrupted, evaluate_split
 from chargpt.errors import ConfigError
 from chargpt.launch import strip_nproc, torchrun_command
 from chargpt.model import ModelConfig, build_model
@@ -116,6 +118,66 @@ def test_two_ranks_with_micro_batch_b_give_the_gradients_of_one_rank_with_batch_
     for k, v in LOOPBACK.items():
         monkeypatch.setenv(k, v)
     torch.multiprocessing.spawn(_gradient_worker, args=(2, str(tmp_path / "rendezvous")), nprocs=2, join=True)
+
+
+# ------------------------------------------------- evaluation: 2 ranks' shares sum to one pass
+EVAL_DATA = dict(n=6_000, block=16, batch=5)
+
+
+def _eval_model_and_data():
+    torch.manual_seed(0)
+    model = build_model(CONFIGS[1])
+    data = torch.randint(65, (EVAL_DATA["n"],), generator=torch.Generator().manual_seed(2)).to(torch.uint8)
+    return model, data
+
+
+def _eval_worker(rank: int, world: int, init_file: str, out: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        model, data = _eval_model_and_data()
+        info = distributed.DistInfo(rank=rank, local_rank=rank, world_size=world)
+        results = {}
+        for eval_tokens in (0, 1_600):  # the exact pass (with its shorter last window) and an evenly spread subset
+            r = evaluate_split(model, data, EVAL_DATA["block"], "cpu", eval_tokens=eval_tokens,
+                               batch_size=EVAL_DATA["batch"], dist_info=info)
+            results[eval_tokens] = (r.loss, r.tokens, r.stderr)
+        asked = []
+
+        def stop():  # only rank 1 is signalled, at its second batch: both ranks must stop there
+            asked.append(1)
+            return 15 if rank == 1 and len(asked) == 2 else None
+
+        try:
+            evaluate_split(model, data, EVAL_DATA["block"], "cpu", batch_size=EVAL_DATA["batch"], dist_info=info,
+                           should_stop=stop)
+        except EvaluationInterrupted as e:
+            results["stopped"] = (e.signum, e.done)
+        torch.save(results, Path(out) / f"{rank}.pt")
+        torch.distributed.barrier()
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_evaluating_their_shares_give_the_one_process_result(tmp_path, monkeypatch):
+    for k, v in LOOPBACK.items():
+        monkeypatch.setenv(k, v)
+    torch.multiprocessing.spawn(_eval_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2,
+                                join=True)
+    ranks = [torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in (0, 1)]
+    model, data = _eval_model_and_data()
+    torch.set_num_threads(1)
+    for eval_tokens in (0, 1_600):
+        one = evaluate_split(model, data, EVAL_DATA["block"], "cpu", eval_tokens=eval_tokens,
+                             batch_size=EVAL_DATA["batch"])
+        for got in ranks:
+            loss, tokens, stderr = got[eval_tokens]
+            assert tokens == one.tokens and loss == pytest.approx(one.loss, rel=1e-6)
+            assert stderr == pytest.approx(one.stderr, rel=1e-4)
+    assert one.tokens == 1_600 and ranks[0][0][1] == EVAL_DATA["n"] - 1
+    # rank 1's signal at its 2nd batch stops both before it: 1 batch of 5 windows each, 2 x 5 x 16 targets
+    assert ranks[0]["stopped"] == ranks[1]["stopped"] == (15, 160)
 
 
 # ----------------------------------------------------------------- torchrun and --nproc runs

@@ -1,14 +1,17 @@
-"""Loss measurement: the exact full pass, the notebook's random-batch estimate, the bigram optimum."""
+"""Loss measurement: the exact full pass, the bounded pass over a large split (an evenly spread subset with its
+standard error, interruptible), the notebook's random-batch estimate, the bigram optimum."""
 from __future__ import annotations
 
 import math
+import signal
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from chargpt.errors import DataError
-from chargpt.evaluate import bigram_optimum, bits_per_char, estimate_loss, full_pass_loss
+from chargpt.evaluate import (EvaluationInterrupted, bigram_optimum, bits_per_char, estimate_loss, evaluate_split,
+                              full_pass_loss, pass_windows)
 from chargpt.model import ModelConfig, build_model
 
 VOCAB, BLOCK = 11, 8
@@ -84,5 +87,69 @@ def test_bigram_optimum_equals_smoothed_counts_computed_directly():
     assert bigram_optimum(train, val, VOCAB, chunk=7) == pytest.approx(expected, rel=1e-12)  # chunk edges
 
 
+def test_bigram_optimum_of_large_splits_counts_and_scores_evenly_spread_pieces():
+    train, val = data(200_000, seed=4), data(50_000, seed=5)
+    exact = bigram_optimum(train, val, VOCAB, chunk=1000)
+    assert bigram_optimum(train, val, VOCAB, chunk=1000, eval_tokens=10**6) == exact  # small enough: exact
+    bounded = bigram_optimum(train, val, VOCAB, chunk=1000, eval_tokens=5_000)  # 125k of train, 5k of val
+    assert bounded != exact and bounded == pytest.approx(exact, abs=0.05)
+    with pytest.raises(EvaluationInterrupted):
+        bigram_optimum(train, val, VOCAB, chunk=1000, should_stop=lambda: signal.SIGINT)
+
+
 def test_bits_per_char_is_nats_over_ln2():
     assert bits_per_char(math.log(2)) == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------------------ bounded evaluation
+def test_a_split_within_eval_tokens_is_scored_exactly_as_the_full_pass():
+    model, split = tiny_model(), data(1000)
+    for eval_tokens in (0, 999, 10**9):  # 0 is `--eval-tokens all`
+        r = evaluate_split(model, split, BLOCK, "cpu", eval_tokens=eval_tokens)
+        assert r.exact and r.tokens == r.split_tokens == 999 and r.stderr == 0.0
+        assert r.loss == full_pass_loss(model, split, BLOCK, "cpu")
+
+
+def test_a_larger_split_scores_full_windows_spread_evenly_over_it():
+    starts, rest = pass_windows(100_000, 8, eval_tokens=800)
+    assert rest == 0 and len(starts) == 100 and torch.equal(starts, pass_windows(100_000, 8, 800)[0])
+    gaps = starts.diff()
+    assert (starts % 8 == 0).all() and gaps.min() >= 992 and gaps.max() <= 1008  # every ~12,500 windows / 100
+    assert starts[0] < 1000 and starts[-1] + 8 > 99_000  # from one end of the split to the other
+
+
+def test_the_subset_estimate_is_its_windows_mean_and_brackets_the_exact_loss():
+    model, split = tiny_model(), data(20_000)
+    r = evaluate_split(model, split, BLOCK, "cpu", eval_tokens=2_000)
+    assert not r.exact and r.tokens == 2_000 and r.split_tokens == 19_999 and r.stderr > 0
+    starts, _ = pass_windows(19_999, BLOCK, 2_000)
+    ids = split.long()
+    model.eval()  # no dropout
+    with torch.no_grad():
+        x = torch.stack([ids[s:s + BLOCK] for s in starts])
+        y = torch.stack([ids[s + 1:s + 1 + BLOCK] for s in starts])
+        logits, _ = model(x)
+        by_hand_mean = F.cross_entropy(logits.reshape(-1, VOCAB), y.reshape(-1)).item()
+    assert r.loss == pytest.approx(by_hand_mean, rel=1e-5)
+    exact = full_pass_loss(model, split, BLOCK, "cpu")
+    assert abs(r.loss - exact) < 4 * r.stderr
+
+
+def test_a_stop_request_between_batches_cuts_the_pass_short_with_what_was_done():
+    asked = []
+
+    def stop():
+        asked.append(1)
+        return signal.SIGTERM if len(asked) == 3 else None
+
+    with pytest.raises(EvaluationInterrupted) as e:
+        evaluate_split(tiny_model(), data(1000), BLOCK, "cpu", batch_size=4, should_stop=stop)
+    assert (e.value.signum, e.value.done, e.value.total) == (signal.SIGTERM, 2 * 4 * BLOCK, 999)
+    assert "cut short after 64 of 999 characters" in str(e.value)
+
+
+def test_progress_hears_about_every_batch_up_to_the_total():
+    seen = []
+    evaluate_split(tiny_model(), data(1000), BLOCK, "cpu", batch_size=32, progress=lambda d, t: seen.append((d, t)))
+    assert len(seen) == 4 and seen[0] == (256, 999) and seen[-1] == (999, 999)  # 124 windows: 4 batches of 32
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)

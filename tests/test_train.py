@@ -1,11 +1,16 @@
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from chargpt import checkpoint
 from chargpt.config import get_preset
-from chargpt.data import load_dataset
+from chargpt.data import load_dataset, prepare
+from chargpt.evaluate import evaluate_split
 from chargpt.rundir import RunDir
 from chargpt.train import train
 
@@ -24,6 +29,8 @@ def test_short_bigram_run_gets_val_loss_below_2_6(dataset_dir, tmp_path):
     cfg = bigram_config(600)
     summary = train(cfg, data, RunDir.create(tmp_path, "b"), preset="bigram", echo=lambda *_: None)
     assert summary["val_loss_full"] < 2.6
+    assert summary["val_loss_full_exact"] and summary["val_loss_full_stderr"] == 0.0  # a small val: every char
+    assert summary["val_eval_tokens"] == summary["val_tokens"] == 111_539
     assert summary["steps"] == 600 and summary["tokens_seen"] == 600 * 32 * 8
     assert 50 < summary["peak_rss_mb"] < 4000  # this process's own high-water mark, in MB
     assert summary["dtype"] in ("float32", "bfloat16")
@@ -41,6 +48,62 @@ def test_bigram_converges_to_the_count_based_optimum(dataset_dir, tmp_path):
                 "val_loss_full", "val_bpc_full", "bigram_optimum_val_loss"):
         assert key in on_disk, key
     assert on_disk["params"] == 65 * 65
+
+
+def test_a_val_split_larger_than_eval_tokens_is_estimated_from_an_evenly_spread_subset(dataset_dir, tmp_path):
+    data = load_dataset(dataset_dir)
+    cfg = bigram_config(40)
+    cfg.train.eval_tokens = 20_000
+    lines = []
+    run = RunDir.create(tmp_path, "b")
+    summary = train(cfg, data, run, preset="bigram", echo=lines.append)
+    assert not summary["val_loss_full_exact"] and summary["val_eval_tokens"] == 20_000
+    assert summary["val_tokens"] == 111_539 and summary["val_loss_full_stderr"] > 0
+    assert "on 20,000 of 111,539 characters, evenly spread" in lines[-2]
+    model, _, _ = checkpoint.load_model(run.ckpt, "cpu")
+    exact = evaluate_split(model, data.val, 8, "cpu")
+    assert abs(summary["val_loss_full"] - exact.loss) < 4 * summary["val_loss_full_stderr"]
+    assert summary["bigram_optimum_val_loss"] == pytest.approx(2.47, abs=0.05)  # from 500k of train, 20k of val
+
+
+def _wait_for_line(stream, prefix: str) -> list[str]:
+    seen = []
+    for line in stream:
+        seen.append(line)
+        if line.startswith(prefix):
+            return seen
+    raise AssertionError(f"no line starting with {prefix!r} in:\n{''.join(seen)[-3000:]}")
+
+
+@pytest.mark.slow
+def test_a_signal_during_the_final_evaluation_keeps_the_checkpoint_and_says_the_evaluation_was_cut_short(
+        shakespeare_path, tmp_path):
+    from conftest import TINY_GPT
+
+    (tmp_path / "corpus.txt").write_bytes(shakespeare_path.read_bytes() * 4)
+    prepare(tmp_path / "corpus.txt", tmp_path / "ds", val_fraction=0.9)  # 4 million characters of val
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "chargpt"]
+    p = subprocess.Popen([*cmd, "train", "--data", tmp_path / "ds", "--name", "r", *TINY_GPT, "--eval-tokens", "all"],
+                         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_line(p.stdout, "final evaluation of val:")  # the progress of a long pass, shown after 3 s
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert err.count("\n") == 1 and "final evaluation was cut short by SIGINT" in err
+    assert "checkpoint of step 20 is kept" in err and "chargpt eval --ckpt" in err
+    summary = json.loads((tmp_path / "runs/r/summary.json").read_text())
+    assert summary["steps"] == 20 and summary["val_loss_full"] is None
+    assert summary["eval_cut_short"].startswith("by SIGINT after ")
+    assert checkpoint.load(tmp_path / "runs/r/ckpt.pt")["step"] == 20
+
+    e = subprocess.Popen([*cmd, "eval", "--ckpt", "runs/r", "--eval-tokens", "all"], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_line(e.stderr, "evaluating val:")
+    e.send_signal(signal.SIGTERM)
+    out, err = e.communicate(timeout=120)
+    assert e.returncode == 143 and out == ""
+    assert err.startswith("error: evaluation cut short after ") and err.count("\n") == 1
 
 
 def test_run_directory_holds_config_metrics_checkpoint_sample_summary(dataset_dir, tmp_path):

@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .config import PRESETS, add_config_flags, apply_overrides, config_changes, default_preset, get_preset
+from .config import (PRESETS, add_config_flags, apply_overrides, config_changes, default_preset, get_preset,
+                     parse_eval_tokens)
+from .evaluate import EVAL_TOKENS
 from .errors import ChargptError, ConfigError
 
 DEFAULT_DATA = "data/shakespeare"
@@ -243,12 +245,15 @@ def cmd_sample(args) -> int:
 
 # --------------------------------------------------------------------------------------------- eval
 def cmd_eval(args) -> int:
+    import signal
     import time
 
     from .checkpoint import load_model
     from .data import load_dataset
     from .device import resolve_device
-    from .evaluate import bits_per_char, full_pass_loss
+    from .evaluate import EvaluationInterrupted, bits_per_char, describe_pass, evaluate_split
+    from .progress import EvalProgress
+    from .train import StopSignals
 
     device = resolve_device(args.device)
     model, tok, state = load_model(args.ckpt, device)
@@ -258,15 +263,24 @@ def cmd_eval(args) -> int:
         raise ConfigError(f"{data_dir} has a different vocabulary than the checkpoint; pass --data with the "
                           f"dataset the model was trained on")
     t0 = time.perf_counter()
-    loss = full_pass_loss(model, data.split(args.split), model.config.block_size, device)  # float32: exact
+    progress = EvalProgress(f"evaluating {args.split}", enabled=not args.json, stream=sys.stderr)
+    with StopSignals() as stop:
+        try:  # float32, no autocast: the reference figure
+            r = evaluate_split(model, data.split(args.split), model.config.block_size, device,
+                               eval_tokens=args.eval_tokens, should_stop=lambda: stop.received, progress=progress)
+        except EvaluationInterrupted as e:
+            progress.close()
+            _error(f"{e}; no result. A smaller --eval-tokens takes less time")
+            return 130 if e.signum == signal.SIGINT else 143
+    progress.close()
     seconds = time.perf_counter() - t0
-    result = {"split": args.split, "loss": loss, "bpc": bits_per_char(loss), "tokens": len(data.split(args.split)) - 1,
-              "seconds": round(seconds, 3), "ckpt": str(args.ckpt), "step": state["step"]}
+    result = {"split": args.split, "loss": r.loss, "bpc": bits_per_char(r.loss), "tokens": r.tokens,
+              "split_tokens": r.split_tokens, "exact": r.exact, "stderr": r.stderr, "seconds": round(seconds, 3),
+              "ckpt": str(args.ckpt), "step": state["step"]}
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{args.split} loss {loss:.4f} nats/char, {result['bpc']:.4f} bits/char "
-              f"({result['tokens']:,} tokens, {seconds:.2f} s)")
+        print(f"{describe_pass(r, args.split)} ({r.tokens:,} tokens, {seconds:.2f} s)")
     return 0
 
 
@@ -377,10 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.set_defaults(func=cmd_sample)
 
-    p = _defaults(sub.add_parser("eval", help="exact full-pass loss of a checkpoint"))
+    p = _defaults(sub.add_parser("eval", help="loss of a checkpoint on a split (exact, or an evenly spread subset of a large one)"))
     p.add_argument("--ckpt", default="runs/latest", help="checkpoint file or run directory")
     p.add_argument("--data", default=None, help="dataset directory (default: the one the run trained on)")
     p.add_argument("--split", choices=["val", "train"], default="val", help="which split to score")
+    p.add_argument("--eval-tokens", type=parse_eval_tokens, default=EVAL_TOKENS, metavar="N|all",
+                   help="characters scored when the split is larger (evenly spread windows, with the standard "
+                        "error of the estimate); all = every character (the exact pass)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.set_defaults(func=cmd_eval)

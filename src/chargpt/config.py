@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import ConfigError
+from .evaluate import EVAL_TOKENS
 from .model import ModelConfig
 
 
@@ -43,6 +44,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     threads: int = 0  # CPU threads for torch; 0 = torch's default
     sample_tokens: int = 500  # characters sampled into the run directory at the end
+    eval_tokens: int = EVAL_TOKENS  # characters of val scored at the end (evenly spread); 0 or `all` = exact pass
 
     def validate(self) -> None:
         for f in fields(self):
@@ -56,7 +58,8 @@ class TrainConfig:
         for name in ("lr", "muon_lr"):
             if not 0 < getattr(self, name) < float("inf"):
                 raise ConfigError(f"--{name.replace('_', '-')} must be a finite number > 0, got {getattr(self, name)}")
-        for name in ("time_budget", "weight_decay", "grad_clip", "ckpt_interval", "threads", "sample_tokens"):
+        for name in ("time_budget", "weight_decay", "grad_clip", "ckpt_interval", "threads", "sample_tokens",
+                     "eval_tokens"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         for name in ("beta1", "beta2"):
@@ -174,8 +177,17 @@ def parse_duration(text: str | float) -> float:
     return float(m.group(1)) * {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}[m.group(2)]
 
 
+def parse_eval_tokens(text: str | int) -> int:
+    """'all' -> 0 (every character: the exact pass), else a count of characters."""
+    if isinstance(text, int) or str(text).strip().isdigit():
+        return int(text)
+    if str(text).strip().lower() == "all":
+        return 0
+    raise argparse.ArgumentTypeError(f"invalid count {text!r}; use a number of characters, or all")
+
+
 NOT_FLAGS = {"vocab_size"}  # set from the dataset, never by hand
-PARSERS = {"time_budget": parse_duration}
+PARSERS = {"time_budget": parse_duration, "eval_tokens": parse_eval_tokens}
 
 
 def _flag(name: str) -> str:

@@ -103,3 +103,12 @@ def all_gather_tensor(t: torch.Tensor, info: DistInfo) -> list[torch.Tensor]:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+def all_sum(values: list[float], info: DistInfo) -> list[float]:
+    """Element-wise sum over ranks, in float64 (the sums of a sharded evaluation)."""
+    if not info.enabled:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()

@@ -6,6 +6,7 @@ the latest loss, tokens per second and the time left.
 from __future__ import annotations
 
 import sys
+import time
 
 from tqdm import tqdm
 
@@ -99,6 +100,39 @@ class Progress:
                 self.bar.set_postfix_str(self._text(step, loss, tokens_per_sec, seconds), refresh=False)
             elif fraction >= 1.0 and self.last_tenth < 10 and step > self.start_step:
                 print("100% | " + self._text(step, loss, tokens_per_sec, seconds), file=self.stream, flush=True)
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class EvalProgress:
+    """Progress of a long evaluation pass: a transient tqdm bar on a terminal (shown after `delay` seconds),
+    elsewhere a line at every further 10% once `delay` seconds have passed. A short pass shows nothing."""
+
+    def __init__(self, what: str, enabled: bool = True, delay: float = 3.0, stream=None):
+        self.stream = stream or sys.stdout
+        self.what, self.enabled, self.delay = what, enabled, delay
+        self.t0 = time.perf_counter()
+        self.bar = None
+        self.last_plain = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled or total <= 0:
+            return
+        elapsed = time.perf_counter() - self.t0
+        if self.stream.isatty():
+            if self.bar is None:
+                self.bar = tqdm(total=total, desc=self.what, unit="char", unit_scale=True, file=self.stream,
+                                delay=self.delay, leave=False, dynamic_ncols=True)
+            self.bar.n = done
+            self.bar.refresh()
+        elif elapsed >= self.delay and done / total - self.last_plain >= 0.1:
+            self.last_plain = done / total
+            eta = elapsed * (total - done) / done if done else float("nan")
+            print(f"{self.what}: {done / total:4.0%} ({done:,} of {total:,} characters) | {elapsed:.1f}s | "
+                  f"eta {eta:.1f}s", file=self.stream, flush=True)
+
+    def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None

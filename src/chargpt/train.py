@@ -23,11 +23,12 @@ from .device import (autocast_for, compile_unavailable_reason, configure_backend
                      resolve_device, resolve_dtype, use_persistent_compile_cache)
 from .engine import Engine
 from .errors import ChargptError, CheckpointError
-from .evaluate import bigram_optimum, bits_per_char, estimate_loss, full_pass_loss
+from .evaluate import (EvaluationInterrupted, PassResult, bigram_optimum, bits_per_char, describe_pass, estimate_loss,
+                       evaluate_split)
 from .model import build_model
 from .optim import lr_multiplier, make_optimizers, set_lr
 from .plotting import refresh_run_plot
-from .progress import Progress, format_duration
+from .progress import EvalProgress, Progress, format_duration
 from .provenance import provenance
 from .rundir import RunDir
 from .tracking import NullTracker
@@ -312,26 +313,40 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
     seconds = train_seconds()
 
     # ------------------------------------------------------------------------ after training
-    summary: dict = {}
+    summary: dict = {
+        "model": mc.model, "preset": preset, "params": params, "steps": step,
+        "tokens_seen": step * tokens_per_step, "train_seconds": round(seconds, 3),
+        "time_budget": budget or None, "tokens_per_sec": round(step * tokens_per_step / max(seconds, 1e-9), 1),
+        "train_loss": last_eval.get("train_loss"), "val_loss": last_eval.get("val_loss"),
+    }
+    t0 = time.perf_counter()
+    with StopSignals() as stop:  # the checkpoint is saved: a signal now cuts the evaluation short, nothing else
+        try:
+            # every rank scores its share of the windows; float32 (no autocast): the reference figure
+            final = evaluate_split(model, splits["val"], mc.block_size, device, eval_tokens=tc.eval_tokens,
+                                   dist_info=dist_info, should_stop=lambda: stop.received,
+                                   progress=EvalProgress("final evaluation of val", enabled=main))
+            if main and mc.model == "bigram":
+                summary["bigram_optimum_val_loss"] = bigram_optimum(splits["train"], splits["val"], mc.vocab_size,
+                                                                    eval_tokens=tc.eval_tokens,
+                                                                    should_stop=lambda: stop.received)
+        except EvaluationInterrupted as e:
+            name = signal.Signals(e.signum).name
+            summary |= {"val_loss_full": None, "eval_cut_short": f"by {name} after {e.done:,} of {e.total:,} characters",
+                        "eval_seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": peak_rss_mb()}
+            if main and run is not None:
+                run.write_summary(summary)
+            where = run.path if run is not None else "the run directory"
+            raise TrainingInterrupted(f"the final evaluation was cut short by {name} ({e.done:,} of {e.total:,} "
+                                      f"characters); the checkpoint of step {step} is kept; score it with: "
+                                      f"chargpt eval --ckpt {where}", 130 if e.signum == signal.SIGINT else 143) from None
+    summary |= _final_figures(final, time.perf_counter() - t0) | {
+        "peak_rss_mb": peak_rss_mb(), "device": str(device), "dtype": precision, "world_size": dist_info.world_size,
+        "seed": tc.seed, "dataset": data.meta.get("name"), "dataset_hash": data.content_hash,
+        **({"init_from": origin} if origin else {}), "provenance": provenance(device),
+    }
     if main:
-        t0 = time.perf_counter()
-        val_full = full_pass_loss(model, splits["val"], mc.block_size, device)  # float32: the exact figure
-        eval_seconds = time.perf_counter() - t0
-        summary = {
-            "model": mc.model, "preset": preset, "params": params, "steps": step,
-            "tokens_seen": step * tokens_per_step, "train_seconds": round(seconds, 3),
-            "time_budget": budget or None, "tokens_per_sec": round(step * tokens_per_step / max(seconds, 1e-9), 1),
-            "train_loss": last_eval.get("train_loss"), "val_loss": last_eval.get("val_loss"),
-            "val_loss_full": val_full, "val_bpc_full": bits_per_char(val_full),
-            "eval_seconds": round(eval_seconds, 3), "peak_rss_mb": peak_rss_mb(), "device": str(device),
-            "dtype": precision, "world_size": dist_info.world_size,
-            "seed": tc.seed, "dataset": data.meta.get("name"), "dataset_hash": data.content_hash,
-            **({"init_from": origin} if origin else {}), "provenance": provenance(device),
-        }
-        if mc.model == "bigram":
-            summary["bigram_optimum_val_loss"] = bigram_optimum(splits["train"], splits["val"], mc.vocab_size)
-        say(f"full-pass val loss {val_full:.4f} nats/char ({bits_per_char(val_full):.4f} bits/char) "
-            f"after {step} steps, {seconds:.1f} s")
+        say(describe_pass(final, "val") + f" after {step} steps, {seconds:.1f} s")
         if "bigram_optimum_val_loss" in summary:
             say(f"count-based bigram optimum on val: {summary['bigram_optimum_val_loss']:.4f}")
         if run is not None:
@@ -348,6 +363,12 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
         tracker.finish(summary, run)
     distributed.barrier(dist_info)
     distributed.shutdown(dist_info)  # NCCL warns at exit about a process group never destroyed
-    return summary
+    return summary if main else {}
 
+
+def _final_figures(result: PassResult, seconds: float) -> dict:
+    """The summary's figures of the end-of-run pass over val (`val_loss_full`: exact unless a subset was scored)."""
+    return {"val_loss_full": result.loss, "val_bpc_full": bits_per_char(result.loss),
+            "val_loss_full_exact": result.exact, "val_loss_full_stderr": result.stderr,
+            "val_eval_tokens": result.tokens, "val_tokens": result.split_tokens, "eval_seconds": round(seconds, 3)}
 
