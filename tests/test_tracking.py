@@ -403,3 +403,19 @@ def test_resume_continues_the_same_wandb_run_with_images_and_model_aliases(small
         model = artifacts(recs)["train-gpt-cpu-model"]
         assert set(model["aliases"]) == {"latest", "best", f"step-{steps}"}
     assert_no_wandb_core_left(wandb_dir)
+
+
+def test_wandb_credentials_notice_stays_silent(tmp_path):
+    """wandb prints "wandb: [wandb.login()] Loaded credentials ..." unless WANDB_SILENT is set when its settings are
+    first made (chargpt's key check makes them): importing chargpt.tracking sets it (issue 11)."""
+    code = ("from chargpt import tracking\n"
+            "assert tracking.is_logged_in()\n"
+            "from wandb.sdk import wandb_setup\n"
+            "from wandb.sdk.lib.wbauth import authenticate_session\n"
+            "authenticate_session(host=wandb_setup.singleton().settings.base_url, source='wandb.login()',\n"
+            "                     prompt=False, update_session=True)\n")
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SILENT"}
+    env.update(WANDB_API_KEY="0" * 40, WANDB_DIR=str(tmp_path), WANDB_CONFIG_DIR=str(tmp_path))
+    p = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "wandb:" not in p.stderr and "Loaded credentials" not in p.stderr, p.stderr

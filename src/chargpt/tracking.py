@@ -20,6 +20,10 @@ from typing import Callable
 from .envfile import load_env_file
 from .rundir import BEST, CKPT
 
+# wandb reads WANDB_SILENT when its settings singleton is first made (is_logged_in makes it, before wandb.setup
+# could pass silent=True), and prints "wandb: [wandb.login()] Loaded credentials ..." otherwise. A user's own
+# WANDB_SILENT=false is kept.
+os.environ.setdefault("WANDB_SILENT", "true")
 INIT_TIMEOUT = 10.0  # seconds wandb may spend reaching the server before we fall back to offline (its default: 90)
 FINISH_TIMEOUT = 120.0  # seconds to wait for uploads at the end before leaving them to `wandb sync`
 DOWNLOAD_TIMEOUT = 300.0
