@@ -124,3 +124,33 @@ def test_chargpt_attention_explains_a_bad_prompt_in_one_line(trained_run, tmp_pa
     assert p.returncode != 0
     assert p.stderr.strip().count("\n") == 0 and "block_size" in p.stderr
     assert not (tmp_path / "a.png").exists()
+
+
+def test_a_long_prompt_is_drawn_for_its_last_window_characters_at_a_legible_size(tmp_path):
+    import matplotlib.image
+
+    model = build_model(ModelConfig(vocab_size=30, block_size=128, n_layer=1, n_head=1, n_embd=16, dropout=0.0))
+    w = attention_weights(model.eval(), torch.randint(0, 30, (1, 120)))[0]
+    prompt = "".join(chr(ord("a") + i % 26) for i in range(120))
+    out = draw_attention(w, prompt, tmp_path / "a.png", dpi=20, window=40)
+    img = matplotlib.image.imread(out)
+    assert img.shape[:2] == (round((cell_inches(40) + 0.6) * 20), round((cell_inches(40) + 1.2) * 20))
+    whole = draw_attention(w, prompt, tmp_path / "b.png", dpi=20, window=0)
+    assert matplotlib.image.imread(whole).shape[0] > img.shape[0] or cell_inches(120) == cell_inches(40)
+
+
+def test_log_and_row_scales_tell_apart_the_small_weights_a_linear_scale_paints_alike(tmp_path):
+    import matplotlib.image
+
+    T = 12
+    w = torch.zeros(1, 1, T, T)
+    for t in range(T):
+        w[0, 0, t, : t + 1] = torch.softmax(torch.linspace(0, 0.5, t + 1), 0)  # spread thin, as in later layers
+    colours = {}
+    for scale in ("linear", "log", "row"):
+        out = draw_attention(w, "x" * T, tmp_path / f"{scale}.png", dpi=30, scale=scale, window=0)
+        rgb = matplotlib.image.imread(out)[..., :3]
+        colours[scale] = len(np.unique((rgb * 255).astype(int).reshape(-1, 3), axis=0))
+    assert colours["log"] > colours["linear"] and colours["row"] > colours["linear"]
+    with pytest.raises(ConfigError, match="log, row, linear"):
+        draw_attention(w, "x" * T, tmp_path / "x.png", scale="sqrt")

@@ -165,5 +165,14 @@ def test_fine_tune_from_a_run_on_other_text_records_its_origin_and_best_pt_is_us
     assert refused.returncode == 2 and "drop n_embd=64" in refused.stderr
 
     for command in (["sample", "--max-new-tokens", "5"], ["eval"], ["attention", "--prompt", "to be", "--out", "a.png"]):
-        r = run_cli(*command, "--ckpt", "runs/base/best.pt", cwd=tmp_path, check=True)
+        r = run_cli(*command, "--ckpt", "runs/base/best.pt", "--threads", "1", cwd=tmp_path, check=True)
         assert r.stdout
+    (tmp_path / "prompt.txt").write_text("ROMEO:\nBut soft\n", encoding="utf-8")
+    r = run_cli("sample", "--ckpt", "runs/base", "--prompt-file", "prompt.txt", "--max-new-tokens", "5", cwd=tmp_path,
+                check=True)
+    assert r.stdout.startswith("ROMEO:\nBut soft") and len(r.stdout) == len("ROMEO:\nBut soft") + 6
+    r = run_cli("attention", "--ckpt", "runs/latest", "--prompt-file", "prompt.txt", "--out", "b.png", cwd=tmp_path,
+                check=True)
+    assert r.stdout == "wrote b.png: 1 layers x 2 heads over 15 characters\n"
+    both = run_cli("sample", "--prompt", "x", "--prompt-file", "prompt.txt", cwd=tmp_path)
+    assert both.returncode == 2 and "pass one" in both.stderr

@@ -87,3 +87,13 @@ def test_a_compiled_run_fills_the_persistent_cache_and_a_second_run_reuses_it(da
     run_cli("train", *args, "--name", "b", env=env, check=True)
     assert {p for p in cache.rglob("*") if p.is_file() and not p.name.endswith(".lock")} == \
         {p for p in files if not p.name.endswith(".lock")}  # every compiled graph came from the cache
+
+
+def test_inference_threads_leave_out_the_cores_other_processes_keep_busy(monkeypatch):
+    import chargpt.distributed
+    from chargpt.device import inference_threads
+
+    monkeypatch.setattr(chargpt.distributed, "cpu_count", lambda: 8)
+    for load, threads in ((0.2, 8), (2.6, 5), (7.9, 1), (30.0, 1)):
+        monkeypatch.setattr("os.getloadavg", lambda load=load: (load, load, load))
+        assert inference_threads() == threads

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal, get_args
 
+import numpy
 import torch
 
 from .errors import ConfigError
@@ -59,21 +61,42 @@ def label(ch: str) -> str:
     return VISIBLE.get(ch, ch)
 
 
+Scale = Literal["log", "row", "linear"]
+SCALES: tuple[str, ...] = get_args(Scale)
+SCALE_HELP = ("log: weights on a log scale from 0.001 to 1; row: each query's weights over its largest; "
+              "linear: 0 to 1")
+WINDOW = 48  # characters drawn by default: the last ones of a longer prompt, so that the labels stay legible
+
+
 def cell_inches(T: int) -> float:
     """Side of one head's map: room for T tick labels, within reason."""
-    return min(max(1.8, 0.14 * T + 0.8), 6.0)
+    return min(max(1.8, 0.14 * T + 0.8), 8.0)
 
 
 def draw_attention(weights: torch.Tensor, prompt: str, out: str | os.PathLike, title: str | None = None,
-                   dpi: int = 100) -> Path:
+                   dpi: int = 100, scale: Scale = "log", window: int = WINDOW) -> Path:
     """Draw `weights` (n_layer, n_head, T, T) as a grid of heat maps (a row per layer, a column per head),
-    the prompt's characters along both axes (queries down, keys across); write the PNG atomically."""
+    the prompt's characters along both axes (queries down, keys across); write the PNG atomically.
+
+    Later layers spread their attention thin, so by default the colours follow a log scale (`scale="row"`:
+    each row over its own maximum). A prompt longer than `window` characters is drawn for its last `window`
+    queries and keys (0: all of them); the model still read the whole prompt."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import LogNorm, Normalize
     from matplotlib.figure import Figure
 
     n_layer, n_head, T, _ = weights.shape
     if len(prompt) != T:
         raise ValueError(f"{T} attention rows but a prompt of {len(prompt)} characters")
+    if scale not in SCALES:
+        raise ConfigError(f"the colour scale must be one of {', '.join(SCALES)}, got {scale!r}")
+    if window and T > window:
+        weights, prompt, T = weights[..., -window:, -window:], prompt[-window:], window
+    maps = weights.float().cpu()
+    if scale == "row":
+        maps = maps / maps.amax(dim=-1, keepdim=True).clamp_min(1e-12)
+    future = torch.ones(T, T, dtype=torch.bool).triu(1)  # keys after the query: never attended, drawn blank
+    norm = LogNorm(vmin=1e-3, vmax=1.0, clip=True) if scale == "log" else Normalize(vmin=0.0, vmax=1.0)
     cell = cell_inches(T)
     fig = Figure(figsize=(n_head * cell + 1.2, n_layer * cell + 0.6), dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
@@ -84,13 +107,16 @@ def draw_attention(weights: torch.Tensor, prompt: str, out: str | os.PathLike, t
     for layer in range(n_layer):
         for head in range(n_head):
             ax = axes[layer][head]
-            image = ax.imshow(weights[layer, head].cpu().numpy(), cmap="viridis", vmin=0.0, vmax=1.0,
-                              interpolation="nearest")
+            shown = numpy.ma.masked_array(maps[layer, head].clamp_min(1e-3 if scale == "log" else 0.0).numpy(),
+                                          mask=future.numpy())
+            image = ax.imshow(shown, cmap="viridis", norm=norm, interpolation="nearest")
             ax.set_xticks(range(T), ticks, fontsize=fontsize)
             ax.set_yticks(range(T), ticks, fontsize=fontsize)
             ax.tick_params(length=0, pad=1)
             ax.set_title(f"layer {layer} head {head}", fontsize=8)
-    fig.colorbar(image, ax=axes, shrink=0.5, label="attention weight")
+    bar_label = {"log": "attention weight (log scale)", "row": "attention weight / the row's largest",
+                 "linear": "attention weight"}[scale]
+    fig.colorbar(image, ax=axes, shrink=0.5, label=bar_label)
     fig.suptitle(title or f"attention: {n_layer} layers x {n_head} heads, query (row) -> key (column)")
     out = Path(out)
     with atomic_path(out) as tmp:

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import fields
 import os
 import signal
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from . import __version__
+from .attention import SCALE_HELP, SCALES, WINDOW
 from .config import (PRESETS, add_config_flags, apply_overrides, config_changes, default_preset, get_preset,
                      parse_eval_tokens)
 from .evaluate import EVAL_TOKENS
@@ -203,7 +204,6 @@ def cmd_sample(args) -> int:
     import torch
 
     from .checkpoint import load_model
-    from .device import resolve_device
     from .engine import Engine
 
     if args.max_new_tokens < 0:
@@ -218,7 +218,8 @@ def cmd_sample(args) -> int:
         raise ConfigError(f"--top-p must be in (0, 1], got {args.top_p}")
     if not 0 <= args.seed < 2 ** 64:
         raise ConfigError(f"--seed must be in [0, 2^64), got {args.seed}")
-    device = resolve_device(args.device)
+    device = _device_and_threads(args)
+    args.prompt = _prompt(args)
     model, tok, _ = load_model(args.ckpt, device)
     prompt = args.prompt if args.prompt else ("\n" if "\n" in tok.stoi else tok.chars[0])
     ids = tok.encode(prompt)
@@ -250,12 +251,11 @@ def cmd_eval(args) -> int:
 
     from .checkpoint import load_model
     from .data import load_dataset
-    from .device import resolve_device
     from .evaluate import EvaluationInterrupted, bits_per_char, describe_pass, evaluate_split
     from .progress import EvalProgress
     from .train import StopSignals
 
-    device = resolve_device(args.device)
+    device = _device_and_threads(args)
     model, tok, state = load_model(args.ckpt, device)
     data_dir = args.data or state["extra"].get("data_dir") or DEFAULT_DATA
     data = load_dataset(data_dir)
@@ -308,17 +308,24 @@ def cmd_attention(args) -> int:
 
     from .attention import attention_weights, draw_attention
     from .checkpoint import load_model
-    from .device import resolve_device
 
-    device = resolve_device(args.device)
+    device = _device_and_threads(args)
+    prompt = _prompt(args)
+    if not prompt:
+        raise ConfigError("give the text to draw with --prompt TEXT or --prompt-file FILE")
+    if args.window < 0:
+        raise ConfigError(f"--window must be >= 0, got {args.window}")
     model, tok, state = load_model(args.ckpt, device)
-    idx = torch.tensor([tok.encode(args.prompt)], dtype=torch.long, device=device)
+    idx = torch.tensor([tok.encode(prompt)], dtype=torch.long, device=device)
     weights = attention_weights(model, idx)[0]
     L, H, T, _ = weights.shape
-    out = draw_attention(weights, args.prompt, args.out,
-                         title=f"attention of {args.ckpt} (step {state['step']}): {L} layers x {H} heads, "
-                               f"query (row) -> key (column)")
-    print(f"wrote {out}: {L} layers x {H} heads over {T} characters")
+    shown = min(T, args.window) if args.window else T
+    name = _run_name(args.ckpt)
+    title = (f"{name} (step {state['step']}): attention, {L} layers x {H} heads, query (row) -> key (column)"
+             + (f"; the last {shown} of {T} characters" if shown < T else ""))
+    out = draw_attention(weights, prompt, args.out, title=title, scale=args.scale, window=args.window)
+    print(f"wrote {out}: {L} layers x {H} heads over {T} characters"
+          + (f" (the last {shown} drawn)" if shown < T else ""))
     return 0
 
 
@@ -330,6 +337,48 @@ def cmd_serve(args) -> int:
     runs = ServedRuns(runs_dir=None if args.ckpt else args.runs, ckpt=args.ckpt, device=resolve_device(args.device))
     serve(runs, host=args.host, port=args.port)
     return 0
+
+
+def _device_and_threads(args):
+    """The device of `--device`, with torch's CPU threads set from `--threads`."""
+    import torch
+
+    from .device import inference_threads, resolve_device
+
+    if args.threads < 0:
+        raise ConfigError(f"--threads must be >= 0, got {args.threads}")
+    torch.set_num_threads(args.threads or inference_threads())
+    return resolve_device(args.device)
+
+
+def _prompt(args) -> str:
+    """`--prompt`, or the text of `--prompt-file` (UTF-8; one trailing newline dropped)."""
+    if args.prompt_file is None:
+        return args.prompt or ""
+    if args.prompt:
+        raise ConfigError("--prompt and --prompt-file both give the prompt; pass one")
+    try:
+        text = Path(args.prompt_file).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"--prompt-file {args.prompt_file} is not UTF-8 text; save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read --prompt-file {args.prompt_file} ({e.strerror or e}); "
+                          f"pass an existing text file") from None
+    return text[:-1] if text.endswith("\n") else text
+
+
+def _run_name(ckpt: str) -> str:
+    """`runs/latest` -> the run it points at, by name (`runs/r1/best.pt` -> `r1/best.pt`)."""
+    from .rundir import real_path
+
+    path = real_path(Path(ckpt))
+    return path.name if path.is_dir() else (f"{path.parent.name}/{path.name}" if path.parent.name else path.name)
+
+
+def _add_inference_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads; 0 = the cores not already busy (from the load average), at least 1")
 
 
 # ------------------------------------------------------------------------------------------- parser
@@ -382,13 +431,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = _defaults(sub.add_parser("sample", help="generate text from a checkpoint"))
     p.add_argument("--ckpt", default="runs/latest", help="checkpoint file or run directory")
     p.add_argument("--prompt", default="", help="text to continue (default: a newline)")
+    p.add_argument("--prompt-file", default=None, metavar="FILE", help="continue the text of this UTF-8 file")
     p.add_argument("--max-new-tokens", type=int, default=500, help="characters to generate")
     p.add_argument("--temperature", type=float, default=1.0, help="0 (or below 1e-6) = greedy")
     p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely characters")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold")
     p.add_argument("--seed", type=int, default=1337, help="random seed")
     p.add_argument("--num-samples", type=int, default=1, help="samples generated together as one batch")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    _add_inference_flags(p)
     p.set_defaults(func=cmd_sample)
 
     p = _defaults(sub.add_parser("eval", help="loss of a checkpoint on a split (exact, or an evenly spread subset of a large one)"))
@@ -399,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="characters scored when the split is larger (evenly spread windows, with the standard "
                         "error of the estimate); all = every character (the exact pass)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    _add_inference_flags(p)
     p.set_defaults(func=cmd_eval)
 
     p = _defaults(sub.add_parser("runs", help="list the runs (or plot their val curves together)"))
@@ -410,9 +460,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _defaults(sub.add_parser("attention", help="draw each head's attention over a prompt into a PNG"))
     p.add_argument("--ckpt", default="runs/latest", help="checkpoint file or run directory (a GPT)")
-    p.add_argument("--prompt", required=True, help="text whose attention is drawn (at most block_size characters)")
+    p.add_argument("--prompt", default="", help="text whose attention is drawn (at most block_size characters)")
+    p.add_argument("--prompt-file", default=None, metavar="FILE", help="draw the text of this UTF-8 file")
+    p.add_argument("--scale", choices=SCALES, default="log", help=SCALE_HELP)
+    p.add_argument("--window", type=int, default=WINDOW,
+                   help="draw at most this many characters, the prompt's last (0: all); labels stay legible")
     p.add_argument("--out", default="attention.png", help="PNG to write")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    _add_inference_flags(p)
     p.set_defaults(func=cmd_attention)
 
     p = _defaults(sub.add_parser("serve", help="web playground and OpenAI-compatible API over the runs"))

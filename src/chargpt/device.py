@@ -115,3 +115,20 @@ def use_persistent_compile_cache() -> str:
 
 # What the user set, read before torch's first look at it: inductor writes its default back into the environment.
 _USERS_INDUCTOR_CACHE = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+
+
+def inference_threads() -> int:
+    """CPU threads for sampling and evaluation when `--threads` is not given: the cores not already busy.
+
+    torch's intra-op threads wait for each other at the end of every parallel operation; when another process
+    holds one of the cores, every operation waits for the thread that was scheduled out. On a busy 2-core
+    machine a full-pass evaluation took 16-21 s with 2 threads and 2.9 s with 1 (issue 13). So: the CPUs this
+    process may use, less the load average (rounded), and at least 1; all of them on an idle machine."""
+    from .distributed import cpu_count
+
+    cpus = cpu_count()
+    try:
+        busy = round(os.getloadavg()[0])
+    except (AttributeError, OSError):  # no load average (Windows): torch's own default
+        return torch.get_num_threads()
+    return max(1, min(cpus, cpus - busy))
