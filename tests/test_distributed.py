@@ -266,3 +266,21 @@ def test_resuming_a_one_process_run_with_two_ranks_gives_each_rank_its_own_batch
     state = torch.load(tmp_path / "runs/one/ckpt.pt", weights_only=True)
     per_rank = state["rng"]["batch_per_rank"]
     assert state["step"] == 10 and len(per_rank) == 2 and not torch.equal(per_rank[0], per_rank[1])
+
+
+@pytest.mark.slow
+def test_readme_sequence_with_nproc_2_resumes_latest_twice_and_samples_it(dataset_dir, tmp_path):
+    def chargpt(*args):
+        p = run_cli(*args, cwd=tmp_path, env=LOOPBACK, timeout=300)
+        assert p.returncode == 0, f"{args} exited {p.returncode}:\n{p.stdout}\n{p.stderr[-4000:]}"
+        return p
+
+    chargpt("train", "--nproc", "2", "--data", dataset_dir, "--name", "r", *TINY_GPT, *STEPS, "--max-steps", "5")
+    chargpt("train", "--nproc", "2", "--resume", "runs/latest", "--max-steps", "10")
+    assert os.readlink(tmp_path / "runs/latest") == "r"
+    metrics = (tmp_path / "runs/r/metrics.jsonl").read_text()
+    again = chargpt("train", "--nproc", "2", "--resume", "runs/latest")
+    assert again.stdout.startswith("resuming runs/r at step 10")
+    assert os.readlink(tmp_path / "runs/latest") == "r"
+    assert (tmp_path / "runs/r/metrics.jsonl").read_text() == metrics
+    assert len(chargpt("sample", "--ckpt", "runs/latest", "--max-new-tokens", "8").stdout) == 9
