@@ -1,4 +1,5 @@
-"""Shared fixtures: the real tiny-Shakespeare corpus and a dataset prepared from it once per session."""
+"""Shared by the tests: the real tiny-Shakespeare corpus and a dataset prepared from it once per session, tiny
+configurations, a small GPT with peaked distributions, and running the CLI as a real process."""
 from __future__ import annotations
 
 import os
@@ -7,8 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from chargpt.data import prepare
+from chargpt.model import ModelConfig, build_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,3 +53,32 @@ def run_cli(*args, cwd=None, env=None, timeout=300, check=False) -> subprocess.C
     if check and p.returncode != 0:
         raise AssertionError(f"chargpt {' '.join(map(str, args))} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
     return p
+
+
+def one_error_line(p: subprocess.CompletedProcess) -> str:
+    """The single line a failed command printed on stderr (asserting there is exactly one, and no traceback)."""
+    assert p.returncode != 0
+    assert "Traceback" not in p.stderr
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, p.stderr
+    return lines[0]
+
+
+VOCAB = 20
+BLOCK = 16
+
+
+def lively_model(seed: int = 0, **kw):
+    """A small GPT with weights large enough that its next-token distributions are far from uniform,
+    so that agreement between two generation paths is not agreement on a constant."""
+    cfg = ModelConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=2, n_head=2, n_embd=32, dropout=0.0, **kw)
+    torch.manual_seed(seed)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    return model
+
+
+def prompt(batch: int, length: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))

@@ -175,7 +175,7 @@ def test_checkpoint_of_another_model_shape_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="does not match"):
         checkpoint.load_model(tmp_path / "forged.pt")
     with pytest.raises(CheckpointError, match="does not match"):
-        checkpoint.check_resumable(state, Config.from_dict(state["config"]), tmp_path / "forged.pt")
+        checkpoint.restore(state, Config.from_dict(state["config"]), tmp_path / "forged.pt")
 
 
 @pytest.mark.parametrize("change, flag", [({"n_embd": 64}, "--n-embd"), ({"n_layer": 2}, "--n-layer"),
@@ -184,7 +184,7 @@ def test_resuming_as_another_model_is_refused(tmp_path, change, flag):
     save_tiny(tmp_path / "ckpt.pt")
     state = checkpoint.load(tmp_path / "ckpt.pt")
     with pytest.raises(ConfigError, match=flag):
-        checkpoint.check_resumable(state, tiny_config(**change), tmp_path)
+        checkpoint.restore(state, tiny_config(**change), tmp_path)
 
 
 def test_resuming_with_another_optimizer_is_refused(tmp_path):
@@ -193,8 +193,8 @@ def test_resuming_with_another_optimizer_is_refused(tmp_path):
     config = tiny_config()
     config.train.optimizer = "adamw"
     with pytest.raises(ConfigError, match="--optimizer"):
-        checkpoint.check_resumable(state, config, tmp_path)
-    checkpoint.check_resumable(state, tiny_config(), tmp_path)  # the saved config itself is fine
+        checkpoint.restore(state, config, tmp_path)
+    checkpoint.restore(state, tiny_config(), tmp_path)  # the saved config itself is fine
 
 
 # --------------------------------------------------------------------- interrupted writes keep the old file

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import TINY_GPT, run_cli
+from conftest import TINY_GPT, one_error_line, run_cli
 
 
 def test_prepare_train_sample_eval_end_to_end(shakespeare_path, tmp_path):
@@ -53,14 +53,6 @@ def test_train_help_lists_every_config_field():
     for f in [*fields(ModelConfig), *fields(TrainConfig)]:
         if f.name != "vocab_size":
             assert "--" + f.name.replace("_", "-") in text, f.name
-
-
-def one_error_line(p):
-    assert p.returncode != 0
-    assert "Traceback" not in p.stderr
-    lines = [line for line in p.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, p.stderr
-    return lines[0]
 
 
 @pytest.mark.parametrize("args, code, needle", [
@@ -176,3 +168,31 @@ def test_fine_tune_from_a_run_on_other_text_records_its_origin_and_best_pt_is_us
     assert r.stdout == "wrote b.png: 1 layers x 2 heads over 15 characters\n"
     both = run_cli("sample", "--prompt", "x", "--prompt-file", "prompt.txt", cwd=tmp_path)
     assert both.returncode == 2 and "pass one" in both.stderr
+
+
+def test_train_help_shows_each_option_once_with_its_description_and_one_default():
+    text = " ".join(run_cli("train", "--help", check=True).stdout.split())
+    assert text.count("--n-layer INT") == 2  # usage line and option list
+    assert "transformer blocks (default: 3)" in text  # the cpu preset's value, once
+    assert "--mlp {relu,relu2,gelu}" in text
+    assert "(default: None)" not in text
+
+
+def test_abbreviated_flags_are_refused():
+    line = one_error_line(run_cli("train", "--dataset", "shakespeare", "--print-config"))
+    assert "--dataset" in line
+
+
+def test_config_file_then_flags_resolve_and_print_config_exits(tmp_path):
+    (tmp_path / "small.toml").write_text('preset = "bigram"\nmax_steps = 7\n[train]\nlr = 0.05\n')
+    p = run_cli("train", "--config", "small.toml", "--lr", "0.02", "--print-config", cwd=tmp_path, check=True)
+    printed = json.loads(p.stdout)
+    assert printed["preset"] == "bigram" and printed["model"]["model"] == "bigram"
+    assert printed["train"]["max_steps"] == 7 and printed["train"]["lr"] == 0.02
+    (tmp_path / "printed.json").write_text(p.stdout)  # what --print-config shows reads back as the same config
+    again = run_cli("train", "--config", "printed.json", "--print-config", cwd=tmp_path, check=True)
+    assert json.loads(again.stdout) == printed
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "bad.json").write_text('{"lrr": 1}')
+    line = one_error_line(run_cli("train", "--config", "bad.json", "--print-config", cwd=tmp_path))
+    assert "unknown config field 'lrr'" in line

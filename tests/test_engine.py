@@ -4,28 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import BLOCK, VOCAB, lively_model, prompt
+
 from chargpt.engine import Engine, KVCache, one_cpu_thread, stream_text
 from chargpt.model import ModelConfig, build_model, window_start
 from chargpt.tokenizer import CharTokenizer
-
-VOCAB = 20
-BLOCK = 16
-
-
-def lively_model(pos: str = "learned", **kw):
-    """A small GPT with weights large enough that its next-token distributions are far from uniform,
-    so that agreement between the two generation paths is not agreement on a constant."""
-    cfg = ModelConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=2, n_head=2, n_embd=32, dropout=0.0, pos=pos, **kw)
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.3)
-    return model
-
-
-def prompt(batch: int, length: int, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
 def both(model, idx, n, backend="auto", **kw):

@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import BLOCK, VOCAB, lively_model, prompt
+
 from chargpt.engine import Engine, KVCache
 from chargpt.fastdecode import NumpyDecoder, supports
 from chargpt.model import ModelConfig, build_model
-
-VOCAB = 20
-BLOCK = 16
 
 OPTIONS = dict(pos=("learned", "rope"), norm=("layernorm", "rmsnorm"), mlp=("relu", "relu2", "gelu"),
                qk_norm=(False, True), bias=(False, True), tie_weights=(False, True), logit_softcap=(0.0, 5.0))
@@ -27,21 +26,6 @@ SPREAD = [
     dict(pos="learned", norm="rmsnorm", mlp="relu2", qk_norm=True, bias=True, tie_weights=True),
     dict(pos="rope", norm="rmsnorm", mlp="relu", bias=True, logit_softcap=5.0),
 ]
-
-
-def lively_model(seed: int = 0, **kw):
-    """A small GPT with weights large enough that its next-token distributions are far from uniform."""
-    cfg = ModelConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=2, n_head=2, n_embd=32, dropout=0.0, **kw)
-    torch.manual_seed(seed)
-    model = build_model(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.3)
-    return model
-
-
-def prompt(batch: int, length: int, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
 def name(kw: dict) -> str:

@@ -22,7 +22,8 @@ from chargpt import checkpoint
 from chargpt.config import get_preset
 from chargpt.data import load_dataset
 from chargpt.rundir import RunDir, read_metrics
-from chargpt.train import TrainingInterrupted, train
+from chargpt.errors import TrainingInterrupted
+from chargpt.train import train
 
 STEPS = 300  # long enough that a signal sent at the first checkpoint lands mid-run
 TINY = ["--preset", "cpu", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "16",

@@ -174,24 +174,30 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     return model.to(device).eval(), tokenizer, state
 
 
-def check_resumable(state: dict, config: Config, path: str | os.PathLike) -> None:
-    """Refuse to resume `state` as `config` when the model or optimizer would differ from the one saved."""
+def restore(state: dict, config: Config, path: str | os.PathLike, *, data=None, model: LanguageModel | None = None,
+            optimizers: list | None = None) -> int:
+    """Check that the checkpoint `state` can continue as `config` on `data`, load its weights and optimizer
+    states into `model` and `optimizers` (built on the CPU just to check, when not given), return its step.
+
+    The one place a resume is checked: the same model, the same optimizer, the same dataset."""
     try:
         saved = Config.from_dict(state["config"])
     except (ConfigError, KeyError) as e:
         raise CheckpointError(f"{path} has no usable config ({e}); it cannot be resumed") from None
-    for section, flags in (("model", [f.name for f in dataclasses.fields(saved.model)]), ("train", ["optimizer"])):
+    if data is not None and state.get("dataset_hash") != data.content_hash:
+        raise ConfigError(f"{data.path} is not the dataset {path} was trained on; "
+                          f"pass --data with the original dataset directory")
+    for section, names in (("model", [f.name for f in dataclasses.fields(saved.model)]), ("train", ["optimizer"])):
         old, new = getattr(saved, section), getattr(config, section)
         changed = [f"--{f.replace('_', '-')} {getattr(new, f)} (saved: {getattr(old, f)})"
-                   for f in flags if getattr(old, f) != getattr(new, f)]
+                   for f in names if getattr(old, f) != getattr(new, f)]
         if changed:
             raise ConfigError(f"cannot resume {path} with a different {'model' if section == 'model' else 'optimizer'}: "
-                              f"{', '.join(changed)}; "
-                              f"drop those flags, or start a new run with --name")
+                              f"{', '.join(changed)}; drop those flags, or start a new run with --name")
     try:
-        model = build_model(config.model)
+        model = model if model is not None else build_model(config.model)
         model.load_state_dict(state["model"])
-        optimizers = make_optimizers(model, config.train, "cpu")
+        optimizers = optimizers if optimizers is not None else make_optimizers(model, config.train, "cpu")
         if len(optimizers) != len(state["optimizers"]):
             raise ValueError(f"{len(state['optimizers'])} optimizer states for {len(optimizers)} optimizers")
         for opt, st in zip(optimizers, state["optimizers"]):
@@ -200,6 +206,7 @@ def check_resumable(state: dict, config: Config, path: str | os.PathLike) -> Non
         first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
         raise CheckpointError(f"{path} does not match the model it records ({first}); "
                               f"it cannot be resumed, start a new run") from None
+    return state["step"]
 
 
 # The tensors indexed by the vocabulary, and along which dimensions: (GPT's embedding rows and head rows; the

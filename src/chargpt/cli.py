@@ -15,26 +15,36 @@ from pathlib import Path
 from . import __version__
 from .attention import SCALE_HELP, SCALES, WINDOW
 from .config import (PRESETS, add_config_flags, apply_overrides, config_changes, default_preset, get_preset,
-                     parse_eval_tokens)
+                     parse_eval_tokens, read_config_file, set_fields)
+from .errors import ChargptError, ConfigError, UsageError
 from .evaluate import EVAL_TOKENS
-from .errors import ChargptError, ConfigError
 
 DEFAULT_DATA = "data/shakespeare"
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line (and exit code 2), without the usage block."""
+    """argparse that reports a usage error as one line (and exit code 2), without the usage block, and takes
+    no abbreviations (`--dataset` must never be read as `--dataset-artifact`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         raise UsageError(f"{self.prog}: {message} (see --help)")
 
 
-class UsageError(ChargptError):
-    pass
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's help once, with one default: none added where the help names it or there is none."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _defaults(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    p.formatter_class = HelpFormatter
     return p
 
 
@@ -88,6 +98,9 @@ def cmd_train(args) -> int:
     if args.resume and args.init_from:
         raise ConfigError("--resume continues a run and --init-from starts a new one from a run's weights; pass one")
     if args.resume:
+        if args.config:
+            raise ConfigError("--config and --resume cannot be combined: a resumed run keeps its own config; "
+                              "give single flags to change what may change")
         run = RunDir.open(args.resume)
         resume_state = checkpoint.load(run.ckpt)
         config = Config.from_dict(resume_state["config"])
@@ -105,18 +118,25 @@ def cmd_train(args) -> int:
         init_from = {"state": state, "origin": {"ckpt": str(source), "step": state["step"],
                                                 "dataset_hash": state["dataset_hash"]}}
     else:
-        device = resolve_device(args.device or "auto")
-        preset = args.preset or default_preset(device.type)
-        if args.preset is None and _is_main_process():
+        from_file = read_config_file(args.config) if args.config else {}
+        device = resolve_device(args.device or from_file.get("train", {}).get("device") or from_file.get("device")
+                                or "auto")
+        preset = args.preset or from_file.get("preset") or default_preset(device.type)
+        if args.preset is None and not from_file.get("preset") and _is_main_process():
             print(f"no --preset given: using '{preset}' for {device.type}")
         config = get_preset(preset)
         base = get_preset(preset)
-        data_dir = args.data or DEFAULT_DATA
+        set_fields(config, from_file, str(args.config))
+        data_dir = args.data or from_file.get("data_dir") or DEFAULT_DATA
         if args.dataset_artifact and args.data is None:  # with or without --wandb: download, then train
             from .tracking import download_dataset
 
             data_dir = download_dataset(args.dataset_artifact, mode=args.wandb_mode) or data_dir
     apply_overrides(config, args)
+    if args.print_config:
+        config.validate()
+        print(json.dumps({"preset": preset, "data_dir": str(data_dir), **config.to_dict()}, indent=2))
+        return 0
     data = load_dataset(data_dir)
     config.model.vocab_size = data.tokenizer.vocab_size
     base.model.vocab_size = config.model.vocab_size
@@ -131,10 +151,7 @@ def cmd_train(args) -> int:
         if shape:
             raise ConfigError(f"--init-from keeps the model it starts from; drop {', '.join(shape)}")
     if resume_state is not None:
-        if resume_state["dataset_hash"] != data.content_hash:
-            raise ConfigError(f"{data_dir} is not the dataset {args.resume} was trained on (its files differ); "
-                              f"pass --data with the original dataset directory")
-        checkpoint.check_resumable(resume_state, config, run.path)
+        checkpoint.restore(resume_state, config, run.path, data=data)  # refuse before anything starts
     if launch and args.nproc > 1:  # every argument checked here, once: the processes would each report it
         from .launch import relaunch_with_torchrun
 
@@ -421,6 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", default=None, metavar="RUN",
                    help="fine-tune: start a new run from this run's weights (a run directory or .pt file) on --data")
     p.add_argument("--nproc", type=int, default=None, help="processes on this machine (launches torchrun)")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="config fields from a run's config.json or a TOML/JSON file; flags override them")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     _add_wandb_flags(p)
     p.add_argument("--wandb-name", default=None, help="wandb run name (default: train-<model>-<preset>)")
     p.add_argument("--dataset-artifact", default=None, metavar="ENTITY/PROJECT/NAME:ALIAS",

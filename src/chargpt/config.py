@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
+import json
 import re
+import tomllib
 from dataclasses import dataclass, field, fields
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 from .errors import ConfigError
 from .evaluate import EVAL_TOKENS
-from .model import ModelConfig
+from .model import ModelConfig, check_fields, choices, option
 
 
 MAX_THREADS = 1024  # torch crashes (not an error: a segfault) when asked for 100,000
@@ -18,66 +20,44 @@ MAX_THREADS = 1024  # torch crashes (not an error: a segfault) when asked for 10
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 64  # sequences per micro-batch (per process)
-    grad_accum: int = 1  # micro-batches per optimizer step
-    max_steps: int = 5000  # optimizer steps (ignored when time_budget is set)
-    time_budget: float = 0.0  # seconds of training (e.g. 150, 150s, 5m, 1h); 0 = use max_steps
-    optimizer: str = "adamw"  # adamw | muon (Muon for hidden matrices, AdamW for the rest)
-    lr: float = 3e-4  # AdamW learning rate
-    muon_lr: float = 0.02  # Muon learning rate (hidden 2-D weights)
-    weight_decay: float = 0.0  # AdamW weight decay on matrices and embeddings
-    beta1: float = 0.9
-    beta2: float = 0.999
-    grad_clip: float = 1.0  # max gradient norm; 0 = no clipping
-    schedule: str = "constant"  # constant | cosine | wsd (warmup, stable, linear decay to 0)
-    warmup: float = 0.0  # fraction of training spent warming up the learning rate
-    decay: float = 0.35  # wsd: final fraction of training that decays the learning rate to 0
-    min_lr_frac: float = 0.1  # cosine: final learning rate as a fraction of the peak
-    eval_interval: int = 500  # steps between estimates of train/val loss
-    eval_iters: int = 200  # batches per estimate
-    budget_evals: int = 10  # with a time budget: estimates at this many evenly spaced times (not eval_interval)
-    ckpt_interval: int = 0  # steps between checkpoints; 0 = at every evaluation
-    log_interval: int = 10  # steps between progress updates and training-loss records in metrics.jsonl
-    seed: int = 1337
-    device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
-    dtype: str = "auto"  # auto (bf16 autocast on CUDA and bf16-capable CPUs, else float32) | float32 | bfloat16
-    compile: bool = False  # torch.compile the model
-    threads: int = 0  # CPU threads for torch; 0 = torch's default
-    sample_tokens: int = 500  # characters sampled into the run directory at the end
-    eval_tokens: int = EVAL_TOKENS  # characters of val scored at the end (evenly spread); 0 or `all` = exact pass
+    batch_size: int = option(64, "sequences per micro-batch (per process)", min=1)
+    grad_accum: int = option(1, "micro-batches per optimizer step", min=1)
+    max_steps: int = option(5000, "optimizer steps (ignored when time_budget is set)", min=1)
+    time_budget: float = option(0.0, "seconds of training (150, 150s, 5m, 1h); 0 = use max_steps", min=0.0)
+    optimizer: Literal["adamw", "muon"] = option("adamw", "adamw, or muon (Muon for hidden matrices, AdamW for the rest)")
+    lr: float = option(3e-4, "AdamW learning rate", min=0.0, min_open=True)
+    muon_lr: float = option(0.02, "Muon learning rate (hidden 2-D weights)", min=0.0, min_open=True)
+    weight_decay: float = option(0.0, "AdamW weight decay on matrices and embeddings", min=0.0)
+    beta1: float = option(0.9, "AdamW beta1", min=0.0, max=1.0, max_open=True)
+    beta2: float = option(0.999, "AdamW beta2", min=0.0, max=1.0, max_open=True)
+    grad_clip: float = option(1.0, "max gradient norm; 0 = no clipping", min=0.0)
+    schedule: Literal["constant", "cosine", "wsd"] = option(
+        "constant", "learning-rate schedule: constant, cosine, or wsd (warmup, stable, linear decay to 0)")
+    warmup: float = option(0.0, "fraction of training spent warming up the learning rate", min=0.0, max=1.0)
+    decay: float = option(0.35, "wsd: final fraction of training that decays the learning rate to 0", min=0.0, max=1.0)
+    min_lr_frac: float = option(0.1, "cosine: final learning rate as a fraction of the peak", min=0.0, max=1.0)
+    eval_interval: int = option(500, "steps between estimates of train/val loss", min=1)
+    eval_iters: int = option(200, "batches per estimate", min=1)
+    budget_evals: int = option(10, "with a time budget: estimates at this many evenly spaced times (not eval_interval)",
+                               min=1)
+    ckpt_interval: int = option(0, "steps between checkpoints; 0 = at every evaluation", min=0)
+    log_interval: int = option(10, "steps between progress updates and training-loss records in metrics.jsonl",
+                               min=1)
+    seed: int = option(1337, "random seed (weights, batches, dropout, the final sample)", min=0, max=2 ** 64,
+                       max_open=True)
+    device: str = option("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    dtype: Literal["auto", "float32", "bfloat16"] = option(
+        "auto", "auto (bf16 autocast on CUDA and bf16-capable CPUs, else float32), float32 or bfloat16")
+    compile: bool = option(False, "torch.compile the model")
+    threads: int = option(0, "CPU threads for torch; 0 = torch's default", min=0, max=MAX_THREADS)
+    sample_tokens: int = option(500, "characters sampled into the run directory at the end", min=0)
+    eval_tokens: int = option(EVAL_TOKENS, "characters of val scored at the end (evenly spread); 0 or all = exact pass",
+                              min=0)
 
     def validate(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
-        for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "eval_iters", "budget_evals",
-                     "log_interval"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        for name in ("lr", "muon_lr"):
-            if not 0 < getattr(self, name) < float("inf"):
-                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number > 0, got {getattr(self, name)}")
-        for name in ("time_budget", "weight_decay", "grad_clip", "ckpt_interval", "threads", "sample_tokens",
-                     "eval_tokens"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        for name in ("beta1", "beta2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.threads > MAX_THREADS:
-            raise ConfigError(f"--threads must be at most {MAX_THREADS} (0 = torch's default), got {self.threads}")
-        if not 0 <= self.seed < 2 ** 64:
-            raise ConfigError(f"--seed must be in [0, 2^64), got {self.seed}")
-        for name in ("warmup", "decay", "min_lr_frac"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
+        check_fields(self)
         if self.warmup + (self.decay if self.schedule == "wsd" else 0) > 1.0:
             raise ConfigError("--warmup plus --decay must not exceed 1")
-        for name, allowed in (("optimizer", ("adamw", "muon")), ("schedule", ("constant", "cosine", "wsd")),
-                              ("dtype", ("auto", "float32", "bfloat16"))):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise ConfigError(f"--device must be auto, cpu, mps, cuda or cuda:N, got {self.device!r}")
 
@@ -188,44 +168,90 @@ def parse_eval_tokens(text: str | int) -> int:
 
 NOT_FLAGS = {"vocab_size"}  # set from the dataset, never by hand
 PARSERS = {"time_budget": parse_duration, "eval_tokens": parse_eval_tokens}
+METAVARS = {"time_budget": "DURATION", "eval_tokens": "N|all"}
+SECTIONS = {"model": ModelConfig, "train": TrainConfig}
 
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per field of ModelConfig and TrainConfig; unset flags keep the preset's value."""
-    base = Config()
-    for section in ("model", "train"):
-        group = parser.add_argument_group(f"{section} config (defaults come from the preset; shown: "
-                                          f"the '{'cpu'}' preset)")
-        preset = PRESETS["cpu"]
-        for f in fields(getattr(base, section)):
+def config_fields():
+    """(section, dataclass field) for every field a user may set."""
+    return [(section, f) for section, cls in SECTIONS.items() for f in fields(cls) if f.name not in NOT_FLAGS]
+
+
+def add_config_flags(parser: argparse.ArgumentParser, shown: str = "cpu") -> None:
+    """One flag per config field, with its description, its choices and the `shown` preset's value as its
+    default; unset flags (None) keep the preset's value."""
+    preset = PRESETS[shown]
+    for section, cls in SECTIONS.items():
+        group = parser.add_argument_group(f"{section} config (defaults come from the preset; shown: '{shown}')")
+        for f in fields(cls):
             if f.name in NOT_FLAGS:
                 continue
             default = getattr(getattr(preset, section), f.name)
-            kind = type(getattr(getattr(base, section), f.name))
-            kw: dict[str, Any] = dict(dest=f.name, default=None, help=f"(default: {default})")
-            if kind is bool:
+            kw: dict[str, Any] = dict(dest=f.name, default=None, help=f"{f.metadata['help']} (default: {default})")
+            if f.type == "bool":
                 kw["action"] = argparse.BooleanOptionalAction
+            elif choices(cls, f.name):
+                kw["choices"] = choices(cls, f.name)
             else:
+                kind = {"int": int, "float": float, "str": str}[f.type]
                 kw["type"] = PARSERS.get(f.name, kind)
-                kw["metavar"] = kind.__name__.upper()
+                kw["metavar"] = METAVARS.get(f.name, kind.__name__.upper())
             group.add_argument(_flag(f.name), **kw)
+
+
+def set_fields(config: Config, values: dict[str, Any], where: str) -> list[str]:
+    """Set config fields from {name: value} (or {"model": {...}, "train": {...}}); return the names set."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in SECTIONS and isinstance(value, dict):
+            flat.update(value)
+        elif key not in ("preset", "data_dir", "init_from"):
+            flat[key] = value
+    known = {f.name: (section, f) for section, f in config_fields()}
+    for name, value in flat.items():
+        if name in NOT_FLAGS:
+            continue
+        if name not in known:
+            raise ConfigError(f"{where}: unknown config field {name!r}; see `chargpt train --help` for the fields")
+        if name in PARSERS and isinstance(value, str):
+            try:
+                value = PARSERS[name](value)
+            except argparse.ArgumentTypeError as e:
+                raise ConfigError(f"{where}: {name}: {e}") from None
+        section, f = known[name]
+        kind = {"int": int, "float": (int, float), "bool": bool}.get(f.type, str)
+        if not isinstance(value, kind) or (isinstance(value, bool) and f.type != "bool"):
+            raise ConfigError(f"{where}: {name} must be {f.type.split('[')[0].replace('Literal', 'a string')}, "
+                              f"got {value!r}")
+        setattr(getattr(config, section), name, float(value) if f.type == "float" else value)
+    return [n for n in flat if n not in NOT_FLAGS]
 
 
 def apply_overrides(config: Config, args: argparse.Namespace) -> list[str]:
     """Set every flag the user gave on `config`; return their names."""
-    changed = []
-    for section in ("model", "train"):
-        obj = getattr(config, section)
-        for f in fields(obj):
-            value = getattr(args, f.name, None)
-            if f.name not in NOT_FLAGS and value is not None:
-                setattr(obj, f.name, value)
-                changed.append(f.name)
-    return changed
+    given = {f.name: getattr(args, f.name) for _, f in config_fields() if getattr(args, f.name, None) is not None}
+    return set_fields(config, given, "flags")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Fields from a run's config.json, or a TOML or JSON file of fields (flat, or in model/train tables)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path} ({getattr(e, 'strerror', None) or e}); "
+                          f"pass a config.json of a run or a TOML/JSON file of fields") from None
+    try:
+        values = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'} ({e})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a table of config fields, e.g. {{\"n_layer\": 4}}")
+    return values
 
 
 def config_changes(config: Config, base: Config) -> list[str]:

@@ -23,3 +23,19 @@ class CheckpointError(ChargptError):
 
 class OutputError(ChargptError):
     """An output path chargpt must not write: not a regular file, or a directory that is not chargpt's own."""
+
+
+class UsageError(ChargptError):
+    """A command line argparse rejects (an unknown flag, a missing value)."""
+
+
+class NonFiniteLoss(ChargptError):
+    """Training diverged: a loss, an update or the weights became inf or NaN."""
+
+
+class TrainingInterrupted(ChargptError):
+    """Stopped by SIGINT/SIGTERM after saving a checkpoint; `exit_code` is 130 or 143."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

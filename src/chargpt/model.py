@@ -7,7 +7,8 @@ RoPE, RMSNorm, ReLU², QK-norm, no biases, zero-init output projections, logit s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import Literal, get_args, get_origin, get_type_hints
 
 import torch
 import torch.nn as nn
@@ -16,42 +17,82 @@ import torch.nn.functional as F
 from .errors import ConfigError
 
 
+def option(default, help: str, **bounds):
+    """A config field with its one-line description and, where it has one, its range (`min`, `max`,
+    `min_open`, `max_open`); allowed values of a choice live in its `Literal[...]` annotation. The CLI flags,
+    their `--help`, validation and tests are all derived from these declarations (`chargpt.config`)."""
+    return field(default=default, metadata={"help": help, **bounds})
+
+
+# Each modern change to the lecture's GPT is one field here. fastdecode.py holds a numpy copy of GPT.forward
+# for fast CPU sampling; NUMPY_DECODES lists the values it implements (anything else decodes with torch).
 @dataclass
 class ModelConfig:
-    model: str = "gpt"  # bigram | gpt
-    vocab_size: int = 65  # set from the dataset
-    block_size: int = 256  # context length
-    n_layer: int = 6
-    n_head: int = 6
-    n_embd: int = 384
-    dropout: float = 0.2
-    bias: bool = True  # biases in Linear and LayerNorm
-    pos: str = "learned"  # learned | rope
-    norm: str = "layernorm"  # layernorm | rmsnorm (parameter-free)
-    mlp: str = "relu"  # relu (the lecture) | relu2 | gelu
-    qk_norm: bool = False  # RMS-normalize queries and keys before attention
-    zero_init: bool = False  # output projections start at zero
-    tie_weights: bool = False  # share the token embedding with the head
-    logit_softcap: float = 0.0  # > 0: logits = cap * tanh(logits / cap)
+    model: Literal["bigram", "gpt"] = option("gpt", "bigram (a table of next-character logits) or gpt")
+    vocab_size: int = option(65, "characters in the vocabulary (set from the dataset)", min=1)
+    block_size: int = option(256, "context length in characters", min=1)
+    n_layer: int = option(6, "transformer blocks", min=1)
+    n_head: int = option(6, "attention heads per block", min=1)
+    n_embd: int = option(384, "embedding width (divisible by n_head)", min=1)
+    dropout: float = option(0.2, "dropout probability in training", min=0.0, max=1.0, max_open=True)
+    bias: bool = option(True, "biases in Linear and LayerNorm")
+    pos: Literal["learned", "rope"] = option("learned", "position encoding: a learned table or rotary (RoPE)")
+    norm: Literal["layernorm", "rmsnorm"] = option("layernorm", "LayerNorm (the lecture) or parameter-free RMSNorm")
+    mlp: Literal["relu", "relu2", "gelu"] = option("relu", "feed-forward activation: relu (the lecture), relu2, gelu")
+    qk_norm: bool = option(False, "RMS-normalize queries and keys before attention")
+    zero_init: bool = option(False, "output projections start at zero")
+    tie_weights: bool = option(False, "share the token embedding with the head")
+    logit_softcap: float = option(0.0, "> 0: logits = cap * tanh(logits / cap); 0 turns it off", min=0.0)
 
     def validate(self) -> None:
-        if self.model not in MODELS:
-            raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        check_fields(self)
         if self.n_embd % self.n_head:
             raise ConfigError(f"--n-embd ({self.n_embd}) must be divisible by --n-head ({self.n_head})")
         if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
             raise ConfigError(f"RoPE needs an even head size; n_embd / n_head = {self.n_embd // self.n_head}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
-        for name, allowed in (("pos", ("learned", "rope")), ("norm", ("layernorm", "rmsnorm")),
-                              ("mlp", ("relu", "relu2", "gelu"))):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if not 0 <= self.logit_softcap < float("inf"):
-            raise ConfigError(f"--logit-softcap must be a finite number >= 0 (0 turns it off), got {self.logit_softcap}")
+
+
+# What the numpy decoder (fastdecode.py) implements, field by field; Engine also compares its logits with
+# GPT.forward on a probe, so an edit to the code below that this list cannot see still falls back to torch.
+NUMPY_DECODES = {"pos": {"learned", "rope"}, "norm": {"layernorm", "rmsnorm"}, "mlp": {"relu", "relu2", "gelu"}}
+
+
+def choices(cls, name: str) -> tuple | None:
+    """The allowed values of a `Literal[...]` field, or None for a free-valued one."""
+    hint = get_type_hints(cls)[name]
+    return get_args(hint) if get_origin(hint) is Literal else None
+
+
+def check_fields(config) -> None:
+    """Check every field of a config dataclass against its declaration (type, choices, range)."""
+    for f in fields(config):
+        value, flag = getattr(config, f.name), "--" + f.name.replace("_", "-")
+        allowed = choices(type(config), f.name)
+        if allowed is not None:
+            if value not in allowed:
+                raise ConfigError(f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not in_range(value, f.metadata):
+            raise ConfigError(f"{flag} must be {describe_range(f.metadata)}, got {value}")
+
+
+def in_range(value: float, bounds: dict) -> bool:
+    lo, hi = bounds.get("min"), bounds.get("max")
+    return math.isfinite(value) and not (
+        (lo is not None and (value <= lo if bounds.get("min_open") else value < lo))
+        or (hi is not None and (value >= hi if bounds.get("max_open") else value > hi)))
+
+
+def describe_range(bounds: dict) -> str:
+    """'positive', '>= 0', '> 0', 'in [0, 1)': how a field's range reads in a message and in --help."""
+    lo, hi, lo_open, hi_open = bounds.get("min"), bounds.get("max"), bounds.get("min_open"), bounds.get("max_open")
+    if lo is not None and hi is not None:
+        return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    if lo == 1 and not lo_open:
+        return "positive"
+    if lo is not None:
+        return f"a finite number {'>' if lo_open else '>='} {lo}"
+    return "a finite number" if hi is None else f"a finite number {'<' if hi_open else '<='} {hi}"
 
 
 def window_start(length: int, block_size: int) -> int:

@@ -9,6 +9,7 @@ import sys
 import time
 
 from tqdm import tqdm
+from tqdm.auto import tqdm as auto_tqdm
 
 
 def format_duration(seconds: float | None) -> str:
@@ -30,10 +31,10 @@ class Progress:
     first step, so a resumed run continues its bar where it stopped."""
 
     def __init__(self, total_steps: int, budget: float = 0.0, step: int = 0, seconds: float = 0.0,
-                 enabled: bool = True, stream=None):
+                 enabled: bool = True, stream=None, notebook: bool = False):
         self.stream = stream or sys.stdout
         self.enabled = enabled
-        self.tty = enabled and self.stream.isatty()
+        self.tty = enabled and (notebook or self.stream.isatty())
         self.total_steps, self.budget = total_steps, budget
         self.start_step, self.start_seconds = step, seconds
         self.last_tenth = int(min(self._fraction(step, seconds), 1.0) * 10)  # plain lines: one per tenth of the run
@@ -41,7 +42,8 @@ class Progress:
         self.bar = None
         if self.tty:
             tqdm.monitor_interval = 0  # no thread redrawing the bar after it was closed or written under
-            self.bar = tqdm(total=1.0, initial=min(self._fraction(step, seconds), 1.0), file=self.stream,
+            bar = auto_tqdm if notebook else tqdm  # tqdm.auto: a widget in Jupyter where ipywidgets is installed
+            self.bar = bar(total=1.0, initial=min(self._fraction(step, seconds), 1.0), file=self.stream,
                             dynamic_ncols=True, leave=True, bar_format="{percentage:3.0f}%|{bar}| {postfix}")
             self.bar.set_postfix_str(self._text(step, None, None, seconds), refresh=True)
 

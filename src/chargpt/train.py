@@ -22,7 +22,7 @@ from .data import Dataset
 from .device import (autocast_for, compile_unavailable_reason, configure_backends, keep_freed_memory_for_reuse,
                      resolve_device, resolve_dtype, use_persistent_compile_cache)
 from .engine import Engine
-from .errors import ChargptError, CheckpointError
+from .errors import NonFiniteLoss, TrainingInterrupted
 from .evaluate import (EvaluationInterrupted, PassResult, bigram_optimum, bits_per_char, describe_pass, estimate_loss,
                        evaluate_split)
 from .model import build_model
@@ -32,18 +32,6 @@ from .progress import EvalProgress, Progress, format_duration
 from .provenance import provenance
 from .rundir import RunDir
 from .tracking import NullTracker
-
-
-class TrainingInterrupted(ChargptError):
-    """Stopped by SIGINT/SIGTERM after saving a checkpoint; `exit_code` is 130 or 143."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-class NonFiniteLoss(ChargptError):
-    pass
 
 
 def peak_rss_mb() -> float:
@@ -99,6 +87,85 @@ def restore_rng(state: dict, gen: torch.Generator, batch_state: torch.Tensor | N
         random.setstate((state["python_version"], tuple(state["python"]), None))
 
 
+@dataclass
+class Training:
+    """One training process: what `setup` builds, `loop` advances and `finish` summarizes."""
+
+    config: Config
+    data: Dataset
+    run: RunDir | None
+    preset: str | None
+    data_dir: str | None
+    say: Callable[[str], None]
+    tracker: object
+    device: torch.device
+    dist: distributed.DistInfo
+    precision: str
+    autocast: Callable
+    micro_batch: int
+    accum: int
+    gen: torch.Generator
+    model: torch.nn.Module
+    optimizers: list
+    fwd: torch.nn.Module  # what the loop calls: the model, compiled and/or wrapped in DDP
+    ddp_model: DDP | None
+    splits: dict
+    origin: dict | None = None  # the run this one was fine-tuned from (--init-from)
+    step: int = 0
+    spent: float = 0.0  # training seconds of the run before this process (a resume)
+    best_val: float = math.inf
+    resumed_at: int | None = None
+    last_eval: dict = field(default_factory=dict)
+    t_start: float = field(default_factory=time.perf_counter)
+    paused: float = 0.0  # evaluation time does not count against the budget
+    notebook: bool = False  # a tqdm.auto progress bar (a widget in Jupyter) even where stdout is no terminal
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.micro_batch * self.accum * self.dist.world_size * self.config.model.block_size
+
+    def train_seconds(self) -> float:
+        return self.spent + time.perf_counter() - self.t_start - self.paused
+
+    def fraction_done(self) -> float:
+        budget = self.config.train.time_budget
+        return self.train_seconds() / budget if budget else self.step / self.config.train.max_steps
+
+    def evaluate(self) -> dict:
+        tc = self.config.train
+        # Eager model: compiling an eval-mode graph would cost a second compile outside the time budget.
+        losses = estimate_loss(self.model, self.splits, tc.eval_iters, self.micro_batch, self.config.model.block_size,
+                               self.device, torch.Generator().manual_seed((tc.seed + 10_000) % 2 ** 64),
+                               self.autocast)
+        return {"train_loss": losses["train"], "val_loss": losses["val"]}
+
+    def train_record(self, loss_value: float) -> dict:
+        """The metrics log's record of the training loss at `step` (evaluations add records with val_loss)."""
+        seconds_so_far = self.train_seconds()
+        return {"step": self.step, "loss": loss_value, "lr": self.optimizers[0].param_groups[0]["lr"],
+                "tokens_seen": self.step * self.tokens_per_step, "train_seconds": round(seconds_so_far, 3),
+                "tokens_per_sec": round(self.step * self.tokens_per_step / max(seconds_so_far, 1e-9), 1)}
+
+    def kept(self) -> str:
+        has_ckpt = self.run is not None and self.run.ckpt.is_file()
+        return f"the last good checkpoint ({self.run.ckpt}) is kept" if has_ckpt else "no checkpoint was written"
+
+    def non_finite(self, what: str) -> NonFiniteLoss:
+        return NonFiniteLoss(f"{what}; {self.kept()}. Lower --lr or --muon-lr, or set --grad-clip")
+
+    def save_checkpoint(self, path: Path | None = None) -> None:
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):  # never replace a good one with NaNs
+            raise self.non_finite(f"the weights became non-finite by step {self.step}")
+        states = distributed.all_gather_tensor(self.gen.get_state(), self.dist)
+        if not self.dist.is_main or self.run is None:
+            return
+        rng = rng_state(self.gen) | {"batch_per_rank": states}
+        checkpoint.save(path or self.run.ckpt, model=self.model, optimizers=self.optimizers, step=self.step,
+                        config=self.config, tokenizer=self.data.tokenizer, dataset_hash=self.data.content_hash, rng=rng,
+                        extra={"train_seconds": self.train_seconds(), "preset": self.preset, "data_dir": self.data_dir,
+                               "best_val_loss": self.best_val, "init_from": self.origin})
+
+
 def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | None = None,
           resume_state: dict | None = None, init_from: dict | None = None, tracker=None, data_dir: str | None = None,
           echo: Callable[[str], None] = print) -> dict:
@@ -106,6 +173,16 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
 
     `init_from` fine-tunes: {"state": a checkpoint's contents, "origin": what to record of it} starts from that
     checkpoint's weights (characters of `data` it does not know get fresh rows) with a fresh optimizer."""
+    t = setup(config, data, run, preset=preset, resume_state=resume_state, init_from=init_from, tracker=tracker,
+              data_dir=data_dir, echo=echo)
+    loop(t)
+    return finish(t)
+
+
+def setup(config: Config, data: Dataset, run: RunDir | None, *, preset: str | None = None,
+          resume_state: dict | None = None, init_from: dict | None = None, tracker=None, data_dir: str | None = None,
+          echo: Callable[[str], None] = print) -> Training:
+    """Device, process group, seeds, model and optimizers (restored from `resume_state` when given)."""
     mc, tc = config.model, config.train
     device = resolve_device(tc.device)
     dist_info = distributed.init(device.type)
@@ -113,13 +190,11 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
         device = torch.device("cuda", dist_info.local_rank)
     main = dist_info.is_main
     say = echo if main else (lambda *_: None)
-    tracker = tracker if (tracker is not None and main) else NullTracker()
     configure_backends(device)
     keep_freed_memory_for_reuse(device)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     precision = resolve_dtype(device, tc.dtype)  # bfloat16 autocast where it is native, else float32
-    autocast = autocast_for(device, precision)
     micro_batch, accum = distributed.split_batch(tc.batch_size, tc.grad_accum, dist_info.world_size)
 
     torch.manual_seed(tc.seed)
@@ -135,16 +210,8 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
     optimizers = make_optimizers(model, tc, device.type, bf16=precision == "bfloat16")
     step, spent, best_val = 0, 0.0, math.inf
     if resume_state is not None:
-        try:
-            model.load_state_dict(resume_state["model"])
-            if len(optimizers) != len(resume_state["optimizers"]):
-                raise ValueError("the number of optimizers differs")
-            for opt, st in zip(optimizers, resume_state["optimizers"]):
-                opt.load_state_dict(st)
-        except (KeyError, RuntimeError, ValueError) as e:
-            raise CheckpointError(f"the checkpoint does not fit this model and optimizer ({(str(e).splitlines() or [e.__class__.__name__])[0][:200]}); "
-                                  f"resume with the config it was saved with") from None
-        step = resume_state["step"]
+        step = checkpoint.restore(resume_state, config, run.path if run is not None else "the checkpoint",
+                                  data=data, model=model, optimizers=optimizers)
         spent = resume_state["extra"].get("train_seconds", 0.0)
         best_val = resume_state["extra"].get("best_val_loss") or math.inf
         states = resume_state["rng"].get("batch_per_rank")
@@ -175,159 +242,133 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
         use_persistent_compile_cache()
     train_model = torch.compile(model) if tc.compile and not no_compile else model
     ddp_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None) if dist_info.enabled else None
-    fwd = ddp_model or train_model
     splits = {"train": data.train, "val": data.val}
     data.check_block_size(mc.block_size)
-
-    def evaluate() -> dict:
-        # Eager model: compiling an eval-mode graph would cost a second compile outside the time budget.
-        losses = estimate_loss(model, splits, tc.eval_iters, micro_batch, mc.block_size, device,
-                               torch.Generator().manual_seed((tc.seed + 10_000) % 2 ** 64), autocast)
-        return {"train_loss": losses["train"], "val_loss": losses["val"]}
-
-    def kept() -> str:
-        has_ckpt = run is not None and run.ckpt.is_file()
-        return f"the last good checkpoint ({run.ckpt}) is kept" if has_ckpt else "no checkpoint was written"
-
-    def save_checkpoint(extra: dict, path: Path | None = None) -> None:
-        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):  # never replace a good one with NaNs
-            raise NonFiniteLoss(f"the weights became non-finite by step {step}; {kept()}. "
-                                f"Lower --lr or --muon-lr, or set --grad-clip")
-        states = distributed.all_gather_tensor(gen.get_state(), dist_info)
-        if not main or run is None:
-            return
-        rng = rng_state(gen) | {"batch_per_rank": states}
-        checkpoint.save(path or run.ckpt, model=model, optimizers=optimizers, step=step, config=config,
-                        tokenizer=data.tokenizer, dataset_hash=data.content_hash, rng=rng,
-                        extra={"train_seconds": train_seconds(), "preset": preset, "data_dir": data_dir,
-                               "best_val_loss": best_val, "init_from": origin} | extra)
-
-    budget = tc.time_budget
-    total_steps = tc.max_steps
-    progress_bar = Progress(total_steps, budget, step=step, seconds=spent, enabled=main)
-    last_eval: dict = {}
-    ckpt_every = tc.ckpt_interval or tc.eval_interval
-    resumed_at = step if resume_state is not None else None
-    # A time budget is evaluated at evenly spaced fractions of it (steps per second vary with the model).
-    next_eval_mark = math.floor(spent / budget * tc.budget_evals) + 1 if budget else 0
-    if resume_state is not None and run is not None and (spent >= budget if budget else step >= total_steps):
+    t = Training(config=config, data=data, run=run, preset=preset, data_dir=data_dir, say=say,
+                 tracker=tracker if (tracker is not None and main) else NullTracker(), device=device,
+                 dist=dist_info, precision=precision, autocast=autocast_for(device, precision),
+                 micro_batch=micro_batch, accum=accum, gen=gen, model=model, optimizers=optimizers,
+                 fwd=ddp_model or train_model, ddp_model=ddp_model, splits=splits, origin=origin, step=step,
+                 spent=spent, best_val=best_val, resumed_at=step if resume_state is not None else None)
+    if resume_state is not None and run is not None and (spent >= tc.time_budget if tc.time_budget
+                                                         else step >= tc.max_steps):
         # resuming a finished run: its last evaluation is already logged; only the final report is redone
-        last_eval = next(({"train_loss": r["train_loss"], "val_loss": r["val_loss"]} for r in reversed(run.metrics())
-                          if r.get("step") == step and "val_loss" in r), {})
-    t_start = time.perf_counter()
-    paused = 0.0  # evaluation time does not count against the budget
+        t.last_eval = next(({"train_loss": r["train_loss"], "val_loss": r["val_loss"]} for r in reversed(run.metrics())
+                            if r.get("step") == step and "val_loss" in r), {})
+    return t
 
-    def train_seconds() -> float:
-        return spent + time.perf_counter() - t_start - paused
 
-    def train_record(loss_value: float) -> dict:
-        """The metrics log's record of the training loss at `step` (evaluations add records with val_loss)."""
-        seconds_so_far = train_seconds()
-        return {"step": step, "loss": loss_value, "lr": optimizers[0].param_groups[0]["lr"],
-                "tokens_seen": step * tokens_per_step, "train_seconds": round(seconds_so_far, 3),
-                "tokens_per_sec": round(step * tokens_per_step / max(seconds_so_far, 1e-9), 1)}
-
-    def fraction_done() -> float:
-        return train_seconds() / budget if budget else step / total_steps
-
-    # ------------------------------------------------------------------------------- the loop
-    with StopSignals() as stop, closing_bar(progress_bar, lambda: (step, train_seconds())):
-        model.train()
+def loop(t: Training) -> None:
+    """Train until the step count or the time budget is reached; evaluate, checkpoint and log on the way."""
+    tc, block_size, main, run = t.config.train, t.config.model.block_size, t.dist.is_main, t.run
+    budget = tc.time_budget
+    progress_bar = Progress(tc.max_steps, budget, step=t.step, seconds=t.spent, enabled=main, notebook=t.notebook)
+    ckpt_every = tc.ckpt_interval or tc.eval_interval
+    # A time budget is evaluated at evenly spaced fractions of it (steps per second vary with the model).
+    next_eval_mark = math.floor(t.spent / budget * tc.budget_evals) + 1 if budget else 0
+    t.t_start, t.paused = time.perf_counter(), 0.0
+    loss_value = math.nan  # the latest step's training loss
+    with StopSignals() as stop, closing_bar(progress_bar, lambda: (t.step, t.train_seconds())):
+        t.model.train()
         while True:
-            done_frac, stop_flag = distributed.all_max([fraction_done(), float(stop.received or 0)], dist_info)
+            done_frac, stop_flag = distributed.all_max([t.fraction_done(), float(stop.received or 0)], t.dist)
             finished = done_frac >= 1.0
             if budget:
-                due = done_frac * tc.budget_evals >= next_eval_mark or (step == 0 and step != resumed_at)
+                due = done_frac * tc.budget_evals >= next_eval_mark or (t.step == 0 and t.step != t.resumed_at)
                 if due:
                     next_eval_mark = math.floor(done_frac * tc.budget_evals) + 1
             else:
-                due = step % tc.eval_interval == 0 and step != resumed_at
-            if (due or finished) and not (finished and step == resumed_at and last_eval):
+                due = t.step % tc.eval_interval == 0 and t.step != t.resumed_at
+            if (due or finished) and not (finished and t.step == t.resumed_at and t.last_eval):
                 t0 = time.perf_counter()
-                seconds_so_far = train_seconds()
-                last_eval = evaluate()
-                if not all(math.isfinite(v) for v in last_eval.values()):
-                    raise NonFiniteLoss(f"the estimated loss became train {last_eval['train_loss']}, val {last_eval['val_loss']} "
-                                        f"at step {step}; {kept()}. "
-                                        f"Lower --lr or --muon-lr, or set --grad-clip")
-                record = {"step": step, **last_eval, "lr": optimizers[0].param_groups[0]["lr"],
-                          "tokens_seen": step * tokens_per_step, "train_seconds": round(seconds_so_far, 3),
-                          "tokens_per_sec": round(step * tokens_per_step / max(seconds_so_far, 1e-9), 1)}
+                seconds_so_far = t.train_seconds()
+                t.last_eval = t.evaluate()
+                if not all(math.isfinite(v) for v in t.last_eval.values()):
+                    raise t.non_finite(f"the estimated loss became train {t.last_eval['train_loss']}, "
+                                       f"val {t.last_eval['val_loss']} at step {t.step}")
+                record = {"step": t.step, **t.last_eval, "lr": t.optimizers[0].param_groups[0]["lr"],
+                          "tokens_seen": t.step * t.tokens_per_step, "train_seconds": round(seconds_so_far, 3),
+                          "tokens_per_sec": round(t.step * t.tokens_per_step / max(seconds_so_far, 1e-9), 1)}
                 if main and run is not None:
                     run.log_metrics(record)
                     refresh_run_plot(run.path)
-                    tracker.log(record, step)
-                if last_eval["val_loss"] < best_val and step > 0:
-                    best_val = last_eval["val_loss"]
-                    save_checkpoint({}, run.best if run is not None else None)  # the lowest val estimate so far
-                progress_bar.note(f"step {step}: train {last_eval['train_loss']:.4f}, val {last_eval['val_loss']:.4f}")
-                paused += time.perf_counter() - t0
-            if step > 0 and step != resumed_at and (step % ckpt_every == 0 or finished or (due and budget and not tc.ckpt_interval)):
+                    t.tracker.log(record, t.step)
+                if t.last_eval["val_loss"] < t.best_val and t.step > 0:
+                    t.best_val = t.last_eval["val_loss"]
+                    t.save_checkpoint(run.best if run is not None else None)  # the lowest val estimate so far
+                progress_bar.note(f"step {t.step}: train {t.last_eval['train_loss']:.4f}, "
+                                  f"val {t.last_eval['val_loss']:.4f}")
+                t.paused += time.perf_counter() - t0
+            if t.step > 0 and t.step != t.resumed_at and (t.step % ckpt_every == 0 or finished
+                                                          or (due and budget and not tc.ckpt_interval)):
                 t0 = time.perf_counter()
-                save_checkpoint({})
-                paused += time.perf_counter() - t0
+                t.save_checkpoint()
+                t.paused += time.perf_counter() - t0
             if finished:
                 break
             if stop_flag:
-                save_checkpoint({})
-                if main and run is not None and step != resumed_at and step % tc.log_interval:
-                    run.log_metrics(train_record(loss_value))  # where it stopped, for `chargpt runs`
+                t.save_checkpoint()
+                if main and run is not None and t.step != t.resumed_at and t.step % tc.log_interval:
+                    run.log_metrics(t.train_record(loss_value))  # where it stopped, for `chargpt runs`
                 code = 130 if int(stop_flag) == signal.SIGINT else 143
                 where = run.path if run is not None else "the run directory"
-                raise TrainingInterrupted(f"stopped at step {step} by {signal.Signals(int(stop_flag)).name}; "
+                raise TrainingInterrupted(f"stopped at step {t.step} by {signal.Signals(int(stop_flag)).name}; "
                                           f"checkpoint saved; resume with: chargpt train --resume {where}", code)
 
-            set_lr(optimizers, lr_multiplier(fraction_done(), tc))
-            for micro in range(accum):
-                x, y = get_batch(splits["train"], micro_batch, mc.block_size, device, gen)
-                sync = ddp_model is None or micro == accum - 1
-                ctx = ddp_model.no_sync() if not sync else nullcontext()
-                with ctx:
-                    with autocast():
-                        _, loss = fwd(x, y)
-                    (loss / accum).backward()
+            set_lr(t.optimizers, lr_multiplier(t.fraction_done(), tc))
+            for micro in range(t.accum):
+                x, y = get_batch(t.splits["train"], t.micro_batch, block_size, t.device, t.gen)
+                sync = t.ddp_model is None or micro == t.accum - 1
+                with t.ddp_model.no_sync() if not sync else nullcontext():
+                    with t.autocast():
+                        _, loss = t.fwd(x, y)
+                    (loss / t.accum).backward()
             loss_value = loss.item()
             if not math.isfinite(loss_value):
-                raise NonFiniteLoss(f"loss became {loss_value} at step {step}; {kept()}. "
-                                    f"Lower --lr or --muon-lr, or set --grad-clip")
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
+                raise t.non_finite(f"loss became {loss_value} at step {t.step}")
+            grad_norm = torch.nn.utils.clip_grad_norm_(t.model.parameters(),
+                                                       tc.grad_clip if tc.grad_clip > 0 else float("inf"))
             try:
-                for opt in optimizers:
+                for opt in t.optimizers:
                     opt.step()
             except RuntimeError as e:  # torch refuses an update too large for float32
                 if "overflow" not in str(e):
                     raise
-                raise NonFiniteLoss(f"the update at step {step} overflowed float32; {kept()}. "
+                raise NonFiniteLoss(f"the update at step {t.step} overflowed float32; {t.kept()}. "
                                     f"Lower --lr or --muon-lr") from None
-            for opt in optimizers:
+            for opt in t.optimizers:
                 opt.zero_grad(set_to_none=True)
-            step += 1
-            if step % tc.log_interval == 0:
-                record = train_record(loss_value)
-                progress_bar.update(step, loss_value, record["tokens_per_sec"], record["train_seconds"])
+            t.step += 1
+            if t.step % tc.log_interval == 0:
+                record = t.train_record(loss_value)
+                progress_bar.update(t.step, loss_value, record["tokens_per_sec"], record["train_seconds"])
                 if main:
                     if run is not None:
                         run.log_metrics(record)
-                    tracker.log({"loss": loss_value, "lr": record["lr"], "grad_norm": float(grad_norm),
-                                 "tokens_per_sec": record["tokens_per_sec"]}, step)
-    seconds = train_seconds()
+                    t.tracker.log({"loss": loss_value, "lr": record["lr"], "grad_norm": float(grad_norm),
+                                   "tokens_per_sec": record["tokens_per_sec"]}, t.step)
 
-    # ------------------------------------------------------------------------ after training
+
+def finish(t: Training) -> dict:
+    """The end-of-run evaluation of val, the summary, a sample and the `latest` link; return the summary."""
+    seconds = t.train_seconds()
+    mc, tc, step, main, run = t.config.model, t.config.train, t.step, t.dist.is_main, t.run
     summary: dict = {
-        "model": mc.model, "preset": preset, "params": params, "steps": step,
-        "tokens_seen": step * tokens_per_step, "train_seconds": round(seconds, 3),
-        "time_budget": budget or None, "tokens_per_sec": round(step * tokens_per_step / max(seconds, 1e-9), 1),
-        "train_loss": last_eval.get("train_loss"), "val_loss": last_eval.get("val_loss"),
+        "model": mc.model, "preset": t.preset, "params": t.model.num_params(), "steps": step,
+        "tokens_seen": step * t.tokens_per_step, "train_seconds": round(seconds, 3),
+        "time_budget": tc.time_budget or None,
+        "tokens_per_sec": round(step * t.tokens_per_step / max(seconds, 1e-9), 1),
+        "train_loss": t.last_eval.get("train_loss"), "val_loss": t.last_eval.get("val_loss"),
     }
     t0 = time.perf_counter()
     with StopSignals() as stop:  # the checkpoint is saved: a signal now cuts the evaluation short, nothing else
         try:
             # every rank scores its share of the windows; float32 (no autocast): the reference figure
-            final = evaluate_split(model, splits["val"], mc.block_size, device, eval_tokens=tc.eval_tokens,
-                                   dist_info=dist_info, should_stop=lambda: stop.received,
+            final = evaluate_split(t.model, t.splits["val"], mc.block_size, t.device, eval_tokens=tc.eval_tokens,
+                                   dist_info=t.dist, should_stop=lambda: stop.received,
                                    progress=EvalProgress("final evaluation of val", enabled=main))
             if main and mc.model == "bigram":
-                summary["bigram_optimum_val_loss"] = bigram_optimum(splits["train"], splits["val"], mc.vocab_size,
+                summary["bigram_optimum_val_loss"] = bigram_optimum(t.splits["train"], t.splits["val"], mc.vocab_size,
                                                                     eval_tokens=tc.eval_tokens,
                                                                     should_stop=lambda: stop.received)
         except EvaluationInterrupted as e:
@@ -341,28 +382,28 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
                                       f"characters); the checkpoint of step {step} is kept; score it with: "
                                       f"chargpt eval --ckpt {where}", 130 if e.signum == signal.SIGINT else 143) from None
     summary |= _final_figures(final, time.perf_counter() - t0) | {
-        "peak_rss_mb": peak_rss_mb(), "device": str(device), "dtype": precision, "world_size": dist_info.world_size,
-        "seed": tc.seed, "dataset": data.meta.get("name"), "dataset_hash": data.content_hash,
-        **({"init_from": origin} if origin else {}), "provenance": provenance(device),
+        "peak_rss_mb": peak_rss_mb(), "device": str(t.device), "dtype": t.precision, "world_size": t.dist.world_size,
+        "seed": tc.seed, "dataset": t.data.meta.get("name"), "dataset_hash": t.data.content_hash,
+        **({"init_from": t.origin} if t.origin else {}), "provenance": provenance(t.device),
     }
     if main:
-        say(describe_pass(final, "val") + f" after {step} steps, {seconds:.1f} s")
+        t.say(describe_pass(final, "val") + f" after {step} steps, {seconds:.1f} s")
         if "bigram_optimum_val_loss" in summary:
-            say(f"count-based bigram optimum on val: {summary['bigram_optimum_val_loss']:.4f}")
+            t.say(f"count-based bigram optimum on val: {summary['bigram_optimum_val_loss']:.4f}")
         if run is not None:
             if tc.sample_tokens:
-                g = torch.Generator(device=device).manual_seed(tc.seed)
-                idx = torch.zeros((1, 1), dtype=torch.long, device=device)  # start from index 0 (newline)
-                text = data.tokenizer.decode(Engine(model).generate(idx, tc.sample_tokens, generator=g)[0].tolist())
+                g = torch.Generator(device=t.device).manual_seed(tc.seed)
+                idx = torch.zeros((1, 1), dtype=torch.long, device=t.device)  # start from index 0 (newline)
+                out = Engine(t.model).generate(idx, tc.sample_tokens, generator=g)
+                summary["sample"] = text = t.data.tokenizer.decode(out[0].tolist())
                 run.write_sample(text)
-                summary["sample"] = text
             run.write_summary(summary)
             note = run.mark_latest()
             if note:
                 print(f"warning: {note}", file=sys.stderr)
-        tracker.finish(summary, run)
-    distributed.barrier(dist_info)
-    distributed.shutdown(dist_info)  # NCCL warns at exit about a process group never destroyed
+        t.tracker.finish(summary, run)
+    distributed.barrier(t.dist)
+    distributed.shutdown(t.dist)  # NCCL warns at exit about a process group never destroyed
     return summary if main else {}
 
 
@@ -371,4 +412,3 @@ def _final_figures(result: PassResult, seconds: float) -> dict:
     return {"val_loss_full": result.loss, "val_bpc_full": bits_per_char(result.loss),
             "val_loss_full_exact": result.exact, "val_loss_full_stderr": result.stderr,
             "val_eval_tokens": result.tokens, "val_tokens": result.split_tokens, "eval_seconds": round(seconds, 3)}
-

@@ -1,0 +1,79 @@
+"""Configuration is declared once: each field's choices (`Literal[...]`), range and description drive the
+CLI flags, `--help`, validation and these tests."""
+import dataclasses
+import json
+
+import pytest
+
+from chargpt.config import PRESETS, Config, TrainConfig, config_fields, get_preset, read_config_file, set_fields
+from chargpt.errors import ConfigError
+from chargpt.model import ModelConfig, choices
+
+CHOICE_FIELDS = [(s, f.name, choices(type(getattr(Config(), s)), f.name)) for s, f in config_fields()
+                 if choices(type(getattr(Config(), s)), f.name)]
+RANGED_FIELDS = [(s, f) for s, f in config_fields() if "min" in f.metadata or "max" in f.metadata]
+
+
+def test_every_field_has_a_one_line_description():
+    for _, f in config_fields():
+        assert f.metadata.get("help") and "\n" not in f.metadata["help"], f.name
+
+
+def test_the_choices_are_the_ones_the_code_implements():
+    names = {name: allowed for _, name, allowed in CHOICE_FIELDS}
+    assert names["optimizer"] == ("adamw", "muon") and names["schedule"] == ("constant", "cosine", "wsd")
+    assert names["model"] == ("bigram", "gpt") and names["mlp"] == ("relu", "relu2", "gelu")
+
+
+@pytest.mark.parametrize("section, name, allowed", CHOICE_FIELDS)
+def test_each_allowed_value_validates_and_any_other_is_refused_naming_the_flag(section, name, allowed):
+    for value in allowed:
+        config = get_preset("cpu")
+        setattr(getattr(config, section), name, value)
+        if name == "schedule":
+            config.train.decay = 0.0
+        config.validate()
+    config = get_preset("cpu")
+    setattr(getattr(config, section), name, "nonsense")
+    with pytest.raises(ConfigError, match=f"--{name.replace('_', '-')} must be one of"):
+        config.validate()
+
+
+@pytest.mark.parametrize("section, f", RANGED_FIELDS, ids=[f.name for _, f in RANGED_FIELDS])
+def test_a_value_outside_a_fields_range_is_refused_naming_the_flag(section, f):
+    lo, hi = f.metadata.get("min"), f.metadata.get("max")
+    bad = lo - 1 if lo is not None else hi + 1
+    config = get_preset("cpu")
+    setattr(getattr(config, section), f.name, bad)
+    with pytest.raises(ConfigError, match=f"--{f.name.replace('_', '-')} must be"):
+        config.validate()
+    if f.metadata.get("min_open") or f.metadata.get("max_open"):
+        setattr(getattr(config, section), f.name, lo if f.metadata.get("min_open") else hi)
+        with pytest.raises(ConfigError):
+            config.validate()
+
+
+def test_every_preset_validates():
+    for name in PRESETS:
+        get_preset(name).validate()
+
+
+def test_config_files_set_fields_flat_or_in_sections(tmp_path):
+    (tmp_path / "a.toml").write_text('n_layer = 2\ntime_budget = "2m"\n[train]\nlr = 0.01\n')
+    config = get_preset("cpu")
+    set_fields(config, read_config_file(tmp_path / "a.toml"), "a.toml")
+    assert (config.model.n_layer, config.train.time_budget, config.train.lr) == (2, 120.0, 0.01)
+    saved = Config(ModelConfig(n_layer=1), TrainConfig(seed=7)).to_dict() | {"preset": "cpu"}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    config = get_preset("lecture")
+    set_fields(config, read_config_file(tmp_path / "config.json"), "config.json")
+    assert dataclasses.asdict(config.model) == dataclasses.asdict(ModelConfig(n_layer=1))
+
+
+@pytest.mark.parametrize("text, needle", [('n_layers = 2', "unknown config field 'n_layers'"),
+                                          ('n_layer = "2"', "n_layer must be int"),
+                                          ('n_layer = [', "not valid TOML")])
+def test_a_bad_config_file_is_a_clear_error(tmp_path, text, needle):
+    (tmp_path / "c.toml").write_text(text)
+    with pytest.raises(ConfigError, match=needle):
+        set_fields(get_preset("cpu"), read_config_file(tmp_path / "c.toml"), "c.toml")
