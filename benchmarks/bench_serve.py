@@ -133,7 +133,8 @@ def main(tokens: int = 2000, clients: tuple[int, ...] = (1, 4, 16), device: str 
             measured = {c: concurrent(server, c, tokens) for c in clients}
         finally:
             server.stop()
-    rows = [{"figure": f"`chargpt sample` alone, {tokens} chars, cpu preset ({device})", "value": f"{alone:,.0f} tokens/s"}]
+    rows = [{"figure": f"`chargpt sample` alone, {tokens} chars, cpu preset ({device})",
+             "value": f"{alone:,.0f} tokens/s"}]
     for c, m in measured.items():
         rows.append({"figure": f"`chargpt serve`, {c} concurrent stream{'s' if c > 1 else ''}: aggregate "
                                f"(median per stream, median first chunk)",

@@ -556,8 +556,8 @@ def serve(runs: ServedRuns, host: str = "127.0.0.1", port: int = 8000) -> None:
     sock = bind(host, port)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
-    names = runs.servable()
-    where = f"checkpoint {runs.single[1]}" if runs.single else f"{len(names)} run(s) with a checkpoint in {runs.runs_dir}"
+    n = len(runs.servable())
+    where = f"checkpoint {runs.single[1]}" if runs.single else f"{n} run(s) with a checkpoint in {runs.runs_dir}"
     print(f"chargpt serve: {where}; open http://{shown}:{bound}/  (API: http://{shown}:{bound}/v1)", flush=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {host}: anyone who reaches this address can use the API (no authentication)",
