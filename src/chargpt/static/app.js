@@ -96,11 +96,14 @@ function renderSummary() {
   const d = state.current && state.details.get(state.current);
   if (!d) { box.replaceChildren(); return; }
   const s = d.summary, m = (d.config.model || {});
+  const row = state.runs.find((r) => r.name === state.current) || {};
+  const val = s.val_loss_full !== undefined ? `${s.val_loss_full.toFixed(4)} nats/char`
+    : row.best_val ? `${row.best_val.toFixed(4)} (estimate, unfinished)` : "unfinished";
   const chips = [
     ["model", `${m.model || s.model || "?"}${m.n_layer ? ` ${m.n_layer}\u00d7${m.n_head}, ${m.n_embd} wide` : ""}`],
-    ["params", params(s.params)],
-    ["steps", fmt(s.steps)],
-    ["val", s.val_loss_full !== undefined ? `${s.val_loss_full.toFixed(4)} nats/char` : "unfinished"],
+    ["params", params(s.params ?? row.params)],
+    ["steps", fmt(s.steps ?? row.steps)],
+    ["val", val],
     ["context", m.block_size ? `${m.block_size} chars` : "-"],
   ];
   box.replaceChildren(...chips.map(([k, v]) => {
@@ -389,10 +392,7 @@ function renderAttention() {
   const ch = state.text[a.index];
   $("#attention-title").textContent =
     `'${VISIBLE[ch] || ch}' at ${a.index}: ${a.n_layer} layers \u00d7 ${a.n_head} heads over ${n} characters`;
-  const scale = document.createElement("div");
-  scale.className = "scale";
-  scale.innerHTML = "0 <i></i> 1 &nbsp;(heat: \u221aweight)";
-  const rows = [scale];
+  const rows = [];
   a.weights.forEach((layer, l) => layer.forEach((w, h) => {
     const row = document.createElement("div");
     row.className = "row" + (h === 0 ? " layer-start" : "");
