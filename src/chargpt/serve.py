@@ -258,7 +258,7 @@ class Sampling:
                 or not all(isinstance(s, str) and 0 < len(s) <= 100 for s in stop)):
             raise RequestError(400, "'stop' must be a string or a list of at most 4 non-empty strings", "stop")
         top_k = body.get("top_k")
-        seed = number(body, "seed", None, 0, 2**63 - 1, integer=True)
+        seed = number(body, "seed", None, 0, 2**64 - 1, integer=True)  # what `chargpt sample --seed` takes
         return cls(
             model=body.get("model"),
             prompt=text_field(body, "prompt"),
@@ -266,7 +266,7 @@ class Sampling:
             temperature=float(number(body, "temperature", 1.0, 0.0, MAX_TEMPERATURE)),
             top_k=None if top_k in (None, -1, 0) else number(body, "top_k", None, 1, 1 << 20, integer=True),
             top_p=None if body.get("top_p") is None else float(number(body, "top_p", 1.0, 0.0, 1.0, open_lo=True)),
-            seed=secrets.randbits(63) if seed is None else seed,
+            seed=secrets.randbits(64) if seed is None else seed,
             stream=body.get("stream", False), echo=body.get("echo", False),
             include_usage=options.get("include_usage", False), stop=stop,
         )
