@@ -11,8 +11,8 @@ import torch
 from conftest import BLOCK, VOCAB, lively_model, prompt
 
 from chargpt.engine import Engine, KVCache
-from chargpt.fastdecode import NumpyDecoder, supports
-from chargpt.model import ModelConfig, build_model
+from chargpt.fastdecode import NumpyDecoder, disagreement, supports
+from chargpt.model import NUMPY_DECODES, FeedForward, ModelConfig, RMSNorm, build_model
 
 OPTIONS = dict(pos=("learned", "rope"), norm=("layernorm", "rmsnorm"), mlp=("relu", "relu2", "gelu"),
                qk_norm=(False, True), bias=(False, True), tie_weights=(False, True), logit_softcap=(0.0, 5.0))
@@ -140,3 +140,67 @@ def test_numpy_stream_yields_token_columns_and_leaves_the_model_and_threads_as_t
     assert all(c.shape == (2, 1) and c.dtype == torch.long for c in cols)
     assert torch.equal(torch.cat([idx, *cols], dim=1), model.generate(idx, 2 * BLOCK, temperature=0))
     assert torch.get_num_threads() == threads and not torch.is_inference_mode_enabled()
+
+
+# ------------------------------------------------------------------- the numpy copy is guarded
+class SiluFeedForward(FeedForward):
+    """A learner's edit to model.py: another activation."""
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(torch.nn.functional.silu(self.c_fc(x))))
+
+
+class CenteredRMSNorm(RMSNorm):
+    """A learner's edit: a norm that subtracts the mean first."""
+
+    def forward(self, x):
+        return super().forward(x - x.mean(dim=-1, keepdim=True))
+
+
+def changed_activation():
+    model = lively_model(**SPREAD[0])
+    for block in model.blocks:
+        block.ffwd.__class__ = SiluFeedForward
+    return model
+
+
+def changed_norm():
+    model = lively_model(**SPREAD[1])
+    model.ln_f.__class__ = CenteredRMSNorm
+    return model
+
+
+def extra_hook():
+    model = lively_model(**SPREAD[2])
+    model.blocks[0].ffwd.register_forward_hook(lambda module, args, out: out * 0.5)
+    return model
+
+
+@pytest.mark.parametrize("edited", [changed_activation, changed_norm, extra_hook])
+def test_an_edited_model_falls_back_to_torch_and_samples_what_it_computes(edited, capfd):
+    model = edited()
+    assert supports(model) and disagreement(model) is not None
+    engine = Engine(model)
+    assert engine.backend == "torch"
+    assert "numpy decoder does not compute what this model's forward computes" in capfd.readouterr().err
+    idx = prompt(2, 5)
+    kw = dict(temperature=1.0, generator=None)
+    ours = engine.generate(idx, 2 * BLOCK, **(kw | {"generator": torch.Generator().manual_seed(7)}))
+    torch_path = Engine(model, backend="torch").generate(idx, 2 * BLOCK, **(kw | {"generator": torch.Generator().manual_seed(7)}))
+    naive = model.generate(idx, 2 * BLOCK, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(ours, torch_path) and torch.equal(ours, naive)
+    Engine(model)
+    assert "numpy decoder" not in capfd.readouterr().err  # said once
+
+
+@pytest.mark.parametrize("model_kw", [pytest.param(kw, id=name(kw)) for kw in SPREAD])
+def test_the_unedited_model_keeps_the_numpy_decoder(model_kw):
+    model = lively_model(**model_kw)
+    assert disagreement(model) is None and Engine(model).backend == "auto"
+
+
+def test_the_options_the_numpy_decoder_implements_are_declared_next_to_model_config():
+    from chargpt.model import ModelConfig as MC, choices
+
+    for field_name, implemented in NUMPY_DECODES.items():
+        assert set(choices(MC, field_name)) == implemented

@@ -75,8 +75,18 @@ def cell_inches(T: int) -> float:
 
 def draw_attention(weights: torch.Tensor, prompt: str, out: str | os.PathLike, title: str | None = None,
                    dpi: int = 100, scale: Scale = "log", window: int = WINDOW) -> Path:
+    """`attention_figure` written to `out` as a PNG, atomically."""
+    fig = attention_figure(weights, prompt, title, dpi, scale, window)
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    return out
+
+
+def attention_figure(weights: torch.Tensor, prompt: str, title: str | None = None, dpi: int = 100,
+                     scale: Scale = "log", window: int = WINDOW):
     """Draw `weights` (n_layer, n_head, T, T) as a grid of heat maps (a row per layer, a column per head),
-    the prompt's characters along both axes (queries down, keys across); write the PNG atomically.
+    the prompt's characters along both axes (queries down, keys across).
 
     Later layers spread their attention thin, so by default the colours follow a log scale (`scale="row"`:
     each row over its own maximum). A prompt longer than `window` characters is drawn for its last `window`
@@ -118,7 +128,4 @@ def draw_attention(weights: torch.Tensor, prompt: str, out: str | os.PathLike, t
                  "linear": "attention weight"}[scale]
     fig.colorbar(image, ax=axes, shrink=0.5, label=bar_label)
     fig.suptitle(title or f"attention: {n_layer} layers x {n_head} heads, query (row) -> key (column)")
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
-    return out
+    return fig

@@ -2,10 +2,12 @@
 
 The context window follows `chargpt.model.window_start`, as naive generation does, so both produce
 exactly the same tokens; the cache is rebuilt only when the window jumps (every half block). On the CPU a
-float32 GPT runs its forward passes in numpy (`chargpt.fastdecode`), free of torch's per-op overhead.
+float32 GPT runs its forward passes in numpy (`chargpt.fastdecode`), free of torch's per-op overhead, once a
+probe shows that they give the model's own logits (an edited model falls back to torch, with a note).
 """
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -62,6 +64,15 @@ def one_cpu_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(n)
 
 
+_said: set[str] = set()
+
+
+def _say_once(text: str) -> None:
+    if text not in _said:
+        _said.add(text)
+        print(text, file=sys.stderr)
+
+
 class Engine:
     """Generates from a model with a KV cache (GPT) or directly (context-free models such as the bigram).
 
@@ -77,6 +88,12 @@ class Engine:
         self.model = model.eval()
         self.config = model.config
         self.backend = backend
+        if backend == "auto" and fastdecode.supports(model):
+            mismatch = fastdecode.disagreement(model)
+            if mismatch:  # the model's code is not the one the numpy decoder copies: sample what it computes
+                self.backend = "torch"
+                _say_once(f"note: the numpy decoder does not compute what this model's forward computes ({mismatch}); "
+                          f"sampling with the model's own forward in torch")
 
     def _new_cache(self, batch_size: int, like: torch.Tensor) -> KVCache | None:
         if not isinstance(self.model, GPT):

@@ -13,13 +13,42 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .model import GPT, RMS_EPS
+from .model import NUMPY_DECODES, GPT, RMS_EPS
 
 
 def supports(model: torch.nn.Module) -> bool:
-    """Whether `NumpyDecoder` can run `model`: a GPT whose parameters are float32 CPU tensors."""
-    return isinstance(model, GPT) and all(p.device.type == "cpu" and p.dtype == torch.float32
-                                          for p in model.parameters())
+    """Whether `NumpyDecoder` can run `model`: a GPT whose parameters are float32 CPU tensors and whose options
+    are those it implements (`chargpt.model.NUMPY_DECODES`)."""
+    return (isinstance(model, GPT) and all(getattr(model.config, k) in v for k, v in NUMPY_DECODES.items())
+            and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in model.parameters()))
+
+
+PROBE = 8  # tokens of the probe: a prefill of all but the last, then one cached step
+
+
+def disagreement(model: GPT) -> str | None:
+    """How the numpy decoder's logits differ from `model`'s own forward on a short probe, beyond float32
+    rounding; None when they agree. Run on every `Engine`, so that an edit to model.py (an activation, a
+    norm, a forward hook) that this copy does not have is never sampled silently with the old forward."""
+    T = min(PROBE, model.config.block_size)
+    tokens = (torch.arange(T) * 7 + 3) % model.config.vocab_size
+    idx = tokens[None]
+    with torch.inference_mode():
+        expected = model(idx)[0][0].float().numpy()  # (T, V)
+        decoder = NumpyDecoder(model)
+        keys, values = decoder.new_cache(1)
+        got = [decoder.prefill(idx[:, :T - 1].numpy(), keys, values)[0]] if T > 1 else []
+        if T > 1:
+            got.append(decoder.step(idx[:, T - 1].numpy(), T - 1, keys, values)[0])
+        else:
+            got.append(decoder.prefill(idx.numpy(), keys, values)[0])
+    rows = expected[-len(got):]
+    got = np.stack(got)
+    tolerance = 1e-4 * max(1.0, float(np.abs(rows).max()))
+    diff = float(np.abs(got - rows).max()) if np.isfinite(got).all() else float("inf")
+    if diff <= tolerance:
+        return None
+    return f"largest logit difference {diff:.3g} on a {T}-token probe"
 
 
 def _array(t: torch.Tensor | None, transpose: bool = False) -> np.ndarray | None:

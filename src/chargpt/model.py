@@ -346,6 +346,9 @@ class GPT(LanguageModel):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
+    # fastdecode.py holds a numpy copy of this forward pass for fast CPU sampling. It is guarded: every Engine
+    # compares its logits with this method's on a short probe and samples with torch when they differ, so an
+    # edit here is never silently ignored (options it implements: NUMPY_DECODES, next to ModelConfig).
     def forward(self, idx, targets=None, cache=None):
         B, T = idx.shape
         pos0 = cache.pos if cache is not None else 0

@@ -93,6 +93,11 @@ def refresh_run_plot(run_path: str | os.PathLike) -> None:
 
 def plot_runs(run_paths: list[str | os.PathLike], out: str | os.PathLike) -> Path:
     """Overlay the val-loss curves of several runs, against steps and against training seconds."""
+    return _save(runs_figure(run_paths), Path(out))
+
+
+def runs_figure(run_paths: list[str | os.PathLike]):
+    """The figure `plot_runs` writes."""
     fig, (by_step, by_time) = _figure()
     for path in map(Path, run_paths):
         evals = _evals(read_metrics(path))
@@ -108,4 +113,4 @@ def plot_runs(run_paths: list[str | os.PathLike], out: str | os.PathLike) -> Pat
         ax.grid(alpha=0.3)
     by_step.legend(fontsize="small")
     fig.suptitle("validation loss (random-window estimate)")
-    return _save(fig, Path(out))
+    return fig

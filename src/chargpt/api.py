@@ -1,0 +1,220 @@
+"""chargpt from Python (a notebook cell at a time): `prepare` a dataset, `train` in this process, `load` a run,
+then generate, score and plot. Each function writes and reads the same files as the CLI."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .config import Config, default_preset, get_preset, set_fields
+from .data import Dataset, load_dataset
+from .errors import ChargptError, CheckpointError, DataError
+from .rundir import RunDir, default_name, read_metrics
+
+DEFAULT_DATA = "data/shakespeare"
+
+
+def prepare(source: str | os.PathLike, out: str | os.PathLike | None = None, val_fraction: float = 0.1,
+            name: str | None = None, dtype: str = "auto") -> Dataset:
+    """Encode a text file, or a string of text, into a dataset directory (default `data/<name>`); return it.
+
+    A string that names an existing file is that file, a known corpus ("shakespeare") is found or downloaded,
+    and any other string is the text itself."""
+    from .corpus import DATASETS, locate
+    from .data import prepare as prepare_files
+
+    if isinstance(source, str) and source in DATASETS and not Path(source).exists():
+        name, source = name or source, locate(source)
+
+    is_path = isinstance(source, os.PathLike) or _names_a_file(source)
+    if is_path:
+        name = name or Path(source).stem
+        prepare_files(source, out or f"data/{name}", val_fraction=val_fraction, name=name, dtype=dtype)
+        return load_dataset(out or f"data/{name}")
+    name = name or "text-" + hashlib.sha256(source.encode()).hexdigest()[:8]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{name}.txt"
+        path.write_text(source, encoding="utf-8")
+        prepare_files(path, out or f"data/{name}", val_fraction=val_fraction, name=name, dtype=dtype)
+    return load_dataset(out or f"data/{name}")
+
+
+def _names_a_file(text: str) -> bool:
+    try:
+        return "\n" not in text and Path(text).is_file()
+    except OSError:  # longer than a path can be: text
+        return False
+
+
+def train(preset: str | None = None, data: Dataset | str | os.PathLike = DEFAULT_DATA, *, out_dir="runs",
+          name: str | None = None, verbose: bool = True, **overrides) -> "Run":
+    """Train in this process and return the `Run` (its directory is the one `chargpt train` writes).
+
+    `preset` is a named configuration (default: lecture on CUDA, cpu elsewhere); any config field is a
+    keyword (`n_layer=4`, `time_budget="2m"`). The vocabulary, and so the head's size, come from `data`."""
+    from .device import resolve_device
+    from .train import finish, loop, setup
+
+    data = data if isinstance(data, Dataset) else load_dataset(data)
+    preset = preset or default_preset(resolve_device(str(overrides.get("device", "auto"))).type)
+    config = get_preset(preset)
+    set_fields(config, overrides, "train()")
+    config.model.vocab_size = data.tokenizer.vocab_size
+    config.validate()
+    data.check_block_size(config.model.block_size)
+    run_dir = RunDir.create(out_dir, name or default_name(config.model.model, preset))
+    echo = print if verbose else (lambda *_: None)
+    t = setup(config, data, run_dir, preset=preset, data_dir=str(data.path), echo=echo)
+    t.notebook = verbose  # a tqdm.auto bar: a widget in Jupyter, a text bar elsewhere
+    loop(t)
+    finish(t)
+    return Run(run_dir.path, _model=t.model.eval(), _tokenizer=data.tokenizer)
+
+
+def load(path: str | os.PathLike = "runs/latest", device: str = "cpu") -> "Run":
+    """A run directory, or a checkpoint file, ready to generate, score and plot."""
+    path = Path(path)
+    if path.is_dir():
+        return Run(path, device=device)
+    if path.is_file():
+        return Run(path.parent, ckpt=path, device=device)
+    raise CheckpointError(f"no run directory or checkpoint at {path}; pass a directory `chargpt train` wrote "
+                          f"or its ckpt.pt")
+
+
+class Run:
+    """A training run on disk: config, metrics, summary, and its model, loaded when first used."""
+
+    def __init__(self, path: str | os.PathLike, ckpt: str | os.PathLike | None = None, device: str = "cpu",
+                 _model=None, _tokenizer=None):
+        self.path = Path(path)
+        self.ckpt = Path(ckpt) if ckpt is not None else self.path / "ckpt.pt"
+        self.device = device
+        self._model, self._tokenizer, self._config = _model, _tokenizer, None
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            from . import checkpoint
+
+            self._config = Config.from_dict(checkpoint.load(self.ckpt)["config"])
+        return self._config
+
+    @property
+    def summary(self) -> dict:
+        path = self.path / "summary.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+    @property
+    def metrics(self) -> list[dict]:
+        return read_metrics(self.path)
+
+    def _load(self) -> None:
+        from .checkpoint import load_model
+
+        self._model, self._tokenizer, state = load_model(self.ckpt, self.device)
+        self._config = Config.from_dict(state["config"])
+
+    @property
+    def model(self) -> torch.nn.Module:
+        if self._model is None:
+            self._load()
+        return self._model
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._load()
+        return self._tokenizer
+
+    # ----------------------------------------------------------------------------------- generation
+    def stream(self, prompt: str = "", max_new_tokens: int = 500, temperature: float = 1.0, top_k: int | None = None,
+               top_p: float | None = None, seed: int = 1337) -> Iterator[str]:
+        """Yield the generated characters one at a time (the prompt itself is not repeated)."""
+        from .engine import Engine
+
+        model, tok = self.model.eval(), self.tokenizer
+        device = next(model.parameters()).device
+        ids = tok.encode(prompt or ("\n" if "\n" in tok.stoi else tok.chars[0]))
+        idx = torch.tensor([ids], dtype=torch.long, device=device)
+        gen = torch.Generator(device=device).manual_seed(seed)
+        for col in Engine(model).stream(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                        generator=gen):
+            yield tok.decode(col[0].tolist())
+
+    def generate(self, prompt: str = "", max_new_tokens: int = 500, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int = 1337) -> str:
+        """The prompt and its continuation: the same text `chargpt sample` prints for the same arguments."""
+        return prompt + "".join(self.stream(prompt, max_new_tokens, temperature, top_k, top_p, seed))
+
+    def loss(self, text: str) -> float:
+        """Mean cross-entropy of `text` in nats/char: every character after the first scored once."""
+        from .evaluate import full_pass_loss
+
+        ids = torch.tensor(self.tokenizer.encode(text), dtype=torch.long)
+        if len(ids) < 2:
+            raise DataError("loss() needs a text of at least 2 characters")
+        model = self.model
+        return full_pass_loss(model, ids, model.config.block_size, next(model.parameters()).device)
+
+    # -------------------------------------------------------------------------------------- figures
+    def plot(self, path: str | os.PathLike | None = None):
+        """Train and val loss against steps and training time, as a matplotlib Figure (saved to `path` too)."""
+        from .plotting import run_figure
+
+        fig = run_figure(self.path)
+        if fig is None:
+            raise DataError(f"{self.path} has no evaluations to plot yet")
+        return _saved(fig, path)
+
+    def attention(self, prompt: str, path: str | os.PathLike | None = None):
+        """Each head's attention over `prompt` (a row per layer, a column per head) as a Figure."""
+        from .attention import attention_figure, attention_weights
+
+        model = self.model
+        idx = torch.tensor([self.tokenizer.encode(prompt)], dtype=torch.long, device=next(model.parameters()).device)
+        weights = attention_weights(model, idx)[0]
+        return _saved(attention_figure(weights, prompt), path)
+
+
+def compare(runs: list["Run | str | os.PathLike"], path: str | os.PathLike | None = None):
+    """Several runs' validation curves on one Figure (saved to `path` too)."""
+    from .plotting import runs_figure
+
+    return _saved(runs_figure([r.path if isinstance(r, Run) else Path(r) for r in runs]), path)
+
+
+def _saved(fig, path):
+    if path is not None:
+        from .fsutil import atomic_path
+
+        with atomic_path(Path(path)) as tmp:
+            fig.savefig(tmp, format="png")
+    return fig
+
+
+def load_artifact(name: str, *, root: str | os.PathLike | None = None) -> "Dataset | Run":
+    """Download a W&B artifact ("entity/project/name:alias"): a dataset gives its `Dataset`, a model its `Run`."""
+    try:
+        import wandb
+
+        artifact = wandb.Api(timeout=30).artifact(name)
+        where = Path(artifact.download(root=None if root is None else str(root)))
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
+        raise ChargptError(f"cannot download W&B artifact {name} ({first}); log in with `wandb login` and check "
+                           f"the name (entity/project/name:alias)") from None
+    if artifact.type == "dataset":
+        return load_dataset(where)
+    ckpts = sorted(where.glob("*.pt"))
+    if not ckpts:
+        raise CheckpointError(f"artifact {name} holds no checkpoint (.pt) in {where}")
+    return load(ckpts[0])

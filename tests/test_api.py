@@ -1,0 +1,101 @@
+"""chargpt from Python: prepare, train in-process, load, generate, score and plot, as a notebook does."""
+import json
+import string
+
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+import chargpt
+from chargpt.errors import ChargptError, ConfigError
+from chargpt.rundir import read_metrics
+from conftest import run_cli
+
+TINY = dict(n_layer=1, n_embd=16, n_head=2, block_size=8, batch_size=4, max_steps=6, eval_interval=3,
+            eval_iters=1, sample_tokens=5, compile=False, device="cpu", threads=1, verbose=False)
+
+
+def corpus(chars: str, n: int = 4000) -> str:
+    g = torch.Generator().manual_seed(0)
+    return "".join(chars[i] for i in torch.randint(0, len(chars), (n,), generator=g).tolist())
+
+
+@pytest.mark.parametrize("chars", [string.printable[:95], string.ascii_lowercase + string.digits + " "],
+                         ids=["95-chars", "37-chars"])
+def test_train_takes_the_vocabulary_and_head_size_from_the_dataset(tmp_path, chars, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ds = chargpt.prepare(corpus(chars), "data/mine")
+    assert ds.tokenizer.vocab_size == len(set(chars))
+    run = chargpt.train("cpu", ds, name="r", **TINY)
+    assert run.model.lm_head.out_features == len(set(chars)) == run.config.model.vocab_size
+    assert run.path.resolve() == tmp_path / "runs/r" and run.summary["steps"] == 6
+    assert {"config.json", "metrics.jsonl", "ckpt.pt", "summary.json", "sample.txt"} <= {p.name for p in run.path.iterdir()}
+    assert [r["step"] for r in run.metrics if "val_loss" in r] == [0, 3, 6]
+    assert run.metrics == read_metrics(run.path)
+
+
+def test_prepare_takes_a_path_or_text_and_train_any_config_field_as_a_keyword(tmp_path, monkeypatch,
+                                                                               shakespeare_path):
+    monkeypatch.chdir(tmp_path)
+    ds = chargpt.prepare(shakespeare_path, "data/ts")
+    assert ds.tokenizer.vocab_size == 65 and (tmp_path / "data/ts/train.pt").is_file()
+    run = chargpt.train("bigram", ds, name="b", time_budget="1s", eval_iters=2, sample_tokens=0, verbose=False)
+    assert run.summary["time_budget"] == 1.0 and json.loads((run.path / "config.json").read_text())["train"][
+        "time_budget"] == 1.0
+    with pytest.raises(ConfigError, match="n_layers"):
+        chargpt.train("bigram", ds, n_layers=2)
+    with pytest.raises(ConfigError, match="--lr"):
+        chargpt.train("bigram", ds, lr=-1.0)
+
+
+@pytest.fixture(scope="module")
+def trained(dataset_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("api")
+    run = chargpt.train("cpu", dataset_dir, out_dir=out, name="r", **(TINY | dict(max_steps=20, eval_interval=10)))
+    return run
+
+
+def test_load_generates_what_chargpt_sample_prints(trained):
+    for where in (trained.path, trained.path / "ckpt.pt"):
+        m = chargpt.load(where)
+        text = m.generate("ROMEO:", max_new_tokens=30, temperature=0.8, top_k=10, seed=3)
+        cli = run_cli("sample", "--ckpt", where, "--prompt", "ROMEO:", "--max-new-tokens", "30", "--temperature",
+                      "0.8", "--top-k", "10", "--seed", "3", "--device", "cpu", check=True).stdout
+        assert text + "\n" == cli
+        assert "".join(m.stream("ROMEO:", max_new_tokens=30, temperature=0.8, top_k=10, seed=3)) == text[6:]
+    assert isinstance(m.model, torch.nn.Module) and m.tokenizer.vocab_size == 65 and m.config.model.n_layer == 1
+
+
+def test_loss_scores_every_character_of_a_text_as_eval_does(trained, dataset_dir):
+    m = chargpt.load(trained.path)
+    from chargpt.data import load_dataset
+
+    val = load_dataset(dataset_dir).val
+    text = m.tokenizer.decode(val.tolist())
+    assert abs(m.loss(text) - trained.summary["val_loss_full"]) < 1e-5
+    with pytest.raises(ChargptError, match="vocabulary"):
+        m.loss("caf\u00e9 au lait")
+
+
+def test_plots_are_figures_and_are_saved_when_given_a_path(trained, tmp_path):
+    fig = trained.plot(tmp_path / "loss.png")
+    assert isinstance(fig, Figure) and (tmp_path / "loss.png").stat().st_size > 5_000
+    assert isinstance(chargpt.compare([trained, trained.path]), Figure)
+    att = chargpt.load(trained.path).attention("ROMEO:", tmp_path / "att.png")
+    assert isinstance(att, Figure) and len(att.axes) == 1 * 2 + 1  # layers x heads, and the colour bar
+    assert (tmp_path / "att.png").is_file()
+
+
+def test_load_artifact_without_wandb_access_is_one_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_API_KEY", "")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(ChargptError, match="me/chargpt/nothing:latest"):
+        chargpt.load_artifact("me/chargpt/nothing:latest")
+
+
+def test_chargpt_train_is_the_function_and_the_training_module_is_still_importable():
+    from chargpt.train import setup
+
+    assert callable(chargpt.train) and chargpt.train.__module__ == "chargpt.api" and callable(setup)
