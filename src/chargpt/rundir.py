@@ -196,11 +196,11 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     record of numbers (a hand edit): readers may rely on the types."""
     out = []
     file = Path(path) / METRICS
-    if not_regular(file):
+    if not_regular(file) not in (None, "missing"):  # a FIFO or a device: nothing chargpt wrote, never waited on
         return out
     try:
         lines = file.read_bytes().decode("utf-8", errors="replace").splitlines()
-    except OSError:
+    except FileNotFoundError:
         return out
     for line in lines:
         try:
