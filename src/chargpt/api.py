@@ -67,7 +67,10 @@ def train(preset: str | None = None, data: Dataset | str | os.PathLike = DEFAULT
     config.model.vocab_size = data.tokenizer.vocab_size
     config.validate()
     data.check_block_size(config.model.block_size)
-    run_dir = RunDir.create(out_dir, name or default_name(config.model.model, preset))
+    from .resources import check_train_fits
+
+    check_train_fits(config, resolve_device(config.train.device))  # a size that cannot fit: an error, not the OOM killer
+    run_dir = RunDir.create(out_dir, name or default_name(config.model.model, preset), unique=name is None)
     echo = print if verbose else (lambda *_: None)
     t = setup(config, data, run_dir, preset=preset, data_dir=str(data.path), echo=echo)
     t.notebook = verbose  # a tqdm.auto bar: a widget in Jupyter, a text bar elsewhere
