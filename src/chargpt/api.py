@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -196,12 +197,23 @@ def compare(runs: list["Run | str | os.PathLike"], path: str | os.PathLike | Non
 
 
 def _saved(fig, path):
+    ipython = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    if ipython is not None:  # Jupyter: a returned Figure shows as a PNG (no pyplot state, no second copy)
+        ipython.display_formatter.formatters["image/png"].for_type(type(fig), _png)
     if path is not None:
         from .fsutil import atomic_path
 
         with atomic_path(Path(path)) as tmp:
             fig.savefig(tmp, format="png")
     return fig
+
+
+def _png(fig) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
 
 
 def load_artifact(name: str, *, root: str | os.PathLike | None = None) -> "Dataset | Run":

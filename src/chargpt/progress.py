@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 
-from tqdm import tqdm
+from tqdm import TqdmWarning, tqdm
 from tqdm.auto import tqdm as auto_tqdm
 
 
@@ -43,8 +44,10 @@ class Progress:
         if self.tty:
             tqdm.monitor_interval = 0  # no thread redrawing the bar after it was closed or written under
             bar = auto_tqdm if notebook else tqdm  # tqdm.auto: a widget in Jupyter where ipywidgets is installed
-            self.bar = bar(total=1.0, initial=min(self._fraction(step, seconds), 1.0), file=self.stream,
-                            dynamic_ncols=True, leave=True, bar_format="{percentage:3.0f}%|{bar}| {postfix}")
+            with warnings.catch_warnings():  # without ipywidgets tqdm.auto is a text bar: no warning about it
+                warnings.simplefilter("ignore", TqdmWarning)
+                self.bar = bar(total=1.0, initial=min(self._fraction(step, seconds), 1.0), file=self.stream,
+                               dynamic_ncols=True, leave=True, bar_format="{percentage:3.0f}%|{bar}| {postfix}")
             self.bar.set_postfix_str(self._text(step, None, None, seconds), refresh=True)
 
     def _fraction(self, step: int, seconds: float) -> float:
