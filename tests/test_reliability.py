@@ -71,12 +71,22 @@ def one_line(stderr: str) -> str:
 
 
 def curve(run: Path) -> list[tuple]:
-    return [(r["step"], r.get("loss"), r.get("train_loss"), r.get("val_loss"), r["lr"]) for r in read_metrics(run)]
+    """The evaluation records: step, train and val estimates, lr."""
+    return [(r["step"], r.get("train_loss"), r["val_loss"], r["lr"]) for r in read_metrics(run) if "val_loss" in r]
+
+
+def training_losses(run: Path) -> dict[int, tuple]:
+    """The training loss logged every --log-interval steps (and at a stop): step -> (loss, lr)."""
+    return {r["step"]: (r["loss"], r["lr"]) for r in read_metrics(run) if "loss" in r}
 
 
 def assert_same_run(a: Path, b: Path, steps: int = STEPS) -> None:
-    """Same loss curve and bitwise-equal final weights and optimizer state."""
+    """Same loss curve and bitwise-equal final weights and optimizer state. An interrupted run also logged the
+    training loss at the step it stopped; every step both runs logged has the same loss."""
     assert curve(a) == curve(b)
+    la, lb = training_losses(a), training_losses(b)
+    assert la and lb and all(la[s] == lb[s] for s in la.keys() & lb.keys())
+    assert set(la) >= set(lb) or set(lb) >= set(la)
     sa, sb = checkpoint.load(a), checkpoint.load(b)
     assert sa["step"] == sb["step"] == steps
     assert sa["model"].keys() == sb["model"].keys()
@@ -233,9 +243,11 @@ def test_checkpoints_follow_ckpt_interval_not_just_evaluations(tmp_path, dataset
     config.train.ckpt_interval, config.train.eval_interval = 3, 10
     saved = []
     real_save = checkpoint.save
-    monkeypatch.setattr(checkpoint, "save", lambda path, **kw: (saved.append(kw["step"]), real_save(path, **kw)))
+    monkeypatch.setattr(checkpoint, "save", lambda path, **kw: (saved.append((Path(path).name, kw["step"])),
+                                                                real_save(path, **kw)))
     train(config, data, RunDir.create(tmp_path, "run"), echo=lambda *_: None)
-    assert saved == [3, 6, 9, 10]
+    assert [step for name, step in saved if name == "ckpt.pt"] == [3, 6, 9, 10]
+    assert [step for name, step in saved if name == "best.pt"] == [10]  # the one evaluation after step 0
 
 
 # ----------------------------------------------------------------------------------------- non-finite
@@ -288,8 +300,8 @@ def ckpt_commands() -> list[str]:
 def on_cpu(cmd: str) -> list[str]:
     """`--device cpu` where `cmd` takes it, and a value for each other option it requires (e.g. attention's --prompt)."""
     actions = _subparsers()[cmd]._actions
-    extra = [x for a in actions if a.required and a.option_strings and "--ckpt" not in a.option_strings
-             for x in (a.option_strings[-1], "a")]
+    extra = [x for a in actions if (a.required or "--prompt" in a.option_strings) and a.option_strings
+             and "--ckpt" not in a.option_strings for x in (a.option_strings[-1], "a")]
     return extra + (["--device", "cpu"] if any("--device" in a.option_strings for a in actions) else [])
 
 

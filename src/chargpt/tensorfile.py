@@ -10,13 +10,15 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from .fsutil import load_torch
+
 
 def load_mapped(path: str | os.PathLike, shared: bool = False) -> torch.Tensor:
     """The tensor in `path`, memory-mapped (its pages are read when touched), never running code from the file.
 
     `shared` maps the file writable: writes to the tensor go to the file."""
     with torch.serialization.set_default_mmap_options(mmap.MAP_SHARED if shared else mmap.MAP_PRIVATE):
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return load_torch(path, mmap=True)
 
 
 class TensorFileWriter:
