@@ -18,7 +18,9 @@ import pytest
 import torch
 
 from chargpt import checkpoint
-from chargpt.cli import build_parser, main
+from chargpt.cli import main
+
+from conftest import ckpt_commands, on_cpu
 
 TINY = ["--preset", "cpu", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "16",
         "--batch-size", "4", "--eval-interval", "5", "--eval-iters", "2", "--sample-tokens", "20",
@@ -143,21 +145,7 @@ def damage_runs(root: Path, base: Path) -> None:
         (root / "runs" / name / file).write_text(text)
 
 
-def _subparsers() -> dict:
-    return next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction").choices
 
-
-def ckpt_commands() -> list[str]:
-    """Every subcommand that reads a checkpoint with --ckpt (attention joins when it exists)."""
-    return sorted(name for name, p in _subparsers().items() if any("--ckpt" in a.option_strings for a in p._actions))
-
-
-def on_cpu(cmd: str) -> list[str]:
-    """`--device cpu` where `cmd` takes it, and a value for each other option it requires (e.g. attention's --prompt)."""
-    actions = _subparsers()[cmd]._actions
-    extra = [x for a in actions if a.required and a.option_strings and "--ckpt" not in a.option_strings
-             for x in (a.option_strings[-1], "a")]
-    return extra + (["--device", "cpu"] if any("--device" in a.option_strings for a in actions) else [])
 
 
 # (id, argv, a fragment the one line must contain (lower case))

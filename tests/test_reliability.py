@@ -25,6 +25,8 @@ from chargpt.rundir import RunDir, read_metrics
 from chargpt.errors import TrainingInterrupted
 from chargpt.train import train
 
+from conftest import ckpt_commands, on_cpu
+
 STEPS = 300  # long enough that a signal sent at the first checkpoint lands mid-run
 TINY = ["--preset", "cpu", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "16",
         "--batch-size", "4", "--eval-interval", "50", "--eval-iters", "2", "--sample-tokens", "20",
@@ -287,22 +289,7 @@ class Evil:
         return os.system, (f"touch {self.marker}",)
 
 
-def _subparsers() -> dict:
-    from chargpt.cli import build_parser
 
-    return next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction").choices
-
-
-def ckpt_commands() -> list[str]:
-    return sorted(name for name, p in _subparsers().items() if any("--ckpt" in a.option_strings for a in p._actions))
-
-
-def on_cpu(cmd: str) -> list[str]:
-    """`--device cpu` where `cmd` takes it, and a value for each other option it requires (e.g. attention's --prompt)."""
-    actions = _subparsers()[cmd]._actions
-    extra = [x for a in actions if (a.required or "--prompt" in a.option_strings) and a.option_strings
-             and "--ckpt" not in a.option_strings for x in (a.option_strings[-1], "a")]
-    return extra + (["--device", "cpu"] if any("--device" in a.option_strings for a in actions) else [])
 
 
 @pytest.mark.slow
