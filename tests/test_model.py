@@ -215,7 +215,7 @@ def test_tied_weights_share_one_tensor_between_embedding_and_head():
 
 @pytest.mark.parametrize("kw,match", [(dict(n_embd=30, n_head=4), "divisible"), (dict(n_embd=36, n_head=4, pos="rope"), "even"),
                                       (dict(pos="alibi"), "--pos"), (dict(norm="batch"), "--norm"), (dict(mlp="swiglu"), "--mlp"),
-                                      (dict(dropout=1.0), "dropout"), (dict(logit_softcap=-1.0), "softcap"), (dict(model="rnn"), "unknown model")])
+                                      (dict(dropout=1.0), "dropout"), (dict(logit_softcap=-1.0), "softcap"), (dict(model="rnn"), "--model must be one of bigram, gpt")])
 def test_invalid_model_configs_are_refused_with_a_reason(kw, match):
     with pytest.raises(ConfigError, match=match):
         build_model(small(**kw))

@@ -3,6 +3,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,7 @@ def workdir(dataset_dir, tmp_path_factory) -> Path:
                             stdin=subprocess.DEVNULL)
     for line in proc.stdout:
         if line.startswith("step 0:"):
+            time.sleep(2.0)  # train a while: the listing must show that time, not the 0.0 s of the step-0 evaluation
             proc.send_signal(signal.SIGTERM)
             break
     proc.communicate(timeout=60)
