@@ -28,10 +28,10 @@ train: $(STAMP)
 	$(VENV)/bin/chargpt train --data data/shakespeare
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist worksteal
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n auto --dist worksteal -m "not slow"
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

@@ -37,6 +37,7 @@ from chargpt.config import get_preset  # noqa: E402
 from chargpt.fsutil import write_json  # noqa: E402
 from chargpt.model import build_model  # noqa: E402
 from chargpt.tokenizer import CharTokenizer  # noqa: E402
+from chargpt.train import rng_state  # noqa: E402
 
 CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # tiny Shakespeare's vocabulary
 
@@ -54,7 +55,7 @@ def make_run(root: Path) -> Path:
     run.mkdir(parents=True)
     write_json(run / "config.json", cfg.to_dict())
     checkpoint.save(run / "ckpt.pt", model=model, optimizers=[], step=0, config=cfg, tokenizer=CharTokenizer(CHARS),
-                    dataset_hash="random-weights", rng={})
+                    dataset_hash="random-weights", rng=rng_state(torch.Generator()))
     return run
 
 

@@ -1,5 +1,6 @@
 import os
 import sys
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -90,10 +91,33 @@ def test_a_compiled_run_fills_the_persistent_cache_and_a_second_run_reuses_it(da
 
 
 def test_inference_threads_leave_out_the_cores_other_processes_keep_busy(monkeypatch):
+    import chargpt.device
     import chargpt.distributed
     from chargpt.device import inference_threads
 
     monkeypatch.setattr(chargpt.distributed, "cpu_count", lambda: 8)
-    for load, threads in ((0.2, 8), (2.6, 5), (7.9, 1), (30.0, 1)):
-        monkeypatch.setattr("os.getloadavg", lambda load=load: (load, load, load))
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    for busy, threads in ((0.2, 8), (2.6, 5), (7.9, 1), (30.0, 1)):
+        monkeypatch.setattr(chargpt.device, "busy_cpus", lambda busy=busy: busy)
         assert inference_threads() == threads
+    # without /proc/stat, the load average stands in
+    monkeypatch.setattr(chargpt.device, "busy_cpus", lambda: None)
+    monkeypatch.setattr("os.getloadavg", lambda: (2.6, 2.6, 2.6))
+    assert inference_threads() == 5
+
+
+def test_busy_cpus_sees_a_process_spinning_now_and_not_one_that_has_ended():
+    import subprocess
+
+    from chargpt.device import busy_cpus
+
+    if busy_cpus() is None:
+        pytest.skip("no /proc/stat here")
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        during = busy_cpus(window=0.5)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert during >= 0.8  # one whole CPU at least (other tests may add to it, never take from it)

@@ -395,7 +395,7 @@ def _run_name(ckpt: str) -> str:
 def _add_inference_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads; 0 = the cores not already busy (from the load average), at least 1")
+                   help="CPU threads; 0 = the cores not busy right now (measured over 0.1 s), at least 1")
 
 
 # ------------------------------------------------------------------------------------------- parser

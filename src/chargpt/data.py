@@ -270,14 +270,19 @@ class Dataset:
 INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
+def _check_dataset_file(path: Path, if_missing: str) -> None:
+    """A dataset's file must be a regular file: `if_missing` when it is absent, one line naming what it is else."""
+    kind = not_regular(path)
+    if kind == "missing":
+        raise DataError(if_missing)
+    if kind:
+        raise DataError(f"not a chargpt dataset: {path} is {kind}, not a file; re-run `chargpt prepare`")
+
+
 def load_split(path: str | os.PathLike) -> torch.Tensor:
     """Read one split tensor memory-mapped (bounded memory), never running code from the file."""
     path = Path(path)
-    kind = not_regular(path)
-    if kind == "missing":
-        raise DataError(f"{path} is missing; run `chargpt prepare` first")
-    if kind:
-        raise DataError(f"not a chargpt dataset: {path} is {kind}, not a file; re-run `chargpt prepare`")
+    _check_dataset_file(path, f"{path} is missing; run `chargpt prepare` first")
     try:
         t = load_torch(path, mmap=True)
     except Exception as e:
@@ -295,11 +300,7 @@ def load_split(path: str | os.PathLike) -> torch.Tensor:
 def read_meta(path: Path) -> dict:
     """`path`/meta.json, checked field by field: every later use of it may rely on its types."""
     meta_path = path / "meta.json"
-    kind = not_regular(meta_path)
-    if kind == "missing":
-        raise DataError(f"{path} has no meta.json; create it with `chargpt prepare --out {path}`")
-    if kind:
-        raise DataError(f"not a chargpt dataset: {meta_path} is {kind}, not a file; re-run `chargpt prepare`")
+    _check_dataset_file(meta_path, f"{path} has no meta.json; create it with `chargpt prepare --out {path}`")
     try:
         meta = json.loads(meta_path.read_bytes().decode("utf-8"))
     except OSError as e:

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
@@ -117,18 +118,43 @@ def use_persistent_compile_cache() -> str:
 _USERS_INDUCTOR_CACHE = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
 
 
+def busy_cpus(window: float = 0.1) -> float | None:
+    """How many of the machine's CPUs other processes keep busy right now: the non-idle share of /proc/stat's
+    CPU time over `window` seconds (this process sleeps meanwhile), times the machine's CPU count. None where
+    there is no /proc/stat (macOS, Windows)."""
+    def snapshot() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as f:
+            values = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+        return sum(values), values[3] + values[4]
+
+    try:
+        total0, idle0 = snapshot()
+        time.sleep(window)
+        total1, idle1 = snapshot()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (1.0 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)
+
+
 def inference_threads() -> int:
-    """CPU threads for sampling and evaluation when `--threads` is not given: the cores not already busy.
+    """CPU threads for sampling and evaluation when `--threads` is not given: the cores not busy right now.
 
     torch's intra-op threads wait for each other at the end of every parallel operation; when another process
     holds one of the cores, every operation waits for the thread that was scheduled out. On a busy 2-core
-    machine a full-pass evaluation took 16-21 s with 2 threads and 2.9 s with 1 (issue 13). So: the CPUs this
-    process may use, less the load average (rounded), and at least 1; all of them on an idle machine."""
+    machine a full-pass evaluation took 16-21 s with 2 threads and 2.9 s with 1 (issue 13); on a quiet one, 6.5 s
+    with 2 and 8.9 s with 1. The load average is not the measure: it still counts, for a minute, processes that
+    have ended (the quiet machine right after a run read as busy and got 1 thread: 8.0 s). So: the CPUs this
+    process may use, less those busy over the last 0.1 s (rounded), and at least 1; the load average only where
+    there is no /proc/stat."""
     from .distributed import cpu_count
 
     cpus = cpu_count()
-    try:
-        busy = round(os.getloadavg()[0])
-    except (AttributeError, OSError):  # no load average (Windows): torch's own default
-        return torch.get_num_threads()
-    return max(1, min(cpus, cpus - busy))
+    busy = busy_cpus()
+    if busy is None:
+        try:
+            busy = os.getloadavg()[0]
+        except (AttributeError, OSError):  # no load average (Windows): torch's own default
+            return torch.get_num_threads()
+    return max(1, min(cpus, round((os.cpu_count() or cpus) - busy)))

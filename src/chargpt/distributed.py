@@ -83,13 +83,17 @@ def split_batch(batch_size: int, grad_accum: int, world_size: int) -> tuple[int,
                       f"{world_size} processes; make --batch-size or --grad-accum a multiple of {world_size}")
 
 
-def all_max(values: list[float], info: DistInfo) -> list[float]:
-    """Element-wise maximum over ranks (agreeing on stop flags and elapsed time)."""
+def _all_reduce(values: list[float], info: DistInfo, op) -> list[float]:
     if not info.enabled:
         return values
     t = torch.tensor(values, dtype=torch.float64, device=info.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    dist.all_reduce(t, op=op)
     return t.tolist()
+
+
+def all_max(values: list[float], info: DistInfo) -> list[float]:
+    """Element-wise maximum over ranks (agreeing on stop flags and elapsed time)."""
+    return _all_reduce(values, info, dist.ReduceOp.MAX)
 
 
 def all_gather_tensor(t: torch.Tensor, info: DistInfo) -> list[torch.Tensor]:
@@ -107,8 +111,4 @@ def barrier(info: DistInfo) -> None:
 
 def all_sum(values: list[float], info: DistInfo) -> list[float]:
     """Element-wise sum over ranks, in float64 (the sums of a sharded evaluation)."""
-    if not info.enabled:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=info.device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.tolist()
+    return _all_reduce(values, info, dist.ReduceOp.SUM)

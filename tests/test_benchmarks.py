@@ -1,0 +1,16 @@
+"""The benchmarks' own set-up stays valid as chargpt's checks tighten (figures are not tested: they are timings)."""
+from __future__ import annotations
+
+import sys
+
+from conftest import REPO, run_cli
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+
+def test_bench_serve_run_is_a_checkpoint_chargpt_samples_from(tmp_path):
+    from bench_serve import make_run
+
+    run = make_run(tmp_path)
+    p = run_cli("sample", "--ckpt", run, "--prompt", "ROMEO:", "--max-new-tokens", 20, "--seed", 1, check=True)
+    assert p.stdout.startswith("ROMEO:") and len(p.stdout.rstrip("\n")) >= 20
