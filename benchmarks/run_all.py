@@ -2,7 +2,8 @@
 
     python benchmarks/run_all.py [--only NAME ...] [--skip-long]
 
-`--skip-long` leaves out the time-budgeted quality runs (3 x 150 s and 3 x 300 s).
+`--skip-long` leaves out the time-budgeted quality runs (the budget table: 3 x 150, 300, 600 s and 3 x 150 s
+in float32, about an hour).
 """
 from __future__ import annotations
 
