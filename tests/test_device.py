@@ -76,9 +76,21 @@ def test_compile_caches_live_in_the_users_cache_directory_unless_torch_is_told_o
     assert use_persistent_compile_cache() == str(tmp_path / "mine")
 
 
+def test_torchs_own_default_written_back_is_not_taken_for_the_users_cache(monkeypatch, tmp_path):
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what inductor writes back on its first look
+    assert device._users_inductor_cache() is None
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert device._users_inductor_cache() == str(tmp_path / "mine")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    assert device._users_inductor_cache() is None
+
+
 @pytest.mark.slow
-def test_a_compiled_run_fills_the_persistent_cache_and_a_second_run_reuses_it(dataset_dir, tmp_path):
-    env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "TORCHINDUCTOR_CACHE_DIR": ""}
+def test_a_compiled_run_fills_the_persistent_cache_and_a_second_run_reuses_it(dataset_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # as for a user who never heard of it
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
     args = [*TINY_GPT[:-1], "--compile", "--device", "cpu", "--max-steps", "2", "--eval-interval", "2",
             "--data", dataset_dir, "--out-dir", tmp_path / "runs"]
     run_cli("train", *args, "--name", "a", env=env, check=True)

@@ -106,7 +106,7 @@ def use_persistent_compile_cache() -> str:
     repeated run of the same shape skips most of compilation (10-30 s of a time budget, minutes on a busy
     machine) also after /tmp, torch's default place, is cleared. A TORCHINDUCTOR_CACHE_DIR the user set wins.
     Returns the directory."""
-    users = os.environ.get("TORCHINDUCTOR_CACHE_DIR") if _USERS_INDUCTOR_CACHE is None else _USERS_INDUCTOR_CACHE
+    users = _USERS_INDUCTOR_CACHE
     if users:
         return users
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -114,8 +114,18 @@ def use_persistent_compile_cache() -> str:
     return os.environ["TORCHINDUCTOR_CACHE_DIR"]
 
 
-# What the user set, read before torch's first look at it: inductor writes its default back into the environment.
-_USERS_INDUCTOR_CACHE = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+def _users_inductor_cache() -> str | None:
+    """The TORCHINDUCTOR_CACHE_DIR the user set, if any. inductor writes its own default (/tmp/torchinductor_<user>)
+    back into the environment the first time it looks, so that value is not taken for the user's choice."""
+    value = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if not value:
+        return None
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    return None if os.path.abspath(value) == os.path.abspath(default_cache_dir()) else value
+
+
+_USERS_INDUCTOR_CACHE = _users_inductor_cache()  # read when chargpt is imported, before it compiles anything
 
 
 def busy_cpus(window: float = 0.1) -> float | None:
