@@ -23,6 +23,8 @@ def test_the_quickstart_notebook_runs_in_a_jupyter_kernel(tmp_path, shakespeare_
     assert len(images) == 3  # run.plot(), model.attention(...), chargpt.compare(...): each shown inline once
     text = "".join(o.get("text", "") for outs in outputs.values() for o in outs)
     assert "ROMEO:" in text
+    assert "Warning" not in text and "IProgress" not in text  # tqdm.auto without ipywidgets: a text bar, no warning
+    assert ", step" not in text  # the bar's text follows it directly
     assert (tmp_path / "runs/quickstart/ckpt.pt").is_file()
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     assert "from chargpt." not in code and "import chargpt" in code  # the public API only

@@ -43,6 +43,7 @@ def test_a_step_bar_shows_steps_of_total_and_eta_from_this_sessions_pace():
     bar.update(60, 2.5, 500.0, 30.0)  # 40 steps in 20 s: 40 steps left take 20 s
     shown = screen(out)[-1]
     assert shown.startswith(" 60%") and "step 60/100" in shown and "eta 20.0s" in shown
+    assert "| step 60/100 |" in shown and ", step" not in shown  # the bar, then the text: no stray ", "
 
 
 def test_a_note_or_error_after_close_starts_on_its_own_line_and_no_bar_is_redrawn():

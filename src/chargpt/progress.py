@@ -10,7 +10,6 @@ import time
 import warnings
 
 from tqdm import TqdmWarning, tqdm
-from tqdm.auto import tqdm as auto_tqdm
 
 
 def format_duration(seconds: float | None) -> str:
@@ -43,12 +42,15 @@ class Progress:
         self.bar = None
         if self.tty:
             tqdm.monitor_interval = 0  # no thread redrawing the bar after it was closed or written under
-            bar = auto_tqdm if notebook else tqdm  # tqdm.auto: a widget in Jupyter where ipywidgets is installed
             with warnings.catch_warnings():  # without ipywidgets tqdm.auto is a text bar: no warning about it
-                warnings.simplefilter("ignore", TqdmWarning)
+                warnings.simplefilter("ignore", TqdmWarning)  # (it warns when imported, so it is imported here)
+                if notebook:
+                    from tqdm.auto import tqdm as bar  # a widget in Jupyter where ipywidgets is installed
+                else:
+                    bar = tqdm
                 self.bar = bar(total=1.0, initial=min(self._fraction(step, seconds), 1.0), file=self.stream,
-                               dynamic_ncols=True, leave=True, bar_format="{percentage:3.0f}%|{bar}| {postfix}")
-            self.bar.set_postfix_str(self._text(step, None, None, seconds), refresh=True)
+                               dynamic_ncols=True, leave=True, bar_format="{percentage:3.0f}%|{bar}| {desc}")  # desc: no ", " before it
+            self.bar.set_description_str(self._text(step, None, None, seconds), refresh=True)
 
     def _fraction(self, step: int, seconds: float) -> float:
         return seconds / self.budget if self.budget else step / max(self.total_steps, 1)
@@ -79,7 +81,7 @@ class Progress:
         fraction = self._fraction(step, seconds)
         if self.bar is not None:
             self.bar.n = min(fraction, 1.0)
-            self.bar.set_postfix_str(self._text(step, loss, tokens_per_sec, seconds), refresh=False)
+            self.bar.set_description_str(self._text(step, loss, tokens_per_sec, seconds), refresh=False)
             self.bar.refresh()
         elif int(min(fraction, 1.0) * 10) > self.last_tenth:
             self.last_tenth = int(min(fraction, 1.0) * 10)
@@ -102,7 +104,7 @@ class Progress:
             fraction = self._fraction(step, seconds)
             if self.bar is not None:
                 self.bar.n = min(fraction, 1.0)
-                self.bar.set_postfix_str(self._text(step, loss, tokens_per_sec, seconds), refresh=False)
+                self.bar.set_description_str(self._text(step, loss, tokens_per_sec, seconds), refresh=False)
             elif fraction >= 1.0 and self.last_tenth < 10 and step > self.start_step:
                 print("100% | " + self._text(step, loss, tokens_per_sec, seconds), file=self.stream, flush=True)
         if self.bar is not None:
