@@ -91,15 +91,24 @@ def test_torchs_own_default_written_back_is_not_taken_for_the_users_cache(monkey
 def test_a_compiled_run_fills_the_persistent_cache_and_a_second_run_reuses_it(dataset_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # as for a user who never heard of it
     env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
-    args = [*TINY_GPT[:-1], "--compile", "--device", "cpu", "--max-steps", "2", "--eval-interval", "2",
-            "--data", dataset_dir, "--out-dir", tmp_path / "runs"]
-    run_cli("train", *args, "--name", "a", env=env, check=True)
+    args = [*TINY_GPT[:-1], "--compile", "--device", "cpu", "--eval-interval", "2", "--data", dataset_dir,
+            "--out-dir", tmp_path / "runs"]
     cache = tmp_path / "cache" / "chargpt"
+    # A short budget with nothing compiled yet: compiling would eat the budget, so the run trains eagerly.
+    short = run_cli("train", *args, "--time-budget", "2", "--name", "short-cold", env=env, check=True)
+    assert "compile: skipped in this 2.0s budget" in short.stdout
+    assert not [p for p in cache.rglob("*") if p.is_file()]
+    run_cli("train", *args, "--max-steps", "2", "--name", "a", env=env, check=True)
     files = {p for p in cache.rglob("*") if p.is_file()}
     assert files, "the compiled run left nothing in the cache"
-    run_cli("train", *args, "--name", "b", env=env, check=True)
+    run_cli("train", *args, "--max-steps", "2", "--name", "b", env=env, check=True)
     assert {p for p in cache.rglob("*") if p.is_file() and not p.name.endswith(".lock")} == \
         {p for p in files if not p.name.endswith(".lock")}  # every compiled graph came from the cache
+    # The same shape in a short budget now compiles, from the cache.
+    short = run_cli("train", *args, "--time-budget", "2", "--name", "short-warm", env=env, check=True)
+    assert "compile: skipped" not in short.stdout
+    assert {p for p in cache.rglob("*") if p.is_file() and not p.name.endswith(".lock")} == \
+        {p for p in files if not p.name.endswith(".lock")}
 
 
 def test_inference_threads_leave_out_the_cores_other_processes_keep_busy(monkeypatch):

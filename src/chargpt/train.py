@@ -1,6 +1,7 @@
 """The training loop: flat and visible. Evaluation, checkpoints, logging and stopping are small calls from it."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import resource
@@ -19,8 +20,9 @@ from . import checkpoint, distributed
 from .batch import get_batch
 from .config import Config
 from .data import Dataset
-from .device import (autocast_for, compile_unavailable_reason, configure_backends, keep_freed_memory_for_reuse,
-                     resolve_device, resolve_dtype, use_persistent_compile_cache)
+from .device import (COLD_COMPILE_BUDGET, autocast_for, compile_key, compile_unavailable_reason, compiled_before,
+                     configure_backends, keep_freed_memory_for_reuse, mark_compiled, resolve_device, resolve_dtype,
+                     use_persistent_compile_cache)
 from .engine import Engine
 from .errors import NonFiniteLoss, TrainingInterrupted
 from .evaluate import (EvaluationInterrupted, PassResult, bigram_optimum, bits_per_char, describe_pass, estimate_loss,
@@ -119,6 +121,7 @@ class Training:
     t_start: float = field(default_factory=time.perf_counter)
     paused: float = 0.0  # evaluation time does not count against the budget
     notebook: bool = False  # a tqdm.auto progress bar (a widget in Jupyter) even where stdout is no terminal
+    compiled: str | None = None  # compile_key of the compiled model, None when training eagerly
 
     @property
     def tokens_per_step(self) -> int:
@@ -238,9 +241,16 @@ def setup(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
     no_compile = compile_unavailable_reason(device) if tc.compile else None
     if no_compile:
         say(f"warning: {no_compile}; training without it")
+    compiled = None  # what torch.compile builds here, when it does
     if tc.compile and not no_compile:
         use_persistent_compile_cache()
-    train_model = torch.compile(model) if tc.compile and not no_compile else model
+        compiled = compile_key(device.type, precision, dataclasses.asdict(mc), micro_batch, dist_info.world_size)
+        if tc.time_budget and tc.time_budget < COLD_COMPILE_BUDGET and compiled_before(compiled) is False:
+            say(f"compile: skipped in this {format_duration(tc.time_budget)} budget (the first compile of this model "
+                f"takes 10-40 s); a run of {format_duration(COLD_COMPILE_BUDGET)} or more, or one without a budget, "
+                f"compiles it for the runs after it")
+            compiled = None
+    train_model = torch.compile(model) if compiled else model
     ddp_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None) if dist_info.enabled else None
     splits = {"train": data.train, "val": data.val}
     data.check_block_size(mc.block_size)
@@ -249,7 +259,8 @@ def setup(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
                  dist=dist_info, precision=precision, autocast=autocast_for(device, precision),
                  micro_batch=micro_batch, accum=accum, gen=gen, model=model, optimizers=optimizers,
                  fwd=ddp_model or train_model, ddp_model=ddp_model, splits=splits, origin=origin, step=step,
-                 spent=spent, best_val=best_val, resumed_at=step if resume_state is not None else None)
+                 spent=spent, best_val=best_val, resumed_at=step if resume_state is not None else None,
+                 compiled=compiled)
     if resume_state is not None and run is not None and (spent >= tc.time_budget if tc.time_budget
                                                          else step >= tc.max_steps):
         # resuming a finished run: its last evaluation is already logged; only the final report is redone
@@ -353,6 +364,8 @@ def finish(t: Training) -> dict:
     """The end-of-run evaluation of val, the summary, a sample and the `latest` link; return the summary."""
     seconds = t.train_seconds()
     mc, tc, step, main, run = t.config.model, t.config.train, t.step, t.dist.is_main, t.run
+    if t.compiled and main and step > (t.resumed_at or 0):  # its compiled graphs are in the cache now
+        mark_compiled(t.compiled)
     summary: dict = {
         "model": mc.model, "preset": t.preset, "params": t.model.num_params(), "steps": step,
         "tokens_seen": step * t.tokens_per_step, "train_seconds": round(seconds, 3),
