@@ -122,6 +122,26 @@ def test_readme_sequence_train_resume_latest_twice_then_sample_latest(dataset_di
     assert len(sample.stdout) == 11
 
 
+@pytest.mark.slow
+def test_max_steps_given_on_resume_or_fine_tune_of_a_budget_run_counts_steps(dataset_dir, tmp_path):
+    base = ["--data", dataset_dir, "--out-dir", tmp_path, *TINY_GPT, "--sample-tokens", "0"]
+    run_cli("train", *base, "--time-budget", "1", "--name", "b", check=True)  # both given: the budget wins
+    steps = json.loads((tmp_path / "b/summary.json").read_text())["steps"]
+    resumed = run_cli("train", "--resume", tmp_path / "b", "--max-steps", steps + 7, check=True)
+    assert "time_budget=0.0" in resumed.stdout.splitlines()[1]  # said, in the line of what changed
+    assert json.loads((tmp_path / "b/summary.json").read_text())["steps"] == steps + 7
+    tuned = run_cli("train", "--init-from", tmp_path / "b", "--data", dataset_dir, "--out-dir", tmp_path,
+                    "--name", "ft", "--max-steps", 5, check=True)
+    assert "run: 5 steps" in tuned.stdout
+    assert json.loads((tmp_path / "ft/summary.json").read_text())["steps"] == 5
+
+
+def test_print_config_writes_only_json_on_stdout(tmp_path):
+    p = run_cli("train", "--print-config", cwd=tmp_path, check=True)
+    assert json.loads(p.stdout)["preset"] in ("cpu", "lecture")
+    assert "no --preset given" in p.stderr
+
+
 def test_make_train_prints_one_sample():
     import subprocess
 

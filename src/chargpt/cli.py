@@ -123,7 +123,7 @@ def cmd_train(args) -> int:
                                 or "auto")
         preset = args.preset or from_file.get("preset") or default_preset(device.type)
         if args.preset is None and not from_file.get("preset") and _is_main_process():
-            print(f"no --preset given: using '{preset}' for {device.type}")
+            print(f"no --preset given: using '{preset}' for {device.type}", file=sys.stderr)  # stdout: --print-config's JSON
         config = get_preset(preset)
         base = get_preset(preset)
         set_fields(config, from_file, str(args.config))
@@ -133,6 +133,8 @@ def cmd_train(args) -> int:
 
             data_dir = download_dataset(args.dataset_artifact, mode=args.wandb_mode) or data_dir
     apply_overrides(config, args)
+    if args.max_steps is not None and args.time_budget is None and config.train.time_budget:
+        config.train.time_budget = 0.0  # asked for a number of steps: the budget of the run or file it came from goes
     if args.print_config:
         config.validate()
         print(json.dumps({"preset": preset, "data_dir": str(data_dir), **config.to_dict()}, indent=2))
