@@ -215,7 +215,7 @@ ROWS = [
     ("sample-negative-max-new-tokens", ["sample", "--ckpt", "runs/base", "--max-new-tokens", "-1"], "--max-new-tokens"),
     ("sample-num-samples-0", ["sample", "--ckpt", "runs/base", "--num-samples", "0"], "--num-samples"),
     ("sample-negative-temperature", ["sample", "--ckpt", "runs/base", "--temperature", "-1"], "--temperature"),
-    ("sample-top-k-0", ["sample", "--ckpt", "runs/base", "--top-k", "0"], "--top-k"),
+    ("sample-top-k-negative", ["sample", "--ckpt", "runs/base", "--top-k", "-1"], "--top-k"),
     ("sample-top-p-1.5", ["sample", "--ckpt", "runs/base", "--top-p", "1.5"], "--top-p"),
     ("sample-unknown-device", ["sample", "--ckpt", "runs/base", "--device", "tpu"], "tpu"),
     ("sample-device-cuda-without-cuda", ["sample", "--ckpt", "runs/base", "--device", "cuda"], "cuda"),

@@ -193,8 +193,18 @@ def test_stop_sequences_end_the_completion_before_them(server):
     assert status == 200
     choice = stopped["choices"][0]
     assert (choice["text"], choice["finish_reason"]) == (text[:cut], "stop")
-    events, _ = server.stream({"model": GPT_RUN, "prompt": "A", "max_tokens": 300, "seed": 3, "stop": stop})
-    assert "".join(e["choices"][0]["text"] for e in events) == text[:cut]
+    assert stopped["usage"]["completion_tokens"] == cut  # what the completion holds, not what was sampled past it
+    events, _ = server.stream({"model": GPT_RUN, "prompt": "A", "max_tokens": 300, "seed": 3, "stop": stop,
+                               "stream_options": {"include_usage": True}})
+    assert "".join(e["choices"][0]["text"] for e in events if e["choices"]) == text[:cut]
+    assert [e["usage"]["completion_tokens"] for e in events if "usage" in e] == [cut]
+
+
+def test_sigterm_stops_the_server_quietly(dataset_dir, runs_dir, tmp_path):
+    srv = Server("--runs", runs_dir, "--device", "cpu", cwd=tmp_path)
+    srv.stop()  # SIGTERM
+    err = srv.log.read_text()
+    assert srv.proc.returncode == 0 and "checkpoint" not in err and "error" not in err, err
 
 
 BAD_REQUESTS = [

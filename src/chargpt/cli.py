@@ -231,8 +231,9 @@ def cmd_sample(args) -> int:
         raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
     if not 0 <= args.temperature < float("inf"):
         raise ConfigError(f"--temperature must be a finite number >= 0, got {args.temperature}")
-    if args.top_k is not None and args.top_k < 1:
-        raise ConfigError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.top_k is not None and args.top_k < 0:
+        raise ConfigError(f"--top-k must be >= 0 (0: all characters), got {args.top_k}")
+    args.top_k = args.top_k or None  # 0 = every character, as in the serve API
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise ConfigError(f"--top-p must be in (0, 1], got {args.top_p}")
     if not 0 <= args.seed < 2 ** 64:
@@ -354,7 +355,10 @@ def cmd_serve(args) -> int:
     from .serve import ServedRuns, serve
 
     runs = ServedRuns(runs_dir=None if args.ckpt else args.runs, ckpt=args.ckpt, device=resolve_device(args.device))
-    serve(runs, host=args.host, port=args.port)
+    try:
+        serve(runs, host=args.host, port=args.port)
+    except KeyboardInterrupt:  # SIGTERM (or Ctrl-C), re-raised by uvicorn after its graceful shutdown
+        print("chargpt serve: stopped", file=sys.stderr)
     return 0
 
 
@@ -456,8 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-file", default=None, metavar="FILE", help="continue the text of this UTF-8 file")
     p.add_argument("--max-new-tokens", type=int, default=500, help="characters to generate")
     p.add_argument("--temperature", type=float, default=1.0, help="0 (or below 1e-6) = greedy")
-    p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely characters")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold")
+    p.add_argument("--top-k", type=int, default=0,
+                   help="sample from the k most likely characters (default: 0, all of them)")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="sample from the smallest set of characters whose probability reaches p (default: off)")
     p.add_argument("--seed", type=int, default=1337, help="random seed")
     p.add_argument("--num-samples", type=int, default=1, help="samples generated together as one batch")
     _add_inference_flags(p)

@@ -348,13 +348,13 @@ class Generation:
                 break
         else:
             self.done = True
-        self.count += len(ids)
         self.counters.add(len(ids))
         text = self.filter.feed(self.decode(ids))
         if self.filter.stopped:
             self.done = True
         elif self.done:
             text += self.filter.flush()
+        self.count += len(text)  # the completion's characters: what was sampled past a stop sequence is not in it
         return text
 
     @property
