@@ -185,7 +185,7 @@ def test_fine_tune_from_a_run_on_other_text_records_its_origin_and_best_pt_is_us
     assert r.stdout.startswith("ROMEO:\nBut soft") and len(r.stdout) == len("ROMEO:\nBut soft") + 6
     r = run_cli("attention", "--ckpt", "runs/latest", "--prompt-file", "prompt.txt", "--out", "b.png", cwd=tmp_path,
                 check=True)
-    assert r.stdout == "wrote b.png: 1 layers x 2 heads over 15 characters\n"
+    assert r.stdout == "wrote b.png: 1 layer x 2 heads over 15 characters\n"
     both = run_cli("sample", "--prompt", "x", "--prompt-file", "prompt.txt", cwd=tmp_path)
     assert both.returncode == 2 and "pass one" in both.stderr
 

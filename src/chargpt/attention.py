@@ -3,6 +3,7 @@ grid of them (layers x heads) drawn into a PNG (`chargpt attention`)."""
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -127,5 +128,11 @@ def attention_figure(weights: torch.Tensor, prompt: str, title: str | None = Non
     bar_label = {"log": "attention weight (log scale)", "row": "attention weight / the row's largest",
                  "linear": "attention weight"}[scale]
     fig.colorbar(image, ax=axes, shrink=0.5, label=bar_label)
-    fig.suptitle(title or f"attention: {n_layer} layers x {n_head} heads, query (row) -> key (column)")
+    title = title or f"attention: {layers_by_heads(n_layer, n_head)}, query (row) -> key (column)"
+    width_chars = max(24, int(fig.get_figwidth() * 72 / (0.6 * 10)))  # 10 pt characters across the figure
+    fig.suptitle(textwrap.fill(title, width_chars), fontsize=10)  # a small grid's title wraps instead of clipping
     return fig
+
+
+def layers_by_heads(n_layer: int, n_head: int) -> str:
+    return f"{n_layer} layer{'s' * (n_layer != 1)} x {n_head} head{'s' * (n_head != 1)}"

@@ -142,7 +142,7 @@ def prepare(input_path: str | os.PathLike, out_dir: str | os.PathLike, val_fract
     tok = CharTokenizer("".join(map(chr, present)))
     n_train = int((1.0 - val_fraction) * total)  # the notebook: n = int(0.9 * len(data))
     if n_train < 2 or total - n_train < 2:
-        raise DataError(f"{input_path} has {total} characters: too few to split into train and val")
+        raise DataError(f"{input_path} has {total} character{'s' * (total != 1)}: too few to split into train and val")
     dtype = smallest_dtype(tok.vocab_size) if dtype == "auto" else dtype
     meta = {
         "format": FORMAT,
