@@ -99,3 +99,15 @@ def test_chargpt_train_is_the_function_and_the_training_module_is_still_importab
     from chargpt.train import setup
 
     assert callable(chargpt.train) and chargpt.train.__module__ == "chargpt.api" and callable(setup)
+
+
+def test_train_in_a_script_logs_lines_not_a_redrawn_bar(dataset_dir, tmp_path):
+    import subprocess
+    import sys
+
+    code = (f"import chargpt; chargpt.train('cpu', {str(dataset_dir)!r}, out_dir={str(tmp_path)!r}, name='s', "
+            f"**{TINY | dict(verbose=True)!r})")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "\r" not in p.stdout + p.stderr  # a log, not a terminal: no carriage-return redraws
+    assert "100% | step 6/6" in p.stdout

@@ -52,6 +52,12 @@ def _names_a_file(text: str) -> bool:
         return False
 
 
+def in_jupyter() -> bool:
+    """Whether this runs in a Jupyter kernel (whose output is no terminal, yet shows a progress bar)."""
+    shell = sys.modules.get("IPython") and getattr(sys.modules["IPython"], "get_ipython", lambda: None)()
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
 def train(preset: str | None = None, data: Dataset | str | os.PathLike = DEFAULT_DATA, *, out_dir="runs",
           name: str | None = None, verbose: bool = True, **overrides) -> "Run":
     """Train in this process and return the `Run` (its directory is the one `chargpt train` writes).
@@ -74,7 +80,7 @@ def train(preset: str | None = None, data: Dataset | str | os.PathLike = DEFAULT
     run_dir = RunDir.create(out_dir, name or default_name(config.model.model, preset), unique=name is None)
     echo = print if verbose else (lambda *_: None)
     t = setup(config, data, run_dir, preset=preset, data_dir=str(data.path), echo=echo)
-    t.notebook = verbose  # a tqdm.auto bar: a widget in Jupyter, a text bar elsewhere
+    t.notebook = verbose and in_jupyter()  # a tqdm.auto bar there; a script's log gets the CLI's lines
     loop(t)
     finish(t)
     return Run(run_dir.path, _model=t.model.eval(), _tokenizer=data.tokenizer)
