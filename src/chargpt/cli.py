@@ -94,7 +94,7 @@ def cmd_train(args) -> int:
     from .envfile import load_env_file
 
     load_env_file()
-    resume_state = init_from = None
+    resume_state = init_from = chosen = None
     if args.resume and args.init_from:
         raise ConfigError("--resume continues a run and --init-from starts a new one from a run's weights; pass one")
     if args.resume:
@@ -122,8 +122,8 @@ def cmd_train(args) -> int:
         device = resolve_device(args.device or from_file.get("train", {}).get("device") or from_file.get("device")
                                 or "auto")
         preset = args.preset or from_file.get("preset") or default_preset(device.type)
-        if args.preset is None and not from_file.get("preset") and _is_main_process():
-            print(f"no --preset given: using '{preset}' for {device.type}", file=sys.stderr)  # stdout: --print-config's JSON
+        if args.preset is None and not from_file.get("preset"):
+            chosen = f"no --preset given: using '{preset}' for {device.type}"  # said once the run starts
         config = get_preset(preset)
         base = get_preset(preset)
         set_fields(config, from_file, str(args.config))
@@ -162,6 +162,8 @@ def cmd_train(args) -> int:
         run_name = args.name or default_name(config.model.model, preset)
         run = RunDir.create(args.out_dir, run_name, unique=args.name is None) if _is_main_process() else None
     if _is_main_process():
+        if chosen:  # after every check (an error stays one line) and not with --print-config (its stdout is JSON)
+            print(chosen)
         changes = config_changes(config, base)
         if resume_state:
             what, against = f"resuming {run.path} at step {resume_state['step']}", "the saved run"
