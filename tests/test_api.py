@@ -95,10 +95,13 @@ def test_load_artifact_without_wandb_access_is_one_clear_error(monkeypatch, tmp_
         chargpt.load_artifact("me/chargpt/nothing:latest")
 
 
-def test_chargpt_train_is_the_function_and_the_training_module_is_still_importable():
-    from chargpt.train import setup
+def test_chargpt_train_is_the_function_and_no_module_of_that_name_shadows_it():
+    import importlib.util
+
+    from chargpt.training import setup
 
     assert callable(chargpt.train) and chargpt.train.__module__ == "chargpt.api" and callable(setup)
+    assert importlib.util.find_spec("chargpt.train") is None
 
 
 def test_train_in_a_script_logs_lines_not_a_redrawn_bar(dataset_dir, tmp_path):

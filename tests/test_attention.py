@@ -11,7 +11,7 @@ from chargpt.data import load_dataset
 from chargpt.errors import ConfigError
 from chargpt.model import ModelConfig, build_model
 from chargpt.rundir import RunDir
-from chargpt.train import train
+from chargpt.training import train
 
 from conftest import run_cli
 

@@ -19,7 +19,7 @@ from chargpt.errors import DataError
 from chargpt.evaluate import bigram_optimum, full_pass_loss
 from chargpt.model import ModelConfig, build_model
 from chargpt.rundir import RunDir
-from chargpt.train import train
+from chargpt.training import train
 
 PROC = Path("/proc/self/status")
 linux_only = pytest.mark.skipif(not PROC.exists(), reason="reads this process's memory from /proc (Linux)")

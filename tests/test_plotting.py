@@ -13,7 +13,7 @@ from chargpt.config import get_preset
 from chargpt.data import load_dataset
 from chargpt.plotting import plot_run, plot_runs, refresh_run_plot
 from chargpt.rundir import RunDir
-from chargpt.train import train
+from chargpt.training import train
 
 
 def png_size(path: Path) -> tuple[int, int]:

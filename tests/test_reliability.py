@@ -23,7 +23,7 @@ from chargpt.config import get_preset
 from chargpt.data import load_dataset
 from chargpt.rundir import RunDir, read_metrics
 from chargpt.errors import TrainingInterrupted
-from chargpt.train import train
+from chargpt.training import train
 
 from conftest import ckpt_commands, on_cpu
 

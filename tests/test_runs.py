@@ -14,7 +14,7 @@ from chargpt.config import get_preset
 from chargpt.data import load_dataset
 from chargpt.rundir import RunDir, read_metrics
 from chargpt.runs import format_runs, list_runs, read_run
-from chargpt.train import train
+from chargpt.training import train
 
 BIGRAM = ["--preset", "bigram", "--max-steps", "1000000", "--eval-interval", "50", "--eval-iters", "2",
           "--sample-tokens", "0"]

@@ -26,7 +26,7 @@ from chargpt.config import get_preset
 from chargpt.data import load_dataset
 from chargpt.rundir import RunDir
 from chargpt.serve import MAX_NEW_TOKENS, MAX_PROMPT_CHARS
-from chargpt.train import train
+from chargpt.training import train
 from conftest import run_cli
 
 GPT_RUN, BIGRAM_RUN = "tiny-gpt", "bigram"

@@ -2,7 +2,6 @@
 
 __version__ = "0.1.0"
 
-from . import train as _training_module  # noqa: F401  (imported first: `chargpt.train` is then the function)
 from .api import Run, compare, load, load_artifact, prepare, train
 from .batch import get_batch
 from .config import PRESETS, Config, TrainConfig, get_preset

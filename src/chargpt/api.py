@@ -65,7 +65,7 @@ def train(preset: str | None = None, data: Dataset | str | os.PathLike = DEFAULT
     `preset` is a named configuration (default: lecture on CUDA, cpu elsewhere); any config field is a
     keyword (`n_layer=4`, `time_budget="2m"`). The vocabulary, and so the head's size, come from `data`."""
     from .device import resolve_device
-    from .train import finish, loop, setup
+    from .training import finish, loop, setup
 
     data = data if isinstance(data, Dataset) else load_dataset(data)
     preset = preset or default_preset(resolve_device(str(overrides.get("device", "auto"))).type)

@@ -82,7 +82,7 @@ def cmd_train(args) -> int:
     from .data import load_dataset
     from .device import resolve_device
     from .rundir import RunDir, check_run_name, default_name, real_path
-    from .train import train
+    from .training import train
 
     launch = args.nproc is not None and "WORLD_SIZE" not in os.environ
     if launch:
@@ -275,7 +275,7 @@ def cmd_eval(args) -> int:
     from .data import load_dataset
     from .evaluate import EvaluationInterrupted, bits_per_char, describe_pass, evaluate_split
     from .progress import EvalProgress
-    from .train import StopSignals
+    from .training import StopSignals
 
     device = _device_and_threads(args)
     model, tok, state = load_model(args.ckpt, device)

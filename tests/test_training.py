@@ -12,7 +12,7 @@ from chargpt.config import get_preset
 from chargpt.data import load_dataset, prepare
 from chargpt.evaluate import evaluate_split
 from chargpt.rundir import RunDir
-from chargpt.train import train
+from chargpt.training import train
 
 
 def bigram_config(steps: int):
