@@ -216,3 +216,14 @@ def test_config_file_then_flags_resolve_and_print_config_exits(tmp_path):
     (tmp_path / "bad.json").write_text('{"lrr": 1}')
     line = one_error_line(run_cli("train", "--config", "bad.json", "--print-config", cwd=tmp_path))
     assert "unknown config field 'lrr'" in line
+
+
+def test_prepare_over_a_dataset_of_other_text_is_one_line_and_replace_replaces_it(tmp_path):
+    (tmp_path / "mine.txt").write_text("abcdefghij" * 10)
+    (tmp_path / "other.txt").write_text("klmnopqrst" * 10)
+    run_cli("prepare", "--input", "mine.txt", "--out", "data/ds", cwd=tmp_path, check=True)
+    line = one_error_line(run_cli("prepare", "--input", "other.txt", "--out", "data/ds", cwd=tmp_path))
+    assert "holds another dataset, 'mine' (100 characters from mine.txt" in line and "--replace" in line
+    assert json.loads((tmp_path / "data/ds/meta.json").read_text())["name"] == "mine"
+    p = run_cli("prepare", "--input", "other.txt", "--out", "data/ds", "--replace", cwd=tmp_path, check=True)
+    assert p.stdout.startswith("prepared data/ds") and "(int64)" in p.stdout

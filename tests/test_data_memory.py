@@ -75,7 +75,7 @@ def test_ids_beyond_the_vocabulary_are_a_clear_error(shakespeare_path, dataset_d
 
 def test_full_pass_on_a_uint8_split_equals_int64(dataset_dir):
     ds = load_dataset(dataset_dir)
-    val = ds.val[:5_000]
+    val = ds.val[:5_000].to(torch.uint8)
     torch.manual_seed(0)
     model = build_model(ModelConfig(model="gpt", vocab_size=65, block_size=16, n_layer=1, n_head=2, n_embd=32,
                                     dropout=0.0))
@@ -86,6 +86,7 @@ def test_full_pass_on_a_uint8_split_equals_int64(dataset_dir):
 @linux_only
 def test_prepare_memory_is_bounded_by_the_chunk_not_the_corpus(shakespeare_path, tmp_path, monkeypatch):
     monkeypatch.setattr(data_mod, "CHUNK", 1 << 20)
+    monkeypatch.setattr(data_mod, "NOTEBOOK_DTYPE_CHARS", 10**7)  # a corpus past it, as a large one is
     corpus = repeat(shakespeare_path, tmp_path / "corpus.txt", 32 * 10**6)
     before = memory()
     try:
@@ -99,7 +100,8 @@ def test_prepare_memory_is_bounded_by_the_chunk_not_the_corpus(shakespeare_path,
 
 
 @linux_only
-def test_loading_checks_ids_without_making_the_split_resident(shakespeare_path, tmp_path):
+def test_loading_checks_ids_without_making_the_split_resident(shakespeare_path, tmp_path, monkeypatch):
+    monkeypatch.setattr(data_mod, "NOTEBOOK_DTYPE_CHARS", 10**7)  # a corpus past it, as a large one is
     corpus = repeat(shakespeare_path, tmp_path / "corpus.txt", 32 * 10**6)
     prepare(corpus, tmp_path / "ds")
     before = memory()
@@ -166,7 +168,9 @@ def _train_tiny(ds, tmp_path: Path, name: str) -> dict:
 
 @linux_only
 @pytest.mark.slow
-def test_training_on_a_64_mb_corpus_keeps_it_out_of_resident_memory(shakespeare_path, dataset_dir, tmp_path):
+def test_training_on_a_64_mb_corpus_keeps_it_out_of_resident_memory(shakespeare_path, dataset_dir, tmp_path,
+                                                                  monkeypatch):
+    monkeypatch.setattr(data_mod, "NOTEBOOK_DTYPE_CHARS", 10**7)  # a corpus past it, as a large one is
     prepare(repeat(shakespeare_path, tmp_path / "corpus.txt", 64 * 10**6), tmp_path / "ds", val_fraction=0.001)
     (tmp_path / "corpus.txt").unlink()
     big = load_dataset(tmp_path / "ds")

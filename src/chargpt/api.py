@@ -21,7 +21,7 @@ DEFAULT_DATA = "data/shakespeare"
 
 
 def prepare(source: str | os.PathLike, out: str | os.PathLike | None = None, val_fraction: float = 0.1,
-            name: str | None = None, dtype: str = "auto") -> Dataset:
+            name: str | None = None, dtype: str = "auto", replace: bool = False) -> Dataset:
     """Encode a text file, or a string of text, into a dataset directory (default `data/<name>`); return it.
 
     A string that names an existing file is that file, a known corpus ("shakespeare") is found or downloaded,
@@ -35,14 +35,21 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike | None = None, val
     is_path = isinstance(source, os.PathLike) or _names_a_file(source)
     if is_path:
         name = name or Path(source).stem
-        prepare_files(source, out or f"data/{name}", val_fraction=val_fraction, name=name, dtype=dtype)
+        _say(prepare_files(source, out or f"data/{name}", val_fraction=val_fraction, name=name, dtype=dtype,
+                           replace=replace).note)
         return load_dataset(out or f"data/{name}")
     name = name or "text-" + hashlib.sha256(source.encode()).hexdigest()[:8]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{name}.txt"
         path.write_text(source, encoding="utf-8")
-        prepare_files(path, out or f"data/{name}", val_fraction=val_fraction, name=name, dtype=dtype)
+        _say(prepare_files(path, out or f"data/{name}", val_fraction=val_fraction, name=name, dtype=dtype,
+                           replace=replace).note)
     return load_dataset(out or f"data/{name}")
+
+
+def _say(note: str | None) -> None:
+    if note:
+        print(note)
 
 
 def _names_a_file(text: str) -> bool:

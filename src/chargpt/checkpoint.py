@@ -184,7 +184,7 @@ def restore(state: dict, config: Config, path: str | os.PathLike, *, data=None, 
         saved = Config.from_dict(state["config"])
     except (ConfigError, KeyError) as e:
         raise CheckpointError(f"{path} has no usable config ({e}); it cannot be resumed") from None
-    if data is not None and state.get("dataset_hash") != data.content_hash:
+    if data is not None and not data.is_identified_by(state.get("dataset_hash")):
         raise ConfigError(f"{data.path} is not the dataset {path} was trained on (its files differ); "
                           f"pass --data with the original dataset directory")
     for section, names in (("model", [f.name for f in dataclasses.fields(saved.model)]), ("train", ["optimizer"])):

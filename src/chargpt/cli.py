@@ -60,8 +60,10 @@ def cmd_prepare(args) -> int:
     source = locate(args.dataset or "", args.input)
     name = args.dataset if args.input is None else Path(args.input).stem
     out = args.out or f"data/{name}"
-    result = prepare(source, out, val_fraction=args.val_fraction, name=name, dtype=args.dtype)
+    result = prepare(source, out, val_fraction=args.val_fraction, name=name, dtype=args.dtype, replace=args.replace)
     m = result.meta
+    if result.note:
+        print(result.note)
     if result.changed:
         print(f"prepared {out}: {m['total_chars']:,} characters, vocabulary {m['vocab_size']}, "
               f"train {m['train_tokens']:,} / val {m['val_tokens']:,} tokens ({m['dtype']}) from {source}")
@@ -429,8 +431,11 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--dataset", choices=["shakespeare"], help="a named corpus (found locally or downloaded)")
     p.add_argument("--out", help="dataset directory (default: data/<name>)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="last fraction of the text kept for validation")
-    p.add_argument("--dtype", default="auto", help="token dtype: auto (smallest that fits), uint8, int16, int32, "
-                                                   "int64 (what the notebook's torch.tensor(..., dtype=torch.long) gives)")
+    p.add_argument("--dtype", default="auto", help="token dtype: auto (int64, what the notebook's torch.tensor(..., "
+                                                   "dtype=torch.long) gives, up to 100M characters; the smallest that "
+                                                   "fits above), uint8, int16, int32, int64")
+    p.add_argument("--replace", action="store_true", help="replace a dataset of other text already in --out (runs "
+                                                          "trained on it can then no longer resume)")
     _add_wandb_flags(p)
     p.add_argument("--artifact-name", default=None, help="dataset artifact name (default: mini-shakespeare-tensors "
                                                          "for tiny Shakespeare, else <name>-tensors)")

@@ -1,8 +1,10 @@
 """Dataset directories: encode a corpus into train/val tensors (the notebook's 90/10 split) and read them back.
 
-A dataset directory holds `train.pt` and `val.pt` (1-D integer tensors, readable with
-`torch.load(path, weights_only=True)` as in the notebook) and `meta.json` (vocabulary, sizes, split
-fraction, source sha256). Preparation streams the input in chunks, so memory stays bounded.
+A dataset directory holds `train.pt` and `val.pt` (1-D integer tensors, int64 as the notebook makes them up to
+`NOTEBOOK_DTYPE_CHARS` characters, readable with `torch.load(path, weights_only=True)`) and `meta.json`
+(vocabulary, sizes, split fraction, source sha256, content hash). Preparation streams the input in chunks, so
+memory stays bounded, and writes the same bytes for the same input and options in any directory. A dataset is
+identified by its content: its vocabulary and its splits' token values (`content_hash`).
 """
 from __future__ import annotations
 
@@ -20,13 +22,14 @@ import torch
 
 from .errors import DataError
 from .fsutil import atomic_path, kind_of, load_torch, not_regular, refused_global, remove_stale_temporaries, write_json
-from .tensorfile import TensorFileWriter, chunks
+from .tensorfile import TensorFileWriter, chunks, load_mapped
 from .tokenizer import CharTokenizer
 
 FORMAT = "chargpt-dataset"
 FORMAT_VERSION = 1
 CHUNK = 1 << 24  # 16 MiB of input per step
 DTYPES = {"uint8": torch.uint8, "int16": torch.int16, "int32": torch.int32, "int64": torch.int64}
+NOTEBOOK_DTYPE_CHARS = 100_000_000  # int64 (8 bytes a character) up to here; the smallest type above it
 FILES = ("train.pt", "val.pt", "meta.json")  # all that chargpt writes into a dataset directory
 
 
@@ -60,6 +63,10 @@ def check_dataset_out(out_dir: Path, input_path: Path) -> None:
     if not ours:
         raise DataError(f"--out {out_dir} holds files and is not a chargpt dataset (no chargpt meta.json); "
                         f"chargpt leaves them as they are: choose a new or empty directory")
+
+
+class DatasetExists(DataError):
+    """`prepare --out` names a dataset of other content: runs trained on it could no longer resume or be scored."""
 
 
 def smallest_dtype(vocab_size: int) -> str:
@@ -103,11 +110,16 @@ class PrepareResult:
     out_dir: Path
     meta: dict
     changed: bool
+    note: str | None = None  # one line for the user: why the tensors are not int64
 
 
 def prepare(input_path: str | os.PathLike, out_dir: str | os.PathLike, val_fraction: float = 0.1,
-            name: str | None = None, dtype: str = "auto") -> PrepareResult:
-    """Encode `input_path` into `out_dir`; a second call with the same input and options changes nothing."""
+            name: str | None = None, dtype: str = "auto", replace: bool = False) -> PrepareResult:
+    """Encode `input_path` into `out_dir`; a second call with the same input and options changes nothing.
+
+    `dtype="auto"` stores int64 (the notebook's tensors) up to `NOTEBOOK_DTYPE_CHARS` characters and the smallest
+    type that holds the vocabulary above it, saying so in `PrepareResult.note`. A dataset of other content already
+    in `out_dir` is replaced only with `replace`."""
     input_path, out_dir = Path(input_path), Path(out_dir)
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"--val-fraction must be strictly between 0 and 1, got {val_fraction}")
@@ -143,7 +155,12 @@ def prepare(input_path: str | os.PathLike, out_dir: str | os.PathLike, val_fract
     n_train = int((1.0 - val_fraction) * total)  # the notebook: n = int(0.9 * len(data))
     if n_train < 2 or total - n_train < 2:
         raise DataError(f"{input_path} has {total} character{'s' * (total != 1)}: too few to split into train and val")
-    dtype = smallest_dtype(tok.vocab_size) if dtype == "auto" else dtype
+    note = None
+    if dtype == "auto":
+        dtype = "int64" if total <= NOTEBOOK_DTYPE_CHARS else smallest_dtype(tok.vocab_size)
+        if dtype != "int64":
+            note = (f"{total:,} characters: stored as {dtype} to save memory (int64, the notebook's type, would take "
+                    f"{8 * total / 1e9:.1f} GB); pass --dtype int64 for the notebook's exact tensors")
     meta = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -159,8 +176,14 @@ def prepare(input_path: str | os.PathLike, out_dir: str | os.PathLike, val_fract
         "val_tokens": total - n_train,
         "dtype": dtype,
     }
+    old = _existing_meta(out_dir)
+    if old is not None and not replace and not _same_content(old, meta):
+        raise DatasetExists(f"--out {out_dir} holds another dataset, {_describe(old)}, that runs may have been "
+                            f"trained on; pass --replace to replace it, or choose another --out")
     if _up_to_date(out_dir, meta):
-        return PrepareResult(out_dir, json.loads((out_dir / "meta.json").read_text()), changed=False)
+        return PrepareResult(out_dir, json.loads((out_dir / "meta.json").read_text()), changed=False, note=note)
+    # Read before the files are replaced: what runs of an older chargpt call the tokens there, when they are ours.
+    former_content, former = _former_hashes(out_dir, old) if old is not None and _same_content(old, meta) else (None, [])
 
     if tok.vocab_size > torch.iinfo(DTYPES[dtype]).max + 1:
         raise DataError(f"--dtype {dtype} cannot hold a vocabulary of {tok.vocab_size} characters; use --dtype auto")
@@ -198,8 +221,11 @@ def prepare(input_path: str | os.PathLike, out_dir: str | os.PathLike, val_fract
                 raise InputChanged(input_path)
         for split, tmp in (("train", train_tmp), ("val", val_tmp)):
             meta[f"{split}_sha256"] = _sha256(tmp)
+        meta["content_hash"] = content_hash(tok.chars, train_tmp, val_tmp)
+    if former and former_content == meta["content_hash"]:
+        meta["former_hashes"] = former
     write_json(out_dir / "meta.json", meta)
-    return PrepareResult(out_dir, meta, changed=True)
+    return PrepareResult(out_dir, meta, changed=True, note=note)
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -220,12 +246,61 @@ def _sha256(path: Path) -> str:
     return sha256_file(path)
 
 
-def _up_to_date(out_dir: Path, meta: dict) -> bool:
+def content_hash(vocab: str, train: Path, val: Path) -> str:
+    """sha256 over the vocabulary and each split's token values, not over the files' bytes: the same tokens
+    stored as another integer type, or written by another version of torch, are the same dataset."""
+    canonical = np.dtype({"uint8": "u1", "int16": "<i2", "int32": "<i4"}[smallest_dtype(len(vocab))])
+    h = hashlib.sha256(json.dumps({"content": "chargpt-dataset/1", "vocab": vocab}).encode())
+    for name, path in (("train", train), ("val", val)):
+        h.update(f"\n{name} {len(load_mapped(path))}\n".encode())
+        for piece in chunks(path, CHUNK):
+            h.update(piece.numpy().astype(canonical).tobytes())
+    return h.hexdigest()
+
+
+def file_hash(train: Path, val: Path) -> str:
+    """What chargpt before content hashes called a dataset's hash: of its two files' bytes."""
+    return hashlib.sha256((_sha256(train) + _sha256(val)).encode()).hexdigest()
+
+
+def _existing_meta(out_dir: Path) -> dict | None:
     try:
         old = json.loads((out_dir / "meta.json").read_bytes())
     except (OSError, ValueError):
-        return False
-    if not isinstance(old, dict):
+        return None
+    return old if isinstance(old, dict) and old.get("format") == FORMAT else None
+
+
+CONTENT_KEYS = ("source_sha256", "vocab", "train_tokens", "val_tokens")  # same input and split: same tokens
+
+
+def _same_content(old: dict, meta: dict) -> bool:
+    return all(old.get(k) == meta[k] for k in CONTENT_KEYS)
+
+
+def _describe(meta: dict) -> str:
+    chars = meta.get("total_chars")
+    sha = meta.get("source_sha256")
+    return (f"{meta.get('name', 'unnamed')!r} ({f'{chars:,} characters' if isinstance(chars, int) else 'size unknown'}"
+            f" from {meta.get('source', 'an unknown source')}"
+            f"{f', sha256 {sha[:12]}' if isinstance(sha, str) else ''})")
+
+
+def _former_hashes(out_dir: Path, old: dict) -> tuple[str | None, list[str]]:
+    """The content hash of the dataset in `out_dir` and the other hashes runs may know it by (of its files'
+    bytes, as chargpt named datasets before content hashes, and those it had itself)."""
+    try:
+        ds = load_dataset(out_dir)
+        current, files = ds.content_hash, ds.file_hash
+    except DataError:
+        return None, []
+    former = [h for h in old.get("former_hashes", []) if isinstance(h, str)]
+    return current, former + [h for h in (files,) if h not in former and h != current]
+
+
+def _up_to_date(out_dir: Path, meta: dict) -> bool:
+    old = _existing_meta(out_dir)
+    if old is None:
         return False
     same = all(old.get(k) == v for k, v in meta.items() if k not in ("source", "name"))
     return same and all(
@@ -246,12 +321,24 @@ class Dataset:
 
     @functools.cached_property
     def content_hash(self) -> str:
-        """Identifies the encoded tensors (for lineage, and so that a run resumes only on its own data).
+        """Identifies the dataset by its vocabulary and token values (for lineage, and so that a run resumes
+        only on its own data).
 
         Computed from the split files themselves when first asked (a run asks as it starts), not taken from
-        meta.json: a file swapped under an unchanged meta.json must not pass for the original. For a prepared
-        dataset it equals the hash of the sha256 values `prepare` recorded."""
-        return hashlib.sha256((_sha256(self.path / "train.pt") + _sha256(self.path / "val.pt")).encode()).hexdigest()
+        meta.json: a file swapped under an unchanged meta.json must not pass for the original."""
+        return content_hash(self.tokenizer.chars, self.path / "train.pt", self.path / "val.pt")
+
+    @functools.cached_property
+    def file_hash(self) -> str:
+        return file_hash(self.path / "train.pt", self.path / "val.pt")
+
+    def is_identified_by(self, recorded: str) -> bool:
+        """Whether a checkpoint's `dataset_hash` names this dataset: its content hash, or for a run of an older
+        chargpt the hash of these files' bytes or of those this dataset was re-prepared from (`former_hashes`)."""
+        if recorded == self.content_hash:
+            return True
+        former = self.meta.get("former_hashes")
+        return recorded == self.file_hash or (isinstance(former, list) and recorded in former)
 
     def check_block_size(self, block_size: int) -> None:
         """Both splits must hold at least one block plus its next-character target."""
@@ -324,7 +411,10 @@ def _meta_problem(meta) -> str | None:
         return "has no vocabulary string of distinct characters ('vocab')"
     if "vocab_size" in meta and (type(meta["vocab_size"]) is not int or meta["vocab_size"] != len(vocab)):
         return f"records vocab_size {meta['vocab_size']!r} for a vocabulary of {len(vocab)} characters"
-    for key in ("train_sha256", "val_sha256"):
+    former = meta.get("former_hashes")
+    if former is not None and not (isinstance(former, list) and all(isinstance(h, str) for h in former)):
+        return "has former_hashes that are not a list of hashes"
+    for key in ("train_sha256", "val_sha256", "content_hash"):
         if key in meta and not (isinstance(meta[key], str) and re.fullmatch(r"[0-9a-f]{64}", meta[key])):
             return f"has a {key} that is not a sha256 hex digest"
     for key in ("train_tokens", "val_tokens", "total_chars"):

@@ -34,8 +34,11 @@ class TensorFileWriter:
         self.path = Path(path)
         self.n = n
         self.np_dtype = np.dtype(str(dtype).removeprefix("torch."))
-        with torch.serialization.skip_data():  # reserves the data's space; torch.empty only reserves address space
-            torch.save(torch.empty(n, dtype=dtype), self.path)
+        # Saved through a file object, not a path: torch names the archive's top folder after a path's stem (a
+        # temporary file's random name here) and a file object's "archive", so the same tensor is the same bytes
+        # in any directory. skip_data reserves the data's space; torch.empty only reserves address space.
+        with torch.serialization.skip_data(), open(self.path, "wb") as f:
+            torch.save(torch.empty(n, dtype=dtype), f)
         self.written = 0
 
     def write(self, data) -> None:
