@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import http.server
 import io
 import json
 import os
 import select
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -57,10 +59,11 @@ class Server:
         self.url = line.split("open ")[1].split()[0].rstrip("/")
         self.host, self.port = urlparse(self.url).hostname, urlparse(self.url).port
 
-    def request(self, method: str, path: str, body=None, raw: bytes | None = None) -> tuple[int, dict | str]:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=120)
+    def request(self, method: str, path: str, body=None, raw: bytes | None = None, headers: dict | None = None,
+                timeout: float = 120) -> tuple[int, dict | str]:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+        conn.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
         res = conn.getresponse()
         text = res.read().decode()
         conn.close()
@@ -227,6 +230,13 @@ BAD_REQUESTS = [
     (b'{"prompt": "a", "stop": [1]}', 400, "'stop' must be"),
     (b'{"prompt": "a", "temprature": 1}', 400, "unknown parameter 'temprature'"),
     (b"\xff\xfe", 400, "not valid JSON"),
+    (b'{"prompt": "a", "n": true}', 400, "'n' is not supported"),
+    (b'{"prompt": "a", "best_of": 1.0}', 400, "'best_of' is not supported"),
+    (b'{"prompt": "a", "top_k": false}', 400, "'top_k' must be an integer"),
+    (b'{"prompt": "a", "stop": {}}', 400, "'stop' must be"),
+    (b'{"prompt": "a", "stop": false}', 400, "'stop' must be"),
+    (b'{"prompt": "a", "stream_options": false}', 400, "'stream_options' must be"),
+    (b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "nested too deeply"),
 ]
 
 
@@ -269,11 +279,62 @@ def test_no_request_reaches_a_file_outside_the_served_runs(server, runs_dir):
             assert status == 404 and answer["error"]["code"] == "model_not_found", (model, answer)
 
 
+def test_a_request_that_names_another_host_is_refused(server):
+    """A DNS-rebinding page reaches the server under the attacker's own name: that Host gets 403 on every route."""
+    for path in ["/", "/api/runs", f"/api/runs/{GPT_RUN}", "/v1/models", "/api/status", "/static/app.js"]:
+        status, body = server.request("GET", path, headers={"Host": f"attacker.example:{server.port}"})
+        assert status == 403 and "--allowed-host attacker.example" in body["error"]["message"], (path, body)
+        assert "runs" not in json.dumps(body["error"]["message"].split("Host")[0])
+    status, _ = server.request("POST", "/v1/completions", {"model": GPT_RUN, "prompt": "a", "max_tokens": 5},
+                               headers={"Host": "attacker.example"})
+    assert status == 403
+    for host in [f"localhost:{server.port}", f"127.0.0.1:{server.port}", f"LOCALHOST:{server.port}"]:
+        assert server.request("GET", "/api/runs", headers={"Host": host})[0] == 200, host
+
+
+def test_a_request_from_another_origin_or_not_json_runs_nothing(server):
+    _, before = server.request("GET", "/api/status")
+    body = {"model": GPT_RUN, "prompt": "a", "max_tokens": 50, "seed": 1}
+    for headers, status in [({"Origin": "http://127.0.0.1:1"}, 403), ({"Origin": "null"}, 403),
+                            ({"Origin": f"http://attacker.example:{server.port}"}, 403),
+                            ({"Content-Type": "text/plain"}, 415), ({"Content-Type": ""}, 415),
+                            ({"Content-Type": "application/x-www-form-urlencoded"}, 415)]:
+        got, answer = server.request("POST", "/v1/completions", body, headers=headers)
+        assert got == status, (headers, answer)
+        got, answer = server.request("POST", "/api/attention", {"model": GPT_RUN, "prompt": "ab"}, headers=headers)
+        assert got == status, (headers, answer)
+    assert server.request("GET", "/api/status")[1]["tokens"] == before["tokens"]
+    same = {"Origin": server.url, "Content-Type": "application/json; charset=utf-8"}
+    got, answer = server.request("POST", "/v1/completions", body, headers=same)
+    assert got == 200 and len(answer["choices"][0]["text"]) == 50
+
+
+def test_a_body_that_arrives_too_slowly_or_not_at_all_is_refused_without_a_traceback(server):
+    import chargpt.serve
+
+    with socket.create_connection((server.host, server.port), timeout=chargpt.serve.BODY_SECONDS + 30) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"prompt\": ")
+        started = time.time()
+        res = http.client.HTTPResponse(sock)
+        res.begin()
+        answer = json.loads(res.read())
+    assert res.status == 408 and "did not arrive within" in answer["error"]["message"], answer
+    assert time.time() - started < chargpt.serve.BODY_SECONDS + 10
+    with socket.create_connection((server.host, server.port), timeout=30) as sock:  # hangs up mid-body
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"prompt\": ")
+    time.sleep(1)
+    assert server.request("GET", "/api/status")[0] == 200
+    assert "Traceback" not in server.log.read_text()
+
+
 def test_a_client_that_disconnects_stops_its_generation(server):
     _, before = server.request("GET", "/api/status")
     conn = http.client.HTTPConnection(server.host, server.port, timeout=60)
     conn.request("POST", "/v1/completions", body=json.dumps({"model": GPT_RUN, "prompt": "a", "stream": True,
-                                                             "max_tokens": MAX_NEW_TOKENS, "seed": 1}))
+                                                             "max_tokens": MAX_NEW_TOKENS, "seed": 1}),
+                 headers={"Content-Type": "application/json"})
     res = conn.getresponse()
     assert res.read(6) == b"data: "
     conn.sock.shutdown(2)
@@ -357,6 +418,45 @@ def test_serve_with_ckpt_serves_that_one_run(runs_dir):
         s.stop()
 
 
+def test_files_of_a_run_that_lead_out_of_it_or_never_end_are_not_read(runs_dir, tmp_path):
+    """A summary linked to a secret, a checkpoint linked to another run, a FIFO summary and a metrics log linked
+    to /dev/zero: the server reads none of them, never waits on one, and keeps answering. With --allowed-host
+    the server also answers under that name."""
+    served = tmp_path / "runs"
+    for name in ("linked", "fifo", "plain"):
+        shutil.copytree(runs_dir / GPT_RUN, served / name)
+    (tmp_path / "secret.json").write_text('{"secret": "do not serve"}')
+    (served / "linked" / "summary.json").unlink()
+    (served / "linked" / "summary.json").symlink_to(tmp_path / "secret.json")
+    (served / "linked" / "ckpt.pt").unlink()
+    (served / "linked" / "ckpt.pt").symlink_to(served / "plain" / "ckpt.pt")
+    (served / "fifo" / "summary.json").unlink()
+    os.mkfifo(served / "fifo" / "summary.json")
+    (served / "fifo" / "metrics.jsonl").unlink()
+    (served / "fifo" / "metrics.jsonl").symlink_to("/dev/zero")
+    s = Server("--runs", served, "--device", "cpu", "--allowed-host", "chargpt.example", cwd=tmp_path)
+    try:
+        for _ in range(12):  # more than any pool has threads: a read that waited would wedge the server
+            status, listing = s.request("GET", "/api/runs", timeout=20)
+            assert status == 200 and "do not serve" not in json.dumps(listing)
+        rows = {r["name"]: r for r in listing["runs"]}
+        assert "outside its run directory" in rows["linked"]["problem"] and not rows["linked"]["servable"]
+        assert "FIFO" in rows["fifo"]["problem"]
+        status, details = s.request("GET", "/api/runs/linked", timeout=20)
+        assert status == 200 and details["summary"] == {} and "do not serve" not in json.dumps(details)
+        status, details = s.request("GET", "/api/runs/fifo", timeout=20)
+        assert status == 200 and details["summary"] == {} and details["metrics"] == []
+        assert sorted(m["id"] for m in s.request("GET", "/v1/models")[1]["data"]) == ["fifo", "plain"]
+        status, answer = s.request("POST", "/v1/completions", {"model": "linked", "prompt": "a"}, timeout=20)
+        assert status == 404, answer
+        status, answer = s.request("POST", "/v1/completions", {"model": "plain", "prompt": "a", "max_tokens": 5},
+                                   headers={"Host": f"chargpt.example:{s.port}"}, timeout=60)
+        assert status == 200 and len(answer["choices"][0]["text"]) == 5
+    finally:
+        s.stop()
+    assert "Traceback" not in s.log.read_text()
+
+
 # -------------------------------------------------------------------------------------------- browser
 def chromium() -> str | None:
     return os.environ.get("CHARGPT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
@@ -413,3 +513,53 @@ def test_the_page_streams_text_and_draws_attention_in_a_real_browser(server, run
     while server.request("GET", "/api/status")[1]["streams"] and time.time() < deadline:
         time.sleep(0.1)
     assert server.request("GET", "/api/status")[1]["streams"] == 0
+
+
+OTHER_ORIGIN_PAGE = """<!doctype html><title>another site</title><script>
+async function attack(url) {
+  const body = JSON.stringify({model: "%s", prompt: "a", max_tokens: 500, seed: 3});
+  const plain = await fetch(url + "/v1/completions", {method: "POST", mode: "no-cors", body,
+                                                      headers: {"Content-Type": "text/plain"}})
+    .then(r => "sent " + r.type, e => "failed " + e);
+  const json = await fetch(url + "/v1/completions", {method: "POST", body,
+                                                     headers: {"Content-Type": "application/json"}})
+    .then(r => "read " + r.status, e => "failed " + e);
+  return [plain, json];
+}
+</script>""" % GPT_RUN
+
+
+@pytest.mark.slow
+def test_a_page_of_another_origin_cannot_run_a_completion_in_a_real_browser(server):
+    """A CORS "simple request" (text/plain, no preflight) from a page on another port once ran completions."""
+    browser_path = chromium()
+    if browser_path is None:
+        pytest.skip("browser tests skipped: no chromium here (Debian: apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests skipped: playwright is not installed "
+                                                                 "(pip install -e .[test])")
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(OTHER_ORIGIN_PAGE.encode())
+
+        def log_message(self, *args):
+            pass
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    _, before = server.request("GET", "/api/status")
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=browser_path, headless=True)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{other.server_address[1]}/")
+            plain, preflighted = page.evaluate("url => attack(url)", server.url)
+            browser.close()
+    finally:
+        other.shutdown()
+    assert plain == "sent opaque" and preflighted.startswith("failed"), (plain, preflighted)
+    _, after = server.request("GET", "/api/status")
+    assert after["tokens"] == before["tokens"]

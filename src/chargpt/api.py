@@ -3,7 +3,6 @@ then generate, score and plot. Each function writes and reads the same files as 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
 import tempfile
@@ -15,7 +14,7 @@ import torch
 from .config import Config, default_preset, get_preset, set_fields
 from .data import Dataset, load_dataset
 from .errors import ChargptError, CheckpointError, DataError
-from .rundir import RunDir, default_name, read_metrics
+from .rundir import SUMMARY, RunDir, default_name, read_metrics
 
 DEFAULT_DATA = "data/shakespeare"
 
@@ -127,8 +126,19 @@ class Run:
 
     @property
     def summary(self) -> dict:
-        path = self.path / "summary.json"
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        from .fsutil import read_json
+
+        path = self.path / SUMMARY
+        if not path.exists():
+            return {}
+        try:
+            summary = read_json(path, within=self.path)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"cannot read {path} ({getattr(e, 'strerror', None) or e}); the run's other "
+                                  f"records (metrics, checkpoint) are still there") from None
+        if not isinstance(summary, dict):
+            raise CheckpointError(f"{path} is not a JSON object; the run's other records are still there")
+        return summary
 
     @property
     def metrics(self) -> list[dict]:

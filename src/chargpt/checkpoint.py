@@ -11,7 +11,7 @@ import torch
 
 from .config import Config
 from .errors import ChargptError, CheckpointError, ConfigError
-from .fsutil import load_torch, refused_global, save_torch
+from .fsutil import ReadRefused, load_torch, refused_global, save_torch
 from .model import LanguageModel, build_model
 from .optim import make_optimizers
 from .tokenizer import CharTokenizer
@@ -77,10 +77,16 @@ def digest(state: dict) -> str:
 
 
 def load(path: str | os.PathLike) -> dict:
-    """Read a checkpoint's contents; never unpickles arbitrary objects."""
+    """Read a checkpoint's contents; never unpickles arbitrary objects. The checkpoint of a run directory is
+    read only from inside it (a symlink out of the run is refused); a checkpoint file named directly is the
+    user's choice, wherever it leads."""
+    run_dir = Path(path) if Path(path).is_dir() else None
     path = resolve(path)
     try:
-        state = load_torch(path)
+        state = load_torch(path, within=run_dir)
+    except ReadRefused as e:
+        raise CheckpointError(f"cannot read {path}: it is {e.strerror}; pass a checkpoint file written by "
+                              f"`chargpt train`") from None
     except PermissionError as e:
         raise CheckpointError(f"cannot read {path} ({e.strerror or e}); check its permissions") from None
     except Exception as e:  # a damaged file can fail inside zip, pickle or storage code: all mean the same here

@@ -360,7 +360,7 @@ def cmd_serve(args) -> int:
 
     runs = ServedRuns(runs_dir=None if args.ckpt else args.runs, ckpt=args.ckpt, device=resolve_device(args.device))
     try:
-        serve(runs, host=args.host, port=args.port)
+        serve(runs, host=args.host, port=args.port, allowed_hosts=tuple(args.allowed_host))
     except KeyboardInterrupt:  # SIGTERM (or Ctrl-C), re-raised by uvicorn after its graceful shutdown
         print("chargpt serve: stopped", file=sys.stderr)
     return 0
@@ -510,6 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--ckpt", default=None, metavar="RUN", help="serve only this run directory or checkpoint")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (others reach the API if not local)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests that name the server NAME (a DNS name pointing at it; repeatable); "
+                        "others get 403, so that no web page can reach the server through a name of its own")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.set_defaults(func=cmd_serve)
     return parser

@@ -239,9 +239,11 @@ def apply_overrides(config: Config, args: argparse.Namespace) -> list[str]:
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Fields from a run's config.json, or a TOML or JSON file of fields (flat, or in model/train tables)."""
+    from .fsutil import read_bytes
+
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_bytes(path).decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read config file {path} ({getattr(e, 'strerror', None) or e}); "
                           f"pass a config.json of a run or a TOML/JSON file of fields") from None
@@ -249,6 +251,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         values = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'} ({e})") from None
+    except RecursionError:
+        raise ConfigError(f"{path} is nested too deeply; write a table of config fields, e.g. {{\"n_layer\": 4}}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path} must hold a table of config fields, e.g. {{\"n_layer\": 4}}")
     return values

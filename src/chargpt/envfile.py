@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 ENV_FILE = ".env"
+ENV_LIMIT = 16 << 10  # keys and settings take a few hundred bytes; python-dotenv needs seconds for a megabyte
 _read: set[Path] = set()  # files already read by this process: one line each, however many callers ask
 
 
@@ -18,11 +19,13 @@ def load_env_file(directory: str | os.PathLike | None = None, *, say=print) -> P
     """Read `<directory or cwd>/.env` into `os.environ` (variables already set win) once per process and say in
     one line which file was read; return its path, or None when there is none."""
     path = Path(directory or Path.cwd()).resolve() / ENV_FILE
-    if path in _read or not path.is_file():
+    if path in _read or not path.exists():
         return path if path in _read else None
     _read.add(path)
+    from .fsutil import read_bytes
+
     try:
-        raw = path.read_bytes()
+        raw = read_bytes(path, ENV_LIMIT)
     except OSError as e:
         _warn(path, f"cannot be read ({e.strerror}); going on without it")
         return None

@@ -1,8 +1,12 @@
 """Safe writes and reads of files: every output goes through `atomic_path` (a temporary file in the same
 directory, fsync, then a rename over the target), which replaces only regular files (never a device, FIFO,
 socket, directory or symlink the user named), turns a full disk into one clear error, and names its
-temporaries so that a later run can remove those a killed process left. Tensor files are read one way:
-`torch.load(..., weights_only=True)`, which never runs code from a file."""
+temporaries so that a later run can remove those a killed process left.
+
+Every input goes through `open_regular`: a regular file only (a FIFO would wait forever, a device could return
+anything), never more than a size cap, and, for a file found inside a run directory, never through a symlink
+that leads out of it. Tensor files are read one way: `torch.load(..., weights_only=True)`, which never runs
+code from a file."""
 from __future__ import annotations
 
 import errno
@@ -14,7 +18,7 @@ import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 import torch
 
@@ -57,6 +61,86 @@ def not_regular(path: str | os.PathLike) -> str | None:
     if stat.S_ISREG(mode):
         return None
     return kind_of(path) if not os.path.islink(path) else f"a symbolic link to {kind_of(os.path.realpath(path))}"
+
+
+READ_LIMIT = 64 << 20  # a JSON record (config, summary, a --config file): far more than chargpt ever writes
+METRICS_LIMIT = 1 << 30  # a metrics log grows a line per logged step
+
+
+class ReadRefused(OSError):
+    """A file chargpt will not read: not a regular file, too large, or a symlink out of its run directory.
+    An OSError, so that every reader's handling of an unreadable file covers it; `strerror` says why."""
+
+
+def read_problem(path: str | os.PathLike, within: str | os.PathLike | None = None) -> str | None:
+    """Why `path` would be refused by `open_regular` (None: it would be read), without opening it."""
+    try:
+        _target(Path(path), within)
+    except ReadRefused as e:
+        return e.strerror
+    except OSError as e:
+        return "missing" if isinstance(e, (FileNotFoundError, NotADirectoryError)) else (e.strerror or str(e))
+    return None
+
+
+def _target(path: Path, within: str | os.PathLike | None) -> Path:
+    """The file `path` leads to, checked to be a regular file (inside `within`, when given) before it is opened:
+    opening a FIFO would wait for a writer, opening some devices acts on them."""
+    target = Path(os.path.realpath(path)) if os.path.islink(path) else path  # then opened without following
+    if within is not None and target is not path:
+        base = os.path.realpath(within)
+        if os.path.commonpath([base, target]) != base:
+            raise ReadRefused(errno.EACCES, f"a symbolic link to {target}, outside its run directory {within}", str(path))
+    mode = os.stat(target).st_mode
+    if not stat.S_ISREG(mode):
+        raise ReadRefused(errno.EINVAL, f"{not_regular(target)}, not a regular file", str(path))
+    return target
+
+
+@contextmanager
+def open_regular(path: str | os.PathLike, within: str | os.PathLike | None = None) -> Iterator[BinaryIO]:
+    """`path` opened for reading, if it is a regular file; with `within` (its run directory), a symlink is
+    followed only to a file inside that directory. Raises ReadRefused (an OSError) otherwise.
+
+    The file is opened without blocking and without following a link, then checked again on the open
+    descriptor: nothing swapped in between the check and the open is read."""
+    target = _target(Path(path), within)
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(target, flags)
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # became a symlink since the check
+            raise ReadRefused(errno.ELOOP, "a symbolic link that changed while it was read", str(path)) from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ReadRefused(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        yield f
+
+
+def read_bytes(path: str | os.PathLike, limit: int = READ_LIMIT, within: str | os.PathLike | None = None) -> bytes:
+    """The contents of the regular file `path` (see `open_regular`); a file over `limit` bytes is refused
+    rather than read into memory."""
+    with open_regular(path, within) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ReadRefused(errno.EFBIG, f"over {limit:,} bytes, more than chargpt reads from such a file", str(path))
+    return data
+
+
+def read_json(path: str | os.PathLike, limit: int = READ_LIMIT, within: str | os.PathLike | None = None) -> Any:
+    """The JSON value in `path` (read by `read_bytes`); ValueError for text that is not JSON (or nested too deeply
+    to parse)."""
+    try:
+        return json.loads(read_bytes(path, limit, within).decode("utf-8"))
+    except RecursionError:
+        raise ValueError(f"{path} is nested too deeply to be a chargpt file") from None
 
 
 def _temp_prefix(path: Path) -> str:
@@ -156,11 +240,13 @@ def write_failed(tmp: Path, path: str | os.PathLike) -> OSError:
     return OSError(code, os.strerror(code), str(path))
 
 
-def load_torch(path: str | os.PathLike, **kwargs) -> Any:
-    """Read a torch file building only tensors and plain containers; a file that would run code is refused."""
+def load_torch(path: str | os.PathLike, within: str | os.PathLike | None = None, mmap: bool = False) -> Any:
+    """Read a torch file building only tensors and plain containers; a file that would run code is refused.
+    `path` is checked as `open_regular` checks it; `mmap` maps the storages instead of reading them."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch warns about pickle protocols of files it then refuses: not news
-        return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
+        with open_regular(path, within) as f:  # torch maps only a file it opens by name: the one just checked
+            return torch.load(os.path.realpath(path) if mmap else f, map_location="cpu", weights_only=True, mmap=mmap)
 
 
 def refused_global(error: BaseException) -> str | None:

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CheckpointError, ConfigError
-from .fsutil import append_line, kind_of, not_regular, remove_stale_temporaries, write_json, write_text
+from .fsutil import (METRICS_LIMIT, append_line, kind_of, read_bytes, read_json, read_problem, remove_stale_temporaries,
+                     write_json, write_text)
 
 CONFIG, METRICS, SUMMARY, SAMPLE, CKPT, BEST, PLOT = ("config.json", "metrics.jsonl", "summary.json", "sample.txt",
                                                      "ckpt.pt", "best.pt", "loss.png")
@@ -85,7 +86,7 @@ class RunDir:
         if not path.is_file():
             return
         kept = "".join(json.dumps(r) + "\n" for r in read_metrics(self.path) if r.get("step", 0) <= step)
-        if kept != path.read_bytes().decode("utf-8", errors="replace"):
+        if kept != read_bytes(path, METRICS_LIMIT, within=self.path).decode("utf-8", errors="replace"):
             write_text(path, kept)
 
     def write_summary(self, summary: dict) -> None:
@@ -131,21 +132,21 @@ def check_run_name(name: str) -> None:
 
 
 def run_problem(path: Path) -> str | None:
-    """What is wrong with the files of run directory `path` (config, summary, metrics log), if anything."""
-    for name in (CONFIG, SUMMARY, METRICS):
-        kind = not_regular(path / name)
-        if kind and kind != "missing":
-            return f"{name} is {kind}"
+    """What is wrong with the files of run directory `path` (config, summary, metrics log, checkpoints), if anything."""
+    for name in (CONFIG, SUMMARY, METRICS, CKPT, BEST):
+        problem = read_problem(path / name, within=path)
+        if problem and problem != "missing":
+            return f"{name} is {problem}"
     if (path / CONFIG).exists():  # a checkpoint alone (copied by hand) is a run too
         try:
-            config = json.loads((path / CONFIG).read_bytes().decode("utf-8"))
+            config = read_json(path / CONFIG, within=path)
         except (OSError, ValueError) as e:
             return f"{CONFIG} is unreadable ({e.__class__.__name__})"
         if not isinstance(config, dict) or not isinstance(config.get("model"), dict) or not isinstance(config.get("train"), dict):
             return f"{CONFIG} is not a chargpt run config (an object with model and train)"
     if (path / SUMMARY).exists():
         try:
-            summary = json.loads((path / SUMMARY).read_bytes().decode("utf-8"))
+            summary = read_json(path / SUMMARY, within=path)
         except (OSError, ValueError) as e:
             return f"{SUMMARY} is unreadable ({e.__class__.__name__})"
         if not isinstance(summary, dict):
@@ -160,7 +161,7 @@ def run_problem(path: Path) -> str | None:
 def metrics_problem(path: Path) -> None:
     """Raise ValueError naming the first damaged line of the metrics log (a torn last line is a crash's, not damage)."""
     try:
-        lines = (Path(path) / METRICS).read_bytes().decode("utf-8").splitlines()
+        lines = read_bytes(Path(path) / METRICS, METRICS_LIMIT, within=path).decode("utf-8").splitlines()
     except FileNotFoundError:
         return
     except (OSError, ValueError) as e:
@@ -195,12 +196,13 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     """Records of a metrics log; a torn last line (crash mid-write) is skipped, and so is any line that is not a
     record of numbers (a hand edit): readers may rely on the types."""
     out = []
-    file = Path(path) / METRICS
-    if not_regular(file) not in (None, "missing"):  # a FIFO or a device: nothing chargpt wrote, never waited on
-        return out
     try:
-        lines = file.read_bytes().decode("utf-8", errors="replace").splitlines()
+        lines = read_bytes(Path(path) / METRICS, METRICS_LIMIT, within=path).decode("utf-8", errors="replace").splitlines()
     except FileNotFoundError:
+        return out
+    except OSError:  # a FIFO, a device, a link out of the run: nothing chargpt wrote (run_problem names it)
+        if not Path(path).is_dir():
+            raise
         return out
     for line in lines:
         try:

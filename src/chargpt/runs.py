@@ -4,7 +4,6 @@ A run without `summary.json` did not finish (still training, stopped or crashed)
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -12,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ChargptError, CheckpointError
-from .fsutil import not_regular
+from .fsutil import read_json
 from .progress import format_duration
 from .rundir import BEST, CONFIG, METRICS, SUMMARY, read_metrics, run_problem
 
@@ -39,7 +38,7 @@ class RunInfo:
 
 def _read_json(path: Path) -> dict:
     try:
-        value = json.loads(path.read_bytes().decode("utf-8")) if not not_regular(path) else {}
+        value = read_json(path, within=path.parent)
     except (OSError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
@@ -95,7 +94,7 @@ def read_run(path: str | os.PathLike) -> RunInfo:
             problem = f"{CONFIG} does not describe a valid model"
         elif params is not None and params > ABSURD_PARAMS and problem is None:
             problem = f"{CONFIG} describes a model of {params:.3g} parameters, more than any machine holds"
-    mtimes = [p.stat().st_mtime for p in (path / CONFIG, path / METRICS, path / SUMMARY) if p.exists()]
+    mtimes = [p.lstat().st_mtime for p in (path / CONFIG, path / METRICS, path / SUMMARY) if p.is_symlink() or p.exists()]
     return RunInfo(
         name=path.name, path=path,
         model=_of(str, summary.get("model")) or _of(str, model_config.get("model")),

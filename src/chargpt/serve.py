@@ -4,10 +4,15 @@ checkpoints, one Starlette app on uvicorn. Completions stream as server-sent eve
 Every request samples with its own seeded generator and key/value cache through `chargpt.engine.Engine`,
 so a completion is exactly what `chargpt sample` prints for the same seed. Run names are looked up in the
 served runs directory's listing, never joined into a path, so no request can reach another file.
+
+Web pages the user visits must not drive the server: a request whose Host is not one of the server's names is
+refused (a DNS-rebinding page sends its own name), so is one sent from a page of another origin, and the JSON
+endpoints take only `application/json` bodies, which a page of another origin cannot send without asking first.
 """
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import math
 import os
@@ -18,26 +23,32 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .checkpoint import CKPT_NAME, load_model, resolve
 from .engine import Engine
 from .errors import ChargptError, ConfigError, VocabularyError
+from .fsutil import read_json, read_problem
 from .model import GPT, window_start
-from .rundir import CONFIG, METRICS, SUMMARY, read_metrics
+from .rundir import CONFIG, SUMMARY, read_metrics
 from .runs import read_run
 
 MAX_PROMPT_CHARS = 10_000  # longer prompts are refused (the model only sees its last block_size anyway)
 MAX_NEW_TOKENS = 20_000  # the most characters one completion may ask for
 MAX_BODY_BYTES = 1 << 20
+BODY_SECONDS = 10.0  # a request body that takes longer to arrive is refused: a slow client holds nothing for long
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 MAX_TEMPERATURE = 2.0  # OpenAI's range
 BURST_SECONDS = 0.03  # a streamed chunk holds what was sampled in this long: smooth text, few events
 # Concurrent streams take turns, a burst each, instead of decoding at once: a one-token step is hundreds of tiny
@@ -111,8 +122,10 @@ class ServedRuns:
 
     @staticmethod
     def checkpoint(path: Path) -> Path | None:
-        ckpt = path / CKPT_NAME if path.is_dir() else path
-        return ckpt if ckpt.is_file() else None
+        """The checkpoint of a run directory (or the lone checkpoint file), if there is one chargpt would read."""
+        if path.is_dir():
+            return path / CKPT_NAME if read_problem(path / CKPT_NAME, within=path) is None else None
+        return path if read_problem(path) is None else None
 
     def servable(self) -> list[str]:
         """Names of the runs with a checkpoint, newest first."""
@@ -136,7 +149,7 @@ class ServedRuns:
         with self._lock:  # one load per checkpoint version, however many requests ask at once
             cached = self._loaded.get(name)
             if cached is None or cached.version != version:
-                model, tok, state = load_model(ckpt, self.device)
+                model, tok, state = load_model(ckpt.parent if ckpt.name == CKPT_NAME else ckpt, self.device)
                 cached = self._loaded[name] = Loaded(model, tok, state["step"], version)
         return name, cached
 
@@ -158,29 +171,101 @@ class ServedRuns:
         path = self.path(name)
         folder = path if path.is_dir() else path.parent
         return {"name": name, "config": _read_json(folder / CONFIG), "summary": _read_json(folder / SUMMARY),
-                "metrics": read_metrics(folder) if (folder / METRICS).is_file() else []}
+                "metrics": read_metrics(folder)}
 
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        value = read_json(path, within=path.parent)
     except (OSError, ValueError):
         return {}
+    return value if isinstance(value, dict) else {}
+
+
+# --------------------------------------------------------------------------------------------- guard
+class Hosts:
+    """The names a request's Host may carry: the address the server listens on, the loopback names, and the
+    names given with --allowed-host. Listening on every address (0.0.0.0, ::) also admits any IP address: a
+    DNS-rebinding page can only send a name it owns, never a bare address."""
+
+    def __init__(self, listen: str = "127.0.0.1", allowed: tuple[str, ...] = ()):
+        self.names = {_hostname(h) for h in (listen, *LOOPBACK_NAMES, *allowed)}
+        self.any_address = _is_address(listen) and ipaddress.ip_address(listen.strip("[]")).is_unspecified
+
+    def admit(self, hostname: str) -> bool:
+        return hostname in self.names or (self.any_address and _is_address(hostname))
+
+
+def _hostname(host: str) -> str:
+    """`host` (a Host header value: name, address, [v6 address], with or without :port) as a bare lower-case name."""
+    try:
+        name = urlsplit(f"//{host}").hostname
+    except ValueError:
+        return ""
+    return name or ""
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def refusal(headers: Headers, hosts: Hosts) -> str | None:
+    """Why a request is refused before any route sees it (403), or None."""
+    host = headers.get("host", "")
+    if not hosts.admit(_hostname(host)):
+        return (f"Host {host!r} is not a name of this server; open it by the address it printed, or start it "
+                f"with --allowed-host {_hostname(host) or 'NAME'} to serve under that name")
+    origin = headers.get("origin")
+    if origin is not None and origin.lower() != f"http://{host}".lower():
+        return (f"requests from pages of another origin ({origin}) are refused: only this server's own page "
+                f"and clients that send no Origin (curl, the OpenAI client) may use it")
+    return None
+
+
+class Guard:
+    """Every request passes `refusal` before routing: the same protection on every route, present and future."""
+
+    def __init__(self, app, hosts: Hosts):
+        self.app, self.hosts = app, hosts
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            problem = refusal(Headers(scope=scope), self.hosts)
+            if problem:
+                await error_response(403, problem, code="forbidden")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 # ------------------------------------------------------------------------------------- parameters
 async def read_body(request: Request) -> dict:
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        raise RequestError(415, f"the request body must be sent as Content-Type: application/json, "
+                                f"not {kind or 'nothing'}")
     size = 0
     chunks = []
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise RequestError(413, f"request body over {MAX_BODY_BYTES:,} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(BODY_SECONDS):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise RequestError(413, f"request body over {MAX_BODY_BYTES:,} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestError(408, f"the request body did not arrive within {BODY_SECONDS:g} s") from None
+    except ClientDisconnect:
+        raise RequestError(400, "the client went away before sending the whole body") from None
     try:
         body = json.loads(b"".join(chunks))
     except (ValueError, UnicodeDecodeError) as e:
         raise RequestError(400, f"the request body is not valid JSON ({e}); send a JSON object") from None
+    except RecursionError:
+        raise RequestError(400, "the request body is nested too deeply; send a flat JSON object") from None
     if not isinstance(body, dict):
         raise RequestError(400, "the request body must be a JSON object")
     return body
@@ -245,19 +330,20 @@ class Sampling:
                                     f"{', '.join(sorted(COMPLETION_FIELDS))}", unknown[0])
         for name, allowed in (("n", 1), ("best_of", 1), ("logprobs", None), ("suffix", None),
                               ("presence_penalty", 0), ("frequency_penalty", 0)):
-            if body.get(name) not in (None, allowed):
+            value = body.get(name)
+            if value is not None and not (type(value) is type(allowed) and value == allowed):  # true is not 1
                 raise RequestError(400, f"'{name}' is not supported here (only {json.dumps(allowed)})", name)
         if body.get("logit_bias") not in (None, {}):
             raise RequestError(400, "'logit_bias' is not supported here", "logit_bias")
         for name in ("stream", "echo"):
             if not isinstance(body.get(name, False), bool):
                 raise RequestError(400, f"'{name}' must be true or false", name)
-        options = body.get("stream_options") or {}
+        options = {} if body.get("stream_options") is None else body["stream_options"]
         if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
             raise RequestError(400, "'stream_options' must be an object like {\"include_usage\": true}",
                                "stream_options")
         stop = body.get("stop")
-        stop = [stop] if isinstance(stop, str) else (stop or [])
+        stop = [stop] if isinstance(stop, str) else ([] if stop is None else stop)
         if (not isinstance(stop, list) or len(stop) > 4
                 or not all(isinstance(s, str) and 0 < len(s) <= 100 for s in stop)):
             raise RequestError(400, "'stop' must be a string or a list of at most 4 non-empty strings", "stop")
@@ -268,7 +354,7 @@ class Sampling:
             prompt=text_field(body, "prompt"),
             max_tokens=number(body, "max_tokens", 16, 0, MAX_NEW_TOKENS, integer=True),
             temperature=float(number(body, "temperature", 1.0, 0.0, MAX_TEMPERATURE)),
-            top_k=None if top_k in (None, -1, 0) else number(body, "top_k", None, 1, 1 << 20, integer=True),
+            top_k=None if top_k is None or (type(top_k) is int and top_k in (-1, 0)) else number(body, "top_k", None, 1, 1 << 20, integer=True),
             top_p=None if body.get("top_p") is None else float(number(body, "top_p", 1.0, 0.0, 1.0, open_lo=True)),
             seed=secrets.randbits(64) if seed is None else seed,
             stream=body.get("stream", False), echo=body.get("echo", False),
@@ -392,9 +478,18 @@ class Counters:
 
 
 # ------------------------------------------------------------------------------------------- handlers
-def create_app(runs: ServedRuns) -> Starlette:
+def create_app(runs: ServedRuns, hosts: Hosts | None = None) -> Guard:
     counters = Counters()
-    in_thread = asyncio.to_thread
+    # Sampling and reading files run on pools of their own: a burst of streams waiting for their turn to decode
+    # must not leave the runs listing (or a model's first load) queueing behind them.
+    sampling_pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="chargpt-sample")
+    files_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="chargpt-files")
+
+    async def sampling(fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(sampling_pool, fn, *args)
+
+    async def files(fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(files_pool, fn, *args)
 
     async def page(request: Request) -> Response:
         return Response(_static("index.html"), media_type="text/html; charset=utf-8")
@@ -420,17 +515,17 @@ def create_app(runs: ServedRuns) -> Starlette:
         return JSONResponse(model_card(name))
 
     async def run_list(request: Request) -> Response:
-        return JSONResponse({"runs": await in_thread(runs.info), "default": (runs.servable() or [None])[0]})
+        return JSONResponse({"runs": await files(runs.info), "default": (await files(runs.servable) or [None])[0]})
 
     async def run_details(request: Request) -> Response:
-        return JSONResponse(await in_thread(runs.details, request.path_params["name"]))
+        return JSONResponse(await files(runs.details, request.path_params["name"]))
 
     async def status(request: Request) -> Response:
         return JSONResponse({"streams": counters.active, "tokens": counters.tokens})
 
     async def completions(request: Request) -> Response:
         params = Sampling.parse(await read_body(request))
-        name, loaded = await in_thread(runs.load, params.model)
+        name, loaded = await files(runs.load, params.model)
         gen = Generation(loaded, params, runs.device, counters)
         meta = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
                 "model": name}
@@ -449,7 +544,7 @@ def create_app(runs: ServedRuns) -> Starlette:
                 while not gen.done:
                     if await request.is_disconnected():
                         break
-                    parts.append(await in_thread(gen.burst))
+                    parts.append(await sampling(gen.burst))
             finally:
                 gen.end()
             return JSONResponse({**meta, "choices": [{"text": "".join(parts), "index": 0, "logprobs": None,
@@ -460,7 +555,7 @@ def create_app(runs: ServedRuns) -> Starlette:
                 if params.echo:
                     yield chunk(params.prompt, None)
                 while not gen.done:
-                    text = await in_thread(gen.burst)
+                    text = await sampling(gen.burst)
                     if text:
                         yield chunk(text, None)
                 yield chunk("", gen.finish_reason)
@@ -479,8 +574,8 @@ def create_app(runs: ServedRuns) -> Starlette:
         if not prompt:
             raise RequestError(400, "'prompt' must hold at least one character", "prompt")
         query = number(body, "query", None, -len(prompt), len(prompt) - 1, integer=True)
-        name, loaded = await in_thread(runs.load, body.get("model"))
-        return JSONResponse(await in_thread(attention_json, name, loaded, prompt, query, runs.device))
+        name, loaded = await files(runs.load, body.get("model"))
+        return JSONResponse(await sampling(attention_json, name, loaded, prompt, query, runs.device))
 
     async def not_found(request: Request, exc: HTTPException) -> Response:
         return error_response(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
@@ -501,7 +596,7 @@ def create_app(runs: ServedRuns) -> Starlette:
         Route("/api/attention", attention, methods=["POST"]), Route("/api/status", status),
     ]
     handlers = {HTTPException: not_found, RequestError: refused, ChargptError: failed, Exception: failed}
-    return Starlette(routes=routes, exception_handlers=handlers)
+    return Guard(Starlette(routes=routes, exception_handlers=handlers), hosts or Hosts())
 
 
 def attention_json(name: str, loaded: Loaded, prompt: str, query: int | None, device: torch.device) -> dict:
@@ -554,8 +649,9 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(runs: ServedRuns, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve until interrupted; prints the URL (with the port actually bound, so --port 0 works)."""
+def serve(runs: ServedRuns, host: str = "127.0.0.1", port: int = 8000, allowed_hosts: tuple[str, ...] = ()) -> None:
+    """Serve until interrupted; prints the URL (with the port actually bound, so --port 0 works). Requests must
+    name the server by `host`, a loopback name or one of `allowed_hosts` (see `Hosts`)."""
     import uvicorn
 
     sock = bind(host, port)
@@ -567,5 +663,5 @@ def serve(runs: ServedRuns, host: str = "127.0.0.1", port: int = 8000) -> None:
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {host}: anyone who reaches this address can use the API (no authentication)",
               file=sys.stderr, flush=True)
-    config = uvicorn.Config(create_app(runs), log_level="warning", access_log=False, timeout_graceful_shutdown=2)
+    config = uvicorn.Config(create_app(runs, Hosts(host, allowed_hosts)), log_level="warning", access_log=False, timeout_graceful_shutdown=2)
     uvicorn.Server(config).run(sockets=[sock])

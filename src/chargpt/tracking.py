@@ -443,8 +443,8 @@ def separate_best(run_path: Path) -> int | None:
     from .fsutil import load_torch
 
     try:
-        best_step = int(load_torch(Path(run_path) / BEST, mmap=True)["step"])
-        return None if best_step == int(load_torch(Path(run_path) / CKPT, mmap=True)["step"]) else best_step
+        best_step = int(load_torch(Path(run_path) / BEST, within=run_path, mmap=True)["step"])
+        return None if best_step == int(load_torch(Path(run_path) / CKPT, within=run_path, mmap=True)["step"]) else best_step
     except Exception:  # no best.pt, or one that cannot be read: `best` goes to the final checkpoint
         return None
 
