@@ -17,8 +17,9 @@ import torch
 from chargpt import __version__
 from chargpt import provenance
 from chargpt.data import load_dataset, prepare
-from chargpt.tracking import (INIT_TIMEOUT, NullTracker, WandbTracker, dataset_artifact_name, default_run_name,
-                              download_dataset, separate_best)
+from chargpt.tracking import run_config, separate_best
+from chargpt.tracking_wandb import (INIT_TIMEOUT, WandbTracker, dataset_artifact_name, default_run_name,
+                                    download_dataset)
 
 BIGRAM = ["--preset", "bigram", "--max-steps", "20", "--eval-interval", "10", "--eval-iters", "2",
           "--log-interval", "5", "--sample-tokens", "20"]
@@ -249,10 +250,11 @@ class BrokenRun:
 
 def test_a_failing_wandb_call_is_one_warning_and_then_the_tracker_goes_quiet(capsys, tmp_path):
     broken = BrokenRun()
-    tracker = WandbTracker(broken, "train-x")
+    tracker = WandbTracker(name="train-x")
+    tracker.run = broken  # as start() leaves it
     for step in range(3):
         tracker.log({"loss": 1.0}, step)
-    tracker.finish({"steps": 3, "val_loss_full": 1.0}, None)
+    tracker.finish({"steps": 3, "val_loss_full": 1.0})
     err = capsys.readouterr().err.splitlines()
     assert err == ["warning: wandb: logging metrics failed; training goes on without wandb "
                    "(ConnectionResetError: wandb-core went away)"]
@@ -262,8 +264,10 @@ def test_a_failing_wandb_call_is_one_warning_and_then_the_tracker_goes_quiet(cap
 def test_disabled_mode_gives_a_tracker_that_does_nothing(dataset_dir, wandb_dir):
     from chargpt.config import get_preset
 
-    tracker = WandbTracker.start(get_preset("bigram"), None, load_dataset(dataset_dir), mode="disabled")
-    assert isinstance(tracker, NullTracker)
+    data = load_dataset(dataset_dir)
+    tracker = WandbTracker(mode="disabled")
+    tracker.start(None, run_config(get_preset("bigram"), None, data, "bigram"), data)
+    assert tracker.run is None
     assert not (wandb_dir / "wandb").exists()
 
 
@@ -338,8 +342,10 @@ def test_wandb_mode_disabled_from_the_environment_tracks_nothing_with_one_line(s
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    tracker = WandbTracker.start(get_preset("bigram"), None, load_dataset(small_dataset))
-    assert isinstance(tracker, NullTracker)
+    data = load_dataset(small_dataset)
+    tracker = WandbTracker()
+    tracker.start(None, run_config(get_preset("bigram"), None, data, None), data)
+    assert tracker.run is None
     assert capsys.readouterr().out.splitlines() == ["wandb: WANDB_MODE=disabled, so not tracking train-bigram-baseline"]
     assert not (wandb_dir / "wandb").exists()
 
@@ -349,8 +355,10 @@ def test_the_python_api_reads_the_dotenv_file_too(small_dataset, wandb_dir, tmp_
 
     (tmp_path / ".env").write_text("WANDB_MODE=disabled\n")
     monkeypatch.chdir(tmp_path)
-    tracker = WandbTracker.start(get_preset("bigram"), None, load_dataset(small_dataset), mode="auto")
-    assert isinstance(tracker, NullTracker)
+    data = load_dataset(small_dataset)
+    tracker = WandbTracker(mode="auto")
+    tracker.start(None, run_config(get_preset("bigram"), None, data, None), data)
+    assert tracker.run is None
     assert capsys.readouterr().out.splitlines() == [
         f"read {tmp_path / '.env'}: WANDB_MODE", "wandb: WANDB_MODE=disabled, so not tracking train-bigram-baseline"]
 
@@ -407,8 +415,8 @@ def test_resume_continues_the_same_wandb_run_with_images_and_model_aliases(small
 
 def test_wandb_credentials_notice_stays_silent(tmp_path):
     """wandb prints "wandb: [wandb.login()] Loaded credentials ..." unless WANDB_SILENT is set when its settings are
-    first made (chargpt's key check makes them): importing chargpt.tracking sets it (issue 11)."""
-    code = ("from chargpt import tracking\n"
+    first made (chargpt's key check makes them): importing chargpt.tracking_wandb sets it (issue 11)."""
+    code = ("from chargpt import tracking_wandb as tracking\n"
             "assert tracking.is_logged_in()\n"
             "from wandb.sdk import wandb_setup\n"
             "from wandb.sdk.lib.wbauth import authenticate_session\n"

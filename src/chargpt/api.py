@@ -7,16 +7,17 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 
-from .config import Config, default_preset, get_preset, set_fields
+from .config import Config
 from .data import Dataset, load_dataset
-from .errors import ChargptError, CheckpointError, DataError
-from .rundir import SUMMARY, RunDir, default_name, read_metrics
+from .errors import ChargptError, CheckpointError, ConfigError, DataError
+from .rundir import SUMMARY, read_metrics
 
-DEFAULT_DATA = "data/shakespeare"
+if TYPE_CHECKING:
+    from .tracking import Tracker
 
 
 def prepare(source: str | os.PathLike, out: str | os.PathLike | None = None, val_fraction: float = 0.1,
@@ -64,32 +65,45 @@ def in_jupyter() -> bool:
     return type(shell).__name__ == "ZMQInteractiveShell"
 
 
-def train(preset: str | None = None, data: Dataset | str | os.PathLike = DEFAULT_DATA, *, out_dir="runs",
-          name: str | None = None, verbose: bool = True, **overrides) -> "Run":
-    """Train in this process and return the `Run` (its directory is the one `chargpt train` writes).
+def train(preset: str | None = None, data: Dataset | str | os.PathLike | None = None, *,
+          resume: str | os.PathLike | None = None, init_from: str | os.PathLike | None = None,
+          config: str | os.PathLike | None = None, out_dir: str | os.PathLike = "runs", name: str | None = None,
+          tracker: "str | Tracker | None" = None, wandb: bool = False, verbose: bool = True, **fields) -> "Run":
+    """Train in this process and return the `Run`: what `chargpt train` does with the same arguments.
 
-    `preset` is a named configuration (default: lecture on CUDA, cpu elsewhere); any config field is a
-    keyword (`n_layer=4`, `time_budget="2m"`). The vocabulary, and so the head's size, come from `data`."""
-    from .device import resolve_device
-    from .training import finish, loop, setup
+    `preset` is a named configuration (default: lecture on CUDA, cpu elsewhere), `config` a config file, and any
+    config field is a keyword (`n_layer=4`, `time_budget="2m"`); the vocabulary, and so the head's size, come from
+    `data` (default: data/shakespeare). `resume` continues a run directory; `init_from` fine-tunes a run's
+    weights on `data`. `tracker` is "tensorboard", "wandb" (or `wandb=True`) or a `chargpt.tracking.Tracker`.
+    `verbose=False` shows nothing."""
+    from .plan import TrainRequest, plan_training
 
-    data = data if isinstance(data, Dataset) else load_dataset(data)
-    preset = preset or default_preset(resolve_device(str(overrides.get("device", "auto"))).type)
-    config = get_preset(preset)
-    set_fields(config, overrides, "train()")
-    config.model.vocab_size = data.tokenizer.vocab_size
-    config.validate()
-    data.check_block_size(config.model.block_size)
-    from .resources import check_train_fits
+    _check_keywords(fields)
+    if wandb and tracker not in (None, "wandb"):
+        raise ConfigError(f"wandb=True and tracker={tracker!r} name two trackers; pass one")
+    request = TrainRequest(preset=preset, config_file=config, fields=fields, fields_from="train()", data=data,
+                           resume=resume, init_from=init_from, out_dir=out_dir, name=name,
+                           tracker="wandb" if wandb else tracker)
+    echo = print if verbose else None
+    t, _ = plan_training(request, echo=echo).run(echo=echo, notebook=verbose and in_jupyter())
+    return Run(t.run.path, _model=t.model.eval(), _tokenizer=t.data.tokenizer)
 
-    check_train_fits(config, resolve_device(config.train.device))  # a size that cannot fit: an error, not the OOM killer
-    run_dir = RunDir.create(out_dir, name or default_name(config.model.model, preset), unique=name is None)
-    echo = print if verbose else (lambda *_: None)
-    t = setup(config, data, run_dir, preset=preset, data_dir=str(data.path), echo=echo)
-    t.notebook = verbose and in_jupyter()  # a tqdm.auto bar there; a script's log gets the CLI's lines
-    loop(t)
-    finish(t)
-    return Run(run_dir.path, _model=t.model.eval(), _tokenizer=data.tokenizer)
+
+def _check_keywords(given: dict) -> None:
+    """Refuse a keyword `train` does not use, as Python does, naming those it takes."""
+    import difflib
+    import inspect
+
+    from .config import config_fields
+
+    known = {f.name for _, f in config_fields()}
+    unknown = [k for k in given if k not in known]
+    if unknown:
+        own = [p for p in inspect.signature(train).parameters if p != "fields"]
+        close = difflib.get_close_matches(unknown[0], own + sorted(known), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"train() got an unexpected keyword {unknown[0]!r}{hint}; it takes {', '.join(own)} and "
+                          f"any config field (`chargpt train --help` lists them)")
 
 
 def load(path: str | os.PathLike = "runs/latest", device: str = "cpu") -> "Run":

@@ -9,17 +9,14 @@ import json
 import os
 import signal
 import sys
-from dataclasses import fields
 from pathlib import Path
+from typing import get_args
 
 from . import __version__
 from .attention import SCALE_HELP, SCALES, WINDOW
-from .config import (PRESETS, add_config_flags, apply_overrides, config_changes, default_preset, get_preset,
-                     parse_eval_tokens, read_config_file, set_fields)
+from .config import DEFAULT_DATA, PRESETS, TrackerName, add_config_flags, given_fields, parse_eval_tokens
 from .errors import ChargptError, ConfigError, UsageError
 from .evaluate import EVAL_TOKENS
-
-DEFAULT_DATA = "data/shakespeare"
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -70,7 +67,7 @@ def cmd_prepare(args) -> int:
     else:
         print(f"{out} is already prepared from this input (sha256 {m['source_sha256'][:12]}...): nothing changed")
     if args.wandb:
-        from .tracking import log_dataset
+        from .tracking_wandb import log_dataset
 
         log_dataset(Path(out), m, mode=args.wandb_mode, project=args.wandb_project,
                     entity=args.wandb_entity, artifact_name=args.artifact_name)
@@ -79,113 +76,32 @@ def cmd_prepare(args) -> int:
 
 # -------------------------------------------------------------------------------------------- train
 def cmd_train(args) -> int:
-    from . import checkpoint
-    from .config import Config
-    from .data import load_dataset
-    from .device import resolve_device
-    from .rundir import RunDir, check_run_name, default_name, real_path
-    from .training import train
+    from .plan import TrainRequest, plan_training
 
     launch = args.nproc is not None and "WORLD_SIZE" not in os.environ
     if launch:
         from .launch import check_nproc
 
         check_nproc(args.nproc)
-    if args.name is not None:
-        check_run_name(args.name)
-    from .envfile import load_env_file
-
-    load_env_file()
-    resume_state = init_from = chosen = None
-    if args.resume and args.init_from:
-        raise ConfigError("--resume continues a run and --init-from starts a new one from a run's weights; pass one")
-    if args.resume:
-        if args.config:
-            raise ConfigError("--config and --resume cannot be combined: a resumed run keeps its own config; "
-                              "give single flags to change what may change")
-        run = RunDir.open(args.resume)
-        resume_state = checkpoint.load(run.ckpt)
-        config = Config.from_dict(resume_state["config"])
-        base = Config.from_dict(resume_state["config"])
-        preset = resume_state["extra"].get("preset")
-        data_dir = args.data or resume_state["extra"].get("data_dir") or DEFAULT_DATA
-    elif args.init_from:
-        source = checkpoint.resolve(real_path(Path(args.init_from)))
-        state = checkpoint.load(source)
-        config, base = Config.from_dict(state["config"]), Config.from_dict(state["config"])
-        preset = state["extra"].get("preset")
-        if args.data is None:
-            raise ConfigError("--init-from needs --data: the dataset directory of the text to fine-tune on")
-        data_dir = args.data
-        init_from = {"state": state, "origin": {"ckpt": str(source), "step": state["step"],
-                                                "dataset_hash": state["dataset_hash"]}}
-    else:
-        from_file = read_config_file(args.config) if args.config else {}
-        device = resolve_device(args.device or from_file.get("train", {}).get("device") or from_file.get("device")
-                                or "auto")
-        preset = args.preset or from_file.get("preset") or default_preset(device.type)
-        if args.preset is None and not from_file.get("preset"):
-            chosen = f"no --preset given: using '{preset}' for {device.type}"  # said once the run starts
-        config = get_preset(preset)
-        base = get_preset(preset)
-        set_fields(config, from_file, str(args.config))
-        data_dir = args.data or from_file.get("data_dir") or DEFAULT_DATA
-        if args.dataset_artifact and args.data is None:  # with or without --wandb: download, then train
-            from .tracking import download_dataset
-
-            data_dir = download_dataset(args.dataset_artifact, mode=args.wandb_mode) or data_dir
-    apply_overrides(config, args)
-    if args.max_steps is not None and args.time_budget is None and config.train.time_budget:
-        config.train.time_budget = 0.0  # asked for a number of steps: the budget of the run or file it came from goes
+    if args.wandb and args.tracker not in (None, "wandb"):
+        raise ConfigError(f"--wandb and --tracker {args.tracker} name two trackers; pass one")
+    tracker = "wandb" if args.wandb else args.tracker
+    wandb_options = dict(mode=args.wandb_mode, project=args.wandb_project, entity=args.wandb_entity,
+                         name=args.wandb_name, dataset_artifact=args.dataset_artifact)
+    request = TrainRequest(preset=args.preset, config_file=args.config, fields=given_fields(args), data=args.data,
+                           resume=args.resume, init_from=args.init_from, out_dir=args.out_dir, name=args.name,
+                           tracker=tracker, tracker_options=wandb_options if tracker == "wandb" else {},
+                           dataset_artifact=args.dataset_artifact, wandb_mode=args.wandb_mode,
+                           argv=["chargpt", *args.argv])
     if args.print_config:
-        config.validate()
-        print(json.dumps({"preset": preset, "data_dir": str(data_dir), **config.to_dict()}, indent=2))
+        print(json.dumps(plan_training(request, load_data=False).as_dict(), indent=2))
         return 0
-    data = load_dataset(data_dir)
-    config.model.vocab_size = data.tokenizer.vocab_size
-    base.model.vocab_size = config.model.vocab_size
-    config.validate()
-    data.check_block_size(config.model.block_size)
-    from .resources import check_train_fits
-
-    check_train_fits(config, resolve_device(config.train.device))
-    if init_from is not None:
-        shape = [c for c in config_changes(config, base) if c.split("=")[0] not in ("dropout", "vocab_size")
-                 and c.split("=")[0] in {f.name for f in fields(config.model)}]
-        if shape:
-            raise ConfigError(f"--init-from keeps the model it starts from; drop {', '.join(shape)}")
-    if resume_state is not None:
-        checkpoint.restore(resume_state, config, run.path, data=data)  # refuse before anything starts
+    plan = plan_training(request)
     if launch and args.nproc > 1:  # every argument checked here, once: the processes would each report it
         from .launch import relaunch_with_torchrun
 
         return relaunch_with_torchrun(args.nproc, args.argv)
-    if resume_state is None:
-        run_name = args.name or default_name(config.model.model, preset)
-        run = RunDir.create(args.out_dir, run_name, unique=args.name is None) if _is_main_process() else None
-    if _is_main_process():
-        if chosen:  # after every check (an error stays one line) and not with --print-config (its stdout is JSON)
-            print(chosen)
-        changes = config_changes(config, base)
-        if resume_state:
-            what, against = f"resuming {run.path} at step {resume_state['step']}", "the saved run"
-        elif init_from:
-            what, against = (f"fine-tuning {run.path} from {init_from['origin']['ckpt']} "
-                             f"(step {init_from['origin']['step']}) on {data_dir}"), "that run"
-        else:
-            what, against = f"training {run.path} from preset '{preset}'", "the preset"
-        print(f"{what} (full config in its config.json)")
-        if changes:
-            print(f"changed from {against}: {', '.join(changes)}")
-    tracker = None
-    if args.wandb and _is_main_process():
-        from .tracking import WandbTracker
-
-        tracker = WandbTracker.start(config, run, data, mode=args.wandb_mode, project=args.wandb_project,
-                                     entity=args.wandb_entity, name=args.wandb_name, preset=preset,
-                                     dataset_artifact=args.dataset_artifact, argv=["chargpt", *args.argv])
-    summary = train(config, data, run, preset=preset, resume_state=resume_state, init_from=init_from, tracker=tracker,
-                    data_dir=str(data_dir))
+    _, summary = plan.run()
     if summary.get("sample"):
         out = TerminalText(sys.stdout)
         out.write(f"--- sample ---\n{summary['sample']}\n")
@@ -216,10 +132,6 @@ class TerminalText:
 
     def flush(self) -> None:
         self.stream.flush()
-
-
-def _is_main_process() -> bool:
-    return os.environ.get("RANK", "0") == "0"
 
 
 # ------------------------------------------------------------------------------------------- sample
@@ -454,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, metavar="FILE",
                    help="config fields from a run's config.json or a TOML/JSON file; flags override them")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    p.add_argument("--tracker", choices=get_args(TrackerName), default=None,
+                   help="also track the run in this service (--wandb is --tracker wandb)")
     _add_wandb_flags(p)
     p.add_argument("--wandb-name", default=None, help="wandb run name (default: train-<model>-<preset>)")
     p.add_argument("--dataset-artifact", default=None, metavar="ENTITY/PROJECT/NAME:ALIAS",

@@ -15,6 +15,9 @@ from .evaluate import EVAL_TOKENS
 from .model import ModelConfig, check_fields, choices, option
 
 
+# The trackers `--tracker` offers; each name `x` is the module chargpt/tracking_x.py (see tracking.py).
+TrackerName = Literal["wandb", "tensorboard"]
+DEFAULT_DATA = "data/shakespeare"  # the dataset directory `chargpt prepare` writes by default
 MAX_THREADS = 1024  # torch crashes (not an error: a segfault) when asked for 100,000
 
 
@@ -231,10 +234,9 @@ def set_fields(config: Config, values: dict[str, Any], where: str) -> list[str]:
     return [n for n in flat if n not in NOT_FLAGS]
 
 
-def apply_overrides(config: Config, args: argparse.Namespace) -> list[str]:
-    """Set every flag the user gave on `config`; return their names."""
-    given = {f.name: getattr(args, f.name) for _, f in config_fields() if getattr(args, f.name, None) is not None}
-    return set_fields(config, given, "flags")
+def given_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """{field: value} of every config flag the user gave."""
+    return {f.name: getattr(args, f.name) for _, f in config_fields() if getattr(args, f.name, None) is not None}
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

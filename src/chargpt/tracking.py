@@ -1,440 +1,160 @@
-"""Experiment tracking behind one small interface. The local run directory is always written by the
-training loop; a tracker adds a service such as Weights & Biases.
+"""Experiment tracking behind one interface, `Tracker`. The run directory (metrics.jsonl, summary.json) is always
+written; a tracker adds a service. The training loop hands every tracker the same metrics record it writes to
+metrics.jsonl, and `finish_tracking` gives each the same images, checkpoints and summary at the end.
 
-Tracking never breaks training: every call into wandb is guarded, and a failure becomes one warning line on
-stderr, after which the tracker goes quiet. `wandb` is imported only when `--wandb` is used. wandb's own
-environment variables (WANDB_MODE, WANDB_PROJECT, WANDB_ENTITY, ...), also from a `.env` file, count as
-chargpt's defaults; flags given on the command line win.
+A tracker named `x` in `config.TrackerName` is the class `TRACKER` of the module `chargpt.tracking_x`, imported
+only when chosen: a further tracker is one file plus its name in that Literal. Tracking never breaks training: a
+tracker turns its service's failures into one warning line and goes quiet.
 """
 from __future__ import annotations
 
-import json
-import os
-import re
+import importlib
 import sys
 import tempfile
-import threading
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Protocol, get_args, runtime_checkable
 
-from .envfile import load_env_file
-from .rundir import BEST, CKPT
+from .config import TrackerName
+from .errors import ConfigError
+from .rundir import BEST, CKPT, PLOT
 
-# wandb reads WANDB_SILENT when its settings singleton is first made (is_logged_in makes it, before wandb.setup
-# could pass silent=True), and prints "wandb: [wandb.login()] Loaded credentials ..." otherwise. A user's own
-# WANDB_SILENT=false is kept.
-os.environ.setdefault("WANDB_SILENT", "true")
-INIT_TIMEOUT = 10.0  # seconds wandb may spend reaching the server before we fall back to offline (its default: 90)
-FINISH_TIMEOUT = 120.0  # seconds to wait for uploads at the end before leaving them to `wandb sync`
-DOWNLOAD_TIMEOUT = 300.0
-TINY_SHAKESPEARE_ARTIFACT = "mini-shakespeare-tensors"  # the notebook's name
-DEFAULT_PROJECT = "nanogpt"  # the notebook's project: its use_artifact('nanogpt/mini-shakespeare-tensors:latest')
-RUN_ID_FILE = "wandb-run.json"  # in the run directory: the W&B run a resumed run continues
+if TYPE_CHECKING:
+    from .config import Config
+    from .data import Dataset
+    from .rundir import RunDir
+
 ATTENTION_PROMPT_CHARS = 32  # characters of the validation text drawn in the attention map logged at the end
 
 
+@runtime_checkable
+class Tracker(Protocol):
+    def start(self, run: RunDir | None, config: dict, data: Dataset) -> None:
+        """Begin tracking `run` (None on a rank that writes nothing); `config` is `run_config`'s record."""
+
+    def log(self, record: dict, step: int) -> None:
+        """One metrics record, the same one metrics.jsonl receives (its keys are the charts' names)."""
+
+    def image(self, key: str, path: Path, caption: str, step: int) -> None:
+        """A PNG (the loss curve, the attention map); `path` may be removed once this returns."""
+
+    def artifact(self, kind: str, files: dict[str, Path], aliases: list[str], metadata: dict) -> None:
+        """A version of a `kind` ("model") made of `files` ({name in the artifact: path}), known by `aliases`."""
+
+    def finish(self, summary: dict) -> None:
+        """The run's summary (summary.json, with its sample); the last call."""
+
+
 class NullTracker:
-    """Tracks nothing (no `--wandb`)."""
+    """Tracks nothing (no tracker chosen)."""
 
-    def log(self, metrics: dict, step: int) -> None:
+    def start(self, run, config: dict, data) -> None:
         pass
 
-    def finish(self, summary: dict, run=None) -> None:
+    def log(self, record: dict, step: int) -> None:
+        pass
+
+    def image(self, key: str, path: Path, caption: str, step: int) -> None:
+        pass
+
+    def artifact(self, kind: str, files: dict[str, Path], aliases: list[str], metadata: dict) -> None:
+        pass
+
+    def finish(self, summary: dict) -> None:
         pass
 
 
-# ------------------------------------------------------------------------------------------ helpers
-def warn(what: str, exc: BaseException | None = None) -> None:
+def make_tracker(choice: str | Tracker | None, **options) -> Tracker:
+    """The tracker of `choice`: a name in `TrackerName` (built with `options`), a `Tracker` object, or None."""
+    if choice is None:
+        return NullTracker()
+    if isinstance(choice, str):
+        check_tracker(choice)
+        return importlib.import_module(f"chargpt.tracking_{choice}").TRACKER(**options)
+    return choice
+
+
+def check_tracker(choice: str | Tracker | None) -> None:
+    names = get_args(TrackerName)
+    if isinstance(choice, str) and choice not in names:
+        raise ConfigError(f"unknown tracker {choice!r}; choose one of {', '.join(names)}")
+    if choice is not None and not isinstance(choice, (str, Tracker)):
+        raise ConfigError(f"tracker must be one of {', '.join(names)} or an object with the methods start, log, "
+                          f"image, artifact and finish (chargpt.tracking.Tracker), got {type(choice).__name__}")
+
+
+def run_config(config: Config, run: RunDir | None, data: Dataset, preset: str | None,
+               argv: list[str] | None = None) -> dict:
+    """What a tracker records as the run's config: every field, the preset, the run directory, the dataset and
+    the provenance (versions, git commit, device, command line)."""
+    from .device import resolve_device
+    from .provenance import provenance
+
+    return config.to_dict() | {
+        "preset": preset,
+        "run_dir": str(run.path) if run is not None else None,
+        "dataset": {"name": data.meta.get("name"), "dir": str(data.path), "content_hash": data.content_hash,
+                    "vocab_size": data.meta.get("vocab_size"), "train_tokens": data.meta.get("train_tokens"),
+                    "val_tokens": data.meta.get("val_tokens")},
+        "provenance": provenance(resolve_device(config.train.device), argv),
+    }
+
+
+def warn(what: str, exc: BaseException | None = None, service: str | None = None) -> None:
     """One line on stderr: what failed and that the work goes on."""
     reason = ""
     if exc is not None:
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         reason = f" ({exc.__class__.__name__}: {first})" if first else f" ({exc.__class__.__name__})"
-    print(f"warning: wandb: {what}{reason}", file=sys.stderr, flush=True)
+    print(f"warning: {service + ': ' if service else ''}{what}{reason}", file=sys.stderr, flush=True)
 
 
-def notice(text: str) -> None:
-    print(f"wandb: {text}", flush=True)
-
-
-def dataset_artifact_name(meta: dict) -> str:
-    """`mini-shakespeare-tensors` for tiny Shakespeare (by name or by content; the notebook's name), else
-    `<name>-tensors`."""
-    from .corpus import SHAKESPEARE_SHA256
-
-    name = str(meta.get("name") or "dataset")
-    if name == "shakespeare" or meta.get("source_sha256") == SHAKESPEARE_SHA256:
-        return TINY_SHAKESPEARE_ARTIFACT
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") + "-tensors"
-
-
-def default_run_name(model: str, preset: str | None) -> str:
-    """Readable and stable across repeats: `train-bigram-baseline`, `train-gpt-cpu`."""
-    return f"train-{model}-{'baseline' if model == 'bigram' else (preset or 'custom')}"
-
-
-def resolve_project(project: str | None) -> str:
-    """The flag, else wandb's WANDB_PROJECT, else the notebook's project."""
-    return project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
-
-
-def resolve_mode(mode: str) -> tuple[str, str]:
-    """(online | offline | disabled, why): a mode other than auto is kept; auto follows wandb's WANDB_MODE (or
-    WANDB_DISABLED) when set, else is online when an API key is configured and offline otherwise."""
-    if mode != "auto":
-        return mode, ""
-    env = os.environ.get("WANDB_MODE", "").strip().lower()
-    if env in ("offline", "dryrun"):
-        return "offline", f"WANDB_MODE={env}, so "
-    if env == "disabled" or os.environ.get("WANDB_DISABLED", "").strip().lower() in ("true", "1", "yes"):
-        return "disabled", ("WANDB_MODE=disabled" if env == "disabled" else "WANDB_DISABLED is set") + ", so "
-    if env in ("online", "run"):
-        return "online", ""
-    return ("online", "") if is_logged_in() else ("offline", "not logged in, so ")
-
-
-def is_logged_in() -> bool:
-    """Whether an API key is configured (environment, ~/.netrc or wandb settings); no network is used."""
-    try:
-        from wandb.sdk import wandb_setup
-        from wandb.sdk.lib.wbauth import authenticate_session
-
-        host = wandb_setup.singleton().settings.base_url
-        return authenticate_session(host=host, source="chargpt", prompt=False, update_session=False) is not None
-    except Exception:  # an internal API that moved: fall back to the documented variable
-        return bool(os.environ.get("WANDB_API_KEY"))
-
-
-def _bounded(fn: Callable[[], object], seconds: float) -> tuple[bool, object]:
-    """Run `fn` in a daemon thread for at most `seconds`: (finished, result or exception)."""
-    box: list = [None]
-
-    def target():
-        try:
-            box[0] = fn()
-        except Exception as e:  # handed back to the caller, who turns it into a warning
-            box[0] = e
-
-    t = threading.Thread(target=target, daemon=True, name="chargpt-wandb")
-    t.start()
-    t.join(seconds)
-    return not t.is_alive(), box[0]
-
-
-def _init_timeout() -> float:
-    try:
-        return float(os.environ.get("WANDB_INIT_TIMEOUT", INIT_TIMEOUT))
-    except ValueError:
-        return INIT_TIMEOUT
-
-
-def _init(*, mode: str, job_type: str, name: str, project: str | None, entity: str | None, config: dict,
-          run_id: str | None = None):
-    """Start a wandb run (`resolve_mode`); an online start that fails or times out falls back to offline. With
-    `run_id`, the run continues that W&B run (resume="allow"). Returns the run, or None (disabled or failed,
-    already reported)."""
-    load_env_file()
-    want, why = resolve_mode(mode)
-    if want == "disabled":
-        if why:
-            notice(f"{why}not tracking {name}")
-        return None
-    try:
-        import wandb
-
-        # Silent before anything else reads the settings: chargpt prints the few lines that matter itself.
-        wandb.setup(settings=wandb.Settings(silent=True))
-    except Exception as e:
-        warn("cannot load wandb; going on without it", e)
-        return None
-
-    def start(m: str):
-        settings = wandb.Settings(init_timeout=_init_timeout(), silent=True, console="off")
-        resume = {"id": run_id, "resume": "allow"} if run_id else {}
-        return wandb.init(project=resolve_project(project), entity=entity, name=name, job_type=job_type,
-                          config=config, mode=m, settings=settings, **resume)
-
-    if want == "online":
-        try:
-            run = start("online")
-            notice(f"tracking {name} online at {run.url}")
-            return run
-        except Exception as e:
-            _teardown(wandb)
-            warn_prefix = "cannot start an online run"
+# ------------------------------------------------------------------------------------ the end of a run
+def finish_tracking(tracker: Tracker, run: RunDir | None, summary: dict, data: Dataset) -> None:
+    """The loss curve and (for a GPT) the attention over the start of the validation text as images, the
+    checkpoints as `model` versions, then the summary: the same for every tracker."""
+    steps = int(summary.get("steps") or 0)
+    if run is not None:
+        with tempfile.TemporaryDirectory(prefix="chargpt-tracking-") as tmp:
             try:
-                run = start("offline")
-            except Exception as e2:
-                warn(f"{warn_prefix}, nor an offline one; going on without wandb", e2)
-                _teardown(wandb)
-                return None
-            sync_dir = _sync_dir(run)
-            warn(f"{warn_prefix}; tracking offline in {sync_dir} instead, upload later with: "
-                 f"wandb sync {sync_dir}", e)
-            return run
-    try:
-        run = start("offline")
-    except Exception as e:
-        warn("cannot start an offline run; going on without wandb", e)
-        _teardown(wandb)
-        return None
-    notice(f"{why}tracking offline in {_sync_dir(run)}; upload later with: wandb sync {_sync_dir(run)}")
-    return run
+                for key, path, caption in _images(run, data, Path(tmp)):
+                    tracker.image(key, path, caption, steps)
+            except Exception as e:  # a picture is not worth the summary and the checkpoint
+                warn("cannot draw the loss curve or attention map; the rest is recorded", e)
+        for files, aliases, metadata in model_versions(run, summary):
+            tracker.artifact("model", files, aliases, metadata)
+    tracker.finish(summary)
 
 
-def _sync_dir(run) -> str:
-    """The offline run's directory, relative when it is under the working directory (shorter to copy)."""
-    try:
-        path = Path(run.settings.sync_dir)
-        return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
-    except Exception:
-        return "the wandb directory"
+def _images(run: RunDir, data: Dataset, tmp: Path) -> list[tuple[str, Path, str]]:
+    name = Path(run.path).name
+    images = []
+    if (Path(run.path) / PLOT).is_file():
+        images.append(("loss_curve", Path(run.path) / PLOT, f"{name}: loss"))
+    if Path(run.ckpt).is_file():
+        out = draw_attention_of(run.ckpt, data, tmp / "attention.png", name)
+        if out is not None:
+            images.append(("attention", out[0], f"{name}: attention over {out[1]!r}"))
+    return images
 
 
-def _is_offline(run) -> bool:
-    try:
-        return bool(run.settings._offline)
-    except Exception:
-        return run.settings.mode in ("offline", "dryrun")
+def model_versions(run: RunDir, summary: dict) -> list[tuple[dict[str, Path], list[str], dict]]:
+    """(files, aliases, metadata) of each checkpoint worth keeping: the final one as `latest` and `step-N`, and
+    `best` on the run's best.pt when that is an earlier step (listed first, so `latest` ends on the final one),
+    else on the final one too."""
+    path, steps = Path(run.path), int(summary.get("steps") or 0)
+    if not Path(run.ckpt).is_file():
+        return []
 
+    def files(ckpt: Path) -> dict[str, Path]:
+        return {"ckpt.pt": ckpt} | {extra: path / extra for extra in ("config.json", "summary.json")
+                                    if (path / extra).is_file()}
 
-def _teardown(wandb) -> None:
-    """Stop wandb-core (it outlives `finish()` until `teardown()` or interpreter exit)."""
-    try:
-        wandb.teardown()
-    except Exception:
-        pass
-
-
-def _finish(run, what: str) -> None:
-    """finish() and teardown() within FINISH_TIMEOUT; a stuck upload is left to `wandb sync`."""
-    import wandb
-
-    sync_dir = _sync_dir(run)
-
-    def stop():
-        run.finish()
-        wandb.teardown()
-
-    done, err = _bounded(stop, FINISH_TIMEOUT)
-    if not done:
-        warn(f"{what}: uploading did not finish within {FINISH_TIMEOUT:.0f} s; the data is kept in {sync_dir}, "
-             f"upload it with: wandb sync {sync_dir}")
-    elif isinstance(err, Exception):
-        warn(f"{what}: finishing the run failed", err)
-        _teardown(wandb)
-
-
-# ------------------------------------------------------------------------------------------ dataset
-def log_dataset(out_dir: Path, meta: dict, *, mode: str = "auto", project: str | None = None,
-                entity: str | None = None, artifact_name: str | None = None) -> None:
-    """`chargpt prepare --wandb`: a `dataset-prep` run that logs the dataset directory as a `dataset` artifact
-    (project: `resolve_project`; entity: WANDB_ENTITY or the logged-in default)."""
-    name = artifact_name or dataset_artifact_name(meta)
-    metadata = {k: meta.get(k) for k in ("name", "vocab_size", "vocab", "total_chars", "train_tokens", "val_tokens",
-                                         "val_fraction", "dtype", "source_sha256", "train_sha256", "val_sha256")}
-    metadata["source"] = Path(str(meta.get("source", ""))).name
-    run = _init(mode=mode, job_type="dataset-prep", name=f"prepare-{meta.get('name', 'dataset')}",
-                project=project, entity=entity, config={k: v for k, v in metadata.items() if k != "vocab"})
-    if run is None:
-        return
-    try:
-        import wandb
-
-        artifact = wandb.Artifact(name, type="dataset", metadata=metadata,
-                                  description=f"{meta.get('name')} encoded by chargpt: train.pt and val.pt are 1-D "
-                                              f"token tensors, meta.json holds the vocabulary")
-        for file in ("train.pt", "val.pt", "meta.json"):
-            artifact.add_file(str(Path(out_dir) / file), name=file)
-        run.log_artifact(artifact)
-        notice(f"logged {out_dir} as dataset artifact {name}")
-    except Exception as e:
-        warn(f"cannot log {out_dir} as artifact {name}; the local dataset is unaffected", e)
-    _finish(run, "dataset-prep run")
-
-
-def download_dataset(artifact: str, *, mode: str = "auto") -> Path | None:
-    """Download a dataset artifact (online only) and return its directory; None, with one line why, otherwise."""
-    load_env_file()
-    want, why = resolve_mode(mode)
-    if want != "online":
-        notice(f"{why}{artifact} cannot be downloaded; using the local dataset" if why else
-               f"{want} mode cannot download {artifact}; using the local dataset")
-        return None
-    try:
-        import wandb
-
-        done, result = _bounded(lambda: wandb.Api(timeout=30).artifact(artifact, type="dataset").download(),
-                                DOWNLOAD_TIMEOUT)
-    except Exception as e:
-        done, result = True, e
-    if not done:
-        warn(f"downloading {artifact} took over {DOWNLOAD_TIMEOUT:.0f} s; using the local dataset")
-        return None
-    if isinstance(result, Exception):
-        warn(f"cannot download {artifact}; using the local dataset", result)
-        return None
-    notice(f"downloaded dataset artifact {artifact} to {result}")
-    return Path(str(result))
-
-
-# ----------------------------------------------------------------------------------------- training
-class WandbTracker:
-    """A `training` run: config (with provenance), metrics, samples table, summary, loss curve and attention map
-    as images, and the checkpoint as a `model` artifact. A resumed run continues the same W&B run."""
-
-    def __init__(self, run, name: str, prompt: str = ""):
-        self.run = run  # None once wandb has failed: the tracker then does nothing
-        self.name = name
-        self.prompt = prompt  # drawn in the attention map at the end (GPT models)
-
-    @classmethod
-    def start(cls, config, run, data, *, mode: str = "auto", project: str | None = None, entity: str | None = None,
-              name: str | None = None, preset: str | None = None, dataset_artifact: str | None = None,
-              argv: list[str] | None = None) -> "WandbTracker | NullTracker":
-        """Start (or, when `run` holds a W&B run id, continue) the training run. project: the flag, else the one
-        the run was started in, else `resolve_project`; entity: the flag, else the run's, else WANDB_ENTITY or
-        the logged-in default; name: the flag, else the run's, else WANDB_NAME, else `default_run_name`."""
-        from .device import resolve_device
-        from .provenance import provenance
-
-        load_env_file()
-        previous = read_run_id(run.path) if run is not None else {}
-        name = name or previous.get("name") or os.environ.get("WANDB_NAME") or \
-            default_run_name(config.model.model, preset)
-        artifact = dataset_artifact or dataset_artifact_name(data.meta)
-        wandb_config = config.to_dict() | {
-            "preset": preset,
-            "run_dir": str(run.path) if run is not None else None,
-            "dataset": {"name": data.meta.get("name"), "dir": str(data.path), "content_hash": data.content_hash,
-                        "artifact": artifact, "vocab_size": data.meta.get("vocab_size"),
-                        "train_tokens": data.meta.get("train_tokens"), "val_tokens": data.meta.get("val_tokens")},
-            "provenance": provenance(resolve_device(config.train.device), argv),
-        }
-        wrun = _init(mode=mode, job_type="training", name=name, config=wandb_config, run_id=previous.get("id"),
-                     project=project or previous.get("project"), entity=entity or previous.get("entity"))
-        if wrun is None:
-            return NullTracker()
-        if run is not None:
-            _remember_run_id(run.path, wrun, name)
-        val = data.split("val")
-        prompt = data.tokenizer.decode(val[:min(ATTENTION_PROMPT_CHARS, config.model.block_size)].tolist())
-        tracker = cls(wrun, name, prompt)
-        tracker._use_dataset(data, artifact, named=dataset_artifact is not None)
-        return tracker
-
-    def _use_dataset(self, data, artifact: str, named: bool) -> None:
-        """Record the dataset in the run's lineage; offline runs cannot, so the content hash (in the config) stands in."""
-        if _is_offline(self.run):
-            notice(f"offline runs cannot use artifacts: the local dataset {data.path} (content hash "
-                   f"{data.content_hash[:12]}) is recorded in the config instead of {artifact}")
-            return
-        try:
-            if named:
-                self.run.use_artifact(artifact)
-            else:
-                # The same files as `chargpt prepare --wandb` logged: wandb deduplicates by digest, so the lineage
-                # points at that version (or creates one).
-                import wandb
-
-                draft = wandb.Artifact(artifact, type="dataset", metadata={"content_hash": data.content_hash})
-                for file in ("train.pt", "val.pt", "meta.json"):
-                    draft.add_file(str(Path(data.path) / file), name=file)
-                self.run.use_artifact(draft)
-        except Exception as e:
-            warn(f"cannot record dataset artifact {artifact}; its content hash is in the config", e)
-
-    def _guard(self, what: str, fn: Callable[[], None]) -> None:
-        if self.run is None:
-            return
-        try:
-            fn()
-        except Exception as e:
-            warn(f"{what} failed; training goes on without wandb", e)
-            run, self.run = self.run, None
-
-            def stop():
-                import wandb
-
-                run.finish(exit_code=1)
-                _teardown(wandb)
-
-            _bounded(stop, 30.0)  # a wandb that is failing may also hang: never wait on it for long
-
-    def log(self, metrics: dict, step: int) -> None:
-        # The keys are those of metrics.jsonl, so local and wandb charts share names.
-        self._guard("logging metrics", lambda: self.run.log({k: v for k, v in metrics.items() if k != "step"},
-                                                            step=step))
-
-    def finish(self, summary: dict, run=None) -> None:
-        if self.run is None:
-            return
-
-        def record():
-            import wandb
-
-            steps = int(summary.get("steps") or 0)
-            with tempfile.TemporaryDirectory(prefix="chargpt-wandb-") as tmp:  # wandb copies the images at log()
-                logged: dict = {}
-                if summary.get("sample"):
-                    logged["samples"] = wandb.Table(columns=["step", "sample"], data=[[steps, summary["sample"]]])
-                if run is not None:
-                    try:
-                        logged |= self._images(run, Path(tmp))
-                    except Exception as e:  # a picture is not worth the summary and the checkpoint
-                        warn("cannot draw the loss curve or attention map; the rest is recorded", e)
-                if logged:
-                    self.run.log(logged, step=steps)
-            self.run.summary.update({k: v for k, v in summary.items()
-                                     if k != "sample" and isinstance(v, (int, float, str, bool))})
-            if run is not None and Path(run.ckpt).is_file():
-                self._log_model(run, summary, steps)
-
-        self._guard("recording the summary and checkpoint", record)
-        if self.run is not None:
-            wrun, self.run = self.run, None
-            _finish(wrun, "training run")
-
-    def _images(self, run, tmp: Path) -> dict:
-        """`loss.png` from the run directory, and for a GPT the attention over the start of the validation text,
-        drawn from the saved checkpoint into `tmp`; each as a wandb.Image."""
-        import wandb
-
-        images = {}
-        loss_png = Path(run.path) / "loss.png"
-        if loss_png.is_file():
-            images["loss_curve"] = wandb.Image(str(loss_png), caption=f"{self.name}: loss")
-        if Path(run.ckpt).is_file():
-            out = draw_attention_of(run.ckpt, self.prompt, tmp / "attention.png", self.name)
-            if out is not None:
-                images["attention"] = wandb.Image(str(out), caption=f"{self.name}: attention over {self.prompt!r}")
-        return images
-
-    def _log_model(self, run, summary: dict, steps: int) -> None:
-        """The final checkpoint as a `model` artifact aliased `latest` and `step-N`; `best` goes to the run's best.pt
-        when that is an earlier step (logged first, so that `latest` ends on the final checkpoint), else to it too."""
-        import wandb
-
-        scalars = {k: v for k, v in summary.items() if k != "sample" and isinstance(v, (int, float, str))}
-        path = Path(run.path)
-
-        def model_artifact(ckpt: Path, metadata: dict):
-            model = wandb.Artifact(f"{self.name}-model", type="model", metadata=metadata,
-                                   description="chargpt checkpoint: weights, config, vocabulary, optimizer state")
-            model.add_file(str(ckpt), name="ckpt.pt")
-            for extra in ("config.json", "summary.json"):
-                if (path / extra).is_file():
-                    model.add_file(str(path / extra), name=extra)
-            return model
-
-        best_step = separate_best(path)
-        aliases = ["latest", f"step-{steps}"]
-        if best_step is not None:
-            self.run.log_artifact(model_artifact(path / BEST, {"checkpoint": BEST, "steps": best_step}),
-                                  aliases=["best", f"step-{best_step}"])
-        else:
-            aliases.insert(1, "best")
-        self.run.log_artifact(model_artifact(Path(run.ckpt), scalars), aliases=aliases)
+    scalars = {k: v for k, v in summary.items() if k != "sample" and isinstance(v, (int, float, str))}
+    best_step = separate_best(path)
+    if best_step is None:
+        return [(files(Path(run.ckpt)), ["latest", "best", f"step-{steps}"], scalars)]
+    return [(files(path / BEST), ["best", f"step-{best_step}"], {"checkpoint": BEST, "steps": best_step}),
+            (files(Path(run.ckpt)), ["latest", f"step-{steps}"], scalars)]
 
 
 def separate_best(run_path: Path) -> int | None:
@@ -444,44 +164,28 @@ def separate_best(run_path: Path) -> int | None:
 
     try:
         best_step = int(load_torch(Path(run_path) / BEST, within=run_path, mmap=True)["step"])
-        return None if best_step == int(load_torch(Path(run_path) / CKPT, within=run_path, mmap=True)["step"]) else best_step
+        final_step = int(load_torch(Path(run_path) / CKPT, within=run_path, mmap=True)["step"])
+        return None if best_step == final_step else best_step
     except Exception:  # no best.pt, or one that cannot be read: `best` goes to the final checkpoint
         return None
 
 
-def draw_attention_of(ckpt: Path, prompt: str, out: Path, name: str) -> Path | None:
-    """The attention map of a GPT checkpoint over `prompt`, or None for a model without attention."""
+def draw_attention_of(ckpt: Path, data: Dataset, out: Path, name: str) -> tuple[Path, str] | None:
+    """The attention map of a GPT checkpoint over the start of `data`'s validation text, and that text; None for
+    a model without attention."""
     import torch
 
-    from .attention import attention_weights, draw_attention
+    from .attention import attention_weights, draw_attention, layers_by_heads
     from .checkpoint import load_model
     from .model import GPT
 
     model, tok, state = load_model(ckpt, "cpu")
-    if not isinstance(model, GPT) or not prompt:
+    if not isinstance(model, GPT):
         return None
-    idx = torch.tensor([tok.encode(prompt)], dtype=torch.long)
-    weights = attention_weights(model, idx)[0]
+    prompt = data.tokenizer.decode(data.split("val")[:min(ATTENTION_PROMPT_CHARS, model.config.block_size)].tolist())
+    if not prompt:
+        return None
+    weights = attention_weights(model, torch.tensor([tok.encode(prompt)], dtype=torch.long))[0]
     L, H, _, _ = weights.shape
-    return draw_attention(weights, prompt, out, title=f"{name} (step {state['step']}): attention, {L} layers x "
-                                                      f"{H} heads, query (row) -> key (column)")
-
-
-# --------------------------------------------------------------------------------- the run's W&B id
-def read_run_id(run_path: str | os.PathLike) -> dict:
-    """The W&B run a run directory was tracked in ({"id", "project", "entity", "name"}), or {}."""
-    try:
-        found = json.loads((Path(run_path) / RUN_ID_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return {k: v for k, v in found.items() if isinstance(v, str) and v} if isinstance(found, dict) else {}
-
-
-def _remember_run_id(run_path: Path, wrun, name: str) -> None:
-    from .fsutil import write_json
-
-    try:
-        write_json(Path(run_path) / RUN_ID_FILE, {"id": wrun.id, "project": wrun.project,
-                                                  "entity": wrun.entity or None, "name": name})
-    except Exception as e:  # an offline run's entity, or a full disk: resuming then starts a new W&B run
-        warn(f"cannot keep the W&B run id in {run_path}; a resumed run will start a new W&B run", e)
+    title = f"{name} (step {state['step']}): attention, {layers_by_heads(L, H)}, query (row) -> key (column)"
+    return draw_attention(weights, prompt, out, title=title), prompt

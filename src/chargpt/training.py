@@ -17,6 +17,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import checkpoint, distributed
+from .attention import layers_by_heads
 from .batch import get_batch
 from .config import Config
 from .data import Dataset
@@ -33,7 +34,7 @@ from .plotting import refresh_run_plot
 from .progress import EvalProgress, Progress, format_duration
 from .provenance import provenance
 from .rundir import RunDir
-from .tracking import NullTracker
+from .tracking import NullTracker, Tracker, finish_tracking
 
 
 def peak_rss_mb() -> float:
@@ -99,7 +100,7 @@ class Training:
     preset: str | None
     data_dir: str | None
     say: Callable[[str], None]
-    tracker: object
+    tracker: Tracker
     device: torch.device
     dist: distributed.DistInfo
     precision: str
@@ -121,6 +122,7 @@ class Training:
     t_start: float = field(default_factory=time.perf_counter)
     paused: float = 0.0  # evaluation time does not count against the budget
     notebook: bool = False  # a tqdm.auto progress bar (a widget in Jupyter) even where stdout is no terminal
+    shows_progress: bool = True  # False: quiet (the library's verbose=False), no bar and no lines
     compiled: str | None = None  # compile_key of the compiled model, None when training eagerly
 
     @property
@@ -142,12 +144,19 @@ class Training:
                                self.autocast)
         return {"train_loss": losses["train"], "val_loss": losses["val"]}
 
-    def train_record(self, loss_value: float) -> dict:
-        """The metrics log's record of the training loss at `step` (evaluations add records with val_loss)."""
-        seconds_so_far = self.train_seconds()
-        return {"step": self.step, "loss": loss_value, "lr": self.optimizers[0].param_groups[0]["lr"],
+    def record(self, seconds_so_far: float | None = None, **figures: float) -> dict:
+        """The one metrics record at `step`: `figures` (the training loss and gradient norm, or an evaluation's
+        losses) with the learning rate, tokens seen and training time (now, unless given). metrics.jsonl and the
+        tracker get it whole."""
+        seconds_so_far = self.train_seconds() if seconds_so_far is None else seconds_so_far
+        return {"step": self.step, **figures, "lr": self.optimizers[0].param_groups[0]["lr"],
                 "tokens_seen": self.step * self.tokens_per_step, "train_seconds": round(seconds_so_far, 3),
                 "tokens_per_sec": round(self.step * self.tokens_per_step / max(seconds_so_far, 1e-9), 1)}
+
+    def log(self, record: dict) -> None:
+        if self.dist.is_main and self.run is not None:
+            self.run.log_metrics(record)
+            self.tracker.log(record, record["step"])
 
     def kept(self) -> str:
         has_ckpt = self.run is not None and self.run.ckpt.is_file()
@@ -171,8 +180,9 @@ class Training:
 
 def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | None = None,
           resume_state: dict | None = None, init_from: dict | None = None, tracker=None, data_dir: str | None = None,
-          echo: Callable[[str], None] = print) -> dict:
-    """Train `config` on `data`, writing into `run` (rank 0 only); return the run's summary.
+          echo: Callable[[str], None] | None = print) -> dict:
+    """Train `config` on `data`, writing into `run` (rank 0 only); return the run's summary. `echo` says what
+    happens (None: nothing is shown, not even progress).
 
     `init_from` fine-tunes: {"state": a checkpoint's contents, "origin": what to record of it} starts from that
     checkpoint's weights (characters of `data` it does not know get fresh rows) with a fresh optimizer."""
@@ -184,7 +194,7 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
 
 def setup(config: Config, data: Dataset, run: RunDir | None, *, preset: str | None = None,
           resume_state: dict | None = None, init_from: dict | None = None, tracker=None, data_dir: str | None = None,
-          echo: Callable[[str], None] = print) -> Training:
+          echo: Callable[[str], None] | None = print) -> Training:
     """Device, process group, seeds, model and optimizers (restored from `resume_state` when given)."""
     mc, tc = config.model, config.train
     device = resolve_device(tc.device)
@@ -192,7 +202,7 @@ def setup(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
     if dist_info.enabled and device.type == "cuda":
         device = torch.device("cuda", dist_info.local_rank)
     main = dist_info.is_main
-    say = echo if main else (lambda *_: None)
+    say = echo if main and echo is not None else (lambda *_: None)
     configure_backends(device)
     keep_freed_memory_for_reuse(device)
     if tc.threads:
@@ -229,8 +239,7 @@ def setup(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
             run.recover(step)
     params = model.num_params()
     tokens_per_step = micro_batch * accum * dist_info.world_size * mc.block_size
-    shape = "" if mc.model == "bigram" else (f"{mc.n_layer} layer{'s' * (mc.n_layer != 1)} x {mc.n_head} heads x "
-                                              f"{mc.n_embd} wide, ")
+    shape = "" if mc.model == "bigram" else f"{layers_by_heads(mc.n_layer, mc.n_head)} x {mc.n_embd} wide, "
     say(f"model: {mc.model}, {shape}context {mc.block_size}, {params:,} parameters ({params / 1e6:.2f}M) "
         f"on {device} in {precision}"
         + (f", {dist_info.world_size} processes of {torch.get_num_threads()} threads" if dist_info.enabled else ""))
@@ -260,7 +269,7 @@ def setup(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
                  micro_batch=micro_batch, accum=accum, gen=gen, model=model, optimizers=optimizers,
                  fwd=ddp_model or train_model, ddp_model=ddp_model, splits=splits, origin=origin, step=step,
                  spent=spent, best_val=best_val, resumed_at=step if resume_state is not None else None,
-                 compiled=compiled)
+                 compiled=compiled, shows_progress=echo is not None)
     if resume_state is not None and run is not None and (spent >= tc.time_budget if tc.time_budget
                                                          else step >= tc.max_steps):
         # resuming a finished run: its last evaluation is already logged; only the final report is redone
@@ -273,12 +282,13 @@ def loop(t: Training) -> None:
     """Train until the step count or the time budget is reached; evaluate, checkpoint and log on the way."""
     tc, block_size, main, run = t.config.train, t.config.model.block_size, t.dist.is_main, t.run
     budget = tc.time_budget
-    progress_bar = Progress(tc.max_steps, budget, step=t.step, seconds=t.spent, enabled=main, notebook=t.notebook)
+    progress_bar = Progress(tc.max_steps, budget, step=t.step, seconds=t.spent, enabled=main and t.shows_progress,
+                            notebook=t.notebook)
     ckpt_every = tc.ckpt_interval or tc.eval_interval
     # A time budget is evaluated at evenly spaced fractions of it (steps per second vary with the model).
     next_eval_mark = math.floor(t.spent / budget * tc.budget_evals) + 1 if budget else 0
     t.t_start, t.paused = time.perf_counter(), 0.0
-    loss_value = math.nan  # the latest step's training loss
+    loss_value = grad_norm = math.nan  # the latest step's training loss and gradient norm
     with StopSignals() as stop, closing_bar(progress_bar, lambda: (t.step, t.train_seconds())):
         t.model.train()
         while True:
@@ -297,13 +307,9 @@ def loop(t: Training) -> None:
                 if not all(math.isfinite(v) for v in t.last_eval.values()):
                     raise t.non_finite(f"the estimated loss became train {t.last_eval['train_loss']}, "
                                        f"val {t.last_eval['val_loss']} at step {t.step}")
-                record = {"step": t.step, **t.last_eval, "lr": t.optimizers[0].param_groups[0]["lr"],
-                          "tokens_seen": t.step * t.tokens_per_step, "train_seconds": round(seconds_so_far, 3),
-                          "tokens_per_sec": round(t.step * t.tokens_per_step / max(seconds_so_far, 1e-9), 1)}
+                t.log(t.record(seconds_so_far, **t.last_eval))
                 if main and run is not None:
-                    run.log_metrics(record)
                     refresh_run_plot(run.path)
-                    t.tracker.log(record, t.step)
                 if t.last_eval["val_loss"] < t.best_val and t.step > 0:
                     t.best_val = t.last_eval["val_loss"]
                     t.save_checkpoint(run.best if run is not None else None)  # the lowest val estimate so far
@@ -319,8 +325,8 @@ def loop(t: Training) -> None:
                 break
             if stop_flag:
                 t.save_checkpoint()
-                if main and run is not None and t.step != t.resumed_at and t.step % tc.log_interval:
-                    run.log_metrics(t.train_record(loss_value))  # where it stopped, for `chargpt runs`
+                if t.step != t.resumed_at and t.step % tc.log_interval:
+                    t.log(t.record(loss=loss_value, grad_norm=grad_norm))  # where it stopped, for `chargpt runs`
                 code = 130 if int(stop_flag) == signal.SIGINT else 143
                 where = run.path if run is not None else "the run directory"
                 raise TrainingInterrupted(f"stopped at step {t.step} by {signal.Signals(int(stop_flag)).name}; "
@@ -337,8 +343,8 @@ def loop(t: Training) -> None:
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 raise t.non_finite(f"loss became {loss_value} at step {t.step}")
-            grad_norm = torch.nn.utils.clip_grad_norm_(t.model.parameters(),
-                                                       tc.grad_clip if tc.grad_clip > 0 else float("inf"))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(t.model.parameters(),
+                                                             tc.grad_clip if tc.grad_clip > 0 else float("inf")))
             try:
                 for opt in t.optimizers:
                     opt.step()
@@ -351,13 +357,9 @@ def loop(t: Training) -> None:
                 opt.zero_grad(set_to_none=True)
             t.step += 1
             if t.step % tc.log_interval == 0:
-                record = t.train_record(loss_value)
+                record = t.record(loss=loss_value, grad_norm=grad_norm)
                 progress_bar.update(t.step, loss_value, record["tokens_per_sec"], record["train_seconds"])
-                if main:
-                    if run is not None:
-                        run.log_metrics(record)
-                    t.tracker.log({"loss": loss_value, "lr": record["lr"], "grad_norm": float(grad_norm),
-                                   "tokens_per_sec": record["tokens_per_sec"]}, t.step)
+                t.log(record)
 
 
 def finish(t: Training) -> dict:
@@ -379,7 +381,7 @@ def finish(t: Training) -> dict:
             # every rank scores its share of the windows; float32 (no autocast): the reference figure
             final = evaluate_split(t.model, t.splits["val"], mc.block_size, t.device, eval_tokens=tc.eval_tokens,
                                    dist_info=t.dist, should_stop=lambda: stop.received,
-                                   progress=EvalProgress("final evaluation of val", enabled=main))
+                                   progress=EvalProgress("final evaluation of val", enabled=main and t.shows_progress))
             if main and mc.model == "bigram":
                 summary["bigram_optimum_val_loss"] = bigram_optimum(t.splits["train"], t.splits["val"], mc.vocab_size,
                                                                     eval_tokens=tc.eval_tokens,
@@ -414,7 +416,7 @@ def finish(t: Training) -> dict:
             note = run.mark_latest()
             if note:
                 print(f"warning: {note}", file=sys.stderr)
-        t.tracker.finish(summary, run)
+        finish_tracking(t.tracker, run, summary, t.data)
     distributed.barrier(t.dist)
     distributed.shutdown(t.dist)  # NCCL warns at exit about a process group never destroyed
     return summary if main else {}

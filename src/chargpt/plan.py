@@ -1,0 +1,198 @@
+"""The one way into training, for `chargpt train` and `chargpt.train` alike: a `TrainRequest` (what the user
+gave), resolved and checked once by `plan_training` (preset, config file, fields, resume or fine-tune source,
+data, tracker) into a `TrainPlan`, whose `run` creates the run directory, starts the tracker and trains."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import (DEFAULT_DATA, Config, config_changes, default_preset, get_preset, read_config_file,
+                     set_fields)
+from .errors import ConfigError
+
+
+@dataclass
+class TrainRequest:
+    """A training run as asked for; None is "not given". `fields` are config fields ({"n_layer": 4}) from
+    flags or keywords (`fields_from` names them in messages); `tracker` is a tracker's name or object, built
+    with `tracker_options`; `argv` is the command line recorded by the tracker."""
+
+    preset: str | None = None
+    config_file: str | os.PathLike | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+    fields_from: str = "flags"
+    data: Any = None  # a dataset directory, or a loaded `Dataset`
+    resume: str | os.PathLike | None = None
+    init_from: str | os.PathLike | None = None
+    out_dir: str | os.PathLike = "runs"
+    name: str | None = None
+    tracker: Any = None
+    tracker_options: dict[str, Any] = field(default_factory=dict)
+    dataset_artifact: str | None = None  # a W&B dataset to download when no data is given
+    wandb_mode: str = "auto"
+    argv: list[str] | None = None
+
+
+@dataclass
+class TrainPlan:
+    request: TrainRequest
+    config: Config
+    base: Config  # what the announced changes are against: the preset, or the run resumed or fine-tuned from
+    preset: str | None
+    data_dir: str
+    data: Any = None  # the `Dataset`, loaded by `plan_training`
+    resume_run: Any = None  # the `RunDir` continued
+    resume_state: dict | None = None
+    init_from: dict | None = None  # {"state": the checkpoint's contents, "origin": what a run records of it}
+    chosen: str | None = None  # said once the run starts: which preset was picked when none was given
+
+    def as_dict(self) -> dict:
+        """The resolved config as `chargpt train --print-config` prints it."""
+        return {"preset": self.preset, "data_dir": str(self.data_dir), **self.config.to_dict()}
+
+    def run(self, echo: Callable[[str], None] | None = print, notebook: bool = False):
+        """Create (or reopen) the run directory, say what is trained, start the tracker and train; return the
+        finished `Training` and the run's summary. `echo` None: nothing is shown."""
+        from .rundir import RunDir, default_name
+        from .tracking import NullTracker, make_tracker, run_config
+        from .training import finish, loop, setup
+
+        req, main = self.request, os.environ.get("RANK", "0") == "0"
+        say = echo or (lambda *_: None)
+        run = self.resume_run
+        if run is None and main:
+            run = RunDir.create(req.out_dir, req.name or default_name(self.config.model.model, self.preset),
+                                unique=req.name is None)
+        tracker = NullTracker()
+        if main:
+            self._announce(run, say)
+            tracker = make_tracker(req.tracker, **req.tracker_options)
+            tracker.start(run, run_config(self.config, run, self.data, self.preset, req.argv), self.data)
+        t = setup(self.config, self.data, run, preset=self.preset, resume_state=self.resume_state,
+                  init_from=self.init_from, tracker=tracker, data_dir=str(self.data_dir), echo=echo)
+        t.notebook = notebook
+        loop(t)
+        return t, finish(t)
+
+    def _announce(self, run, say: Callable[[str], None]) -> None:
+        if self.chosen:
+            say(self.chosen)
+        if self.resume_state:
+            what, against = f"resuming {run.path} at step {self.resume_state['step']}", "the saved run"
+        elif self.init_from:
+            origin = self.init_from["origin"]
+            what, against = (f"fine-tuning {run.path} from {origin['ckpt']} (step {origin['step']}) on "
+                             f"{self.data_dir}"), "that run"
+        else:
+            what, against = f"training {run.path} from preset '{self.preset}'", "the preset"
+        say(f"{what} (full config in its config.json)")
+        changes = config_changes(self.config, self.base)
+        if changes:
+            say(f"changed from {against}: {', '.join(changes)}")
+
+
+def plan_training(req: TrainRequest, *, load_data: bool = True,
+                  echo: Callable[[str], None] | None = print) -> TrainPlan:
+    """Resolve `req` into the config, preset and data to train, checking everything a run could refuse before it
+    starts. Without `load_data` (--print-config) the dataset is neither read nor checked."""
+    from .envfile import load_env_file
+    from .rundir import check_run_name
+    from .tracking import check_tracker
+
+    if req.name is not None:
+        check_run_name(req.name)
+    check_tracker(req.tracker)
+    if req.resume and req.init_from:
+        raise ConfigError("--resume continues a run and --init-from starts a new one from a run's weights; pass one")
+    if req.preset and (req.resume or req.init_from):
+        raise ConfigError(f"--preset names a new model; {'--resume' if req.resume else '--init-from'} keeps the one "
+                          f"of the run it starts from; drop --preset")
+    if req.config_file and req.init_from:
+        raise ConfigError("--config and --init-from cannot be combined: a fine-tuned run starts from its source's "
+                          "config; give single flags to change what may change")
+    load_env_file(say=echo or (lambda *_: None))
+    plan = _resumed(req) if req.resume else _fine_tuned(req) if req.init_from else _fresh(req)
+    set_fields(plan.config, req.fields, req.fields_from)
+    if "max_steps" in req.fields and "time_budget" not in req.fields and plan.config.train.time_budget:
+        plan.config.train.time_budget = 0.0  # asked for a number of steps: the budget of the run or file goes
+    if not load_data:
+        plan.config.validate()
+        return plan
+    _load_and_check(plan)
+    return plan
+
+
+def _resumed(req: TrainRequest) -> TrainPlan:
+    from . import checkpoint
+    from .rundir import RunDir
+
+    if req.config_file:
+        raise ConfigError("--config and --resume cannot be combined: a resumed run keeps its own config; "
+                          "give single flags to change what may change")
+    run = RunDir.open(req.resume)
+    state = checkpoint.load(run.ckpt)
+    return TrainPlan(req, Config.from_dict(state["config"]), Config.from_dict(state["config"]),
+                     state["extra"].get("preset"), _data_dir(req) or state["extra"].get("data_dir") or DEFAULT_DATA,
+                     resume_run=run, resume_state=state)
+
+
+def _fine_tuned(req: TrainRequest) -> TrainPlan:
+    from . import checkpoint
+    from .rundir import real_path
+
+    source = checkpoint.resolve(real_path(Path(req.init_from)))
+    state = checkpoint.load(source)
+    if req.data is None:
+        raise ConfigError("--init-from needs --data: the dataset directory of the text to fine-tune on")
+    origin = {"ckpt": str(source), "step": state["step"], "dataset_hash": state["dataset_hash"]}
+    return TrainPlan(req, Config.from_dict(state["config"]), Config.from_dict(state["config"]),
+                     state["extra"].get("preset"), _data_dir(req), init_from={"state": state, "origin": origin})
+
+
+def _fresh(req: TrainRequest) -> TrainPlan:
+    from .device import resolve_device
+
+    from_file = read_config_file(req.config_file) if req.config_file else {}
+    device = resolve_device(req.fields.get("device") or from_file.get("train", {}).get("device")
+                            or from_file.get("device") or "auto")
+    preset = req.preset or from_file.get("preset") or default_preset(device.type)
+    chosen = None
+    if req.preset is None and not from_file.get("preset"):
+        chosen = f"no --preset given: using '{preset}' for {device.type}"
+    config = get_preset(preset)
+    set_fields(config, from_file, str(req.config_file))
+    data_dir = _data_dir(req) or from_file.get("data_dir") or DEFAULT_DATA
+    if req.dataset_artifact and req.data is None:  # with or without a tracker: download, then train
+        from .tracking_wandb import download_dataset
+
+        data_dir = download_dataset(req.dataset_artifact, mode=req.wandb_mode) or data_dir
+    return TrainPlan(req, config, get_preset(preset), preset, str(data_dir), chosen=chosen)
+
+
+def _data_dir(req: TrainRequest) -> str | None:
+    from .data import Dataset
+
+    return str(req.data.path) if isinstance(req.data, Dataset) else None if req.data is None else str(req.data)
+
+
+def _load_and_check(plan: TrainPlan) -> None:
+    from . import checkpoint
+    from .data import Dataset, load_dataset
+    from .device import resolve_device
+    from .resources import check_train_fits
+
+    config = plan.config
+    plan.data = plan.request.data if isinstance(plan.request.data, Dataset) else load_dataset(plan.data_dir)
+    config.model.vocab_size = plan.base.model.vocab_size = plan.data.tokenizer.vocab_size
+    config.validate()
+    plan.data.check_block_size(config.model.block_size)
+    check_train_fits(config, resolve_device(config.train.device))  # a size that cannot fit: an error, not an OOM
+    if plan.init_from is not None:
+        model_fields = {f.name for f in fields(config.model)} - {"dropout", "vocab_size"}
+        shape = [c for c in config_changes(config, plan.base) if c.split("=")[0] in model_fields]
+        if shape:
+            raise ConfigError(f"--init-from keeps the model it starts from; drop {', '.join(shape)}")
+    if plan.resume_state is not None:
+        checkpoint.restore(plan.resume_state, config, plan.resume_run.path, data=plan.data)  # refuse before starting
