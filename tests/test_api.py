@@ -114,3 +114,94 @@ def test_train_in_a_script_logs_lines_not_a_redrawn_bar(dataset_dir, tmp_path):
     assert p.returncode == 0, p.stderr
     assert "\r" not in p.stdout + p.stderr  # a log, not a terminal: no carriage-return redraws
     assert "100% | step 6/6" in p.stdout
+
+
+class ListTracker:
+    """A user's own tracker: any object with the five methods of `chargpt.tracking.Tracker` will do."""
+
+    def __init__(self):
+        self.config, self.records, self.images, self.versions, self.summary = None, [], [], [], None
+
+    def start(self, run, config, data):
+        self.config = config
+
+    def log(self, record, step):
+        assert step == record["step"]
+        self.records.append(record)
+
+    def image(self, key, path, caption, step):
+        self.images.append((key, path.stat().st_size, caption, step))
+
+    def artifact(self, kind, files, aliases, metadata):
+        self.versions.append((kind, sorted(files), aliases))
+
+    def finish(self, summary):
+        self.summary = summary
+
+
+def test_a_tracker_object_receives_the_records_metrics_jsonl_holds_the_images_checkpoints_and_summary(
+        dataset_dir, tmp_path):
+    tracker = ListTracker()
+    run = chargpt.train("cpu", dataset_dir, out_dir=tmp_path, name="t", tracker=tracker, log_interval=2, **TINY)
+    assert tracker.records == run.metrics  # one record for both: same keys, same values, same order
+    assert {"loss", "grad_norm", "tokens_seen", "train_seconds", "lr"} <= set(tracker.records[1])
+    assert tracker.config["model"]["n_layer"] == 1 and tracker.config["dataset"]["dir"] == str(dataset_dir)
+    assert [(key, step) for key, _, _, step in tracker.images] == [("loss_curve", 6), ("attention", 6)]
+    assert all(size > 1000 for _, size, _, _ in tracker.images)
+    assert "1 layer x 2 heads" in tracker.images[1][2]  # the label `chargpt attention` writes
+    assert tracker.versions[-1] == ("model", ["ckpt.pt", "config.json", "summary.json"],
+                                    ["latest", "step-6"] if len(tracker.versions) == 2 else ["latest", "best", "step-6"])
+    assert tracker.summary == run.summary
+
+
+def test_train_refuses_a_keyword_it_does_not_use_naming_those_it_takes(dataset_dir, tmp_path):
+    with pytest.raises(ConfigError, match=r"unexpected keyword 'data_dir' \(did you mean data\?\); it takes "
+                                          r"preset, data, resume, init_from, config, out_dir, name, tracker"):
+        chargpt.train("cpu", dataset_dir, out_dir=tmp_path, data_dir=str(dataset_dir), **TINY)
+    with pytest.raises(ConfigError, match="'vocab_size'"):  # set from the dataset: a keyword would be ignored
+        chargpt.train("cpu", dataset_dir, out_dir=tmp_path, vocab_size=10, **TINY)
+    with pytest.raises(ConfigError, match="unknown tracker 'mlflow'; choose one of wandb, tensorboard"):
+        chargpt.train("cpu", dataset_dir, out_dir=tmp_path, tracker="mlflow", **TINY)
+    with pytest.raises(ConfigError, match="--preset names a new model"):
+        chargpt.train("cpu", dataset_dir, out_dir=tmp_path, resume=tmp_path, **TINY)
+    assert list(tmp_path.iterdir()) == []  # refused before any run directory was made
+
+
+def test_verbose_false_prints_nothing(dataset_dir, tmp_path, capfd):
+    run = chargpt.train("cpu", dataset_dir, out_dir=tmp_path, name="q", **TINY)
+    assert capfd.readouterr() == ("", "")
+    assert run.summary["steps"] == 6
+
+
+def curve(run_dir) -> list[tuple]:
+    """The run's losses by step: what a resumed run must continue exactly."""
+    return [(r["step"], r.get("loss"), r.get("train_loss"), r.get("val_loss")) for r in read_metrics(run_dir)]
+
+
+def test_resume_from_python_continues_the_same_loss_curve_as_the_cli(dataset_dir, tmp_path):
+    from conftest import TINY_GPT
+
+    steps = ["--max-steps", "8", "--eval-interval", "4", "--log-interval", "2", "--threads", "1", "--device", "cpu"]
+    run_cli("train", "--data", dataset_dir, *TINY_GPT, *steps, "--name", "c", cwd=tmp_path, check=True)
+    run_cli("train", "--resume", "runs/c", "--max-steps", "16", cwd=tmp_path, check=True)
+
+    fields = dict(n_layer=1, n_embd=32, n_head=2, block_size=16, batch_size=4, eval_iters=2, sample_tokens=20,
+                  compile=False, max_steps=8, eval_interval=4, log_interval=2, threads=1, device="cpu", verbose=False)
+    chargpt.train("cpu", dataset_dir, out_dir=tmp_path / "py", name="p", **fields)
+    run = chargpt.train(resume=tmp_path / "py/p", max_steps=16, verbose=False)
+    assert run.path == tmp_path / "py/p" and run.summary["steps"] == 16
+    assert curve(run.path) == curve(tmp_path / "runs/c") and curve(run.path)[-1][0] == 16
+    assert run.summary["val_loss_full"] == json.loads((tmp_path / "runs/c/summary.json").read_text())["val_loss_full"]
+
+
+def test_init_from_in_python_fine_tunes_a_runs_weights_on_the_data_given(trained, dataset_dir, tmp_path):
+    run = chargpt.train(init_from=trained.path, data=dataset_dir, out_dir=tmp_path, name="ft", max_steps=6,
+                        eval_interval=3, verbose=False)
+    origin = json.loads((run.path / "config.json").read_text())["init_from"]
+    assert origin["ckpt"] == str((trained.path / "ckpt.pt").resolve()) and origin["step"] == 20
+    assert run.summary["init_from"]["step"] == 20 and run.config.model.n_embd == 16
+    # it starts from the trained weights: its first estimate is the source's last (same batches, same weights)
+    start = [r for r in run.metrics if "val_loss" in r][0]
+    assert start["step"] == 0 and start["val_loss"] == [r for r in trained.metrics if "val_loss" in r][-1]["val_loss"]
+    with pytest.raises(ConfigError, match="--init-from needs --data"):
+        chargpt.train(init_from=trained.path, verbose=False)

@@ -69,11 +69,26 @@ def test_compile_caches_live_in_the_users_cache_directory_unless_torch_is_told_o
     monkeypatch.setattr(device, "_USERS_INDUCTOR_CACHE", "")  # the user set nothing...
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/torchinductor_root")  # ...and torch wrote its default back
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("CHARGPT_CACHE", raising=False)
     path = Path(use_persistent_compile_cache())
     assert path.parent == tmp_path / "cache" / "chargpt" and torch.__version__ in path.name
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(path)  # where inductor looks
     monkeypatch.setattr(device, "_USERS_INDUCTOR_CACHE", str(tmp_path / "mine"))
     assert use_persistent_compile_cache() == str(tmp_path / "mine")
+
+
+def test_the_compile_cache_follows_chargpt_cache_as_the_corpus_cache_does(monkeypatch, tmp_path):
+    from chargpt.corpus import locate
+
+    monkeypatch.setattr(device, "_USERS_INDUCTOR_CACHE", "")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/torchinductor_root")
+    monkeypatch.setenv("CHARGPT_CACHE", str(tmp_path / "mine"))
+    monkeypatch.delenv("CHARGPT_DATA", raising=False)
+    corpus = tmp_path / "mine" / "tinyshakespeare" / "input.txt"
+    corpus.parent.mkdir(parents=True)
+    corpus.write_text("cached")
+    assert locate("shakespeare") == corpus  # found in the cache, not downloaded
+    assert Path(use_persistent_compile_cache()).parent == tmp_path / "mine"
 
 
 def test_torchs_own_default_written_back_is_not_taken_for_the_users_cache(monkeypatch, tmp_path):

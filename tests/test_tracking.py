@@ -372,6 +372,44 @@ def test_a_dataset_artifact_without_wandb_is_fetched_not_ignored(small_dataset, 
     assert p.returncode != 0 and len(p.stderr.splitlines()) == 1 and "data/shakespeare" in p.stderr
 
 
+def test_the_library_tracks_in_wandb_with_wandb_true_every_record_of_metrics_jsonl(small_dataset, wandb_dir,
+                                                                                  tmp_path, monkeypatch):
+    import chargpt
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = chargpt.train("bigram", small_dataset, out_dir=tmp_path, name="w", wandb=True, max_steps=20,
+                        eval_interval=10, eval_iters=2, log_interval=5, sample_tokens=20, verbose=False)
+    (run_dir,) = offline_runs(wandb_dir)
+    recs = records(run_dir)
+    rows = history(recs)
+    assert sorted(rows) == [0, 5, 10, 15, 20]
+    expected: dict[int, dict] = {}  # a step's records merged, as W&B merges the logs of one step into one row
+    for record in run.metrics:  # the same record feeds metrics.jsonl and the tracker: every key, every step
+        expected.setdefault(record.pop("step"), {}).update(record)
+    for step, row in expected.items():
+        assert {key: rows[step][key] for key in row} == pytest.approx(row), step
+    assert {"grad_norm", "tokens_seen"} <= set(rows[5]) and rows[20]["loss_curve._type"] == "image-file"
+    assert json.loads(inspect(run_dir, "--summary"))["summary"]["val_loss_full"] == pytest.approx(
+        run.summary["val_loss_full"])
+    assert set(artifacts(recs)["train-bigram-baseline-model"]["aliases"]) == {"latest", "best", "step-20"}
+    assert_no_wandb_core_left(wandb_dir)
+
+
+def test_every_tracker_name_is_a_module_holding_a_tracker_and_the_cli_offers_exactly_those():
+    from typing import get_args
+
+    from chargpt.cli import build_parser
+    from chargpt.config import TrackerName
+    from chargpt.tracking import Tracker, make_tracker
+
+    names = get_args(TrackerName)
+    assert names == ("wandb", "tensorboard")
+    assert all(isinstance(make_tracker(name), Tracker) for name in names)
+    train = next(a for a in build_parser()._actions if a.dest == "command").choices["train"]
+    (flag,) = [a for a in train._actions if a.dest == "tracker"]
+    assert tuple(flag.choices) == names
+
+
 # ------------------------------------------------------------------------------------------- resuming
 def test_best_is_a_separate_model_version_only_when_it_is_an_earlier_step(tmp_path):
     assert separate_best(tmp_path) is None  # no checkpoints at all

@@ -100,7 +100,8 @@ def _check_keywords(given: dict) -> None:
     unknown = [k for k in given if k not in known]
     if unknown:
         own = [p for p in inspect.signature(train).parameters if p != "fields"]
-        close = difflib.get_close_matches(unknown[0], own + sorted(known), n=1)
+        names = own + sorted(known)
+        close = [n for n in names if unknown[0].startswith(n)] or difflib.get_close_matches(unknown[0], names, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise ConfigError(f"train() got an unexpected keyword {unknown[0]!r}{hint}; it takes {', '.join(own)} and "
                           f"any config field (`chargpt train --help` lists them)")

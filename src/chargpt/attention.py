@@ -136,3 +136,8 @@ def attention_figure(weights: torch.Tensor, prompt: str, title: str | None = Non
 
 def layers_by_heads(n_layer: int, n_head: int) -> str:
     return f"{n_layer} layer{'s' * (n_layer != 1)} x {n_head} head{'s' * (n_head != 1)}"
+
+
+def attention_title(name: str, step: int, n_layer: int, n_head: int) -> str:
+    """The heading of a run's attention map: the same in `chargpt attention` and in a tracker's image."""
+    return f"{name} (step {step}): attention, {layers_by_heads(n_layer, n_head)}, query (row) -> key (column)"

@@ -242,7 +242,7 @@ def cmd_runs(args) -> int:
 def cmd_attention(args) -> int:
     import torch
 
-    from .attention import attention_weights, draw_attention, layers_by_heads
+    from .attention import attention_title, attention_weights, draw_attention, layers_by_heads
     from .checkpoint import load_model
 
     device = _device_and_threads(args)
@@ -257,8 +257,7 @@ def cmd_attention(args) -> int:
     L, H, T, _ = weights.shape
     shown = min(T, args.window) if args.window else T
     name = _run_name(args.ckpt)
-    title = (f"{name} (step {state['step']}): attention, {layers_by_heads(L, H)}, query (row) -> key (column)"
-             + (f"; the last {shown} of {T} characters" if shown < T else ""))
+    title = attention_title(name, state["step"], L, H) + (f"; the last {shown} of {T} characters" if shown < T else "")
     out = draw_attention(weights, prompt, args.out, title=title, scale=args.scale, window=args.window)
     print(f"wrote {out}: {layers_by_heads(L, H)} over {T} characters"
           + (f" (the last {shown} drawn)" if shown < T else ""))

@@ -7,21 +7,13 @@ import urllib.request
 from pathlib import Path
 
 from .errors import DataError
-from .fsutil import write_bytes
+from .fsutil import cache_dir, write_bytes
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 
 # name -> (relative path under a data root, url, sha256)
 DATASETS = {"shakespeare": ("tinyshakespeare/input.txt", SHAKESPEARE_URL, SHAKESPEARE_SHA256)}
-
-
-def cache_dir() -> Path:
-    """$CHARGPT_CACHE, else $XDG_CACHE_HOME/chargpt, else ~/.cache/chargpt."""
-    if os.environ.get("CHARGPT_CACHE"):
-        return Path(os.environ["CHARGPT_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "chargpt"
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -111,8 +111,9 @@ def use_persistent_compile_cache() -> str:
     users = _USERS_INDUCTOR_CACHE
     if users:
         return users
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(base / "chargpt" / f"torchinductor-{torch.__version__}")
+    from .fsutil import cache_dir
+
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir() / f"torchinductor-{torch.__version__}")
     return os.environ["TORCHINDUCTOR_CACHE_DIR"]
 
 

@@ -261,3 +261,11 @@ def append_line(path: str | os.PathLike, line: str) -> None:
         f.write(line.rstrip("\n") + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def cache_dir() -> Path:
+    """chargpt's cache (downloaded corpora, compiled models): $CHARGPT_CACHE, else $XDG_CACHE_HOME/chargpt, else
+    ~/.cache/chargpt."""
+    if os.environ.get("CHARGPT_CACHE"):
+        return Path(os.environ["CHARGPT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "chargpt"

@@ -131,9 +131,9 @@ def _images(run: RunDir, data: Dataset, tmp: Path) -> list[tuple[str, Path, str]
     if (Path(run.path) / PLOT).is_file():
         images.append(("loss_curve", Path(run.path) / PLOT, f"{name}: loss"))
     if Path(run.ckpt).is_file():
-        out = draw_attention_of(run.ckpt, data, tmp / "attention.png", name)
-        if out is not None:
-            images.append(("attention", out[0], f"{name}: attention over {out[1]!r}"))
+        drawn = draw_attention_of(run.ckpt, data, tmp / "attention.png", name)
+        if drawn is not None:
+            images.append(("attention", *drawn))
     return images
 
 
@@ -171,11 +171,11 @@ def separate_best(run_path: Path) -> int | None:
 
 
 def draw_attention_of(ckpt: Path, data: Dataset, out: Path, name: str) -> tuple[Path, str] | None:
-    """The attention map of a GPT checkpoint over the start of `data`'s validation text, and that text; None for
-    a model without attention."""
+    """The attention map of a GPT checkpoint over the start of `data`'s validation text, and its caption; None
+    for a model without attention."""
     import torch
 
-    from .attention import attention_weights, draw_attention, layers_by_heads
+    from .attention import attention_title, attention_weights, draw_attention
     from .checkpoint import load_model
     from .model import GPT
 
@@ -186,6 +186,5 @@ def draw_attention_of(ckpt: Path, data: Dataset, out: Path, name: str) -> tuple[
     if not prompt:
         return None
     weights = attention_weights(model, torch.tensor([tok.encode(prompt)], dtype=torch.long))[0]
-    L, H, _, _ = weights.shape
-    title = f"{name} (step {state['step']}): attention, {layers_by_heads(L, H)}, query (row) -> key (column)"
-    return draw_attention(weights, prompt, out, title=title), prompt
+    title = attention_title(name, state["step"], *weights.shape[:2])
+    return draw_attention(weights, prompt, out, title=title), f"{title}, over {prompt!r}"
