@@ -318,3 +318,62 @@ def test_malicious_checkpoint_or_dataset_is_refused_by_every_command_and_never_r
         assert "refused" in line and "system" in line, (argv, line)
         assert not marker.exists(), argv
     assert not (home / "runs" / "from-evil-data").exists()
+
+
+# ------------------------------------------------------------------------------------- one writer per run
+def test_two_resumes_of_one_run_started_together_leave_one_writer_and_an_ordered_log(tmp_path, dataset_dir):
+    ok(chargpt("train", *TINY, "--data", dataset_dir, "--max-steps", 20, "--name", "same", cwd=tmp_path))
+    run = tmp_path / "runs" / "same"
+    procs = [start("train", "--resume", "runs/same", "--max-steps", 150, cwd=tmp_path) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 1], [(p.returncode, err) for p, (_, err) in zip(procs, outs)]
+    winner, loser = (0, 1) if procs[0].returncode == 0 else (1, 0)
+    line = one_line(outs[loser][1])
+    assert f"is being written by another process (pid {procs[winner].pid})" in line, line
+    records = [(r["step"], "val_loss" in r) for r in read_metrics(run)]  # a step may log a loss and an evaluation
+    assert records == sorted(records) and len(records) == len(set(records)) and records[-1][0] == 150
+    assert checkpoint.load(run)["step"] == 150
+
+
+def test_the_writer_lock_dies_with_its_process_and_readers_never_wait_for_it(tmp_path, dataset_dir):
+    ok(chargpt("train", *TINY, "--data", dataset_dir, "--max-steps", 20, "--name", "r", cwd=tmp_path))
+    run = tmp_path / "runs" / "r"
+    writer = start("train", "--resume", "runs/r", "--max-steps", 100_000, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while (run / ".lock").read_text().strip() != str(writer.pid):  # written once the lock is held
+            assert writer.poll() is None and time.monotonic() < deadline, writer.communicate()
+            time.sleep(0.05)
+        ok(chargpt("runs", cwd=tmp_path))
+        ok(chargpt("sample", "--ckpt", "runs/r", "--max-new-tokens", 5, "--device", "cpu", cwd=tmp_path))
+        refused = chargpt("train", "--resume", "runs/r", "--max-steps", 200, cwd=tmp_path)
+        assert refused.returncode == 1 and f"pid {writer.pid}" in one_line(refused.stderr)
+    finally:
+        writer.kill()  # kill -9: no handler runs, only the kernel can let go of the lock
+        writer.wait()
+    ok(chargpt("train", "--resume", "runs/r", "--max-steps", checkpoint.load(run)["step"] + 10, cwd=tmp_path))
+
+
+def test_a_finished_run_resumed_and_killed_is_listed_as_its_checkpoint_not_its_old_summary(tmp_path, dataset_dir):
+    from chargpt.runs import read_run
+
+    ok(chargpt("train", *TINY, "--data", dataset_dir, "--max-steps", 40, "--name", "r", cwd=tmp_path))
+    run = tmp_path / "runs" / "r"
+    assert read_run(run).finished and read_run(run).steps == 40
+    first = (run / "ckpt.pt").stat().st_mtime_ns
+    writer = start("train", "--resume", "runs/r", "--max-steps", 100_000, "--ckpt-interval", 50, cwd=tmp_path)
+    deadline = time.monotonic() + 240
+    while (run / "ckpt.pt").stat().st_mtime_ns == first:
+        assert writer.poll() is None and time.monotonic() < deadline, writer.communicate()
+        time.sleep(0.02)
+    time.sleep(random.uniform(0, 1))
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    at = checkpoint.load(run)["step"]
+    row = read_run(run)
+    assert at > 40 and row.steps == at and not row.finished and row.val_full is None
+    assert row.best_step is None or row.best_step <= at
+    listed = ok(chargpt("runs", cwd=tmp_path)).stdout
+    line = next(ln for ln in listed.splitlines() if ln.startswith("r "))
+    assert f" {at} " in line and line.rstrip().endswith("unfinished"), listed

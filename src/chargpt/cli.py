@@ -100,6 +100,8 @@ def cmd_train(args) -> int:
     if launch and args.nproc > 1:  # every argument checked here, once: the processes would each report it
         from .launch import relaunch_with_torchrun
 
+        if plan.resume_run is not None:
+            plan.resume_run.unlock()  # its process of rank 0 becomes the writer
         return relaunch_with_torchrun(args.nproc, args.argv)
     _, summary = plan.run()
     if summary.get("sample"):

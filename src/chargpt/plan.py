@@ -70,11 +70,15 @@ class TrainPlan:
             self._announce(run, say)
             tracker = make_tracker(req.tracker, **req.tracker_options)
             tracker.start(run, run_config(self.config, run, self.data, self.preset, req.argv), self.data)
-        t = setup(self.config, self.data, run, preset=self.preset, resume_state=self.resume_state,
-                  init_from=self.init_from, tracker=tracker, data_dir=str(self.data_dir), echo=echo)
-        t.notebook = notebook
-        loop(t)
-        return t, finish(t)
+        try:
+            t = setup(self.config, self.data, run, preset=self.preset, resume_state=self.resume_state,
+                      init_from=self.init_from, tracker=tracker, data_dir=str(self.data_dir), echo=echo)
+            t.notebook = notebook
+            loop(t)
+            return t, finish(t)
+        finally:  # a notebook's process lives on: the run is free for another writer now
+            if run is not None:
+                run.unlock()
 
     def _announce(self, run, say: Callable[[str], None]) -> None:
         if self.chosen:

@@ -1,4 +1,7 @@
-"""The local record of a run: `runs/<name>/` with config, metrics log, checkpoint, sample and summary."""
+"""The local record of a run: `runs/<name>/` with config, metrics log, checkpoint, sample and summary.
+
+One process writes a run at a time: the writer holds an OS lock on the run's `.lock` (flock), which the kernel
+drops when the process ends however it ends, so a `kill -9` never leaves a stale lock. Readers never take it."""
 from __future__ import annotations
 
 import json
@@ -13,6 +16,8 @@ from .fsutil import (METRICS_LIMIT, append_line, kind_of, read_bytes, read_json,
 
 CONFIG, METRICS, SUMMARY, SAMPLE, CKPT, BEST, PLOT = ("config.json", "metrics.jsonl", "summary.json", "sample.txt",
                                                      "ckpt.pt", "best.pt", "loss.png")
+LOCK = ".lock"
+_held: dict[str, int] = {}  # run directory (real path) -> the descriptor holding its lock in this process
 
 
 @dataclass
@@ -40,7 +45,9 @@ class RunDir:
             if not os.access(path, os.W_OK):
                 path.rmdir()
                 raise CheckpointError(f"run directory {path} is not writable; choose a writable --out-dir")
-            return cls(path)
+            run = cls(path)
+            run.lock()
+            return run
         path = out_dir / name
         raise CheckpointError(f"run directory {path} already exists; pass --resume {path} to continue it "
                               f"or --name to start another")
@@ -58,7 +65,47 @@ class RunDir:
         problem = run_problem(path)
         if problem:
             raise CheckpointError(f"cannot resume {path}: {problem}; start a new run, or repair or remove that file")
-        return cls(path)
+        run = cls(path)
+        if os.environ.get("RANK", "0") == "0":  # the other processes of a distributed run write nothing here
+            run.lock()
+        return run
+
+    def lock(self) -> None:
+        """Become the run's one writer until `unlock` or the end of this process; refuse (naming the holder's
+        pid) while another process writes it. Taken before the checkpoint is read, so a second writer never
+        resumes from a state the first is about to replace."""
+        key = os.path.realpath(self.path)
+        if key in _held:
+            return
+        try:
+            import fcntl
+        except ImportError:  # no flock on this system: one writer per run is then the user's to keep
+            return
+        try:
+            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise CheckpointError(f"cannot lock {self.path / LOCK} ({e.strerror}); it must be a file chargpt can "
+                                  f"write: remove whatever is there") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", errors="replace").strip()
+            os.close(fd)
+            raise CheckpointError(f"{self.path} is being written by another process "
+                                  f"({f'pid {holder}' if holder.isdigit() else 'just started'}); wait for it to "
+                                  f"end or stop it, then retry") from None
+        except OSError:  # a filesystem without locks (some network mounts): train unguarded rather than not at all
+            os.close(fd)
+            return
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _held[key] = fd
+
+    def unlock(self) -> None:
+        """Stop being the run's writer (a notebook process lives on after its training ends)."""
+        fd = _held.pop(os.path.realpath(self.path), None)
+        if fd is not None:
+            os.close(fd)
 
     @property
     def ckpt(self) -> Path:

@@ -1,6 +1,8 @@
 """The runs under `runs/`, side by side: one row per run directory, from its config, metrics log and summary.
 
-A run without `summary.json` did not finish (still training, stopped or crashed); it is listed from what it wrote.
+A run without `summary.json` did not finish (still training, stopped or crashed); it is listed from what it wrote,
+up to its checkpoint. So is a run whose summary describes another step than its checkpoint: a finished run was
+resumed since, and that summary is no longer its record.
 """
 from __future__ import annotations
 
@@ -11,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ChargptError, CheckpointError
-from .fsutil import read_json
+from .fsutil import load_torch, read_json
 from .progress import format_duration
-from .rundir import BEST, CONFIG, METRICS, SUMMARY, read_metrics, run_problem
+from .rundir import BEST, CKPT, CONFIG, METRICS, SUMMARY, read_metrics, run_problem
 
 
 ABSURD_PARAMS = 10 ** 12  # 4 TB of float32 weights: a config edited by hand, not one that trained
@@ -82,7 +84,10 @@ def read_run(path: str | os.PathLike) -> RunInfo:
                  if summary.get(k) is not None and _of(kind, summary[k]) is None]
         if wrong:
             problem = f"{SUMMARY} has a {wrong[0]} of the wrong type ({summary[wrong[0]]!r})"
-    records = [r for r in read_metrics(path) if isinstance(r.get("step"), int)]
+    at = checkpoint_step(path)
+    if at is not None and summary and summary.get("steps") != at:
+        summary = {}
+    records = [r for r in read_metrics(path) if isinstance(r.get("step"), int) and (at is None or r["step"] <= at)]
     evals = [r for r in records if r.get("val_loss") is not None]
     last = max(records, key=lambda r: r["step"], default={})  # training-loss records too: a run may stop between evaluations
     best = min(evals, key=lambda r: r["val_loss"], default={})
@@ -100,7 +105,7 @@ def read_run(path: str | os.PathLike) -> RunInfo:
         model=_of(str, summary.get("model")) or _of(str, model_config.get("model")),
         preset=_of(str, summary.get("preset")) or _of(str, config.get("preset")),
         params=params,
-        steps=_of(int, summary.get("steps", last.get("step"))),
+        steps=_of(int, summary.get("steps", last.get("step") if at is None else at)),
         best_val=best.get("val_loss"),
         best_step=best.get("step") if (path / BEST).is_file() else None,
         val_full=_of(float, summary.get("val_loss_full")),
@@ -109,6 +114,15 @@ def read_run(path: str | os.PathLike) -> RunInfo:
         finished=bool(summary),
         problem=problem,
     )
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step of the run's checkpoint (None without a readable one); its tensors are mapped, not read."""
+    try:
+        step = load_torch(path / CKPT, within=path, mmap=True).get("step")
+    except Exception:  # missing or damaged: the row is then read from the other files
+        return None
+    return _of(int, step)
 
 
 def _unreadable(path: Path, error: Exception) -> RunInfo:

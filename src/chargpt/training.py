@@ -186,10 +186,14 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
 
     `init_from` fine-tunes: {"state": a checkpoint's contents, "origin": what to record of it} starts from that
     checkpoint's weights (characters of `data` it does not know get fresh rows) with a fresh optimizer."""
-    t = setup(config, data, run, preset=preset, resume_state=resume_state, init_from=init_from, tracker=tracker,
-              data_dir=data_dir, echo=echo)
-    loop(t)
-    return finish(t)
+    try:
+        t = setup(config, data, run, preset=preset, resume_state=resume_state, init_from=init_from, tracker=tracker,
+                  data_dir=data_dir, echo=echo)
+        loop(t)
+        return finish(t)
+    finally:
+        if run is not None:
+            run.unlock()
 
 
 def setup(config: Config, data: Dataset, run: RunDir | None, *, preset: str | None = None,
