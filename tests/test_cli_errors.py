@@ -207,6 +207,11 @@ ROWS = [
     ("resume-empty-ckpt", ["train", "--resume", "runs/emptyckpt", "--data", "data"], "emptyckpt"),
     ("resume-text-file-ckpt", ["train", "--resume", "runs/textckpt", "--data", "data"], "textckpt"),
     ("resume-tensor-not-ckpt", ["train", "--resume", "runs/tensor", "--data", "data"], "not a chargpt checkpoint"),
+    ("resume-with-preset", ["train", "--resume", "runs/base", "--preset", "cpu"], "drop --preset"),
+    ("init-from-with-config", ["train", "--init-from", "runs/base", "--data", "data", "--config", "c.toml"],
+     "--config and --init-from"),
+    ("train-two-trackers", ["train", *TINY, "--data", "data", "--wandb", "--tracker", "tensorboard"], "two trackers"),
+    ("train-unknown-tracker", ["train", *TINY, "--data", "data", "--tracker", "mlflow"], "mlflow"),
     ("resume-unknown-device", ["train", "--resume", "runs/base", "--device", "tpu"], "tpu"),
     ("resume-invalid-override", ["train", "--resume", "runs/base", "--lr", "-1"], "--lr"),
     # -- sample: prompt outside the vocabulary, negative --max-new-tokens, other bad values
