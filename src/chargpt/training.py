@@ -284,10 +284,9 @@ def setup(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
 
 def loop(t: Training) -> None:
     """Train until the step count or the time budget is reached; evaluate, checkpoint and log on the way."""
-    tc, block_size, main, run = t.config.train, t.config.model.block_size, t.dist.is_main, t.run
-    budget = tc.time_budget
-    progress_bar = Progress(tc.max_steps, budget, step=t.step, seconds=t.spent, enabled=main and t.shows_progress,
-                            notebook=t.notebook)
+    tc, budget = t.config.train, t.config.train.time_budget
+    progress_bar = Progress(tc.max_steps, budget, step=t.step, seconds=t.spent,
+                            enabled=t.dist.is_main and t.shows_progress, notebook=t.notebook)
     ckpt_every = tc.ckpt_interval or tc.eval_interval
     # A time budget is evaluated at evenly spaced fractions of it (steps per second vary with the model).
     next_eval_mark = math.floor(t.spent / budget * tc.budget_evals) + 1 if budget else 0
@@ -305,65 +304,81 @@ def loop(t: Training) -> None:
             else:
                 due = t.step % tc.eval_interval == 0 and t.step != t.resumed_at
             if (due or finished) and not (finished and t.step == t.resumed_at and t.last_eval):
-                t0 = time.perf_counter()
-                seconds_so_far = t.train_seconds()
-                t.last_eval = t.evaluate()
-                if not all(math.isfinite(v) for v in t.last_eval.values()):
-                    raise t.non_finite(f"the estimated loss became train {t.last_eval['train_loss']}, "
-                                       f"val {t.last_eval['val_loss']} at step {t.step}")
-                t.log(t.record(seconds_so_far, **t.last_eval))
-                if main and run is not None:
-                    refresh_run_plot(run.path)
-                if t.last_eval["val_loss"] < t.best_val and t.step > 0:
-                    t.best_val = t.last_eval["val_loss"]
-                    t.save_checkpoint(run.best if run is not None else None)  # the lowest val estimate so far
-                progress_bar.note(f"step {t.step}: train {t.last_eval['train_loss']:.4f}, "
-                                  f"val {t.last_eval['val_loss']:.4f}")
-                t.paused += time.perf_counter() - t0
+                paused(t, lambda: evaluate_and_log(t, progress_bar))
             if t.step > 0 and t.step != t.resumed_at and (t.step % ckpt_every == 0 or finished
                                                           or (due and budget and not tc.ckpt_interval)):
-                t0 = time.perf_counter()
-                t.save_checkpoint()
-                t.paused += time.perf_counter() - t0
+                paused(t, t.save_checkpoint)
             if finished:
                 break
             if stop_flag:
-                t.save_checkpoint()
-                if t.step != t.resumed_at and t.step % tc.log_interval:
-                    t.log(t.record(loss=loss_value, grad_norm=grad_norm))  # where it stopped, for `chargpt runs`
-                code = 130 if int(stop_flag) == signal.SIGINT else 143
-                where = run.path if run is not None else "the run directory"
-                raise TrainingInterrupted(f"stopped at step {t.step} by {signal.Signals(int(stop_flag)).name}; "
-                                          f"checkpoint saved; resume with: chargpt train --resume {where}", code)
-
+                stop_here(t, int(stop_flag), loss_value, grad_norm)
             set_lr(t.optimizers, lr_multiplier(t.fraction_done(), tc))
-            for micro in range(t.accum):
-                x, y = get_batch(t.splits["train"], t.micro_batch, block_size, t.device, t.gen)
-                sync = t.ddp_model is None or micro == t.accum - 1
-                with t.ddp_model.no_sync() if not sync else nullcontext():
-                    with t.autocast():
-                        _, loss = t.fwd(x, y)
-                    (loss / t.accum).backward()
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise t.non_finite(f"loss became {loss_value} at step {t.step}")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(t.model.parameters(),
-                                                             tc.grad_clip if tc.grad_clip > 0 else float("inf")))
-            try:
-                for opt in t.optimizers:
-                    opt.step()
-            except RuntimeError as e:  # torch refuses an update too large for float32
-                if "overflow" not in str(e):
-                    raise
-                raise NonFiniteLoss(f"the update at step {t.step} overflowed float32; {t.kept()}. "
-                                    f"Lower --lr or --muon-lr") from None
-            for opt in t.optimizers:
-                opt.zero_grad(set_to_none=True)
+            loss_value, grad_norm = train_step(t)
             t.step += 1
             if t.step % tc.log_interval == 0:
                 record = t.record(loss=loss_value, grad_norm=grad_norm)
                 progress_bar.update(t.step, loss_value, record["tokens_per_sec"], record["train_seconds"])
                 t.log(record)
+
+
+def paused(t: Training, work: Callable[[], None]) -> None:
+    """Do `work` off the clock: evaluation and checkpoints do not count against the time budget."""
+    t0 = time.perf_counter()
+    work()
+    t.paused += time.perf_counter() - t0
+
+
+def evaluate_and_log(t: Training, progress_bar: Progress) -> None:
+    """Estimate train/val loss, log it, redraw loss.png and keep best.pt at the lowest val estimate so far."""
+    seconds_so_far = t.train_seconds()
+    t.last_eval = t.evaluate()
+    if not all(math.isfinite(v) for v in t.last_eval.values()):
+        raise t.non_finite(f"the estimated loss became train {t.last_eval['train_loss']}, "
+                           f"val {t.last_eval['val_loss']} at step {t.step}")
+    t.log(t.record(seconds_so_far, **t.last_eval))
+    if t.dist.is_main and t.run is not None:
+        refresh_run_plot(t.run.path)
+    if t.last_eval["val_loss"] < t.best_val and t.step > 0:
+        t.best_val = t.last_eval["val_loss"]
+        t.save_checkpoint(t.run.best if t.run is not None else None)
+    progress_bar.note(f"step {t.step}: train {t.last_eval['train_loss']:.4f}, val {t.last_eval['val_loss']:.4f}")
+
+
+def stop_here(t: Training, signum: int, loss_value: float, grad_norm: float) -> None:
+    """A signal asked to stop: save a checkpoint, log where it stopped (for `chargpt runs`) and say how to resume."""
+    t.save_checkpoint()
+    if t.step != t.resumed_at and t.step % t.config.train.log_interval:
+        t.log(t.record(loss=loss_value, grad_norm=grad_norm))
+    where = t.run.path if t.run is not None else "the run directory"
+    raise TrainingInterrupted(f"stopped at step {t.step} by {signal.Signals(signum).name}; checkpoint saved; "
+                              f"resume with: chargpt train --resume {where}", 130 if signum == signal.SIGINT else 143)
+
+
+def train_step(t: Training) -> tuple[float, float]:
+    """One optimizer step over `accum` micro-batches; return the last micro-batch's loss and the gradient norm."""
+    tc = t.config.train
+    for micro in range(t.accum):
+        x, y = get_batch(t.splits["train"], t.micro_batch, t.config.model.block_size, t.device, t.gen)
+        sync = t.ddp_model is None or micro == t.accum - 1
+        with t.ddp_model.no_sync() if not sync else nullcontext():
+            with t.autocast():
+                _, loss = t.fwd(x, y)
+            (loss / t.accum).backward()
+    loss_value = loss.item()
+    if not math.isfinite(loss_value):
+        raise t.non_finite(f"loss became {loss_value} at step {t.step}")
+    grad_norm = torch.nn.utils.clip_grad_norm_(t.model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
+    try:
+        for opt in t.optimizers:
+            opt.step()
+    except RuntimeError as e:  # torch refuses an update too large for float32
+        if "overflow" not in str(e):
+            raise
+        raise NonFiniteLoss(f"the update at step {t.step} overflowed float32; {t.kept()}. "
+                            f"Lower --lr or --muon-lr") from None
+    for opt in t.optimizers:
+        opt.zero_grad(set_to_none=True)
+    return loss_value, float(grad_norm)
 
 
 def finish(t: Training) -> dict:
