@@ -62,3 +62,12 @@ def test_an_unreadable_dotenv_file_is_one_warning(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert out == "" and err.splitlines() == [f"warning: {env} cannot be read (Permission denied); going on without it"]
     assert "CHARGPT_T_MODE" not in os.environ
+
+
+def test_a_dotenv_file_of_a_megabyte_is_skipped_at_once_with_one_warning(tmp_path, capsys):
+    (tmp_path / ".env").write_text("CHARGPT_T_WORD=" + "x" * 1_000_000 + "\n" + "CHARGPT_T_MODE=1\n" * 50_000)
+    said = []
+    assert load_env_file(tmp_path, say=said.append) is None and said == []
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "cannot be read (over 16,384 bytes" in err[0] and "going on without it" in err[0], err
+    assert "CHARGPT_T_WORD" not in os.environ

@@ -19,7 +19,7 @@ def load_env_file(directory: str | os.PathLike | None = None, *, say=print) -> P
     """Read `<directory or cwd>/.env` into `os.environ` (variables already set win) once per process and say in
     one line which file was read; return its path, or None when there is none."""
     path = Path(directory or Path.cwd()).resolve() / ENV_FILE
-    if path in _read or not path.exists():
+    if path in _read or not path.is_file():
         return path if path in _read else None
     _read.add(path)
     from .fsutil import read_bytes
