@@ -162,9 +162,19 @@ def test_train_refuses_a_keyword_it_does_not_use_naming_those_it_takes(dataset_d
         chargpt.train("cpu", dataset_dir, out_dir=tmp_path, vocab_size=10, **TINY)
     with pytest.raises(ConfigError, match="unknown tracker 'mlflow'; choose one of wandb, tensorboard"):
         chargpt.train("cpu", dataset_dir, out_dir=tmp_path, tracker="mlflow", **TINY)
+    with pytest.raises(ConfigError, match="or an object with the methods start, log, image, artifact and finish"):
+        chargpt.train("cpu", dataset_dir, out_dir=tmp_path, tracker=object(), **TINY)
     with pytest.raises(ConfigError, match="--preset names a new model"):
         chargpt.train("cpu", dataset_dir, out_dir=tmp_path, resume=tmp_path, **TINY)
     assert list(tmp_path.iterdir()) == []  # refused before any run directory was made
+
+
+def test_train_reads_a_config_file_and_keywords_override_it_as_flags_do(dataset_dir, tmp_path):
+    (tmp_path / "c.toml").write_text('preset = "bigram"\neval_iters = 1\n[train]\nmax_steps = 50\n')
+    run = chargpt.train(data=dataset_dir, config=tmp_path / "c.toml", out_dir=tmp_path, name="c", max_steps=4,
+                        eval_interval=2, sample_tokens=0, device="cpu", verbose=False)
+    assert run.summary["preset"] == "bigram" and run.config.model.model == "bigram"
+    assert run.config.train.eval_iters == 1 and run.summary["steps"] == 4
 
 
 def test_verbose_false_prints_nothing(dataset_dir, tmp_path, capfd):

@@ -112,6 +112,8 @@ def warn(what: str, exc: BaseException | None = None, service: str | None = None
 def finish_tracking(tracker: Tracker, run: RunDir | None, summary: dict, data: Dataset) -> None:
     """The loss curve and (for a GPT) the attention over the start of the validation text as images, the
     checkpoints as `model` versions, then the summary: the same for every tracker."""
+    if isinstance(tracker, NullTracker):
+        return  # nothing would receive the pictures: none are drawn
     steps = int(summary.get("steps") or 0)
     if run is not None:
         with tempfile.TemporaryDirectory(prefix="chargpt-tracking-") as tmp:
