@@ -7,7 +7,7 @@ import torch
 from matplotlib.figure import Figure
 
 import chargpt
-from chargpt.errors import ChargptError, ConfigError
+from chargpt.errors import ChargptError, CheckpointError, ConfigError, DataError
 from chargpt.rundir import read_metrics
 from conftest import run_cli
 
@@ -24,7 +24,7 @@ def corpus(chars: str, n: int = 4000) -> str:
                          ids=["95-chars", "37-chars"])
 def test_train_takes_the_vocabulary_and_head_size_from_the_dataset(tmp_path, chars, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    ds = chargpt.prepare(corpus(chars), "data/mine")
+    ds = chargpt.prepare(text=corpus(chars), out="data/mine")
     assert ds.tokenizer.vocab_size == len(set(chars))
     run = chargpt.train("cpu", ds, name="r", **TINY)
     assert run.model.lm_head.out_features == len(set(chars)) == run.config.model.vocab_size
@@ -215,3 +215,28 @@ def test_init_from_in_python_fine_tunes_a_runs_weights_on_the_data_given(trained
     assert start["step"] == 0 and start["val_loss"] == [r for r in trained.metrics if "val_loss" in r][-1]["val_loss"]
     with pytest.raises(ConfigError, match="--init-from needs --data"):
         chargpt.train(init_from=trained.path, verbose=False)
+
+
+def test_prepare_never_takes_a_mistyped_path_for_text(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for source in ("nonexistent_file.txt", "data/typo.txt", tmp_path / "missing.txt"):
+        with pytest.raises(DataError, match=r"does not exist; pass a text file, a known corpus .* prepare\(text=\.\.\.\)"):
+            chargpt.prepare(source)
+    assert not (tmp_path / "data").exists()
+    (tmp_path / "a.txt").write_text("hello there\n" * 50)
+    assert chargpt.prepare("a.txt").tokenizer.vocab_size == chargpt.prepare(text="hello there\n" * 50).tokenizer.vocab_size
+    with pytest.raises(DataError, match="pass one of them"):
+        chargpt.prepare("a.txt", text="hello")
+    with pytest.raises(DataError, match="pass one of them"):
+        chargpt.prepare()
+
+
+def test_a_damaged_summary_is_one_clear_error_and_the_run_still_loads(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ds = chargpt.prepare(text=corpus(string.ascii_lowercase + " "), out="data/d")
+    run = chargpt.train("cpu", ds, name="r", **TINY)
+    for damage in (b'{"steps": 6', b"[1, 2]", b"\xff\xfe", b"[" * 100_000):
+        (run.path / "summary.json").write_bytes(damage)
+        with pytest.raises(CheckpointError, match="summary.json"):
+            chargpt.load(run.path).summary
+    assert chargpt.load(run.path).metrics == run.metrics

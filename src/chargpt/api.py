@@ -20,28 +20,35 @@ if TYPE_CHECKING:
     from .tracking import Tracker
 
 
-def prepare(source: str | os.PathLike, out: str | os.PathLike | None = None, val_fraction: float = 0.1,
-            name: str | None = None, dtype: str = "auto", replace: bool = False) -> Dataset:
-    """Encode a text file, or a string of text, into a dataset directory (default `data/<name>`); return it.
+def prepare(source: str | os.PathLike | None = None, out: str | os.PathLike | None = None, val_fraction: float = 0.1,
+            name: str | None = None, dtype: str = "auto", replace: bool = False, *, text: str | None = None) -> Dataset:
+    """Encode a text file, a known corpus ("shakespeare": found or downloaded) or, with `text=`, a string of
+    text into a dataset directory (default `data/<name>`); return it.
 
-    A string that names an existing file is that file, a known corpus ("shakespeare") is found or downloaded,
-    and any other string is the text itself."""
+    `source` is always a file or a corpus name, never text: a mistyped path is an error, not a dataset of its
+    characters."""
     from .corpus import DATASETS, locate
     from .data import prepare as prepare_files
 
+    if (source is None) == (text is None):
+        raise DataError("prepare() takes a file or corpus name, or text=\"the text itself\": pass one of them")
+    if text is not None and not isinstance(text, str):
+        raise DataError(f"text= must be a string, got {type(text).__name__}; pass a file's path as the first argument")
     if isinstance(source, str) and source in DATASETS and not Path(source).exists():
         name, source = name or source, locate(source)
-
-    is_path = isinstance(source, os.PathLike) or _names_a_file(source)
-    if is_path:
+    if source is not None:
+        if not Path(source).is_file():
+            what = "is not a file" if Path(source).exists() else "does not exist"
+            raise DataError(f"{source} {what}; pass a text file, a known corpus ({', '.join(DATASETS)}), or the "
+                            f"text itself as prepare(text=...)")
         name = name or Path(source).stem
         _say(prepare_files(source, out or f"data/{name}", val_fraction=val_fraction, name=name, dtype=dtype,
                            replace=replace).note)
         return load_dataset(out or f"data/{name}")
-    name = name or "text-" + hashlib.sha256(source.encode()).hexdigest()[:8]
+    name = name or "text-" + hashlib.sha256(text.encode()).hexdigest()[:8]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{name}.txt"
-        path.write_text(source, encoding="utf-8")
+        path.write_text(text, encoding="utf-8")
         _say(prepare_files(path, out or f"data/{name}", val_fraction=val_fraction, name=name, dtype=dtype,
                            replace=replace).note)
     return load_dataset(out or f"data/{name}")
@@ -50,13 +57,6 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike | None = None, val
 def _say(note: str | None) -> None:
     if note:
         print(note)
-
-
-def _names_a_file(text: str) -> bool:
-    try:
-        return "\n" not in text and Path(text).is_file()
-    except OSError:  # longer than a path can be: text
-        return False
 
 
 def in_jupyter() -> bool:
