@@ -6,8 +6,9 @@ import torch
 
 from conftest import BLOCK, VOCAB, lively_model, prompt
 
-from chargpt.engine import Engine, KVCache, one_cpu_thread, stream_text
+from chargpt.engine import Engine, KVCache, one_cpu_thread
 from chargpt.model import ModelConfig, build_model, window_start
+from chargpt.sampling import SamplingParams, prompt_ids
 from chargpt.tokenizer import CharTokenizer
 
 
@@ -84,13 +85,17 @@ def test_zero_new_tokens_returns_the_prompt():
     assert torch.equal(Engine(model).generate(idx, 0), idx)
 
 
-def test_stream_text_yields_one_character_at_a_time():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sample_continues_the_prompt_with_the_tokens_naive_generation_draws_from_the_same_seed(backend):
     tok = CharTokenizer("abcdefghijklmnopqrst")
     model = lively_model()
-    chars = list(stream_text(model, tok.encode, tok.decode, "abc", 10, temperature=0))
-    assert len(chars) == 10 and all(len(c) == 1 and c in tok.chars for c in chars)
-    expected = model.generate(torch.tensor([tok.encode("abc")]), 10, temperature=0)[0, 3:].tolist()
-    assert "".join(chars) == tok.decode(expected)
+    ids = prompt_ids(tok, "abc")
+    params = SamplingParams(max_new_tokens=2 * BLOCK, temperature=0.8, top_k=5, top_p=0.9, seed=3)
+    cols = list(Engine(model, backend).sample(ids, params, num_samples=2))
+    assert len(cols) == 2 * BLOCK and all(c.shape == (2, 1) for c in cols)
+    naive = model.generate(torch.tensor([ids] * 2), 2 * BLOCK, temperature=0.8, top_k=5, top_p=0.9,
+                           generator=torch.Generator().manual_seed(3))
+    assert torch.equal(torch.cat(cols, dim=1), naive[:, len(ids):])
 
 
 def test_window_jumps_by_half_a_block_beyond_block_size():

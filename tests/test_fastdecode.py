@@ -200,7 +200,8 @@ def test_the_unedited_model_keeps_the_numpy_decoder(model_kw):
 
 
 def test_the_options_the_numpy_decoder_implements_are_declared_next_to_model_config():
-    from chargpt.model import ModelConfig as MC, choices
+    from chargpt.model import ModelConfig as MC
+    from chargpt.schema import choices
 
     for field_name, implemented in NUMPY_DECODES.items():
         assert set(choices(MC, field_name)) == implemented

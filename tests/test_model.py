@@ -12,8 +12,7 @@ from chargpt.config import TrainConfig, get_preset
 from chargpt.data import load_dataset
 from chargpt.errors import ConfigError
 from chargpt.lecture import LectureGPT, explicit_attention
-from chargpt.model import (GPT, ModelConfig, apply_rope, attention, build_model, rms_norm, rope_tables,
-                           sample_next)
+from chargpt.model import GPT, ModelConfig, apply_rope, attention, build_model, rms_norm, rope_tables
 from chargpt.optim import lr_multiplier, make_optimizers, set_lr
 
 
@@ -273,24 +272,3 @@ def test_a_short_run_with_every_modern_option_together_lowers_the_loss(shakespea
     assert after < before - 0.6, f"{before:.3f} -> {after:.3f}"
 
 
-# -------------------------------------------------------------------------------------- sampling
-
-@pytest.mark.parametrize("batch", [1, 3])
-def test_sample_next_draws_what_torch_multinomial_draws_from_the_same_generator(batch):
-    # sample_next replaces torch.multinomial(probs, 1) by the exponential race it runs; same seed, same tokens
-    source = torch.Generator().manual_seed(1)
-    ours, theirs = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
-    for _ in range(3000):
-        logits = torch.randn(batch, 65, generator=source) * 3
-        expected = torch.multinomial(torch.softmax(logits, -1), 1, generator=theirs)
-        assert torch.equal(sample_next(logits, generator=ours), expected)
-
-
-def test_sample_next_follows_the_distribution_and_never_picks_a_masked_token():
-    g = torch.Generator().manual_seed(0)
-    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2, 0.0]]))
-    draws = torch.cat([sample_next(logits, generator=g) for _ in range(20000)])[:, 0]
-    freq = torch.bincount(draws, minlength=4).double() / len(draws)
-    assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.2, 0.0], dtype=torch.float64), atol=0.015)
-    top1 = torch.cat([sample_next(logits, top_k=1, generator=g) for _ in range(200)])
-    assert (top1 == 0).all()

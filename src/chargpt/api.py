@@ -15,6 +15,7 @@ from .config import Config
 from .data import Dataset, load_dataset
 from .errors import ChargptError, CheckpointError, ConfigError, DataError
 from .rundir import SUMMARY, read_metrics
+from .sampling import DEFAULTS, SamplingParams, prompt_ids
 
 if TYPE_CHECKING:
     from .tracking import Tracker
@@ -178,22 +179,22 @@ class Run:
         return self._tokenizer
 
     # ----------------------------------------------------------------------------------- generation
-    def stream(self, prompt: str = "", max_new_tokens: int = 500, temperature: float = 1.0, top_k: int | None = None,
-               top_p: float | None = None, seed: int = 1337) -> Iterator[str]:
-        """Yield the generated characters one at a time (the prompt itself is not repeated)."""
+    def stream(self, prompt: str = "", max_new_tokens: int = DEFAULTS.max_new_tokens,
+               temperature: float = DEFAULTS.temperature, top_k: int = DEFAULTS.top_k,
+               top_p: float = DEFAULTS.top_p, seed: int = DEFAULTS.seed) -> Iterator[str]:
+        """Yield the generated characters one at a time (the prompt itself is not repeated). The parameters are
+        `chargpt sample`'s, checked by the same rules (top_k 0: every character; None: the default)."""
         from .engine import Engine
 
-        model, tok = self.model.eval(), self.tokenizer
-        device = next(model.parameters()).device
-        ids = tok.encode(prompt or ("\n" if "\n" in tok.stoi else tok.chars[0]))
-        idx = torch.tensor([ids], dtype=torch.long, device=device)
-        gen = torch.Generator(device=device).manual_seed(seed)
-        for col in Engine(model).stream(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                                        generator=gen):
-            yield tok.decode(col[0].tolist())
+        params = SamplingParams.checked(str, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                                        top_p=top_p, seed=seed)
+        tok = self.tokenizer
+        columns = Engine(self.model.eval()).sample(prompt_ids(tok, prompt), params)  # refused here, not when read
+        return (tok.decode(col[0].tolist()) for col in columns)
 
-    def generate(self, prompt: str = "", max_new_tokens: int = 500, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None, seed: int = 1337) -> str:
+    def generate(self, prompt: str = "", max_new_tokens: int = DEFAULTS.max_new_tokens,
+                 temperature: float = DEFAULTS.temperature, top_k: int = DEFAULTS.top_k,
+                 top_p: float = DEFAULTS.top_p, seed: int = DEFAULTS.seed) -> str:
         """The prompt and its continuation: the same text `chargpt sample` prints for the same arguments."""
         return prompt + "".join(self.stream(prompt, max_new_tokens, temperature, top_k, top_p, seed))
 

@@ -16,6 +16,8 @@ from . import __version__
 from .attention import SCALE_HELP, SCALES, WINDOW
 from .config import DEFAULT_DATA, PRESETS, TrackerName, add_config_flags, given_fields, parse_eval_tokens
 from .errors import ChargptError, ConfigError, UsageError
+from .sampling import SAMPLING_FIELDS, SamplingParams
+from .schema import flag
 from .evaluate import EVAL_TOKENS
 
 
@@ -138,46 +140,29 @@ class TerminalText:
 
 # ------------------------------------------------------------------------------------------- sample
 def cmd_sample(args) -> int:
-    import torch
-
     from .checkpoint import load_model
     from .engine import Engine
+    from .sampling import prompt_ids
 
-    if args.max_new_tokens < 0:
-        raise ConfigError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    params = SamplingParams.checked(**{name: getattr(args, name) for name in SAMPLING_FIELDS})
     if args.num_samples < 1:
         raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
-    if not 0 <= args.temperature < float("inf"):
-        raise ConfigError(f"--temperature must be a finite number >= 0, got {args.temperature}")
-    if args.top_k is not None and args.top_k < 0:
-        raise ConfigError(f"--top-k must be >= 0 (0: all characters), got {args.top_k}")
-    args.top_k = args.top_k or None  # 0 = every character, as in the serve API
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise ConfigError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if not 0 <= args.seed < 2 ** 64:
-        raise ConfigError(f"--seed must be in [0, 2^64), got {args.seed}")
     device = _device_and_threads(args)
-    args.prompt = _prompt(args)
+    prompt = _prompt(args)
     model, tok, _ = load_model(args.ckpt, device)
-    prompt = args.prompt if args.prompt else ("\n" if "\n" in tok.stoi else tok.chars[0])
-    ids = tok.encode(prompt)
-    from .resources import check_sample_fits
-
-    check_sample_fits(model.config, args.num_samples, len(ids) + args.max_new_tokens, device)
-    idx = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=device)
-    gen = torch.Generator(device=device).manual_seed(args.seed)
-    kw = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=gen)
+    ids = prompt_ids(tok, prompt)
+    columns = Engine(model).sample(ids, params, num_samples=args.num_samples)
     out = TerminalText(sys.stdout)
     if args.num_samples == 1:
-        out.write(args.prompt)
-        for col in Engine(model).stream(idx, args.max_new_tokens, **kw):
+        out.write(prompt)
+        for col in columns:
             out.write(tok.decode(col[0].tolist()))
             out.flush()
         out.write("\n")
     else:
-        result = Engine(model).generate(idx, args.max_new_tokens, **kw)
+        new = [col[:, 0].tolist() for col in columns]
         for i in range(args.num_samples):
-            out.write(f"--- sample {i + 1} ---\n{args.prompt}{tok.decode(result[i, len(ids):].tolist())}\n")
+            out.write(f"--- sample {i + 1} ---\n{prompt}{tok.decode([c[i] for c in new])}\n")
     out.flush()
     return 0
 
@@ -322,6 +307,14 @@ def _add_inference_flags(p: argparse.ArgumentParser) -> None:
 
 
 # ------------------------------------------------------------------------------------------- parser
+def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per `SamplingParams` field, with its description and default."""
+    for f in fields(SamplingParams):
+        kind = {"int": int, "float": float}[f.type]
+        p.add_argument(flag(f.name), type=kind, default=f.default, metavar=kind.__name__.upper(),
+                       help=f.metadata["help"])
+
+
 def _add_wandb_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("Weights & Biases")
     g.add_argument("--wandb", action="store_true", help="track this in Weights & Biases")
@@ -380,13 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", default="runs/latest", help="checkpoint file or run directory")
     p.add_argument("--prompt", default="", help="text to continue (default: a newline)")
     p.add_argument("--prompt-file", default=None, metavar="FILE", help="continue the text of this UTF-8 file")
-    p.add_argument("--max-new-tokens", type=int, default=500, help="characters to generate")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 (or below 1e-6) = greedy")
-    p.add_argument("--top-k", type=int, default=0,
-                   help="sample from the k most likely characters (default: 0, all of them)")
-    p.add_argument("--top-p", type=float, default=None,
-                   help="sample from the smallest set of characters whose probability reaches p (default: off)")
-    p.add_argument("--seed", type=int, default=1337, help="random seed")
+    _add_sampling_flags(p)
     p.add_argument("--num-samples", type=int, default=1, help="samples generated together as one batch")
     _add_inference_flags(p)
     p.set_defaults(func=cmd_sample)

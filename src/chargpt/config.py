@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 from .errors import ConfigError
 from .evaluate import EVAL_TOKENS
-from .model import ModelConfig, check_fields, choices, option
+from .model import ModelConfig
+from .schema import check_fields, choices, flag, option
 
 
 # The trackers `--tracker` offers; each name `x` is the module chargpt/tracking_x.py (see tracking.py).
@@ -175,10 +176,6 @@ METAVARS = {"time_budget": "DURATION", "eval_tokens": "N|all"}
 SECTIONS = {"model": ModelConfig, "train": TrainConfig}
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def config_fields():
     """(section, dataclass field) for every field a user may set."""
     return [(section, f) for section, cls in SECTIONS.items() for f in fields(cls) if f.name not in NOT_FLAGS]
@@ -203,7 +200,7 @@ def add_config_flags(parser: argparse.ArgumentParser, shown: str = "cpu") -> Non
                 kind = {"int": int, "float": float, "str": str}[f.type]
                 kw["type"] = PARSERS.get(f.name, kind)
                 kw["metavar"] = METAVARS.get(f.name, kind.__name__.upper())
-            group.add_argument(_flag(f.name), **kw)
+            group.add_argument(flag(f.name), **kw)
 
 
 def set_fields(config: Config, values: dict[str, Any], where: str) -> list[str]:

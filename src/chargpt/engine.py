@@ -4,18 +4,21 @@ The context window follows `chargpt.model.window_start`, as naive generation doe
 exactly the same tokens; the cache is rebuilt only when the window jumps (every half block). On the CPU a
 float32 GPT runs its forward passes in numpy (`chargpt.fastdecode`), free of torch's per-op overhead, once a
 probe shows that they give the model's own logits (an edited model falls back to torch, with a note).
+`Engine.sample` is what every door (`chargpt sample`, `Run.generate`, the server) calls to sample.
 """
 from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from . import fastdecode
-from .model import GPT, LanguageModel, sample_next, window_start
+from .model import GPT, LanguageModel, window_start
+from .resources import check_sample_fits
+from .sampling import SamplingParams, sample_next
 
 BACKENDS = ("auto", "torch", "numpy")
 
@@ -77,7 +80,9 @@ class Engine:
     """Generates from a model with a KV cache (GPT) or directly (context-free models such as the bigram).
 
     `backend` chooses how a GPT decodes: "numpy" (`chargpt.fastdecode`, float32 on the CPU), "torch" (the
-    model's own forward, any device and dtype), or "auto": numpy where it applies, torch elsewhere.
+    model's own forward, any device and dtype), or "auto": numpy where it applies, torch elsewhere. The numpy
+    decoder's copy of the weights is made and probed once, and made again only when the weights changed
+    (an optimizer step, a `load_state_dict`): one Engine serves every request to a checkpoint.
     """
 
     def __init__(self, model: LanguageModel, backend: str = "auto"):
@@ -88,12 +93,24 @@ class Engine:
         self.model = model.eval()
         self.config = model.config
         self.backend = backend
+        self._decoder, self._copied = None, None
         if backend == "auto" and fastdecode.supports(model):
-            mismatch = fastdecode.disagreement(model)
+            mismatch = fastdecode.disagreement(model, self._numpy_decoder())
             if mismatch:  # the model's code is not the one the numpy decoder copies: sample what it computes
                 self.backend = "torch"
                 _say_once(f"note: the numpy decoder does not compute what this model's forward computes ({mismatch}); "
                           f"sampling with the model's own forward in torch")
+
+    def _numpy_decoder(self) -> fastdecode.NumpyDecoder:
+        """The numpy copy of the weights as they are now: copied again only when a parameter was replaced or
+        changed in place since (each in-place change, an optimizer step or a load, bumps torch's version counter
+        of the tensor, the one autograd checks; an edit through `.data` is not seen)."""
+        weights = [(p.data_ptr(), p._version) for p in self.model.parameters()]
+        if weights != self._copied:
+            with one_cpu_thread(torch.device("cpu")):
+                self._decoder = fastdecode.NumpyDecoder(self.model)
+            self._copied = weights
+        return self._decoder
 
     def _new_cache(self, batch_size: int, like: torch.Tensor) -> KVCache | None:
         if not isinstance(self.model, GPT):
@@ -141,8 +158,7 @@ class Engine:
         `sample_next`, so the generator is consumed exactly as in naive generation."""
         block = self.config.block_size
         B, P = idx.shape
-        with one_cpu_thread(idx.device):
-            decoder = fastdecode.NumpyDecoder(self.model)  # the weights as they are now
+        decoder = self._numpy_decoder()
         keys, values = decoder.new_cache(B)
         tokens = np.empty((B, P + max_new_tokens), dtype=np.int64)
         tokens[:, :P] = idx.numpy()
@@ -160,14 +176,16 @@ class Engine:
             tokens[:, length] = nxt.numpy()[:, 0]
             yield nxt
 
+    def sample(self, ids: list[int], params: SamplingParams, num_samples: int = 1) -> Iterator[torch.Tensor]:
+        """Yield each new token column (num_samples, 1) of the samples `params` asks for, continuing the prompt
+        `ids` (`chargpt.sampling.prompt_ids`); refused before any work when the buffers cannot fit."""
+        device = next(self.model.parameters()).device
+        check_sample_fits(self.config, num_samples, len(ids) + params.max_new_tokens, device)
+        idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
+        generator = torch.Generator(device=device).manual_seed(params.seed)
+        return self.stream(idx, params.max_new_tokens, temperature=params.temperature, top_k=params.top_k,
+                           top_p=params.top_p, generator=generator)
+
     def generate(self, idx: torch.Tensor, max_new_tokens: int, **kw) -> torch.Tensor:
         new = list(self.stream(idx, max_new_tokens, **kw))
         return torch.cat([idx, *new], dim=1) if new else idx
-
-
-def stream_text(model: LanguageModel, encode: Callable[[str], list[int]], decode: Callable[[list[int]], str],
-                prompt: str, max_new_tokens: int, device: str | torch.device = "cpu", **kw) -> Iterator[str]:
-    """Yield generated characters of a single sample one at a time."""
-    idx = torch.tensor([encode(prompt)], dtype=torch.long, device=device)
-    for col in Engine(model).stream(idx, max_new_tokens, **kw):
-        yield decode(col[0].tolist())

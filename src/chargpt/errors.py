@@ -14,7 +14,11 @@ class VocabularyError(ChargptError, ValueError):
 
 
 class ConfigError(ChargptError, ValueError):
-    """An invalid configuration value or combination."""
+    """An invalid configuration value or combination; `field` names the value when it is one field's."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class CheckpointError(ChargptError):

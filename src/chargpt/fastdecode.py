@@ -26,16 +26,17 @@ def supports(model: torch.nn.Module) -> bool:
 PROBE = 8  # tokens of the probe: a prefill of all but the last, then one cached step
 
 
-def disagreement(model: GPT) -> str | None:
-    """How the numpy decoder's logits differ from `model`'s own forward on a short probe, beyond float32
-    rounding; None when they agree. Run on every `Engine`, so that an edit to model.py (an activation, a
-    norm, a forward hook) that this copy does not have is never sampled silently with the old forward."""
+def disagreement(model: GPT, decoder: "NumpyDecoder | None" = None) -> str | None:
+    """How the numpy decoder's logits (`decoder`'s, or a new one's) differ from `model`'s own forward on a short
+    probe, beyond float32 rounding; None when they agree. Run on every `Engine`, so that an edit to model.py
+    (an activation, a norm, a forward hook) that this copy does not have is never sampled silently with the
+    old forward."""
     T = min(PROBE, model.config.block_size)
     tokens = (torch.arange(T) * 7 + 3) % model.config.vocab_size
     idx = tokens[None]
     with torch.inference_mode():
         expected = model(idx)[0][0].float().numpy()  # (T, V)
-        decoder = NumpyDecoder(model)
+        decoder = decoder or NumpyDecoder(model)
         keys, values = decoder.new_cache(1)
         got = [decoder.prefill(idx[:, :T - 1].numpy(), keys, values)[0]] if T > 1 else []
         if T > 1:

@@ -7,21 +7,16 @@ RoPE, RMSNorm, ReLU², QK-norm, no biases, zero-init output projections, logit s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
-from typing import Literal, get_args, get_origin, get_type_hints
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import ConfigError
-
-
-def option(default, help: str, **bounds):
-    """A config field with its one-line description and, where it has one, its range (`min`, `max`,
-    `min_open`, `max_open`); allowed values of a choice live in its `Literal[...]` annotation. The CLI flags,
-    their `--help`, validation and tests are all derived from these declarations (`chargpt.config`)."""
-    return field(default=default, metadata={"help": help, **bounds})
+from .sampling import sample_next
+from .schema import check_fields, option
 
 
 # Each modern change to the lecture's GPT is one field here. fastdecode.py holds a numpy copy of GPT.forward
@@ -57,44 +52,6 @@ class ModelConfig:
 NUMPY_DECODES = {"pos": {"learned", "rope"}, "norm": {"layernorm", "rmsnorm"}, "mlp": {"relu", "relu2", "gelu"}}
 
 
-def choices(cls, name: str) -> tuple | None:
-    """The allowed values of a `Literal[...]` field, or None for a free-valued one."""
-    hint = get_type_hints(cls)[name]
-    return get_args(hint) if get_origin(hint) is Literal else None
-
-
-def check_fields(config) -> None:
-    """Check every field of a config dataclass against its declaration (type, choices, range)."""
-    for f in fields(config):
-        value, flag = getattr(config, f.name), "--" + f.name.replace("_", "-")
-        allowed = choices(type(config), f.name)
-        if allowed is not None:
-            if value not in allowed:
-                raise ConfigError(f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
-            continue
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and not in_range(value, f.metadata):
-            raise ConfigError(f"{flag} must be {describe_range(f.metadata)}, got {value}")
-
-
-def in_range(value: float, bounds: dict) -> bool:
-    lo, hi = bounds.get("min"), bounds.get("max")
-    return math.isfinite(value) and not (
-        (lo is not None and (value <= lo if bounds.get("min_open") else value < lo))
-        or (hi is not None and (value >= hi if bounds.get("max_open") else value > hi)))
-
-
-def describe_range(bounds: dict) -> str:
-    """'positive', '>= 0', '> 0', 'in [0, 1)': how a field's range reads in a message and in --help."""
-    lo, hi, lo_open, hi_open = bounds.get("min"), bounds.get("max"), bounds.get("min_open"), bounds.get("max_open")
-    if lo is not None and hi is not None:
-        return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-    if lo == 1 and not lo_open:
-        return "positive"
-    if lo is not None:
-        return f"a finite number {'>' if lo_open else '>='} {lo}"
-    return "a finite number" if hi is None else f"a finite number {'<' if hi_open else '<='} {hi}"
-
-
 def window_start(length: int, block_size: int) -> int:
     """First token of the context used to predict token `length` (shared by naive and cached generation).
 
@@ -105,34 +62,6 @@ def window_start(length: int, block_size: int) -> int:
         return 0
     stride = max(1, block_size // 2)
     return -(-(length - block_size) // stride) * stride
-
-
-GREEDY_BELOW = 1e-6
-
-
-def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Pick the next token for each row of `logits` (B, V); temperature 0 is greedy, and so is any temperature
-    below `GREEDY_BELOW` (dividing by it would overflow float32 to inf, and softmax to NaN)."""
-    if temperature < GREEDY_BELOW:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float()
-    if temperature != 1.0:  # dividing by 1 changes nothing: one op less per generated token
-        logits = logits / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        v, _ = torch.topk(logits, top_k)
-        logits = logits.masked_fill(logits < v[:, [-1]], float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-        drop = cum - torch.softmax(sorted_logits, dim=-1) >= top_p  # keep the smallest set reaching top_p
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    probs = F.softmax(logits, dim=-1)
-    # torch.multinomial(probs, 1, generator) draws a single sample as an exponential race, argmax(p / E) with
-    # E ~ Exp(1): the same draws from the same generator state (tests/test_model.py checks it), without its
-    # input checks: 6 us instead of 15 per token, a tenth of a decoding step
-    race = torch.empty_like(probs).exponential_(1, generator=generator)
-    return (probs / race).argmax(dim=-1, keepdim=True)
 
 
 class LanguageModel(nn.Module):

@@ -1,8 +1,9 @@
 """`chargpt serve`: the playground page (`chargpt/static/`) and an OpenAI-compatible API over the runs'
 checkpoints, one Starlette app on uvicorn. Completions stream as server-sent events in OpenAI's format.
 
-Every request samples with its own seeded generator and key/value cache through `chargpt.engine.Engine`,
-so a completion is exactly what `chargpt sample` prints for the same seed. Run names are looked up in the
+Every request samples with its own seeded generator and key/value cache through the Engine of its checkpoint
+(one per checkpoint, rebuilt when the file changes), so a completion is exactly what `chargpt sample` prints
+for the same seed. Run names are looked up in the
 served runs directory's listing, never joined into a path, so no request can reach another file.
 
 Web pages the user visits must not drive the server: a request whose Host is not one of the server's names is
@@ -43,13 +44,13 @@ from .fsutil import read_json, read_problem
 from .model import GPT, window_start
 from .rundir import CONFIG, SUMMARY, read_metrics
 from .runs import read_run
+from .sampling import SAMPLING_FIELDS, SamplingParams, prompt_ids
 
 MAX_PROMPT_CHARS = 10_000  # longer prompts are refused (the model only sees its last block_size anyway)
 MAX_NEW_TOKENS = 20_000  # the most characters one completion may ask for
 MAX_BODY_BYTES = 1 << 20
 BODY_SECONDS = 10.0  # a request body that takes longer to arrive is refused: a slow client holds nothing for long
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
-MAX_TEMPERATURE = 2.0  # OpenAI's range
 BURST_SECONDS = 0.03  # a streamed chunk holds what was sampled in this long: smooth text, few events
 # Concurrent streams take turns, a burst each, instead of decoding at once: a one-token step is hundreds of tiny
 # operations, and threads running them side by side on 2 cores fought for them (4 streams: 897 tokens/s in all
@@ -77,10 +78,12 @@ def error_response(status: int, message: str, param: str | None = None, code: st
 # ---------------------------------------------------------------------------------------------- runs
 @dataclass
 class Loaded:
+    """A checkpoint in memory with the Engine that samples it (its numpy decoder copied and probed once)."""
     model: torch.nn.Module
     tokenizer: object
     step: int
     version: tuple
+    engine: Engine
 
 
 class ServedRuns:
@@ -145,12 +148,12 @@ class ServedRuns:
         if ckpt is None:
             raise RequestError(404, f"run {name!r} has no checkpoint (yet) to sample from", "model", "model_not_found")
         st = ckpt.stat()
-        version = (st.st_mtime_ns, st.st_size)
+        version = (st.st_mtime_ns, st.st_size, st.st_ino)  # a checkpoint replaced by a rename is a new inode
         with self._lock:  # one load per checkpoint version, however many requests ask at once
             cached = self._loaded.get(name)
             if cached is None or cached.version != version:
                 model, tok, state = load_model(ckpt.parent if ckpt.name == CKPT_NAME else ckpt, self.device)
-                cached = self._loaded[name] = Loaded(model, tok, state["step"], version)
+                cached = self._loaded[name] = Loaded(model, tok, state["step"], version, Engine(model))
         return name, cached
 
     def info(self) -> list[dict]:
@@ -301,37 +304,46 @@ def text_field(body: dict, name: str, default: str = "") -> str:
 
 
 def encode(tokenizer, text: str, name: str = "prompt") -> list[int]:
+    """The ids of `text`, an empty prompt's as `chargpt sample` takes it (`chargpt.sampling.prompt_ids`)."""
     try:
-        return tokenizer.encode(text)
+        return prompt_ids(tokenizer, text)
     except VocabularyError as e:
         raise RequestError(400, f"'{name}': {e}", name, "invalid_characters") from None
 
 
+API_NAMES = {"max_new_tokens": "max_tokens"}  # OpenAI's name for a `SamplingParams` field, where it has its own
+
+
+def api_name(name: str) -> str:
+    return API_NAMES.get(name, name)
+
+
+def _is(value, allowed) -> bool:
+    """`value == allowed` as JSON means it: true is not 1."""
+    return value == allowed and isinstance(value, bool) == isinstance(allowed, bool)
+
+
 @dataclass
-class Sampling:
-    """One completion request, checked."""
+class Completion:
+    """One completion request, checked: the sampling parameters by `SamplingParams`' rules (those of
+    `chargpt sample` and `Run.generate`), the rest by OpenAI's."""
     model: str | None
     prompt: str
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int = 0
+    sampling: SamplingParams
     stream: bool = False
     echo: bool = False
     include_usage: bool = False
     stop: list[str] = field(default_factory=list)
 
     @classmethod
-    def parse(cls, body: dict) -> "Sampling":
+    def parse(cls, body: dict) -> "Completion":
         unknown = sorted(set(body) - COMPLETION_FIELDS)
         if unknown:
             raise RequestError(400, f"unknown parameter {unknown[0]!r}; this server takes "
                                     f"{', '.join(sorted(COMPLETION_FIELDS))}", unknown[0])
         for name, allowed in (("n", 1), ("best_of", 1), ("logprobs", None), ("suffix", None),
                               ("presence_penalty", 0), ("frequency_penalty", 0)):
-            value = body.get(name)
-            if value is not None and not (type(value) is type(allowed) and value == allowed):  # true is not 1
+            if body.get(name) is not None and not _is(body[name], allowed):
                 raise RequestError(400, f"'{name}' is not supported here (only {json.dumps(allowed)})", name)
         if body.get("logit_bias") not in (None, {}):
             raise RequestError(400, "'logit_bias' is not supported here", "logit_bias")
@@ -342,24 +354,31 @@ class Sampling:
         if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
             raise RequestError(400, "'stream_options' must be an object like {\"include_usage\": true}",
                                "stream_options")
-        stop = body.get("stop")
-        stop = [stop] if isinstance(stop, str) else ([] if stop is None else stop)
+        stop = [] if body.get("stop") is None else body["stop"]
+        stop = [stop] if isinstance(stop, str) else stop
         if (not isinstance(stop, list) or len(stop) > 4
                 or not all(isinstance(s, str) and 0 < len(s) <= 100 for s in stop)):
             raise RequestError(400, "'stop' must be a string or a list of at most 4 non-empty strings", "stop")
-        top_k = body.get("top_k")
-        seed = number(body, "seed", None, 0, 2**64 - 1, integer=True)  # what `chargpt sample --seed` takes
-        return cls(
-            model=body.get("model"),
-            prompt=text_field(body, "prompt"),
-            max_tokens=number(body, "max_tokens", 16, 0, MAX_NEW_TOKENS, integer=True),
-            temperature=float(number(body, "temperature", 1.0, 0.0, MAX_TEMPERATURE)),
-            top_k=None if top_k is None or (type(top_k) is int and top_k in (-1, 0)) else number(body, "top_k", None, 1, 1 << 20, integer=True),
-            top_p=None if body.get("top_p") is None else float(number(body, "top_p", 1.0, 0.0, 1.0, open_lo=True)),
-            seed=secrets.randbits(64) if seed is None else seed,
-            stream=body.get("stream", False), echo=body.get("echo", False),
-            include_usage=options.get("include_usage", False), stop=stop,
-        )
+        return cls(model=body.get("model"), prompt=text_field(body, "prompt"), sampling=sampling_params(body),
+                   stream=body.get("stream", False), echo=body.get("echo", False),
+                   include_usage=options.get("include_usage", False), stop=stop)
+
+
+def sampling_params(body: dict) -> SamplingParams:
+    """The request's `SamplingParams`, with OpenAI's defaults: 16 tokens, a random seed."""
+    values = {name: body.get(api_name(name)) for name in SAMPLING_FIELDS}
+    if values["max_new_tokens"] is None:
+        values["max_new_tokens"] = 16
+    if values["seed"] is None:
+        values["seed"] = secrets.randbits(64)
+    try:
+        params = SamplingParams.checked(lambda name: f"'{api_name(name)}'", **values)
+    except ConfigError as e:
+        raise RequestError(400, str(e), api_name(e.field) if e.field else None) from None
+    if params.max_new_tokens > MAX_NEW_TOKENS:
+        raise RequestError(400, f"'max_tokens' is {params.max_new_tokens:,}; this server generates at most "
+                                f"{MAX_NEW_TOKENS:,} characters per completion", "max_tokens")
+    return params
 
 
 # ------------------------------------------------------------------------------------- generation
@@ -387,24 +406,21 @@ class StopFilter:
 
 
 class Generation:
-    """One request's sampling, `chargpt sample`'s exactly: its own generator seeded with `seed`, its own KV
-    cache, the same prompt (an empty one starts from a newline, as the CLI does). Tokens are produced in
-    short bursts, each on a worker thread, so the event loop serves other clients between them."""
+    """One request's sampling, `chargpt sample`'s exactly (`Engine.sample`: its own generator seeded with
+    `seed`, its own KV cache). Tokens are produced in short bursts, each on a worker thread, so the event loop
+    serves other clients between them."""
 
-    def __init__(self, loaded: Loaded, params: Sampling, device: torch.device, counters: "Counters"):
+    def __init__(self, loaded: Loaded, request: Completion, counters: "Counters"):
         tok = loaded.tokenizer
-        ids = encode(tok, params.prompt) if params.prompt else tok.encode("\n" if "\n" in tok.stoi else tok.chars[0])
+        ids = encode(tok, request.prompt)
         self.prompt_tokens = len(ids)
-        idx = torch.tensor([ids], dtype=torch.long, device=device)
-        gen = torch.Generator(device=device).manual_seed(params.seed)
-        self.tokens = Engine(loaded.model).stream(idx, params.max_tokens, temperature=params.temperature,
-                                                  top_k=params.top_k, top_p=params.top_p, generator=gen)
+        self.tokens = loaded.engine.sample(ids, request.sampling)
         self.decode = tok.decode
         self.count = 0
-        self.done = params.max_tokens == 0
+        self.done = request.sampling.max_new_tokens == 0
         self.cancelled = self._started = self._running = self._released = False
         self._lock = threading.Lock()
-        self.filter = StopFilter(params.stop)
+        self.filter = StopFilter(request.stop)
         self.counters = counters
 
     def burst(self, seconds: float = BURST_SECONDS) -> str:
@@ -524,9 +540,9 @@ def create_app(runs: ServedRuns, hosts: Hosts | None = None) -> Guard:
         return JSONResponse({"streams": counters.active, "tokens": counters.tokens})
 
     async def completions(request: Request) -> Response:
-        params = Sampling.parse(await read_body(request))
-        name, loaded = await files(runs.load, params.model)
-        gen = Generation(loaded, params, runs.device, counters)
+        completion = Completion.parse(await read_body(request))
+        name, loaded = await in_thread(runs.load, completion.model)
+        gen = Generation(loaded, completion, counters)
         meta = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
                 "model": name}
 
@@ -538,8 +554,8 @@ def create_app(runs: ServedRuns, hosts: Hosts | None = None) -> Guard:
             body = {**meta, "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}
             return f"data: {json.dumps(body)}\n\n".encode()
 
-        if not params.stream:
-            parts = [params.prompt] if params.echo else []
+        if not completion.stream:
+            parts = [completion.prompt] if completion.echo else []
             try:
                 while not gen.done:
                     if await request.is_disconnected():
@@ -552,14 +568,14 @@ def create_app(runs: ServedRuns, hosts: Hosts | None = None) -> Guard:
 
         async def events():
             try:
-                if params.echo:
-                    yield chunk(params.prompt, None)
+                if completion.echo:
+                    yield chunk(completion.prompt, None)
                 while not gen.done:
                     text = await sampling(gen.burst)
                     if text:
                         yield chunk(text, None)
                 yield chunk("", gen.finish_reason)
-                if params.include_usage:
+                if completion.include_usage:
                     yield f"data: {json.dumps({**meta, 'choices': [], 'usage': usage()})}\n\n".encode()
                 yield b"data: [DONE]\n\n"
             finally:  # also when the client went away: the cancelled stream samples nothing more

@@ -1,0 +1,82 @@
+"""Config fields declared once: `option` gives a dataclass field its description and range, `Literal[...]` its
+choices; CLI flags, `--help`, validation and tests are derived from these declarations, and `check_fields`
+checks a config against them with one set of messages."""
+from __future__ import annotations
+
+import math
+from dataclasses import field, fields
+from typing import Callable, Literal, get_args, get_origin, get_type_hints
+
+from .errors import ConfigError
+
+
+def option(default, help: str, **bounds):
+    """A config field with its one-line description and, where it has one, its range (`min`, `max`,
+    `min_open`, `max_open`); allowed values of a choice live in its `Literal[...]` annotation."""
+    return field(default=default, metadata={"help": help, **bounds})
+
+
+def flag(name: str) -> str:
+    """A field's command-line flag: `max_new_tokens` -> `--max-new-tokens`."""
+    return "--" + name.replace("_", "-")
+
+
+def choices(cls, name: str) -> tuple | None:
+    """The allowed values of a `Literal[...]` field, or None for a free-valued one."""
+    hint = get_type_hints(cls)[name]
+    return get_args(hint) if get_origin(hint) is Literal else None
+
+
+KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def check_fields(config, spell: Callable[[str], str] = flag) -> None:
+    """Check every field of a config dataclass against its declaration (type, choices, range). A message names
+    the field as `spell` writes it: a flag for the CLI, the keyword for the library, the JSON key for the server."""
+    hints = get_type_hints(type(config))
+    for f in fields(config):
+        value, name = getattr(config, f.name), spell(f.name)
+        allowed = choices(type(config), f.name)
+        if allowed is not None:
+            if value not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}", field=f.name)
+            continue
+        kind = hints[f.name]
+        if not _is_a(value, kind):
+            raise ConfigError(f"{name} must be {KINDS[kind]}, got {value!r}", field=f.name)
+        if kind in (int, float) and not in_range(value, f.metadata):
+            raise ConfigError(f"{name} must be {describe_range(f.metadata, kind)}, got {value}", field=f.name)
+
+
+def _is_a(value, kind) -> bool:
+    """`isinstance` as JSON and TOML mean it: True is no number, and an integer is also a float."""
+    if isinstance(value, bool) or kind is bool:
+        return kind is bool and isinstance(value, bool)
+    return isinstance(value, (int, float) if kind is float else kind)
+
+
+def in_range(value: float, bounds: dict) -> bool:
+    lo, hi = bounds.get("min"), bounds.get("max")
+    return math.isfinite(value) and not (
+        (lo is not None and (value <= lo if bounds.get("min_open") else value < lo))
+        or (hi is not None and (value >= hi if bounds.get("max_open") else value > hi)))
+
+
+def describe_range(bounds: dict, kind: type = float) -> str:
+    """'positive', 'an integer >= 0', 'a finite number > 0', 'in [0, 1)': how a range reads in a message."""
+    lo, hi, lo_open, hi_open = bounds.get("min"), bounds.get("max"), bounds.get("min_open"), bounds.get("max_open")
+    if lo is not None and hi is not None:
+        return f"in {'(' if lo_open else '['}{_bound(lo)}, {_bound(hi)}{')' if hi_open else ']'}"
+    if lo == 1 and not lo_open:
+        return "positive"
+    number = "an integer" if kind is int else "a finite number"
+    if lo is not None:
+        return f"{number} {'>' if lo_open else '>='} {_bound(lo)}"
+    return number if hi is None else f"{number} {'<' if hi_open else '<='} {_bound(hi)}"
+
+
+def _bound(x: float) -> str:
+    """2**64 reads as 2^64, not as twenty digits."""
+    if isinstance(x, int) and x >= 2 ** 32 and x & (x - 1) == 0:
+        return f"2^{x.bit_length() - 1}"
+    return str(x)
