@@ -1,11 +1,15 @@
 """Shared by the tests: the real tiny-Shakespeare corpus and a dataset prepared from it once per session, tiny
-configurations, a small GPT with peaked distributions, and running the CLI as a real process."""
+configurations, a small GPT with peaked distributions, and running the CLI and `chargpt serve` as real processes."""
 from __future__ import annotations
 
+import http.client
+import json
 import os
+import select
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 import torch
@@ -53,6 +57,55 @@ def run_cli(*args, cwd=None, env=None, timeout=300, check=False) -> subprocess.C
     if check and p.returncode != 0:
         raise AssertionError(f"chargpt {' '.join(map(str, args))} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
     return p
+
+
+class Server:
+    """`chargpt serve --port 0` as a real process; the URL is read from its first line."""
+
+    def __init__(self, *args, cwd):
+        self.log = Path(cwd) / "serve.stderr"
+        self.proc = subprocess.Popen([sys.executable, "-m", "chargpt", "serve", "--port", "0", *map(str, args)],
+                                     cwd=cwd, stdout=subprocess.PIPE, stderr=self.log.open("w"), text=True,
+                                     stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        ready, _, _ = select.select([self.proc.stdout], [], [], 180)
+        line = self.proc.stdout.readline() if ready else ""
+        if "http://" not in line:
+            self.stop()
+            raise AssertionError(f"chargpt serve did not start: {line!r} {self.log.read_text()}")
+        self.url = line.split("open ")[1].split()[0].rstrip("/")
+        self.host, self.port = urlparse(self.url).hostname, urlparse(self.url).port
+
+    def request(self, method: str, path: str, body=None, raw: bytes | None = None, headers: dict | None = None,
+                timeout: float = 120) -> tuple[int, dict | str]:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        conn.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
+        res = conn.getresponse()
+        text = res.read().decode()
+        conn.close()
+        try:
+            return res.status, json.loads(text)
+        except ValueError:
+            return res.status, text
+
+    def stream(self, body: dict) -> tuple[list[dict], list[str]]:
+        """POST a streaming completion; the JSON events and the raw `data:` lines."""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=120)
+        conn.request("POST", "/v1/completions", body=json.dumps({**body, "stream": True}),
+                     headers={"Content-Type": "application/json"})
+        res = conn.getresponse()
+        assert res.status == 200 and res.getheader("Content-Type").startswith("text/event-stream")
+        lines = [ln for ln in res.read().decode().split("\n") if ln]
+        conn.close()
+        return [json.loads(ln[6:]) for ln in lines if ln != "data: [DONE]"], lines
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def one_error_line(p: subprocess.CompletedProcess) -> str:

@@ -8,15 +8,12 @@ import http.server
 import io
 import json
 import os
-import select
 import shutil
 import socket
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 import torch
@@ -29,7 +26,7 @@ from chargpt.data import load_dataset
 from chargpt.rundir import RunDir
 from chargpt.serve import MAX_NEW_TOKENS, MAX_PROMPT_CHARS
 from chargpt.training import train
-from conftest import run_cli
+from conftest import Server, run_cli
 
 GPT_RUN, BIGRAM_RUN = "tiny-gpt", "bigram"
 
@@ -41,55 +38,6 @@ def tiny(preset: str, steps: int, **model):
     cfg.train.max_steps, cfg.train.eval_interval, cfg.train.eval_iters = steps, steps // 2, 2
     cfg.train.batch_size, cfg.train.sample_tokens, cfg.train.compile = 4, 0, False
     return cfg
-
-
-class Server:
-    """`chargpt serve --port 0` as a real process; the URL is read from its first line."""
-
-    def __init__(self, *args, cwd):
-        self.log = Path(cwd) / "serve.stderr"
-        self.proc = subprocess.Popen([sys.executable, "-m", "chargpt", "serve", "--port", "0", *map(str, args)],
-                                     cwd=cwd, stdout=subprocess.PIPE, stderr=self.log.open("w"), text=True,
-                                     stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        ready, _, _ = select.select([self.proc.stdout], [], [], 180)
-        line = self.proc.stdout.readline() if ready else ""
-        if "http://" not in line:
-            self.stop()
-            raise AssertionError(f"chargpt serve did not start: {line!r} {self.log.read_text()}")
-        self.url = line.split("open ")[1].split()[0].rstrip("/")
-        self.host, self.port = urlparse(self.url).hostname, urlparse(self.url).port
-
-    def request(self, method: str, path: str, body=None, raw: bytes | None = None, headers: dict | None = None,
-                timeout: float = 120) -> tuple[int, dict | str]:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        conn.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
-        res = conn.getresponse()
-        text = res.read().decode()
-        conn.close()
-        try:
-            return res.status, json.loads(text)
-        except ValueError:
-            return res.status, text
-
-    def stream(self, body: dict) -> tuple[list[dict], list[str]]:
-        """POST a streaming completion; the JSON events and the raw `data:` lines."""
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=120)
-        conn.request("POST", "/v1/completions", body=json.dumps({**body, "stream": True}),
-                     headers={"Content-Type": "application/json"})
-        res = conn.getresponse()
-        assert res.status == 200 and res.getheader("Content-Type").startswith("text/event-stream")
-        lines = [ln for ln in res.read().decode().split("\n") if ln]
-        conn.close()
-        return [json.loads(ln[6:]) for ln in lines if ln != "data: [DONE]"], lines
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +106,7 @@ def test_the_openai_client_streams_the_same_text_as_chargpt_sample(server, runs_
     with pytest.raises(openai.NotFoundError, match="no run named"):
         client.completions.create(model="no-such-run", prompt="a", max_tokens=3)
     with pytest.raises(openai.BadRequestError, match="temperature"):
-        client.completions.create(model=GPT_RUN, prompt="a", max_tokens=3, temperature=7)
+        client.completions.create(model=GPT_RUN, prompt="a", max_tokens=3, temperature=-1)
 
 
 @pytest.mark.slow
@@ -215,13 +163,13 @@ BAD_REQUESTS = [
     (b"[1, 2]", 400, "JSON object"),
     (b'{"model": "no-such-run", "prompt": "a"}', 404, "no run named 'no-such-run'"),
     (b'{"model": 3, "prompt": "a"}', 400, "'model' must be a string"),
-    (b'{"prompt": "a", "temperature": -0.5}', 400, "'temperature' must be in [0, 2]"),
+    (b'{"prompt": "a", "temperature": -0.5}', 400, "'temperature' must be a finite number >= 0, got -0.5"),
     (b'{"prompt": "a", "temperature": "hot"}', 400, "'temperature' must be a number"),
     (b'{"prompt": "a", "top_p": 0}', 400, "'top_p' must be in (0, 1]"),
     (b'{"prompt": "a", "top_k": 2.5}', 400, "'top_k' must be an integer"),
     (b'{"prompt": "a", "seed": -1}', 400, "'seed' must be in"),
-    (b'{"prompt": "a", "max_tokens": -1}', 400, "'max_tokens' must be in"),
-    (json.dumps({"prompt": "a", "max_tokens": MAX_NEW_TOKENS + 1}).encode(), 400, f"[0, {MAX_NEW_TOKENS}]"),
+    (b'{"prompt": "a", "max_tokens": -1}', 400, "'max_tokens' must be an integer >= 0"),
+    (json.dumps({"prompt": "a", "max_tokens": MAX_NEW_TOKENS + 1}).encode(), 400, f"at most {MAX_NEW_TOKENS:,}"),
     (json.dumps({"prompt": "a" * (MAX_PROMPT_CHARS + 1)}).encode(), 400, "at most"),
     ('{"prompt": "caf\u00e9 \u20ac"}'.encode(), 400, "character '\u00e9' at position 3 is not in the vocabulary"),
     (b'{"prompt": 42}', 400, "'prompt' must be a string"),
@@ -455,6 +403,47 @@ def test_files_of_a_run_that_lead_out_of_it_or_never_end_are_not_read(runs_dir, 
     finally:
         s.stop()
     assert "Traceback" not in s.log.read_text()
+
+
+def test_one_engine_serves_every_completion_until_the_checkpoint_file_changes(runs_dir, tmp_path):
+    """The app in this process (uvicorn on a thread, a real HTTP client), so that its Engine can be seen."""
+    import uvicorn
+
+    from chargpt.serve import ServedRuns, bind, create_app
+
+    run = tmp_path / "run"
+    shutil.copytree(runs_dir / GPT_RUN, run)
+    runs = ServedRuns(ckpt=run, device=torch.device("cpu"))
+    sock = bind("127.0.0.1", 0)
+    app = uvicorn.Server(uvicorn.Config(create_app(runs), log_level="warning"))
+    thread = threading.Thread(target=app.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+
+    def complete() -> str:
+        conn = http.client.HTTPConnection("127.0.0.1", sock.getsockname()[1], timeout=60)
+        conn.request("POST", "/v1/completions", json.dumps({"prompt": "To be", "max_tokens": 40, "seed": 5}),
+                     {"Content-Type": "application/json"})
+        res = conn.getresponse()
+        body = json.loads(res.read())
+        conn.close()
+        assert res.status == 200, body
+        return "To be" + body["choices"][0]["text"] + "\n"
+
+    try:
+        original = (run / "ckpt.pt").read_bytes()
+        first = complete()
+        engine = runs.load(None)[1].engine
+        assert complete() == first and runs.load(None)[1].engine is engine
+        replacement = tmp_path / "bigram.pt"  # replaced as chargpt saves: a new file renamed over the old
+        shutil.copyfile(runs_dir / BIGRAM_RUN / "ckpt.pt", replacement)
+        os.replace(replacement, run / "ckpt.pt")
+        assert complete() == cli_sample(runs_dir / BIGRAM_RUN, "To be", 40, 5)
+        assert runs.load(None)[1].engine is not engine
+        (run / "ckpt.pt").write_bytes(original)  # rewritten in place: the same file, other bytes
+        assert complete() == first == cli_sample(runs_dir / GPT_RUN, "To be", 40, 5)
+    finally:
+        app.should_exit = True
+        thread.join(30)
 
 
 # -------------------------------------------------------------------------------------------- browser

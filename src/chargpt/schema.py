@@ -76,7 +76,7 @@ def describe_range(bounds: dict, kind: type = float) -> str:
 
 
 def _bound(x: float) -> str:
-    """2**64 reads as 2^64, not as twenty digits."""
+    """1.0 reads as 1, and 2**64 as 2^64, not as twenty digits."""
     if isinstance(x, int) and x >= 2 ** 32 and x & (x - 1) == 0:
         return f"2^{x.bit_length() - 1}"
-    return str(x)
+    return f"{x:g}" if isinstance(x, float) else str(x)

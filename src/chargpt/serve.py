@@ -318,11 +318,6 @@ def api_name(name: str) -> str:
     return API_NAMES.get(name, name)
 
 
-def _is(value, allowed) -> bool:
-    """`value == allowed` as JSON means it: true is not 1."""
-    return value == allowed and isinstance(value, bool) == isinstance(allowed, bool)
-
-
 @dataclass
 class Completion:
     """One completion request, checked: the sampling parameters by `SamplingParams`' rules (those of
@@ -343,7 +338,8 @@ class Completion:
                                     f"{', '.join(sorted(COMPLETION_FIELDS))}", unknown[0])
         for name, allowed in (("n", 1), ("best_of", 1), ("logprobs", None), ("suffix", None),
                               ("presence_penalty", 0), ("frequency_penalty", 0)):
-            if body.get(name) is not None and not _is(body[name], allowed):
+            value = body.get(name)
+            if value is not None and not (type(value) is type(allowed) and value == allowed):  # true is not 1
                 raise RequestError(400, f"'{name}' is not supported here (only {json.dumps(allowed)})", name)
         if body.get("logit_bias") not in (None, {}):
             raise RequestError(400, "'logit_bias' is not supported here", "logit_bias")
