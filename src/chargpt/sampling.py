@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class SamplingParams:
     max_new_tokens: int = option(500, "characters to generate", min=0)
-    temperature: float = option(1.0, "0 (or below 1e-6) = greedy", min=0.0)
+    temperature: float = option(1.0, "divides the logits: below 1 sharper, above 1 flatter; 0 (or below 1e-6) = greedy",
+                                min=0.0)
     top_k: int = option(0, "sample from the k most likely characters; 0 = every character", min=0)
     top_p: float = option(1.0, "sample from the smallest set of characters whose probability reaches p; 1 = off",
                           min=0.0, min_open=True, max=1.0)
