@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import get_args
 
@@ -16,9 +17,9 @@ from . import __version__
 from .attention import SCALE_HELP, SCALES, WINDOW
 from .config import DEFAULT_DATA, PRESETS, TrackerName, add_config_flags, given_fields, parse_eval_tokens
 from .errors import ChargptError, ConfigError, UsageError
+from .evaluate import EVAL_TOKENS
 from .sampling import SAMPLING_FIELDS, SamplingParams
 from .schema import flag
-from .evaluate import EVAL_TOKENS
 
 
 class ArgumentParser(argparse.ArgumentParser):

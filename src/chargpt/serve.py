@@ -3,8 +3,8 @@ checkpoints, one Starlette app on uvicorn. Completions stream as server-sent eve
 
 Every request samples with its own seeded generator and key/value cache through the Engine of its checkpoint
 (one per checkpoint, rebuilt when the file changes), so a completion is exactly what `chargpt sample` prints
-for the same seed. Run names are looked up in the
-served runs directory's listing, never joined into a path, so no request can reach another file.
+for the same seed. Run names are looked up in the served runs directory's listing, never joined into a path,
+so no request can reach another file.
 
 Web pages the user visits must not drive the server: a request whose Host is not one of the server's names is
 refused (a DNS-rebinding page sends its own name), so is one sent from a page of another origin, and the JSON
@@ -350,8 +350,8 @@ class Completion:
         if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
             raise RequestError(400, "'stream_options' must be an object like {\"include_usage\": true}",
                                "stream_options")
-        stop = [] if body.get("stop") is None else body["stop"]
-        stop = [stop] if isinstance(stop, str) else stop
+        stop = body.get("stop")
+        stop = [stop] if isinstance(stop, str) else ([] if stop is None else stop)
         if (not isinstance(stop, list) or len(stop) > 4
                 or not all(isinstance(s, str) and 0 < len(s) <= 100 for s in stop)):
             raise RequestError(400, "'stop' must be a string or a list of at most 4 non-empty strings", "stop")
@@ -406,17 +406,17 @@ class Generation:
     `seed`, its own KV cache). Tokens are produced in short bursts, each on a worker thread, so the event loop
     serves other clients between them."""
 
-    def __init__(self, loaded: Loaded, request: Completion, counters: "Counters"):
+    def __init__(self, loaded: Loaded, completion: Completion, counters: "Counters"):
         tok = loaded.tokenizer
-        ids = encode(tok, request.prompt)
+        ids = encode(tok, completion.prompt)
         self.prompt_tokens = len(ids)
-        self.tokens = loaded.engine.sample(ids, request.sampling)
+        self.tokens = loaded.engine.sample(ids, completion.sampling)
         self.decode = tok.decode
         self.count = 0
-        self.done = request.sampling.max_new_tokens == 0
+        self.done = completion.sampling.max_new_tokens == 0
         self.cancelled = self._started = self._running = self._released = False
         self._lock = threading.Lock()
-        self.filter = StopFilter(request.stop)
+        self.filter = StopFilter(completion.stop)
         self.counters = counters
 
     def burst(self, seconds: float = BURST_SECONDS) -> str:
@@ -537,7 +537,7 @@ def create_app(runs: ServedRuns, hosts: Hosts | None = None) -> Guard:
 
     async def completions(request: Request) -> Response:
         completion = Completion.parse(await read_body(request))
-        name, loaded = await in_thread(runs.load, completion.model)
+        name, loaded = await files(runs.load, completion.model)
         gen = Generation(loaded, completion, counters)
         meta = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
                 "model": name}
