@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import commit, machine, print_table  # noqa: E402
 
-BENCHES = ["bench_prepare", "bench_train", "bench_eval", "bench_sampling", "bench_serve", "bench_quality"]
-LONG = {"bench_quality"}
+BENCHES = ["bench_prepare", "bench_train", "bench_eval", "bench_sampling", "bench_serve", "bench_quality", "bench_budget"]
+LONG = {"bench_quality", "bench_budget"}
 
 
 def main() -> None:
