@@ -23,6 +23,10 @@ from .config import Config, get_preset
 # estimates (about 2% of the time at budget_evals=10) and the checkpoints written with them.
 EVAL_SHARE = 0.03
 PROBE_STEPS = 3  # timed training steps per speed probe (after one untimed step)
+SPEED_STEPS = 50  # a run of at least this many steps teaches the speed cache its speed
+FINAL_MARGIN = 1.25  # the final pass's time as measured on one batch, with room for a busier machine
+FINAL_SHARE = 0.2  # the most of a budget the final pass may take; past it, it scores an evenly spread subset
+SAMPLE_RATE = 2000.0  # characters/s the end-of-run sample is generated at, at least (KV cache; ~6,500 on 2 cores)
 
 
 @dataclass(frozen=True)
@@ -168,13 +172,13 @@ class Plan:
 
 
 def choose(budget: float, base: Config, device: torch.device, precision: str, autocast, *, elapsed: float,
-           reserve: float, cache: SpeedCache | None = None) -> Plan:
+           val_tokens: int = 0, cache: SpeedCache | None = None) -> Plan:
     """The largest size whose expected training tokens in `budget` reach its `min_tokens` on this machine.
 
-    `elapsed`: seconds of the budget already gone (start-up); `reserve`: seconds kept for the final pass."""
+    `elapsed`: seconds of the budget already gone (start-up); `val_tokens`: the final pass's length (its time, at
+    about half the training speed per token, is not training time)."""
     cache = cache if cache is not None else speed_cache()
     machine = _machine_key(device, precision)
-    train_seconds = max(0.0, (budget - elapsed - reserve) * (1 - EVAL_SHARE))
     configs = [sized_config(s, base) for s in SIZES]
     speeds: dict[int, float] = {}
 
@@ -191,22 +195,24 @@ def choose(budget: float, base: Config, device: torch.device, precision: str, au
             return known
         # not measured yet: scale a measured size's speed by the FLOPs per token
         ref = next(iter(speeds)) if speeds else 0
-        ref_speed = speed(ref, True)
-        return ref_speed * flops_per_token(configs[ref]) / flops_per_token(configs[i])
+        return speed(ref, True) * flops_per_token(configs[ref]) / flops_per_token(configs[i])
+
+    def train_seconds(i: int, measure: bool) -> float:
+        tps = speed(i, measure)
+        return max(0.0, (budget - elapsed - FINAL_MARGIN * val_tokens / (tps / 2)) * (1 - EVAL_SHARE))
+
+    def suits(i: int, measure: bool) -> bool:
+        return speed(i, measure) * train_seconds(i, measure) >= SIZES[i].min_tokens
 
     speed(0, True)
-    chosen = 0
-    for i in range(len(SIZES) - 1, 0, -1):  # the largest the budget suits, its speed measured before trusting it
-        if speed(i, False) * train_seconds >= SIZES[i].min_tokens and speed(i, True) * train_seconds >= SIZES[i].min_tokens:
-            chosen = i
-            break
-    tps = speed(chosen, True)
-    tokens = tps * train_seconds
-    nxt = (f"; {SIZES[chosen + 1].name} needs {SIZES[chosen + 1].min_tokens / 1e6:.0f}M"
+    # the largest size the budget suits, its speed measured before it is trusted
+    chosen = next((i for i in range(len(SIZES) - 1, 0, -1) if suits(i, False) and suits(i, True)), 0)
+    tps, seconds = speed(chosen, True), train_seconds(chosen, True)
+    nxt = (f"; {SIZES[chosen + 1].name} would need {SIZES[chosen + 1].min_tokens / 1e6:.0f}M"
            if chosen + 1 < len(SIZES) else "")
-    reason = (f"the budget chose {SIZES[chosen].name}: ~{train_seconds:.0f} s of training at {tps:,.0f} tokens/s "
-              f"measured here is ~{tokens / 1e6:.1f}M tokens{nxt}")
-    return Plan(configs[chosen], SIZES[chosen], tps, train_seconds, reason)
+    reason = (f"the budget chose {SIZES[chosen].name}: ~{seconds:.0f} s of training at {tps:,.0f} tokens/s "
+              f"measured here is ~{tps * seconds / 1e6:.1f}M tokens{nxt}")
+    return Plan(configs[chosen], SIZES[chosen], tps, seconds, reason)
 
 
 def record_speed(config: Config, device: torch.device, precision: str, tokens_per_sec: float) -> None:

@@ -79,6 +79,7 @@ def cmd_prepare(args) -> int:
 
 # -------------------------------------------------------------------------------------------- train
 def cmd_train(args) -> int:
+    from .budget import process_start
     from .plan import TrainRequest, plan_training
 
     launch = args.nproc is not None and "WORLD_SIZE" not in os.environ
@@ -95,7 +96,7 @@ def cmd_train(args) -> int:
                            resume=args.resume, init_from=args.init_from, out_dir=args.out_dir, name=args.name,
                            tracker=tracker, tracker_options=wandb_options if tracker == "wandb" else {},
                            dataset_artifact=args.dataset_artifact, wandb_mode=args.wandb_mode,
-                           argv=["chargpt", *args.argv])
+                           argv=["chargpt", *args.argv], clock_start=process_start())
     if args.print_config:
         print(json.dumps(plan_training(request, load_data=False).as_dict(), indent=2))
         return 0

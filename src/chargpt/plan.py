@@ -4,6 +4,7 @@ data, tracker) into a `TrainPlan`, whose `run` creates the run directory, starts
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -33,6 +34,7 @@ class TrainRequest:
     dataset_artifact: str | None = None  # a W&B dataset to download when no data is given
     wandb_mode: str = "auto"
     argv: list[str] | None = None
+    clock_start: float | None = None  # time.perf_counter() when the user's wall clock started (default: now)
 
 
 @dataclass
@@ -47,6 +49,9 @@ class TrainPlan:
     resume_state: dict | None = None
     init_from: dict | None = None  # {"state": the checkpoint's contents, "origin": what a run records of it}
     chosen: str | None = None  # said once the run starts: which preset was picked when none was given
+    sized_by_budget: bool = False  # no preset given with a time budget: the budget chooses the model
+    model_choice: str | None = None  # the size it chose
+    clock_start: float = field(default_factory=time.perf_counter)
 
     def as_dict(self) -> dict:
         """The resolved config as `chargpt train --print-config` prints it."""
@@ -72,8 +77,9 @@ class TrainPlan:
             tracker.start(run, run_config(self.config, run, self.data, self.preset, req.argv), self.data)
         try:
             t = setup(self.config, self.data, run, preset=self.preset, resume_state=self.resume_state,
-                      init_from=self.init_from, tracker=tracker, data_dir=str(self.data_dir), echo=echo)
-            t.notebook = notebook
+                      init_from=self.init_from, tracker=tracker, data_dir=str(self.data_dir), echo=echo,
+                      clock_start=self.clock_start)
+            t.notebook, t.model_choice = notebook, self.model_choice
             loop(t)
             return t, finish(t)
         finally:  # a notebook's process lives on: the run is free for another writer now
@@ -89,6 +95,8 @@ class TrainPlan:
             origin = self.init_from["origin"]
             what, against = (f"fine-tuning {run.path} from {origin['ckpt']} (step {origin['step']}) on "
                              f"{self.data_dir}"), "that run"
+        elif self.model_choice:
+            what, against = f"training {run.path}: {self.model_choice}, as its time budget chose", "that choice"
         else:
             what, against = f"training {run.path} from preset '{self.preset}'", "the preset"
         say(f"{what} (full config in its config.json)")
@@ -116,8 +124,10 @@ def plan_training(req: TrainRequest, *, load_data: bool = True,
     if req.config_file and req.init_from:
         raise ConfigError("--config and --init-from cannot be combined: a fine-tuned run starts from its source's "
                           "config; give single flags to change what may change")
+    started = time.perf_counter() if req.clock_start is None else req.clock_start
     load_env_file(say=echo or (lambda *_: None))
     plan = _resumed(req) if req.resume else _fine_tuned(req) if req.init_from else _fresh(req)
+    plan.clock_start = started
     set_fields(plan.config, req.fields, req.fields_from)
     if "max_steps" in req.fields and "time_budget" not in req.fields and plan.config.train.time_budget:
         plan.config.train.time_budget = 0.0  # asked for a number of steps: the budget of the run or file goes
@@ -161,9 +171,10 @@ def _fresh(req: TrainRequest) -> TrainPlan:
     from_file = read_config_file(req.config_file) if req.config_file else {}
     device = resolve_device(req.fields.get("device") or from_file.get("train", {}).get("device")
                             or from_file.get("device") or "auto")
-    preset = req.preset or from_file.get("preset") or default_preset(device.type)
+    sized = req.preset is None and not from_file.get("preset") and _budget_given(req, from_file)
+    preset = req.preset or from_file.get("preset") or ("cpu" if sized else default_preset(device.type))
     chosen = None
-    if req.preset is None and not from_file.get("preset"):
+    if req.preset is None and not from_file.get("preset") and not sized:
         chosen = f"no --preset given: using '{preset}' for {device.type}"
     config = get_preset(preset)
     set_fields(config, from_file, str(req.config_file))
@@ -172,7 +183,34 @@ def _fresh(req: TrainRequest) -> TrainPlan:
         from .tracking_wandb import download_dataset
 
         data_dir = download_dataset(req.dataset_artifact, mode=req.wandb_mode) or data_dir
-    return TrainPlan(req, config, get_preset(preset), preset, str(data_dir), chosen=chosen)
+    return TrainPlan(req, config, get_preset(preset), preset, str(data_dir), chosen=chosen, sized_by_budget=sized)
+
+
+def _budget_given(req: TrainRequest, from_file: dict) -> bool:
+    given = req.fields.get("time_budget", from_file.get("time_budget", from_file.get("train", {}).get("time_budget")))
+    return given not in (None, 0, 0.0, "0", "")
+
+
+def _size_by_budget(plan: TrainPlan) -> None:
+    """Let the time budget choose the model's size on this machine; fields the user set (flags, keywords, a config
+    file) stay as given."""
+    from .budget import choose
+    from .device import autocast_for, resolve_device, resolve_dtype
+
+    config, req = plan.config, plan.request
+    device = resolve_device(config.train.device)
+    precision = resolve_dtype(device, config.train.dtype)
+    result = choose(config.train.time_budget, config, device, precision, autocast_for(device, precision),
+                    elapsed=time.perf_counter() - plan.clock_start, val_tokens=len(plan.data.val))
+    from_file = read_config_file(req.config_file) if req.config_file else {}
+    given = set(req.fields) | {k for key, v in from_file.items() for k in (v if isinstance(v, dict) else [key])}
+    size_fields = {k: v for k, v in (result.size.model | result.size.train).items() if k not in given}
+    set_fields(config, size_fields, "the time budget")
+    plan.base = get_preset(plan.preset)
+    plan.base.model.vocab_size = config.model.vocab_size
+    set_fields(plan.base, size_fields, "the time budget")
+    plan.model_choice = result.size.name
+    plan.chosen = f"no --preset given: {result.reason}"
 
 
 def _data_dir(req: TrainRequest) -> str | None:
@@ -190,6 +228,8 @@ def _load_and_check(plan: TrainPlan) -> None:
     config = plan.config
     plan.data = plan.request.data if isinstance(plan.request.data, Dataset) else load_dataset(plan.data_dir)
     config.model.vocab_size = plan.base.model.vocab_size = plan.data.tokenizer.vocab_size
+    if plan.sized_by_budget and config.train.time_budget:
+        _size_by_budget(plan)
     config.validate()
     plan.data.check_block_size(config.model.block_size)
     check_train_fits(config, resolve_device(config.train.device))  # a size that cannot fit: an error, not an OOM

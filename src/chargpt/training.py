@@ -21,6 +21,7 @@ from .attention import layers_by_heads
 from .batch import get_batch
 from .config import Config
 from .data import Dataset
+from .budget import FINAL_MARGIN, FINAL_SHARE, SAMPLE_RATE, SPEED_STEPS, final_pass_seconds, record_speed
 from .device import (COLD_COMPILE_BUDGET, autocast_for, compile_key, compile_unavailable_reason, compiled_before,
                      configure_backends, keep_freed_memory_for_reuse, mark_compiled, resolve_device, resolve_dtype,
                      use_persistent_compile_cache)
@@ -116,6 +117,10 @@ class Training:
     origin: dict | None = None  # the run this one was fine-tuned from (--init-from)
     step: int = 0
     spent: float = 0.0  # training seconds of the run before this process (a resume)
+    spent_budget: float = 0.0  # seconds of its time budget the run's earlier processes used (a resume)
+    clock_start: float = field(default_factory=time.perf_counter)  # when the budget's clock started: the command's start
+    reserve: float = 0.0  # seconds of the budget kept for the final pass over val and the sample
+    final_tokens: int = 0  # characters of val the final pass scores (eval_tokens, or fewer to fit a short budget)
     best_val: float = math.inf
     resumed_at: int | None = None
     last_eval: dict = field(default_factory=dict)
@@ -124,6 +129,7 @@ class Training:
     notebook: bool = False  # a tqdm.auto progress bar (a widget in Jupyter) even where stdout is no terminal
     shows_progress: bool = True  # False: quiet (the library's verbose=False), no bar and no lines
     compiled: str | None = None  # compile_key of the compiled model, None when training eagerly
+    model_choice: str | None = None  # the size the time budget chose (no preset given)
 
     @property
     def tokens_per_step(self) -> int:
@@ -132,9 +138,21 @@ class Training:
     def train_seconds(self) -> float:
         return self.spent + time.perf_counter() - self.t_start - self.paused
 
+    def budget_seconds(self) -> float:
+        """Seconds of the time budget used: the user's wall clock since the command started (start-up, compiling,
+        evaluations and checkpoints included), plus what the run's earlier processes used."""
+        return self.spent_budget + time.perf_counter() - self.clock_start
+
     def fraction_done(self) -> float:
+        """Of the steps, or of the budget's training part (the budget less the final pass kept back)."""
         budget = self.config.train.time_budget
-        return self.train_seconds() / budget if budget else self.step / self.config.train.max_steps
+        if budget:
+            return self.budget_seconds() / max(budget - self.reserve, 1e-9)
+        return self.step / self.config.train.max_steps
+
+    def clock(self) -> float:
+        """The seconds a progress bar shows: of the budget when there is one, else of training."""
+        return self.budget_seconds() if self.config.train.time_budget else self.train_seconds()
 
     def evaluate(self) -> dict:
         tc = self.config.train
@@ -174,13 +192,14 @@ class Training:
         rng = rng_state(self.gen) | {"batch_per_rank": states}
         checkpoint.save(path or self.run.ckpt, model=self.model, optimizers=self.optimizers, step=self.step,
                         config=self.config, tokenizer=self.data.tokenizer, dataset_hash=self.data.content_hash, rng=rng,
-                        extra={"train_seconds": self.train_seconds(), "preset": self.preset, "data_dir": self.data_dir,
+                        extra={"train_seconds": self.train_seconds(), "budget_seconds": self.budget_seconds(),
+                               "preset": self.preset, "data_dir": self.data_dir,
                                "best_val_loss": self.best_val, "init_from": self.origin})
 
 
 def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | None = None,
           resume_state: dict | None = None, init_from: dict | None = None, tracker=None, data_dir: str | None = None,
-          echo: Callable[[str], None] | None = print) -> dict:
+          echo: Callable[[str], None] | None = print, clock_start: float | None = None) -> dict:
     """Train `config` on `data`, writing into `run` (rank 0 only); return the run's summary. `echo` says what
     happens (None: nothing is shown, not even progress).
 
@@ -188,7 +207,7 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
     checkpoint's weights (characters of `data` it does not know get fresh rows) with a fresh optimizer."""
     try:
         t = setup(config, data, run, preset=preset, resume_state=resume_state, init_from=init_from, tracker=tracker,
-                  data_dir=data_dir, echo=echo)
+                  data_dir=data_dir, echo=echo, clock_start=clock_start)
         loop(t)
         return finish(t)
     finally:
@@ -198,8 +217,11 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
 
 def setup(config: Config, data: Dataset, run: RunDir | None, *, preset: str | None = None,
           resume_state: dict | None = None, init_from: dict | None = None, tracker=None, data_dir: str | None = None,
-          echo: Callable[[str], None] | None = print) -> Training:
-    """Device, process group, seeds, model and optimizers (restored from `resume_state` when given)."""
+          echo: Callable[[str], None] | None = print, clock_start: float | None = None) -> Training:
+    """Device, process group, seeds, model and optimizers (restored from `resume_state` when given).
+
+    `clock_start`: when a time budget's clock started (`time.perf_counter()`; the command's start), else now."""
+    clock_start = time.perf_counter() if clock_start is None else clock_start
     mc, tc = config.model, config.train
     device = resolve_device(tc.device)
     dist_info = distributed.init(device.type)
@@ -225,11 +247,12 @@ def setup(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
         origin = resume_state["extra"].get("init_from")
     model = model.to(device)
     optimizers = make_optimizers(model, tc, device.type, bf16=precision == "bfloat16")
-    step, spent, best_val = 0, 0.0, math.inf
+    step, spent, spent_budget, best_val = 0, 0.0, 0.0, math.inf
     if resume_state is not None:
         step = checkpoint.restore(resume_state, config, run.path if run is not None else "the checkpoint",
                                   data=data, model=model, optimizers=optimizers)
         spent = resume_state["extra"].get("train_seconds", 0.0)
+        spent_budget = resume_state["extra"].get("budget_seconds", spent)  # runs saved before budgets were wall clock
         best_val = resume_state["extra"].get("best_val_loss") or math.inf
         states = resume_state["rng"].get("batch_per_rank")
         mine = states[dist_info.rank] if states and len(states) == dist_info.world_size else None
@@ -247,7 +270,7 @@ def setup(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
     say(f"model: {mc.model}, {shape}context {mc.block_size}, {params:,} parameters ({params / 1e6:.2f}M) "
         f"on {device} in {precision}"
         + (f", {dist_info.world_size} processes of {torch.get_num_threads()} threads" if dist_info.enabled else ""))
-    length = f"{format_duration(tc.time_budget)} of training" if tc.time_budget else f"{tc.max_steps:,} steps"
+    length = f"a {format_duration(tc.time_budget)} budget" if tc.time_budget else f"{tc.max_steps:,} steps"
     say(f"run: {length}, batch {tokens_per_step:,} tokens per step ({dist_info.world_size} x {accum} x {micro_batch} "
         f"x {mc.block_size}), {tc.optimizer} lr {tc.lr:g}, {tc.schedule} schedule")
 
@@ -263,6 +286,22 @@ def setup(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
                 f"takes 10-40 s); a run of {format_duration(COLD_COMPILE_BUDGET)} or more, or one without a budget, "
                 f"compiles it for the runs after it")
             compiled = None
+    reserve, final_tokens, fitted = 0.0, tc.eval_tokens, ""
+    if tc.time_budget:
+        # the final pass runs eagerly in float32; its time is measured on one batch now and kept back from training
+        final = FINAL_MARGIN * final_pass_seconds(model, len(data.val), mc.block_size, device,
+                                                  tc.eval_tokens) / dist_info.world_size
+        if final > FINAL_SHARE * tc.time_budget:  # a pass longer than the budget allows scores an even subset
+            scored = min(tc.eval_tokens or len(data.val), len(data.val))
+            final_tokens = max(mc.block_size, int(scored * FINAL_SHARE * tc.time_budget / final))
+            final *= final_tokens / scored
+            fitted = f" ({final_tokens:,} of its {len(data.val):,} characters, to fit the budget)"
+        reserve = final + (tc.sample_tokens / SAMPLE_RATE if tc.sample_tokens else 0.0) + 0.5
+        gone = spent_budget + time.perf_counter() - clock_start
+        say(f"budget: {format_duration(tc.time_budget)} of wall clock from the command's start: "
+            f"{format_duration(gone)} gone to start-up, ~{format_duration(max(0.0, tc.time_budget - gone - reserve))} "
+            f"of training with its estimates and checkpoints{' (compiling first)' if compiled else ''}, "
+            f"~{format_duration(reserve)} for the final pass over val{fitted} and the sample")
     train_model = torch.compile(model) if compiled else model
     ddp_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None) if dist_info.enabled else None
     splits = {"train": data.train, "val": data.val}
@@ -272,7 +311,8 @@ def setup(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
                  dist=dist_info, precision=precision, autocast=autocast_for(device, precision),
                  micro_batch=micro_batch, accum=accum, gen=gen, model=model, optimizers=optimizers,
                  fwd=ddp_model or train_model, ddp_model=ddp_model, splits=splits, origin=origin, step=step,
-                 spent=spent, best_val=best_val, resumed_at=step if resume_state is not None else None,
+                 spent=spent, spent_budget=spent_budget, clock_start=clock_start, reserve=reserve,
+                 final_tokens=final_tokens, best_val=best_val, resumed_at=step if resume_state is not None else None,
                  compiled=compiled, shows_progress=echo is not None)
     if resume_state is not None and run is not None and (spent >= tc.time_budget if tc.time_budget
                                                          else step >= tc.max_steps):
@@ -285,14 +325,14 @@ def setup(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
 def loop(t: Training) -> None:
     """Train until the step count or the time budget is reached; evaluate, checkpoint and log on the way."""
     tc, budget = t.config.train, t.config.train.time_budget
-    progress_bar = Progress(tc.max_steps, budget, step=t.step, seconds=t.spent,
+    progress_bar = Progress(tc.max_steps, budget, step=t.step, seconds=t.clock(),
                             enabled=t.dist.is_main and t.shows_progress, notebook=t.notebook)
     ckpt_every = tc.ckpt_interval or tc.eval_interval
     # A time budget is evaluated at evenly spaced fractions of it (steps per second vary with the model).
-    next_eval_mark = math.floor(t.spent / budget * tc.budget_evals) + 1 if budget else 0
+    next_eval_mark = math.floor(t.fraction_done() * tc.budget_evals) + 1 if budget else 0
     t.t_start, t.paused = time.perf_counter(), 0.0
     loss_value = grad_norm = math.nan  # the latest step's training loss and gradient norm
-    with StopSignals() as stop, closing_bar(progress_bar, lambda: (t.step, t.train_seconds())):
+    with StopSignals() as stop, closing_bar(progress_bar, lambda: (t.step, t.clock())):
         t.model.train()
         while True:
             done_frac, stop_flag = distributed.all_max([t.fraction_done(), float(stop.received or 0)], t.dist)
@@ -317,7 +357,7 @@ def loop(t: Training) -> None:
             t.step += 1
             if t.step % tc.log_interval == 0:
                 record = t.record(loss=loss_value, grad_norm=grad_norm)
-                progress_bar.update(t.step, loss_value, record["tokens_per_sec"], record["train_seconds"])
+                progress_bar.update(t.step, loss_value, record["tokens_per_sec"], t.clock())
                 t.log(record)
 
 
@@ -387,10 +427,13 @@ def finish(t: Training) -> dict:
     mc, tc, step, main, run = t.config.model, t.config.train, t.step, t.dist.is_main, t.run
     if t.compiled and main and step > (t.resumed_at or 0):  # its compiled graphs are in the cache now
         mark_compiled(t.compiled)
+    if main and step - (t.resumed_at or 0) >= SPEED_STEPS:  # a speed the budget's next choice can rely on
+        steps_here = step - (t.resumed_at or 0)
+        record_speed(t.config, t.device, t.precision, steps_here * t.tokens_per_step / max(seconds - t.spent, 1e-9))
     summary: dict = {
         "model": mc.model, "preset": t.preset, "params": t.model.num_params(), "steps": step,
         "tokens_seen": step * t.tokens_per_step, "train_seconds": round(seconds, 3),
-        "time_budget": tc.time_budget or None,
+        "time_budget": tc.time_budget or None, **({"model_choice": t.model_choice} if t.model_choice else {}),
         "tokens_per_sec": round(step * t.tokens_per_step / max(seconds, 1e-9), 1),
         "train_loss": t.last_eval.get("train_loss"), "val_loss": t.last_eval.get("val_loss"),
     }
@@ -398,7 +441,7 @@ def finish(t: Training) -> dict:
     with StopSignals() as stop:  # the checkpoint is saved: a signal now cuts the evaluation short, nothing else
         try:
             # every rank scores its share of the windows; float32 (no autocast): the reference figure
-            final = evaluate_split(t.model, t.splits["val"], mc.block_size, t.device, eval_tokens=tc.eval_tokens,
+            final = evaluate_split(t.model, t.splits["val"], mc.block_size, t.device, eval_tokens=t.final_tokens,
                                    dist_info=t.dist, should_stop=lambda: stop.received,
                                    progress=EvalProgress("final evaluation of val", enabled=main and t.shows_progress))
             if main and mc.model == "bigram":
@@ -421,7 +464,9 @@ def finish(t: Training) -> dict:
         **({"init_from": t.origin} if t.origin else {}), "provenance": provenance(t.device),
     }
     if main:
-        t.say(describe_pass(final, "val") + f" after {step} steps, {seconds:.1f} s")
+        spent = f", {format_duration(t.budget_seconds())} of the {format_duration(tc.time_budget)} budget" \
+            if tc.time_budget else ""
+        t.say(describe_pass(final, "val") + f" after {step} steps, {seconds:.1f} s of training{spent}")
         if "bigram_optimum_val_loss" in summary:
             t.say(f"count-based bigram optimum on val: {summary['bigram_optimum_val_loss']:.4f}")
         if run is not None:
@@ -431,6 +476,8 @@ def finish(t: Training) -> dict:
                 out = Engine(t.model).generate(idx, tc.sample_tokens, generator=g)
                 summary["sample"] = text = t.data.tokenizer.decode(out[0].tolist())
                 run.write_sample(text)
+            if tc.time_budget:
+                summary["budget_seconds"] = round(t.budget_seconds(), 3)
             run.write_summary(summary)
             note = run.mark_latest()
             if note:
