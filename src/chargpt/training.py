@@ -38,6 +38,9 @@ from .rundir import RunDir
 from .tracking import NullTracker, Tracker, finish_tracking
 
 
+PLOT_SHARE = 0.02  # loss.png is redrawn at an evaluation while redrawing it has taken at most this share of the run
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory so far, in MB (the kernel's high-water mark)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
@@ -130,6 +133,7 @@ class Training:
     shows_progress: bool = True  # False: quiet (the library's verbose=False), no bar and no lines
     compiled: str | None = None  # compile_key of the compiled model, None when training eagerly
     model_choice: str | None = None  # the size the time budget chose (no preset given)
+    plot_seconds: float = 0.0  # spent redrawing loss.png in this process
 
     @property
     def tokens_per_step(self) -> int:
@@ -344,7 +348,7 @@ def loop(t: Training) -> None:
             else:
                 due = t.step % tc.eval_interval == 0 and t.step != t.resumed_at
             if (due or finished) and not (finished and t.step == t.resumed_at and t.last_eval):
-                paused(t, lambda: evaluate_and_log(t, progress_bar))
+                paused(t, lambda: evaluate_and_log(t, progress_bar, finished))
             if t.step > 0 and t.step != t.resumed_at and (t.step % ckpt_every == 0 or finished
                                                           or (due and budget and not tc.ckpt_interval)):
                 paused(t, t.save_checkpoint)
@@ -362,22 +366,25 @@ def loop(t: Training) -> None:
 
 
 def paused(t: Training, work: Callable[[], None]) -> None:
-    """Do `work` off the clock: evaluation and checkpoints do not count against the time budget."""
+    """Do `work` off the training clock (tokens/s counts training only; the budget's wall clock counts it all)."""
     t0 = time.perf_counter()
     work()
     t.paused += time.perf_counter() - t0
 
 
-def evaluate_and_log(t: Training, progress_bar: Progress) -> None:
-    """Estimate train/val loss, log it, redraw loss.png and keep best.pt at the lowest val estimate so far."""
+def evaluate_and_log(t: Training, progress_bar: Progress, last: bool = False) -> None:
+    """Estimate train/val loss, log it, redraw loss.png (at the `last` evaluation, and at others while redrawing
+    has cost at most `PLOT_SHARE` of the run) and keep best.pt at the lowest val estimate so far."""
     seconds_so_far = t.train_seconds()
     t.last_eval = t.evaluate()
     if not all(math.isfinite(v) for v in t.last_eval.values()):
         raise t.non_finite(f"the estimated loss became train {t.last_eval['train_loss']}, "
                            f"val {t.last_eval['val_loss']} at step {t.step}")
     t.log(t.record(seconds_so_far, **t.last_eval))
-    if t.dist.is_main and t.run is not None:
+    if t.dist.is_main and t.run is not None and (last or t.plot_seconds <= PLOT_SHARE * t.clock()):
+        t0 = time.perf_counter()
         refresh_run_plot(t.run.path)
+        t.plot_seconds += time.perf_counter() - t0
     if t.last_eval["val_loss"] < t.best_val and t.step > 0:
         t.best_val = t.last_eval["val_loss"]
         t.save_checkpoint(t.run.best if t.run is not None else None)
