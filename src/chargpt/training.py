@@ -302,9 +302,12 @@ def setup(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
             fitted = f" ({final_tokens:,} of its {len(data.val):,} characters, to fit the budget)"
         reserve = final + (tc.sample_tokens / SAMPLE_RATE if tc.sample_tokens else 0.0) + 0.5
         gone = spent_budget + time.perf_counter() - clock_start
+        left = tc.time_budget - gone - reserve
+        training = (f"~{format_duration(left)} of training with its estimates and checkpoints"
+                    f"{' (compiling first)' if compiled else ''}" if left > 0 else
+                    "nothing left to train (one step is trained, so the run has a checkpoint)")
         say(f"budget: {format_duration(tc.time_budget)} of wall clock from the command's start: "
-            f"{format_duration(gone)} gone to start-up, ~{format_duration(max(0.0, tc.time_budget - gone - reserve))} "
-            f"of training with its estimates and checkpoints{' (compiling first)' if compiled else ''}, "
+            f"{format_duration(gone)} gone to start-up, {training}, "
             f"~{format_duration(reserve)} for the final pass over val{fitted} and the sample")
     train_model = torch.compile(model) if compiled else model
     ddp_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None) if dist_info.enabled else None
@@ -340,7 +343,7 @@ def loop(t: Training) -> None:
         t.model.train()
         while True:
             done_frac, stop_flag = distributed.all_max([t.fraction_done(), float(stop.received or 0)], t.dist)
-            finished = done_frac >= 1.0
+            finished = done_frac >= 1.0 and (t.step > 0 or t.resumed_at is not None)  # a new run trains a step
             if budget:
                 due = done_frac * tc.budget_evals >= next_eval_mark or (t.step == 0 and t.step != t.resumed_at)
                 if due:
