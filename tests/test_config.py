@@ -78,3 +78,21 @@ def test_a_bad_config_file_is_a_clear_error(tmp_path, text, needle):
     (tmp_path / "c.toml").write_text(text)
     with pytest.raises(ConfigError, match=needle):
         set_fields(get_preset("cpu"), read_config_file(tmp_path / "c.toml"), "c.toml")
+
+
+@pytest.mark.parametrize("content,message", [
+    ('{"train": 5}', "train must be a table of train fields, got 5"),
+    ('{"model": [1, 2]}', "model must be a table of model fields"),
+    ('{"preset": ["cpu"]}', "preset must be a string, got ['cpu']"),
+    ('{"data_dir": {"a": 1}}', "data_dir must be a string"),
+    ('{"train": {"device": 3}}', "device must be str, got 3"),
+    ('{"device": 3}', "device must be str, got 3"),
+    ('{"a": ' * 50_000 + "1" + "}" * 50_000, "nested too deeply"),
+], ids=["section-int", "section-list", "preset-list", "data_dir-object", "device-int", "flat-device-int", "deep"])
+def test_a_config_file_of_the_wrong_shape_is_one_line_naming_the_field(tmp_path, capsys, content, message):
+    from chargpt.cli import main
+
+    (tmp_path / "c.json").write_text(content)
+    assert main(["train", "--config", str(tmp_path / "c.json"), "--print-config"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err

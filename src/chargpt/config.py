@@ -254,6 +254,13 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is nested too deeply; write a table of config fields, e.g. {{\"n_layer\": 4}}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path} must hold a table of config fields, e.g. {{\"n_layer\": 4}}")
+    for section in SECTIONS:
+        if section in values and not isinstance(values[section], dict):
+            raise ConfigError(f"{path}: {section} must be a table of {section} fields, got {values[section]!r}")
+    for key in ("preset", "data_dir"):
+        if values.get(key) is not None and not isinstance(values[key], str):
+            raise ConfigError(f"{path}: {key} must be a string, got {values[key]!r}")
+    set_fields(Config(), values, str(path))  # every field's type, before any of them is used
     return values
 
 
