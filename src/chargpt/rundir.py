@@ -89,16 +89,14 @@ class RunDir:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", errors="replace").strip()
+            holder = _lock_holder(os.fstat(fd).st_ino)
             os.close(fd)
-            raise CheckpointError(f"{self.path} is being written by another process "
-                                  f"({f'pid {holder}' if holder.isdigit() else 'just started'}); wait for it to "
-                                  f"end or stop it, then retry") from None
+            raise CheckpointError(f"{self.path} is being written by another process"
+                                  f"{f' (pid {holder})' if holder else ''}; wait for it to end or stop it, "
+                                  f"then retry") from None
         except OSError:  # a filesystem without locks (some network mounts): train unguarded rather than not at all
             os.close(fd)
             return
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         _held[key] = fd
 
     def unlock(self) -> None:
@@ -162,6 +160,20 @@ class RunDir:
         except OSError:
             pass  # a filesystem without symlinks only loses the convenience name
         return None
+
+
+def _lock_holder(inode: int) -> int | None:
+    """The pid holding an flock on the file `inode`, as the kernel lists it (Linux's /proc/locks): the lock file
+    itself is never written, so a refused writer changes nothing in the run."""
+    try:
+        lines = read_bytes("/proc/locks", 1 << 22).decode("ascii", errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if "FLOCK" in fields and "->" not in fields and len(fields) >= 6 and fields[5].endswith(f":{inode}"):
+            return int(fields[4]) if fields[4].isdigit() else None
+    return None
 
 
 def _is_run_link(link: Path) -> bool:
