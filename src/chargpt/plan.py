@@ -70,12 +70,12 @@ class TrainPlan:
         if run is None and main:
             run = RunDir.create(req.out_dir, req.name or default_name(self.config.model.model, self.preset),
                                 unique=req.name is None)
-        tracker = NullTracker()
-        if main:
-            self._announce(run, say)
-            tracker = make_tracker(req.tracker, **req.tracker_options)
-            tracker.start(run, run_config(self.config, run, self.data, self.preset, req.argv), self.data)
         try:
+            tracker = NullTracker()
+            if main:
+                self._announce(run, say)
+                tracker = make_tracker(req.tracker, **req.tracker_options)
+                tracker.start(run, run_config(self.config, run, self.data, self.preset, req.argv), self.data)
             t = setup(self.config, self.data, run, preset=self.preset, resume_state=self.resume_state,
                       init_from=self.init_from, tracker=tracker, data_dir=str(self.data_dir), echo=echo,
                       clock_start=self.clock_start)
