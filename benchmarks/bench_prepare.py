@@ -103,7 +103,7 @@ sys.exit(code)
 
 def train_rss(dataset: Path, runs: Path, name: str, steps: int) -> dict:
     """Peak RSS of a short `chargpt train` run, and the peaks of its anonymous and file-backed parts."""
-    out, peak = measure(["-c", TRAIN, "train", "--data", str(dataset), "--out-dir", str(runs), "--name", name,
+    out, peak = measure(["-c", TRAIN, "train", "--data", str(dataset), "--runs-dir", str(runs), "--name", name,
                          *TINY, "--max-steps", str(steps)])
     return json.loads(out.splitlines()[-1]) | {"peak": peak}
 

@@ -61,7 +61,7 @@ ABLATIONS: dict[str, list[str]] = {
 
 def run_once(budget: float, seed: int, extra: list[str], out_dir: Path, data: Path) -> dict:
     name = f"q-{int(budget)}-{seed}-{abs(hash(tuple(extra))) % 10**8}-{int(time.time() * 1000) % 10**8}"
-    cmd = [sys.executable, "-m", "chargpt", "train", "--preset", "cpu", "--data", str(data), "--out-dir", str(out_dir),
+    cmd = [sys.executable, "-m", "chargpt", "train", "--preset", "cpu", "--data", str(data), "--runs-dir", str(out_dir),
            "--name", name, "--time-budget", str(budget), "--seed", str(seed), "--sample-tokens", "0", *extra]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)

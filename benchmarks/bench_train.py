@@ -69,7 +69,7 @@ def loop_tokens_per_sec(steps: int) -> dict:
     """`chargpt train` itself at the nanoGPT shape: a fresh process, figures from its summary.json."""
     with tempfile.TemporaryDirectory(prefix="chargpt-bench-train-") as out:
         cmd = [sys.executable, "-m", "chargpt", "train", "--preset", "nanogpt-cpu", "--mlp", "relu",
-               "--data", str(shakespeare_dataset()), "--out-dir", out, "--name", "loop", "--max-steps", str(steps),
+               "--data", str(shakespeare_dataset()), "--runs-dir", out, "--name", "loop", "--max-steps", str(steps),
                "--eval-interval", str(steps), "--eval-iters", "1", "--sample-tokens", "0"]
         p = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if p.returncode != 0:

@@ -41,12 +41,12 @@ tests_s=$((SECONDS - t0))
 # (b) the lecture's model, and (c) the gpu preset for 60 s
 "$PY" -m chargpt prepare --dataset shakespeare --out "$DIR/data" > "$DIR/prepare.log" 2>&1 || { cat "$DIR/prepare.log"; die "prepare failed"; }
 t0=$SECONDS
-timeout "${GPU_CHECK_LECTURE_S:-330}" "$PY" -m chargpt train --preset lecture --compile --data "$DIR/data" --out-dir "$DIR/runs" --name lecture \
+timeout "${GPU_CHECK_LECTURE_S:-330}" "$PY" -m chargpt train --preset lecture --compile --data "$DIR/data" --runs-dir "$DIR/runs" --name lecture \
   --eval-interval 250 --eval-iters 100 \
   2>&1 | tee "$DIR/lecture.log" | grep -vE '^\s*$' | tail -n 4
 lecture_s=$((SECONDS - t0))
 t0=$SECONDS
-timeout "${GPU_CHECK_GPU_S:-200}" "$PY" -m chargpt train --preset gpu --time-budget 60 --data "$DIR/data" --out-dir "$DIR/runs" --name gpu60 \
+timeout "${GPU_CHECK_GPU_S:-200}" "$PY" -m chargpt train --preset gpu --time-budget 60 --data "$DIR/data" --runs-dir "$DIR/runs" --name gpu60 \
   2>&1 | tee "$DIR/gpu60.log" | grep -vE '^\s*$' | tail -n 4
 gpu_s=$((SECONDS - t0))
 

@@ -237,6 +237,6 @@ def test_a_corpus_past_the_int64_limit_is_stored_small_and_says_how_to_get_int64
     src = tmp_path / "a.txt"
     src.write_text("hello world\n" * 20)
     res = prepare(src, tmp_path / "ds")
-    assert res.meta["dtype"] == "uint8" and "--dtype int64" in res.note
+    assert res.meta["dtype"] == "uint8" and "--token-dtype int64" in res.note
     assert torch.load(tmp_path / "ds/train.pt", weights_only=True).dtype == torch.uint8
     assert prepare(src, tmp_path / "ds64", dtype="int64").note is None

@@ -107,7 +107,7 @@ def test_a_compiled_run_fills_the_persistent_cache_and_a_second_run_reuses_it(da
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # as for a user who never heard of it
     env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
     args = [*TINY_GPT[:-1], "--compile", "--device", "cpu", "--eval-interval", "2", "--data", dataset_dir,
-            "--out-dir", tmp_path / "runs"]
+            "--runs-dir", tmp_path / "runs"]
     cache = tmp_path / "cache" / "chargpt"
     # A short budget with nothing compiled yet: compiling would eat the budget, so the run trains eagerly.
     short = run_cli("train", *args, "--time-budget", "2", "--name", "short-cold", env=env, check=True)
@@ -126,20 +126,20 @@ def test_a_compiled_run_fills_the_persistent_cache_and_a_second_run_reuses_it(da
         {p for p in files if not p.name.endswith(".lock")}
 
 
-def test_inference_threads_leave_out_the_cores_other_processes_keep_busy(monkeypatch):
+def test_idle_threads_leave_out_the_cores_other_processes_keep_busy(monkeypatch):
     import chargpt.device
     import chargpt.distributed
-    from chargpt.device import inference_threads
+    from chargpt.device import idle_threads
 
     monkeypatch.setattr(chargpt.distributed, "cpu_count", lambda: 8)
     monkeypatch.setattr("os.cpu_count", lambda: 8)
     for busy, threads in ((0.2, 8), (2.6, 5), (7.9, 1), (30.0, 1)):
         monkeypatch.setattr(chargpt.device, "busy_cpus", lambda busy=busy: busy)
-        assert inference_threads() == threads
+        assert idle_threads() == threads
     # without /proc/stat, the load average stands in
     monkeypatch.setattr(chargpt.device, "busy_cpus", lambda: None)
     monkeypatch.setattr("os.getloadavg", lambda: (2.6, 2.6, 2.6))
-    assert inference_threads() == 5
+    assert idle_threads() == 5
 
 
 def test_busy_cpus_sees_a_process_spinning_now_and_not_one_that_has_ended():

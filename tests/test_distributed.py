@@ -197,7 +197,7 @@ def _torchrun(*args, cwd, env=None, timeout=240) -> subprocess.CompletedProcess:
 def two_rank_runs(dataset_dir, tmp_path_factory) -> dict:
     """Run `split` for 10 steps and resume it to 20 under torchrun; run `whole` for 20 steps with --nproc 2."""
     root = tmp_path_factory.mktemp("ddp")
-    common = ["train", "--data", dataset_dir, "--out-dir", root / "runs", *TINY_GPT, *STEPS]
+    common = ["train", "--data", dataset_dir, "--runs-dir", root / "runs", *TINY_GPT, *STEPS]
     first = _torchrun(*common, "--name", "split", "--max-steps", "10", cwd=root)
     files_after_first = sorted(os.listdir(root / "runs"))
     resumed = _torchrun("train", "--resume", root / "runs/split", "--max-steps", "20", cwd=root)
@@ -259,7 +259,7 @@ def test_nproc_2_launches_torchrun_with_a_share_of_the_cpus_per_process(two_rank
 
 @pytest.mark.slow
 def test_resuming_a_one_process_run_with_two_ranks_gives_each_rank_its_own_batches(dataset_dir, tmp_path):
-    common = ["train", "--data", dataset_dir, "--out-dir", tmp_path / "runs", *TINY_GPT, *STEPS]
+    common = ["train", "--data", dataset_dir, "--runs-dir", tmp_path / "runs", *TINY_GPT, *STEPS]
     run_cli(*common, "--name", "one", "--max-steps", "5", cwd=tmp_path, check=True)
     out = _torchrun("train", "--resume", tmp_path / "runs/one", "--max-steps", "10", cwd=tmp_path).stdout
     assert "2 processes" in out

@@ -33,7 +33,7 @@ def summary(run_dir) -> dict:
 
 
 def test_a_compiled_bf16_training_run_on_cuda_learns(dataset_dir, tmp_path):
-    p = run_cli("train", *SMALL, "--device", "cuda", "--compile", "--data", dataset_dir, "--out-dir", tmp_path,
+    p = run_cli("train", *SMALL, "--device", "cuda", "--compile", "--data", dataset_dir, "--runs-dir", tmp_path,
                 "--name", "cuda", timeout=600)
     assert p.returncode == 0, p.stderr
     s = summary(tmp_path / "cuda")
@@ -77,7 +77,7 @@ def eval_loss(ckpt, device: str) -> float:
 @pytest.mark.parametrize("trained_on,loaded_on", [("cuda", "cpu"), ("cpu", "cuda")])
 def test_a_checkpoint_moves_between_cuda_and_cpu(dataset_dir, tmp_path, trained_on, loaded_on):
     p = run_cli("train", *SMALL, "--max-steps", "20", "--device", trained_on, "--no-compile", "--data", dataset_dir,
-                "--out-dir", tmp_path, "--name", "r", timeout=600)
+                "--runs-dir", tmp_path, "--name", "r", timeout=600)
     assert p.returncode == 0, p.stderr
     ckpt = tmp_path / "r"
     here, there = eval_loss(ckpt, trained_on), eval_loss(ckpt, loaded_on)
@@ -92,7 +92,7 @@ def test_a_checkpoint_moves_between_cuda_and_cpu(dataset_dir, tmp_path, trained_
 def test_one_process_nccl_ddp_run_trains(dataset_dir, tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "chargpt",
-           "train", *SMALL, "--device", "cuda", "--no-compile", "--data", str(dataset_dir), "--out-dir", str(tmp_path),
+           "train", *SMALL, "--device", "cuda", "--no-compile", "--data", str(dataset_dir), "--runs-dir", str(tmp_path),
            "--name", "ddp"]
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
     assert p.returncode == 0, p.stderr[-3000:]

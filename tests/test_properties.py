@@ -164,7 +164,7 @@ TINY_TRAIN = ["--preset", "cpu", "--n-layer", "1", "--n-embd", "32", "--n-head",
 @pytest.fixture(scope="module")
 def tiny_run(dataset_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs")
-    assert cli.main(["train", *TINY_TRAIN, "--max-steps", "2", "--data", str(dataset_dir), "--out-dir", str(out),
+    assert cli.main(["train", *TINY_TRAIN, "--max-steps", "2", "--data", str(dataset_dir), "--runs-dir", str(out),
                      "--name", "base"]) == 0
     return out / "base"
 
@@ -202,7 +202,7 @@ def test_damaged_meta_json_is_one_line(dataset_dir, tmp_path, capsys, whole, key
     (ds / "meta.json").write_bytes(text)
     # --batch-size far too large: a dataset that loads still ends in one line (memory), before any work
     code = cli.main(["train", *TINY_TRAIN, "--data", str(ds), "--batch-size", "100000000",
-                     "--out-dir", str(ds / "runs")])
+                     "--runs-dir", str(ds / "runs")])
     out, err = capsys.readouterr()
     assert code != 0
     one_line_or_success(code, err)
@@ -225,7 +225,7 @@ def test_damaged_summary_or_metrics_leave_runs_listing_every_run(tiny_run, tmp_p
     (runs / "bad" / "summary.json").write_text(json.dumps(summary))
     with open(runs / "bad" / "metrics.jsonl", "a") as f:
         f.write("".join(line.replace("\n", " ") + "\n" for line in lines))
-    code = cli.main(["runs", "--out-dir", str(runs)])
+    code = cli.main(["runs", "--runs-dir", str(runs)])
     out, err = capsys.readouterr()
     assert code == 0 and err == "", err
     rows = {line.split()[0]: line for line in out.splitlines()[1:]}

@@ -117,12 +117,12 @@ def test_each_run_directory_holds_its_loss_png(workdir):
 
 def test_unknown_runs_and_missing_directories_are_one_error_line(workdir, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(workdir)
-    assert main(["runs", "--plot", "nope", "--out", "x.png"]) == 1
+    assert main(["runs", "--plot", "nope", "--out", "x.png"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no run 'nope'") and err.count("\n") == 1
     monkeypatch.chdir(tmp_path)
-    assert main(["runs", "--out-dir", "elsewhere"]) == 1
-    assert capsys.readouterr().err == "error: no runs directory elsewhere; train a model first or pass --out-dir\n"
+    assert main(["runs", "--runs-dir", "elsewhere"]) == 2
+    assert capsys.readouterr().err == "error: no runs directory elsewhere; train a model first or pass --runs-dir\n"
     (tmp_path / "empty").mkdir()
-    assert main(["runs", "--out-dir", "empty"]) == 0
+    assert main(["runs", "--runs-dir", "empty"]) == 0
     assert capsys.readouterr().out == "no runs under empty\n"

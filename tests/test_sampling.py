@@ -52,7 +52,7 @@ CASES = [
 def run(dataset_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("sampling")
     with contextlib.redirect_stdout(io.StringIO()):
-        assert main(["train", "--data", str(dataset_dir), "--out-dir", str(out), "--name", "r", *TINY_GPT,
+        assert main(["train", "--data", str(dataset_dir), "--runs-dir", str(out), "--name", "r", *TINY_GPT,
                      "--sample-tokens", "0", "--device", "cpu", "--threads", "1"]) == 0
     return out / "r"
 

@@ -60,7 +60,7 @@ def runs_dir(dataset_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(runs_dir):
-    s = Server("--runs", runs_dir, "--device", "cpu", cwd=runs_dir.parent)
+    s = Server("--runs-dir", runs_dir, "--device", "cpu", cwd=runs_dir.parent)
     yield s
     s.stop()
     log = s.log.read_text()
@@ -152,7 +152,7 @@ def test_stop_sequences_end_the_completion_before_them(server):
 
 
 def test_sigterm_stops_the_server_quietly(dataset_dir, runs_dir, tmp_path):
-    srv = Server("--runs", runs_dir, "--device", "cpu", cwd=tmp_path)
+    srv = Server("--runs-dir", runs_dir, "--device", "cpu", cwd=tmp_path)
     srv.stop()  # SIGTERM
     err = srv.log.read_text()
     assert srv.proc.returncode == 0 and "checkpoint" not in err and "error" not in err, err
@@ -345,9 +345,9 @@ def test_the_page_ships_in_the_package_without_any_cdn(server):
 
 
 def test_serve_refuses_bad_arguments_in_one_line(tmp_path, capsys):
-    assert main(["serve", "--runs", str(tmp_path / "none")]) == 2
+    assert main(["serve", "--runs-dir", str(tmp_path / "none")]) == 2
     assert main(["serve", "--ckpt", str(tmp_path / "none")]) != 0
-    assert main(["serve", "--runs", str(tmp_path), "--port", "70000"]) == 2
+    assert main(["serve", "--runs-dir", str(tmp_path), "--port", "70000"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 3 and all(line.startswith("error: ") for line in err), err
     assert "no runs directory" in err[0] and "no checkpoint" in err[1] and "--port must be 0 to 65535" in err[2]
@@ -382,7 +382,7 @@ def test_files_of_a_run_that_lead_out_of_it_or_never_end_are_not_read(runs_dir, 
     os.mkfifo(served / "fifo" / "summary.json")
     (served / "fifo" / "metrics.jsonl").unlink()
     (served / "fifo" / "metrics.jsonl").symlink_to("/dev/zero")
-    s = Server("--runs", served, "--device", "cpu", "--allowed-host", "chargpt.example", cwd=tmp_path)
+    s = Server("--runs-dir", served, "--device", "cpu", "--allowed-host", "chargpt.example", cwd=tmp_path)
     try:
         for _ in range(12):  # more than any pool has threads: a read that waited would wedge the server
             status, listing = s.request("GET", "/api/runs", timeout=20)

@@ -2,15 +2,31 @@
 
 __version__ = "0.1.0"
 
-from .api import Run, compare, load, load_artifact, prepare, train
-from .batch import get_batch
-from .config import PRESETS, Config, TrainConfig, get_preset
-from .data import Dataset, load_dataset
-from .engine import Engine, KVCache
-from .evaluate import bigram_optimum, estimate_loss, full_pass_loss
-from .model import GPT, BigramLanguageModel, ModelConfig, build_model
-from .tokenizer import CharTokenizer
+# Each name is imported from its module on first use (PEP 562), so that `import chargpt` (and with it every
+# `chargpt --help` or usage error) does not wait for torch.
+_HOMES = {
+    "api": ["prepare", "train", "load", "compare", "load_artifact", "Run"],
+    "batch": ["get_batch"],
+    "config": ["PRESETS", "Config", "TrainConfig", "ModelConfig", "get_preset"],
+    "data": ["Dataset", "load_dataset"],
+    "engine": ["Engine", "KVCache"],
+    "evaluate": ["estimate_loss", "full_pass_loss", "bigram_optimum"],
+    "model": ["GPT", "BigramLanguageModel", "build_model"],
+    "tokenizer": ["CharTokenizer"],
+}
+_MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
+__all__ = list(_MODULE_OF)
 
-__all__ = ["prepare", "train", "load", "compare", "load_artifact", "Run", "Dataset", "CharTokenizer", "get_batch",
-           "load_dataset", "BigramLanguageModel", "GPT", "ModelConfig", "build_model", "Config", "TrainConfig",
-           "PRESETS", "get_preset", "Engine", "KVCache", "estimate_loss", "full_pass_loss", "bigram_optimum"]
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'chargpt' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{_MODULE_OF[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

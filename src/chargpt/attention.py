@@ -5,21 +5,21 @@ from __future__ import annotations
 import os
 import textwrap
 from pathlib import Path
-from typing import Literal, get_args
-
-import numpy
-import torch
+from typing import TYPE_CHECKING, Literal, get_args
 
 from .errors import ConfigError
 from .fsutil import atomic_path
-from .lecture import explicit_attention
-from .model import GPT, LanguageModel
+
+# torch is imported by the functions that compute: `chargpt attention --help` reads this module's choices.
+if TYPE_CHECKING:
+    import torch
+
+    from .model import LanguageModel
 
 # characters that would be invisible (or break a line) as tick labels
 VISIBLE = {"\n": "⏎", " ": "␣", "\t": "⇥", "\r": "␍"}
 
 
-@torch.no_grad()
 def attention_weights(model: LanguageModel, idx: torch.Tensor) -> torch.Tensor:
     """Attention weights (B, n_layer, n_head, T, T) for the prompts `idx` (B, T); row t holds how much the
     query at t attends to each key (columns after t are 0).
@@ -28,6 +28,11 @@ def attention_weights(model: LanguageModel, idx: torch.Tensor) -> torch.Tensor:
     then recomputes its queries and keys (`CausalSelfAttention.qkv`: QK-norm and RoPE exactly as in
     the model) and the weights come from the lecture's explicit softmax(q k^T / sqrt(head_size)).
     """
+    import torch
+
+    from .lecture import explicit_attention
+    from .model import GPT
+
     if not isinstance(model, GPT):
         raise ConfigError(f"a {model.config.model} model has no attention to draw; use a GPT checkpoint")
     T = idx.size(1)
@@ -45,16 +50,18 @@ def attention_weights(model: LanguageModel, idx: torch.Tensor) -> torch.Tensor:
     was_training = model.training
     model.eval()
     try:
-        model(idx)
+        with torch.no_grad():
+            model(idx)
     finally:
         for h in hooks:
             h.remove()
         model.train(was_training)
     weights = []
-    for sa, x, rope in caught:
-        q, k, v = sa.qkv(x, rope)
-        _, wei = explicit_attention(q.float(), k.float(), v.float(), return_weights=True)  # (B, nh, T, T)
-        weights.append(wei)
+    with torch.no_grad():
+        for sa, x, rope in caught:
+            q, k, v = sa.qkv(x, rope)
+            _, wei = explicit_attention(q.float(), k.float(), v.float(), return_weights=True)  # (B, nh, T, T)
+            weights.append(wei)
     return torch.stack(weights, dim=1)
 
 
@@ -92,6 +99,8 @@ def attention_figure(weights: torch.Tensor, prompt: str, title: str | None = Non
     Later layers spread their attention thin, so by default the colours follow a log scale (`scale="row"`:
     each row over its own maximum). A prompt longer than `window` characters is drawn for its last `window`
     queries and keys (0: all of them); the model still read the whole prompt."""
+    import numpy
+    import torch
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import LogNorm, Normalize
     from matplotlib.figure import Figure

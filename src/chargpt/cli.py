@@ -5,6 +5,7 @@ Library code raises `ChargptError`s; `main` turns each into one line on stderr a
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import signal
@@ -15,20 +16,41 @@ from typing import get_args
 
 from . import __version__
 from .attention import SCALE_HELP, SCALES, WINDOW
-from .config import DEFAULT_DATA, PRESETS, TrackerName, add_config_flags, given_fields, parse_eval_tokens
-from .errors import ChargptError, ConfigError, UsageError
-from .evaluate import EVAL_TOKENS
+from .config import (DEFAULT_DATA, EVAL_TOKENS, PRESETS, TrackerName, TrainConfig, add_config_flags, add_field_flag,
+                     check_flags, given_fields)
+from .errors import EXIT_FAILURE, ChargptError, ConfigError, UsageError, exit_code_of
 from .sampling import SAMPLING_FIELDS, SamplingParams
-from .schema import flag
+
+# Only what --help and the checks of arguments need is imported above (no torch): each command imports the rest.
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line (and exit code 2), without the usage block, and takes
-    no abbreviations (`--dataset` must never be read as `--dataset-artifact`)."""
+    """argparse that reports a usage error as one line (and exit code 2), without the usage block, suggests the
+    option a mistyped one was meant to be, and takes no abbreviations (`--dataset` must never be read as
+    `--dataset-artifact`)."""
 
     def __init__(self, *args, **kwargs):
         kwargs["allow_abbrev"] = False
         super().__init__(*args, **kwargs)
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:  # reported by the subcommand that was given them, which knows the options they resemble
+            parser = self.commands().get(getattr(parsed, "command", None), self)
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}{parser._suggestion(unknown)}")
+        return parsed
+
+    def commands(self) -> dict[str, argparse.ArgumentParser]:
+        """The subcommands' parsers by name."""
+        return next((a.choices for a in self._actions if isinstance(a, argparse._SubParsersAction)), {})
+
+    def _suggestion(self, unknown: list[str]) -> str:
+        known = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+        for arg in unknown:
+            close = difflib.get_close_matches(arg.split("=")[0], known, n=1, cutoff=0.75)
+            if arg.startswith("--") and close:
+                return f"; did you mean {close[0]}?"
+        return ""
 
     def error(self, message):
         raise UsageError(f"{self.prog}: {message} (see --help)")
@@ -43,11 +65,6 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _defaults(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.formatter_class = HelpFormatter
-    return p
-
-
 # ------------------------------------------------------------------------------------------ prepare
 def cmd_prepare(args) -> int:
     from .corpus import locate
@@ -60,7 +77,7 @@ def cmd_prepare(args) -> int:
     source = locate(args.dataset or "", args.input)
     name = args.dataset if args.input is None else Path(args.input).stem
     out = args.out or f"data/{name}"
-    result = prepare(source, out, val_fraction=args.val_fraction, name=name, dtype=args.dtype, replace=args.replace)
+    result = prepare(source, out, val_fraction=args.val_fraction, name=name, dtype=args.token_dtype, replace=args.replace)
     m = result.meta
     if result.note:
         print(result.note)
@@ -93,7 +110,7 @@ def cmd_train(args) -> int:
     wandb_options = dict(mode=args.wandb_mode, project=args.wandb_project, entity=args.wandb_entity,
                          name=args.wandb_name, dataset_artifact=args.dataset_artifact)
     request = TrainRequest(preset=args.preset, config_file=args.config, fields=given_fields(args), data=args.data,
-                           resume=args.resume, init_from=args.init_from, out_dir=args.out_dir, name=args.name,
+                           resume=args.resume, init_from=args.init_from, out_dir=args.runs_dir, name=args.name,
                            tracker=tracker, tracker_options=wandb_options if tracker == "wandb" else {},
                            dataset_artifact=args.dataset_artifact, wandb_mode=args.wandb_mode,
                            argv=["chargpt", *args.argv], clock_start=process_start())
@@ -142,13 +159,13 @@ class TerminalText:
 
 # ------------------------------------------------------------------------------------------- sample
 def cmd_sample(args) -> int:
+    params = SamplingParams.checked(**{name: getattr(args, name) for name in SAMPLING_FIELDS})
+    if args.num_samples < 1:
+        raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
     from .checkpoint import load_model
     from .engine import Engine
     from .sampling import prompt_ids
 
-    params = SamplingParams.checked(**{name: getattr(args, name) for name in SAMPLING_FIELDS})
-    if args.num_samples < 1:
-        raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
     device = _device_and_threads(args)
     prompt = _prompt(args)
     model, tok, _ = load_model(args.ckpt, device)
@@ -171,7 +188,6 @@ def cmd_sample(args) -> int:
 
 # --------------------------------------------------------------------------------------------- eval
 def cmd_eval(args) -> int:
-    import signal
     import time
 
     from .checkpoint import load_model
@@ -196,7 +212,7 @@ def cmd_eval(args) -> int:
         except EvaluationInterrupted as e:
             progress.close()
             _error(f"{e}; no result. A smaller --eval-tokens takes less time")
-            return 130 if e.signum == signal.SIGINT else 143
+            return exit_code_of(e.signum)
     progress.close()
     seconds = time.perf_counter() - t0
     result = {"split": args.split, "loss": r.loss, "bpc": bits_per_char(r.loss), "tokens": r.tokens,
@@ -216,12 +232,12 @@ def cmd_runs(args) -> int:
     if args.plot:
         from .plotting import plot_runs
 
-        out = plot_runs([resolve_run(name, args.out_dir) for name in args.plot], args.out)
+        out = plot_runs([resolve_run(name, args.runs_dir) for name in args.plot], args.out)
         print(f"wrote {out}: val loss of {', '.join(args.plot)}")
         return 0
-    runs = list_runs(args.out_dir)
+    runs = list_runs(args.runs_dir)
     if not runs:
-        print(f"no runs under {args.out_dir}")
+        print(f"no runs under {args.runs_dir}")
         return 0
     print(format_runs(runs))
     return 0
@@ -258,7 +274,7 @@ def cmd_serve(args) -> int:
     from .device import resolve_device
     from .serve import ServedRuns, serve
 
-    runs = ServedRuns(runs_dir=None if args.ckpt else args.runs, ckpt=args.ckpt, device=resolve_device(args.device))
+    runs = ServedRuns(runs_dir=None if args.ckpt else args.runs_dir, ckpt=args.ckpt, device=resolve_device(args.device))
     try:
         serve(runs, host=args.host, port=args.port, allowed_hosts=tuple(args.allowed_host))
     except KeyboardInterrupt:  # SIGTERM (or Ctrl-C), re-raised by uvicorn after its graceful shutdown
@@ -268,13 +284,9 @@ def cmd_serve(args) -> int:
 
 def _device_and_threads(args):
     """The device of `--device`, with torch's CPU threads set from `--threads`."""
-    import torch
+    from .device import resolve_device, set_threads
 
-    from .device import inference_threads, resolve_device
-
-    if args.threads < 0:
-        raise ConfigError(f"--threads must be >= 0, got {args.threads}")
-    torch.set_num_threads(args.threads or inference_threads())
+    set_threads(args.threads)
     return resolve_device(args.device)
 
 
@@ -302,19 +314,37 @@ def _run_name(ckpt: str) -> str:
     return path.name if path.is_dir() else (f"{path.parent.name}/{path.name}" if path.parent.name else path.name)
 
 
-def _add_inference_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
-    p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads; 0 = the cores not busy right now (measured over 0.1 s), at least 1")
-
-
 # ------------------------------------------------------------------------------------------- parser
+# Each option that several commands take is defined once: here, or as a field of a config (add_field_flag).
+RUNS_DIR_HELP = "the runs folder: where run directories are created (train) and found (runs, serve)"
+CKPT_HELP = "a checkpoint file, a run directory, or runs/latest (the last run started)"
+
+
+def _command(sub, name: str, help: str) -> argparse.ArgumentParser:
+    """A subcommand, with its one-line description in `chargpt --help` and atop its own --help."""
+    return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".", formatter_class=HelpFormatter)
+
+
 def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     """One flag per `SamplingParams` field, with its description and default."""
     for f in fields(SamplingParams):
-        kind = {"int": int, "float": float}[f.type]
-        p.add_argument(flag(f.name), type=kind, default=f.default, metavar=kind.__name__.upper(),
-                       help=f.metadata["help"])
+        add_field_flag(p, SamplingParams, f.name, default=f.default)
+
+
+def _add_device_flags(p: argparse.ArgumentParser, threads: bool = True) -> None:
+    add_field_flag(p, TrainConfig, "device", default=TrainConfig.device)
+    if threads:
+        add_field_flag(p, TrainConfig, "threads", default=TrainConfig.threads)
+
+
+def _add_prompt_flags(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--prompt", default=None, help=what)
+    p.add_argument("--prompt-file", default=None, metavar="FILE",
+                   help="the prompt is the text of this UTF-8 file (one trailing newline dropped)")
+
+
+def _add_runs_dir_flag(p) -> None:  # a parser or a group
+    p.add_argument("--runs-dir", default="runs", metavar="DIR", help=RUNS_DIR_HELP)
 
 
 def _add_wandb_flags(p: argparse.ArgumentParser) -> None:
@@ -329,19 +359,22 @@ def _add_wandb_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="chargpt", description="Train, track and sample small character-level GPTs.")
+    parser = ArgumentParser(prog="chargpt", description="Train, track and sample small character-level GPTs.",
+                            epilog="exit codes: 0 done, 1 failed while running, 2 bad input, 130 interrupted "
+                                   "(Ctrl-C), 143 terminated (SIGTERM)")
     parser.add_argument("--version", action="version", version=f"chargpt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
 
-    p = _defaults(sub.add_parser("prepare", help="encode a corpus into a dataset directory"))
+    p = _command(sub, "prepare", "encode a corpus into a dataset directory")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--input", help="UTF-8 text file to prepare")
     src.add_argument("--dataset", choices=["shakespeare"], help="a named corpus (found locally or downloaded)")
     p.add_argument("--out", help="dataset directory (default: data/<name>)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="last fraction of the text kept for validation")
-    p.add_argument("--dtype", default="auto", help="token dtype: auto (int64, what the notebook's torch.tensor(..., "
-                                                   "dtype=torch.long) gives, up to 100M characters; the smallest that "
-                                                   "fits above), uint8, int16, int32, int64")
+    p.add_argument("--token-dtype", default="auto",  # not --dtype: that is train's compute precision
+                   help="integer type of the stored tokens: auto (int64, what the notebook's torch.tensor(..., "
+                        "dtype=torch.long) gives, up to 100M characters; the smallest that fits above), uint8, "
+                        "int16, int32, int64")
     p.add_argument("--replace", action="store_true", help="replace a dataset of other text already in --out (runs "
                                                           "trained on it can then no longer resume)")
     _add_wandb_flags(p)
@@ -349,11 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "for tiny Shakespeare, else <name>-tensors)")
     p.set_defaults(func=cmd_prepare)
 
-    p = _defaults(sub.add_parser("train", help="train a model"))
+    p = _command(sub, "train", "train a model")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="named configuration (default: lecture on CUDA, cpu elsewhere)")
     p.add_argument("--data", default=None, help=f"dataset directory from `chargpt prepare` (default: {DEFAULT_DATA})")
-    p.add_argument("--out-dir", default="runs", help="where run directories are created")
+    _add_runs_dir_flag(p)
     p.add_argument("--name", default=None, help="run name (default: train-<model>-<preset>-<time>)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its checkpoint")
     p.add_argument("--init-from", default=None, metavar="RUN",
@@ -371,53 +404,49 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
-    p = _defaults(sub.add_parser("sample", help="generate text from a checkpoint"))
-    p.add_argument("--ckpt", default="runs/latest", help="checkpoint file or run directory")
-    p.add_argument("--prompt", default="", help="text to continue (default: a newline)")
-    p.add_argument("--prompt-file", default=None, metavar="FILE", help="continue the text of this UTF-8 file")
+    p = _command(sub, "sample", "generate text from a checkpoint")
+    p.add_argument("--ckpt", default="runs/latest", help=CKPT_HELP)
+    _add_prompt_flags(p, "text to continue (default: a newline)")
     _add_sampling_flags(p)
     p.add_argument("--num-samples", type=int, default=1, help="samples generated together as one batch")
-    _add_inference_flags(p)
+    _add_device_flags(p)
     p.set_defaults(func=cmd_sample)
 
-    p = _defaults(sub.add_parser("eval", help="loss of a checkpoint on a split (exact, or an evenly spread subset of a large one)"))
-    p.add_argument("--ckpt", default="runs/latest", help="checkpoint file or run directory")
+    p = _command(sub, "eval", "loss of a checkpoint on a split (exact, or an evenly spread subset of a large one)")
+    p.add_argument("--ckpt", default="runs/latest", help=CKPT_HELP)
     p.add_argument("--data", default=None, help="dataset directory (default: the one the run trained on)")
     p.add_argument("--split", choices=["val", "train"], default="val", help="which split to score")
-    p.add_argument("--eval-tokens", type=parse_eval_tokens, default=EVAL_TOKENS, metavar="N|all",
-                   help="characters scored when the split is larger (evenly spread windows, with the standard "
-                        "error of the estimate); all = every character (the exact pass)")
+    add_field_flag(p, TrainConfig, "eval_tokens", default=EVAL_TOKENS)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    _add_inference_flags(p)
+    _add_device_flags(p)
     p.set_defaults(func=cmd_eval)
 
-    p = _defaults(sub.add_parser("runs", help="list the runs (or plot their val curves together)"))
-    p.add_argument("--out-dir", default="runs", help="where run directories are")
+    p = _command(sub, "runs", "list the runs (or plot their val curves together)")
+    _add_runs_dir_flag(p)
     p.add_argument("--plot", nargs="+", default=None, metavar="RUN", help="overlay these runs' val-loss curves")
     p.add_argument("--out", default="runs.png", help="PNG written by --plot")
     p.set_defaults(func=cmd_runs)
 
-    p = _defaults(sub.add_parser("attention", help="draw each head's attention over a prompt into a PNG"))
-    p.add_argument("--ckpt", default="runs/latest", help="checkpoint file or run directory (a GPT)")
-    p.add_argument("--prompt", default="", help="text whose attention is drawn (at most block_size characters)")
-    p.add_argument("--prompt-file", default=None, metavar="FILE", help="draw the text of this UTF-8 file")
+    p = _command(sub, "attention", "draw each head's attention over a prompt into a PNG")
+    p.add_argument("--ckpt", default="runs/latest", help=CKPT_HELP + " of a GPT")
+    _add_prompt_flags(p, "text whose attention is drawn (at most block_size characters)")
     p.add_argument("--scale", choices=SCALES, default="log", help=SCALE_HELP)
     p.add_argument("--window", type=int, default=WINDOW,
                    help="draw at most this many characters, the prompt's last (0: all); labels stay legible")
     p.add_argument("--out", default="attention.png", help="PNG to write")
-    _add_inference_flags(p)
+    _add_device_flags(p)
     p.set_defaults(func=cmd_attention)
 
-    p = _defaults(sub.add_parser("serve", help="web playground and OpenAI-compatible API over the runs"))
+    p = _command(sub, "serve", "web playground and OpenAI-compatible API over the runs")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--runs", default="runs", metavar="DIR", help="serve every run in this directory")
-    src.add_argument("--ckpt", default=None, metavar="RUN", help="serve only this run directory or checkpoint")
+    _add_runs_dir_flag(src)
+    src.add_argument("--ckpt", default=None, help=f"serve only this run: {CKPT_HELP}")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (others reach the API if not local)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port)")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                    help="also answer requests that name the server NAME (a DNS name pointing at it; repeatable); "
                         "others get 403, so that no web page can reach the server through a name of its own")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    _add_device_flags(p, threads=False)
     p.set_defaults(func=cmd_serve)
     return parser
 
@@ -452,30 +481,26 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(argv: list[str] | None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
         args.argv = sys.argv[1:] if argv is None else list(argv)
+        check_flags(parser.commands()[args.command], args)
         return args.func(args)
     except SystemExit as e:  # --help and --version print and stop: a return code for callers of main()
         return e.code if isinstance(e.code, int) else int(e.code is not None)
-    except UsageError as e:
+    except ChargptError as e:  # bad input (EXIT_USAGE), or its own exit code (a diverged run, an interruption)
         _error(e)
-        return 2
-    except ConfigError as e:
-        _error(e)
-        return 2
-    except ChargptError as e:
-        _error(e)
-        return getattr(e, "exit_code", 1)
+        return e.exit_code
     except KeyboardInterrupt as e:
         _error(f"{'terminated' if isinstance(e, Terminated) else 'interrupted'}; files are written whole or not "
                f"at all (temporaries removed), the last checkpoint is kept")
-        return 143 if isinstance(e, Terminated) else 130
+        return exit_code_of(signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
     except BrokenPipeError:
         return 0
     except OSError as e:  # a full disk or a vanished directory: nothing chargpt could check beforehand
         where = f" ({e.filename})" if e.filename else ""
         _error(f"{e.strerror or e}{where}; free space or choose another path, then retry")
-        return 1
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

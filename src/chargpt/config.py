@@ -11,11 +11,40 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ConfigError
-from .evaluate import EVAL_TOKENS
-from .model import ModelConfig
-from .schema import check_fields, choices, flag, option
+from .schema import check_fields, choices, flag, option, value_problem
+
+# No torch here: `chargpt --help` and every usage error are answered from these declarations alone.
+
+# Each modern change to the lecture's GPT is one field here. fastdecode.py holds a numpy copy of GPT.forward
+# for fast CPU sampling; model.NUMPY_DECODES lists the values it implements (anything else decodes with torch).
+@dataclass
+class ModelConfig:
+    model: Literal["bigram", "gpt"] = option("gpt", "bigram (a table of next-character logits) or gpt")
+    vocab_size: int = option(65, "characters in the vocabulary (set from the dataset)", min=1)
+    block_size: int = option(256, "context length in characters", min=1)
+    n_layer: int = option(6, "transformer blocks", min=1)
+    n_head: int = option(6, "attention heads per block", min=1)
+    n_embd: int = option(384, "embedding width (divisible by n_head)", min=1)
+    dropout: float = option(0.2, "dropout probability in training", min=0.0, max=1.0, max_open=True)
+    bias: bool = option(True, "biases in Linear and LayerNorm")
+    pos: Literal["learned", "rope"] = option("learned", "position encoding: a learned table or rotary (RoPE)")
+    norm: Literal["layernorm", "rmsnorm"] = option("layernorm", "LayerNorm (the lecture) or parameter-free RMSNorm")
+    mlp: Literal["relu", "relu2", "gelu"] = option("relu", "feed-forward activation: relu (the lecture), relu2, gelu")
+    qk_norm: bool = option(False, "RMS-normalize queries and keys before attention")
+    zero_init: bool = option(False, "output projections start at zero")
+    tie_weights: bool = option(False, "share the token embedding with the head")
+    logit_softcap: float = option(0.0, "> 0: logits = cap * tanh(logits / cap); 0 turns it off", min=0.0)
+
+    def validate(self) -> None:
+        check_fields(self)
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"--n-embd ({self.n_embd}) must be divisible by --n-head ({self.n_head})")
+        if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ConfigError(f"RoPE needs an even head size; n_embd / n_head = {self.n_embd // self.n_head}")
 
 
+
+EVAL_TOKENS = 2_000_000  # default size of the end-of-run pass: ~20 s for the cpu preset on 2 cores
 # The trackers `--tracker` offers; each name `x` is the module chargpt/tracking_x.py (see tracking.py).
 TrackerName = Literal["wandb", "tensorboard"]
 DEFAULT_DATA = "data/shakespeare"  # the dataset directory `chargpt prepare` writes by default
@@ -49,21 +78,22 @@ class TrainConfig:
                                min=1)
     seed: int = option(1337, "random seed (weights, batches, dropout, the final sample)", min=0, max=2 ** 64,
                        max_open=True)
-    device: str = option("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    device: str = option("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps",
+                         pattern=r"auto|cpu|mps|cuda(:\d+)?", allowed="auto, cpu, mps, cuda or cuda:N")
     dtype: Literal["auto", "float32", "bfloat16"] = option(
         "auto", "auto (bf16 autocast on CUDA and bf16-capable CPUs, else float32), float32 or bfloat16")
     compile: bool = option(False, "torch.compile the model")
-    threads: int = option(0, "CPU threads for torch; 0 = torch's default", min=0, max=MAX_THREADS)
+    threads: int = option(0, "CPU threads; 0 = the cores not busy right now (measured over 0.1 s), at least 1; "
+                             "with --nproc, each process's share of the cores", min=0, max=MAX_THREADS)
     sample_tokens: int = option(500, "characters sampled into the run directory at the end", min=0)
-    eval_tokens: int = option(EVAL_TOKENS, "characters of val scored at the end (evenly spread); 0 or all = exact pass",
-                              min=0)
+    eval_tokens: int = option(EVAL_TOKENS, "characters scored in a pass over a split (val, at the end of training): "
+                                           "evenly spread windows when the split is larger, with the standard error "
+                                           "of the estimate; 0 or all = every character (the exact pass)", min=0)
 
     def validate(self) -> None:
         check_fields(self)
         if self.warmup + (self.decay if self.schedule == "wsd" else 0) > 1.0:
             raise ConfigError("--warmup plus --decay must not exceed 1")
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
-            raise ConfigError(f"--device must be auto, cpu, mps, cuda or cuda:N, got {self.device!r}")
 
 
 @dataclass
@@ -172,7 +202,7 @@ def parse_eval_tokens(text: str | int) -> int:
 
 NOT_FLAGS = {"vocab_size"}  # set from the dataset, never by hand
 PARSERS = {"time_budget": parse_duration, "eval_tokens": parse_eval_tokens}
-METAVARS = {"time_budget": "DURATION", "eval_tokens": "N|all"}
+METAVARS = {"time_budget": "DURATION", "eval_tokens": "N|all", "device": "DEVICE", "threads": "N"}
 SECTIONS = {"model": ModelConfig, "train": TrainConfig}
 
 
@@ -188,19 +218,39 @@ def add_config_flags(parser: argparse.ArgumentParser, shown: str = "cpu") -> Non
     for section, cls in SECTIONS.items():
         group = parser.add_argument_group(f"{section} config (defaults come from the preset; shown: '{shown}')")
         for f in fields(cls):
-            if f.name in NOT_FLAGS:
-                continue
-            default = getattr(getattr(preset, section), f.name)
-            kw: dict[str, Any] = dict(dest=f.name, default=None, help=f"{f.metadata['help']} (default: {default})")
-            if f.type == "bool":
-                kw["action"] = argparse.BooleanOptionalAction
-            elif choices(cls, f.name):
-                kw["choices"] = choices(cls, f.name)
-            else:
-                kind = {"int": int, "float": float, "str": str}[f.type]
-                kw["type"] = PARSERS.get(f.name, kind)
-                kw["metavar"] = METAVARS.get(f.name, kind.__name__.upper())
-            group.add_argument(flag(f.name), **kw)
+            if f.name not in NOT_FLAGS:
+                default = getattr(getattr(preset, section), f.name)
+                add_field_flag(group, cls, f.name, help=f"{f.metadata['help']} (default: {default})")
+
+
+def add_field_flag(parser, cls, name: str, default=None, help: str | None = None) -> argparse.Action:
+    """The flag of field `name` of the dataclass `cls`: the same type, choices and description in every command
+    that takes it (`train --threads` and `sample --threads`); None (the default) means not given. The action
+    remembers its field (`field_of`): `check_flags` checks a given value against the field's declaration."""
+    f = next(f for f in fields(cls) if f.name == name)
+    kw: dict[str, Any] = dict(dest=name, default=default, help=help or f.metadata["help"])
+    if f.type == "bool":
+        kw["action"] = argparse.BooleanOptionalAction
+    elif choices(cls, name):
+        kw["choices"] = choices(cls, name)
+    else:
+        kind = {"int": int, "float": float, "str": str}[f.type]
+        kw["type"] = PARSERS.get(name, kind)
+        kw["metavar"] = METAVARS.get(name, kind.__name__.upper())
+    action = parser.add_argument(flag(name), **kw)
+    action.field_of = cls
+    return action
+
+
+def check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Check each value given to a flag of `parser` made by `add_field_flag`, with its field's message (the one
+    a config file's value gets), before any work starts."""
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if getattr(action, "field_of", None) is not None and value is not None:
+            problem = value_problem(action.field_of, action.dest, value)
+            if problem:
+                raise ConfigError(f"{flag(action.dest)} {problem}", field=action.dest)
 
 
 def set_fields(config: Config, values: dict[str, Any], where: str) -> list[str]:

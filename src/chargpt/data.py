@@ -124,7 +124,7 @@ def prepare(input_path: str | os.PathLike, out_dir: str | os.PathLike, val_fract
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"--val-fraction must be strictly between 0 and 1, got {val_fraction}")
     if dtype != "auto" and dtype not in DTYPES:
-        raise DataError(f"--dtype must be auto or one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise DataError(f"--token-dtype must be auto or one of {', '.join(DTYPES)}, got {dtype!r}")
     if not input_path.is_file():
         what = "is not a file" if input_path.exists() else "does not exist"
         raise DataError(f"input file {input_path} {what}; pass --input with a UTF-8 text file")
@@ -160,7 +160,7 @@ def prepare(input_path: str | os.PathLike, out_dir: str | os.PathLike, val_fract
         dtype = "int64" if total <= NOTEBOOK_DTYPE_CHARS else smallest_dtype(tok.vocab_size)
         if dtype != "int64":
             note = (f"{total:,} characters: stored as {dtype} to save memory (int64, the notebook's type, would take "
-                    f"{8 * total / 1e9:.1f} GB); pass --dtype int64 for the notebook's exact tensors")
+                    f"{8 * total / 1e9:.1f} GB); pass --token-dtype int64 for the notebook's exact tensors")
     meta = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -186,7 +186,8 @@ def prepare(input_path: str | os.PathLike, out_dir: str | os.PathLike, val_fract
     former_content, former = _former_hashes(out_dir, old) if old is not None and _same_content(old, meta) else (None, [])
 
     if tok.vocab_size > torch.iinfo(DTYPES[dtype]).max + 1:
-        raise DataError(f"--dtype {dtype} cannot hold a vocabulary of {tok.vocab_size} characters; use --dtype auto")
+        raise DataError(f"--token-dtype {dtype} cannot hold a vocabulary of {tok.vocab_size} characters; "
+                        f"use --token-dtype auto")
 
     # Pass 2: encode chunk by chunk, straight into the two tensor files.
     try:

@@ -184,8 +184,15 @@ def busy_cpus(window: float = 0.1) -> float | None:
     return (1.0 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)
 
 
-def inference_threads() -> int:
-    """CPU threads for sampling and evaluation when `--threads` is not given: the cores not busy right now.
+def set_threads(threads: int, distributed: bool = False) -> None:
+    """torch's CPU threads from `--threads` (every command's): N, or for 0 the cores not busy right now; 0 in a
+    process of a `--nproc` run keeps the share of the cores `distributed.init` gave it."""
+    if threads or not distributed:
+        torch.set_num_threads(threads or idle_threads())
+
+
+def idle_threads() -> int:
+    """CPU threads when `--threads` is 0 (its default): the cores not busy right now.
 
     torch's intra-op threads wait for each other at the end of every parallel operation; when another process
     holds one of the cores, every operation waits for the thread that was scheduled out. On a busy 2-core

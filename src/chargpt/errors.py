@@ -1,8 +1,23 @@
-"""Exceptions chargpt raises for problems a user can fix; the CLI turns each into one line on stderr."""
+"""Exceptions chargpt raises for problems a user can fix, and the exit codes of the `chargpt` command; the CLI
+turns each exception into one line on stderr and its exit code."""
+import signal
+
+# One scheme for every subcommand (README: "Exit codes").
+EXIT_FAILURE = 1  # it failed while running: a full disk, a training run that diverged
+EXIT_USAGE = 2  # bad input: a flag, a value, or a file, dataset, run or checkpoint that cannot be used
+EXIT_INTERRUPTED = 130  # stopped by Ctrl-C (SIGINT)
+EXIT_TERMINATED = 143  # stopped by SIGTERM
+
+
+def exit_code_of(signum: int) -> int:
+    """The exit code of a command stopped by signal `signum`."""
+    return EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_TERMINATED
 
 
 class ChargptError(Exception):
     """Base class: the message says what is wrong, where, and how to fix it."""
+
+    exit_code = EXIT_USAGE
 
 
 class DataError(ChargptError):
@@ -36,10 +51,12 @@ class UsageError(ChargptError):
 class NonFiniteLoss(ChargptError):
     """Training diverged: a loss, an update or the weights became inf or NaN."""
 
+    exit_code = EXIT_FAILURE
+
 
 class TrainingInterrupted(ChargptError):
-    """Stopped by SIGINT/SIGTERM after saving a checkpoint; `exit_code` is 130 or 143."""
+    """Stopped by signal `signum` (SIGINT or SIGTERM) after saving a checkpoint."""
 
-    def __init__(self, message: str, exit_code: int):
+    def __init__(self, message: str, signum: int):
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code = exit_code_of(signum)

@@ -12,10 +12,10 @@ import torch.nn.functional as F
 
 from . import distributed
 from .batch import get_batch, windows
+from .config import EVAL_TOKENS
 from .errors import ChargptError, DataError
 
 LN2 = math.log(2)
-EVAL_TOKENS = 2_000_000  # default size of the end-of-run pass: ~20 s for the cpu preset on 2 cores
 BIGRAM_COUNT_FACTOR = 25  # the bigram optimum counts up to this many times the evaluated tokens of train
 
 

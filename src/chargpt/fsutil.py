@@ -20,8 +20,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
-import torch
-
 from .errors import OutputError
 
 _UMASK = os.umask(0)  # reading the umask means setting it: put it straight back
@@ -220,6 +218,8 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def save_torch(path: str | os.PathLike, obj: Any) -> None:
+    import torch  # here, not at the top: the CLI answers --help and usage errors through this module without torch
+
     with atomic_path(path) as tmp:
         try:
             torch.save(obj, tmp)
@@ -243,6 +243,8 @@ def write_failed(tmp: Path, path: str | os.PathLike) -> OSError:
 def load_torch(path: str | os.PathLike, within: str | os.PathLike | None = None, mmap: bool = False) -> Any:
     """Read a torch file building only tensors and plain containers; a file that would run code is refused.
     `path` is checked as `open_regular` checks it; `mmap` maps the storages instead of reading them."""
+    import torch
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch warns about pickle protocols of files it then refuses: not news
         with open_regular(path, within) as f:  # torch maps only a file it opens by name: the one just checked

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from .distributed import cpu_count, thread_share
-from .errors import ConfigError
+from .errors import EXIT_INTERRUPTED, ConfigError
 
 
 def strip_nproc(argv: list[str]) -> list[str]:
@@ -57,7 +57,7 @@ def relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
         while True:
             try:
                 code = proc.wait()
-                return 130 if interrupted and code != 0 else code  # torchrun itself exits 1 on a signal
+                return EXIT_INTERRUPTED if interrupted and code != 0 else code  # torchrun itself exits 1 on a signal
             except KeyboardInterrupt:
                 interrupted = True  # Ctrl-C reached torchrun and its workers too: wait while they checkpoint
     finally:

@@ -7,44 +7,13 @@ RoPE, RMSNorm, ReLU², QK-norm, no biases, zero-init output projections, logit s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import ConfigError
+from .config import ModelConfig
 from .sampling import sample_next
-from .schema import check_fields, option
-
-
-# Each modern change to the lecture's GPT is one field here. fastdecode.py holds a numpy copy of GPT.forward
-# for fast CPU sampling; NUMPY_DECODES lists the values it implements (anything else decodes with torch).
-@dataclass
-class ModelConfig:
-    model: Literal["bigram", "gpt"] = option("gpt", "bigram (a table of next-character logits) or gpt")
-    vocab_size: int = option(65, "characters in the vocabulary (set from the dataset)", min=1)
-    block_size: int = option(256, "context length in characters", min=1)
-    n_layer: int = option(6, "transformer blocks", min=1)
-    n_head: int = option(6, "attention heads per block", min=1)
-    n_embd: int = option(384, "embedding width (divisible by n_head)", min=1)
-    dropout: float = option(0.2, "dropout probability in training", min=0.0, max=1.0, max_open=True)
-    bias: bool = option(True, "biases in Linear and LayerNorm")
-    pos: Literal["learned", "rope"] = option("learned", "position encoding: a learned table or rotary (RoPE)")
-    norm: Literal["layernorm", "rmsnorm"] = option("layernorm", "LayerNorm (the lecture) or parameter-free RMSNorm")
-    mlp: Literal["relu", "relu2", "gelu"] = option("relu", "feed-forward activation: relu (the lecture), relu2, gelu")
-    qk_norm: bool = option(False, "RMS-normalize queries and keys before attention")
-    zero_init: bool = option(False, "output projections start at zero")
-    tie_weights: bool = option(False, "share the token embedding with the head")
-    logit_softcap: float = option(0.0, "> 0: logits = cap * tanh(logits / cap); 0 turns it off", min=0.0)
-
-    def validate(self) -> None:
-        check_fields(self)
-        if self.n_embd % self.n_head:
-            raise ConfigError(f"--n-embd ({self.n_embd}) must be divisible by --n-head ({self.n_head})")
-        if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
-            raise ConfigError(f"RoPE needs an even head size; n_embd / n_head = {self.n_embd // self.n_head}")
 
 
 # What the numpy decoder (fastdecode.py) implements, field by field; Engine also compares its logits with

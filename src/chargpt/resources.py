@@ -12,9 +12,8 @@ from pathlib import Path
 
 import torch
 
-from .config import Config
+from .config import Config, ModelConfig
 from .errors import ConfigError
-from .model import ModelConfig
 
 GB = 1 << 30
 FLOAT = 4

@@ -33,7 +33,7 @@ class RunDir:
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise CheckpointError(f"cannot create --out-dir {out_dir} ({e.strerror}); choose a writable --out-dir") from None
+            raise CheckpointError(f"cannot create --runs-dir {out_dir} ({e.strerror}); choose a writable --runs-dir") from None
         for n in range(1, 1000 if unique else 2):
             path = out_dir / (name if n == 1 else f"{name}-{n}")
             try:
@@ -41,10 +41,10 @@ class RunDir:
             except FileExistsError:
                 continue
             except OSError as e:
-                raise CheckpointError(f"cannot create run directory {path} ({e.strerror}); choose a writable --out-dir") from None
+                raise CheckpointError(f"cannot create run directory {path} ({e.strerror}); choose a writable --runs-dir") from None
             if not os.access(path, os.W_OK):
                 path.rmdir()
-                raise CheckpointError(f"run directory {path} is not writable; choose a writable --out-dir")
+                raise CheckpointError(f"run directory {path} is not writable; choose a writable --runs-dir")
             run = cls(path)
             run.lock()
             return run
@@ -183,7 +183,7 @@ def _is_run_link(link: Path) -> bool:
 
 
 def check_run_name(name: str) -> None:
-    """A run name is one plain path component: the run stays inside --out-dir, and `latest` stays chargpt's."""
+    """A run name is one plain path component: the run stays inside --runs-dir, and `latest` stays chargpt's."""
     if (not name or name in (".", "..", "latest") or "/" in name or os.sep in name or name.startswith(".")
             or "\0" in name):
         raise ConfigError(f"--name {name!r} is not a plain run name; use letters, digits, '-', '_' or '.', "

@@ -135,7 +135,7 @@ def list_runs(out_dir: str | os.PathLike = "runs") -> list[RunInfo]:
     """Every run directory under `out_dir` (those holding a config.json), oldest first; `latest` is skipped."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
-        raise CheckpointError(f"no runs directory {out_dir}; train a model first or pass --out-dir")
+        raise CheckpointError(f"no runs directory {out_dir}; train a model first or pass --runs-dir")
     dirs = [p for p in out_dir.iterdir() if p.is_dir() and not p.is_symlink() and (p / CONFIG).exists()]
     runs = []
     for p in dirs:
@@ -152,7 +152,7 @@ def resolve_run(name: str, out_dir: str | os.PathLike = "runs") -> Path:
         if candidate.is_dir() and (candidate / METRICS).is_file():
             return candidate
     raise CheckpointError(f"no run {name!r}: neither {Path(out_dir) / name} nor {name} holds a {METRICS}; "
-                          f"see `chargpt runs --out-dir {out_dir}`")
+                          f"see `chargpt runs --runs-dir {out_dir}`")
 
 
 def _params(n: int | None) -> str:

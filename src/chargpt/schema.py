@@ -4,6 +4,7 @@ checks a config against them with one set of messages."""
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import field, fields
 from typing import Callable, Literal, get_args, get_origin, get_type_hints
 
@@ -12,7 +13,8 @@ from .errors import ConfigError
 
 def option(default, help: str, **bounds):
     """A config field with its one-line description and, where it has one, its range (`min`, `max`,
-    `min_open`, `max_open`); allowed values of a choice live in its `Literal[...]` annotation."""
+    `min_open`, `max_open`) or its `pattern` (and the `allowed` values it means, for messages); allowed values of
+    a choice live in its `Literal[...]` annotation."""
     return field(default=default, metadata={"help": help, **bounds})
 
 
@@ -31,21 +33,29 @@ KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a st
 
 
 def check_fields(config, spell: Callable[[str], str] = flag) -> None:
-    """Check every field of a config dataclass against its declaration (type, choices, range). A message names
-    the field as `spell` writes it: a flag for the CLI, the keyword for the library, the JSON key for the server."""
-    hints = get_type_hints(type(config))
+    """Check every field of a config dataclass against its declaration (type, choices, range, pattern). A message
+    names the field as `spell` writes it: a flag for the CLI, the keyword for the library, the JSON key for the
+    server."""
     for f in fields(config):
-        value, name = getattr(config, f.name), spell(f.name)
-        allowed = choices(type(config), f.name)
-        if allowed is not None:
-            if value not in allowed:
-                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}", field=f.name)
-            continue
-        kind = hints[f.name]
-        if not _is_a(value, kind):
-            raise ConfigError(f"{name} must be {KINDS[kind]}, got {value!r}", field=f.name)
-        if kind in (int, float) and not in_range(value, f.metadata):
-            raise ConfigError(f"{name} must be {describe_range(f.metadata, kind)}, got {value}", field=f.name)
+        problem = value_problem(type(config), f.name, getattr(config, f.name))
+        if problem:
+            raise ConfigError(f"{spell(f.name)} {problem}", field=f.name)
+
+
+def value_problem(cls, name: str, value) -> str | None:
+    """What is wrong with `value` for field `name` of `cls` ('must be positive, got 0'), or None."""
+    allowed = choices(cls, name)
+    if allowed is not None:
+        return None if value in allowed else f"must be one of {', '.join(allowed)}, got {value!r}"
+    kind = get_type_hints(cls)[name]
+    if not _is_a(value, kind):
+        return f"must be {KINDS[kind]}, got {value!r}"
+    bounds = next(f for f in fields(cls) if f.name == name).metadata
+    if "pattern" in bounds and not re.fullmatch(bounds["pattern"], value):
+        return f"must be {bounds['allowed']}, got {value!r}"
+    if kind in (int, float) and not in_range(value, bounds):
+        return f"must be {describe_range(bounds, kind)}, got {value}"
+    return None
 
 
 def _is_a(value, kind) -> bool:

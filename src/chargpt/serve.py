@@ -100,7 +100,7 @@ class ServedRuns:
             path = resolve(ckpt).resolve()
             self.single = (path.parent.name if path.name == CKPT_NAME else path.stem, path)
         elif self.runs_dir is None or not self.runs_dir.is_dir():
-            raise ConfigError(f"no runs directory {runs_dir}; train a model first, or pass --runs DIR or --ckpt RUN")
+            raise ConfigError(f"no runs directory {runs_dir}; train a model first, or pass --runs-dir DIR or --ckpt RUN")
         self._loaded: dict[str, Loaded] = {}
         self._lock = threading.Lock()
         if self.single:  # a checkpoint named on the command line is checked now, not at the first request

@@ -24,7 +24,7 @@ from .data import Dataset
 from .budget import FINAL_MARGIN, FINAL_SHARE, SAMPLE_RATE, SPEED_STEPS, final_pass_seconds, record_speed
 from .device import (COLD_COMPILE_BUDGET, autocast_for, compile_key, compile_unavailable_reason, compiled_before,
                      configure_backends, keep_freed_memory_for_reuse, mark_compiled, resolve_device, resolve_dtype,
-                     use_persistent_compile_cache)
+                     set_threads, use_persistent_compile_cache)
 from .engine import Engine
 from .errors import NonFiniteLoss, TrainingInterrupted
 from .evaluate import (EvaluationInterrupted, PassResult, bigram_optimum, bits_per_char, describe_pass, estimate_loss,
@@ -235,8 +235,7 @@ def setup(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
     say = echo if main and echo is not None else (lambda *_: None)
     configure_backends(device)
     keep_freed_memory_for_reuse(device)
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
+    set_threads(tc.threads, dist_info.enabled)
     precision = resolve_dtype(device, tc.dtype)  # bfloat16 autocast where it is native, else float32
     micro_batch, accum = distributed.split_batch(tc.batch_size, tc.grad_accum, dist_info.world_size)
 
@@ -401,7 +400,7 @@ def stop_here(t: Training, signum: int, loss_value: float, grad_norm: float) -> 
         t.log(t.record(loss=loss_value, grad_norm=grad_norm))
     where = t.run.path if t.run is not None else "the run directory"
     raise TrainingInterrupted(f"stopped at step {t.step} by {signal.Signals(signum).name}; checkpoint saved; "
-                              f"resume with: chargpt train --resume {where}", 130 if signum == signal.SIGINT else 143)
+                              f"resume with: chargpt train --resume {where}", signum)
 
 
 def train_step(t: Training) -> tuple[float, float]:
@@ -467,7 +466,7 @@ def finish(t: Training) -> dict:
             where = run.path if run is not None else "the run directory"
             raise TrainingInterrupted(f"the final evaluation was cut short by {name} ({e.done:,} of {e.total:,} "
                                       f"characters); the checkpoint of step {step} is kept; score it with: "
-                                      f"chargpt eval --ckpt {where}", 130 if e.signum == signal.SIGINT else 143) from None
+                                      f"chargpt eval --ckpt {where}", e.signum) from None
     summary |= _final_figures(final, time.perf_counter() - t0) | {
         "peak_rss_mb": peak_rss_mb(), "device": str(t.device), "dtype": t.precision, "world_size": t.dist.world_size,
         "seed": tc.seed, "dataset": t.data.meta.get("name"), "dataset_hash": t.data.content_hash,
