@@ -2,7 +2,9 @@
 configurations, a small GPT with peaked distributions, and running the CLI and `chargpt serve` as real processes."""
 from __future__ import annotations
 
+import contextlib
 import http.client
+import io
 import json
 import os
 import select
@@ -106,6 +108,20 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def run_main(*args, cwd=None, check=False) -> subprocess.CompletedProcess:
+    """`chargpt ARGS` in this process (`cli.main`): its exit code and what it prints, as `run_cli` gives them,
+    without the seconds a new process spends importing torch. Real processes are kept for what only a process
+    shows (signals, the interpreter's own output, a console script)."""
+    from chargpt.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd or os.getcwd()), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    if check and code != 0:
+        raise AssertionError(f"chargpt {' '.join(map(str, args))} exited {code}:\n{out.getvalue()}\n{err.getvalue()}")
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def one_error_line(p: subprocess.CompletedProcess) -> str:

@@ -1,9 +1,10 @@
-"""The CLI end to end, through real processes."""
+"""The CLI end to end: through real processes, and in-process (`run_main`) where a check is only of arguments."""
 import json
+import re
 
 import pytest
 
-from conftest import TINY_GPT, one_error_line, run_cli
+from conftest import TINY_GPT, one_error_line, run_cli, run_main
 
 
 def test_prepare_train_sample_eval_end_to_end(shakespeare_path, tmp_path):
@@ -39,7 +40,7 @@ def test_prepare_train_sample_eval_end_to_end(shakespeare_path, tmp_path):
 
 @pytest.mark.parametrize("command", ["prepare", "train", "sample", "eval"])
 def test_help_lists_options_with_defaults(command):
-    p = run_cli(command, "--help", check=True)
+    p = run_main(command, "--help", check=True)
     assert "--help" in p.stdout and "default" in p.stdout
 
 
@@ -49,7 +50,7 @@ def test_train_help_lists_every_config_field():
     from chargpt.config import TrainConfig
     from chargpt.model import ModelConfig
 
-    text = run_cli("train", "--help", check=True).stdout
+    text = run_main("train", "--help", check=True).stdout
     for f in [*fields(ModelConfig), *fields(TrainConfig)]:
         if f.name != "vocab_size":
             assert "--" + f.name.replace("_", "-") in text, f.name
@@ -67,7 +68,7 @@ def test_train_help_lists_every_config_field():
     (["--device", "tpu"], 2, "--device"),
 ])
 def test_invalid_train_values_give_one_line_and_exit_2(dataset_dir, tmp_path, args, code, needle):
-    p = run_cli("train", "--data", dataset_dir, *args, cwd=tmp_path)
+    p = run_main("train", "--data", dataset_dir, *args, cwd=tmp_path)
     line = one_error_line(p)
     assert p.returncode == code and needle in line
     assert not (tmp_path / "runs").exists()
@@ -77,21 +78,21 @@ def test_bad_corpora_give_one_line(tmp_path):
     (tmp_path / "empty.txt").write_bytes(b"")
     (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1") * 50)
     (tmp_path / "tiny.txt").write_text("to be or not to be, that is the question\n")
-    assert "does not exist" in one_error_line(run_cli("prepare", "--input", "missing.txt", cwd=tmp_path))
-    assert "empty" in one_error_line(run_cli("prepare", "--input", "empty.txt", cwd=tmp_path))
-    assert "UTF-8" in one_error_line(run_cli("prepare", "--input", "latin1.txt", cwd=tmp_path))
-    run_cli("prepare", "--input", "tiny.txt", "--out", "tiny", cwd=tmp_path, check=True)
-    line = one_error_line(run_cli("train", "--data", "tiny", "--preset", "bigram", "--block-size", "64", cwd=tmp_path))
+    assert "does not exist" in one_error_line(run_main("prepare", "--input", "missing.txt", cwd=tmp_path))
+    assert "empty" in one_error_line(run_main("prepare", "--input", "empty.txt", cwd=tmp_path))
+    assert "UTF-8" in one_error_line(run_main("prepare", "--input", "latin1.txt", cwd=tmp_path))
+    run_main("prepare", "--input", "tiny.txt", "--out", "tiny", cwd=tmp_path, check=True)
+    line = one_error_line(run_main("train", "--data", "tiny", "--preset", "bigram", "--block-size", "64", cwd=tmp_path))
     assert "fewer than one block" in line
 
 
 def test_prompt_outside_the_vocabulary_is_one_line(shakespeare_path, tmp_path):
-    run_cli("prepare", "--input", shakespeare_path, "--out", "ds", cwd=tmp_path, check=True)
-    run_cli("train", "--data", "ds", "--name", "r", "--preset", "bigram", "--max-steps", "5", "--eval-interval", "5",
-            "--eval-iters", "2", cwd=tmp_path, check=True)
-    line = one_error_line(run_cli("sample", "--ckpt", "runs/r", "--prompt", "Hello ~ world", cwd=tmp_path))
+    run_main("prepare", "--input", shakespeare_path, "--out", "ds", cwd=tmp_path, check=True)
+    run_main("train", "--data", "ds", "--name", "r", "--preset", "bigram", "--max-steps", "5", "--eval-interval", "5",
+             "--eval-iters", "2", cwd=tmp_path, check=True)
+    line = one_error_line(run_main("sample", "--ckpt", "runs/r", "--prompt", "Hello ~ world", cwd=tmp_path))
     assert "'~' at position 6" in line
-    line = one_error_line(run_cli("sample", "--ckpt", "runs/r", "--max-new-tokens", "-1", cwd=tmp_path))
+    line = one_error_line(run_main("sample", "--ckpt", "runs/r", "--max-new-tokens", "-1", cwd=tmp_path))
     assert "--max-new-tokens" in line
 
 
@@ -124,20 +125,20 @@ def test_readme_sequence_train_resume_latest_twice_then_sample_latest(dataset_di
 
 @pytest.mark.slow
 def test_max_steps_given_on_resume_or_fine_tune_of_a_budget_run_counts_steps(dataset_dir, tmp_path):
-    base = ["--data", dataset_dir, "--out-dir", tmp_path, *TINY_GPT, "--sample-tokens", "0"]
+    base = ["--data", dataset_dir, "--runs-dir", tmp_path, *TINY_GPT, "--sample-tokens", "0"]
     run_cli("train", *base, "--time-budget", "1", "--name", "b", check=True)  # both given: the budget wins
     steps = json.loads((tmp_path / "b/summary.json").read_text())["steps"]
     resumed = run_cli("train", "--resume", tmp_path / "b", "--max-steps", steps + 7, check=True)
     assert "time_budget=0.0" in resumed.stdout.splitlines()[1]  # said, in the line of what changed
     assert json.loads((tmp_path / "b/summary.json").read_text())["steps"] == steps + 7
-    tuned = run_cli("train", "--init-from", tmp_path / "b", "--data", dataset_dir, "--out-dir", tmp_path,
+    tuned = run_cli("train", "--init-from", tmp_path / "b", "--data", dataset_dir, "--runs-dir", tmp_path,
                     "--name", "ft", "--max-steps", 5, check=True)
     assert "run: 5 steps" in tuned.stdout
     assert json.loads((tmp_path / "ft/summary.json").read_text())["steps"] == 5
 
 
 def test_print_config_writes_only_json_on_stdout(tmp_path):
-    p = run_cli("train", "--print-config", cwd=tmp_path, check=True)
+    p = run_main("train", "--print-config", cwd=tmp_path, check=True)
     assert json.loads(p.stdout)["preset"] in ("cpu", "lecture")
     assert p.stderr == ""
 
@@ -191,7 +192,7 @@ def test_fine_tune_from_a_run_on_other_text_records_its_origin_and_best_pt_is_us
 
 
 def test_train_help_shows_each_option_once_with_its_description_and_one_default():
-    text = " ".join(run_cli("train", "--help", check=True).stdout.split())
+    text = " ".join(run_main("train", "--help", check=True).stdout.split())
     assert text.count("--n-layer INT") == 2  # usage line and option list
     assert "transformer blocks (default: 3)" in text  # the cpu preset's value, once
     assert "--mlp {relu,relu2,gelu}" in text
@@ -199,31 +200,121 @@ def test_train_help_shows_each_option_once_with_its_description_and_one_default(
 
 
 def test_abbreviated_flags_are_refused():
-    line = one_error_line(run_cli("train", "--dataset", "shakespeare", "--print-config"))
+    line = one_error_line(run_main("train", "--dataset", "shakespeare", "--print-config"))
     assert "--dataset" in line
 
 
 def test_config_file_then_flags_resolve_and_print_config_exits(tmp_path):
     (tmp_path / "small.toml").write_text('preset = "bigram"\nmax_steps = 7\n[train]\nlr = 0.05\n')
-    p = run_cli("train", "--config", "small.toml", "--lr", "0.02", "--print-config", cwd=tmp_path, check=True)
+    p = run_main("train", "--config", "small.toml", "--lr", "0.02", "--print-config", cwd=tmp_path, check=True)
     printed = json.loads(p.stdout)
     assert printed["preset"] == "bigram" and printed["model"]["model"] == "bigram"
     assert printed["train"]["max_steps"] == 7 and printed["train"]["lr"] == 0.02
     (tmp_path / "printed.json").write_text(p.stdout)  # what --print-config shows reads back as the same config
-    again = run_cli("train", "--config", "printed.json", "--print-config", cwd=tmp_path, check=True)
+    again = run_main("train", "--config", "printed.json", "--print-config", cwd=tmp_path, check=True)
     assert json.loads(again.stdout) == printed
     assert not (tmp_path / "runs").exists()
     (tmp_path / "bad.json").write_text('{"lrr": 1}')
-    line = one_error_line(run_cli("train", "--config", "bad.json", "--print-config", cwd=tmp_path))
+    line = one_error_line(run_main("train", "--config", "bad.json", "--print-config", cwd=tmp_path))
     assert "unknown config field 'lrr'" in line
 
 
 def test_prepare_over_a_dataset_of_other_text_is_one_line_and_replace_replaces_it(tmp_path):
     (tmp_path / "mine.txt").write_text("abcdefghij" * 10)
     (tmp_path / "other.txt").write_text("klmnopqrst" * 10)
-    run_cli("prepare", "--input", "mine.txt", "--out", "data/ds", cwd=tmp_path, check=True)
-    line = one_error_line(run_cli("prepare", "--input", "other.txt", "--out", "data/ds", cwd=tmp_path))
+    run_main("prepare", "--input", "mine.txt", "--out", "data/ds", cwd=tmp_path, check=True)
+    line = one_error_line(run_main("prepare", "--input", "other.txt", "--out", "data/ds", cwd=tmp_path))
     assert "holds another dataset, 'mine' (100 characters from mine.txt" in line and "--replace" in line
     assert json.loads((tmp_path / "data/ds/meta.json").read_text())["name"] == "mine"
-    p = run_cli("prepare", "--input", "other.txt", "--out", "data/ds", "--replace", cwd=tmp_path, check=True)
+    p = run_main("prepare", "--input", "other.txt", "--out", "data/ds", "--replace", cwd=tmp_path, check=True)
     assert p.stdout.startswith("prepared data/ds") and "(int64)" in p.stdout
+
+
+# ------------------------------------------------ options and exit codes declared once (issue 21, items 6 and 9)
+def _subcommands() -> dict:
+    from chargpt.cli import build_parser
+
+    parser = build_parser()
+    return parser.commands()
+
+
+def test_help_and_usage_errors_answer_without_importing_torch_in_under_half_a_second_of_cpu():
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    for argv, code in ((["--help"], 0), (["train", "--help"], 0), (["train", "--max-step", "3"], 2),
+                       (["sample", "--threads", "-1"], 2), (["attention", "--scale", "sqrt"], 2)):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        p = subprocess.run([sys.executable, "-X", "importtime", "-m", "chargpt", *argv], capture_output=True,
+                           text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdin=subprocess.DEVNULL)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        imported = {line.split("|")[-1].strip() for line in p.stderr.splitlines() if line.startswith("import time:")}
+        assert p.returncode == code, p.stderr[-2000:]
+        assert not {"torch", "numpy", "matplotlib", "tqdm", "wandb"} & imported, argv
+        cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        assert cpu < 0.5, (argv, cpu)
+
+
+def test_an_option_shared_by_several_commands_is_the_same_option_in_each():
+    seen: dict[str, dict] = {}
+    for name, parser in _subcommands().items():
+        for a in parser._actions:
+            for opt in a.option_strings:
+                seen.setdefault(opt, {})[name] = a
+
+    def kind(a):
+        return getattr(a.type, "__name__", a.type), tuple(a.choices or ()), a.nargs
+
+    def described(a):  # train's config flags show the cpu preset's value in the help text itself
+        return kind(a), a.metavar, re.sub(r" \(default: [^)]*\)$", "", a.help or "")
+
+    for opt, by_command in seen.items():  # one kind of value everywhere (--out: each command's own output file)
+        assert len({kind(a) for a in by_command.values()}) == 1, (opt, sorted(by_command))
+    same_meaning = ["--device", "--threads", "--eval-tokens", "--runs-dir", "--prompt-file", "--wandb", "--wandb-mode",
+                    "--wandb-project", "--wandb-entity"]
+    for opt in same_meaning:
+        assert len({described(a) for a in seen[opt].values()}) == 1, (opt, sorted(seen[opt]))
+    assert set(seen["--threads"]) == {"train", "sample", "eval", "attention"}
+    assert set(seen["--eval-tokens"]) == {"train", "eval"}
+    assert set(seen["--runs-dir"]) == {"train", "runs", "serve"} and "--out-dir" not in seen and "--runs" not in seen
+
+
+def test_every_command_has_a_description_and_no_option_shows_an_empty_default(capsys):
+    from chargpt.cli import main
+
+    for name in _subcommands():
+        assert main([name, "--help"]) == 0
+        out = capsys.readouterr().out
+        description = out.split("\n\n")[1]
+        assert not description.startswith("options:") and description.strip().endswith("."), name
+        assert "(default: )" not in out and "(default: None)" not in out, name
+
+
+@pytest.mark.parametrize("argv, suggestion", [
+    (["train", "--max-step", "3"], "did you mean --max-steps?"),
+    (["sample", "--temprature", "0.5"], "did you mean --temperature?"),
+    (["eval", "--eval-token=all"], "did you mean --eval-tokens?"),
+    (["serve", "--runs", "runs"], "did you mean --runs-dir?"),
+])
+def test_a_mistyped_option_is_answered_with_the_option_it_resembles(capsys, argv, suggestion):
+    from chargpt.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"chargpt {argv[0]}: unrecognized arguments" in err and suggestion in err
+
+
+def test_bad_input_exits_2_whatever_kind_of_input_it_is(tmp_path, monkeypatch, capsys):
+    from chargpt.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    for argv in (["sample", "--ckpt", "no-such-run"], ["eval", "--ckpt", "bad.pt"], ["train", "--data", "nowhere"],
+                 ["sample", "--prompt-file", "missing.txt"], ["sample", "--threads", "-1"],
+                 ["eval", "--device", "tpu"], ["prepare", "--input", "missing.txt"], ["runs", "--plot", "nope"],
+                 ["attention", "--window", "-1", "--prompt", "x"], ["train", "--nope"]):
+        assert main(argv) == 2, argv
+        assert capsys.readouterr().err.startswith("error: "), argv
+    assert not any(tmp_path.iterdir()) or sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt"]
