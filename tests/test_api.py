@@ -240,3 +240,10 @@ def test_a_damaged_summary_is_one_clear_error_and_the_run_still_loads(tmp_path, 
         with pytest.raises(CheckpointError, match="summary.json"):
             chargpt.load(run.path).summary
     assert chargpt.load(run.path).metrics == run.metrics
+
+
+def test_compare_refuses_no_runs_or_a_path_that_is_no_run_instead_of_an_empty_figure(tmp_path):
+    with pytest.raises(ConfigError, match="at least one run"):
+        chargpt.compare([])
+    with pytest.raises(CheckpointError, match="nope is not a run directory"):
+        chargpt.compare([tmp_path / "nope"])

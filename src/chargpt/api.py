@@ -231,8 +231,16 @@ class Run:
 def compare(runs: list["Run | str | os.PathLike"], path: str | os.PathLike | None = None):
     """Several runs' validation curves on one Figure (saved to `path` too)."""
     from .plotting import runs_figure
+    from .rundir import METRICS
 
-    return _saved(runs_figure([r.path if isinstance(r, Run) else Path(r) for r in runs]), path)
+    paths = [r.path if isinstance(r, Run) else Path(r) for r in runs]
+    if not paths:
+        raise ConfigError("compare() needs at least one run: a Run or a run directory")
+    for p in paths:
+        if not (p / METRICS).is_file():
+            raise CheckpointError(f"{p} is not a run directory (no {METRICS} there); pass runs `chargpt train` "
+                                  f"wrote, e.g. compare([\"runs/a\", \"runs/b\"])")
+    return _saved(runs_figure(paths), path)
 
 
 def _saved(fig, path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import json
 import os
 import signal
@@ -499,7 +500,10 @@ def _run(argv: list[str] | None) -> int:
         return 0
     except OSError as e:  # a full disk or a vanished directory: nothing chargpt could check beforehand
         where = f" ({e.filename})" if e.filename else ""
-        _error(f"{e.strerror or e}{where}; free space or choose another path, then retry")
+        fix = ("free space or choose another path" if e.errno in (errno.ENOSPC, errno.EDQUOT)
+               else "choose a path you can write" if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+               else "choose another path")
+        _error(f"{e.strerror or e}{where}; {fix}, then retry")
         return EXIT_FAILURE
 
 
