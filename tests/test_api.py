@@ -247,3 +247,11 @@ def test_compare_refuses_no_runs_or_a_path_that_is_no_run_instead_of_an_empty_fi
         chargpt.compare([])
     with pytest.raises(CheckpointError, match="nope is not a run directory"):
         chargpt.compare([tmp_path / "nope"])
+
+
+def test_fine_tuning_on_text_that_shares_no_character_with_the_run_says_so(trained, tmp_path, capfd):
+    greek = chargpt.prepare(text=corpus("αβγδεζηθικλμν"), out=tmp_path / "greek")
+    chargpt.train(init_from=trained.path, data=greek, out_dir=tmp_path, name="ft", max_steps=2, eval_interval=2,
+                  eval_iters=1, sample_tokens=0)
+    err = capfd.readouterr().err
+    assert "knows none of this dataset's 13 characters" in err and "starts fresh" in err, err

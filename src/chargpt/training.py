@@ -246,6 +246,9 @@ def setup(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
     origin = None
     if init_from is not None:
         origin = init_from["origin"] | checkpoint.transfer_weights(init_from["state"], model, data.tokenizer)
+        if main and origin["shared_chars"] == 0:
+            print(f"warning: {origin['ckpt']} knows none of this dataset's {data.tokenizer.vocab_size} characters: "
+                  f"only its inner layers carry over, every embedding and head row starts fresh", file=sys.stderr)
     elif resume_state is not None:
         origin = resume_state["extra"].get("init_from")
     model = model.to(device)
