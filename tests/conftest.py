@@ -50,6 +50,16 @@ TINY_GPT = ["--preset", "cpu", "--n-layer", "1", "--n-embd", "32", "--n-head", "
             "--sample-tokens", "20", "--no-compile"]
 
 
+@pytest.fixture(scope="session")
+def tiny_run(dataset_dir, tmp_path_factory) -> Path:
+    """One tiny GPT (TINY_GPT on tiny Shakespeare) trained once per session, for the tests that only read a run
+    (sample, eval, attention, serve, the bad inputs of every reader). A test that writes into a run copies it."""
+    out = tmp_path_factory.mktemp("shared") / "runs"
+    run_main("train", "--data", dataset_dir, "--runs-dir", out, "--name", "tiny", *TINY_GPT, "--device", "cpu",
+             "--threads", "1", check=True)
+    return out / "tiny"
+
+
 def run_cli(*args, cwd=None, env=None, timeout=300, check=False) -> subprocess.CompletedProcess:
     """Run `python -m chargpt ARGS` as a real process."""
     full_env = dict(os.environ, PYTHONUNBUFFERED="1")

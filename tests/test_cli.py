@@ -86,13 +86,10 @@ def test_bad_corpora_give_one_line(tmp_path):
     assert "fewer than one block" in line
 
 
-def test_prompt_outside_the_vocabulary_is_one_line(shakespeare_path, tmp_path):
-    run_main("prepare", "--input", shakespeare_path, "--out", "ds", cwd=tmp_path, check=True)
-    run_main("train", "--data", "ds", "--name", "r", "--preset", "bigram", "--max-steps", "5", "--eval-interval", "5",
-             "--eval-iters", "2", cwd=tmp_path, check=True)
-    line = one_error_line(run_main("sample", "--ckpt", "runs/r", "--prompt", "Hello ~ world", cwd=tmp_path))
+def test_prompt_outside_the_vocabulary_is_one_line(tiny_run):
+    line = one_error_line(run_main("sample", "--ckpt", tiny_run, "--prompt", "Hello ~ world"))
     assert "'~' at position 6" in line
-    line = one_error_line(run_main("sample", "--ckpt", "runs/r", "--max-new-tokens", "-1", cwd=tmp_path))
+    line = one_error_line(run_main("sample", "--ckpt", tiny_run, "--max-new-tokens", "-1"))
     assert "--max-new-tokens" in line
 
 

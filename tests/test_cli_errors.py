@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from chargpt import checkpoint
+from chargpt.rundir import RunDir
 from chargpt.cli import main
 from chargpt.errors import EXIT_USAGE
 
@@ -55,7 +56,7 @@ def snapshot(root: Path) -> dict[str, tuple]:
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory, dataset_dir) -> Path:
+def ws(tmp_path_factory, dataset_dir, tiny_run) -> Path:
     """A working directory with a dataset, a finished run and bad files of every kind, built once."""
     root = tmp_path_factory.mktemp("ws")
     shutil.copytree(dataset_dir, root / "data")
@@ -70,7 +71,8 @@ def ws(tmp_path_factory, dataset_dir) -> Path:
     with contextlib.chdir(root), contextlib.redirect_stdout(io.StringIO()):
         for name, corpus in (("data_tiny", "tiny.txt"), ("data_other", "corpus.txt")):
             assert main(["prepare", "--input", corpus, "--out", name]) == 0
-        assert main(["train", *TINY, "--max-steps", "2", "--data", "data", "--name", "base"]) == 0
+    shutil.copytree(tiny_run, root / "runs" / "base")  # the session's run: every reader's rows read it
+    RunDir(root / "runs" / "base").mark_latest()
     base = root / "runs" / "base"
     for name, mangle in (("truncated", lambda b: b[: len(b) // 2]), ("garbage", lambda b: os.urandom(4096)),
                          ("emptyckpt", lambda b: b""), ("textckpt", lambda b: b"hello there, not a checkpoint\n")):

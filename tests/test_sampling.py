@@ -14,7 +14,7 @@ import chargpt
 from chargpt.cli import main
 from chargpt.errors import ConfigError
 from chargpt.sampling import sample_next
-from conftest import TINY_GPT, Server
+from conftest import Server
 
 PROMPT = "ROMEO:"
 BASE = {"max_new_tokens": 40, "seed": 7}  # every row samples this many characters from this seed unless it says
@@ -49,17 +49,13 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def run(dataset_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("sampling")
-    with contextlib.redirect_stdout(io.StringIO()):
-        assert main(["train", "--data", str(dataset_dir), "--runs-dir", str(out), "--name", "r", *TINY_GPT,
-                     "--sample-tokens", "0", "--device", "cpu", "--threads", "1"]) == 0
-    return out / "r"
+def run(tiny_run):
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
-def server(run):
-    s = Server("--ckpt", run, "--device", "cpu", cwd=run.parent)
+def server(run, tmp_path_factory):
+    s = Server("--ckpt", run, "--device", "cpu", cwd=tmp_path_factory.mktemp("sampling"))
     yield s
     s.stop()
     assert "Traceback" not in s.log.read_text()
