@@ -43,10 +43,10 @@ def locate(name: str, input_path: str | None = None, timeout: float = 30.0) -> P
         with urllib.request.urlopen(url, timeout=timeout) as r:
             data = r.read()
     except Exception as e:  # any network failure means the same thing to the user
-        raise DataError(
-            f"could not download {name} from {url} ({e.__class__.__name__}: {e}); "
-            f"save it by hand as {cached} or set CHARGPT_DATA to a directory holding {rel}"
-        ) from None
+        data_dir = (f"CHARGPT_DATA is {env}, which holds no {rel}: point it at a directory that does" if env
+                    else f"set CHARGPT_DATA to a directory holding {rel}")
+        raise DataError(f"could not download {name} from {url} ({e.__class__.__name__}: {e}); "
+                        f"save it by hand as {cached} or {data_dir}") from None
     got = hashlib.sha256(data).hexdigest()
     if got != sha:
         raise DataError(f"downloaded {url} has sha256 {got}, expected {sha}; not saved. Retry, or save the file by hand as {cached}")
