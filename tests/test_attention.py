@@ -13,7 +13,7 @@ from chargpt.model import ModelConfig, build_model
 from chargpt.rundir import RunDir
 from chargpt.training import train
 
-from conftest import run_cli
+from conftest import run_cli, run_main
 
 CONFIGS = [pytest.param({}, id="lecture"),
            pytest.param(dict(pos="rope", qk_norm=True, norm="rmsnorm", mlp="relu2", bias=False), id="modern")]
@@ -120,8 +120,8 @@ def test_chargpt_attention_writes_a_png_of_a_trained_model(trained_run, tmp_path
 
 
 def test_chargpt_attention_explains_a_bad_prompt_in_one_line(trained_run, tmp_path):
-    p = run_cli("attention", "--ckpt", trained_run, "--prompt", "x" * 40, "--out", tmp_path / "a.png", "--device", "cpu")
-    assert p.returncode != 0
+    p = run_main("attention", "--ckpt", trained_run, "--prompt", "x" * 40, "--out", tmp_path / "a.png", "--device", "cpu")
+    assert p.returncode == 2
     assert p.stderr.strip().count("\n") == 0 and "block_size" in p.stderr
     assert not (tmp_path / "a.png").exists()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from chargpt.fsutil import ReadRefused, read_bytes, read_json
-from conftest import TINY_GPT
+from conftest import TINY_GPT, run_main
 
 
 def chargpt(*args, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -61,7 +61,7 @@ def test_train_with_a_fifo_or_device_as_config_file_stops_in_one_line(tmp_path):
     os.mkfifo(tmp_path / "cfg.json")
     (tmp_path / "zero.json").symlink_to("/dev/zero")
     for name, what in (("cfg.json", "FIFO"), ("zero.json", "a device")):
-        p = chargpt("train", "--config", name, "--print-config", cwd=tmp_path)
+        p = run_main("train", "--config", name, "--print-config", cwd=tmp_path)
         lines = p.stderr.strip().splitlines()
         assert p.returncode == 2 and len(lines) == 1 and what in lines[0], p.stderr
 
