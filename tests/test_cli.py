@@ -1,9 +1,12 @@
-"""The CLI end to end: through real processes, and in-process (`run_main`) where a check is only of arguments."""
+"""The CLI end to end: real processes where a process is what is tested (a run, its command line), in-process
+(`run_main`) for usage errors and for commands that only read a run."""
 import json
 import re
+import shutil
 
 import pytest
 
+from chargpt.rundir import RunDir
 from conftest import TINY_GPT, one_error_line, run_cli, run_main
 
 
@@ -151,12 +154,13 @@ def test_make_train_prints_one_sample():
 
 
 @pytest.mark.slow
-def test_fine_tune_from_a_run_on_other_text_records_its_origin_and_best_pt_is_usable(dataset_dir, tmp_path):
+def test_fine_tune_from_a_run_on_other_text_records_its_origin_and_best_pt_is_usable(tiny_run, tmp_path):
     import pydoc_data.topics
 
     (tmp_path / "docs.txt").write_text("\n".join(pydoc_data.topics.topics.values())[:60_000], encoding="utf-8")
     run_cli("prepare", "--input", "docs.txt", "--out", "data/docs", cwd=tmp_path, check=True)
-    run_cli("train", "--data", dataset_dir, "--name", "base", *TINY_GPT, cwd=tmp_path, check=True)
+    shutil.copytree(tiny_run, tmp_path / "runs" / "base")  # TINY_GPT, 20 steps on tiny Shakespeare
+    RunDir(tmp_path / "runs" / "base").mark_latest()
     p = run_cli("train", "--init-from", "runs/latest", "--data", "data/docs", "--name", "ft", "--max-steps", "10",
                 cwd=tmp_path, check=True)
     assert p.stdout.startswith("fine-tuning runs/ft from runs/base/ckpt.pt (step 20) on data/docs")
@@ -171,20 +175,20 @@ def test_fine_tune_from_a_run_on_other_text_records_its_origin_and_best_pt_is_us
     prov = summary["provenance"]
     assert prov["command"].startswith("chargpt train --init-from runs/latest") and prov["torch_version"]
 
-    refused = run_cli("train", "--init-from", "runs/base", "--data", "data/docs", "--n-embd", "64", cwd=tmp_path)
+    refused = run_main("train", "--init-from", "runs/base", "--data", "data/docs", "--n-embd", "64", cwd=tmp_path)
     assert refused.returncode == 2 and "drop n_embd=64" in refused.stderr
 
     for command in (["sample", "--max-new-tokens", "5"], ["eval"], ["attention", "--prompt", "to be", "--out", "a.png"]):
-        r = run_cli(*command, "--ckpt", "runs/base/best.pt", "--threads", "1", cwd=tmp_path, check=True)
+        r = run_main(*command, "--ckpt", "runs/base/best.pt", "--threads", "1", cwd=tmp_path, check=True)
         assert r.stdout
     (tmp_path / "prompt.txt").write_text("ROMEO:\nBut soft\n", encoding="utf-8")
-    r = run_cli("sample", "--ckpt", "runs/base", "--prompt-file", "prompt.txt", "--max-new-tokens", "5", cwd=tmp_path,
-                check=True)
+    r = run_main("sample", "--ckpt", "runs/base", "--prompt-file", "prompt.txt", "--max-new-tokens", "5", cwd=tmp_path,
+                 check=True)
     assert r.stdout.startswith("ROMEO:\nBut soft") and len(r.stdout) == len("ROMEO:\nBut soft") + 6
-    r = run_cli("attention", "--ckpt", "runs/latest", "--prompt-file", "prompt.txt", "--out", "b.png", cwd=tmp_path,
-                check=True)
+    r = run_main("attention", "--ckpt", "runs/latest", "--prompt-file", "prompt.txt", "--out", "b.png", cwd=tmp_path,
+                 check=True)
     assert r.stdout == "wrote b.png: 1 layer x 2 heads over 15 characters\n"
-    both = run_cli("sample", "--prompt", "x", "--prompt-file", "prompt.txt", cwd=tmp_path)
+    both = run_main("sample", "--prompt", "x", "--prompt-file", "prompt.txt", cwd=tmp_path)
     assert both.returncode == 2 and "pass one" in both.stderr
 
 
