@@ -115,9 +115,8 @@ def test_readme_sequence_train_resume_latest_twice_then_sample_latest(dataset_di
     assert (tmp_path / "runs/latest").readlink().name == name
     metrics = (tmp_path / "runs" / name / "metrics.jsonl").read_text()
     again = run_cli("train", "--resume", "runs/latest", cwd=tmp_path, check=True)  # a finished run
-    assert again.stdout.startswith(f"resuming runs/{name} at step 30 (full config in its config.json)")
+    assert again.stdout.startswith(f"runs/{name} is finished: it reached step 30 of --max-steps 30")
     assert (tmp_path / "runs" / name / "metrics.jsonl").read_text() == metrics  # no second record of step 30
-    assert "full-pass val loss" in again.stdout and "%|" not in again.stdout
     assert (tmp_path / "runs/latest").readlink().name == name
     sample = run_cli("sample", "--ckpt", "runs/latest", "--max-new-tokens", "10", cwd=tmp_path, check=True)
     assert len(sample.stdout) == 11
@@ -319,3 +318,35 @@ def test_bad_input_exits_2_whatever_kind_of_input_it_is(tmp_path, monkeypatch, c
         assert main(argv) == 2, argv
         assert capsys.readouterr().err.startswith("error: "), argv
     assert not any(tmp_path.iterdir()) or sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt"]
+
+
+def test_resuming_a_finished_run_says_so_in_one_line_and_how_to_extend_it(dataset_dir, tmp_path):
+    run_cli("train", "--preset", "bigram", "--data", dataset_dir, "--max-steps", "20", "--eval-interval", "10",
+            "--eval-iters", "2", "--name", "done", cwd=tmp_path, check=True)
+    files = {p.name: p.read_bytes() for p in (tmp_path / "runs/done").iterdir()}
+    p = run_cli("train", "--resume", "runs/done", cwd=tmp_path, check=True)
+    assert p.stdout == ("runs/done is finished: it reached step 20 of --max-steps 20, and its final evaluation is done; "
+                        "to train it further, resume with a larger --max-steps: chargpt train --resume runs/done "
+                        "--max-steps 40\n") and p.stderr == ""
+    assert files == {p.name: p.read_bytes() for p in (tmp_path / "runs/done").iterdir()}  # nothing evaluated again
+    more = run_cli("train", "--resume", "runs/done", "--max-steps", "40", cwd=tmp_path, check=True)
+    assert "resuming runs/done at step 20" in more.stdout and "full-pass val loss" in more.stdout
+
+
+def test_a_closed_stdout_never_stops_training_silently(dataset_dir, tmp_path):
+    """`chargpt train ... | head -2`: the reader goes away after two lines; the run trains to its end."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "chargpt", "train", "--preset", "bigram", "--data", str(dataset_dir),
+                             "--max-steps", "3000", "--eval-interval", "1000", "--eval-iters", "2", "--name", "piped"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    head = [proc.stdout.readline() for _ in range(2)]
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 0 and head[0].startswith("training runs/piped")
+    assert "stdout was closed" in err and "Traceback" not in err
+    summary = json.loads((tmp_path / "runs/piped/summary.json").read_text())
+    assert summary["steps"] == 3000 and (tmp_path / "runs/piped/ckpt.pt").is_file()

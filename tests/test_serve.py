@@ -350,7 +350,7 @@ def test_serve_refuses_bad_arguments_in_one_line(tmp_path, capsys):
     assert main(["serve", "--runs-dir", str(tmp_path), "--port", "70000"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 3 and all(line.startswith("error: ") for line in err), err
-    assert "no runs directory" in err[0] and "no checkpoint" in err[1] and "--port must be 0 to 65535" in err[2]
+    assert "no runs directory" in err[0] and "nothing at" in err[1] and "--port must be 0 to 65535" in err[2]
 
 
 def test_serve_with_ckpt_serves_that_one_run(runs_dir):

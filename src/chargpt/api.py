@@ -86,7 +86,12 @@ def train(preset: str | None = None, data: Dataset | str | os.PathLike | None = 
                            resume=resume, init_from=init_from, out_dir=out_dir, name=name,
                            tracker="wandb" if wandb else tracker)
     echo = print if verbose else None
-    t, _ = plan_training(request, echo=echo).run(echo=echo, notebook=verbose and in_jupyter())
+    plan = plan_training(request, echo=echo)
+    if plan.finished:
+        if echo:
+            echo(plan.finished)
+        return Run(plan.resume_run.path)
+    t, _ = plan.run(echo=echo, notebook=verbose and in_jupyter())
     return Run(t.run.path, _model=t.model.eval(), _tokenizer=t.data.tokenizer)
 
 
@@ -109,14 +114,12 @@ def _check_keywords(given: dict) -> None:
 
 
 def load(path: str | os.PathLike = "runs/latest", device: str = "cpu") -> "Run":
-    """A run directory, or a checkpoint file, ready to generate, score and plot."""
-    path = Path(path)
-    if path.is_dir():
-        return Run(path, device=device)
-    if path.is_file():
-        return Run(path.parent, ckpt=path, device=device)
-    raise CheckpointError(f"no run directory or checkpoint at {path}; pass a directory `chargpt train` wrote "
-                          f"or its ckpt.pt")
+    """A run directory (`runs/latest`: the newest run with a checkpoint), or a checkpoint file, ready to generate,
+    score and plot."""
+    from .rundir import locate_run
+
+    found = locate_run(path, checkpoint=False)
+    return Run(found.run, ckpt=found.ckpt, device=device)
 
 
 class Run:

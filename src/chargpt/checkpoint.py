@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from pathlib import Path
 
 import torch
 
@@ -14,20 +13,10 @@ from .errors import ChargptError, CheckpointError, ConfigError
 from .fsutil import ReadRefused, load_torch, refused_global, save_torch
 from .model import LanguageModel, build_model
 from .optim import make_optimizers
+from .rundir import locate_run
 from .tokenizer import CharTokenizer
 
-CKPT_NAME = "ckpt.pt"
 FORMAT = "chargpt-checkpoint"
-
-
-def resolve(path: str | os.PathLike) -> Path:
-    """A checkpoint file, or a run directory holding one."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CKPT_NAME
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}; pass --ckpt RUN_DIR or a .pt file written by `chargpt train`")
-    return path
 
 
 def save(path: str | os.PathLike, *, model: LanguageModel, optimizers, step: int, config: Config,
@@ -77,13 +66,13 @@ def digest(state: dict) -> str:
 
 
 def load(path: str | os.PathLike) -> dict:
-    """Read a checkpoint's contents; never unpickles arbitrary objects. The checkpoint of a run directory is
-    read only from inside it (a symlink out of the run is refused); a checkpoint file named directly is the
-    user's choice, wherever it leads."""
-    run_dir = Path(path) if Path(path).is_dir() else None
-    path = resolve(path)
+    """Read a checkpoint's contents (a checkpoint file, or a run's as `rundir.locate_run` finds it); never
+    unpickles arbitrary objects. The checkpoint of a run directory is read only from inside it (a symlink out of
+    the run is refused); a checkpoint file named directly is the user's choice, wherever it leads."""
+    found = locate_run(path)
+    path = found.ckpt
     try:
-        state = load_torch(path, within=run_dir)
+        state = load_torch(path, within=found.within)
     except ReadRefused as e:
         raise CheckpointError(f"cannot read {path}: it is {e.strerror}; pass a checkpoint file written by "
                               f"`chargpt train`") from None
@@ -176,7 +165,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         model = build_model(config.model)
         model.load_state_dict(state["model"])
     except (ChargptError, KeyError, RuntimeError, TypeError, ValueError, AttributeError, OverflowError, MemoryError) as e:
-        raise CheckpointError(f"{resolve(path)} does not match any chargpt model ({(str(e).splitlines() or [e.__class__.__name__])[0][:200]})") from None
+        raise CheckpointError(f"{locate_run(path).ckpt} does not match any chargpt model ({(str(e).splitlines() or [e.__class__.__name__])[0][:200]})") from None
     return model.to(device).eval(), tokenizer, state
 
 

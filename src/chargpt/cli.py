@@ -119,18 +119,64 @@ def cmd_train(args) -> int:
         print(json.dumps(plan_training(request, load_data=False).as_dict(), indent=2))
         return 0
     plan = plan_training(request)
+    if plan.finished:
+        print(plan.finished)
+        return 0
     if launch and args.nproc > 1:  # every argument checked here, once: the processes would each report it
         from .launch import relaunch_with_torchrun
 
         if plan.resume_run is not None:
             plan.resume_run.unlock()  # its process of rank 0 becomes the writer
         return relaunch_with_torchrun(args.nproc, args.argv)
-    _, summary = plan.run()
-    if summary.get("sample"):
-        out = TerminalText(sys.stdout)
-        out.write(f"--- sample ---\n{summary['sample']}\n")
-        out.flush()
+    stdout, sys.stdout = sys.stdout, ClosedPipeGuard(sys.stdout)
+    try:
+        _, summary = plan.run()
+        if summary.get("sample"):
+            out = TerminalText(sys.stdout)
+            out.write(f"--- sample ---\n{summary['sample']}\n")
+            out.flush()
+    finally:
+        sys.stdout = stdout
     return 0
+
+
+class ClosedPipeGuard:
+    """stdout of a training run. When its reader goes away (`chargpt train ... | head`), the output from then on is
+    discarded, with one line on stderr, and training goes on: a BrokenPipeError would end the run silently,
+    before its first checkpoint."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.closed_pipe = False
+
+    def write(self, text: str) -> int:
+        if not self.closed_pipe:
+            try:
+                return self.stream.write(text)
+            except BrokenPipeError:
+                self._discard()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.closed_pipe:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self._discard()
+
+    def _discard(self) -> None:
+        self.closed_pipe = True
+        try:  # the stream's buffered text, and Python's flush at exit, then go nowhere instead of failing again
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+        print("note: stdout was closed (a pipe to head?); training goes on with its output discarded, and the run "
+              "directory records everything", file=sys.stderr)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
 
 
 class TerminalText:
@@ -228,12 +274,13 @@ def cmd_eval(args) -> int:
 
 # --------------------------------------------------------------------------------------------- runs
 def cmd_runs(args) -> int:
-    from .runs import format_runs, list_runs, resolve_run
+    from .rundir import locate_run
+    from .runs import format_runs, list_runs
 
     if args.plot:
         from .plotting import plot_runs
 
-        out = plot_runs([resolve_run(name, args.runs_dir) for name in args.plot], args.out)
+        out = plot_runs([locate_run(name, args.runs_dir, checkpoint=False).run for name in args.plot], args.out)
         print(f"wrote {out}: val loss of {', '.join(args.plot)}")
         return 0
     runs = list_runs(args.runs_dir)
@@ -250,6 +297,7 @@ def cmd_attention(args) -> int:
 
     from .attention import attention_title, attention_weights, draw_attention, layers_by_heads
     from .checkpoint import load_model
+    from .rundir import locate_run
 
     device = _device_and_threads(args)
     prompt = _prompt(args)
@@ -262,7 +310,7 @@ def cmd_attention(args) -> int:
     weights = attention_weights(model, idx)[0]
     L, H, T, _ = weights.shape
     shown = min(T, args.window) if args.window else T
-    name = _run_name(args.ckpt)
+    name = locate_run(args.ckpt).name
     title = attention_title(name, state["step"], L, H) + (f"; the last {shown} of {T} characters" if shown < T else "")
     out = draw_attention(weights, prompt, args.out, title=title, scale=args.scale, window=args.window)
     print(f"wrote {out}: {layers_by_heads(L, H)} over {T} characters"
@@ -307,18 +355,10 @@ def _prompt(args) -> str:
     return text[:-1] if text.endswith("\n") else text
 
 
-def _run_name(ckpt: str) -> str:
-    """`runs/latest` -> the run it points at, by name (`runs/r1/best.pt` -> `r1/best.pt`)."""
-    from .rundir import real_path
-
-    path = real_path(Path(ckpt))
-    return path.name if path.is_dir() else (f"{path.parent.name}/{path.name}" if path.parent.name else path.name)
-
-
 # ------------------------------------------------------------------------------------------- parser
 # Each option that several commands take is defined once: here, or as a field of a config (add_field_flag).
 RUNS_DIR_HELP = "the runs folder: where run directories are created (train) and found (runs, serve)"
-CKPT_HELP = "a checkpoint file, a run directory, or runs/latest (the last run started)"
+CKPT_HELP = "a checkpoint file, a run directory, or runs/latest (the newest run with a checkpoint)"
 
 
 def _command(sub, name: str, help: str) -> argparse.ArgumentParser:

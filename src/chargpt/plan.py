@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any, Callable
 
 from .config import (DEFAULT_DATA, Config, config_changes, default_preset, get_preset, read_config_file,
@@ -52,6 +51,7 @@ class TrainPlan:
     sized_by_budget: bool = False  # no preset given with a time budget: the budget chooses the model
     model_choice: str | None = None  # the size it chose
     clock_start: float = field(default_factory=time.perf_counter)
+    finished: str | None = None  # a resumed run with nothing to do: the line that says so and how to extend it
 
     def as_dict(self) -> dict:
         """The resolved config as `chargpt train --print-config` prints it."""
@@ -154,9 +154,9 @@ def _resumed(req: TrainRequest) -> TrainPlan:
 
 def _fine_tuned(req: TrainRequest) -> TrainPlan:
     from . import checkpoint
-    from .rundir import real_path
+    from .rundir import locate_run
 
-    source = checkpoint.resolve(real_path(Path(req.init_from)))
+    source = locate_run(req.init_from).ckpt
     state = checkpoint.load(source)
     if req.data is None:
         raise ConfigError("--init-from needs --data: the dataset directory of the text to fine-tune on")
@@ -240,3 +240,6 @@ def _load_and_check(plan: TrainPlan) -> None:
             raise ConfigError(f"--init-from keeps the model it starts from; drop {', '.join(shape)}")
     if plan.resume_state is not None:
         checkpoint.restore(plan.resume_state, config, plan.resume_run.path, data=plan.data)  # refuse before starting
+        from .training import finished_already
+
+        plan.finished = finished_already(plan.resume_run, plan.resume_state, config)

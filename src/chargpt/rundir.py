@@ -1,4 +1,5 @@
-"""The local record of a run: `runs/<name>/` with config, metrics log, checkpoint, sample and summary.
+"""The local record of a run: `runs/<name>/` with config, metrics log, checkpoint, sample and summary, and
+`locate_run`, the one place where a run's name, its directory, `latest` or a checkpoint file becomes a path.
 
 One process writes a run at a time: the writer holds an OS lock on the run's `.lock` (flock), which the kernel
 drops when the process ends however it ends, so a `kill -9` never leaves a stale lock. Readers never take it."""
@@ -57,11 +58,7 @@ class RunDir:
         """The run at `path` (its directory, or a file in it), checked before anything is written into it. A
         link such as `runs/latest` is followed, so the run keeps its own name: marking it latest again must not
         point `latest` at itself."""
-        path = real_path(Path(path))
-        if path.is_file():
-            path = path.parent
-        if not (path / CKPT).is_file():
-            raise CheckpointError(f"cannot resume {path}: no {CKPT} there; pass the directory of a chargpt run")
+        path = locate_run(path).run
         problem = run_problem(path)
         if problem:
             raise CheckpointError(f"cannot resume {path}: {problem}; start a new run, or repair or remove that file")
@@ -134,6 +131,14 @@ class RunDir:
         if kept != read_bytes(path, METRICS_LIMIT, within=self.path).decode("utf-8", errors="replace"):
             write_text(path, kept)
 
+    def summary(self) -> dict:
+        """summary.json, or {} when there is none (still training, stopped, crashed) or it is not an object."""
+        try:
+            summary = read_json(self.path / SUMMARY, within=self.path)
+        except (OSError, ValueError):
+            return {}
+        return summary if isinstance(summary, dict) else {}
+
     def write_summary(self, summary: dict) -> None:
         write_json(self.path / SUMMARY, summary)
 
@@ -174,6 +179,56 @@ def _lock_holder(inode: int) -> int | None:
         if "FLOCK" in fields and "->" not in fields and len(fields) >= 6 and fields[5].endswith(f":{inode}"):
             return int(fields[4]) if fields[4].isdigit() else None
     return None
+
+
+@dataclass(frozen=True)
+class Located:
+    """What a run name, a run directory, `latest` or a checkpoint file names."""
+
+    run: Path  # the run directory, links followed: `runs/latest` is `runs/<name>`
+    ckpt: Path  # the checkpoint meant: the run's ckpt.pt, or the .pt file named
+    within: Path | None = None  # where the checkpoint must stay: its run, when the run was named, not the file
+
+    @property
+    def name(self) -> str:
+        """`r1` for a run's latest checkpoint, `r1/best.pt` for another file of it."""
+        return self.run.name if self.ckpt.name == CKPT else f"{self.run.name}/{self.ckpt.name}".lstrip("/")
+
+
+def locate_run(target: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, checkpoint: bool = True) -> Located:
+    """The run or checkpoint `target` names: a run directory, a checkpoint file, a link to either (`runs/latest`),
+    or with `out_dir` a run's name under it. With `checkpoint`, the checkpoint must be there and be a regular
+    file (never a FIFO or a device, which reading would wait on or misread; a run's own checkpoint only inside
+    its run, while a file named directly is the user's choice); without, a run directory is enough."""
+    given = Path(target)
+    path = given
+    if out_dir is not None and len(given.parts) == 1 and os.path.lexists(Path(out_dir) / given):
+        path = Path(out_dir) / given
+    if path.name == "latest" and not path.exists():  # absent, or a link to a run since removed
+        raise CheckpointError(f"no run yet: {path} points at the newest run with a checkpoint, and there is none; "
+                              f"train one with `chargpt train`")
+    real = real_path(path)
+    if not real.exists():
+        under = f" (nor {Path(out_dir) / given})" if out_dir is not None and path == given else ""
+        raise CheckpointError(f"no run {str(target)!r}: nothing at {path}{under}; pass a run directory, a .pt file "
+                              f"written by `chargpt train`, or runs/latest")
+    run, ckpt = (real, real / CKPT) if real.is_dir() else (real.parent, real)
+    if not checkpoint:
+        if not (run / CONFIG).exists() and not (run / METRICS).exists():
+            raise CheckpointError(f"no run {str(target)!r}: {run} holds no {CONFIG} or {METRICS}; pass the directory "
+                                  f"of a chargpt run")
+        return Located(run, ckpt, run if real.is_dir() else None)
+    within = run if real.is_dir() else None
+    problem = read_problem(ckpt, within=within)
+    if problem == "missing":
+        if (run / CONFIG).exists():
+            raise CheckpointError(f"{run} has no checkpoint yet (it is saved at the run's first --eval-interval or "
+                                  f"--ckpt-interval); wait for it, or pass another run")
+        raise CheckpointError(f"no checkpoint at {ckpt}; pass a run directory or a .pt file written by `chargpt train`")
+    if problem:
+        raise CheckpointError(f"cannot read {ckpt}: it is {problem}; pass a run directory or a .pt file written by "
+                              f"`chargpt train`")
+    return Located(run, ckpt, within)
 
 
 def _is_run_link(link: Path) -> bool:

@@ -146,15 +146,6 @@ def list_runs(out_dir: str | os.PathLike = "runs") -> list[RunInfo]:
     return sorted(runs, key=lambda r: (r.updated, r.name))
 
 
-def resolve_run(name: str, out_dir: str | os.PathLike = "runs") -> Path:
-    """A run given by name (under `out_dir`) or by path."""
-    for candidate in (Path(out_dir) / name, Path(name)):
-        if candidate.is_dir() and (candidate / METRICS).is_file():
-            return candidate
-    raise CheckpointError(f"no run {name!r}: neither {Path(out_dir) / name} nor {name} holds a {METRICS}; "
-                          f"see `chargpt runs --runs-dir {out_dir}`")
-
-
 def _params(n: int | None) -> str:
     if n is None:
         return "-"

@@ -37,12 +37,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .checkpoint import CKPT_NAME, load_model, resolve
+from .checkpoint import load_model
 from .engine import Engine
 from .errors import ChargptError, ConfigError, VocabularyError
 from .fsutil import read_json, read_problem
 from .model import GPT, window_start
-from .rundir import CONFIG, SUMMARY, read_metrics
+from .rundir import CKPT, CONFIG, SUMMARY, locate_run, read_metrics
 from .runs import read_run
 from .sampling import SAMPLING_FIELDS, SamplingParams, prompt_ids
 
@@ -97,8 +97,9 @@ class ServedRuns:
         self.runs_dir = None if runs_dir is None else Path(runs_dir)
         self.single: tuple[str, Path] | None = None
         if ckpt is not None:
-            path = resolve(ckpt).resolve()
-            self.single = (path.parent.name if path.name == CKPT_NAME else path.stem, path)
+            found = locate_run(ckpt)
+            path = found.ckpt.resolve()
+            self.single = (found.run.name if path.name == CKPT else path.stem, path)
         elif self.runs_dir is None or not self.runs_dir.is_dir():
             raise ConfigError(f"no runs directory {runs_dir}; train a model first, or pass --runs-dir DIR or --ckpt RUN")
         self._loaded: dict[str, Loaded] = {}
@@ -110,7 +111,7 @@ class ServedRuns:
         """Run name -> its directory (or, for a lone checkpoint file, the file)."""
         if self.single:
             name, path = self.single
-            return {name: path.parent if path.name == CKPT_NAME else path}
+            return {name: path.parent if path.name == CKPT else path}
         return {p.name: p for p in sorted(self.runs_dir.iterdir())
                 if p.is_dir() and not p.is_symlink() and (p / CONFIG).is_file()}
 
@@ -127,7 +128,7 @@ class ServedRuns:
     def checkpoint(path: Path) -> Path | None:
         """The checkpoint of a run directory (or the lone checkpoint file), if there is one chargpt would read."""
         if path.is_dir():
-            return path / CKPT_NAME if read_problem(path / CKPT_NAME, within=path) is None else None
+            return path / CKPT if read_problem(path / CKPT, within=path) is None else None
         return path if read_problem(path) is None else None
 
     def servable(self) -> list[str]:
@@ -152,7 +153,7 @@ class ServedRuns:
         with self._lock:  # one load per checkpoint version, however many requests ask at once
             cached = self._loaded.get(name)
             if cached is None or cached.version != version:
-                model, tok, state = load_model(ckpt.parent if ckpt.name == CKPT_NAME else ckpt, self.device)
+                model, tok, state = load_model(ckpt.parent if ckpt.name == CKPT else ckpt, self.device)
                 cached = self._loaded[name] = Loaded(model, tok, state["step"], version, Engine(model))
         return name, cached
 

@@ -134,6 +134,7 @@ class Training:
     compiled: str | None = None  # compile_key of the compiled model, None when training eagerly
     model_choice: str | None = None  # the size the time budget chose (no preset given)
     plot_seconds: float = 0.0  # spent redrawing loss.png in this process
+    marked_latest: bool = False  # `latest` points at this run since its first checkpoint here
 
     @property
     def tokens_per_step(self) -> int:
@@ -199,6 +200,13 @@ class Training:
                         extra={"train_seconds": self.train_seconds(), "budget_seconds": self.budget_seconds(),
                                "preset": self.preset, "data_dir": self.data_dir,
                                "best_val_loss": self.best_val, "init_from": self.origin})
+        if path is None and not self.marked_latest:
+            # `latest` is the newest run with a checkpoint, from its first one: resuming, sampling or evaluating
+            # `latest` while this run trains, or after it was stopped, means this run
+            self.marked_latest = True
+            note = self.run.mark_latest()
+            if note:
+                print(f"warning: {note}", file=sys.stderr)
 
 
 def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | None = None,
@@ -217,6 +225,25 @@ def train(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
     finally:
         if run is not None:
             run.unlock()
+
+
+def finished_already(run: RunDir, state: dict, config: Config) -> str | None:
+    """Why resuming `run` from its checkpoint `state` as `config` has nothing to do, if so: it reached its step
+    count or time budget and its final evaluation is done (one cut short is redone by resuming)."""
+    tc, step = config.train, state["step"]
+    spent = state["extra"].get("train_seconds", 0.0)
+    if not (spent >= tc.time_budget if tc.time_budget else step >= tc.max_steps):
+        return None
+    summary = run.summary()
+    if summary.get("steps") != step or summary.get("val_loss_full") is None or summary.get("eval_cut_short"):
+        return None
+    if tc.time_budget:
+        what = f"it trained {format_duration(spent)} of its --time-budget {format_duration(tc.time_budget)}"
+        flag, more = "--time-budget", f"{math.ceil(2 * tc.time_budget)}s"
+    else:
+        what, flag, more = f"it reached step {step:,} of --max-steps {tc.max_steps:,}", "--max-steps", 2 * tc.max_steps
+    return (f"{run.path} is finished: {what}, and its final evaluation is done; to train it further, resume with a "
+            f"larger {flag}: chargpt train --resume {run.path} {flag} {more}")
 
 
 def setup(config: Config, data: Dataset, run: RunDir | None, *, preset: str | None = None,
@@ -434,7 +461,7 @@ def train_step(t: Training) -> tuple[float, float]:
 
 
 def finish(t: Training) -> dict:
-    """The end-of-run evaluation of val, the summary, a sample and the `latest` link; return the summary."""
+    """The end-of-run evaluation of val, the summary and a sample; return the summary."""
     seconds = t.train_seconds()
     mc, tc, step, main, run = t.config.model, t.config.train, t.step, t.dist.is_main, t.run
     if t.compiled and main and step > (t.resumed_at or 0):  # its compiled graphs are in the cache now
@@ -491,9 +518,6 @@ def finish(t: Training) -> dict:
             if tc.time_budget:
                 summary["budget_seconds"] = round(t.budget_seconds(), 3)
             run.write_summary(summary)
-            note = run.mark_latest()
-            if note:
-                print(f"warning: {note}", file=sys.stderr)
         finish_tracking(t.tracker, run, summary, t.data)
     distributed.barrier(t.dist)
     distributed.shutdown(t.dist)  # NCCL warns at exit about a process group never destroyed
