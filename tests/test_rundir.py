@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -44,7 +45,10 @@ def test_locate_finds_a_run_by_name_directory_link_or_checkpoint_file(tmp_path, 
     (run.path / "best.pt").write_bytes(b"x")
     run.mark_latest()
     for target in ("runs/r1", "runs/latest", "runs/r1/ckpt.pt", "runs/latest/ckpt.pt"):
-        assert locate_run(target) == locate_run("r1", "runs") and locate_run(target).name == "r1", target
+        found = locate_run(target)
+        assert (found.run, found.ckpt, found.name) == (Path("runs/r1"), Path("runs/r1/ckpt.pt"), "r1"), target
+    assert locate_run("r1", "runs").within == Path("runs/r1")  # a run's own checkpoint is read only inside it
+    assert locate_run("runs/r1/ckpt.pt").within is None  # a file named directly is the user's choice
     best = locate_run("runs/latest/best.pt")
     assert (str(best.run), best.ckpt.name, best.name) == (os.path.join("runs", "r1"), "best.pt", "r1/best.pt")
     assert locate_run("latest", "runs").run == locate_run("runs/r1").run

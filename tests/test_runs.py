@@ -1,5 +1,6 @@
 """`chargpt runs`: the table of runs under runs/ and the overlay plot, checked against the runs' real files."""
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,7 +43,10 @@ def workdir(dataset_dir, tmp_path_factory) -> Path:
     data = load_dataset(dataset_dir)
     gpt = tiny("cpu", 10, n_layer=1, n_embd=32, n_head=2, block_size=16)
     gpt.train.optimizer = "adamw"
-    for name, preset, cfg in (("bigram", "bigram", tiny("bigram", 20)), ("tiny-gpt", "cpu", gpt)):
+    estimated = tiny("bigram", 20)
+    estimated.train.eval_tokens = 5_000  # of 111,540: the final loss is estimated from an evenly spread subset
+    for name, preset, cfg in (("bigram", "bigram", tiny("bigram", 20)), ("tiny-gpt", "cpu", gpt),
+                              ("estimated", "bigram", estimated)):
         train(cfg, data, RunDir.create(cwd / "runs", name), preset=preset, data_dir=str(dataset_dir),
               echo=lambda *_: None)
     proc = subprocess.Popen([sys.executable, "-m", "chargpt", "train", "--data", str(dataset_dir), "--name", "stopped",
@@ -62,10 +66,10 @@ def test_runs_lists_every_run_with_the_values_of_its_files(workdir):
     p = chargpt("runs", cwd=workdir)
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
-    assert lines[0].split() == ["name", "model", "params", "steps", "best", "val", "at", "step", "val", "full", "wall",
-                                "date", "status"]
+    assert lines[0].split() == ["name", "model", "data", "params", "steps", "best", "val", "at", "step", "val", "full",
+                                "wall", "date", "status"]
     rows = {line.split()[0]: line for line in lines[1:]}
-    assert set(rows) == {"bigram", "tiny-gpt", "stopped"}  # `latest` is a link, not a run
+    assert set(rows) == {"bigram", "tiny-gpt", "estimated", "stopped"}  # `latest` is a link, not a run
 
     for name in ("bigram", "tiny-gpt"):
         summary = json.loads((workdir / "runs" / name / "summary.json").read_text())
@@ -75,14 +79,58 @@ def test_runs_lists_every_run_with_the_values_of_its_files(workdir):
         assert f"{summary['val_loss_full']:.4f}" in cells
         assert f"{min(r['val_loss'] for r in metrics):.4f}" in cells
         assert str(summary["steps"]) in cells and cells[-1] == "finished"
-    assert rows["bigram"].split()[1:3] == ["bigram", "4.2k"]  # 65 x 65 parameters
+    data = ["shakespeare", load_dataset(json.loads((workdir / "runs/bigram/config.json").read_text())["data_dir"])
+            .content_hash[:8]]
+    assert rows["bigram"].split()[1:5] == ["bigram", *data, "4.2k"]  # 65 x 65 parameters
     assert rows["tiny-gpt"].split()[1:3] == ["gpt", "(cpu)"]
+    assert "±" not in rows["bigram"]  # every val character scored: exact
 
     stopped = rows["stopped"].split()
-    assert stopped[-1] == "unfinished" and stopped[6] == "-"  # no full-pass loss without a summary
+    assert stopped[2:4] == data  # the dataset of a run still training (or stopped) is in its config.json
+    assert stopped[-1] == "unfinished" and stopped[8] == "-"  # no full-pass loss without a summary
     ckpt_step = checkpoint.load(workdir / "runs/stopped")["step"]
-    assert ckpt_step > 0 and stopped[3] == str(ckpt_step)  # where its checkpoint is, not its last evaluation (0)
-    assert stopped[7] != "0.0s"
+    assert ckpt_step > 0 and stopped[5] == str(ckpt_step)  # where its checkpoint is, not its last evaluation (0)
+    assert stopped[9] != "0.0s"
+
+
+def test_an_estimated_full_pass_loss_shows_its_standard_error(workdir):
+    summary = json.loads((workdir / "runs/estimated/summary.json").read_text())
+    assert summary["val_loss_full_exact"] is False and summary["val_loss_full_stderr"] > 0
+    row = next(line for line in format_runs(list_runs(workdir / "runs")).splitlines() if line.startswith("estimated"))
+    assert f"{summary['val_loss_full']:.4f} ±{summary['val_loss_full_stderr']:.4f}" in row and row.endswith("finished")
+
+
+def test_a_run_whose_final_evaluation_was_cut_short_is_not_finished(workdir, tmp_path):
+    shutil.copytree(workdir / "runs/bigram", tmp_path / "runs/cut")
+    summary = json.loads((tmp_path / "runs/cut/summary.json").read_text())
+    # what training writes when Ctrl-C stops its final evaluation
+    summary |= {"val_loss_full": None, "eval_cut_short": "by SIGINT after 50,000 of 111,539 characters"}
+    (tmp_path / "runs/cut/summary.json").write_text(json.dumps(summary))
+    info = read_run(tmp_path / "runs/cut")
+    assert not info.finished and info.eval_cut_short
+    assert format_runs([info]).splitlines()[1].endswith("eval cut short")
+
+
+def test_runs_on_different_datasets_are_overlaid_only_with_all(workdir, tmp_path, capsys, monkeypatch):
+    from chargpt.data import prepare
+
+    (tmp_path / "other.txt").write_text("To be, or not to be, that is the question.\n" * 200)
+    other = load_dataset(prepare(tmp_path / "other.txt", tmp_path / "other", name="other").out_dir)
+    cfg = tiny("bigram", 20)
+    cfg.model.vocab_size = other.tokenizer.vocab_size
+    train(cfg, other, RunDir.create(workdir / "runs", "on-other"), preset="bigram", data_dir=str(other.path),
+          echo=lambda *_: None)
+    monkeypatch.chdir(workdir)
+    try:
+        assert main(["runs", "--plot", "bigram", "on-other", "--out", "mixed.png"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "different datasets (bigram on shakespeare " in err
+        assert f"on-other on other {other.content_hash[:8]}" in err and "--all" in err
+        assert not (workdir / "mixed.png").exists()
+        assert main(["runs", "--plot", "bigram", "on-other", "--out", "mixed.png", "--all"]) == 0
+        assert (workdir / "mixed.png").is_file()
+    finally:
+        shutil.rmtree(workdir / "runs/on-other")
 
 
 def test_runs_show_where_best_pt_is(workdir):

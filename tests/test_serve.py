@@ -552,3 +552,46 @@ def test_a_page_of_another_origin_cannot_run_a_completion_in_a_real_browser(serv
     assert plain == "sent opaque" and preflighted.startswith("failed"), (plain, preflighted)
     _, after = server.request("GET", "/api/status")
     assert after["tokens"] == before["tokens"]
+
+
+@pytest.mark.slow
+def test_the_pages_runs_table_shows_the_dataset_marks_estimates_and_never_overlays_other_datasets(dataset_dir, tmp_path):
+    browser_path = chromium()
+    if browser_path is None:
+        pytest.skip("browser tests skipped: no chromium here (Debian: apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests skipped: playwright is not installed "
+                                                                 "(pip install -e .[test])")
+    from chargpt.data import prepare
+
+    shakespeare = load_dataset(dataset_dir)
+    (tmp_path / "other.txt").write_text("To be, or not to be, that is the question.\n" * 200)
+    other = load_dataset(prepare(tmp_path / "other.txt", tmp_path / "other", name="other").out_dir)
+    estimated = tiny("bigram", 10)
+    estimated.train.eval_tokens = 5_000  # of 111,540: an estimate with a standard error
+    for name, cfg, data in (("exact", tiny("bigram", 10), shakespeare), ("estimated", estimated, shakespeare),
+                            ("on-other", tiny("bigram", 10), other)):
+        cfg.model.vocab_size = data.tokenizer.vocab_size
+        train(cfg, data, RunDir.create(tmp_path / "runs", name), preset="bigram", data_dir=str(data.path),
+              echo=lambda *_: None)
+    server = Server("--runs", tmp_path / "runs", "--device", "cpu", cwd=tmp_path)
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=browser_path, headless=True)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(server.url + "/")
+            page.wait_for_selector("#run option[value='exact']", state="attached")
+            page.select_option("#run", "exact")
+            page.wait_for_function("document.querySelector('#runs tbody tr.current .name')?.textContent === 'exact'")
+            table = page.eval_on_selector_all("#runs tbody tr", """rows => Object.fromEntries(rows.map(r => [
+                r.querySelector('.name').textContent,
+                {cells: [...r.querySelectorAll('td')].map(td => td.textContent),
+                 disabled: r.querySelector('input').disabled, title: r.querySelector('input').title}]))""")
+            browser.close()
+    finally:
+        server.stop()
+    summary = json.loads((tmp_path / "runs/estimated/summary.json").read_text())
+    assert table["exact"]["cells"][3] == f"shakespeare {shakespeare.content_hash[:8]}"
+    assert table["estimated"]["cells"][7] == f"{summary['val_loss_full']:.4f} \u00b1{summary['val_loss_full_stderr']:.4f}"
+    assert "\u00b1" not in table["exact"]["cells"][7]
+    assert not table["estimated"]["disabled"]  # the same dataset: it may be overlaid
+    assert table["on-other"]["disabled"] and "another dataset" in table["on-other"]["title"]

@@ -88,6 +88,7 @@ def train(preset: str | None = None, data: Dataset | str | os.PathLike | None = 
     echo = print if verbose else None
     plan = plan_training(request, echo=echo)
     if plan.finished:
+        plan.resume_run.unlock()  # nothing to write: the run is free for another writer
         if echo:
             echo(plan.finished)
         return Run(plan.resume_run.path)
@@ -231,10 +232,13 @@ class Run:
         return _saved(attention_figure(weights, prompt), path)
 
 
-def compare(runs: list["Run | str | os.PathLike"], path: str | os.PathLike | None = None):
-    """Several runs' validation curves on one Figure (saved to `path` too)."""
+def compare(runs: list["Run | str | os.PathLike"], path: str | os.PathLike | None = None, *,
+            all_datasets: bool = False):
+    """Several runs' validation curves on one Figure (saved to `path` too); runs trained on different datasets
+    only with `all_datasets`."""
     from .plotting import runs_figure
     from .rundir import METRICS
+    from .runs import check_comparable, read_run
 
     paths = [r.path if isinstance(r, Run) else Path(r) for r in runs]
     if not paths:
@@ -243,6 +247,8 @@ def compare(runs: list["Run | str | os.PathLike"], path: str | os.PathLike | Non
         if not (p / METRICS).is_file():
             raise CheckpointError(f"{p} is not a run directory (no {METRICS} there); pass runs `chargpt train` "
                                   f"wrote, e.g. compare([\"runs/a\", \"runs/b\"])")
+    if not all_datasets:
+        check_comparable([read_run(p) for p in paths], "all_datasets=True")
     return _saved(runs_figure(paths), path)
 
 

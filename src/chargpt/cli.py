@@ -275,12 +275,15 @@ def cmd_eval(args) -> int:
 # --------------------------------------------------------------------------------------------- runs
 def cmd_runs(args) -> int:
     from .rundir import locate_run
-    from .runs import format_runs, list_runs
+    from .runs import check_comparable, format_runs, list_runs, read_run
 
     if args.plot:
         from .plotting import plot_runs
 
-        out = plot_runs([locate_run(name, args.runs_dir, checkpoint=False).run for name in args.plot], args.out)
+        paths = [locate_run(name, args.runs_dir, checkpoint=False).run for name in args.plot]
+        if not args.all:
+            check_comparable([read_run(p) for p in paths])
+        out = plot_runs(paths, args.out)
         print(f"wrote {out}: val loss of {', '.join(args.plot)}")
         return 0
     runs = list_runs(args.runs_dir)
@@ -466,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runs_dir_flag(p)
     p.add_argument("--plot", nargs="+", default=None, metavar="RUN", help="overlay these runs' val-loss curves")
     p.add_argument("--out", default="runs.png", help="PNG written by --plot")
+    p.add_argument("--all", action="store_true", help="with --plot: overlay runs trained on different datasets too")
     p.set_defaults(func=cmd_runs)
 
     p = _command(sub, "attention", "draw each head's attention over a prompt into a PNG")

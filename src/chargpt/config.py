@@ -259,7 +259,7 @@ def set_fields(config: Config, values: dict[str, Any], where: str) -> list[str]:
     for key, value in values.items():
         if key in SECTIONS and isinstance(value, dict):
             flat.update(value)
-        elif key not in ("preset", "data_dir", "init_from"):
+        elif key not in ("preset", "data_dir", "init_from", "dataset"):  # a run's config.json records them too
             flat[key] = value
     known = {f.name: (section, f) for section, f in config_fields()}
     for name, value in flat.items():

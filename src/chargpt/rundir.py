@@ -213,12 +213,12 @@ def locate_run(target: str | os.PathLike, out_dir: str | os.PathLike | None = No
         raise CheckpointError(f"no run {str(target)!r}: nothing at {path}{under}; pass a run directory, a .pt file "
                               f"written by `chargpt train`, or runs/latest")
     run, ckpt = (real, real / CKPT) if real.is_dir() else (real.parent, real)
+    within = run if real.is_dir() else None
     if not checkpoint:
         if not (run / CONFIG).exists() and not (run / METRICS).exists():
             raise CheckpointError(f"no run {str(target)!r}: {run} holds no {CONFIG} or {METRICS}; pass the directory "
                                   f"of a chargpt run")
-        return Located(run, ckpt, run if real.is_dir() else None)
-    within = run if real.is_dir() else None
+        return Located(run, ckpt, within)
     problem = read_problem(ckpt, within=within)
     if problem == "missing":
         if (run / CONFIG).exists():

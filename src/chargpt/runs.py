@@ -2,7 +2,9 @@
 
 A run without `summary.json` did not finish (still training, stopped or crashed); it is listed from what it wrote,
 up to its checkpoint. So is a run whose summary describes another step than its checkpoint: a finished run was
-resumed since, and that summary is no longer its record.
+resumed since, and that summary is no longer its record. A run whose final evaluation was cut short is not
+finished either. Runs on different datasets are not overlaid in one plot unless asked: their losses are on
+different text.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ChargptError, CheckpointError
+from .errors import ChargptError, CheckpointError, ConfigError
 from .fsutil import load_torch, read_json
 from .progress import format_duration
 from .rundir import BEST, CKPT, CONFIG, METRICS, SUMMARY, read_metrics, run_problem
@@ -31,11 +33,15 @@ class RunInfo:
     steps: int | None  # the last step it logged (a stopped run's checkpoint is at that step)
     best_val: float | None  # lowest random-window val estimate in the metrics log
     best_step: int | None  # the step of that estimate: where best.pt was saved
-    val_full: float | None  # exact full-pass val loss at the end (finished runs only)
+    val_full: float | None  # full-pass val loss at the end (finished runs only): exact, or an estimate from a subset
     seconds: float | None  # training wall time, evaluations excluded
     updated: float  # last write into the run directory (unix time)
     finished: bool
     problem: str | None = None  # what is damaged in its files (the row still shows what could be read)
+    val_full_stderr: float | None = None  # the standard error of `val_full` when it is an estimate
+    dataset: str | None = None  # the dataset's name
+    dataset_hash: str | None = None  # its content hash: runs compare only on the same one
+    eval_cut_short: bool = False  # the final evaluation was stopped (Ctrl-C or SIGTERM): not finished
 
 
 def _read_json(path: Path) -> dict:
@@ -99,6 +105,8 @@ def read_run(path: str | os.PathLike) -> RunInfo:
             problem = f"{CONFIG} does not describe a valid model"
         elif params is not None and params > ABSURD_PARAMS and problem is None:
             problem = f"{CONFIG} describes a model of {params:.3g} parameters, more than any machine holds"
+    dataset = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
+    cut_short = bool(summary.get("eval_cut_short"))
     mtimes = [p.lstat().st_mtime for p in (path / CONFIG, path / METRICS, path / SUMMARY) if p.is_symlink() or p.exists()]
     return RunInfo(
         name=path.name, path=path,
@@ -111,8 +119,13 @@ def read_run(path: str | os.PathLike) -> RunInfo:
         val_full=_of(float, summary.get("val_loss_full")),
         seconds=_of(float, summary.get("train_seconds", last.get("train_seconds"))),
         updated=max(mtimes, default=path.stat().st_mtime),
-        finished=bool(summary),
+        finished=bool(summary) and not cut_short,
         problem=problem,
+        val_full_stderr=_of(float, summary.get("val_loss_full_stderr")) if summary.get("val_loss_full_exact") is False
+        else None,
+        dataset=_of(str, summary.get("dataset")) or _of(str, dataset.get("name")),
+        dataset_hash=_of(str, summary.get("dataset_hash")) or _of(str, dataset.get("hash")),
+        eval_cut_short=cut_short,
     )
 
 
@@ -152,21 +165,54 @@ def _params(n: int | None) -> str:
     return f"{n / 1e6:.2f}M" if n >= 100_000 else f"{n / 1e3:.1f}k"
 
 
+def dataset_label(r: RunInfo) -> str:
+    """`shakespeare 14731f94`: the dataset's name and the start of its content hash."""
+    return " ".join(x for x in (r.dataset, (r.dataset_hash or "")[:8]) if x) or "-"
+
+
+def check_comparable(runs: list[RunInfo], override: str = "--all") -> None:
+    """Refuse to overlay runs trained on different datasets in one plot: their losses are on different text.
+    `override` is how the caller asks for it anyway."""
+    by_dataset: dict[str, list[str]] = {}
+    for r in runs:
+        if r.dataset_hash:
+            by_dataset.setdefault(r.dataset_hash, []).append(r.name)
+    if len(by_dataset) > 1:
+        labels = {r.dataset_hash: dataset_label(r) for r in runs}
+        groups = "; ".join(f"{', '.join(names)} on {labels[h]}" for h, names in by_dataset.items())
+        raise ConfigError(f"these runs were trained on different datasets ({groups}), so their losses do not "
+                          f"compare; pass {override} to overlay them anyway")
+
+
+def val_full_text(r: RunInfo) -> str:
+    """The final full-pass loss, `± standard error` when it is an estimate from a subset of a large val split."""
+    if r.val_full is None:
+        return "-"
+    return f"{r.val_full:.4f}" + (f" ±{r.val_full_stderr:.4f}" if r.val_full_stderr is not None else "")
+
+
+def status(r: RunInfo) -> str:
+    if r.problem:
+        return f"damaged: {r.problem}"
+    return "finished" if r.finished else "eval cut short" if r.eval_cut_short else "unfinished"
+
+
 def format_runs(runs: list[RunInfo]) -> str:
-    """A fixed-width table; unfinished runs show `-` for the full-pass loss and `unfinished` as status.
-    `steps` is where the latest checkpoint (`ckpt.pt`) is; `at step` where `best.pt` is."""
-    header = ("name", "model", "params", "steps", "best val", "at step", "val full", "wall", "date", "status")
+    """A fixed-width table; unfinished runs show `-` for the full-pass loss and `unfinished` as status, an
+    estimated full-pass loss its `± standard error`. `steps` is where the latest checkpoint (`ckpt.pt`) is;
+    `at step` where `best.pt` is."""
+    header = ("name", "model", "data", "params", "steps", "best val", "at step", "val full", "wall", "date", "status")
     rows = [header]
     for r in runs:
         model = r.model if r.preset in (None, r.model) else f"{r.model} ({r.preset})"
         rows.append((
-            r.name, model or "-", _params(r.params), "-" if r.steps is None else str(r.steps),
+            r.name, model or "-", dataset_label(r), _params(r.params), "-" if r.steps is None else str(r.steps),
             "-" if r.best_val is None else f"{r.best_val:.4f}", "-" if r.best_step is None else str(r.best_step),
-            "-" if r.val_full is None else f"{r.val_full:.4f}", format_duration(r.seconds), time.strftime("%Y-%m-%d %H:%M", time.localtime(r.updated)),
-            f"damaged: {r.problem}" if r.problem else "finished" if r.finished else "unfinished",
+            val_full_text(r), format_duration(r.seconds), time.strftime("%Y-%m-%d %H:%M", time.localtime(r.updated)),
+            status(r),
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    numeric = {2, 3, 4, 5, 6, 7}
+    numeric = {3, 4, 5, 6, 7, 8}
     lines = ["  ".join(cell.rjust(w) if i in numeric else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              .rstrip() for row in rows]
     return "\n".join(lines)

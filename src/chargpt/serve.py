@@ -39,8 +39,8 @@ from starlette.routing import Route
 
 from .checkpoint import load_model
 from .engine import Engine
-from .errors import ChargptError, ConfigError, VocabularyError
-from .fsutil import read_json, read_problem
+from .errors import ChargptError, CheckpointError, ConfigError, VocabularyError
+from .fsutil import read_json
 from .model import GPT, window_start
 from .rundir import CKPT, CONFIG, SUMMARY, locate_run, read_metrics
 from .runs import read_run
@@ -127,9 +127,10 @@ class ServedRuns:
     @staticmethod
     def checkpoint(path: Path) -> Path | None:
         """The checkpoint of a run directory (or the lone checkpoint file), if there is one chargpt would read."""
-        if path.is_dir():
-            return path / CKPT if read_problem(path / CKPT, within=path) is None else None
-        return path if read_problem(path) is None else None
+        try:
+            return locate_run(path).ckpt
+        except CheckpointError:
+            return None
 
     def servable(self) -> list[str]:
         """Names of the runs with a checkpoint, newest first."""

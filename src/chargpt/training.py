@@ -293,7 +293,8 @@ def setup(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
         if mine is None and dist_info.enabled:  # another number of processes: keep the ranks' batches apart
             gen.manual_seed((tc.seed + dist_info.rank + 1_000_003 * step) % 2 ** 64)
     if main and run is not None:
-        run.write_config(config.to_dict() | {"preset": preset, "data_dir": data_dir}
+        run.write_config(config.to_dict() | {"preset": preset, "data_dir": data_dir,
+                                             "dataset": {"name": data.meta.get("name"), "hash": data.content_hash}}
                          | ({"init_from": origin} if origin else {}))
         if resume_state is not None:
             run.recover(step)

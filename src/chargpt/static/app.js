@@ -91,13 +91,31 @@ function duration(s) {
   return s < 60 ? `${s.toFixed(1)}s` : `${Math.floor(s / 60)}m${String(Math.round(s % 60)).padStart(2, "0")}s`;
 }
 
+// The final full-pass loss as `chargpt runs` shows it: `± standard error` when estimated from a subset.
+function valFull(r) {
+  if (r.val_full === null || r.val_full === undefined) return "-";
+  return r.val_full_stderr === null || r.val_full_stderr === undefined ? r.val_full.toFixed(4)
+    : `${r.val_full.toFixed(4)} \u00b1${r.val_full_stderr.toFixed(4)}`;
+}
+
+function datasetLabel(r) {
+  return [r.dataset, (r.dataset_hash || "").slice(0, 8)].filter(Boolean).join(" ") || "-";
+}
+
+// Runs on different datasets are never overlaid: their losses are on different text.
+function otherDataset(r) {
+  const current = state.runs.find((x) => x.name === state.current);
+  return Boolean(current && current.dataset_hash && r.dataset_hash && r.dataset_hash !== current.dataset_hash);
+}
+
 function renderSummary() {
   const box = $("#summary");
   const d = state.current && state.details.get(state.current);
   if (!d) { box.replaceChildren(); return; }
   const s = d.summary, m = (d.config.model || {});
   const row = state.runs.find((r) => r.name === state.current) || {};
-  const val = s.val_loss_full !== undefined ? `${s.val_loss_full.toFixed(4)} nats/char`
+  const val = row.eval_cut_short ? "final evaluation cut short"
+    : row.val_full !== null && row.val_full !== undefined ? `${valFull(row)} nats/char`
     : row.best_val ? `${row.best_val.toFixed(4)} (estimate, unfinished)` : "unfinished";
   const chips = [
     ["model", `${m.model || s.model || "?"}${m.n_layer ? ` ${m.n_layer}\u00d7${m.n_head}, ${m.n_embd} wide` : ""}`],
@@ -133,15 +151,17 @@ function renderRunsTable() {
     if (r.name === state.current) tr.className = "current";
     const box = document.createElement("input");
     box.type = "checkbox";
-    box.checked = r.name === state.current || state.overlay.has(r.name);
-    box.disabled = r.name === state.current;
-    box.title = "overlay its curves";
+    box.checked = r.name === state.current || (state.overlay.has(r.name) && !otherDataset(r));
+    box.disabled = r.name === state.current || otherDataset(r);
+    box.title = otherDataset(r) ? `trained on another dataset (${datasetLabel(r)}): its losses do not compare`
+      : "overlay its curves";
     box.addEventListener("change", async () => {
       if (box.checked) { state.overlay.add(r.name); await details(r.name); } else state.overlay.delete(r.name);
       drawCurves();
     });
-    const cells = [r.model === r.preset || !r.preset ? r.model || "-" : `${r.model} (${r.preset})`, params(r.params),
-      fmt(r.steps), fmt(r.best_val), fmt(r.val_full), duration(r.seconds)];
+    const cells = [r.model === r.preset || !r.preset ? r.model || "-" : `${r.model} (${r.preset})`, datasetLabel(r),
+      params(r.params),
+      fmt(r.steps), fmt(r.best_val), valFull(r), duration(r.seconds)];
     const first = document.createElement("td");
     first.append(box);
     const name = document.createElement("td");
@@ -165,7 +185,8 @@ function drawCurves() {
   const g = canvas.getContext("2d");
   g.setTransform(dpr, 0, 0, dpr, 0, 0);
   g.clearRect(0, 0, W, H);
-  const names = [state.current, ...[...state.overlay].filter((n) => n !== state.current)].filter(Boolean);
+  const names = [state.current, ...[...state.overlay].filter((n) => n !== state.current
+    && !otherDataset(state.runs.find((r) => r.name === n) || {}))].filter(Boolean);
   const series = [];
   for (const name of names) {
     const d = state.details.get(name);
