@@ -323,12 +323,13 @@ def test_bad_input_exits_2_whatever_kind_of_input_it_is(tmp_path, monkeypatch, c
 def test_resuming_a_finished_run_says_so_in_one_line_and_how_to_extend_it(dataset_dir, tmp_path):
     run_cli("train", "--preset", "bigram", "--data", dataset_dir, "--max-steps", "20", "--eval-interval", "10",
             "--eval-iters", "2", "--name", "done", cwd=tmp_path, check=True)
-    files = {p.name: p.read_bytes() for p in (tmp_path / "runs/done").iterdir()}
+    files = {p.name: p.read_bytes() for p in (tmp_path / "runs/done").iterdir() if p.name != ".lock"}
     p = run_cli("train", "--resume", "runs/done", cwd=tmp_path, check=True)
     assert p.stdout == ("runs/done is finished: it reached step 20 of --max-steps 20, and its final evaluation is done; "
                         "to train it further, resume with a larger --max-steps: chargpt train --resume runs/done "
                         "--max-steps 40\n") and p.stderr == ""
-    assert files == {p.name: p.read_bytes() for p in (tmp_path / "runs/done").iterdir()}  # nothing evaluated again
+    assert files == {p.name: p.read_bytes() for p in (tmp_path / "runs/done").iterdir()
+                     if p.name != ".lock"}  # nothing evaluated again (the lock records who last opened the run)
     more = run_cli("train", "--resume", "runs/done", "--max-steps", "40", cwd=tmp_path, check=True)
     assert "resuming runs/done at step 20" in more.stdout and "full-pass val loss" in more.stdout
 
