@@ -573,7 +573,7 @@ def test_the_pages_runs_table_shows_the_dataset_marks_estimates_and_never_overla
         cfg.model.vocab_size = data.tokenizer.vocab_size
         train(cfg, data, RunDir.create(tmp_path / "runs", name), preset="bigram", data_dir=str(data.path),
               echo=lambda *_: None)
-    server = Server("--runs", tmp_path / "runs", "--device", "cpu", cwd=tmp_path)
+    server = Server("--runs-dir", tmp_path / "runs", "--device", "cpu", cwd=tmp_path)
     try:
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=browser_path, headless=True)
