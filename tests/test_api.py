@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 import chargpt
 from chargpt.errors import ChargptError, CheckpointError, ConfigError, DataError
 from chargpt.rundir import read_metrics
-from conftest import run_cli
+from conftest import run_main
 
 TINY = dict(n_layer=1, n_embd=16, n_head=2, block_size=8, batch_size=4, max_steps=6, eval_interval=3,
             eval_iters=1, sample_tokens=5, compile=False, device="cpu", threads=1, verbose=False)
@@ -59,8 +59,8 @@ def test_load_generates_what_chargpt_sample_prints(trained):
     for where in (trained.path, trained.path / "ckpt.pt"):
         m = chargpt.load(where)
         text = m.generate("ROMEO:", max_new_tokens=30, temperature=0.8, top_k=10, seed=3)
-        cli = run_cli("sample", "--ckpt", where, "--prompt", "ROMEO:", "--max-new-tokens", "30", "--temperature",
-                      "0.8", "--top-k", "10", "--seed", "3", "--device", "cpu", check=True).stdout
+        cli = run_main("sample", "--ckpt", where, "--prompt", "ROMEO:", "--max-new-tokens", "30", "--temperature",
+                       "0.8", "--top-k", "10", "--seed", "3", "--device", "cpu", check=True).stdout
         assert text + "\n" == cli
         assert "".join(m.stream("ROMEO:", max_new_tokens=30, temperature=0.8, top_k=10, seed=3)) == text[6:]
     assert isinstance(m.model, torch.nn.Module) and m.tokenizer.vocab_size == 65 and m.config.model.n_layer == 1
@@ -192,8 +192,8 @@ def test_resume_from_python_continues_the_same_loss_curve_as_the_cli(dataset_dir
     from conftest import TINY_GPT
 
     steps = ["--max-steps", "8", "--eval-interval", "4", "--log-interval", "2", "--threads", "1", "--device", "cpu"]
-    run_cli("train", "--data", dataset_dir, *TINY_GPT, *steps, "--name", "c", cwd=tmp_path, check=True)
-    run_cli("train", "--resume", "runs/c", "--max-steps", "16", cwd=tmp_path, check=True)
+    run_main("train", "--data", dataset_dir, *TINY_GPT, *steps, "--name", "c", cwd=tmp_path, check=True)
+    run_main("train", "--resume", "runs/c", "--max-steps", "16", cwd=tmp_path, check=True)
 
     fields = dict(n_layer=1, n_embd=32, n_head=2, block_size=16, batch_size=4, eval_iters=2, sample_tokens=20,
                   compile=False, max_steps=8, eval_interval=4, log_interval=2, threads=1, device="cpu", verbose=False)

@@ -16,14 +16,10 @@ from chargpt.data import load_dataset
 from chargpt.rundir import RunDir, read_metrics
 from chargpt.runs import format_runs, list_runs, read_run
 from chargpt.training import train
+from conftest import run_main
 
 BIGRAM = ["--preset", "bigram", "--max-steps", "1000000", "--eval-interval", "50", "--eval-iters", "2",
           "--sample-tokens", "0"]
-
-
-def chargpt(*args, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "chargpt", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=240, stdin=subprocess.DEVNULL)
 
 
 def tiny(preset: str, steps: int, **model):
@@ -63,7 +59,7 @@ def workdir(dataset_dir, tmp_path_factory) -> Path:
 
 
 def test_runs_lists_every_run_with_the_values_of_its_files(workdir):
-    p = chargpt("runs", cwd=workdir)
+    p = run_main("runs", cwd=workdir)
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
     assert lines[0].split() == ["name", "model", "data", "params", "steps", "best", "val", "at", "step", "val", "full",
