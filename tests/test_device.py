@@ -58,6 +58,18 @@ def test_compile_needs_a_cpp_compiler_on_cpu(monkeypatch, tmp_path):
     assert compile_unavailable_reason(torch.device("cuda")) is None
 
 
+def test_a_compile_cache_that_cannot_be_written_costs_the_compile_not_the_run(dataset_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    (tmp_path / "home").write_text("HOME is a file here")
+    env = {"HOME": str(tmp_path / "home"), "XDG_CACHE_HOME": "", "CHARGPT_CACHE": ""}
+    p = run_cli("train", *TINY_GPT[:-1], "--compile", "--max-steps", "2", "--device", "cpu", "--data", dataset_dir,
+                "--runs-dir", tmp_path / "runs", "--name", "r", env=env)
+    assert p.returncode == 0, p.stderr
+    said = p.stdout + p.stderr
+    assert "the compile cache" in said and "cannot be written (Not a directory); training without it" in said
+    assert (tmp_path / "runs" / "r" / "summary.json").is_file()
+
+
 def test_freed_tensor_memory_is_kept_for_reuse_on_linux_cpus_only():
     applied = keep_freed_memory_for_reuse(torch.device("cpu"))
     assert applied == sys.platform.startswith("linux")  # glibc's mallopt took both settings

@@ -100,6 +100,23 @@ def compile_unavailable_reason(device: torch.device) -> str | None:
         return "torch.compile on CPU needs a C++ compiler (c++, g++ or clang++) on PATH"
     if device.type == "mps":
         return "torch.compile is not used on Apple MPS"
+    return _unwritable_compile_cache()
+
+
+def _unwritable_compile_cache() -> str | None:
+    """Why inductor could not write its cache (a HOME that is a file, a read-only cache), or None: compiling
+    would then fail mid-run, and a cache it cannot write should cost the compile, not the run."""
+    import tempfile
+
+    from .fsutil import cache_dir
+
+    path = Path(_USERS_INDUCTOR_CACHE or cache_dir() / f"torchinductor-{torch.__version__}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        return f"the compile cache {path} cannot be written ({e.strerror or e})"
     return None
 
 
