@@ -163,21 +163,22 @@ def prompt(batch: int, length: int, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
-def _subparsers() -> dict:
+def subcommands() -> dict:
+    """The CLI's subcommands' parsers by name."""
     from chargpt.cli import build_parser
 
-    return next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction").choices
+    return build_parser().commands()
 
 
 def ckpt_commands() -> list[str]:
     """Every subcommand that reads a checkpoint with --ckpt."""
-    return sorted(name for name, p in _subparsers().items() if any("--ckpt" in a.option_strings for a in p._actions))
+    return sorted(name for name, p in subcommands().items() if any("--ckpt" in a.option_strings for a in p._actions))
 
 
 def on_cpu(cmd: str) -> list[str]:
     """`--device cpu` where `cmd` takes it, and a value for each option it requires or needs to run (attention's
     --prompt, which --prompt-file can replace, so argparse does not mark it required)."""
-    actions = _subparsers()[cmd]._actions
+    actions = subcommands()[cmd]._actions
     extra = [x for a in actions if (a.required or "--prompt" in a.option_strings) and a.option_strings
              and "--ckpt" not in a.option_strings for x in (a.option_strings[-1], "a")]
     return extra + (["--device", "cpu"] if any("--device" in a.option_strings for a in actions) else [])

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from chargpt.rundir import RunDir
-from conftest import TINY_GPT, one_error_line, run_cli, run_main
+from conftest import TINY_GPT, one_error_line, run_cli, run_main, subcommands
 
 
 def test_prepare_train_sample_eval_end_to_end(shakespeare_path, tmp_path):
@@ -231,13 +231,6 @@ def test_prepare_over_a_dataset_of_other_text_is_one_line_and_replace_replaces_i
 
 
 # ------------------------------------------------ options and exit codes declared once (issue 21, items 6 and 9)
-def _subcommands() -> dict:
-    from chargpt.cli import build_parser
-
-    parser = build_parser()
-    return parser.commands()
-
-
 def test_help_and_usage_errors_answer_without_importing_torch_in_under_half_a_second_of_cpu():
     import os
     import resource
@@ -259,7 +252,7 @@ def test_help_and_usage_errors_answer_without_importing_torch_in_under_half_a_se
 
 def test_an_option_shared_by_several_commands_is_the_same_option_in_each():
     seen: dict[str, dict] = {}
-    for name, parser in _subcommands().items():
+    for name, parser in subcommands().items():
         for a in parser._actions:
             for opt in a.option_strings:
                 seen.setdefault(opt, {})[name] = a
@@ -284,7 +277,7 @@ def test_an_option_shared_by_several_commands_is_the_same_option_in_each():
 def test_every_command_has_a_description_and_no_option_shows_an_empty_default(capsys):
     from chargpt.cli import main
 
-    for name in _subcommands():
+    for name in subcommands():
         assert main([name, "--help"]) == 0
         out = capsys.readouterr().out
         description = out.split("\n\n")[1]
