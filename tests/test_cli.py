@@ -344,3 +344,19 @@ def test_a_closed_stdout_never_stops_training_silently(dataset_dir, tmp_path):
     assert "stdout was closed" in err and "Traceback" not in err
     summary = json.loads((tmp_path / "runs/piped/summary.json").read_text())
     assert summary["steps"] == 3000 and (tmp_path / "runs/piped/ckpt.pt").is_file()
+
+
+def test_a_fine_tune_that_fails_before_training_leaves_no_run_directory_behind(dataset_dir, tmp_path):
+    import torch
+
+    from chargpt import checkpoint
+
+    run_cli("train", "--data", dataset_dir, "--name", "base", *TINY_GPT, cwd=tmp_path, check=True)
+    state = checkpoint.load(tmp_path / "runs/base")
+    key = next(k for k, v in state["model"].items() if v.dim() == 2 and "token_embedding" not in k and "lm_head" not in k)
+    state["model"][key] = torch.zeros(state["model"][key].shape[0], state["model"][key].shape[1] + 1)
+    state["checksum"] = checkpoint.digest(state)
+    torch.save(state, tmp_path / "odd.pt")
+    p = run_cli("train", "--init-from", "odd.pt", "--data", dataset_dir, "--name", "ft", "--max-steps", "2", cwd=tmp_path)
+    assert p.returncode != 0 and "fine-tune with the model it was trained as" in p.stderr, p.stderr
+    assert not (tmp_path / "runs/ft").exists()

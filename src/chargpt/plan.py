@@ -67,6 +67,7 @@ class TrainPlan:
         req, main = self.request, os.environ.get("RANK", "0") == "0"
         say = echo or (lambda *_: None)
         run = self.resume_run
+        created, started = run is None, False
         if run is None and main:
             run = RunDir.create(req.out_dir, req.name or default_name(self.config.model.model, self.preset),
                                 unique=req.name is None)
@@ -79,11 +80,14 @@ class TrainPlan:
             t = setup(self.config, self.data, run, preset=self.preset, resume_state=self.resume_state,
                       init_from=self.init_from, tracker=tracker, data_dir=str(self.data_dir), echo=echo,
                       clock_start=self.clock_start)
+            started = True
             t.notebook, t.model_choice = notebook, self.model_choice
             loop(t)
             return t, finish(t)
         finally:  # a notebook's process lives on: the run is free for another writer now
             if run is not None:
+                if created and not started:
+                    run.discard()
                 run.unlock()
 
     def _announce(self, run, say: Callable[[str], None]) -> None:

@@ -96,6 +96,15 @@ class RunDir:
             return
         _held[key] = fd
 
+    def discard(self) -> None:
+        """Remove this new run's directory when it holds only what starting a run writes (its config, its lock):
+        a run that failed before training leaves no name taken and nothing that looks resumable."""
+        names = {p.name for p in self.path.iterdir()}
+        if names <= {CONFIG, LOCK}:
+            for name in names:
+                (self.path / name).unlink()
+            self.path.rmdir()
+
     def unlock(self) -> None:
         """Stop being the run's writer (a notebook process lives on after its training ends)."""
         fd = _held.pop(os.path.realpath(self.path), None)
