@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml requirements.lock
 
 train: $(STAMP)
 	$(VENV)/bin/chargpt prepare --dataset shakespeare --out data/shakespeare
-	$(VENV)/bin/chargpt train --data data/shakespeare
+	$(VENV)/bin/chargpt train --data data/shakespeare --time-budget 5m
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n auto --dist worksteal

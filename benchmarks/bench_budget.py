@@ -73,7 +73,7 @@ def preset_wall(data: Path, work: Path) -> tuple[float, str]:
     """Wall time of chargpt's `nanogpt-cpu` preset (nanoGPT's recipe) when no nanoGPT checkout is given."""
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "chargpt", "train", "--preset", "nanogpt-cpu", "--data", str(data),
-                    "--out-dir", str(work), "--name", "nanogpt-cpu", "--sample-tokens", "0"],
+                    "--runs-dir", str(work), "--name", "nanogpt-cpu", "--sample-tokens", "0"],
                    check=True, capture_output=True, stdin=subprocess.DEVNULL)
     return time.perf_counter() - t0, "chargpt's nanogpt-cpu preset (see RESULTS.md for its ratio to nanoGPT's own)"
 
@@ -85,7 +85,7 @@ def run_budget(budget: float, seed: int, data: Path, work: Path, cold: bool) -> 
         fresh = tempfile.mkdtemp(prefix="chargpt-cold-cache-", dir=work)
         env.update(XDG_CACHE_HOME=fresh, CHARGPT_CACHE=fresh)
         env.pop("TORCHINDUCTOR_CACHE_DIR", None)
-    cmd = [sys.executable, "-m", "chargpt", "train", "--data", str(data), "--out-dir", str(work), "--name", name,
+    cmd = [sys.executable, "-m", "chargpt", "train", "--data", str(data), "--runs-dir", str(work), "--name", name,
            "--time-budget", f"{budget:.1f}", "--seed", str(seed), "--sample-tokens", "0"]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env)

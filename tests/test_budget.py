@@ -104,7 +104,7 @@ def test_a_budget_is_the_commands_wall_clock_evaluations_and_final_pass_included
     at = TINY_GPT.index("--max-steps")
     flags = TINY_GPT[:at] + TINY_GPT[at + 2:]
     t0 = time.perf_counter()
-    p = run_cli("train", *flags, "--data", dataset_dir, "--out-dir", tmp_path, "--name", "b", "--time-budget", "12",
+    p = run_cli("train", *flags, "--data", dataset_dir, "--runs-dir", tmp_path, "--name", "b", "--time-budget", "12",
                 "--budget-evals", "5", check=True)
     wall = time.perf_counter() - t0
     assert "budget: 12.0s of wall clock from the command's start" in p.stdout

@@ -169,3 +169,23 @@ def test_gpt_trains_on_cpu_and_loss_falls(dataset_dir, tmp_path):
     records = [r for r in run.metrics() if "val_loss" in r]
     assert records[-1]["val_loss"] < records[0]["val_loss"] - 0.8
     assert summary["val_loss_full"] < 3.2
+
+
+def test_the_headline_is_the_better_of_the_final_model_and_best_pt_and_an_lr_given_on_resume_trains(dataset_dir, tmp_path):
+    from conftest import TINY_GPT, run_cli
+
+    run_cli("train", *TINY_GPT, "--data", dataset_dir, "--runs-dir", tmp_path, "--name", "o", "--sample-tokens", "0",
+            "--eval-tokens", "4000", check=True)
+    # an absurd learning rate on resume wrecks the model: the lr given must be the one that trains (it was the
+    # saved one), and then best.pt (step 20) is better than the final model
+    p = run_cli("train", "--resume", tmp_path / "o", "--max-steps", "30", "--lr", "3", "--muon-lr", "20",
+                "--schedule", "constant", check=True)
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["val_loss_full_final"] > summary["val_loss_full_best"] + 1.0
+    assert summary["recommended"] == "best.pt" and summary["best_step"] == 20
+    assert summary["val_loss_full"] == summary["val_loss_full_best"]
+    assert "(best.pt of step 20, recommended; the final model:" in p.stdout
+    # reading the run (eval, sample, serve) uses the model it recommends; resuming continues its latest checkpoint
+    scored = json.loads(run_cli("eval", "--ckpt", tmp_path / "o", "--json", "--eval-tokens", "4000", "--device", "cpu",
+                                check=True).stdout)
+    assert scored["step"] == 20 and scored["loss"] == pytest.approx(summary["val_loss_full_best"])

@@ -221,7 +221,7 @@ def locate_run(target: str | os.PathLike, out_dir: str | os.PathLike | None = No
         under = f" (nor {Path(out_dir) / given})" if out_dir is not None and path == given else ""
         raise CheckpointError(f"no run {str(target)!r}: nothing at {path}{under}; pass a run directory, a .pt file "
                               f"written by `chargpt train`, or runs/latest")
-    run, ckpt = (real, real / CKPT) if real.is_dir() else (real.parent, real)
+    run, ckpt = (real, recommended(real)) if real.is_dir() else (real.parent, real)
     within = run if real.is_dir() else None
     if not checkpoint:
         if not (run / CONFIG).exists() and not (run / METRICS).exists():
@@ -238,6 +238,17 @@ def locate_run(target: str | os.PathLike, out_dir: str | os.PathLike | None = No
         raise CheckpointError(f"cannot read {ckpt}: it is {problem}; pass a run directory or a .pt file written by "
                               f"`chargpt train`")
     return Located(run, ckpt, within)
+
+
+def recommended(run: Path) -> Path:
+    """The checkpoint a run directory stands for when read (sample, eval, attention, serve, --init-from): best.pt where
+    its summary recommends it (it scored lower on the full pass than the final model), else the latest ckpt.pt.
+    Resuming continues ckpt.pt."""
+    try:
+        name = read_json(run / SUMMARY, within=run).get("recommended")
+    except (OSError, ValueError, AttributeError):  # no summary yet (a run in progress), or a damaged one
+        name = None
+    return run / (BEST if name == BEST and (run / BEST).is_file() else CKPT)
 
 
 def _is_run_link(link: Path) -> bool:

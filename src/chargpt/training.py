@@ -30,7 +30,7 @@ from .errors import NonFiniteLoss, TrainingInterrupted
 from .evaluate import (EvaluationInterrupted, PassResult, bigram_optimum, bits_per_char, describe_pass, estimate_loss,
                        evaluate_split)
 from .model import build_model
-from .optim import lr_multiplier, make_optimizers, set_lr
+from .optim import Muon, lr_multiplier, make_optimizers, set_lr
 from .plotting import refresh_run_plot
 from .progress import EvalProgress, Progress, format_duration
 from .provenance import provenance
@@ -38,6 +38,7 @@ from .rundir import RunDir
 from .tracking import NullTracker, Tracker, finish_tracking
 
 
+BUDGET_SLACK = 1.05  # a time budget's final figure may come this much past it
 PLOT_SHARE = 0.02  # loss.png is redrawn at an evaluation while redrawing it has taken at most this share of the run
 
 
@@ -284,6 +285,9 @@ def setup(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
     if resume_state is not None:
         step = checkpoint.restore(resume_state, config, run.path if run is not None else "the checkpoint",
                                   data=data, model=model, optimizers=optimizers)
+        for opt in optimizers:  # the restored groups carry the saved peaks: an --lr given on resume wins
+            for g in opt.param_groups:
+                g["peak_lr"] = tc.muon_lr if isinstance(opt, Muon) else tc.lr
         spent = resume_state["extra"].get("train_seconds", 0.0)
         spent_budget = resume_state["extra"].get("budget_seconds", spent)  # runs saved before budgets were wall clock
         best_val = resume_state["extra"].get("best_val_loss") or math.inf
@@ -488,6 +492,7 @@ def finish(t: Training) -> dict:
                 summary["bigram_optimum_val_loss"] = bigram_optimum(t.splits["train"], t.splits["val"], mc.vocab_size,
                                                                     eval_tokens=tc.eval_tokens,
                                                                     should_stop=lambda: stop.received)
+            best = _score_best(t, lambda: stop.received, time.perf_counter() - t0)
         except EvaluationInterrupted as e:
             name = signal.Signals(e.signum).name
             summary |= {"val_loss_full": None, "eval_cut_short": f"by {name} after {e.done:,} of {e.total:,} characters",
@@ -503,10 +508,23 @@ def finish(t: Training) -> dict:
         "seed": tc.seed, "dataset": t.data.meta.get("name"), "dataset_hash": t.data.content_hash,
         **({"init_from": t.origin} if t.origin else {}), "provenance": provenance(t.device),
     }
+    recommended, headline = "ckpt.pt", final
+    if isinstance(best, tuple):  # best.pt scored too: the run recommends the lower full pass, and says which
+        summary |= {"val_loss_full_final": final.loss, "val_loss_full_best": best[0].loss, "best_step": best[1]}
+        if best[0].loss < final.loss:
+            recommended, headline = "best.pt", best[0]
+            summary |= _final_figures(best[0], summary["eval_seconds"])
+    summary["recommended"] = recommended
     if main:
         spent = f", {format_duration(t.budget_seconds())} of the {format_duration(tc.time_budget)} budget" \
             if tc.time_budget else ""
-        t.say(describe_pass(final, "val") + f" after {step} steps, {seconds:.1f} s of training{spent}")
+        which = ""
+        if isinstance(best, tuple):
+            which = (f" (best.pt of step {best[1]}, recommended; the final model: {final.loss:.4f})"
+                     if recommended == "best.pt" else f" (the final model; best.pt of step {best[1]}: {best[0].loss:.4f})")
+        t.say(describe_pass(headline, "val") + f"{which} after {step} steps, {seconds:.1f} s of training{spent}")
+        if isinstance(best, str):
+            t.say(best)
         if "bigram_optimum_val_loss" in summary:
             t.say(f"count-based bigram optimum on val: {summary['bigram_optimum_val_loss']:.4f}")
         if run is not None:
@@ -523,6 +541,27 @@ def finish(t: Training) -> dict:
     distributed.barrier(t.dist)
     distributed.shutdown(t.dist)  # NCCL warns at exit about a process group never destroyed
     return summary if main else {}
+
+
+def _score_best(t: Training, should_stop: Callable[[], int | None], final_seconds: float) -> tuple | str | None:
+    """(full pass of best.pt, its step) when best.pt holds an earlier model whose val estimate was lower than the
+    final model's (an overfitting run), so the headline figure never hides a better checkpoint; a line saying why
+    it was not scored when the budget has no time left for it; None when the final model is the best estimate."""
+    run = t.run
+    if (run is None or not t.dist.is_main or t.dist.enabled or not run.best.is_file()
+            or not t.best_val < t.last_eval.get("val_loss", math.inf)):
+        return None
+    budget = t.config.train.time_budget
+    if budget and t.budget_seconds() + final_seconds > budget * BUDGET_SLACK:
+        return (f"best.pt (val estimate {t.best_val:.4f}, below the final model's {t.last_eval['val_loss']:.4f}) was "
+                f"not scored: the budget has no time left; score it with: chargpt eval --ckpt {run.best}")
+    model, _, state = checkpoint.load_model(run.best, t.device)
+    if state["step"] == t.step:
+        return None
+    result = evaluate_split(model, t.splits["val"], t.config.model.block_size, t.device, eval_tokens=t.final_tokens,
+                            should_stop=should_stop,
+                            progress=EvalProgress("final evaluation of best.pt", enabled=t.shows_progress))
+    return result, state["step"]
 
 
 def _final_figures(result: PassResult, seconds: float) -> dict:
