@@ -113,7 +113,7 @@ def test_a_budget_is_the_commands_wall_clock_evaluations_and_final_pass_included
     assert summary["budget_seconds"] > summary["train_seconds"] + summary["eval_seconds"]
     assert summary["budget_seconds"] <= wall
     assert wall < 12 * 2  # not 12 s of training followed by the rest (a loaded CI machine gets slack)
-    assert f"of the 12.0s budget" in p.stdout
+    assert "of the 12.0s budget" in p.stdout
 
 
 def test_without_a_preset_the_budget_chooses_the_size_and_the_users_fields_win(dataset_dir, tmp_path, monkeypatch):

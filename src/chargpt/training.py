@@ -522,7 +522,7 @@ def finish(t: Training) -> dict:
         if isinstance(best, tuple):
             which = (f" (best.pt of step {best[1]}, recommended; the final model: {final.loss:.4f})"
                      if recommended == "best.pt" else f" (the final model; best.pt of step {best[1]}: {best[0].loss:.4f})")
-        t.say(describe_pass(headline, "val") + f"{which} after {step} steps, {seconds:.1f} s of training{spent}")
+        t.say(describe_pass(headline, "val") + f"{which} after {step} steps, {seconds:.1f} s{spent}")
         if isinstance(best, str):
             t.say(best)
         if "bigram_optimum_val_loss" in summary:
