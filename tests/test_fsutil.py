@@ -86,10 +86,10 @@ def test_runs_names_a_record_that_leads_out_of_its_run_and_never_reads_it(tmp_pa
     assert "SECRET" not in listed.stdout and "123456" not in listed.stdout
     assert "damaged: summary.json is a FIFO" in rows["fifo"]
     resumed = chargpt("train", "--resume", "runs/r", "--max-steps", 30, cwd=tmp_path)
-    assert resumed.returncode == 1 and "outside its run directory" in resumed.stderr
+    assert resumed.returncode != 0 and "outside its run directory" in resumed.stderr
     sampled = chargpt("sample", "--ckpt", "runs/fifo", "--max-new-tokens", 5, "--device", "cpu", cwd=tmp_path)
     assert sampled.returncode == 0, sampled.stderr  # the checkpoint itself is fine
     (fifo / "ckpt.pt").unlink()
     (fifo / "ckpt.pt").symlink_to(run / "ckpt.pt")  # another run's model
     sampled = chargpt("sample", "--ckpt", "runs/fifo", "--max-new-tokens", 5, "--device", "cpu", cwd=tmp_path)
-    assert sampled.returncode == 1 and "outside its run directory" in sampled.stderr.strip().splitlines()[-1]
+    assert sampled.returncode != 0 and "outside its run directory" in sampled.stderr.strip().splitlines()[-1]
