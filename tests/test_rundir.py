@@ -92,7 +92,9 @@ def test_readme_ctrl_c_then_resume_latest_continues_the_interrupted_run(dataset_
     try:
         deadline = time.monotonic() + 240
         while not (tmp_path / "runs/new/ckpt.pt").exists() or os.readlink(tmp_path / "runs/latest") != "new":
-            assert proc.poll() is None and time.monotonic() < deadline, f"latest stayed on the old run {proc.communicate()}"
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"latest never pointed at the run training: {proc.communicate()}")
             time.sleep(0.01)
         sample = run_cli("sample", "--ckpt", "runs/latest", "--max-new-tokens", "5", cwd=tmp_path, check=True)
         assert len(sample.stdout) == 6
