@@ -131,14 +131,21 @@ def plan_training(req: TrainRequest, *, load_data: bool = True,
     started = time.perf_counter() if req.clock_start is None else req.clock_start
     load_env_file(say=echo or (lambda *_: None))
     plan = _resumed(req) if req.resume else _fine_tuned(req) if req.init_from else _fresh(req)
-    plan.clock_start = started
-    set_fields(plan.config, req.fields, req.fields_from)
-    if "max_steps" in req.fields and "time_budget" not in req.fields and plan.config.train.time_budget:
-        plan.config.train.time_budget = 0.0  # asked for a number of steps: the budget of the run or file goes
-    if not load_data:
-        plan.config.validate()
-        return plan
-    _load_and_check(plan)
+    try:
+        plan.clock_start = started
+        set_fields(plan.config, req.fields, req.fields_from)
+        if "max_steps" in req.fields and "time_budget" not in req.fields and plan.config.train.time_budget:
+            plan.config.train.time_budget = 0.0  # asked for a number of steps: the budget of the run or file goes
+        if not load_data:
+            plan.config.validate()
+        else:
+            _load_and_check(plan)
+    except BaseException:
+        if plan.resume_run is not None:  # refused: the run stays free, also in a process that lives on
+            plan.resume_run.unlock()
+        raise
+    if not load_data and plan.resume_run is not None:  # only printed, never trained
+        plan.resume_run.unlock()
     return plan
 
 
@@ -150,7 +157,11 @@ def _resumed(req: TrainRequest) -> TrainPlan:
         raise ConfigError("--config and --resume cannot be combined: a resumed run keeps its own config; "
                           "give single flags to change what may change")
     run = RunDir.open(req.resume)
-    state = checkpoint.load(run.ckpt)
+    try:
+        state = checkpoint.load(run.ckpt)
+    except BaseException:
+        run.unlock()
+        raise
     return TrainPlan(req, Config.from_dict(state["config"]), Config.from_dict(state["config"]),
                      state["extra"].get("preset"), _data_dir(req) or state["extra"].get("data_dir") or DEFAULT_DATA,
                      resume_run=run, resume_state=state)

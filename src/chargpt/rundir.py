@@ -78,22 +78,31 @@ class RunDir:
             import fcntl
         except ImportError:  # no flock on this system: one writer per run is then the user's to keep
             return
-        try:
-            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
-        except OSError as e:
-            raise CheckpointError(f"cannot lock {self.path / LOCK} ({e.strerror}); it must be a file chargpt can "
-                                  f"write: remove whatever is there") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _lock_holder(os.fstat(fd).st_ino)
-            os.close(fd)
-            raise CheckpointError(f"{self.path} is being written by another process"
-                                  f"{f' (pid {holder})' if holder else ''}; wait for it to end or stop it, "
-                                  f"then retry") from None
-        except OSError:  # a filesystem without locks (some network mounts): train unguarded rather than not at all
-            os.close(fd)
-            return
+        while True:
+            try:
+                fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                             0o644)
+            except OSError as e:
+                raise CheckpointError(f"cannot lock {self.path / LOCK} ({e.strerror}); it must be a file chargpt "
+                                      f"can write: remove whatever is there") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _lock_holder(os.fstat(fd).st_ino)
+                os.close(fd)
+                raise CheckpointError(f"{self.path} is being written by another process"
+                                      f"{f' (pid {holder})' if holder else ''}; wait for it to end or stop it, "
+                                      f"then retry") from None
+            except OSError:  # a filesystem without locks (some network mounts): train unguarded, not at all
+                os.close(fd)
+                return
+            try:
+                current = os.lstat(self.path / LOCK).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
+            os.close(fd)  # the writer before removed that file as it ended: lock the one there now
         _held[key] = fd
 
     def discard(self) -> None:
@@ -106,9 +115,14 @@ class RunDir:
             self.path.rmdir()
 
     def unlock(self) -> None:
-        """Stop being the run's writer (a notebook process lives on after its training ends)."""
+        """Stop being the run's writer (a notebook process lives on after its training ends). The lock file goes
+        too, while still locked, so a run holds it only while it is written."""
         fd = _held.pop(os.path.realpath(self.path), None)
         if fd is not None:
+            try:
+                os.unlink(self.path / LOCK)
+            except OSError:
+                pass
             os.close(fd)
 
     @property
