@@ -37,7 +37,7 @@ from chargpt.config import get_preset  # noqa: E402
 from chargpt.fsutil import write_json  # noqa: E402
 from chargpt.model import build_model  # noqa: E402
 from chargpt.tokenizer import CharTokenizer  # noqa: E402
-from chargpt.train import rng_state  # noqa: E402
+from chargpt.training import rng_state  # noqa: E402
 
 CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # tiny Shakespeare's vocabulary
 
