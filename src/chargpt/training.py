@@ -329,8 +329,9 @@ def setup(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
         # the final pass runs eagerly in float32; its time is measured on one batch now and kept back from training
         final = FINAL_MARGIN * final_pass_seconds(model, len(data.val), mc.block_size, device,
                                                   tc.eval_tokens) / dist_info.world_size
-        if final > FINAL_SHARE * tc.time_budget:  # a pass longer than the budget allows scores an even subset
-            scored = min(tc.eval_tokens or len(data.val), len(data.val))
+        if final > FINAL_SHARE * tc.time_budget and tc.eval_tokens:  # too long for the budget: an even subset
+            # (unless --eval-tokens all asked for the exact pass, whatever it costs)
+            scored = min(tc.eval_tokens, len(data.val))
             final_tokens = max(mc.block_size, int(scored * FINAL_SHARE * tc.time_budget / final))
             final *= final_tokens / scored
             fitted = f" ({final_tokens:,} of its {len(data.val):,} characters, to fit the budget)"
