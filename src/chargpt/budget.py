@@ -159,10 +159,10 @@ def probe_speed(config: Config, device: torch.device, autocast) -> float:
     return PROBE_STEPS * shape[0] * shape[1] / max(elapsed, 1e-9)
 
 
-# ------------------------------------------------------------------------------------------- the plan
+# ------------------------------------------------------------------------------------------ the choice
 @dataclass
-class Plan:
-    """How a budget is spent: what was chosen, the seconds kept back for the final pass, and why."""
+class Choice:
+    """What a budget buys here: the sized config, its measured speed, the training seconds expected, and why."""
 
     config: Config
     size: Size | None
@@ -172,7 +172,7 @@ class Plan:
 
 
 def choose(budget: float, base: Config, device: torch.device, precision: str, autocast, *, elapsed: float,
-           val_tokens: int = 0, cache: SpeedCache | None = None) -> Plan:
+           val_tokens: int = 0, cache: SpeedCache | None = None) -> Choice:
     """The largest size whose expected training tokens in `budget` reach its `min_tokens` on this machine.
 
     `elapsed`: seconds of the budget already gone (start-up); `val_tokens`: the final pass's length (its time, at
@@ -212,7 +212,7 @@ def choose(budget: float, base: Config, device: torch.device, precision: str, au
            if chosen + 1 < len(SIZES) else "")
     reason = (f"the budget chose {SIZES[chosen].name}: ~{seconds:.0f} s of training at {tps:,.0f} tokens/s "
               f"measured here is ~{tps * seconds / 1e6:.1f}M tokens{nxt}")
-    return Plan(configs[chosen], SIZES[chosen], tps, seconds, reason)
+    return Choice(configs[chosen], SIZES[chosen], tps, seconds, reason)
 
 
 def record_speed(config: Config, device: torch.device, precision: str, tokens_per_sec: float) -> None:
