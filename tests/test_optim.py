@@ -105,6 +105,20 @@ def test_adamw_alone_gets_every_parameter_and_weight_decay_only_on_matrices():
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
+
+def test_muon_weight_decay_shrinks_the_hidden_matrices_and_adamw_keeps_its_own():
+    model = build_model(ModelConfig(vocab_size=30, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    adamw, muon = make_optimizers(model, TrainConfig(optimizer="muon", weight_decay=0.0, muon_weight_decay=0.5), "cpu")
+    assert {g["weight_decay"] for g in adamw.param_groups} == {0.0}
+    (group,) = muon.param_groups
+    assert group["weight_decay"] == 0.5
+    before = [p.detach().clone() for p in group["params"]]
+    for p in group["params"]:
+        p.grad = torch.zeros_like(p)  # no gradient: what changes is the decay alone
+    muon.step()
+    for b, p in zip(before, group["params"]):
+        assert torch.allclose(p, b * (1 - 0.02 * 0.5))
+
 # ------------------------------------------------------------------------------------ schedules
 PROGRESS = [i / 200 for i in range(201)]
 

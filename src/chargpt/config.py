@@ -61,6 +61,8 @@ class TrainConfig:
     lr: float = option(3e-4, "AdamW learning rate", min=0.0, min_open=True)
     muon_lr: float = option(0.02, "Muon learning rate (hidden 2-D weights)", min=0.0, min_open=True)
     weight_decay: float = option(0.0, "AdamW weight decay on matrices and embeddings", min=0.0)
+    muon_weight_decay: float = option(0.0, "Muon decoupled weight decay on hidden matrices (each step shrinks them "
+                                           "by muon_lr x this)", min=0.0)
     beta1: float = option(0.9, "AdamW beta1", min=0.0, max=1.0, max_open=True)
     beta2: float = option(0.999, "AdamW beta2", min=0.0, max=1.0, max_open=True)
     grad_clip: float = option(1.0, "max gradient norm; 0 = no clipping", min=0.0)

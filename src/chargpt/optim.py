@@ -101,7 +101,8 @@ def make_optimizers(model: nn.Module, cfg: TrainConfig, device_type: str,
     optimizers: list[torch.optim.Optimizer] = [
         torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **extra)]
     if muon_params:
-        optimizers.append(Muon(muon_params, lr=cfg.muon_lr, ns_dtype=torch.bfloat16 if bf16 else torch.float32))
+        optimizers.append(Muon(muon_params, lr=cfg.muon_lr, weight_decay=cfg.muon_weight_decay,
+                               ns_dtype=torch.bfloat16 if bf16 else torch.float32))
     for opt in optimizers:
         for g in opt.param_groups:
             g["peak_lr"] = g["lr"]

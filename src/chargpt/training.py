@@ -310,7 +310,9 @@ def setup(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
         + (f", {dist_info.world_size} processes of {torch.get_num_threads()} threads" if dist_info.enabled else ""))
     length = f"a {format_duration(tc.time_budget)} budget" if tc.time_budget else f"{tc.max_steps:,} steps"
     say(f"run: {length}, batch {tokens_per_step:,} tokens per step ({dist_info.world_size} x {accum} x {micro_batch} "
-        f"x {mc.block_size}), {tc.optimizer} lr {tc.lr:g}, {tc.schedule} schedule")
+        f"x {mc.block_size}), "
+        + (f"muon lr {tc.muon_lr:g} (adamw {tc.lr:g})" if tc.optimizer == "muon" else f"adamw lr {tc.lr:g}")
+        + f", {tc.schedule} schedule")
 
     no_compile = compile_unavailable_reason(device) if tc.compile else None
     if no_compile:
