@@ -3,6 +3,7 @@
 Every run here is a real `python -m chargpt` process on a tiny model, compared bit for bit."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -22,7 +23,7 @@ from chargpt import checkpoint
 from chargpt.config import get_preset
 from chargpt.data import load_dataset
 from chargpt.rundir import RunDir, read_metrics
-from chargpt.errors import TrainingInterrupted
+from chargpt.errors import TrainingInterrupted, exit_code_of
 from chargpt.training import train
 
 from conftest import ckpt_commands, on_cpu
@@ -137,6 +138,32 @@ def test_sigterm_mid_run_saves_prints_how_to_resume_and_resumes_to_the_same_resu
     assert f"stopped at step {stopped}" in line
     ok(chargpt("train", "--resume", "runs/term", "--ckpt-interval", 0, cwd=home))  # how often it saves changes nothing
     assert_same_run(run, straight)
+
+
+@pytest.mark.parametrize("after, delay, signals", [
+    ("step 20:", 0, (signal.SIGTERM,)),  # the last estimate and checkpoint: the old code lost it and exited 0
+    ("step 20:", 0.1, (signal.SIGTERM,)),  # the final pass over val
+    ("full-pass", 0, (signal.SIGTERM, signal.SIGTERM)),  # the sample, the summary and the way out
+    ("full-pass", 0.2, (signal.SIGINT, signal.SIGTERM))])
+def test_a_signal_as_a_run_ends_stops_it_with_its_exit_code_never_lost_nor_a_traceback(
+        tmp_path, dataset_dir, after, delay, signals):
+    p = start("train", *TINY, "--data", dataset_dir, "--max-steps", 20, "--name", "r", cwd=tmp_path)
+    for line in p.stdout:
+        if line.startswith(after):
+            break
+    time.sleep(delay)
+    for i, s in enumerate(signals):
+        time.sleep(0.05 if i else 0)
+        with contextlib.suppress(ProcessLookupError):
+            p.send_signal(s)
+    out, err = p.communicate(timeout=120)
+    assert "Traceback" not in err and len(err.splitlines()) <= 1, err
+    if p.returncode < 0:  # it landed once the command was done: the default action, which a shell shows as 130/143
+        assert -p.returncode in signals
+    else:
+        assert p.returncode in {exit_code_of(s) for s in signals}, (p.returncode, err)
+        assert err.startswith("error: ") and ("SIGTERM" in err or "terminated" in err or "interrupted" in err), err
+    assert checkpoint.load(tmp_path / "runs" / "r")["step"] == 20
 
 
 @pytest.mark.slow

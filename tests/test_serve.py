@@ -9,6 +9,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
 import threading
@@ -23,6 +24,7 @@ from chargpt.checkpoint import load_model
 from chargpt.cli import main
 from chargpt.config import get_preset
 from chargpt.data import load_dataset
+from chargpt.errors import exit_code_of
 from chargpt.rundir import RunDir
 from chargpt.serve import MAX_NEW_TOKENS, MAX_PROMPT_CHARS
 from chargpt.training import train
@@ -151,11 +153,63 @@ def test_stop_sequences_end_the_completion_before_them(server):
     assert [e["usage"]["completion_tokens"] for e in events if "usage" in e] == [cut]
 
 
-def test_sigterm_stops_the_server_quietly(dataset_dir, runs_dir, tmp_path):
+def test_sigterm_stops_the_server_quietly_with_its_exit_code(dataset_dir, runs_dir, tmp_path):
     srv = Server("--runs-dir", runs_dir, "--device", "cpu", cwd=tmp_path)
     srv.stop()  # SIGTERM
     err = srv.log.read_text()
-    assert srv.proc.returncode == 0 and "checkpoint" not in err and "error" not in err, err
+    assert srv.proc.returncode == 143 and err == "chargpt serve: stopped by SIGTERM\n", err
+
+
+def read_stream(server, lines: list[str]) -> None:
+    """Stream a long completion into `lines` until the server ends it (or closes the connection)."""
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=60)
+    conn.request("POST", "/v1/completions", body=json.dumps({"prompt": "A", "max_tokens": MAX_NEW_TOKENS,
+                                                             "stream": True}),
+                 headers={"Content-Type": "application/json"})
+    with contextlib.suppress(OSError, http.client.HTTPException):
+        for line in conn.getresponse():
+            if line.strip():
+                lines.append(line.decode().strip())
+    conn.close()
+
+
+@pytest.mark.parametrize("signals, gap", [
+    ((signal.SIGTERM,), 0), ((signal.SIGINT,), 0), ((signal.SIGTERM, signal.SIGTERM), 0.02),
+    ((signal.SIGTERM, signal.SIGINT), 0.3), ((signal.SIGINT, signal.SIGINT, signal.SIGTERM), 0.1)],
+    ids=["term", "int", "term-term", "term-int", "int-int-term"])
+def test_a_stop_signal_while_completions_stream_ends_them_and_exits_with_its_code_never_a_traceback(
+        runs_dir, tmp_path, signals, gap):
+    """The old server printed CancelledError and Terminated tracebacks here and exited 0."""
+    srv = Server("--runs-dir", runs_dir, "--device", "cpu", cwd=tmp_path)
+    streams = [[] for _ in range(8)]
+    clients = [threading.Thread(target=read_stream, args=(srv, lines)) for lines in streams]
+    try:
+        for c in clients:
+            c.start()
+        deadline = time.monotonic() + 60
+        while srv.request("GET", "/api/status")[1]["streams"] < len(streams):
+            assert time.monotonic() < deadline, "the streams never started"
+            time.sleep(0.05)
+        for i, s in enumerate(signals):
+            time.sleep(gap if i else 0)
+            with contextlib.suppress(ProcessLookupError):
+                srv.proc.send_signal(s)
+        srv.proc.wait(timeout=30)
+    finally:
+        srv.stop()
+        for c in clients:
+            c.join(timeout=30)
+    err = srv.log.read_text()
+    assert "Traceback" not in err and "CancelledError" not in err and "ERROR" not in err, err
+    name = signal.Signals(signals[0]).name
+    if srv.proc.returncode < 0:  # a later signal landed once the command was done: its default action, which
+        assert -srv.proc.returncode in signals[1:]  # a shell shows as the same 130 or 143
+    else:
+        assert srv.proc.returncode == exit_code_of(signals[0])
+    assert err == f"chargpt serve: stopped by {name}\n"
+    if len(signals) == 1:  # each stream was ended, saying why, in OpenAI's error event
+        for lines in streams:
+            assert lines[-1].startswith("data: {\"error\"") and "shutting down" in lines[-1], lines[-3:]
 
 
 BAD_REQUESTS = [

@@ -21,6 +21,7 @@ from .config import (DEFAULT_DATA, EVAL_TOKENS, PRESETS, TrackerName, TrainConfi
                      check_flags, given_fields)
 from .errors import EXIT_FAILURE, ChargptError, ConfigError, UsageError, exit_code_of
 from .sampling import SAMPLING_FIELDS, SamplingParams
+from .signals import Terminated, command_signals
 
 # Only what --help and the checks of arguments need is imported above (no torch): each command imports the rest.
 
@@ -241,7 +242,7 @@ def cmd_eval(args) -> int:
     from .data import load_dataset
     from .evaluate import EvaluationInterrupted, bits_per_char, describe_pass, evaluate_split
     from .progress import EvalProgress
-    from .training import StopSignals
+    from .signals import StopSignals
 
     device = _device_and_threads(args)
     model, tok, state = load_model(args.ckpt, device)
@@ -252,14 +253,14 @@ def cmd_eval(args) -> int:
                           f"dataset the model was trained on")
     t0 = time.perf_counter()
     progress = EvalProgress(f"evaluating {args.split}", enabled=not args.json, stream=sys.stderr)
-    with StopSignals() as stop:
-        try:  # float32, no autocast: the reference figure
+    try:
+        with StopSignals() as stop:  # float32, no autocast: the reference figure
             r = evaluate_split(model, data.split(args.split), model.config.block_size, device,
                                eval_tokens=args.eval_tokens, should_stop=lambda: stop.received, progress=progress)
-        except EvaluationInterrupted as e:
-            progress.close()
-            _error(f"{e}; no result. A smaller --eval-tokens takes less time")
-            return exit_code_of(e.signum)
+    except EvaluationInterrupted as e:
+        progress.close()
+        _error(f"{e}; no result. A smaller --eval-tokens takes less time")
+        return exit_code_of(e.signum)
     progress.close()
     seconds = time.perf_counter() - t0
     result = {"split": args.split, "loss": r.loss, "bpc": bits_per_char(r.loss), "tokens": r.tokens,
@@ -327,11 +328,9 @@ def cmd_serve(args) -> int:
     from .serve import ServedRuns, serve
 
     runs = ServedRuns(runs_dir=None if args.ckpt else args.runs_dir, ckpt=args.ckpt, device=resolve_device(args.device))
-    try:
-        serve(runs, host=args.host, port=args.port, allowed_hosts=tuple(args.allowed_host))
-    except KeyboardInterrupt:  # SIGTERM (or Ctrl-C), re-raised by uvicorn after its graceful shutdown
-        print("chargpt serve: stopped", file=sys.stderr)
-    return 0
+    signum = serve(runs, host=args.host, port=args.port, allowed_hosts=tuple(args.allowed_host))
+    print(f"chargpt serve: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+    return exit_code_of(signum)
 
 
 def _device_and_threads(args):
@@ -502,26 +501,10 @@ def _error(message) -> None:
     print(f"error: {text}", file=sys.stderr)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that every temporary file is removed on the way out."""
-
-
-def _terminate(signum, frame):
-    raise Terminated
-
-
 def main(argv: list[str] | None = None) -> int:
-    previous = None
-    try:
-        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):  # training installs its own handler
-            previous = signal.signal(signal.SIGTERM, _terminate)
-    except ValueError:  # not the main thread
-        pass
-    try:
+    """The `chargpt` command; without `argv` it is this process's program (it reads sys.argv and its exit follows)."""
+    with command_signals(program=argv is None):
         return _run(argv)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def _run(argv: list[str] | None) -> int:

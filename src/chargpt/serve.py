@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -30,6 +31,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import torch
+import uvicorn
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -45,12 +47,15 @@ from .model import GPT, window_start
 from .rundir import CKPT, CONFIG, SUMMARY, locate_run, read_metrics
 from .runs import read_run
 from .sampling import SAMPLING_FIELDS, SamplingParams, prompt_ids
+from .signals import StopSignals
 
+SHUTTING_DOWN = "the server is shutting down; send the request again once it is back"
 MAX_PROMPT_CHARS = 10_000  # longer prompts are refused (the model only sees its last block_size anyway)
 MAX_NEW_TOKENS = 20_000  # the most characters one completion may ask for
 MAX_BODY_BYTES = 1 << 20
 BODY_SECONDS = 10.0  # a request body that takes longer to arrive is refused: a slow client holds nothing for long
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+GRACE_SECONDS = 2.0  # after a stop signal, how long clients have to take their ended streams before they are closed
 BURST_SECONDS = 0.03  # a streamed chunk holds what was sampled in this long: smooth text, few events
 # Concurrent streams take turns, a burst each, instead of decoding at once: a one-token step is hundreds of tiny
 # operations, and threads running them side by side on 2 cores fought for them (4 streams: 897 tokens/s in all
@@ -70,9 +75,14 @@ class RequestError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
 
 
-def error_response(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    """An error in OpenAI's format."""
     kind = "invalid_request_error" if status < 500 else "server_error"
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
+    return {"message": message, "type": kind, "param": param, "code": code}
+
+
+def error_response(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": error_body(status, message, param, code)}, status_code=status)
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -243,7 +253,12 @@ class Guard:
             if problem:
                 await error_response(403, problem, code="forbidden")(scope, receive, send)
                 return
-        await self.app(scope, receive, send)
+        try:
+            await self.app(scope, receive, send)
+        except asyncio.CancelledError:
+            # Only a shutdown cancels a request, once its connection is closed (`Server`): nobody is left to
+            # answer, and nothing went wrong that uvicorn should log as a traceback.
+            return
 
 
 # ------------------------------------------------------------------------------------- parameters
@@ -419,7 +434,9 @@ class Generation:
         self.cancelled = self._started = self._running = self._released = False
         self._lock = threading.Lock()
         self.filter = StopFilter(completion.stop)
+        self.interrupted = False  # ended by the server's shutdown, not by its length, a stop sequence or its client
         self.counters = counters
+        counters.open(self)
 
     def burst(self, seconds: float = BURST_SECONDS) -> str:
         """Sample for about `seconds` (at least one token); the text that may be shown so far."""
@@ -468,6 +485,13 @@ class Generation:
             self.cancelled = self.done = True
             if not self._running:
                 self._release()
+        self.counters.close(self)
+
+    def interrupt(self) -> None:
+        """The server is shutting down: end now, and say so (`interrupted`) unless the completion was whole."""
+        with self._lock:
+            self.interrupted = not self.done
+        self.end()
 
     def _release(self) -> None:
         if self._started and not self._released:
@@ -476,11 +500,30 @@ class Generation:
 
 
 class Counters:
-    """What the server has generated: streams in progress and characters sampled (GET /api/status)."""
+    """What the server generates: streams sampling and characters sampled (GET /api/status), and the completions
+    in progress, which its shutdown ends at once (and refuses new ones)."""
 
     def __init__(self):
         self.active = self.tokens = 0
+        self.closing = False
+        self._live: set[Generation] = set()
         self._lock = threading.Lock()
+
+    def open(self, gen: Generation) -> None:
+        with self._lock:
+            if self.closing:
+                raise RequestError(503, SHUTTING_DOWN)
+            self._live.add(gen)
+
+    def close(self, gen: Generation) -> None:
+        with self._lock:
+            self._live.discard(gen)
+
+    def shut_down(self) -> None:
+        with self._lock:
+            self.closing, live = True, list(self._live)
+        for gen in live:
+            gen.interrupt()
 
     def add(self, n: int) -> None:
         with self._lock:
@@ -492,8 +535,8 @@ class Counters:
 
 
 # ------------------------------------------------------------------------------------------- handlers
-def create_app(runs: ServedRuns, hosts: Hosts | None = None) -> Guard:
-    counters = Counters()
+def create_app(runs: ServedRuns, hosts: Hosts | None = None, counters: Counters | None = None) -> Guard:
+    counters = counters or Counters()
     # Sampling and reading files run on pools of their own: a burst of streams waiting for their turn to decode
     # must not leave the runs listing (or a model's first load) queueing behind them.
     sampling_pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="chargpt-sample")
@@ -561,6 +604,8 @@ def create_app(runs: ServedRuns, hosts: Hosts | None = None) -> Guard:
                     parts.append(await sampling(gen.burst))
             finally:
                 gen.end()
+            if gen.interrupted:
+                raise RequestError(503, SHUTTING_DOWN)
             return JSONResponse({**meta, "choices": [{"text": "".join(parts), "index": 0, "logprobs": None,
                                                       "finish_reason": gen.finish_reason}], "usage": usage()})
 
@@ -572,6 +617,10 @@ def create_app(runs: ServedRuns, hosts: Hosts | None = None) -> Guard:
                     text = await sampling(gen.burst)
                     if text:
                         yield chunk(text, None)
+                if gen.interrupted:  # OpenAI's way to end a stream early: an error event (its client raises it)
+                    message = f"{SHUTTING_DOWN} (this completion stopped after {gen.count:,} characters)"
+                    yield f"data: {json.dumps({'error': error_body(503, message)})}\n\n".encode()
+                    return
                 yield chunk("", gen.finish_reason)
                 if completion.include_usage:
                     yield f"data: {json.dumps({**meta, 'choices': [], 'usage': usage()})}\n\n".encode()
@@ -663,19 +712,63 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(runs: ServedRuns, host: str = "127.0.0.1", port: int = 8000, allowed_hosts: tuple[str, ...] = ()) -> None:
-    """Serve until interrupted; prints the URL (with the port actually bound, so --port 0 works). Requests must
-    name the server by `host`, a loopback name or one of `allowed_hosts` (see `Hosts`)."""
-    import uvicorn
+class Server(uvicorn.Server):
+    """uvicorn's server, stopped by chargpt's signal handling (`chargpt.signals`) instead of its own. The first
+    SIGINT or SIGTERM ends every completion at once (a stream with an error event saying why) and refuses new
+    ones; the server exits when their clients have the last bytes, or after GRACE_SECONDS, or at a second signal,
+    closing what is still open. Nothing is cancelled under a request that could still answer, so nothing logs a
+    traceback, whatever the signals' timing."""
 
+    def __init__(self, config: uvicorn.Config, counters: Counters):
+        super().__init__(config)
+        self.counters, self.hurry = counters, False
+        self.stop = StopSignals(at_once=self._hurry)  # held by `serve`, around the event loop's whole life
+
+    def _hurry(self, signum: int) -> None:
+        self.hurry = True
+
+    @contextmanager
+    def capture_signals(self):  # uvicorn's own would raise the signals again after the loop, into its teardown
+        yield
+
+    async def on_tick(self, counter: int) -> bool:
+        self.should_exit |= self.stop.received is not None
+        return await super().on_tick(counter)
+
+    async def shutdown(self, sockets=None) -> None:
+        self.counters.shut_down()
+        closing = asyncio.create_task(self._close_connections())
+        try:
+            await super().shutdown(sockets)
+        finally:
+            closing.cancel()
+
+    async def _close_connections(self) -> None:
+        deadline = time.monotonic() + GRACE_SECONDS
+        while not self.hurry and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for connection in list(self.server_state.connections):
+            connection.transport.close()  # its request sees the client gone and ends
+        self.force_exit = True  # what is still running is cancelled as the loop ends, without a word (`Guard`)
+
+
+def serve(runs: ServedRuns, host: str = "127.0.0.1", port: int = 8000, allowed_hosts: tuple[str, ...] = ()) -> int:
+    """Serve until SIGINT or SIGTERM, and return that signal; prints the URL (with the port actually bound, so
+    --port 0 works). Requests must name the server by `host`, a loopback name or one of `allowed_hosts` (see
+    `Hosts`)."""
     sock = bind(host, port)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     n = len(runs.servable())
     where = f"checkpoint {runs.single[1]}" if runs.single else f"{n} run(s) with a checkpoint in {runs.runs_dir}"
-    print(f"chargpt serve: {where}; open http://{shown}:{bound}/  (API: http://{shown}:{bound}/v1)", flush=True)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: listening on {host}: anyone who reaches this address can use the API (no authentication)",
-              file=sys.stderr, flush=True)
-    config = uvicorn.Config(create_app(runs, Hosts(host, allowed_hosts)), log_level="warning", access_log=False, timeout_graceful_shutdown=2)
-    uvicorn.Server(config).run(sockets=[sock])
+    counters = Counters()
+    config = uvicorn.Config(create_app(runs, Hosts(host, allowed_hosts), counters), log_level="warning",
+                            access_log=False, lifespan="off")
+    server = Server(config, counters)
+    with server.stop:  # from the moment the address is out: a client may act on it at once
+        print(f"chargpt serve: {where}; open http://{shown}:{bound}/  (API: http://{shown}:{bound}/v1)", flush=True)
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"warning: listening on {host}: anyone who reaches this address can use the API (no "
+                  f"authentication)", file=sys.stderr, flush=True)
+        server.run(sockets=[sock])
+        return server.stop.take()

@@ -35,6 +35,7 @@ from .plotting import refresh_run_plot
 from .progress import EvalProgress, Progress, format_duration
 from .provenance import provenance
 from .rundir import RunDir
+from .signals import StopSignals
 from .tracking import NullTracker, Tracker, finish_tracking
 
 
@@ -46,31 +47,6 @@ def peak_rss_mb() -> float:
     """This process's peak resident memory so far, in MB (the kernel's high-water mark)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
-
-
-@dataclass
-class StopSignals:
-    """First SIGINT/SIGTERM asks the loop to stop after the current step; a second one stops at once."""
-
-    received: int | None = None
-    _old: dict = field(default_factory=dict)
-
-    def _handle(self, signum, frame):
-        if self.received is not None:
-            raise KeyboardInterrupt  # second signal: stop now (atomic writes keep files whole)
-        self.received = signum
-
-    def __enter__(self):
-        for s in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
 
 
 @contextmanager
