@@ -1,7 +1,8 @@
 """`chargpt serve` under load: aggregate tokens/s of 1, 4 and 16 concurrent streaming completions against one
-server process, next to `chargpt sample` alone generating the same number of characters per stream.
+server process, next to `chargpt sample` alone generating the same number of characters per stream; and how long
+GET /api/runs (the page's runs table) takes while 64 long completions stream.
 
-    python benchmarks/bench_serve.py [--tokens 2000] [--clients 1 4 16] [--device cpu]
+    python benchmarks/bench_serve.py [--tokens 2000] [--clients 1 4 16] [--listing-streams 64] [--device cpu]
 
 The model is the `cpu` preset, randomly initialized (the work per token does not depend on the weights), saved
 as a checkpoint in a temporary run directory. Each stream asks for `--tokens` characters with its own seed; the
@@ -16,6 +17,7 @@ import contextlib
 import http.client
 import io
 import json
+import math
 import os
 import select
 import statistics
@@ -72,9 +74,9 @@ def sample_alone(run: Path, tokens: int, device: str) -> float:
 
 
 class Server:
-    def __init__(self, run: Path, device: str):
-        self.proc = subprocess.Popen([sys.executable, "-m", "chargpt", "serve", "--ckpt", str(run), "--port", "0",
-                                      "--device", device], stdout=subprocess.PIPE, text=True,
+    def __init__(self, runs_dir: Path, device: str):
+        self.proc = subprocess.Popen([sys.executable, "-m", "chargpt", "serve", "--runs-dir", str(runs_dir),
+                                      "--port", "0", "--device", device], stdout=subprocess.PIPE, text=True,
                                      stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONUNBUFFERED="1"))
         ready, _, _ = select.select([self.proc.stdout], [], [], 300)
         line = self.proc.stdout.readline() if ready else ""
@@ -86,10 +88,7 @@ class Server:
     def stream(self, tokens: int, seed: int) -> tuple[int, float, float]:
         """Characters received, seconds to the first one, seconds to [DONE]."""
         t0 = time.perf_counter()
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
-        conn.request("POST", "/v1/completions", body=json.dumps({"prompt": "ROMEO:", "max_tokens": tokens,
-                                                                 "seed": seed, "stream": True}))
-        res = conn.getresponse()
+        conn, res = self.completion(tokens, seed)
         received, first = 0, None
         for line in res:
             if line.startswith(b"data: {"):
@@ -99,6 +98,24 @@ class Server:
                 received += len(text)
         conn.close()
         return received, first or 0.0, time.perf_counter() - t0
+
+    def completion(self, tokens: int, seed: int) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """A streaming completion, started: its connection and the response to read."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
+        conn.request("POST", "/v1/completions", body=json.dumps({"prompt": "ROMEO:", "max_tokens": tokens,
+                                                                 "seed": seed, "stream": True}),
+                     headers={"Content-Type": "application/json"})
+        return conn, conn.getresponse()
+
+    def get(self, path: str) -> tuple[float, dict]:
+        """Seconds to answer GET `path`, and the JSON answer."""
+        t0 = time.perf_counter()
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
+        conn.request("GET", path)
+        res = conn.getresponse()
+        body = json.loads(res.read())
+        conn.close()
+        return time.perf_counter() - t0, body
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -124,14 +141,39 @@ def concurrent(server: Server, clients: int, tokens: int) -> dict:
             "first": statistics.median(r[1] for r in results)}
 
 
-def main(tokens: int = 2000, clients: tuple[int, ...] = (1, 4, 16), device: str = "cpu") -> list[dict]:
+def listing_under_streams(server: Server, streams: int, requests: int = 40) -> tuple[float, float]:
+    """Median and 95th percentile seconds of GET /api/runs while `streams` long completions stream."""
+    done = threading.Event()
+
+    def reader(seed: int) -> None:
+        conn, res = server.completion(20_000, seed)
+        for _ in res:
+            if done.is_set():
+                break
+        conn.close()  # the server stops sampling a stream whose client went away
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(streams)]
+    for t in threads:
+        t.start()
+    while server.get("/api/status")[1]["streams"] < streams:
+        time.sleep(0.1)
+    seconds = sorted(server.get("/api/runs")[0] for _ in range(requests))
+    done.set()
+    for t in threads:
+        t.join()
+    return statistics.median(seconds), seconds[math.ceil(0.95 * len(seconds)) - 1]
+
+
+def main(tokens: int = 2000, clients: tuple[int, ...] = (1, 4, 16), device: str = "cpu",
+         listing_streams: int = 64) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         run = make_run(Path(tmp))
         alone = sample_alone(run, tokens, device)
-        server = Server(run, device)
+        server = Server(run.parent, device)
         try:
             server.stream(50, seed=0)  # warm-up: load the model
             measured = {c: concurrent(server, c, tokens) for c in clients}
+            listing = listing_under_streams(server, listing_streams)
         finally:
             server.stop()
     rows = [{"figure": f"`chargpt sample` alone, {tokens} chars, cpu preset ({device})",
@@ -140,6 +182,8 @@ def main(tokens: int = 2000, clients: tuple[int, ...] = (1, 4, 16), device: str 
         rows.append({"figure": f"`chargpt serve`, {c} concurrent stream{'s' if c > 1 else ''}: aggregate "
                                f"(median per stream, median first chunk)",
                      "value": f"{m['aggregate']:,.0f} tokens/s ({m['per_stream']:,.0f}/s, {m['first'] * 1000:.0f} ms)"})
+    rows.append({"figure": f"GET /api/runs while {listing_streams} completions stream: p50 (p95)",
+                 "value": f"{listing[0] * 1000:,.0f} ms ({listing[1] * 1000:,.0f} ms)"})
     return rows
 
 
@@ -147,7 +191,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=2000)
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--listing-streams", type=int, default=64)
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
     print(f"machine: {machine()}")
-    print_table(main(a.tokens, tuple(a.clients), a.device), "serving")
+    print_table(main(a.tokens, tuple(a.clients), a.device, a.listing_streams), "serving")

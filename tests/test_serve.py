@@ -212,6 +212,40 @@ def test_a_stop_signal_while_completions_stream_ends_them_and_exits_with_its_cod
             assert lines[-1].startswith("data: {\"error\"") and "shutting down" in lines[-1], lines[-3:]
 
 
+LISTING_SECONDS = 0.5  # here (2 cores shared with other jobs) the slowest of 10 was 0.03-0.1 s; the old server took 2 s
+
+
+@pytest.mark.slow
+def test_the_runs_listing_and_the_page_answer_within_half_a_second_while_64_completions_stream(runs_dir, tmp_path):
+    """The old server ran sampling bursts and file reads on asyncio's default pool (6 threads on 2 cores): behind
+    64 streams waiting their turn to decode, GET /api/runs took 2 s."""
+    srv = Server("--runs-dir", runs_dir, "--device", "cpu", cwd=tmp_path)
+    streams = [[] for _ in range(64)]
+    clients = [threading.Thread(target=read_stream, args=(srv, lines)) for lines in streams]
+    took = {"/api/runs": [], "/": []}
+    try:
+        for c in clients:
+            c.start()
+        deadline = time.monotonic() + 120
+        while srv.request("GET", "/api/status")[1]["streams"] < len(streams):
+            assert time.monotonic() < deadline, "the streams never all started"
+            time.sleep(0.1)
+        for _ in range(10):
+            for path, seconds in took.items():
+                t0 = time.perf_counter()
+                status, _ = srv.request("GET", path, timeout=30)
+                seconds.append(time.perf_counter() - t0)
+                assert status == 200
+        assert srv.request("GET", "/api/status")[1]["streams"] == len(streams)  # measured under all of them
+    finally:
+        srv.stop()
+        for c in clients:
+            c.join(timeout=60)
+    assert max(took["/api/runs"]) < LISTING_SECONDS and max(took["/"]) < LISTING_SECONDS, took
+    assert "Traceback" not in srv.log.read_text()
+    assert all("shutting down" in lines[-1] for lines in streams)
+
+
 BAD_REQUESTS = [
     (b'{"prompt": "ROMEO",', 400, "not valid JSON"),
     (b"[1, 2]", 400, "JSON object"),
