@@ -403,3 +403,61 @@ def test_a_finished_run_resumed_and_killed_is_listed_as_its_checkpoint_not_its_o
     listed = ok(chargpt("runs", cwd=tmp_path)).stdout
     line = next(ln for ln in listed.splitlines() if ln.startswith("r "))
     assert f" {at} " in line and line.rstrip().endswith("unfinished"), listed
+
+
+def freeze_mid_write(proc: subprocess.Popen, run: Path, timeout: float = 240) -> list[Path]:
+    """Stop `proc` (SIGSTOP) at a moment when one of its atomic writes into `run` is under way, once it has saved
+    a checkpoint (before, the write may be the config's, and a run without one is not a run): its temporaries."""
+    wait_for_checkpoint(run, proc, timeout)
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        if list(run.glob(".*.tmp")):
+            proc.send_signal(signal.SIGSTOP)
+            temps = list(run.glob(".*.tmp"))
+            if temps:
+                return temps
+            proc.send_signal(signal.SIGCONT)
+        time.sleep(0.002)
+
+
+def test_temporaries_a_killed_writer_left_are_removed_where_runs_are_listed_or_opened_never_while_it_is_written(
+        tmp_path, dataset_dir):
+    """kill -9 mid-write leaves `.ckpt.pt.<pid>.<random>.tmp` (or loss.png's); the old code removed them only on a
+    resume, so a run never resumed kept them for good."""
+    from chargpt import load
+    from chargpt.serve import ServedRuns
+
+    runs = tmp_path / "runs"
+    killed = start("train", *TINY, "--data", dataset_dir, "--max-steps", 100_000, "--ckpt-interval", 1,
+                   "--name", "killed", cwd=tmp_path)
+    writing = start("train", *TINY, "--data", dataset_dir, "--max-steps", 100_000, "--ckpt-interval", 1,
+                    "--name", "writing", cwd=tmp_path)
+    try:
+        stale = freeze_mid_write(killed, runs / "killed")
+        killed.kill()  # kill -9: no handler runs
+        killed.communicate()
+        own = freeze_mid_write(writing, runs / "writing")  # alive, holding its lock, in the middle of a write
+        planted = runs / "writing" / stale[0].name  # a dead writer's temporary in a run that is being written
+        shutil.copy(stale[0], planted)
+        theirs = [runs / "killed" / n for n in (".loss.png.tmp", "loss.png.bak", ".notes.1.tmp", ".a.1.ABCDEFGH.tmp")]
+        for p in theirs:  # not chargpt's pattern: the user's, whatever they look like
+            p.write_text("mine")
+        for door in ("lib", "server"):
+            shutil.copytree(runs / "killed", tmp_path / door / "killed")
+
+        listed = ok(chargpt("runs", cwd=tmp_path)).stdout
+        assert "killed " in listed and "writing " in listed, listed
+        assert not any(p.exists() for p in stale) and all(p.read_text() == "mine" for p in theirs)
+        assert all(p.exists() for p in own) and planted.exists()  # its lock is held: nothing of it is touched
+
+        load(tmp_path / "lib" / "killed")
+        ServedRuns(runs_dir=tmp_path / "server").info()
+        for door in ("lib", "server"):
+            left = sorted(p.name for p in (tmp_path / door / "killed").glob(".*tmp"))
+            assert left == sorted(p.name for p in theirs if p.name.startswith(".")), (door, left)
+    finally:
+        writing.kill()
+        writing.communicate()
+    ok(chargpt("runs", cwd=tmp_path))  # the writer is gone, and with it its lock
+    assert not planted.exists() and not any(p.exists() for p in own)

@@ -117,9 +117,10 @@ def _check_keywords(given: dict) -> None:
 def load(path: str | os.PathLike = "runs/latest", device: str = "cpu") -> "Run":
     """A run directory (`runs/latest`: the newest run with a checkpoint), or a checkpoint file, ready to generate,
     score and plot."""
-    from .rundir import locate_run
+    from .rundir import clear_stale_temporaries, locate_run
 
     found = locate_run(path, checkpoint=False)
+    clear_stale_temporaries(found.run)
     return Run(found.run, ckpt=found.ckpt, device=device)
 
 

@@ -170,24 +170,29 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-_TEMP = re.compile(r"\.(?P<name>.+?)\.(?:(?P<pid>\d+)\.)?[A-Za-z0-9_]+\.tmp")
+_TEMP = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]{8}\.tmp")  # `atomic_path`'s: .NAME.PID.<mkstemp's 8>.tmp
 
 
-def remove_stale_temporaries(directory: str | os.PathLike, names: tuple[str, ...] | None = None) -> list[Path]:
-    """Delete the temporaries of `atomic_path` in `directory` (for `names` only, if given) whose writer is gone:
-    a process killed mid-write (kill -9, power loss) leaves them, as large as the file it was writing."""
-    removed = []
+def stale_temporaries(directory: str | os.PathLike, names: tuple[str, ...] | None = None) -> list[Path]:
+    """The temporaries of `atomic_path` in `directory` (for `names` only, if given) whose writer is gone: a process
+    killed mid-write (kill -9, power loss) leaves them, as large as the file it was writing. Nothing but regular
+    files named exactly as `atomic_path` names them."""
     try:
         entries = list(Path(directory).iterdir())
     except OSError:
-        return removed
-    for p in entries:
-        m = _TEMP.fullmatch(p.name)
-        if not m or (names is not None and m["name"] not in names) or kind_of(p) != "a regular file":
+        return []
+    return [p for p in entries if (m := _TEMP.fullmatch(p.name)) and (names is None or m["name"] in names)
+            and kind_of(p) == "a regular file" and not _alive(int(m["pid"]))]
+
+
+def remove_stale_temporaries(directory: str | os.PathLike, names: tuple[str, ...] | None = None) -> list[Path]:
+    """Delete `stale_temporaries`; return those removed (one that cannot be removed is left, silently)."""
+    removed = []
+    for p in stale_temporaries(directory, names):
+        try:
+            p.unlink(missing_ok=True)
+        except OSError:  # a read-only directory: nothing chargpt can do about it here
             continue
-        if m["pid"] and _alive(int(m["pid"])):
-            continue
-        p.unlink(missing_ok=True)
         removed.append(p)
     return removed
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import CheckpointError, ConfigError
 from .fsutil import (METRICS_LIMIT, append_line, kind_of, read_bytes, read_json, read_problem, remove_stale_temporaries,
-                     write_json, write_text)
+                     stale_temporaries, write_json, write_text)
 
 CONFIG, METRICS, SUMMARY, SAMPLE, CKPT, BEST, PLOT = ("config.json", "metrics.jsonl", "summary.json", "sample.txt",
                                                      "ckpt.pt", "best.pt", "loss.png")
@@ -193,15 +193,47 @@ class RunDir:
 def _lock_holder(inode: int) -> int | None:
     """The pid holding an flock on the file `inode`, as the kernel lists it (Linux's /proc/locks): the lock file
     itself is never written, so a refused writer changes nothing in the run."""
+    return next((pid for pid, at in _flocks() or [] if at == inode), None)
+
+
+def _flocks() -> list[tuple[int | None, int]] | None:
+    """(holder's pid, inode) of every flock held now, as Linux lists them in /proc/locks; None where that list
+    cannot be read. Files on other devices may share an inode: a match is "maybe locked", never "free"."""
     try:
         lines = read_bytes("/proc/locks", 1 << 22).decode("ascii", errors="replace").splitlines()
     except OSError:
         return None
+    held = []
     for line in lines:
         fields = line.split()
-        if "FLOCK" in fields and "->" not in fields and len(fields) >= 6 and fields[5].endswith(f":{inode}"):
-            return int(fields[4]) if fields[4].isdigit() else None
-    return None
+        if "FLOCK" in fields and "->" not in fields and len(fields) >= 6:
+            inode = fields[5].rsplit(":", 1)[-1]
+            if inode.isdigit():
+                held.append((int(fields[4]) if fields[4].isdigit() else None, int(inode)))
+    return held
+
+
+def being_written(path: str | os.PathLike) -> bool:
+    """Whether a process writes run `path` now: its `.lock` is locked (or that cannot be told). Seen in the
+    kernel's list of locks, never by taking the lock, which could refuse a writer starting at that moment."""
+    try:
+        inode = os.lstat(Path(path) / LOCK).st_ino
+    except FileNotFoundError:  # a writer holds the file for its whole life
+        return False
+    except OSError:
+        return True
+    flocks = _flocks()
+    return flocks is None or any(at == inode for _, at in flocks)
+
+
+def clear_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove from run `path` the temporaries of atomic writes (`.loss.png.<pid>.<random>.tmp`, as large as the
+    file being written) that a writer killed mid-write (kill -9, a power cut) left, when nobody writes the run
+    now: a run that is never resumed sheds them too. Every door that lists or opens runs calls it (`chargpt
+    runs`, `chargpt.load`, the server's runs table); a resume clears them as it starts (`RunDir.recover`)."""
+    if not stale_temporaries(path) or being_written(path):
+        return []
+    return remove_stale_temporaries(path)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 from .errors import ChargptError, CheckpointError, ConfigError
 from .fsutil import load_torch, read_json
 from .progress import format_duration
-from .rundir import BEST, CKPT, CONFIG, METRICS, SUMMARY, read_metrics, run_problem
+from .rundir import BEST, CKPT, CONFIG, METRICS, SUMMARY, clear_stale_temporaries, read_metrics, run_problem
 
 
 ABSURD_PARAMS = 10 ** 12  # 4 TB of float32 weights: a config edited by hand, not one that trained
@@ -152,6 +152,7 @@ def list_runs(out_dir: str | os.PathLike = "runs") -> list[RunInfo]:
     dirs = [p for p in out_dir.iterdir() if p.is_dir() and not p.is_symlink() and (p / CONFIG).exists()]
     runs = []
     for p in dirs:
+        clear_stale_temporaries(p)
         try:
             runs.append(read_run(p))
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:  # one damaged run must not hide the others

@@ -44,7 +44,7 @@ from .engine import Engine
 from .errors import ChargptError, CheckpointError, ConfigError, VocabularyError
 from .fsutil import read_json
 from .model import GPT, window_start
-from .rundir import CKPT, CONFIG, SUMMARY, locate_run, read_metrics
+from .rundir import CKPT, CONFIG, SUMMARY, clear_stale_temporaries, locate_run, read_metrics
 from .runs import read_run
 from .sampling import SAMPLING_FIELDS, SamplingParams, prompt_ids
 from .signals import StopSignals
@@ -174,6 +174,7 @@ class ServedRuns:
         for name, path in self.table().items():
             ckpt = self.checkpoint(path)
             if path.is_dir():
+                clear_stale_temporaries(path)
                 r = asdict(read_run(path))
                 r.update(name=name, path=str(path))
             else:
