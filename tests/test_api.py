@@ -166,6 +166,8 @@ def test_train_refuses_a_keyword_it_does_not_use_naming_those_it_takes(dataset_d
         chargpt.train("cpu", dataset_dir, out_dir=tmp_path, tracker=object(), **TINY)
     with pytest.raises(ConfigError, match="--preset names a new model"):
         chargpt.train("cpu", dataset_dir, out_dir=tmp_path, resume=tmp_path, **TINY)
+    with pytest.raises(ConfigError, match="--init-from keeps the one of the run it starts from; drop --preset"):
+        chargpt.train("bigram", dataset_dir, out_dir=tmp_path, init_from=tmp_path, **TINY)
     assert list(tmp_path.iterdir()) == []  # refused before any run directory was made
 
 

@@ -213,6 +213,8 @@ ROWS = [
     ("resume-text-file-ckpt", ["train", "--resume", "runs/textckpt", "--data", "data"], "textckpt"),
     ("resume-tensor-not-ckpt", ["train", "--resume", "runs/tensor", "--data", "data"], "not a chargpt checkpoint"),
     ("resume-with-preset", ["train", "--resume", "runs/base", "--preset", "cpu"], "drop --preset"),
+    ("init-from-with-preset", ["train", "--init-from", "runs/base", "--data", "data", "--preset", "bigram"],
+     "--init-from keeps the one of the run it starts from; drop --preset"),  # ee5dced trained the GPT unasked
     ("init-from-with-config", ["train", "--init-from", "runs/base", "--data", "data", "--config", "c.toml"],
      "--config and --init-from"),
     ("train-two-trackers", ["train", *TINY, "--data", "data", "--wandb", "--tracker", "tensorboard"], "two trackers"),
