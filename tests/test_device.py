@@ -70,6 +70,26 @@ def test_a_compile_cache_that_cannot_be_written_costs_the_compile_not_the_run(da
     assert (tmp_path / "runs" / "r" / "summary.json").is_file()
 
 
+@pytest.mark.skipif(compile_unavailable_reason(torch.device("cpu")) is not None, reason="no C++ compiler")
+def test_a_compiled_model_on_the_cpu_drops_the_same_units_as_the_eager_one(monkeypatch, tmp_path):
+    # dropout's masks come from torch's generator, not inductor's (slower on the CPU): compiled equals eager
+    from chargpt.config import ModelConfig
+    from chargpt.model import build_model
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=0.5)).train()
+    x = torch.randint(0, 20, (4, 8))
+    compiled = device.compile_model(model, torch.device("cpu"))
+    losses = []
+    for fwd in (model, compiled, model):
+        torch.manual_seed(1)
+        losses.append(fwd(x, x)[1].item())
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+    torch.manual_seed(2)
+    assert model(x, x)[1].item() != pytest.approx(losses[2], abs=1e-5)  # another seed, other units dropped
+
+
 def test_freed_tensor_memory_is_kept_for_reuse_on_linux_cpus_only():
     applied = keep_freed_memory_for_reuse(torch.device("cpu"))
     assert applied == sys.platform.startswith("linux")  # glibc's mallopt took both settings

@@ -22,9 +22,9 @@ from .batch import get_batch
 from .config import Config
 from .data import Dataset
 from .budget import FINAL_MARGIN, FINAL_SHARE, SAMPLE_RATE, SPEED_STEPS, final_pass_seconds, record_speed
-from .device import (COLD_COMPILE_BUDGET, autocast_for, compile_key, compile_unavailable_reason, compiled_before,
-                     configure_backends, keep_freed_memory_for_reuse, mark_compiled, resolve_device, resolve_dtype,
-                     set_threads, use_persistent_compile_cache)
+from .device import (COLD_COMPILE_BUDGET, autocast_for, compile_key, compile_model, compile_unavailable_reason,
+                     compiled_before, configure_backends, keep_freed_memory_for_reuse, mark_compiled, resolve_device,
+                     resolve_dtype, set_threads, use_persistent_compile_cache)
 from .engine import Engine
 from .errors import NonFiniteLoss, TrainingInterrupted
 from .evaluate import (EvaluationInterrupted, PassResult, bigram_optimum, bits_per_char, describe_pass, estimate_loss,
@@ -322,7 +322,7 @@ def setup(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
         say(f"budget: {format_duration(tc.time_budget)} of wall clock from the command's start: "
             f"{format_duration(gone)} gone to start-up, {training}, "
             f"~{format_duration(reserve)} for the final pass over val{fitted} and the sample")
-    train_model = torch.compile(model) if compiled else model
+    train_model = compile_model(model, device) if compiled else model
     ddp_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None) if dist_info.enabled else None
     splits = {"train": data.train, "val": data.val}
     data.check_block_size(mc.block_size)
