@@ -140,6 +140,59 @@ def test_checkpoint_then_resume_continues_to_the_same_result(dataset_dir, tmp_pa
     assert s1["val_loss_full"] == s2["val_loss_full"]
 
 
+def tiny_gpt_config(steps: int, **train):
+    cfg = get_preset("cpu")
+    cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head, cfg.model.block_size = 1, 32, 2, 16
+    cfg.train.batch_size, cfg.train.max_steps, cfg.train.eval_interval, cfg.train.eval_iters = 4, steps, 10, 2
+    cfg.train.sample_tokens, cfg.train.compile, cfg.train.eval_tokens, cfg.train.schedule = 0, False, 3000, "constant"
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
+    return cfg
+
+
+def test_the_average_of_the_weights_is_their_mean_then_an_exponential_moving_average():
+    from types import SimpleNamespace
+
+    from chargpt.training import average_weights
+
+    model = torch.nn.Linear(3, 2)
+    t = SimpleNamespace(model=model, ema=None, step=5, ema_start=0, ema_steps=0,
+                        config=SimpleNamespace(train=SimpleNamespace(ema=0.75)))
+    seen = []
+    for i in range(8):
+        with torch.no_grad():
+            model.weight.fill_(float(i))
+        seen.append(float(i))
+        average_weights(t)
+        t.step += 1
+        expected = sum(seen) / len(seen) if len(seen) <= 4 else 0.75 * expected + 0.25 * i  # mean of 4, then decay
+        assert t.ema.weight.mean().item() == pytest.approx(expected)
+    assert t.ema_start == 5 and t.ema_steps == 8
+    assert not any(p.requires_grad for p in t.ema.parameters())
+
+
+def test_a_run_with_ema_saves_and_scores_the_average_and_a_resume_carries_it_on_exactly(dataset_dir, tmp_path):
+    data = load_dataset(dataset_dir)
+    straight = RunDir.create(tmp_path, "straight")
+    s1 = train(tiny_gpt_config(40, ema=0.9, ema_from=0.25), data, straight, echo=lambda *_: None)
+    half = RunDir.create(tmp_path, "half")
+    train(tiny_gpt_config(20, ema=0.9, ema_from=0.5), data, half, echo=lambda *_: None)  # averaging from step 11
+    s2 = train(tiny_gpt_config(40, ema=0.9, ema_from=0.25), data, half, resume_state=checkpoint.load(half.ckpt),
+               echo=lambda *_: None)
+    a, b = checkpoint.load(straight.ema), checkpoint.load(half.ema)
+    assert a["step"] == b["step"] == 40 and a["extra"]["averaged_from_step"] == b["extra"]["averaged_from_step"] == 11
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert not all(torch.equal(a["model"][k], checkpoint.load(straight.ckpt)["model"][k]) for k in a["model"])
+    # scored at the end, like the final model; the run recommends the lower, and reading the run reads it
+    from chargpt.rundir import recommended
+
+    ema_model, _, _ = checkpoint.load_model(straight.ema)
+    assert s1["val_loss_full_ema"] == s2["val_loss_full_ema"] == pytest.approx(
+        evaluate_split(ema_model, data.val, 16, "cpu", eval_tokens=3000).loss)
+    assert s1["ema_from_step"] == 11 and {s1["val_loss_full"]} == {min(s1["val_loss_full_ema"], s1["val_loss_full_final"])}
+    assert s1["recommended"] == ("ema.pt" if s1["val_loss_full_ema"] < s1["val_loss_full_final"] else "ckpt.pt")
+    assert recommended(straight.path).name == s1["recommended"]
+
 def test_time_budget_stops_training_and_is_recorded(dataset_dir, tmp_path):
     data = load_dataset(dataset_dir)
     cfg = bigram_config(10**9)

@@ -15,8 +15,8 @@ from .errors import CheckpointError, ConfigError
 from .fsutil import (METRICS_LIMIT, append_line, kind_of, read_bytes, read_json, read_problem, remove_stale_temporaries,
                      stale_temporaries, write_json, write_text)
 
-CONFIG, METRICS, SUMMARY, SAMPLE, CKPT, BEST, PLOT = ("config.json", "metrics.jsonl", "summary.json", "sample.txt",
-                                                     "ckpt.pt", "best.pt", "loss.png")
+CONFIG, METRICS, SUMMARY, SAMPLE, CKPT, BEST, EMA, PLOT = ("config.json", "metrics.jsonl", "summary.json",
+                                                          "sample.txt", "ckpt.pt", "best.pt", "ema.pt", "loss.png")
 LOCK = ".lock"
 _held: dict[str, int] = {}  # run directory (real path) -> the descriptor holding its lock in this process
 
@@ -133,6 +133,11 @@ class RunDir:
     def best(self) -> Path:
         """The checkpoint of the lowest validation estimate so far (the latest one is `ckpt`)."""
         return self.path / BEST
+
+    @property
+    def ema(self) -> Path:
+        """The average of the weights over the last part of training (--ema), written at the end of the run."""
+        return self.path / EMA
 
     def write_config(self, config: dict) -> None:
         write_json(self.path / CONFIG, config)
@@ -287,14 +292,14 @@ def locate_run(target: str | os.PathLike, out_dir: str | os.PathLike | None = No
 
 
 def recommended(run: Path) -> Path:
-    """The checkpoint a run directory stands for when read (sample, eval, attention, serve, --init-from): best.pt where
-    its summary recommends it (it scored lower on the full pass than the final model), else the latest ckpt.pt.
-    Resuming continues ckpt.pt."""
+    """The checkpoint a run directory stands for when read (sample, eval, attention, serve, --init-from): best.pt or
+    ema.pt where its summary recommends it (it scored lower on the full pass than the final model), else the latest
+    ckpt.pt. Resuming continues ckpt.pt."""
     try:
         name = read_json(run / SUMMARY, within=run).get("recommended")
     except (OSError, ValueError, AttributeError):  # no summary yet (a run in progress), or a damaged one
         name = None
-    return run / (BEST if name == BEST and (run / BEST).is_file() else CKPT)
+    return run / (name if name in (BEST, EMA) and (run / name).is_file() else CKPT)
 
 
 def _is_run_link(link: Path) -> bool:
@@ -313,7 +318,7 @@ def check_run_name(name: str) -> None:
 
 def run_problem(path: Path) -> str | None:
     """What is wrong with the files of run directory `path` (config, summary, metrics log, checkpoints), if anything."""
-    for name in (CONFIG, SUMMARY, METRICS, CKPT, BEST):
+    for name in (CONFIG, SUMMARY, METRICS, CKPT, BEST, EMA):
         problem = read_problem(path / name, within=path)
         if problem and problem != "missing":
             return f"{name} is {problem}"

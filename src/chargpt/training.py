@@ -1,6 +1,7 @@
 """The training loop: flat and visible. Evaluation, checkpoints, logging and stopping are small calls from it."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import random
@@ -34,7 +35,7 @@ from .optim import Muon, lr_multiplier, make_optimizers, set_lr
 from .plotting import refresh_run_plot
 from .progress import EvalProgress, Progress, format_duration
 from .provenance import provenance
-from .rundir import RunDir
+from .rundir import BEST, CKPT, EMA, RunDir
 from .signals import StopSignals
 from .tracking import NullTracker, Tracker, finish_tracking
 
@@ -112,6 +113,9 @@ class Training:
     model_choice: str | None = None  # the size the time budget chose (no preset given)
     plot_seconds: float = 0.0  # spent redrawing loss.png in this process
     marked_latest: bool = False  # `latest` points at this run since its first checkpoint here
+    ema: torch.nn.Module | None = None  # the average of the weights (--ema), from step `ema_start` on
+    ema_start: int = 0
+    ema_steps: int = 0  # steps averaged so far
 
     @property
     def tokens_per_step(self) -> int:
@@ -165,18 +169,25 @@ class Training:
     def non_finite(self, what: str) -> NonFiniteLoss:
         return NonFiniteLoss(f"{what}; {self.kept()}. Lower --lr or --muon-lr, or set --grad-clip")
 
-    def save_checkpoint(self, path: Path | None = None) -> None:
-        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):  # never replace a good one with NaNs
+    def save_checkpoint(self, path: Path | None = None, model: torch.nn.Module | None = None) -> None:
+        """The training state at this step into `path` (ckpt.pt by default), with `model`'s weights (the model's)."""
+        model = model or self.model
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):  # never replace a good one with NaNs
             raise self.non_finite(f"the weights became non-finite by step {self.step}")
         states = distributed.all_gather_tensor(self.gen.get_state(), self.dist)
         if not self.dist.is_main or self.run is None:
             return
         rng = rng_state(self.gen) | {"batch_per_rank": states}
-        checkpoint.save(path or self.run.ckpt, model=self.model, optimizers=self.optimizers, step=self.step,
+        extra = {"train_seconds": self.train_seconds(), "budget_seconds": self.budget_seconds(),
+                 "preset": self.preset, "data_dir": self.data_dir, "best_val_loss": self.best_val, "init_from": self.origin}
+        if self.ema is not None and model is self.model:  # the average so far, for a resume to go on with
+            extra |= {"ema": {k: v.detach().cpu() for k, v in self.ema.state_dict().items()},
+                      "ema_start": self.ema_start, "ema_steps": self.ema_steps}
+        elif model is self.ema:
+            extra |= {"averaged_from_step": self.ema_start}
+        checkpoint.save(path or self.run.ckpt, model=model, optimizers=self.optimizers, step=self.step,
                         config=self.config, tokenizer=self.data.tokenizer, dataset_hash=self.data.content_hash, rng=rng,
-                        extra={"train_seconds": self.train_seconds(), "budget_seconds": self.budget_seconds(),
-                               "preset": self.preset, "data_dir": self.data_dir,
-                               "best_val_loss": self.best_val, "init_from": self.origin})
+                        extra=extra)
         if path is None and not self.marked_latest:
             # `latest` is the newest run with a checkpoint, from its first one: resuming, sampling or evaluating
             # `latest` while this run trains, or after it was stopped, means this run
@@ -258,6 +269,7 @@ def setup(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
     model = model.to(device)
     optimizers = make_optimizers(model, tc, device.type, bf16=precision == "bfloat16")
     step, spent, spent_budget, best_val = 0, 0.0, 0.0, math.inf
+    ema, ema_start, ema_steps = None, 0, 0
     if resume_state is not None:
         step = checkpoint.restore(resume_state, config, run.path if run is not None else "the checkpoint",
                                   data=data, model=model, optimizers=optimizers)
@@ -267,6 +279,11 @@ def setup(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
         spent = resume_state["extra"].get("train_seconds", 0.0)
         spent_budget = resume_state["extra"].get("budget_seconds", spent)  # runs saved before budgets were wall clock
         best_val = resume_state["extra"].get("best_val_loss") or math.inf
+        if tc.ema and isinstance(resume_state["extra"].get("ema"), dict):
+            ema = build_model(mc)
+            ema.load_state_dict(resume_state["extra"]["ema"])
+            ema = ema.to(device).requires_grad_(False)
+            ema_start, ema_steps = int(resume_state["extra"]["ema_start"]), int(resume_state["extra"]["ema_steps"])
         states = resume_state["rng"].get("batch_per_rank")
         mine = states[dist_info.rank] if states and len(states) == dist_info.world_size else None
         restore_rng(resume_state["rng"], gen, mine)
@@ -304,9 +321,10 @@ def setup(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
             compiled = None
     reserve, final_tokens, fitted = 0.0, tc.eval_tokens, ""
     if tc.time_budget:
-        # the final pass runs eagerly in float32; its time is measured on one batch now and kept back from training
-        final = FINAL_MARGIN * final_pass_seconds(model, len(data.val), mc.block_size, device,
-                                                  tc.eval_tokens) / dist_info.world_size
+        # the final pass runs eagerly in float32 (twice with --ema: the final model and the average); its time is
+        # measured on one batch now and kept back from training
+        final = FINAL_MARGIN * (2 if tc.ema else 1) * final_pass_seconds(model, len(data.val), mc.block_size, device,
+                                                                         tc.eval_tokens) / dist_info.world_size
         if final > FINAL_SHARE * tc.time_budget and tc.eval_tokens:  # too long for the budget: an even subset
             # (unless --eval-tokens all asked for the exact pass, whatever it costs)
             scored = min(tc.eval_tokens, len(data.val))
@@ -333,7 +351,7 @@ def setup(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
                  fwd=ddp_model or train_model, ddp_model=ddp_model, splits=splits, origin=origin, step=step,
                  spent=spent, spent_budget=spent_budget, clock_start=clock_start, reserve=reserve,
                  final_tokens=final_tokens, best_val=best_val, resumed_at=step if resume_state is not None else None,
-                 compiled=compiled, shows_progress=echo is not None)
+                 compiled=compiled, shows_progress=echo is not None, ema=ema, ema_start=ema_start, ema_steps=ema_steps)
     if resume_state is not None and run is not None and (spent >= tc.time_budget if tc.time_budget
                                                          else step >= tc.max_steps):
         # resuming a finished run: its last evaluation is already logged; only the final report is redone
@@ -375,6 +393,8 @@ def loop(t: Training) -> None:
             set_lr(t.optimizers, lr_multiplier(t.fraction_done(), tc))
             loss_value, grad_norm = train_step(t)
             t.step += 1
+            if tc.ema and done_frac >= tc.ema_from:
+                average_weights(t)
             if t.step % tc.log_interval == 0:
                 record = t.record(loss=loss_value, grad_norm=grad_norm)
                 progress_bar.update(t.step, loss_value, record["tokens_per_sec"], t.clock())
@@ -444,6 +464,18 @@ def train_step(t: Training) -> tuple[float, float]:
     return loss_value, float(grad_norm)
 
 
+def average_weights(t: Training) -> None:
+    """Fold the weights after this step into their average (--ema): the plain mean of every step since averaging
+    began, until that spans 1 / (1 - ema) steps, then an exponential moving average with decay `ema`."""
+    if t.ema is None:
+        t.ema = copy.deepcopy(t.model).requires_grad_(False)
+        t.ema_start, t.ema_steps = t.step, 1
+        return
+    t.ema_steps += 1
+    weight = max(1.0 / t.ema_steps, 1.0 - t.config.train.ema)
+    torch._foreach_lerp_(list(t.ema.parameters()), [p.detach() for p in t.model.parameters()], weight)
+
+
 def finish(t: Training) -> dict:
     """The end-of-run evaluation of val, the summary and a sample; return the summary."""
     seconds = t.train_seconds()
@@ -460,6 +492,8 @@ def finish(t: Training) -> dict:
         "tokens_per_sec": round(step * t.tokens_per_step / max(seconds, 1e-9), 1),
         "train_loss": t.last_eval.get("train_loss"), "val_loss": t.last_eval.get("val_loss"),
     }
+    if t.ema is not None:  # ema.pt: the average, for sample, eval and serve when the run recommends it
+        t.save_checkpoint(run.ema if run is not None else None, model=t.ema)
     t0 = time.perf_counter()
     with StopSignals() as stop:  # the checkpoint is saved: a signal now cuts the evaluation short, nothing else
         try:
@@ -471,6 +505,10 @@ def finish(t: Training) -> dict:
                 summary["bigram_optimum_val_loss"] = bigram_optimum(t.splits["train"], t.splits["val"], mc.vocab_size,
                                                                     eval_tokens=tc.eval_tokens,
                                                                     should_stop=lambda: stop.received)
+            average = None if t.ema is None else evaluate_split(
+                t.ema, t.splits["val"], mc.block_size, t.device, eval_tokens=t.final_tokens, dist_info=t.dist,
+                should_stop=lambda: stop.received,
+                progress=EvalProgress("final evaluation of ema.pt", enabled=main and t.shows_progress))
             best = _score_best(t, lambda: stop.received, time.perf_counter() - t0)
         except EvaluationInterrupted as e:
             name = signal.Signals(e.signum).name
@@ -487,20 +525,29 @@ def finish(t: Training) -> dict:
         "seed": tc.seed, "dataset": t.data.meta.get("name"), "dataset_hash": t.data.content_hash,
         **({"init_from": t.origin} if t.origin else {}), "provenance": provenance(t.device),
     }
-    recommended, headline = "ckpt.pt", final
-    if isinstance(best, tuple):  # best.pt scored too: the run recommends the lower full pass, and says which
-        summary |= {"val_loss_full_final": final.loss, "val_loss_full_best": best[0].loss, "best_step": best[1]}
-        if best[0].loss < final.loss:
-            recommended, headline = "best.pt", best[0]
-            summary |= _final_figures(best[0], summary["eval_seconds"])
+    # the run recommends the lowest full pass of the models it saved, and says which
+    scored = {CKPT: (final, "the final model")}
+    if average is not None:
+        scored[EMA] = (average, f"ema.pt, the average since step {t.ema_start}")
+        summary |= {"val_loss_full_ema": average.loss, "ema_from_step": t.ema_start}
+    if isinstance(best, tuple):
+        scored[BEST] = (best[0], f"best.pt of step {best[1]}")
+        summary |= {"val_loss_full_best": best[0].loss, "best_step": best[1]}
+    if len(scored) > 1:
+        summary["val_loss_full_final"] = final.loss
+    recommended = min(scored, key=lambda name: scored[name][0].loss)
+    headline = scored[recommended][0]
+    if recommended != CKPT:
+        summary |= _final_figures(headline, summary["eval_seconds"])
     summary["recommended"] = recommended
     if main:
         spent = f", {format_duration(t.budget_seconds())} of the {format_duration(tc.time_budget)} budget" \
             if tc.time_budget else ""
         which = ""
-        if isinstance(best, tuple):
-            which = (f" (best.pt of step {best[1]}, recommended; the final model: {final.loss:.4f})"
-                     if recommended == "best.pt" else f" (the final model; best.pt of step {best[1]}: {best[0].loss:.4f})")
+        if len(scored) > 1:
+            others = "; ".join(f"{what}: {result.loss:.4f}" for name, (result, what) in scored.items()
+                               if name != recommended)
+            which = f" ({scored[recommended][1]}, recommended; {others})"
         t.say(describe_pass(headline, "val") + f"{which} after {step} steps, {seconds:.1f} s{spent}")
         if isinstance(best, str):
             t.say(best)
