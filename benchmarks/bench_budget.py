@@ -81,15 +81,15 @@ def preset_wall(data: Path, work: Path) -> tuple[float, str]:
     return time.perf_counter() - t0, "chargpt's nanogpt-cpu preset"
 
 
-def run_budget(budget: float, seed: int, data: Path, work: Path, cold: bool) -> dict:
-    name = f"budget-{budget:.0f}-{seed}"
+def run_budget(budget: float, seed: int, data: Path, work: Path, cold: bool, dtype: str = "auto") -> dict:
+    name = f"budget-{budget:.0f}-{seed}-{dtype}"
     env = dict(os.environ)
     if cold:  # an empty compile cache: what a new user's first run gets
         fresh = tempfile.mkdtemp(prefix="chargpt-cold-cache-", dir=work)
         env.update(XDG_CACHE_HOME=fresh, CHARGPT_CACHE=fresh)
         env.pop("TORCHINDUCTOR_CACHE_DIR", None)
     cmd = [sys.executable, "-m", "chargpt", "train", "--data", str(data), "--runs-dir", str(work), "--name", name,
-           "--time-budget", f"{budget:.1f}", "--seed", str(seed), "--sample-tokens", "0"]
+           "--time-budget", f"{budget:.1f}", "--seed", str(seed), "--sample-tokens", "0", "--dtype", dtype]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env)
     wall = time.perf_counter() - t0
@@ -99,12 +99,16 @@ def run_budget(budget: float, seed: int, data: Path, work: Path, cold: bool) -> 
     summary["wall"] = wall
     summary["children_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(f"  B={budget:.0f}s seed {seed}{' (cold cache)' if cold else ''}: val_full {summary['val_loss_full']:.4f}, "
-          f"wall {wall:.0f} s, {summary['steps']} steps, peak RSS {summary['peak_rss_mb']:.0f} MB",
+          f"wall {wall:.0f} s, {summary['steps']} steps, peak RSS {summary['peak_rss_mb']:.0f} MB, "
+          f"{summary.get('model_choice', summary.get('preset'))}, recommends {summary.get('recommended')} "
+          f"(final {summary.get('val_loss_full_final', summary['val_loss_full']):.4f}, "
+          f"ema {summary.get('val_loss_full_ema', float('nan')):.4f})",
           file=sys.stderr, flush=True)
     return summary
 
 
-def main(multiples=(1.0, 3.0, 0.2), seeds=3, nanogpt: str | None = None, w: float | None = None) -> list[dict]:
+def main(multiples=(1.0, 3.0, 0.2), seeds=3, nanogpt: str | None = None, w: float | None = None,
+         dtype: str = "auto") -> list[dict]:
     work = Path(tempfile.mkdtemp(prefix="chargpt-budget-"))
     data = shakespeare_dataset()
     rows = []
@@ -130,7 +134,7 @@ def main(multiples=(1.0, 3.0, 0.2), seeds=3, nanogpt: str | None = None, w: floa
         budget = w * m
         runs = []
         for seed in range(1, seeds + 1):
-            runs.append(run_budget(budget, seed, data, work, cold=first))
+            runs.append(run_budget(budget, seed, data, work, cold=first, dtype=dtype))
             first = False
         vals = [r["val_loss_full"] for r in runs]
         medians[m] = statistics.median(vals)
@@ -162,6 +166,8 @@ if __name__ == "__main__":
     ap.add_argument("--w", type=float, help="W in seconds, measured before on this machine (skips measuring it)")
     ap.add_argument("--budgets", type=float, nargs="+", default=[1.0, 3.0, 0.2], help="budgets as multiples of W")
     ap.add_argument("--seeds", type=int, default=3, help="seeds per budget (1..N)")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                    help="chargpt's precision (float32 on a bf16 CPU: how the budget's choice does on a slower machine)")
     a = ap.parse_args()
-    print(f"machine: {machine()}")
-    print_table(main(a.budgets, a.seeds, a.nanogpt, a.w), "the best model for the time you have")
+    print(f"machine: {machine()}, chargpt --dtype {a.dtype}")
+    print_table(main(a.budgets, a.seeds, a.nanogpt, a.w, a.dtype), "the best model for the time you have")
