@@ -1,5 +1,6 @@
-"""The memory and time that drawing the loss curve costs the training process (it draws in-process, with
-matplotlib's Agg canvas): resident memory before the first drawing, after it, and after 20 more.
+"""The memory and time that drawing the loss curve costs the training process (a helper process draws it with
+matplotlib's Agg canvas, and the training process waits for it): resident memory before the first drawing, after
+it, and after 20 more.
 
     python benchmarks/bench_plot.py [--evals 6]
 

@@ -1,10 +1,12 @@
-"""`chargpt train --nproc N`: start the same command under torchrun, N processes on this machine."""
+"""The other Python processes chargpt starts: the same command under torchrun (`chargpt train --nproc N`), and
+short-lived helpers that keep a library's memory out of the training process (the loss plot, a first compile)."""
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from .distributed import cpu_count, thread_share
 from .errors import EXIT_INTERRUPTED, ConfigError
@@ -63,3 +65,16 @@ def relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
     finally:
         signal.signal(signal.SIGTERM, old)
 
+
+
+def run_helper(function: str, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Call `function` ("chargpt.module.name") with string `args` in a fresh Python process that imports this same
+    chargpt, wait for it (at most `timeout` seconds: then it is killed and `subprocess.TimeoutExpired` raised) and
+    return it, its output captured. Spawned, never forked (the caller has threads), in a session of its own: a
+    Ctrl-C at the terminal reaches the caller, which ends the helper if it stops waiting."""
+    module, name = function.rsplit(".", 1)
+    code = f"import sys; from {module} import {name}; {name}(*sys.argv[1:])"
+    package_root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+    return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL, start_new_session=True)

@@ -1,11 +1,12 @@
-"""Loss-curve PNGs: one run's train/val curves (refreshed at every evaluation) and several runs' val curves.
+"""Loss-curve PNGs: one run's train/val curves (redrawn at evaluations, by a helper process while it trains) and
+several runs' val curves.
 
 Drawn with matplotlib's Agg canvas on a bare `Figure` (no pyplot state, no display needed) and written atomically.
 """
 from __future__ import annotations
 
-import gc
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from .fsutil import atomic_path
 from .rundir import PLOT, read_metrics
 
 _warned = False
+PLOT_TIMEOUT = 120.0  # seconds a drawing may take before the training loop stops waiting for it (a busy machine: ~2 s)
 
 
 def _evals(records: list[dict]) -> list[dict]:
@@ -78,17 +80,20 @@ def run_figure(run_path: Path):
 
 
 def refresh_run_plot(run_path: str | os.PathLike) -> None:
-    """`plot_run` for the training loop, drawn in this process: a failure is one warning line, once, and
-    training goes on. matplotlib adds ~35 MB to the process once imported (benchmarks/RESULTS.md)."""
+    """`plot_run` for the training loop, drawn by a helper process that this one waits for: matplotlib never enters
+    the training process, where it would stay resident for the whole run (~36 MB of a compiled run's peak, issue
+    24). A failure is one warning line, once, and training goes on."""
     global _warned
+    from .launch import run_helper
+
     try:
-        plot_run(run_path)
-        gc.collect(1)  # figures are reference cycles: collected young, each redraw does not add ~1.5 MB (~10 ms)
-    except Exception as e:  # a plot is never worth a run: any failure of matplotlib or the disk is a warning
-        if not _warned:
-            _warned = True
-            print(f"warning: cannot draw the loss curve in {run_path} ({e.__class__.__name__}: {e}); training goes on",
-                  file=sys.stderr)
+        p = run_helper("chargpt.plotting.plot_run", str(run_path), timeout=PLOT_TIMEOUT)
+        failure = None if p.returncode == 0 else (p.stderr.strip().splitlines() or [f"exit status {p.returncode}"])[-1]
+    except (OSError, subprocess.SubprocessError) as e:  # a plot is never worth a run: nor is its helper
+        failure = f"{e.__class__.__name__}: {e}"
+    if failure and not _warned:
+        _warned = True
+        print(f"warning: cannot draw the loss curve in {run_path} ({failure}); training goes on", file=sys.stderr)
 
 
 def plot_runs(run_paths: list[str | os.PathLike], out: str | os.PathLike) -> Path:
