@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 import time
 from contextlib import nullcontext
@@ -132,6 +133,18 @@ def test_torchs_own_default_written_back_is_not_taken_for_the_users_cache(monkey
     assert device._users_inductor_cache() == str(tmp_path / "mine")
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     assert device._users_inductor_cache() is None
+
+
+def test_on_two_cpus_inductor_compiles_one_kernel_at_a_time_unless_the_user_says_otherwise():
+    # each g++ inductor runs at once holds ~200 MB: two at once on 2 cores were 931 MB across the processes
+    code = ("import os, sys; os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:2]); "
+            "from chargpt.device import prepare_compile; from torch._inductor import config; "
+            "prepare_compile(); print(config.compile_threads)")
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_COMPILE_THREADS"}
+    ours = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    theirs = subprocess.run([sys.executable, "-c", code], env=env | {"TORCHINDUCTOR_COMPILE_THREADS": "3"},
+                            capture_output=True, text=True, timeout=120)
+    assert (ours.stdout.strip(), theirs.stdout.strip()) == ("1", "3"), ours.stderr + theirs.stderr
 
 
 @pytest.mark.slow

@@ -145,6 +145,21 @@ def use_persistent_compile_cache() -> str:
     return os.environ["TORCHINDUCTOR_CACHE_DIR"]
 
 
+def prepare_compile() -> None:
+    """What torch.compile is told before it compiles here: the persistent cache, and the kernels inductor compiles
+    at once: one on a machine of 2 CPUs or fewer, where each parallel g++ holds ~200 MB and the cores are shared
+    anyway (a cold 3 layers x 128 compile: 931 MB across its processes with two at once; issue 24). A
+    TORCHINDUCTOR_COMPILE_THREADS the user set wins."""
+    use_persistent_compile_cache()
+    if "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ:
+        from torch._inductor import config
+
+        from .distributed import cpu_count
+
+        if cpu_count() <= 2:
+            config.compile_threads = 1
+
+
 # Below this time budget a first compile (10-40 s on 2 CPU cores) costs more of the budget than compiled steps win
 # back (2-core EPYC, cpu preset, 30 s budget: 1 step with a cold cache, 169 eager, 163 compiled from a warm one).
 COLD_COMPILE_BUDGET = 150.0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import random
 import resource
@@ -20,12 +21,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from . import checkpoint, distributed
 from .attention import layers_by_heads
 from .batch import get_batch
-from .config import Config
+from .config import Config, ModelConfig
 from .data import Dataset
 from .budget import FINAL_MARGIN, FINAL_SHARE, SAMPLE_RATE, SPEED_STEPS, final_pass_seconds, record_speed
 from .device import (COLD_COMPILE_BUDGET, autocast_for, compile_key, compile_model, compile_unavailable_reason,
-                     compiled_before, configure_backends, keep_freed_memory_for_reuse, mark_compiled, resolve_device,
-                     resolve_dtype, set_threads, use_persistent_compile_cache)
+                     compiled_before, configure_backends, keep_freed_memory_for_reuse, mark_compiled, prepare_compile,
+                     resolve_device, resolve_dtype, set_threads)
 from .engine import Engine
 from .errors import NonFiniteLoss, TrainingInterrupted
 from .evaluate import (EvaluationInterrupted, PassResult, bigram_optimum, bits_per_char, describe_pass, estimate_loss,
@@ -312,8 +313,10 @@ def setup(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
         say(f"warning: {no_compile}; training without it")
     compiled = None  # what torch.compile builds here, when it does
     if tc.compile and not no_compile:
-        use_persistent_compile_cache()
-        compiled = compile_key(device.type, precision, dataclasses.asdict(mc), micro_batch, dist_info.world_size)
+        prepare_compile()
+        threads = [torch.get_num_threads()] if device.type == "cpu" else []  # inductor's CPU kernels specialize on it
+        compiled = compile_key(device.type, precision, dataclasses.asdict(mc), micro_batch, dist_info.world_size,
+                               *threads)
         if tc.time_budget and tc.time_budget < COLD_COMPILE_BUDGET and compiled_before(compiled) is False:
             say(f"compile: skipped in this {format_duration(tc.time_budget)} budget (the first compile of this model "
                 f"takes 10-40 s); a run of {format_duration(COLD_COMPILE_BUDGET)} or more, or one without a budget, "
@@ -340,6 +343,8 @@ def setup(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
         say(f"budget: {format_duration(tc.time_budget)} of wall clock from the command's start: "
             f"{format_duration(gone)} gone to start-up, {training}, "
             f"~{format_duration(reserve)} for the final pass over val{fitted} and the sample")
+    if compiled and device.type == "cpu" and not dist_info.enabled and compiled_before(compiled) is False:
+        compile_in_helper(mc, micro_batch, precision, compiled)
     train_model = compile_model(model, device) if compiled else model
     ddp_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None) if dist_info.enabled else None
     splits = {"train": data.train, "val": data.val}
@@ -444,9 +449,7 @@ def train_step(t: Training) -> tuple[float, float]:
         x, y = get_batch(t.splits["train"], t.micro_batch, t.config.model.block_size, t.device, t.gen)
         sync = t.ddp_model is None or micro == t.accum - 1
         with t.ddp_model.no_sync() if not sync else nullcontext():
-            with t.autocast():
-                _, loss = t.fwd(x, y)
-            (loss / t.accum).backward()
+            loss = forward_backward(t.fwd, x, y, t.autocast, t.accum)
     loss_value = loss.item()
     if not math.isfinite(loss_value):
         raise t.non_finite(f"loss became {loss_value} at step {t.step}")
@@ -474,6 +477,43 @@ def average_weights(t: Training) -> None:
     t.ema_steps += 1
     weight = max(1.0 / t.ema_steps, 1.0 - t.config.train.ema)
     torch._foreach_lerp_(list(t.ema.parameters()), [p.detach() for p in t.model.parameters()], weight)
+
+
+def forward_backward(fwd, x: torch.Tensor, y: torch.Tensor, autocast, accum: int = 1) -> torch.Tensor:
+    """One micro-batch through `fwd` and back, its gradients scaled for `accum` micro-batches; returns its loss."""
+    with autocast():
+        _, loss = fwd(x, y)
+    (loss / accum).backward()
+    return loss
+
+
+def compile_in_helper(mc: ModelConfig, micro_batch: int, precision: str, key: str) -> None:
+    """Compile the training step of a model never compiled here in a helper process, which leaves it in the
+    compile cache; the training process then loads it from there, as every later run does. Compiled in the
+    training process, the compiler would stay loaded for the whole run (inductor's pattern tables, sympy and their
+    code: ~40 MB of a 3 layers x 128 run's peak, issue 24). Should the helper fail, the training process compiles."""
+    from .launch import run_helper
+
+    spec = {"model": dataclasses.asdict(mc), "micro_batch": micro_batch, "precision": precision,
+            "threads": torch.get_num_threads()}
+    try:
+        compiled = run_helper("chargpt.training.compile_training_step", json.dumps(spec)).returncode == 0
+    except OSError:
+        return
+    if compiled:
+        mark_compiled(key)
+
+
+def compile_training_step(spec_json: str) -> None:
+    """In the helper of `compile_in_helper`: the model `spec_json` describes, compiled and run through one training
+    micro-batch as `train_step` runs it (zeros: only the shapes matter), so that its graphs land in the cache."""
+    spec = json.loads(spec_json)
+    torch.set_num_threads(spec["threads"])
+    prepare_compile()
+    mc = ModelConfig(**spec["model"])
+    x = torch.zeros((spec["micro_batch"], mc.block_size), dtype=torch.long)
+    cpu = torch.device("cpu")
+    forward_backward(compile_model(build_model(mc), cpu), x, torch.zeros_like(x), autocast_for(cpu, spec["precision"]))
 
 
 def finish(t: Training) -> dict:
