@@ -90,7 +90,7 @@ def assert_same_run(a: Path, b: Path, steps: int = STEPS) -> None:
     la, lb = training_losses(a), training_losses(b)
     assert la and lb and all(la[s] == lb[s] for s in la.keys() & lb.keys())
     assert set(la) >= set(lb) or set(lb) >= set(la)
-    sa, sb = checkpoint.load(a), checkpoint.load(b)
+    sa, sb = checkpoint.load(a / "ckpt.pt"), checkpoint.load(b / "ckpt.pt")  # the latest, not the one recommended
     assert sa["step"] == sb["step"] == steps
     assert sa["model"].keys() == sb["model"].keys()
     for k in sa["model"]:

@@ -46,7 +46,10 @@ def test_train_tracker_tensorboard_writes_every_metrics_record_images_and_summar
     assert all(image.step == 20 and image.width > 100 for (image,) in images.values())
     assert "1 layer x 2 heads" in text(acc, "attention/caption")  # the label `chargpt attention` writes
     assert summary["sample"] in text(acc, "sample").replace("\n    ", "\n")
-    assert text(acc, "model").startswith("latest, best, step-20: runs/t/ckpt.pt")  # where the checkpoint is
+    # where each checkpoint is: the final one last (best.pt before it when that is an earlier step)
+    models = [e.tensor_proto.string_val[0].decode() for e in acc.Tensors("model/text_summary")]
+    assert models[-1].startswith(("latest, best, step-20: runs/t/ckpt.pt", "latest, step-20: runs/t/ckpt.pt"))
+    assert len(models) == 1 or models[0].startswith("best, step-") and "runs/t/best.pt" in models[0]
 
 
 def test_the_library_writes_the_same_event_files_with_tracker_tensorboard(dataset_dir, tmp_path, capfd):

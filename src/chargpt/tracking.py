@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol, get_args, runtime_checkable
 
 from .config import TrackerName
 from .errors import ConfigError
-from .rundir import BEST, CKPT, EMA, PLOT
+from .rundir import BEST, CKPT, PLOT
 
 if TYPE_CHECKING:
     from .config import Config
@@ -141,8 +141,8 @@ def _images(run: RunDir, data: Dataset, tmp: Path) -> list[tuple[str, Path, str]
 
 def model_versions(run: RunDir, summary: dict) -> list[tuple[dict[str, Path], list[str], dict]]:
     """(files, aliases, metadata) of each checkpoint worth keeping: the final one as `latest` and `step-N`, and
-    `best` on the run's best.pt when that is an earlier step, else on the final one too, and `ema` on the average of
-    the weights (--ema) when the run kept one (those listed first, so `latest` ends on the final one)."""
+    `best` on the run's best.pt when that is an earlier step (listed first, so `latest` ends on the final one),
+    else on the final one too."""
     path, steps = Path(run.path), int(summary.get("steps") or 0)
     if not Path(run.ckpt).is_file():
         return []
@@ -152,13 +152,11 @@ def model_versions(run: RunDir, summary: dict) -> list[tuple[dict[str, Path], li
                                     if (path / extra).is_file()}
 
     scalars = {k: v for k, v in summary.items() if k != "sample" and isinstance(v, (int, float, str))}
-    average = [(files(path / EMA), ["ema"], {"checkpoint": EMA, "averaged_from_step": summary.get("ema_from_step")})
-               ] if (path / EMA).is_file() else []
     best_step = separate_best(path)
     if best_step is None:
-        return average + [(files(Path(run.ckpt)), ["latest", "best", f"step-{steps}"], scalars)]
-    return average + [(files(path / BEST), ["best", f"step-{best_step}"], {"checkpoint": BEST, "steps": best_step}),
-                      (files(Path(run.ckpt)), ["latest", f"step-{steps}"], scalars)]
+        return [(files(Path(run.ckpt)), ["latest", "best", f"step-{steps}"], scalars)]
+    return [(files(path / BEST), ["best", f"step-{best_step}"], {"checkpoint": BEST, "steps": best_step}),
+            (files(Path(run.ckpt)), ["latest", f"step-{steps}"], scalars)]
 
 
 def separate_best(run_path: Path) -> int | None:
