@@ -3,6 +3,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -209,6 +210,39 @@ def test_time_budget_stops_training_and_is_recorded(dataset_dir, tmp_path):
     assert 7.5 < summary["budget_seconds"] < 15.0
     assert summary["steps"] > 10
     assert summary["tokens_seen"] == summary["steps"] * 32 * 8
+
+
+def test_start_up_before_training_does_not_squeeze_the_schedule_of_a_budget(dataset_dir, tmp_path):
+    data = load_dataset(dataset_dir)
+    cfg = bigram_config(10**9)
+    cfg.train.time_budget, cfg.train.schedule, cfg.train.warmup, cfg.train.decay = 8.0, "wsd", 0.0, 0.5
+    run = RunDir.create(tmp_path, "t")
+    # half the budget gone before the first step, as a slow start-up or a first compile takes it
+    train(cfg, data, run, preset="bigram", echo=None, clock_start=time.perf_counter() - 4.0)
+    lrs = [r["lr"] for r in run.metrics() if "loss" in r]
+    assert lrs[0] == pytest.approx(cfg.train.lr)  # training begins at the peak, not part-way down its decay
+    assert sum(lr == pytest.approx(cfg.train.lr) for lr in lrs) > 0.35 * len(lrs)  # and stays there about half of it
+
+
+def small_gpt(eval_iters: int, budget: float):
+    cfg = get_preset("cpu")
+    cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head, cfg.model.block_size = 1, 32, 2, 16
+    cfg.train.batch_size, cfg.train.eval_iters, cfg.train.time_budget = 4, eval_iters, budget
+    cfg.train.sample_tokens, cfg.train.compile, cfg.train.ema = 0, False, 0.0
+    return cfg
+
+
+def test_a_budget_skips_the_estimates_that_would_cost_more_than_their_share_of_it(dataset_dir, tmp_path):
+    data = load_dataset(dataset_dir)
+    estimated = {}
+    for name, eval_iters in (("cheap", 2), ("costly", 600)):
+        run = RunDir.create(tmp_path, name)
+        train(small_gpt(eval_iters, 6.0), data, run, preset="cpu", echo=None)
+        estimated[name] = [r["step"] for r in run.metrics() if "val_loss" in r]
+    assert len(estimated["cheap"]) >= 6  # at the budget's evenly spaced marks
+    # an estimate of 1,200 batches costs more than 3% of 6 s: only the first (step 0) and the last are made,
+    # the time goes to training
+    assert len(estimated["costly"]) == 2 and estimated["costly"][0] == 0
 
 
 def test_gpt_trains_on_cpu_and_loss_falls(dataset_dir, tmp_path):

@@ -19,8 +19,8 @@ import torch
 
 from .config import Config, get_preset
 
-# How much of a budget goes to work other than training steps, before anything is measured: the periodic
-# estimates (about 2% of the time at budget_evals=10) and the checkpoints written with them.
+# The most of a budget's training part the periodic estimates may take (one is skipped when it would take more):
+# kept back from training when a size is chosen, with the checkpoints written with them.
 EVAL_SHARE = 0.03
 PROBE_STEPS = 3  # timed training steps per speed probe (after one untimed step)
 SPEED_STEPS = 50  # a run of at least this many steps teaches the speed cache its speed
@@ -43,8 +43,9 @@ class Size:
 # smaller, faster model gets further. Evidence (benchmarks/RESULTS.md, "The budget chooses the model"): the 3-layer
 # cpu preset ties 2 layers at ~4M tokens and beats it beyond, peaks near 7M tokens and overfits past 10M
 # (1.5026 at 6.6M, 1.5164 at 12M, 1.60 at 22M); a wider model with dropout needs well over 10M tokens to pay off.
+# The average of the weights never beat the final model in a run as short as the 2-layer size's (RESULTS.md).
 SIZES: tuple[Size, ...] = (
-    Size("2 layers x 128", 0.0, {"n_layer": 2}),
+    Size("2 layers x 128", 0.0, {"n_layer": 2}, {"ema": 0.0}),
     Size("3 layers x 128", 4e6, {}),
     Size("4 layers x 192, dropout 0.1", 11e6, {"n_layer": 4, "n_embd": 192, "n_head": 6, "dropout": 0.1},
          {"batch_size": 32}),

@@ -23,7 +23,7 @@ from .attention import layers_by_heads
 from .batch import get_batch
 from .config import Config, ModelConfig
 from .data import Dataset
-from .budget import FINAL_MARGIN, FINAL_SHARE, SAMPLE_RATE, SPEED_STEPS, final_pass_seconds, record_speed
+from .budget import EVAL_SHARE, FINAL_MARGIN, FINAL_SHARE, SAMPLE_RATE, SPEED_STEPS, final_pass_seconds, record_speed
 from .device import (COLD_COMPILE_BUDGET, autocast_for, compile_key, compile_model, compile_unavailable_reason,
                      compiled_before, configure_backends, keep_freed_memory_for_reuse, mark_compiled, prepare_compile,
                      resolve_device, resolve_dtype, set_threads)
@@ -43,6 +43,7 @@ from .tracking import NullTracker, Tracker, finish_tracking
 
 BUDGET_SLACK = 1.05  # a time budget's final figure may come this much past it
 PLOT_SHARE = 0.02  # loss.png is redrawn at an evaluation while redrawing it has taken at most this share of the run
+PLOT_GUESS = 1.0  # seconds a drawing of loss.png takes (a helper process), until one is timed
 
 
 def peak_rss_mb() -> float:
@@ -102,6 +103,7 @@ class Training:
     spent_budget: float = 0.0  # seconds of its time budget the run's earlier processes used (a resume)
     clock_start: float = field(default_factory=time.perf_counter)  # when the budget's clock started: the command's start
     reserve: float = 0.0  # seconds of the budget kept for the final pass over val and the sample
+    budget_origin: float | None = None  # seconds of the budget gone when training began (start-up, compiling)
     final_tokens: int = 0  # characters of val the final pass scores (eval_tokens, or fewer to fit a short budget)
     best_val: float = math.inf
     resumed_at: int | None = None
@@ -113,6 +115,9 @@ class Training:
     compiled: str | None = None  # compile_key of the compiled model, None when training eagerly
     model_choice: str | None = None  # the size the time budget chose (no preset given)
     plot_seconds: float = 0.0  # spent redrawing loss.png in this process
+    plot_cost: float = PLOT_GUESS  # the latest drawing's seconds
+    eval_seconds: float = 0.0  # spent estimating the loss in this process
+    eval_cost: float = 0.0  # the latest estimate's seconds
     marked_latest: bool = False  # `latest` points at this run since its first checkpoint here
     ema: torch.nn.Module | None = None  # the average of the weights (--ema), from step `ema_start` on
     ema_start: int = 0
@@ -130,11 +135,21 @@ class Training:
         evaluations and checkpoints included), plus what the run's earlier processes used."""
         return self.spent_budget + time.perf_counter() - self.clock_start
 
+    def budget_trained(self) -> float:
+        """Seconds of the budget since training began: what the schedule, the estimates and the average count."""
+        return self.budget_seconds() - (self.budget_origin or 0.0)
+
+    def closing_seconds(self) -> float:
+        """The work after the last step, before the final pass: the last estimate and the last drawing of loss.png."""
+        return self.eval_cost + (self.plot_cost if self.dist.is_main and self.run is not None else 0.0)
+
     def fraction_done(self) -> float:
-        """Of the steps, or of the budget's training part (the budget less the final pass kept back)."""
+        """Of the steps, or of the budget's training part: from when training began to the budget less the final
+        pass kept back and the closing estimate (start-up and compiling must not squeeze the schedule)."""
         budget = self.config.train.time_budget
         if budget:
-            return self.budget_seconds() / max(budget - self.reserve, 1e-9)
+            part = budget - self.reserve - self.closing_seconds() - (self.budget_origin or 0.0)
+            return self.budget_trained() / max(part, 1e-9)
         return self.step / self.config.train.max_steps
 
     def clock(self) -> float:
@@ -143,10 +158,13 @@ class Training:
 
     def evaluate(self) -> dict:
         tc = self.config.train
+        t0 = time.perf_counter()
         # Eager model: compiling an eval-mode graph would cost a second compile outside the time budget.
         losses = estimate_loss(self.model, self.splits, tc.eval_iters, self.micro_batch, self.config.model.block_size,
                                self.device, torch.Generator().manual_seed((tc.seed + 10_000) % 2 ** 64),
                                self.autocast)
+        self.eval_cost = time.perf_counter() - t0
+        self.eval_seconds += self.eval_cost
         return {"train_loss": losses["train"], "val_loss": losses["val"]}
 
     def record(self, seconds_so_far: float | None = None, **figures: float) -> dict:
@@ -180,6 +198,7 @@ class Training:
             return
         rng = rng_state(self.gen) | {"batch_per_rank": states}
         extra = {"train_seconds": self.train_seconds(), "budget_seconds": self.budget_seconds(),
+                 "budget_origin": self.budget_origin,
                  "preset": self.preset, "data_dir": self.data_dir, "best_val_loss": self.best_val, "init_from": self.origin}
         if self.ema is not None and model is self.model:  # the average so far, for a resume to go on with
             extra |= {"ema": {k: v.detach().cpu() for k, v in self.ema.state_dict().items()},
@@ -269,7 +288,7 @@ def setup(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
         origin = resume_state["extra"].get("init_from")
     model = model.to(device)
     optimizers = make_optimizers(model, tc, device.type, bf16=precision == "bfloat16")
-    step, spent, spent_budget, best_val = 0, 0.0, 0.0, math.inf
+    step, spent, spent_budget, budget_origin, best_val = 0, 0.0, 0.0, None, math.inf
     ema, ema_start, ema_steps = None, 0, 0
     if resume_state is not None:
         step = checkpoint.restore(resume_state, config, run.path if run is not None else "the checkpoint",
@@ -279,6 +298,7 @@ def setup(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
                 g["peak_lr"] = tc.muon_lr if isinstance(opt, Muon) else tc.lr
         spent = resume_state["extra"].get("train_seconds", 0.0)
         spent_budget = resume_state["extra"].get("budget_seconds", spent)  # runs saved before budgets were wall clock
+        budget_origin = resume_state["extra"].get("budget_origin") or 0.0
         best_val = resume_state["extra"].get("best_val_loss") or math.inf
         if tc.ema and isinstance(resume_state["extra"].get("ema"), dict):
             ema = build_model(mc)
@@ -354,7 +374,8 @@ def setup(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
                  dist=dist_info, precision=precision, autocast=autocast_for(device, precision),
                  micro_batch=micro_batch, accum=accum, gen=gen, model=model, optimizers=optimizers,
                  fwd=ddp_model or train_model, ddp_model=ddp_model, splits=splits, origin=origin, step=step,
-                 spent=spent, spent_budget=spent_budget, clock_start=clock_start, reserve=reserve,
+                 spent=spent, spent_budget=spent_budget, budget_origin=budget_origin, clock_start=clock_start,
+                 reserve=reserve,
                  final_tokens=final_tokens, best_val=best_val, resumed_at=step if resume_state is not None else None,
                  compiled=compiled, shows_progress=echo is not None, ema=ema, ema_start=ema_start, ema_steps=ema_steps)
     if resume_state is not None and run is not None and (spent >= tc.time_budget if tc.time_budget
@@ -371,19 +392,25 @@ def loop(t: Training) -> None:
     progress_bar = Progress(tc.max_steps, budget, step=t.step, seconds=t.clock(),
                             enabled=t.dist.is_main and t.shows_progress, notebook=t.notebook)
     ckpt_every = tc.ckpt_interval or tc.eval_interval
-    # A time budget is evaluated at evenly spaced fractions of it (steps per second vary with the model).
+    if t.budget_origin is None:
+        t.budget_origin = t.budget_seconds()
+    # A time budget is evaluated at evenly spaced fractions of it (steps per second vary with the model), at those
+    # the estimates can afford: a short budget would otherwise spend more time estimating than training.
     next_eval_mark = math.floor(t.fraction_done() * tc.budget_evals) + 1 if budget else 0
     t.t_start, t.paused = time.perf_counter(), 0.0
     loss_value = grad_norm = math.nan  # the latest step's training loss and gradient norm
     with StopSignals() as stop, closing_bar(progress_bar, lambda: (t.step, t.clock())):
         t.model.train()
         while True:
-            done_frac, stop_flag = distributed.all_max([t.fraction_done(), float(stop.received or 0)], t.dist)
+            done_frac, stop_flag, evals_next, trained = distributed.all_max(
+                [t.fraction_done(), float(stop.received or 0), t.eval_seconds + t.eval_cost, t.budget_trained()],
+                t.dist)
             finished = done_frac >= 1.0 and (t.step > 0 or t.resumed_at is not None)  # a new run trains a step
             if budget:
-                due = done_frac * tc.budget_evals >= next_eval_mark or (t.step == 0 and t.step != t.resumed_at)
-                if due:
+                mark = done_frac * tc.budget_evals >= next_eval_mark
+                if mark:
                     next_eval_mark = math.floor(done_frac * tc.budget_evals) + 1
+                due = (mark and evals_next <= EVAL_SHARE * trained) or (t.step == 0 and t.step != t.resumed_at)
             else:
                 due = t.step % tc.eval_interval == 0 and t.step != t.resumed_at
             if (due or finished) and not (finished and t.step == t.resumed_at and t.last_eval):
@@ -422,10 +449,12 @@ def evaluate_and_log(t: Training, progress_bar: Progress, last: bool = False) ->
         raise t.non_finite(f"the estimated loss became train {t.last_eval['train_loss']}, "
                            f"val {t.last_eval['val_loss']} at step {t.step}")
     t.log(t.record(seconds_so_far, **t.last_eval))
-    if t.dist.is_main and t.run is not None and (last or t.plot_seconds <= PLOT_SHARE * t.clock()):
+    if t.dist.is_main and t.run is not None and (last or (
+            t.step > 0 and t.plot_seconds + t.plot_cost <= PLOT_SHARE * t.clock())):  # a curve needs two points
         t0 = time.perf_counter()
         refresh_run_plot(t.run.path)
-        t.plot_seconds += time.perf_counter() - t0
+        t.plot_cost = time.perf_counter() - t0
+        t.plot_seconds += t.plot_cost
     if t.last_eval["val_loss"] < t.best_val and t.step > 0:
         t.best_val = t.last_eval["val_loss"]
         t.save_checkpoint(t.run.best if t.run is not None else None)
