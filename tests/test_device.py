@@ -151,8 +151,10 @@ def test_on_two_cpus_inductor_compiles_one_kernel_at_a_time_unless_the_user_says
 def test_a_compiled_run_fills_the_persistent_cache_and_a_second_run_reuses_it(dataset_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # as for a user who never heard of it
     env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
-    args = [*TINY_GPT[:-1], "--compile", "--device", "cpu", "--eval-interval", "2", "--data", dataset_dir,
-            "--runs-dir", tmp_path / "runs"]
+    # one thread given: the compiled graphs are keyed by the thread count, which `--threads 0` takes from the
+    # cores idle at the time (under a loaded test run, one run's count would not be the next one's)
+    args = [*TINY_GPT[:-1], "--compile", "--device", "cpu", "--threads", "1", "--eval-interval", "2",
+            "--data", dataset_dir, "--runs-dir", tmp_path / "runs"]
     cache = tmp_path / "cache" / "chargpt"
     # A short budget with nothing compiled yet: compiling would eat the budget, so the run trains eagerly.
     short = run_cli("train", *args, "--time-budget", "2", "--name", "short-cold", env=env, check=True)

@@ -441,16 +441,19 @@ def paused(t: Training, work: Callable[[], None]) -> None:
 
 
 def evaluate_and_log(t: Training, progress_bar: Progress, last: bool = False) -> None:
-    """Estimate train/val loss, log it, redraw loss.png (at the `last` evaluation, and at others while redrawing
-    has cost at most `PLOT_SHARE` of the run) and keep best.pt at the lowest val estimate so far."""
+    """Estimate train/val loss, log it, redraw loss.png (at the first and the `last` evaluation, and at others while
+    redrawing has cost at most `PLOT_SHARE` of the run; a time budget too short to afford one drawing at the first
+    only at the last) and keep best.pt at the lowest val estimate so far."""
     seconds_so_far = t.train_seconds()
     t.last_eval = t.evaluate()
     if not all(math.isfinite(v) for v in t.last_eval.values()):
         raise t.non_finite(f"the estimated loss became train {t.last_eval['train_loss']}, "
                            f"val {t.last_eval['val_loss']} at step {t.step}")
     t.log(t.record(seconds_so_far, **t.last_eval))
-    if t.dist.is_main and t.run is not None and (last or (
-            t.step > 0 and t.plot_seconds + t.plot_cost <= PLOT_SHARE * t.clock())):  # a curve needs two points
+    budget = t.config.train.time_budget
+    first = t.step == 0 and not (budget and t.plot_cost > PLOT_SHARE * budget)  # unless the budget is too short
+    if t.dist.is_main and t.run is not None and (last or first or (
+            t.step > 0 and t.plot_seconds + t.plot_cost <= PLOT_SHARE * t.clock())):
         t0 = time.perf_counter()
         refresh_run_plot(t.run.path)
         t.plot_cost = time.perf_counter() - t0
