@@ -2,8 +2,9 @@
 
     python benchmarks/run_all.py [--only NAME ...] [--skip-long]
 
-`--skip-long` leaves out the time-budgeted quality runs (the budget table: 3 x 150, 300, 600 s and 3 x 150 s
-in float32, about an hour).
+`--skip-long` leaves out the time-budgeted quality runs: bench_quality (3 x 150, 300, 600 s and 3 x 150 s in
+float32, about an hour) and bench_budget (the budget table: W, then 3 seeds of W, 3W and W/5, about 25 minutes
+where W is 100 s).
 """
 from __future__ import annotations
 
