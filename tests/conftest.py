@@ -127,8 +127,12 @@ def run_main(*args, cwd=None, check=False) -> subprocess.CompletedProcess:
     from chargpt.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.chdir(cwd or os.getcwd()), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in args])
+    threads = torch.get_num_threads()  # `--threads` sets them for the process: the next test gets the worker's back
+    try:
+        with contextlib.chdir(cwd or os.getcwd()), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([str(a) for a in args])
+    finally:
+        torch.set_num_threads(threads)
     if check and code != 0:
         raise AssertionError(f"chargpt {' '.join(map(str, args))} exited {code}:\n{out.getvalue()}\n{err.getvalue()}")
     return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())

@@ -13,7 +13,7 @@ from chargpt.model import ModelConfig, build_model
 from chargpt.rundir import RunDir
 from chargpt.training import train
 
-from conftest import run_cli, run_main
+from conftest import run_main
 
 CONFIGS = [pytest.param({}, id="lecture"),
            pytest.param(dict(pos="rope", qk_norm=True, norm="rmsnorm", mlp="relu2", bias=False), id="modern")]
@@ -108,7 +108,7 @@ def test_chargpt_attention_writes_a_png_of_a_trained_model(trained_run, tmp_path
 
     prompt = "ROMEO:\nBut soft, what light"
     out = tmp_path / "maps" / "attention.png"
-    p = run_cli("attention", "--ckpt", trained_run, "--prompt", prompt, "--out", out, "--device", "cpu")
+    p = run_main("attention", "--ckpt", trained_run, "--prompt", prompt, "--out", out, "--device", "cpu")
     assert p.returncode == 0, p.stderr
     assert f"2 layers x 2 heads over {len(prompt)} characters" in p.stdout
     img = matplotlib.image.imread(out)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_main
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 
@@ -12,5 +12,5 @@ def test_bench_serve_run_is_a_checkpoint_chargpt_samples_from(tmp_path):
     from bench_serve import make_run
 
     run = make_run(tmp_path)
-    p = run_cli("sample", "--ckpt", run, "--prompt", "ROMEO:", "--max-new-tokens", 20, "--seed", 1, check=True)
+    p = run_main("sample", "--ckpt", run, "--prompt", "ROMEO:", "--max-new-tokens", 20, "--seed", 1, check=True)
     assert p.stdout.startswith("ROMEO:") and len(p.stdout.rstrip("\n")) >= 20

@@ -24,20 +24,21 @@ def test_prepare_train_sample_eval_end_to_end(shakespeare_path, tmp_path):
     assert summary["steps"] == 20 and summary["val_loss_full"] < 4.2
     assert (tmp_path / "runs/latest").resolve() == (tmp_path / "runs/r1").resolve()
 
-    s = run_cli("sample", "--ckpt", "runs/r1", "--prompt", "ROMEO:", "--max-new-tokens", "40", "--seed", "3",
-                cwd=tmp_path, check=True)
+    # the commands that only read the run, in-process
+    s = run_main("sample", "--ckpt", "runs/r1", "--prompt", "ROMEO:", "--max-new-tokens", "40", "--seed", "3",
+                 cwd=tmp_path, check=True)
     assert s.stdout.startswith("ROMEO:") and len(s.stdout.rstrip("\n")) == 46
-    s2 = run_cli("sample", "--prompt", "ROMEO:", "--max-new-tokens", "40", "--seed", "3", cwd=tmp_path, check=True)
+    s2 = run_main("sample", "--prompt", "ROMEO:", "--max-new-tokens", "40", "--seed", "3", cwd=tmp_path, check=True)
     assert s2.stdout == s.stdout  # runs/latest by default; same seed, same text
-    many = run_cli("sample", "--num-samples", "3", "--max-new-tokens", "10", cwd=tmp_path, check=True)
+    many = run_main("sample", "--num-samples", "3", "--max-new-tokens", "10", cwd=tmp_path, check=True)
     assert many.stdout.count("--- sample") == 3
 
-    e = run_cli("eval", "--ckpt", "runs/r1", "--json", cwd=tmp_path, check=True)
+    e = run_main("eval", "--ckpt", "runs/r1", "--json", cwd=tmp_path, check=True)
     result = json.loads(e.stdout)
     assert result["split"] == "val" and result["tokens"] == 111539
     assert abs(result["loss"] - summary["val_loss_full"]) < 1e-6
     assert abs(result["bpc"] - result["loss"] / 0.6931471805599453) < 1e-9
-    t = run_cli("eval", "--ckpt", "runs/r1/ckpt.pt", "--split", "train", cwd=tmp_path, check=True)
+    t = run_main("eval", "--ckpt", "runs/r1/ckpt.pt", "--split", "train", cwd=tmp_path, check=True)
     assert "train loss" in t.stdout and "bits/char" in t.stdout
 
 
@@ -118,7 +119,7 @@ def test_readme_sequence_train_resume_latest_twice_then_sample_latest(dataset_di
     assert again.stdout.startswith(f"runs/{name} is finished: it reached step 30 of --max-steps 30")
     assert (tmp_path / "runs" / name / "metrics.jsonl").read_text() == metrics  # no second record of step 30
     assert (tmp_path / "runs/latest").readlink().name == name
-    sample = run_cli("sample", "--ckpt", "runs/latest", "--max-new-tokens", "10", cwd=tmp_path, check=True)
+    sample = run_main("sample", "--ckpt", "runs/latest", "--max-new-tokens", "10", cwd=tmp_path, check=True)
     assert len(sample.stdout) == 11
 
 
@@ -346,13 +347,12 @@ def test_a_closed_stdout_never_stops_training_silently(dataset_dir, tmp_path):
     assert summary["steps"] == 3000 and (tmp_path / "runs/piped/ckpt.pt").is_file()
 
 
-def test_a_fine_tune_that_fails_before_training_leaves_no_run_directory_behind(dataset_dir, tmp_path):
+def test_a_fine_tune_that_fails_before_training_leaves_no_run_directory_behind(dataset_dir, tiny_run, tmp_path):
     import torch
 
     from chargpt import checkpoint
 
-    run_cli("train", "--data", dataset_dir, "--name", "base", *TINY_GPT, cwd=tmp_path, check=True)
-    state = checkpoint.load(tmp_path / "runs/base")
+    state = checkpoint.load(tiny_run)  # TINY_GPT, 20 steps on tiny Shakespeare
     key = next(k for k, v in state["model"].items() if v.dim() == 2 and "token_embedding" not in k and "lm_head" not in k)
     state["model"][key] = torch.zeros(state["model"][key].shape[0], state["model"][key].shape[1] + 1)
     state["checksum"] = checkpoint.digest(state)

@@ -25,7 +25,7 @@ from chargpt.rundir import RunDir
 from chargpt.cli import main
 from chargpt.errors import EXIT_USAGE
 
-from conftest import ckpt_commands, on_cpu
+from conftest import ckpt_commands, on_cpu, run_main
 
 TINY = ["--preset", "cpu", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "16",
         "--batch-size", "4", "--eval-interval", "5", "--eval-iters", "2", "--sample-tokens", "20",
@@ -435,17 +435,27 @@ def test_outputs_that_are_not_regular_files_are_refused_and_left_untouched(ws, t
         targets = _targets(tmp_path / cmd) if (tmp_path / cmd).mkdir() is None else {}
         jobs += [(cmd, kind, path, [str(path) if a == "OUT" else a for a in argv]) for kind, path in targets.items()]
 
+    # A FIFO is written by real processes: a command that opened it would wait for a reader, and a process can be
+    # timed out. The symlinks and device nodes run in-process (`main(argv)`), as the table's rows do.
     def one(job):
         cmd, kind, path, argv = job
         before = snapshot(path.parent)
-        p = chargpt(*argv, cwd=ws, timeout=180)
+        if kind == "fifo":
+            p = chargpt(*argv, cwd=ws, timeout=180)
+        else:
+            p = run_main(*argv, cwd=ws)
         return job, p, before, snapshot(path.parent)
 
+    fifos = [job for job in jobs if job[1] == "fifo"]
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        for (cmd, kind, path, argv), p, before, after in pool.map(one, jobs):
-            assert p.returncode != 0, (cmd, kind, p.stdout, p.stderr)
-            one_error_line(p.stderr)
-            check_unchanged(before, after)
+        processes = pool.map(one, fifos)  # started now, run while the in-process jobs run here
+        in_process = [one(job) for job in jobs if job[1] != "fifo"]
+        results = list(processes) + in_process
+    assert len(results) == len(jobs) and fifos
+    for (cmd, kind, path, argv), p, before, after in results:
+        assert p.returncode != 0, (cmd, kind, p.stdout, p.stderr)
+        one_error_line(p.stderr)
+        check_unchanged(before, after)
     if os.geteuid() == 0:
         assert any(kind == "device" for _, kind, _, _ in jobs)
 

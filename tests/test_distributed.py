@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 from contextlib import nullcontext
@@ -20,7 +21,7 @@ from chargpt.errors import ConfigError
 from chargpt.launch import strip_nproc, torchrun_command
 from chargpt.model import ModelConfig, build_model
 
-from conftest import TINY_GPT, run_cli
+from conftest import TINY_GPT, run_cli, run_main
 
 # Rank-to-rank traffic stays on the loopback interface.
 LOOPBACK = {"GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1"}
@@ -195,15 +196,20 @@ def _torchrun(*args, cwd, env=None, timeout=240) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def two_rank_runs(dataset_dir, tmp_path_factory) -> dict:
-    """Run `split` for 10 steps and resume it to 20 under torchrun; run `whole` for 20 steps with --nproc 2."""
+    """Run `split` for 20 steps under torchrun; run `whole` for 10 steps with --nproc 2 and resume it to 20 as the
+    README does (`--nproc 2 --resume runs/latest`)."""
     root = tmp_path_factory.mktemp("ddp")
     common = ["train", "--data", dataset_dir, "--runs-dir", root / "runs", *TINY_GPT, *STEPS]
-    first = _torchrun(*common, "--name", "split", "--max-steps", "10", cwd=root)
+    first = _torchrun(*common, "--name", "split", "--max-steps", "20", cwd=root)
     files_after_first = sorted(os.listdir(root / "runs"))
-    resumed = _torchrun("train", "--resume", root / "runs/split", "--max-steps", "20", cwd=root)
-    whole = run_cli(*common, "--name", "whole", "--max-steps", "20", "--nproc", "2", cwd=root,
-                    env=LOOPBACK, timeout=240)
-    assert whole.returncode == 0, f"--nproc 2 exited {whole.returncode}:\n{whole.stdout}\n{whole.stderr[-4000:]}"
+
+    def nproc_2(*args):
+        p = run_cli(*args, "--nproc", "2", cwd=root, env=LOOPBACK, timeout=240)
+        assert p.returncode == 0, f"--nproc 2 exited {p.returncode}:\n{p.stdout}\n{p.stderr[-4000:]}"
+        return p
+
+    whole = nproc_2(*common, "--name", "whole", "--max-steps", "10")
+    resumed = nproc_2("train", "--resume", "runs/latest", "--max-steps", "20")
     return {"root": root, "runs": root / "runs", "first": first, "resumed": resumed, "whole": whole,
             "files_after_first": files_after_first}
 
@@ -260,7 +266,7 @@ def test_nproc_2_launches_torchrun_with_a_share_of_the_cpus_per_process(two_rank
 @pytest.mark.slow
 def test_resuming_a_one_process_run_with_two_ranks_gives_each_rank_its_own_batches(dataset_dir, tmp_path):
     common = ["train", "--data", dataset_dir, "--runs-dir", tmp_path / "runs", *TINY_GPT, *STEPS]
-    run_cli(*common, "--name", "one", "--max-steps", "5", cwd=tmp_path, check=True)
+    run_main(*common, "--name", "one", "--max-steps", "5", "--threads", "1", cwd=tmp_path, check=True)
     out = _torchrun("train", "--resume", tmp_path / "runs/one", "--max-steps", "10", cwd=tmp_path).stdout
     assert "2 processes" in out
     state = torch.load(tmp_path / "runs/one/ckpt.pt", weights_only=True)
@@ -269,18 +275,16 @@ def test_resuming_a_one_process_run_with_two_ranks_gives_each_rank_its_own_batch
 
 
 @pytest.mark.slow
-def test_readme_sequence_with_nproc_2_resumes_latest_twice_and_samples_it(dataset_dir, tmp_path):
-    def chargpt(*args):
-        p = run_cli(*args, cwd=tmp_path, env=LOOPBACK, timeout=300)
-        assert p.returncode == 0, f"{args} exited {p.returncode}:\n{p.stdout}\n{p.stderr[-4000:]}"
-        return p
-
-    chargpt("train", "--nproc", "2", "--data", dataset_dir, "--name", "r", *TINY_GPT, *STEPS, "--max-steps", "5")
-    chargpt("train", "--nproc", "2", "--resume", "runs/latest", "--max-steps", "10")
-    assert os.readlink(tmp_path / "runs/latest") == "r"
-    metrics = (tmp_path / "runs/r/metrics.jsonl").read_text()
-    again = chargpt("train", "--nproc", "2", "--resume", "runs/latest")
-    assert again.stdout.startswith("runs/r is finished: it reached step 10")  # said once, by the launcher's check
-    assert os.readlink(tmp_path / "runs/latest") == "r"
-    assert (tmp_path / "runs/r/metrics.jsonl").read_text() == metrics
-    assert len(chargpt("sample", "--ckpt", "runs/latest", "--max-new-tokens", "8").stdout) == 9
+def test_readme_sequence_with_nproc_2_resumes_latest_twice_and_samples_it(two_rank_runs, tmp_path):
+    # the README's `train --nproc 2` then `train --nproc 2 --resume runs/latest` are the fixture's `whole`; the
+    # second resume and the sample run in a copy, so that the other tests read the runs as the fixture left them
+    shutil.copytree(two_rank_runs["runs"], tmp_path / "runs", symlinks=True)
+    assert "resuming runs/whole at step 10" in two_rank_runs["resumed"].stdout
+    assert os.readlink(tmp_path / "runs/latest") == "whole"
+    metrics = (tmp_path / "runs/whole/metrics.jsonl").read_text()
+    again = run_cli("train", "--nproc", "2", "--resume", "runs/latest", cwd=tmp_path, env=LOOPBACK, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("runs/whole is finished: it reached step 20")  # said once, by the launcher's check
+    assert os.readlink(tmp_path / "runs/latest") == "whole"
+    assert (tmp_path / "runs/whole/metrics.jsonl").read_text() == metrics
+    assert len(run_main("sample", "--ckpt", "runs/latest", "--max-new-tokens", "8", cwd=tmp_path).stdout) == 9

@@ -1,6 +1,7 @@
 """Runs survive signals and crashes and resume exactly; files never run code; same seed, same run (issue 7).
 
-Every run here is a real `python -m chargpt` process on a tiny model, compared bit for bit."""
+Every run here is a real `python -m chargpt` process on a tiny model, compared bit for bit (a run that is only
+resumed may start as a copy of the session's tiny run); the malicious files are opened in-process."""
 from __future__ import annotations
 
 import contextlib
@@ -13,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,7 @@ from chargpt.rundir import RunDir, read_metrics
 from chargpt.errors import TrainingInterrupted, exit_code_of
 from chargpt.training import train
 
-from conftest import ckpt_commands, on_cpu
+from conftest import ckpt_commands, on_cpu, run_main
 
 STEPS = 300  # long enough that a signal sent at the first checkpoint lands mid-run
 TINY = ["--preset", "cpu", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "16",
@@ -336,8 +336,7 @@ def test_malicious_checkpoint_or_dataset_is_refused_by_every_command_and_never_r
                  ["train", "--resume", "runs/evil", "--data", dataset_dir],
                  ["train", *TINY, "--data", "evil_data", "--name", "from-evil-data"],
                  ["eval", "--ckpt", "runs/straight", "--data", "evil_data", "--device", "cpu"]]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        results = list(pool.map(lambda argv: (argv, chargpt(*argv, cwd=home)), commands))
+    results = [(argv, run_main(*argv, cwd=home)) for argv in commands]  # in-process: loading is what is tested
     assert {"sample", "eval"} <= set(ckpt_commands())
     for argv, p in results:
         assert p.returncode != 0, argv
@@ -348,9 +347,9 @@ def test_malicious_checkpoint_or_dataset_is_refused_by_every_command_and_never_r
 
 
 # ------------------------------------------------------------------------------------- one writer per run
-def test_two_resumes_of_one_run_started_together_leave_one_writer_and_an_ordered_log(tmp_path, dataset_dir):
-    ok(chargpt("train", *TINY, "--data", dataset_dir, "--max-steps", 20, "--name", "same", cwd=tmp_path))
+def test_two_resumes_of_one_run_started_together_leave_one_writer_and_an_ordered_log(tmp_path, tiny_run):
     run = tmp_path / "runs" / "same"
+    shutil.copytree(tiny_run, run)  # a finished run of 20 steps
     procs = [start("train", "--resume", "runs/same", "--max-steps", 150, cwd=tmp_path) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     codes = sorted(p.returncode for p in procs)
@@ -363,9 +362,9 @@ def test_two_resumes_of_one_run_started_together_leave_one_writer_and_an_ordered
     assert checkpoint.load(run)["step"] == 150
 
 
-def test_the_writer_lock_dies_with_its_process_and_readers_never_wait_for_it(tmp_path, dataset_dir):
-    ok(chargpt("train", *TINY, "--data", dataset_dir, "--max-steps", 20, "--name", "r", cwd=tmp_path))
+def test_the_writer_lock_dies_with_its_process_and_readers_never_wait_for_it(tmp_path, tiny_run):
     run = tmp_path / "runs" / "r"
+    shutil.copytree(tiny_run, run)  # a finished run of 20 steps
     writer = start("train", "--resume", "runs/r", "--max-steps", 100_000, cwd=tmp_path)
     try:
         line = writer.stdout.readline()  # said once the run is opened, and so locked
@@ -381,12 +380,12 @@ def test_the_writer_lock_dies_with_its_process_and_readers_never_wait_for_it(tmp
     ok(chargpt("train", "--resume", "runs/r", "--max-steps", checkpoint.load(run)["step"] + 10, cwd=tmp_path))
 
 
-def test_a_finished_run_resumed_and_killed_is_listed_as_its_checkpoint_not_its_old_summary(tmp_path, dataset_dir):
+def test_a_finished_run_resumed_and_killed_is_listed_as_its_checkpoint_not_its_old_summary(tmp_path, tiny_run):
     from chargpt.runs import read_run
 
-    ok(chargpt("train", *TINY, "--data", dataset_dir, "--max-steps", 40, "--name", "r", cwd=tmp_path))
     run = tmp_path / "runs" / "r"
-    assert read_run(run).finished and read_run(run).steps == 40
+    shutil.copytree(tiny_run, run)
+    assert read_run(run).finished and read_run(run).steps == 20
     first = (run / "ckpt.pt").stat().st_mtime_ns
     writer = start("train", "--resume", "runs/r", "--max-steps", 100_000, "--ckpt-interval", 50, cwd=tmp_path)
     deadline = time.monotonic() + 240
@@ -398,7 +397,7 @@ def test_a_finished_run_resumed_and_killed_is_listed_as_its_checkpoint_not_its_o
     writer.wait()
     at = checkpoint.load(run)["step"]
     row = read_run(run)
-    assert at > 40 and row.steps == at and not row.finished and row.val_full is None
+    assert at > 20 and row.steps == at and not row.finished and row.val_full is None
     assert row.best_step is None or row.best_step <= at
     listed = ok(chargpt("runs", cwd=tmp_path)).stdout
     line = next(ln for ln in listed.splitlines() if ln.startswith("r "))

@@ -12,7 +12,7 @@ import pytest
 from chargpt.errors import CheckpointError
 from chargpt.rundir import RunDir, locate_run
 
-from conftest import one_error_line, run_cli
+from conftest import one_error_line, run_cli, run_main
 
 
 def test_resuming_through_runs_latest_keeps_latest_pointing_at_the_run(tmp_path, monkeypatch):
@@ -62,7 +62,7 @@ def test_a_missing_latest_says_there_is_no_run_yet(tmp_path, monkeypatch):
     (tmp_path / "runs/latest").symlink_to("gone")  # its run was removed
     with pytest.raises(CheckpointError, match="no run yet"):
         locate_run("runs/latest")
-    line = one_error_line(run_cli("sample", cwd=tmp_path))
+    line = one_error_line(run_main("sample", cwd=tmp_path))
     assert line.startswith("error: no run yet: runs/latest") and "chargpt train" in line
 
 
@@ -84,7 +84,7 @@ def test_readme_ctrl_c_then_resume_latest_continues_the_interrupted_run(dataset_
     """A finished run, then another stopped by Ctrl-C (SIGINT) mid-run: `latest` is the stopped one from its first
     checkpoint on, so sampling it while it trains and `--resume runs/latest` after the Ctrl-C both use it."""
     short = ["--preset", "bigram", "--data", dataset_dir, "--eval-iters", "2", "--sample-tokens", "10"]
-    run_cli("train", *short, "--max-steps", "20", "--eval-interval", "10", "--name", "old", cwd=tmp_path, check=True)
+    run_main("train", *short, "--max-steps", "20", "--eval-interval", "10", "--name", "old", cwd=tmp_path, check=True)
     proc = subprocess.Popen([sys.executable, "-m", "chargpt", "train", *map(str, short), "--max-steps", "1000000",
                              "--eval-interval", "20", "--name", "new"], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
@@ -96,7 +96,7 @@ def test_readme_ctrl_c_then_resume_latest_continues_the_interrupted_run(dataset_
                 proc.kill()
                 pytest.fail(f"latest never pointed at the run training: {proc.communicate()}")
             time.sleep(0.01)
-        sample = run_cli("sample", "--ckpt", "runs/latest", "--max-new-tokens", "5", cwd=tmp_path, check=True)
+        sample = run_main("sample", "--ckpt", "runs/latest", "--max-new-tokens", "5", cwd=tmp_path, check=True)
         assert len(sample.stdout) == 6
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=120)

@@ -28,7 +28,7 @@ from chargpt.errors import exit_code_of
 from chargpt.rundir import RunDir
 from chargpt.serve import MAX_NEW_TOKENS, MAX_PROMPT_CHARS
 from chargpt.training import train
-from conftest import Server, run_cli
+from conftest import Server, run_main
 
 GPT_RUN, BIGRAM_RUN = "tiny-gpt", "bigram"
 
@@ -80,8 +80,8 @@ def cli_sample(ckpt, prompt: str, tokens: int, seed: int, *extra) -> str:
 
 # ------------------------------------------------------------------------------------------------ API
 def test_a_streamed_completion_equals_chargpt_sample_with_the_same_seed(server, runs_dir):
-    cli = run_cli("sample", "--ckpt", runs_dir / GPT_RUN, "--prompt", "ROMEO:", "--max-new-tokens", 120,
-                  "--seed", 7, "--temperature", 0.8, "--top-k", 20, "--device", "cpu", check=True).stdout
+    cli = run_main("sample", "--ckpt", runs_dir / GPT_RUN, "--prompt", "ROMEO:", "--max-new-tokens", 120,
+                   "--seed", 7, "--temperature", 0.8, "--top-k", 20, "--device", "cpu", check=True).stdout
     body = {"model": GPT_RUN, "prompt": "ROMEO:", "max_tokens": 120, "seed": 7, "temperature": 0.8, "top_k": 20}
     events, lines = server.stream(body)
     assert lines[-1] == "data: [DONE]"

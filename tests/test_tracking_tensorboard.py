@@ -7,7 +7,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import chargpt
 from chargpt.rundir import read_metrics
-from conftest import TINY_GPT, run_cli
+from conftest import TINY_GPT, run_main
 
 
 def events(run_dir) -> EventAccumulator:
@@ -23,8 +23,8 @@ def text(acc: EventAccumulator, tag: str) -> str:
 
 def test_train_tracker_tensorboard_writes_every_metrics_record_images_and_summary_as_event_files(dataset_dir,
                                                                                               tmp_path):
-    p = run_cli("train", "--data", dataset_dir, *TINY_GPT, "--log-interval", "5", "--name", "t", "--tracker",
-                "tensorboard", cwd=tmp_path, check=True)
+    p = run_main("train", "--data", dataset_dir, *TINY_GPT, "--log-interval", "5", "--name", "t", "--tracker",
+                 "tensorboard", cwd=tmp_path, check=True)
     run_dir = tmp_path / "runs/t"
     assert f"tensorboard: writing runs/t/tensorboard; view with: tensorboard --logdir runs/t/tensorboard" in p.stdout
     acc = events(run_dir)

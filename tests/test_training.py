@@ -259,42 +259,20 @@ def test_gpt_trains_on_cpu_and_loss_falls(dataset_dir, tmp_path):
 
 
 def test_the_headline_is_the_better_of_the_final_model_and_best_pt_and_an_lr_given_on_resume_trains(dataset_dir, tmp_path):
-    from conftest import TINY_GPT, run_cli
+    from conftest import TINY_GPT, run_main
 
-    run_cli("train", *TINY_GPT, "--data", dataset_dir, "--runs-dir", tmp_path, "--name", "o", "--sample-tokens", "0",
-            "--eval-tokens", "4000", check=True)
+    run_main("train", *TINY_GPT, "--data", dataset_dir, "--runs-dir", tmp_path, "--name", "o", "--sample-tokens", "0",
+             "--eval-tokens", "4000", check=True)
     # an absurd learning rate on resume wrecks the model: the lr given must be the one that trains (it was the
     # saved one), and then best.pt (step 20) is better than the final model
-    p = run_cli("train", "--resume", tmp_path / "o", "--max-steps", "30", "--lr", "3", "--muon-lr", "20",
-                "--schedule", "constant", check=True)
+    p = run_main("train", "--resume", tmp_path / "o", "--max-steps", "30", "--lr", "3", "--muon-lr", "20",
+                 "--schedule", "constant", check=True)
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["val_loss_full_final"] > summary["val_loss_full_best"] + 1.0
     assert summary["recommended"] == "best.pt" and summary["best_step"] == 20
     assert summary["val_loss_full"] == summary["val_loss_full_best"]
     assert "(best.pt of step 20, recommended; the final model:" in p.stdout
     # reading the run (eval, sample, serve) uses the model it recommends; resuming continues its latest checkpoint
-    scored = json.loads(run_cli("eval", "--ckpt", tmp_path / "o", "--json", "--eval-tokens", "4000", "--device", "cpu",
-                                check=True).stdout)
+    scored = json.loads(run_main("eval", "--ckpt", tmp_path / "o", "--json", "--eval-tokens", "4000", "--device", "cpu",
+                                 check=True).stdout)
     assert scored["step"] == 20 and scored["loss"] == pytest.approx(summary["val_loss_full_best"])
-
-
-@pytest.mark.slow
-def test_a_compiled_run_peaks_no_higher_from_a_cold_compile_cache_than_from_a_warm_one(dataset_dir, tmp_path,
-                                                                                       monkeypatch):
-    # The training process's peak RSS (issue 24). Tiny model, 1 thread, on the 2-core EPYC: eager 348 MB, compiled
-    # 419 MB from a cold cache and from a warm one; before, the cold compile stayed loaded in the training process
-    # (478 against 450 MB warm, and matplotlib in both: 386 MB eager).
-    from conftest import TINY_GPT, run_cli
-
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
-    env = {"CHARGPT_CACHE": str(tmp_path / "cache")}
-    args = [*TINY_GPT[:-1], "--device", "cpu", "--threads", "1", "--data", dataset_dir, "--runs-dir", tmp_path]
-
-    def peak(name: str, *extra: str) -> float:
-        run_cli("train", *args, "--name", name, *extra, env=env, check=True)
-        return json.loads((tmp_path / name / "summary.json").read_text())["peak_rss_mb"]
-
-    eager = peak("eager", "--no-compile")
-    cold, warm = peak("cold", "--compile"), peak("warm", "--compile")
-    assert cold <= warm + 15, f"a cold compile left {cold - warm:.0f} MB more in the training process than a warm one"
-    assert warm <= eager + 100, f"compiling costs {warm - eager:.0f} MB over training eagerly"
