@@ -22,6 +22,20 @@ from chargpt.model import ModelConfig, build_model
 REPO = Path(__file__).resolve().parents[1]
 
 
+# The modules that take longest, longest first (--durations of the whole suite on a 2-core machine, 2026-12-05).
+# `make test` runs them with pytest-xdist's `--dist loadfile`: a worker takes one whole module at a time, in this
+# order, so the long ones start first and the workers run out of work together; and a module's fixtures (a
+# server, runs trained for the module) are made once, on the one worker that runs it. The rest keep their order.
+LONGEST_FIRST = ("test_device", "test_reliability", "test_serve", "test_readme", "test_cli", "test_cli_errors",
+                 "test_tracking", "test_training", "test_distributed", "test_api", "test_budget", "test_checkpoint",
+                 "test_runs", "test_fsutil", "test_properties", "test_rundir", "test_notebook")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # a stable sort: each module's order is kept
+
+
 def _find_shakespeare() -> Path:
     candidates = []
     if os.environ.get("CHARGPT_DATA"):

@@ -51,8 +51,20 @@ def snapshot(root: Path) -> dict[str, tuple]:
         elif not stat.S_ISREG(st.st_mode):  # a FIFO or a device: its kind and identity, never its contents
             out[rel] = ("special", stat.S_IFMT(st.st_mode), st.st_ino, st.st_rdev, st.st_mtime_ns)
         else:
-            out[rel] = ("file", st.st_size, st.st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+            out[rel] = ("file", st.st_size, st.st_mtime_ns, _sha256(p, st))
     return out
+
+
+_HASHES: dict[tuple, str] = {}
+
+
+def _sha256(p: Path, st: os.stat_result) -> str:
+    """The file's hash, read again only when its inode, size, mtime or ctime changed: any write changes its ctime,
+    which no call can set back (the workspace holds dozens of datasets, snapshotted twice by each row)."""
+    key = (p, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return _HASHES[key]
 
 
 @pytest.fixture(scope="module")

@@ -377,7 +377,7 @@ def test_the_writer_lock_dies_with_its_process_and_readers_never_wait_for_it(tmp
         writer.kill()  # kill -9: no handler runs, only the kernel can let go of the lock
         writer.communicate()
     assert (run / ".lock").read_bytes() == b""  # a lock, not a record: nothing in it goes stale
-    ok(chargpt("train", "--resume", "runs/r", "--max-steps", checkpoint.load(run)["step"] + 10, cwd=tmp_path))
+    ok(run_main("train", "--resume", "runs/r", "--max-steps", checkpoint.load(run)["step"] + 10, cwd=tmp_path))
 
 
 def test_a_finished_run_resumed_and_killed_is_listed_as_its_checkpoint_not_its_old_summary(tmp_path, tiny_run):

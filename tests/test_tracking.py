@@ -291,8 +291,8 @@ def small_dataset(shakespeare_path, tmp_path_factory) -> Path:
     return text.parent / "shakespeare"
 
 
-def run_of(run_dir: Path) -> dict:
-    (run,) = [r["run"] for r in records(run_dir) if r["type"] == "run"]
+def run_of(recs: list[dict]) -> dict:
+    (run,) = [r["run"] for r in recs if r["type"] == "run"]
     return run
 
 
@@ -312,14 +312,14 @@ def test_a_dotenv_file_steers_the_run_and_the_environment_overrides_it(small_dat
     (run_dir,) = offline_runs(wandb_dir)
     shown = run_dir.relative_to(tmp_path)
     assert f"wandb: WANDB_MODE=offline, so tracking offline in {shown}; upload later with: wandb sync {shown}" in lines
-    assert run_of(run_dir)["project"] == "somewhere"
+    assert run_of(records(run_dir))["project"] == "somewhere"
 
     monkeypatch.setenv("WANDB_PROJECT", "elsewhere")  # already in the environment: wins over the file
     p = chargpt("prepare", "--input", small_dataset.parent / "input.txt", "--out", "d", "--wandb", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines()[0] == f"read {tmp_path / '.env'}: WANDB_MODE; already set, so kept: WANDB_PROJECT"
     (newer,) = set(offline_runs(wandb_dir)) - {run_dir}
-    assert run_of(newer)["project"] == "elsewhere"
+    assert run_of(records(newer))["project"] == "elsewhere"
     assert_no_wandb_core_left(wandb_dir)
 
 
@@ -439,13 +439,13 @@ def test_resume_continues_the_same_wandb_run_with_images_and_model_aliases(small
                      cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     assert "warning" not in first.stderr + second.stderr
-    before, after = offline_runs(wandb_dir)
+    before, after = (records(run) for run in offline_runs(wandb_dir))  # each read once: `wandb leet` is a process
     assert run_of(before)["run_id"] == run_of(after)["run_id"] == kept["id"]  # one W&B run, synced as one chart
     assert run_of(after)["display_name"] == "train-gpt-cpu" and run_of(after)["project"] == "nanogpt"
-    assert sorted(history(records(before))) == [0, 5, 10]
-    rows = history(records(after))
+    assert sorted(history(before)) == [0, 5, 10]
+    rows = history(after)
     assert sorted(rows) == [15, 20]  # continues where the first left off
-    for recs, steps in ((records(before), 10), (records(after), 20)):
+    for recs, steps in ((before, 10), (after, 20)):
         last = history(recs)[steps]
         assert last["loss_curve._type"] == "image-file" and last["attention._type"] == "image-file"
         assert last["attention.width"] > 0
