@@ -241,8 +241,8 @@ def test_a_budget_skips_the_estimates_that_would_cost_more_than_their_share_of_i
         run = RunDir.create(tmp_path, name)
         train(small_gpt(eval_iters, 6.0), data, run, preset="cpu", echo=None)
         estimated[name] = [r["step"] for r in run.metrics() if "val_loss" in r]
-    assert len(estimated["cheap"]) >= 4  # at the budget's evenly spaced marks (fewer fit when a loaded machine
-    # leaves a short training part)
+    # at the budget's evenly spaced marks as well (the first estimate, which allocates, can cost some early marks)
+    assert len(estimated["cheap"]) >= 3
     # an estimate of 1,200 batches costs more than 3% of 6 s: only the first (step 0) and the last are made,
     # the time goes to training
     assert len(estimated["costly"]) == 2 and estimated["costly"][0] == 0
