@@ -375,9 +375,8 @@ def setup(config: Config, data: Dataset, run: RunDir | None, *, preset: str | No
                  micro_batch=micro_batch, accum=accum, gen=gen, model=model, optimizers=optimizers,
                  fwd=ddp_model or train_model, ddp_model=ddp_model, splits=splits, origin=origin, step=step,
                  spent=spent, spent_budget=spent_budget, budget_origin=budget_origin, clock_start=clock_start,
-                 reserve=reserve,
-                 final_tokens=final_tokens, best_val=best_val, resumed_at=step if resume_state is not None else None,
-                 compiled=compiled, shows_progress=echo is not None, ema=ema, ema_start=ema_start, ema_steps=ema_steps)
+                 reserve=reserve, final_tokens=final_tokens, best_val=best_val,
+                 resumed_at=step if resume_state is not None else None, compiled=compiled, shows_progress=echo is not None, ema=ema, ema_start=ema_start, ema_steps=ema_steps)
     if resume_state is not None and run is not None and (spent >= tc.time_budget if tc.time_budget
                                                          else step >= tc.max_steps):
         # resuming a finished run: its last evaluation is already logged; only the final report is redone
