@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .fsutil import load_torch
+from .signals import StopSignals
 
 
 def load_mapped(path: str | os.PathLike, shared: bool = False) -> torch.Tensor:
@@ -37,7 +38,9 @@ class TensorFileWriter:
         # Saved through a file object, not a path: torch names the archive's top folder after a path's stem (a
         # temporary file's random name here) and a file object's "archive", so the same tensor is the same bytes
         # in any directory. skip_data reserves the data's space; torch.empty only reserves address space.
-        with torch.serialization.skip_data(), open(self.path, "wb") as f:
+        # A stop signal waits for the header to be whole (raised inside torch.save, it left torch's zip writer
+        # failing on its own state, a traceback instead of the signal's exit).
+        with StopSignals(), torch.serialization.skip_data(), open(self.path, "wb") as f:
             torch.save(torch.empty(n, dtype=dtype), f)
         self.written = 0
 
