@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, print_table  # noqa: E402
 
 from chargpt.config import get_preset  # noqa: E402
-from chargpt.evaluate import full_pass_loss  # noqa: E402
-from chargpt.model import build_model  # noqa: E402
+from chargpt.training.evaluate import full_pass_loss  # noqa: E402
+from chargpt.model.gpt import build_model  # noqa: E402
 
 VAL_TOKENS = 111_540
 

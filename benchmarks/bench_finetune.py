@@ -20,10 +20,10 @@ import pydoc_data.topics  # noqa: E402
 
 from common import commit, machine, print_table, shakespeare_dataset  # noqa: E402
 
-from chargpt import checkpoint  # noqa: E402
+from chargpt.runs import checkpoint  # noqa: E402
 from chargpt.config import get_preset  # noqa: E402
-from chargpt.data import load_dataset, prepare  # noqa: E402
-from chargpt.rundir import RunDir  # noqa: E402
+from chargpt.data.dataset import load_dataset, prepare  # noqa: E402
+from chargpt.runs.rundir import RunDir  # noqa: E402
 from chargpt.train import train  # noqa: E402
 
 

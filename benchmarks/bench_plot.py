@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import chargpt.train  # noqa: F401  (the training process's libraries, imported before measuring)
-from chargpt.plotting import refresh_run_plot
+from chargpt.runs.plotting import refresh_run_plot
 
 
 def memory_mb() -> dict[str, float]:

@@ -72,7 +72,7 @@ def measure(args: list[str]) -> tuple[str, int]:
 
 PREPARE = """
 import json, sys, time
-from chargpt.data import prepare
+from chargpt.data.dataset import prepare
 t0 = time.perf_counter()
 prepare(sys.argv[1], sys.argv[2], val_fraction=float(sys.argv[3]))
 print(json.dumps({"seconds": time.perf_counter() - t0}))
@@ -121,7 +121,7 @@ def main(size: str = "100M", workdir: str | None = None, steps: int = 50, repeat
             shutil.rmtree(tmp / "big", ignore_errors=True)
             out, rss = measure(["-c", PREPARE, str(corpus), str(tmp / "big"), str(VAL_FRACTION)])
             seconds, prep_rss = min(seconds, json.loads(out.splitlines()[-1])["seconds"]), max(prep_rss, rss)
-        _, idle_rss = measure(["-c", "import chargpt.data, chargpt.train"])
+        _, idle_rss = measure(["-c", "import chargpt.data.dataset, chargpt.train"])
         measure(["-c", PREPARE, str(source), str(tmp / "small"), str(VAL_FRACTION)])
         small = train_rss(tmp / "small", tmp / "runs", "small", steps)
         big = train_rss(tmp / "big", tmp / "runs", "big", steps)

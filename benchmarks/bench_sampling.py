@@ -7,7 +7,7 @@ path, and the naive full-recompute `model.generate`, all on the same model.
 Targets (issue 3): the KV cache at least 10x the naive path, and at least 3,000 tokens/s on 2 CPU cores.
 A randomly initialized model is enough: the work per token does not depend on the weights.
 
-Both Engine paths run on one CPU thread whatever torch's setting (see `chargpt.engine.one_cpu_thread`);
+Both Engine paths run on one CPU thread whatever torch's setting (see `chargpt.model.engine.one_cpu_thread`);
 the naive path is timed with `--threads` and with one thread, and the speed-ups are taken over the faster,
 so that a busy machine, where torch's thread pool stalls, cannot flatter the cache.
 """
@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, print_table  # noqa: E402
 
 from chargpt.config import get_preset  # noqa: E402
-from chargpt.engine import Engine  # noqa: E402
-from chargpt.model import build_model  # noqa: E402
+from chargpt.model.engine import Engine  # noqa: E402
+from chargpt.model.gpt import build_model  # noqa: E402
 
 VOCAB_SIZE = 65  # tiny Shakespeare
 

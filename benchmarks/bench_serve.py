@@ -33,13 +33,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, print_table  # noqa: E402
 
-from chargpt import checkpoint  # noqa: E402
+from chargpt.runs import checkpoint  # noqa: E402
 from chargpt.cli import main as cli  # noqa: E402
 from chargpt.config import get_preset  # noqa: E402
 from chargpt.fsutil import write_json  # noqa: E402
-from chargpt.model import build_model  # noqa: E402
-from chargpt.tokenizer import CharTokenizer  # noqa: E402
-from chargpt.training import rng_state  # noqa: E402
+from chargpt.model.gpt import build_model  # noqa: E402
+from chargpt.data.tokenizer import CharTokenizer  # noqa: E402
+from chargpt.training.loop import rng_state  # noqa: E402
 
 CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # tiny Shakespeare's vocabulary
 

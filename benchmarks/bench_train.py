@@ -27,11 +27,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, print_table, shakespeare_dataset  # noqa: E402
 
-from chargpt.batch import get_batch  # noqa: E402
+from chargpt.data.batch import get_batch  # noqa: E402
 from chargpt.config import get_preset  # noqa: E402
-from chargpt.device import autocast_for, resolve_dtype  # noqa: E402
-from chargpt.lecture import LectureGPT  # noqa: E402
-from chargpt.model import build_model  # noqa: E402
+from chargpt.runtime.device import autocast_for, resolve_dtype  # noqa: E402
+from chargpt.model.lecture import LectureGPT  # noqa: E402
+from chargpt.model.gpt import build_model  # noqa: E402
 
 VOCAB = 65
 CPU = torch.device("cpu")

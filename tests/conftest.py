@@ -16,8 +16,8 @@ from urllib.parse import urlparse
 import pytest
 import torch
 
-from chargpt.data import prepare
-from chargpt.model import ModelConfig, build_model
+from chargpt.data.dataset import prepare
+from chargpt.model.gpt import ModelConfig, build_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,9 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 # `make test` runs them with pytest-xdist's `--dist loadfile`: a worker takes one whole module at a time, in this
 # order, so the long ones start first and the workers run out of work together; and a module's fixtures (a
 # server, runs trained for the module) are made once, on the one worker that runs it. The rest keep their order.
-LONGEST_FIRST = ("test_device", "test_reliability", "test_serve", "test_readme", "test_cli", "test_cli_errors",
-                 "test_tracking", "test_training", "test_distributed", "test_api", "test_budget", "test_checkpoint",
-                 "test_runs", "test_fsutil", "test_properties", "test_rundir", "test_notebook")
+LONGEST_FIRST = ("test_device", "test_reliability", "test_app", "test_readme", "test_cli", "test_cli_errors",
+                 "test_tracker", "test_loop", "test_distributed", "test_api", "test_budget", "test_checkpoint",
+                 "test_listing", "test_fsutil", "test_properties", "test_rundir", "test_notebook")
 
 
 def pytest_collection_modifyitems(items) -> None:

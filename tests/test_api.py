@@ -8,7 +8,7 @@ from matplotlib.figure import Figure
 
 import chargpt
 from chargpt.errors import ChargptError, CheckpointError, ConfigError, DataError
-from chargpt.rundir import read_metrics
+from chargpt.runs.rundir import read_metrics
 from conftest import run_main
 
 TINY = dict(n_layer=1, n_embd=16, n_head=2, block_size=8, batch_size=4, max_steps=6, eval_interval=3,
@@ -68,7 +68,7 @@ def test_load_generates_what_chargpt_sample_prints(trained):
 
 def test_loss_scores_every_character_of_a_text_as_eval_does(trained, dataset_dir):
     m = chargpt.load(trained.path)
-    from chargpt.data import load_dataset
+    from chargpt.data.dataset import load_dataset
 
     val = load_dataset(dataset_dir).val
     text = m.tokenizer.decode(val.tolist())
@@ -98,9 +98,9 @@ def test_load_artifact_without_wandb_access_is_one_clear_error(monkeypatch, tmp_
 def test_chargpt_train_is_the_function_and_no_module_of_that_name_shadows_it():
     import importlib.util
 
-    from chargpt.training import setup
+    from chargpt.training.loop import setup
 
-    assert callable(chargpt.train) and chargpt.train.__module__ == "chargpt.api" and callable(setup)
+    assert callable(chargpt.train) and chargpt.train.__module__ == "chargpt.library" and callable(setup)
     assert importlib.util.find_spec("chargpt.train") is None
 
 
@@ -117,7 +117,7 @@ def test_train_in_a_script_logs_lines_not_a_redrawn_bar(dataset_dir, tmp_path):
 
 
 class ListTracker:
-    """A user's own tracker: any object with the five methods of `chargpt.tracking.Tracker` will do."""
+    """A user's own tracker: any object with the five methods of `chargpt.track.tracker.Tracker` will do."""
 
     def __init__(self):
         self.config, self.records, self.images, self.versions, self.summary = None, [], [], [], None

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from chargpt.rundir import RunDir
+from chargpt.runs.rundir import RunDir
 from conftest import TINY_GPT, one_error_line, run_cli, run_main, subcommands
 
 
@@ -52,7 +52,7 @@ def test_train_help_lists_every_config_field():
     from dataclasses import fields
 
     from chargpt.config import TrainConfig
-    from chargpt.model import ModelConfig
+    from chargpt.model.gpt import ModelConfig
 
     text = run_main("train", "--help", check=True).stdout
     for f in [*fields(ModelConfig), *fields(TrainConfig)]:
@@ -350,7 +350,7 @@ def test_a_closed_stdout_never_stops_training_silently(dataset_dir, tmp_path):
 def test_a_fine_tune_that_fails_before_training_leaves_no_run_directory_behind(dataset_dir, tiny_run, tmp_path):
     import torch
 
-    from chargpt import checkpoint
+    from chargpt.runs import checkpoint
 
     state = checkpoint.load(tiny_run)  # TINY_GPT, 20 steps on tiny Shakespeare
     key = next(k for k, v in state["model"].items() if v.dim() == 2 and "token_embedding" not in k and "lm_head" not in k)

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from chargpt import checkpoint
-from chargpt.rundir import RunDir
+from chargpt.runs import checkpoint
+from chargpt.runs.rundir import RunDir
 from chargpt.cli import main
 from chargpt.errors import EXIT_USAGE
 
@@ -487,7 +487,7 @@ def test_latest_that_is_not_chargpts_symlink_is_left_alone(ws, tmp_path):
 
 
 def test_two_runs_with_the_same_default_name_get_their_own_directories(tmp_path):
-    from chargpt.rundir import RunDir
+    from chargpt.runs.rundir import RunDir
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         runs = list(pool.map(lambda _: RunDir.create(tmp_path, "train-gpt-cpu-20260101-000000", unique=True), range(8)))
@@ -574,7 +574,7 @@ def test_fifo_inside_a_dataset_is_refused_not_waited_on(ws, tmp_path):
 
 
 def test_a_corpus_that_changes_while_prepare_reads_it_is_one_error_and_writes_nothing(tmp_path, monkeypatch):
-    import chargpt.data as data_mod
+    import chargpt.data.dataset as data_mod
     from chargpt.errors import DataError
 
     corpus = tmp_path / "c.txt"

@@ -7,7 +7,7 @@ import pytest
 
 from chargpt.config import PRESETS, Config, TrainConfig, config_fields, get_preset, read_config_file, set_fields
 from chargpt.errors import ConfigError
-from chargpt.model import ModelConfig
+from chargpt.model.gpt import ModelConfig
 from chargpt.schema import choices
 
 CHOICE_FIELDS = [(s, f.name, choices(type(getattr(Config(), s)), f.name)) for s, f in config_fields()

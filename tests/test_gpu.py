@@ -15,8 +15,8 @@ import sys
 import pytest
 import torch
 
-from chargpt.engine import Engine
-from chargpt.model import ModelConfig, build_model
+from chargpt.model.engine import Engine
+from chargpt.model.gpt import ModelConfig, build_model
 
 from conftest import REPO, run_cli
 

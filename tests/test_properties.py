@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from chargpt import cli
-from chargpt.data import load_dataset, prepare
+from chargpt.data.dataset import load_dataset, prepare
 from chargpt.errors import DataError, VocabularyError
-from chargpt.tokenizer import CharTokenizer
+from chargpt.data.tokenizer import CharTokenizer
 
 QUICK = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 SLOWER = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -242,7 +242,7 @@ CKPT_PATHS = [(), ("config",), ("config", "model"), ("config", "train"), ("extra
 def test_damaged_checkpoint_fields_are_one_line(tiny_run, tmp_path, capsys, where, key, value, drop):
     import torch
 
-    from chargpt import checkpoint
+    from chargpt.runs import checkpoint
 
     state = torch.load(tiny_run / "ckpt.pt", weights_only=True)
     node = state

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from chargpt import checkpoint
+from chargpt.runs import checkpoint
 from chargpt.config import get_preset
-from chargpt.data import load_dataset
-from chargpt.rundir import RunDir, read_metrics
+from chargpt.data.dataset import load_dataset
+from chargpt.runs.rundir import RunDir, read_metrics
 from chargpt.errors import TrainingInterrupted, exit_code_of
-from chargpt.training import train
+from chargpt.training.loop import train
 
 from conftest import ckpt_commands, on_cpu, run_main
 
@@ -381,7 +381,7 @@ def test_the_writer_lock_dies_with_its_process_and_readers_never_wait_for_it(tmp
 
 
 def test_a_finished_run_resumed_and_killed_is_listed_as_its_checkpoint_not_its_old_summary(tmp_path, tiny_run):
-    from chargpt.runs import read_run
+    from chargpt.runs.listing import read_run
 
     run = tmp_path / "runs" / "r"
     shutil.copytree(tiny_run, run)
@@ -425,7 +425,7 @@ def test_temporaries_a_killed_writer_left_are_removed_where_runs_are_listed_or_o
     """kill -9 mid-write leaves `.ckpt.pt.<pid>.<random>.tmp` (or loss.png's); the old code removed them only on a
     resume, so a run never resumed kept them for good."""
     from chargpt import load
-    from chargpt.serve import ServedRuns
+    from chargpt.serve.app import ServedRuns
 
     runs = tmp_path / "runs"
     killed = start("train", *TINY, "--data", dataset_dir, "--max-steps", 100_000, "--ckpt-interval", 1,

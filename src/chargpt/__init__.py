@@ -5,14 +5,14 @@ __version__ = "0.1.0"
 # Each name is imported from its module on first use (PEP 562), so that `import chargpt` (and with it every
 # `chargpt --help` or usage error) does not wait for torch.
 _HOMES = {
-    "api": ["prepare", "train", "load", "compare", "load_artifact", "Run"],
-    "batch": ["get_batch"],
+    "library": ["prepare", "train", "load", "compare", "load_artifact", "Run"],
+    "data.batch": ["get_batch"],
     "config": ["PRESETS", "Config", "TrainConfig", "ModelConfig", "get_preset"],
-    "data": ["Dataset", "load_dataset"],
-    "engine": ["Engine", "KVCache"],
-    "evaluate": ["estimate_loss", "full_pass_loss", "bigram_optimum"],
-    "model": ["GPT", "BigramLanguageModel", "build_model"],
-    "tokenizer": ["CharTokenizer"],
+    "data.dataset": ["Dataset", "load_dataset"],
+    "model.engine": ["Engine", "KVCache"],
+    "training.evaluate": ["estimate_loss", "full_pass_loss", "bigram_optimum"],
+    "model.gpt": ["GPT", "BigramLanguageModel", "build_model"],
+    "data.tokenizer": ["CharTokenizer"],
 }
 _MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
 __all__ = list(_MODULE_OF)

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import get_args
 
 from . import __version__
-from .attention import SCALE_HELP, SCALES, WINDOW
+from .model.attention import SCALE_HELP, SCALES, WINDOW
 from .config import (DEFAULT_DATA, EVAL_TOKENS, PRESETS, TrackerName, TrainConfig, add_config_flags, add_field_flag,
                      check_flags, given_fields)
 from .errors import EXIT_FAILURE, ChargptError, ConfigError, UsageError, exit_code_of
-from .sampling import SAMPLING_FIELDS, SamplingParams
-from .signals import Terminated, command_signals
+from .model.sampling import SAMPLING_FIELDS, SamplingParams
+from .runtime.signals import Terminated, command_signals
 
 # Only what --help and the checks of arguments need is imported above (no torch): each command imports the rest.
 
@@ -69,9 +69,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 # ------------------------------------------------------------------------------------------ prepare
 def cmd_prepare(args) -> int:
-    from .corpus import locate
-    from .data import prepare
-    from .envfile import load_env_file
+    from .data.corpus import locate
+    from .data.dataset import prepare
+    from .runtime.envfile import load_env_file
 
     load_env_file()
     if args.input is None and args.dataset is None:
@@ -89,7 +89,7 @@ def cmd_prepare(args) -> int:
     else:
         print(f"{out} is already prepared from this input (sha256 {m['source_sha256'][:12]}...): nothing changed")
     if args.wandb:
-        from .tracking_wandb import log_dataset
+        from .track.wandb import log_dataset
 
         log_dataset(Path(out), m, mode=args.wandb_mode, project=args.wandb_project,
                     entity=args.wandb_entity, artifact_name=args.artifact_name)
@@ -98,12 +98,12 @@ def cmd_prepare(args) -> int:
 
 # -------------------------------------------------------------------------------------------- train
 def cmd_train(args) -> int:
-    from .budget import process_start
-    from .plan import TrainRequest, plan_training
+    from .training.budget import process_start
+    from .training.entry import TrainRequest, plan_training
 
     launch = args.nproc is not None and "WORLD_SIZE" not in os.environ
     if launch:
-        from .launch import check_nproc
+        from .runtime.launch import check_nproc
 
         check_nproc(args.nproc)
     if args.wandb and args.tracker not in (None, "wandb"):
@@ -124,7 +124,7 @@ def cmd_train(args) -> int:
         print(plan.finished)
         return 0
     if launch and args.nproc > 1:  # every argument checked here, once: the processes would each report it
-        from .launch import relaunch_with_torchrun
+        from .runtime.launch import relaunch_with_torchrun
 
         if plan.resume_run is not None:
             plan.resume_run.unlock()  # its process of rank 0 becomes the writer
@@ -210,9 +210,9 @@ def cmd_sample(args) -> int:
     params = SamplingParams.checked(**{name: getattr(args, name) for name in SAMPLING_FIELDS})
     if args.num_samples < 1:
         raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
-    from .checkpoint import load_model
-    from .engine import Engine
-    from .sampling import prompt_ids
+    from .runs.checkpoint import load_model
+    from .model.engine import Engine
+    from .model.sampling import prompt_ids
 
     device = _device_and_threads(args)
     prompt = _prompt(args)
@@ -238,11 +238,11 @@ def cmd_sample(args) -> int:
 def cmd_eval(args) -> int:
     import time
 
-    from .checkpoint import load_model
-    from .data import load_dataset
-    from .evaluate import EvaluationInterrupted, bits_per_char, describe_pass, evaluate_split
-    from .progress import EvalProgress
-    from .signals import StopSignals
+    from .runs.checkpoint import load_model
+    from .data.dataset import load_dataset
+    from .training.evaluate import EvaluationInterrupted, bits_per_char, describe_pass, evaluate_split
+    from .runtime.progress import EvalProgress
+    from .runtime.signals import StopSignals
 
     device = _device_and_threads(args)
     model, tok, state = load_model(args.ckpt, device)
@@ -275,11 +275,11 @@ def cmd_eval(args) -> int:
 
 # --------------------------------------------------------------------------------------------- runs
 def cmd_runs(args) -> int:
-    from .rundir import locate_run
-    from .runs import check_comparable, format_runs, list_runs, read_run
+    from .runs.rundir import locate_run
+    from .runs.listing import check_comparable, format_runs, list_runs, read_run
 
     if args.plot:
-        from .plotting import plot_runs
+        from .runs.plotting import plot_runs
 
         paths = [locate_run(name, args.runs_dir, checkpoint=False).run for name in args.plot]
         if not args.all:
@@ -299,9 +299,9 @@ def cmd_runs(args) -> int:
 def cmd_attention(args) -> int:
     import torch
 
-    from .attention import attention_title, attention_weights, draw_attention, layers_by_heads
-    from .checkpoint import load_model
-    from .rundir import locate_run
+    from .model.attention import attention_title, attention_weights, draw_attention, layers_by_heads
+    from .runs.checkpoint import load_model
+    from .runs.rundir import locate_run
 
     device = _device_and_threads(args)
     prompt = _prompt(args)
@@ -324,8 +324,8 @@ def cmd_attention(args) -> int:
 
 # -------------------------------------------------------------------------------------------- serve
 def cmd_serve(args) -> int:
-    from .device import resolve_device
-    from .serve import ServedRuns, serve
+    from .runtime.device import resolve_device
+    from .serve.app import ServedRuns, serve
 
     runs = ServedRuns(runs_dir=None if args.ckpt else args.runs_dir, ckpt=args.ckpt, device=resolve_device(args.device))
     signum = serve(runs, host=args.host, port=args.port, allowed_hosts=tuple(args.allowed_host))
@@ -335,7 +335,7 @@ def cmd_serve(args) -> int:
 
 def _device_and_threads(args):
     """The device of `--device`, with torch's CPU threads set from `--threads`."""
-    from .device import resolve_device, set_threads
+    from .runtime.device import resolve_device, set_threads
 
     set_threads(args.threads)
     return resolve_device(args.device)

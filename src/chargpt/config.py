@@ -45,7 +45,7 @@ class ModelConfig:
 
 
 EVAL_TOKENS = 2_000_000  # default size of the end-of-run pass: ~20 s for the cpu preset on 2 cores
-# The trackers `--tracker` offers; each name `x` is the module chargpt/tracking_x.py (see tracking.py).
+# The trackers `--tracker` offers; each name `x` is the module chargpt/track/x.py (see track/tracker.py).
 TrackerName = Literal["wandb", "tensorboard"]
 DEFAULT_DATA = "data/shakespeare"  # the dataset directory `chargpt prepare` writes by default
 MAX_THREADS = 1024  # torch crashes (not an error: a segfault) when asked for 100,000

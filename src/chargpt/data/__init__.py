@@ -1,0 +1,1 @@
+"""The data: corpora, preparing a dataset, the tokenizer, tensor files and batches."""

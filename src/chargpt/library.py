@@ -1,0 +1,292 @@
+"""chargpt from Python (a notebook cell at a time): `prepare` a dataset, `train` in this process, `load` a run,
+then generate, score and plot. Each function writes and reads the same files as the CLI."""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+import torch
+
+from .config import Config
+from .data.dataset import Dataset, load_dataset
+from .errors import ChargptError, CheckpointError, ConfigError, DataError
+from .runs.rundir import SUMMARY, read_metrics
+from .model.sampling import DEFAULTS, SamplingParams, prompt_ids
+
+if TYPE_CHECKING:
+    from .track.tracker import Tracker
+
+
+def prepare(source: str | os.PathLike | None = None, out: str | os.PathLike | None = None, val_fraction: float = 0.1,
+            name: str | None = None, dtype: str = "auto", replace: bool = False, *, text: str | None = None) -> Dataset:
+    """Encode a text file, a known corpus ("shakespeare": found or downloaded) or, with `text=`, a string of
+    text into a dataset directory (default `data/<name>`); return it.
+
+    `source` is always a file or a corpus name, never text: a mistyped path is an error, not a dataset of its
+    characters."""
+    from .data.corpus import DATASETS, locate
+    from .data.dataset import prepare as prepare_files
+
+    if (source is None) == (text is None):
+        raise DataError("prepare() takes a file or corpus name, or text=\"the text itself\": pass one of them")
+    if text is not None and not isinstance(text, str):
+        raise DataError(f"text= must be a string, got {type(text).__name__}; pass a file's path as the first argument")
+    if isinstance(source, str) and source in DATASETS and not Path(source).exists():
+        name, source = name or source, locate(source)
+    if source is not None:
+        if not Path(source).is_file():
+            what = "is not a file" if Path(source).exists() else "does not exist"
+            raise DataError(f"{source} {what}; pass a text file, a known corpus ({', '.join(DATASETS)}), or the "
+                            f"text itself as prepare(text=...)")
+        name = name or Path(source).stem
+        _say(prepare_files(source, out or f"data/{name}", val_fraction=val_fraction, name=name, dtype=dtype,
+                           replace=replace).note)
+        return load_dataset(out or f"data/{name}")
+    name = name or "text-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{name}.txt"
+        path.write_text(text, encoding="utf-8")
+        _say(prepare_files(path, out or f"data/{name}", val_fraction=val_fraction, name=name, dtype=dtype,
+                           replace=replace).note)
+    return load_dataset(out or f"data/{name}")
+
+
+def _say(note: str | None) -> None:
+    if note:
+        print(note)
+
+
+def in_jupyter() -> bool:
+    """Whether this runs in a Jupyter kernel (whose output is no terminal, yet shows a progress bar)."""
+    shell = sys.modules.get("IPython") and getattr(sys.modules["IPython"], "get_ipython", lambda: None)()
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def train(preset: str | None = None, data: Dataset | str | os.PathLike | None = None, *,
+          resume: str | os.PathLike | None = None, init_from: str | os.PathLike | None = None,
+          config: str | os.PathLike | None = None, out_dir: str | os.PathLike = "runs", name: str | None = None,
+          tracker: "str | Tracker | None" = None, wandb: bool = False, verbose: bool = True, **fields) -> "Run":
+    """Train in this process and return the `Run`: what `chargpt train` does with the same arguments.
+
+    `preset` is a named configuration (default: lecture on CUDA, cpu elsewhere), `config` a config file, and any
+    config field is a keyword (`n_layer=4`, `time_budget="2m"`); the vocabulary, and so the head's size, come from
+    `data` (default: data/shakespeare). `resume` continues a run directory; `init_from` fine-tunes a run's
+    weights on `data`. `tracker` is "tensorboard", "wandb" (or `wandb=True`) or a `chargpt.track.tracker.Tracker`.
+    `verbose=False` shows nothing."""
+    from .training.entry import TrainRequest, plan_training
+
+    _check_keywords(fields)
+    if wandb and tracker not in (None, "wandb"):
+        raise ConfigError(f"wandb=True and tracker={tracker!r} name two trackers; pass one")
+    request = TrainRequest(preset=preset, config_file=config, fields=fields, fields_from="train()", data=data,
+                           resume=resume, init_from=init_from, out_dir=out_dir, name=name,
+                           tracker="wandb" if wandb else tracker)
+    echo = print if verbose else None
+    plan = plan_training(request, echo=echo)
+    if plan.finished:
+        plan.resume_run.unlock()  # nothing to write: the run is free for another writer
+        if echo:
+            echo(plan.finished)
+        return Run(plan.resume_run.path)
+    t, _ = plan.run(echo=echo, notebook=verbose and in_jupyter())
+    return Run(t.run.path, _model=t.model.eval(), _tokenizer=t.data.tokenizer)
+
+
+def _check_keywords(given: dict) -> None:
+    """Refuse a keyword `train` does not use, as Python does, naming those it takes."""
+    import difflib
+    import inspect
+
+    from .config import config_fields
+
+    known = {f.name for _, f in config_fields()}
+    unknown = [k for k in given if k not in known]
+    if unknown:
+        own = [p for p in inspect.signature(train).parameters if p != "fields"]
+        names = own + sorted(known)
+        close = [n for n in names if unknown[0].startswith(n)] or difflib.get_close_matches(unknown[0], names, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"train() got an unexpected keyword {unknown[0]!r}{hint}; it takes {', '.join(own)} and "
+                          f"any config field (`chargpt train --help` lists them)")
+
+
+def load(path: str | os.PathLike = "runs/latest", device: str = "cpu") -> "Run":
+    """A run directory (`runs/latest`: the newest run with a checkpoint), or a checkpoint file, ready to generate,
+    score and plot."""
+    from .runs.rundir import clear_stale_temporaries, locate_run
+
+    found = locate_run(path, checkpoint=False)
+    clear_stale_temporaries(found.run)
+    return Run(found.run, ckpt=found.ckpt, device=device)
+
+
+class Run:
+    """A training run on disk: config, metrics, summary, and its model, loaded when first used."""
+
+    def __init__(self, path: str | os.PathLike, ckpt: str | os.PathLike | None = None, device: str = "cpu",
+                 _model=None, _tokenizer=None):
+        self.path = Path(path)
+        self.ckpt = Path(ckpt) if ckpt is not None else self.path / "ckpt.pt"
+        self.device = device
+        self._model, self._tokenizer, self._config = _model, _tokenizer, None
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            from .runs import checkpoint
+
+            self._config = Config.from_dict(checkpoint.load(self.ckpt)["config"])
+        return self._config
+
+    @property
+    def summary(self) -> dict:
+        from .fsutil import read_json
+
+        path = self.path / SUMMARY
+        if not path.exists():
+            return {}
+        try:
+            summary = read_json(path, within=self.path)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"cannot read {path} ({getattr(e, 'strerror', None) or e}); the run's other "
+                                  f"records (metrics, checkpoint) are still there") from None
+        if not isinstance(summary, dict):
+            raise CheckpointError(f"{path} is not a JSON object; the run's other records are still there")
+        return summary
+
+    @property
+    def metrics(self) -> list[dict]:
+        return read_metrics(self.path)
+
+    def _load(self) -> None:
+        from .runs.checkpoint import load_model
+
+        self._model, self._tokenizer, state = load_model(self.ckpt, self.device)
+        self._config = Config.from_dict(state["config"])
+
+    @property
+    def model(self) -> torch.nn.Module:
+        if self._model is None:
+            self._load()
+        return self._model
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._load()
+        return self._tokenizer
+
+    # ----------------------------------------------------------------------------------- generation
+    def stream(self, prompt: str = "", max_new_tokens: int = DEFAULTS.max_new_tokens,
+               temperature: float = DEFAULTS.temperature, top_k: int = DEFAULTS.top_k,
+               top_p: float = DEFAULTS.top_p, seed: int = DEFAULTS.seed) -> Iterator[str]:
+        """Yield the generated characters one at a time (the prompt itself is not repeated). The parameters are
+        `chargpt sample`'s, checked by the same rules (top_k 0: every character; None: the default)."""
+        from .model.engine import Engine
+
+        params = SamplingParams.checked(str, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                                        top_p=top_p, seed=seed)
+        tok = self.tokenizer
+        columns = Engine(self.model.eval()).sample(prompt_ids(tok, prompt), params)  # refused here, not when read
+        return (tok.decode(col[0].tolist()) for col in columns)
+
+    def generate(self, prompt: str = "", max_new_tokens: int = DEFAULTS.max_new_tokens,
+                 temperature: float = DEFAULTS.temperature, top_k: int = DEFAULTS.top_k,
+                 top_p: float = DEFAULTS.top_p, seed: int = DEFAULTS.seed) -> str:
+        """The prompt and its continuation: the same text `chargpt sample` prints for the same arguments."""
+        return prompt + "".join(self.stream(prompt, max_new_tokens, temperature, top_k, top_p, seed))
+
+    def loss(self, text: str) -> float:
+        """Mean cross-entropy of `text` in nats/char: every character after the first scored once."""
+        from .training.evaluate import full_pass_loss
+
+        ids = torch.tensor(self.tokenizer.encode(text), dtype=torch.long)
+        if len(ids) < 2:
+            raise DataError("loss() needs a text of at least 2 characters")
+        model = self.model
+        return full_pass_loss(model, ids, model.config.block_size, next(model.parameters()).device)
+
+    # -------------------------------------------------------------------------------------- figures
+    def plot(self, path: str | os.PathLike | None = None):
+        """Train and val loss against steps and training time, as a matplotlib Figure (saved to `path` too)."""
+        from .runs.plotting import run_figure
+
+        fig = run_figure(self.path)
+        if fig is None:
+            raise DataError(f"{self.path} has no evaluations to plot yet")
+        return _saved(fig, path)
+
+    def attention(self, prompt: str, path: str | os.PathLike | None = None):
+        """Each head's attention over `prompt` (a row per layer, a column per head) as a Figure."""
+        from .model.attention import attention_figure, attention_weights
+
+        model = self.model
+        idx = torch.tensor([self.tokenizer.encode(prompt)], dtype=torch.long, device=next(model.parameters()).device)
+        weights = attention_weights(model, idx)[0]
+        return _saved(attention_figure(weights, prompt), path)
+
+
+def compare(runs: list["Run | str | os.PathLike"], path: str | os.PathLike | None = None, *,
+            all_datasets: bool = False):
+    """Several runs' validation curves on one Figure (saved to `path` too); runs trained on different datasets
+    only with `all_datasets`."""
+    from .runs.plotting import runs_figure
+    from .runs.rundir import METRICS
+    from .runs.listing import check_comparable, read_run
+
+    paths = [r.path if isinstance(r, Run) else Path(r) for r in runs]
+    if not paths:
+        raise ConfigError("compare() needs at least one run: a Run or a run directory")
+    for p in paths:
+        if not (p / METRICS).is_file():
+            raise CheckpointError(f"{p} is not a run directory (no {METRICS} there); pass runs `chargpt train` "
+                                  f"wrote, e.g. compare([\"runs/a\", \"runs/b\"])")
+    if not all_datasets:
+        check_comparable([read_run(p) for p in paths], "all_datasets=True")
+    return _saved(runs_figure(paths), path)
+
+
+def _saved(fig, path):
+    ipython = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    if ipython is not None:  # Jupyter: a returned Figure shows as a PNG (no pyplot state, no second copy)
+        ipython.display_formatter.formatters["image/png"].for_type(type(fig), _png)
+    if path is not None:
+        from .fsutil import atomic_path
+
+        with atomic_path(Path(path)) as tmp:
+            fig.savefig(tmp, format="png")
+    return fig
+
+
+def _png(fig) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def load_artifact(name: str, *, root: str | os.PathLike | None = None) -> "Dataset | Run":
+    """Download a W&B artifact ("entity/project/name:alias"): a dataset gives its `Dataset`, a model its `Run`."""
+    try:
+        import wandb
+
+        artifact = wandb.Api(timeout=30).artifact(name)
+        where = Path(artifact.download(root=None if root is None else str(root)))
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
+        raise ChargptError(f"cannot download W&B artifact {name} ({first}); log in with `wandb login` and check "
+                           f"the name (entity/project/name:alias)") from None
+    if artifact.type == "dataset":
+        return load_dataset(where)
+    ckpts = sorted(where.glob("*.pt"))
+    if not ckpts:
+        raise CheckpointError(f"artifact {name} holds no checkpoint (.pt) in {where}")
+    return load(ckpts[0])

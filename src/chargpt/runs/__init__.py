@@ -1,0 +1,1 @@
+"""Runs on disk: the run directory, listing runs, checkpoints, plots and provenance."""

@@ -1,0 +1,241 @@
+"""Checkpoints: everything needed to sample, evaluate or resume a run, in one file, written atomically and
+read without ever running code from it (`torch.load(..., weights_only=True)`)."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+
+import torch
+
+from ..config import Config
+from ..errors import ChargptError, CheckpointError, ConfigError
+from ..fsutil import ReadRefused, load_torch, refused_global, save_torch
+from ..model.gpt import LanguageModel, build_model
+from ..training.optim import make_optimizers
+from .rundir import locate_run
+from ..data.tokenizer import CharTokenizer
+
+FORMAT = "chargpt-checkpoint"
+
+
+def save(path: str | os.PathLike, *, model: LanguageModel, optimizers, step: int, config: Config,
+         tokenizer: CharTokenizer, dataset_hash: str, rng: dict, extra: dict | None = None) -> None:
+    state = {
+        "format": FORMAT,
+        "version": 1,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizers": [opt.state_dict() for opt in optimizers],
+        "step": step,
+        "config": config.to_dict(),
+        "vocab": tokenizer.to_dict(),
+        "dataset_hash": dataset_hash,
+        "rng": rng,
+        "extra": extra or {},
+    }
+    state["checksum"] = digest(state)
+    save_torch(path, state)
+
+
+def digest(state: dict) -> str:
+    """A hash of every value and tensor byte in `state` (but its own "checksum"): a flipped bit is caught on load."""
+    h = hashlib.blake2b(digest_size=16)
+
+    def feed(obj) -> None:
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous().reshape(-1)
+            h.update(f"T{t.dtype}{tuple(obj.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(obj, dict):
+            h.update(b"{")
+            for k in sorted(obj, key=repr):
+                if k != "checksum":
+                    h.update(repr(k).encode())
+                    feed(obj[k])
+            h.update(b"}")
+        elif isinstance(obj, (list, tuple)):
+            h.update(b"[")
+            for v in obj:
+                feed(v)
+            h.update(b"]")
+        else:
+            h.update(repr(obj).encode())
+
+    feed(state)
+    return h.hexdigest()
+
+
+def load(path: str | os.PathLike) -> dict:
+    """Read a checkpoint's contents (a checkpoint file, or a run's as `rundir.locate_run` finds it); never
+    unpickles arbitrary objects. The checkpoint of a run directory is read only from inside it (a symlink out of
+    the run is refused); a checkpoint file named directly is the user's choice, wherever it leads."""
+    found = locate_run(path)
+    path = found.ckpt
+    try:
+        state = load_torch(path, within=found.within)
+    except ReadRefused as e:
+        raise CheckpointError(f"cannot read {path}: it is {e.strerror}; pass a checkpoint file written by "
+                              f"`chargpt train`") from None
+    except PermissionError as e:
+        raise CheckpointError(f"cannot read {path} ({e.strerror or e}); check its permissions") from None
+    except Exception as e:  # a damaged file can fail inside zip, pickle or storage code: all mean the same here
+        blocked = refused_global(e)
+        if blocked:
+            raise CheckpointError(f"{path} refused: loading it would call {blocked}, and chargpt never runs code "
+                                  f"from a file; only load checkpoints written by chargpt") from None
+        raise CheckpointError(f"{path} is truncated or corrupt ({e.__class__.__name__}); "
+                              f"use an earlier checkpoint or retrain") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a chargpt checkpoint")
+    if "checksum" in state and state["checksum"] != digest(state):
+        raise CheckpointError(f"{path} is corrupt: its contents do not match their checksum; "
+                              f"use an earlier checkpoint or retrain")
+    problem = state_problem(state)
+    if problem:
+        raise CheckpointError(f"{path} is not a chargpt checkpoint ({problem}); use a checkpoint written by "
+                              f"`chargpt train`")
+    return state
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def state_problem(state: dict) -> str | None:
+    """What is missing or of the wrong type in a loaded checkpoint, if anything: checked once, here, so that
+    every command that reads one (resume, sample, eval, attention) can rely on its fields."""
+    model = state.get("model")
+    if not isinstance(model, dict) or not model or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
+        return "'model' is not a dictionary of tensors"
+    optimizers = state.get("optimizers")
+    if not isinstance(optimizers, list) or not all(isinstance(o, dict) for o in optimizers):
+        return "'optimizers' is not a list of optimizer states"
+    if not _is_int(state.get("step")) or state["step"] < 0:
+        return f"'step' is {state.get('step')!r}, not a count"
+    if not isinstance(state.get("dataset_hash"), str):
+        return "'dataset_hash' is not a string"
+    try:
+        config = Config.from_dict(state.get("config"))
+        tokenizer = CharTokenizer.from_dict(state.get("vocab"))
+        config.model.validate()
+        config.train.validate()
+    except (ChargptError, KeyError, TypeError) as e:
+        return f"'config' or 'vocab': {e}"
+    if config.model.vocab_size != tokenizer.vocab_size:
+        return f"its config's vocab_size {config.model.vocab_size} is not its vocabulary's {tokenizer.vocab_size}"
+    from ..runtime.resources import num_params
+
+    if num_params(config.model) > 2 * sum(t.numel() for t in model.values()) + 100_000:  # before allocating it
+        return "its config describes a model far larger than its weights"
+    rng = state.get("rng")
+    if not isinstance(rng, dict) or not all(isinstance(rng.get(k), torch.Tensor) and rng[k].dtype == torch.uint8
+                                            for k in ("torch", "batch")):
+        return "'rng' lacks the generator states"
+    python = rng.get("python")
+    if python is not None and (not isinstance(python, (list, tuple)) or len(python) != 625
+                               or not all(_is_int(x) and 0 <= x < 2 ** 32 for x in python)
+                               or not _is_int(rng.get("python_version"))):
+        return "'rng' holds no valid Python random state"
+    per_rank = rng.get("batch_per_rank")
+    if per_rank is not None and not (isinstance(per_rank, (list, tuple)) and all(
+            isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in per_rank)):
+        return "'rng' has per-process states that are not generator states"
+    extra = state.get("extra")
+    if not isinstance(extra, dict):
+        return "'extra' is not a dictionary"
+    if "train_seconds" in extra and not (_is_number(extra["train_seconds"]) and extra["train_seconds"] >= 0):
+        return "'extra.train_seconds' is not a number of seconds"
+    for key in ("preset", "data_dir"):
+        if extra.get(key) is not None and not isinstance(extra[key], str):
+            return f"'extra.{key}' is not a string"
+    return None
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[LanguageModel, CharTokenizer, dict]:
+    """Rebuild the model and tokenizer from a checkpoint, ready for sampling or evaluation."""
+    state = load(path)
+    try:
+        config = Config.from_dict(state["config"])
+        tokenizer = CharTokenizer.from_dict(state["vocab"])
+        model = build_model(config.model)
+        model.load_state_dict(state["model"])
+    except (ChargptError, KeyError, RuntimeError, TypeError, ValueError, AttributeError, OverflowError, MemoryError) as e:
+        raise CheckpointError(f"{locate_run(path).ckpt} does not match any chargpt model ({(str(e).splitlines() or [e.__class__.__name__])[0][:200]})") from None
+    return model.to(device).eval(), tokenizer, state
+
+
+def restore(state: dict, config: Config, path: str | os.PathLike, *, data=None, model: LanguageModel | None = None,
+            optimizers: list | None = None) -> int:
+    """Check that the checkpoint `state` can continue as `config` on `data`, load its weights and optimizer
+    states into `model` and `optimizers` (built on the CPU just to check, when not given), return its step.
+
+    The one place a resume is checked: the same model, the same optimizer, the same dataset."""
+    try:
+        saved = Config.from_dict(state["config"])
+    except (ConfigError, KeyError) as e:
+        raise CheckpointError(f"{path} has no usable config ({e}); it cannot be resumed") from None
+    if data is not None and not data.is_identified_by(state.get("dataset_hash")):
+        raise ConfigError(f"{data.path} is not the dataset {path} was trained on (its files differ); "
+                          f"pass --data with the original dataset directory")
+    for section, names in (("model", [f.name for f in dataclasses.fields(saved.model)]), ("train", ["optimizer"])):
+        old, new = getattr(saved, section), getattr(config, section)
+        changed = [f"--{f.replace('_', '-')} {getattr(new, f)} (saved: {getattr(old, f)})"
+                   for f in names if getattr(old, f) != getattr(new, f)]
+        if changed:
+            raise ConfigError(f"cannot resume {path} with a different {'model' if section == 'model' else 'optimizer'}: "
+                              f"{', '.join(changed)}; drop those flags, or start a new run with --name")
+    try:
+        model = model if model is not None else build_model(config.model)
+        model.load_state_dict(state["model"])
+        optimizers = optimizers if optimizers is not None else make_optimizers(model, config.train, "cpu")
+        if len(optimizers) != len(state["optimizers"]):
+            raise ValueError(f"{len(state['optimizers'])} optimizer states for {len(optimizers)} optimizers")
+        for opt, st in zip(optimizers, state["optimizers"]):
+            opt.load_state_dict(st)
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
+        raise CheckpointError(f"{path} does not match the model it records ({first}); "
+                              f"it cannot be resumed, start a new run") from None
+    return state["step"]
+
+
+# The tensors indexed by the vocabulary, and along which dimensions: (GPT's embedding rows and head rows; the
+# bigram's table is vocabulary by vocabulary).
+VOCAB_DIMS = {"gpt": {"token_embedding_table.weight": (0,), "lm_head.weight": (0,), "lm_head.bias": (0,)},
+              "bigram": {"token_embedding_table.weight": (0, 1)}}
+
+
+def transfer_weights(state: dict, model: LanguageModel, tokenizer: CharTokenizer) -> dict:
+    """Copy a checkpoint's weights into `model`, built for `tokenizer`'s vocabulary (fine-tuning on other text):
+    a character in both vocabularies keeps its embedding and head rows; a new character keeps the rows `model`
+    was initialised with. Every other tensor must have the same shape. Returns what was shared and new."""
+    old = CharTokenizer.from_dict(state["vocab"])
+    shared = [c for c in tokenizer.chars if c in old.stoi]
+    new_idx = torch.tensor([tokenizer.stoi[c] for c in shared], dtype=torch.long)
+    old_idx = torch.tensor([old.stoi[c] for c in shared], dtype=torch.long)
+    dims = VOCAB_DIMS.get(model.config.model, {})
+    target = model.state_dict()
+    with torch.no_grad():
+        for key, t in target.items():
+            if key not in state["model"]:
+                raise CheckpointError(f"the checkpoint has no {key}; fine-tune from a run of the same model")
+            src = state["model"][key]
+            other_dims = [d for d in range(t.dim()) if d not in dims.get(key, ())]
+            if src.dim() != t.dim() or any(src.shape[d] != t.shape[d] for d in other_dims):
+                raise CheckpointError(f"{key} has shape {tuple(src.shape)} in the checkpoint but "
+                                      f"{tuple(t.shape)} here; fine-tune with the model it was trained as")
+            if key in dims:
+                if dims[key] == (0, 1):
+                    t[new_idx[:, None], new_idx[None, :]] = src[old_idx[:, None], old_idx[None, :]].to(t.dtype)
+                else:
+                    t[new_idx] = src[old_idx].to(t.dtype)
+            else:
+                t.copy_(src)
+    model.load_state_dict(target)
+    return {"shared_chars": len(shared), "new_chars": tokenizer.vocab_size - len(shared),
+            "dropped_chars": old.vocab_size - len(shared)}

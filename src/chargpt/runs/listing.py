@@ -1,0 +1,219 @@
+"""The runs under `runs/`, side by side: one row per run directory, from its config, metrics log and summary.
+
+A run without `summary.json` did not finish (still training, stopped or crashed); it is listed from what it wrote,
+up to its checkpoint. So is a run whose summary describes another step than its checkpoint: a finished run was
+resumed since, and that summary is no longer its record. A run whose final evaluation was cut short is not
+finished either. Runs on different datasets are not overlaid in one plot unless asked: their losses are on
+different text.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ChargptError, CheckpointError, ConfigError
+from ..fsutil import load_torch, read_json
+from ..runtime.progress import format_duration
+from .rundir import BEST, CKPT, CONFIG, METRICS, SUMMARY, clear_stale_temporaries, read_metrics, run_problem
+
+
+ABSURD_PARAMS = 10 ** 12  # 4 TB of float32 weights: a config edited by hand, not one that trained
+
+
+@dataclass
+class RunInfo:
+    name: str
+    path: Path
+    model: str | None
+    preset: str | None
+    params: int | None
+    steps: int | None  # the last step it logged (a stopped run's checkpoint is at that step)
+    best_val: float | None  # lowest random-window val estimate in the metrics log
+    best_step: int | None  # the step of that estimate: where best.pt was saved
+    val_full: float | None  # full-pass val loss at the end (finished runs only): exact, or an estimate from a subset
+    seconds: float | None  # training wall time, evaluations excluded
+    updated: float  # last write into the run directory (unix time)
+    finished: bool
+    problem: str | None = None  # what is damaged in its files (the row still shows what could be read)
+    val_full_stderr: float | None = None  # the standard error of `val_full` when it is an estimate
+    dataset: str | None = None  # the dataset's name
+    dataset_hash: str | None = None  # its content hash: runs compare only on the same one
+    eval_cut_short: bool = False  # the final evaluation was stopped (Ctrl-C or SIGTERM): not finished
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = read_json(path, within=path.parent)
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _count_params(model_config: dict) -> int | None:
+    """Parameters of an unfinished run's model: built on the meta device (no memory, no weights) when its size
+    is sane, else estimated; None for a config that is not a valid model."""
+    try:
+        import torch
+
+        from ..config import _typed
+        from ..model.gpt import ModelConfig, build_model
+        from ..runtime.resources import num_params
+
+        mc = _typed(ModelConfig, model_config)
+        mc.validate()
+        if mc.n_layer > 1000 or num_params(mc) > 10 ** 10:  # building millions of modules, even empty, takes ages
+            return num_params(mc)
+        with torch.device("meta"):
+            return build_model(mc).num_params()
+    except (ChargptError, TypeError, ValueError, RuntimeError):
+        return None
+
+
+def _of(kind, value):
+    """`value` if it is of `kind` (numbers: int or float, not bool), else None: a hand edit shows as `-`."""
+    if kind in (int, float):
+        ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+        return value if ok and math.isfinite(value) else None
+    return value if isinstance(value, kind) else None
+
+
+def read_run(path: str | os.PathLike) -> RunInfo:
+    path = Path(path)
+    problem = run_problem(path)
+    config, summary = _read_json(path / CONFIG), _read_json(path / SUMMARY)
+    if problem is None:
+        wrong = [k for k, kind in (("model", str), ("preset", str), ("params", int), ("steps", int),
+                                   ("val_loss_full", float), ("train_seconds", float))
+                 if summary.get(k) is not None and _of(kind, summary[k]) is None]
+        if wrong:
+            problem = f"{SUMMARY} has a {wrong[0]} of the wrong type ({summary[wrong[0]]!r})"
+    at = checkpoint_step(path)
+    if at is not None and summary and summary.get("steps") != at:
+        summary = {}
+    records = [r for r in read_metrics(path) if isinstance(r.get("step"), int) and (at is None or r["step"] <= at)]
+    evals = [r for r in records if r.get("val_loss") is not None]
+    last = max(records, key=lambda r: r["step"], default={})  # training-loss records too: a run may stop between evaluations
+    best = min(evals, key=lambda r: r["val_loss"], default={})
+    model_config = config.get("model") if isinstance(config.get("model"), dict) else {}
+    params = _of(int, summary.get("params"))
+    if params is None and model_config.get("vocab_size"):
+        params = _count_params(model_config)
+        if params is None and problem is None:
+            problem = f"{CONFIG} does not describe a valid model"
+        elif params is not None and params > ABSURD_PARAMS and problem is None:
+            problem = f"{CONFIG} describes a model of {params:.3g} parameters, more than any machine holds"
+    dataset = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
+    cut_short = bool(summary.get("eval_cut_short"))
+    mtimes = [p.lstat().st_mtime for p in (path / CONFIG, path / METRICS, path / SUMMARY) if p.is_symlink() or p.exists()]
+    return RunInfo(
+        name=path.name, path=path,
+        model=_of(str, summary.get("model")) or _of(str, model_config.get("model")),
+        preset=_of(str, summary.get("preset")) or _of(str, config.get("preset")),
+        params=params,
+        steps=_of(int, summary.get("steps", last.get("step") if at is None else at)),
+        best_val=best.get("val_loss"),
+        best_step=best.get("step") if (path / BEST).is_file() else None,
+        val_full=_of(float, summary.get("val_loss_full")),
+        seconds=_of(float, summary.get("train_seconds", last.get("train_seconds"))),
+        updated=max(mtimes, default=path.stat().st_mtime),
+        finished=bool(summary) and not cut_short,
+        problem=problem,
+        val_full_stderr=_of(float, summary.get("val_loss_full_stderr")) if summary.get("val_loss_full_exact") is False
+        else None,
+        dataset=_of(str, summary.get("dataset")) or _of(str, dataset.get("name")),
+        dataset_hash=_of(str, summary.get("dataset_hash")) or _of(str, dataset.get("hash")),
+        eval_cut_short=cut_short,
+    )
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step of the run's checkpoint (None without a readable one); its tensors are mapped, not read."""
+    try:
+        step = load_torch(path / CKPT, within=path, mmap=True).get("step")
+    except Exception:  # missing or damaged: the row is then read from the other files
+        return None
+    return _of(int, step)
+
+
+def _unreadable(path: Path, error: Exception) -> RunInfo:
+    return RunInfo(name=path.name, path=path, model=None, preset=None, params=None, steps=None, best_val=None,
+                   best_step=None, val_full=None, seconds=None, updated=0.0, finished=False,
+                   problem=f"unreadable ({error.__class__.__name__}: {str(error)[:80]})")
+
+
+def list_runs(out_dir: str | os.PathLike = "runs") -> list[RunInfo]:
+    """Every run directory under `out_dir` (those holding a config.json), oldest first; `latest` is skipped."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise CheckpointError(f"no runs directory {out_dir}; train a model first or pass --runs-dir")
+    dirs = [p for p in out_dir.iterdir() if p.is_dir() and not p.is_symlink() and (p / CONFIG).exists()]
+    runs = []
+    for p in dirs:
+        clear_stale_temporaries(p)
+        try:
+            runs.append(read_run(p))
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:  # one damaged run must not hide the others
+            runs.append(_unreadable(p, e))
+    return sorted(runs, key=lambda r: (r.updated, r.name))
+
+
+def _params(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.2f}M" if n >= 100_000 else f"{n / 1e3:.1f}k"
+
+
+def dataset_label(r: RunInfo) -> str:
+    """`shakespeare 14731f94`: the dataset's name and the start of its content hash."""
+    return " ".join(x for x in (r.dataset, (r.dataset_hash or "")[:8]) if x) or "-"
+
+
+def check_comparable(runs: list[RunInfo], override: str = "--all") -> None:
+    """Refuse to overlay runs trained on different datasets in one plot: their losses are on different text.
+    `override` is how the caller asks for it anyway."""
+    by_dataset: dict[str, list[str]] = {}
+    for r in runs:
+        if r.dataset_hash:
+            by_dataset.setdefault(r.dataset_hash, []).append(r.name)
+    if len(by_dataset) > 1:
+        labels = {r.dataset_hash: dataset_label(r) for r in runs}
+        groups = "; ".join(f"{', '.join(names)} on {labels[h]}" for h, names in by_dataset.items())
+        raise ConfigError(f"these runs were trained on different datasets ({groups}), so their losses do not "
+                          f"compare; pass {override} to overlay them anyway")
+
+
+def val_full_text(r: RunInfo) -> str:
+    """The final full-pass loss, `± standard error` when it is an estimate from a subset of a large val split."""
+    if r.val_full is None:
+        return "-"
+    return f"{r.val_full:.4f}" + (f" ±{r.val_full_stderr:.4f}" if r.val_full_stderr is not None else "")
+
+
+def status(r: RunInfo) -> str:
+    if r.problem:
+        return f"damaged: {r.problem}"
+    return "finished" if r.finished else "eval cut short" if r.eval_cut_short else "unfinished"
+
+
+def format_runs(runs: list[RunInfo]) -> str:
+    """A fixed-width table; unfinished runs show `-` for the full-pass loss and `unfinished` as status, an
+    estimated full-pass loss its `± standard error`. `steps` is where the latest checkpoint (`ckpt.pt`) is;
+    `at step` where `best.pt` is."""
+    header = ("name", "model", "data", "params", "steps", "best val", "at step", "val full", "wall", "date", "status")
+    rows = [header]
+    for r in runs:
+        model = r.model if r.preset in (None, r.model) else f"{r.model} ({r.preset})"
+        rows.append((
+            r.name, model or "-", dataset_label(r), _params(r.params), "-" if r.steps is None else str(r.steps),
+            "-" if r.best_val is None else f"{r.best_val:.4f}", "-" if r.best_step is None else str(r.best_step),
+            val_full_text(r), format_duration(r.seconds), time.strftime("%Y-%m-%d %H:%M", time.localtime(r.updated)),
+            status(r),
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    numeric = {3, 4, 5, 6, 7, 8}
+    lines = ["  ".join(cell.rjust(w) if i in numeric else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             .rstrip() for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,121 @@
+"""Loss-curve PNGs: one run's train/val curves (redrawn at evaluations, by a helper process while it trains) and
+several runs' val curves.
+
+Drawn with matplotlib's Agg canvas on a bare `Figure` (no pyplot state, no display needed) and written atomically.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ..fsutil import atomic_path
+from .rundir import PLOT, read_metrics
+
+_warned = False
+PLOT_TIMEOUT = 120.0  # seconds a drawing may take before the training loop stops waiting for it (a busy machine: ~2 s)
+
+
+def _evals(records: list[dict]) -> list[dict]:
+    return [r for r in records if "val_loss" in r and "step" in r]
+
+
+def _figure():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(1, 2, sharey=True)
+
+
+def _save(fig, out: Path) -> Path:
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    return out
+
+
+def plot_run(run_path: str | os.PathLike, out: str | os.PathLike | None = None) -> Path | None:
+    """Draw the loss against steps and against training seconds into `<run>/loss.png`: the training loss of
+    every logged step as a thin line, the train and val estimates of the evaluations as points over it, on a
+    log y axis (the early drop and the late slow gains both stay visible).
+
+    Returns the PNG's path, or None when the metrics log has no evaluation yet.
+    """
+    run_path = Path(run_path)
+    fig = run_figure(run_path)
+    return None if fig is None else _save(fig, Path(out) if out is not None else run_path / PLOT)
+
+
+def run_figure(run_path: Path):
+    """The figure `plot_run` writes (None before the first evaluation)."""
+    from matplotlib.ticker import FuncFormatter
+
+    records = read_metrics(run_path)
+    evals = _evals(records)
+    if not evals:
+        return None
+    logged = [r for r in records if "loss" in r and "step" in r and r["loss"] == r["loss"]]
+    fig, (by_step, by_time) = _figure()
+    for ax, x_key, label in ((by_step, "step", "step"), (by_time, "train_seconds", "training time (s)")):
+        steps = [r for r in logged if r.get(x_key) is not None]
+        ax.plot([r[x_key] for r in steps], [r["loss"] for r in steps], color="0.6", linewidth=0.8,
+                label="training loss (one batch)", zorder=1)
+        rows = [r for r in evals if r.get(x_key) is not None]
+        xs = [r[x_key] for r in rows]
+        for key, color in (("train_loss", "C0"), ("val_loss", "C1")):
+            ax.plot(xs, [r.get(key) for r in rows], marker="o" if len(rows) < 30 else None, markersize=4,
+                    color=color, label=key.replace("_", " ") + " (estimate)", zorder=2)
+        ax.set_xlabel(label)
+        ax.set_yscale("log")
+        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis(FuncFormatter(lambda v, _: f"{v:g}"))  # 3 and 4, not 3x10^0
+        ax.grid(alpha=0.3, which="both")
+    by_step.set_ylabel("loss (nats/char, log scale)")
+    by_step.legend()
+    last = evals[-1]
+    fig.suptitle(f"{run_path.name}: val {last['val_loss']:.4f} at step {last['step']}")
+    return fig
+
+
+def refresh_run_plot(run_path: str | os.PathLike) -> None:
+    """`plot_run` for the training loop, drawn by a helper process that this one waits for: matplotlib never enters
+    the training process, where it would stay resident for the whole run (~36 MB of a compiled run's peak, issue
+    24). A failure is one warning line, once, and training goes on."""
+    global _warned
+    from ..runtime.launch import run_helper
+
+    try:
+        p = run_helper("chargpt.runs.plotting.plot_run", str(run_path), timeout=PLOT_TIMEOUT)
+        failure = None if p.returncode == 0 else (p.stderr.strip().splitlines() or [f"exit status {p.returncode}"])[-1]
+    except (OSError, subprocess.SubprocessError) as e:  # a plot is never worth a run: nor is its helper
+        failure = f"{e.__class__.__name__}: {e}"
+    if failure and not _warned:
+        _warned = True
+        print(f"warning: cannot draw the loss curve in {run_path} ({failure}); training goes on", file=sys.stderr)
+
+
+def plot_runs(run_paths: list[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """Overlay the val-loss curves of several runs, against steps and against training seconds."""
+    return _save(runs_figure(run_paths), Path(out))
+
+
+def runs_figure(run_paths: list[str | os.PathLike]):
+    """The figure `plot_runs` writes."""
+    fig, (by_step, by_time) = _figure()
+    for path in map(Path, run_paths):
+        evals = _evals(read_metrics(path))
+        if not evals:
+            continue
+        line, = by_step.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], label=path.name)
+        timed = [r for r in evals if r.get("train_seconds") is not None]
+        by_time.plot([r["train_seconds"] for r in timed], [r["val_loss"] for r in timed], color=line.get_color())
+    by_step.set_xlabel("step")
+    by_time.set_xlabel("training time (s)")
+    by_step.set_ylabel("val loss (nats/char)")
+    for ax in (by_step, by_time):
+        ax.grid(alpha=0.3)
+    by_step.legend(fontsize="small")
+    fig.suptitle("validation loss (random-window estimate)")
+    return fig

@@ -1,0 +1,410 @@
+"""The local record of a run: `runs/<name>/` with config, metrics log, checkpoint, sample and summary, and
+`locate_run`, the one place where a run's name, its directory, `latest` or a checkpoint file becomes a path.
+
+One process writes a run at a time: the writer holds an OS lock on the run's `.lock` (flock), which the kernel
+drops when the process ends however it ends, so a `kill -9` never leaves a stale lock. Readers never take it."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CheckpointError, ConfigError
+from ..fsutil import (METRICS_LIMIT, append_line, kind_of, read_bytes, read_json, read_problem, remove_stale_temporaries,
+                     stale_temporaries, write_json, write_text)
+
+CONFIG, METRICS, SUMMARY, SAMPLE, CKPT, BEST, EMA, PLOT = ("config.json", "metrics.jsonl", "summary.json",
+                                                          "sample.txt", "ckpt.pt", "best.pt", "ema.pt", "loss.png")
+LOCK = ".lock"
+_held: dict[str, int] = {}  # run directory (real path) -> the descriptor holding its lock in this process
+
+
+@dataclass
+class RunDir:
+    path: Path
+
+    @classmethod
+    def create(cls, out_dir: str | os.PathLike, name: str, unique: bool = False) -> "RunDir":
+        """Make `out_dir/name`, a directory no one else has: creation is exclusive, so two runs started at
+        once never share one. With `unique` (a default name), a name already taken gets a suffix -2, -3, ..."""
+        check_run_name(name)
+        out_dir = Path(out_dir)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CheckpointError(f"cannot create --runs-dir {out_dir} ({e.strerror}); choose a writable --runs-dir") from None
+        for n in range(1, 1000 if unique else 2):
+            path = out_dir / (name if n == 1 else f"{name}-{n}")
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise CheckpointError(f"cannot create run directory {path} ({e.strerror}); choose a writable --runs-dir") from None
+            if not os.access(path, os.W_OK):
+                path.rmdir()
+                raise CheckpointError(f"run directory {path} is not writable; choose a writable --runs-dir")
+            run = cls(path)
+            run.lock()
+            return run
+        path = out_dir / name
+        raise CheckpointError(f"run directory {path} already exists; pass --resume {path} to continue it "
+                              f"or --name to start another")
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "RunDir":
+        """The run at `path` (its directory, or a file in it), checked before anything is written into it. A
+        link such as `runs/latest` is followed, so the run keeps its own name: marking it latest again must not
+        point `latest` at itself."""
+        path = locate_run(path).run
+        problem = run_problem(path)
+        if problem:
+            raise CheckpointError(f"cannot resume {path}: {problem}; start a new run, or repair or remove that file")
+        run = cls(path)
+        if os.environ.get("RANK", "0") == "0":  # the other processes of a distributed run write nothing here
+            run.lock()
+        return run
+
+    def lock(self) -> None:
+        """Become the run's one writer until `unlock` or the end of this process; refuse (naming the holder's
+        pid) while another process writes it. Taken before the checkpoint is read, so a second writer never
+        resumes from a state the first is about to replace."""
+        key = os.path.realpath(self.path)
+        if key in _held:
+            return
+        try:
+            import fcntl
+        except ImportError:  # no flock on this system: one writer per run is then the user's to keep
+            return
+        while True:
+            try:
+                fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                             0o644)
+            except OSError as e:
+                raise CheckpointError(f"cannot lock {self.path / LOCK} ({e.strerror}); it must be a file chargpt "
+                                      f"can write: remove whatever is there") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _lock_holder(os.fstat(fd).st_ino)
+                os.close(fd)
+                raise CheckpointError(f"{self.path} is being written by another process"
+                                      f"{f' (pid {holder})' if holder else ''}; wait for it to end or stop it, "
+                                      f"then retry") from None
+            except OSError:  # a filesystem without locks (some network mounts): train unguarded, not at all
+                os.close(fd)
+                return
+            try:
+                current = os.lstat(self.path / LOCK).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
+            os.close(fd)  # the writer before removed that file as it ended: lock the one there now
+        _held[key] = fd
+
+    def discard(self) -> None:
+        """Remove this new run's directory when it holds only what starting a run writes (its config, its lock):
+        a run that failed before training leaves no name taken and nothing that looks resumable."""
+        names = {p.name for p in self.path.iterdir()}
+        if names <= {CONFIG, LOCK}:
+            for name in names:
+                (self.path / name).unlink()
+            self.path.rmdir()
+
+    def unlock(self) -> None:
+        """Stop being the run's writer (a notebook process lives on after its training ends). The lock file goes
+        too, while still locked, so a run holds it only while it is written."""
+        fd = _held.pop(os.path.realpath(self.path), None)
+        if fd is not None:
+            try:
+                os.unlink(self.path / LOCK)
+            except OSError:
+                pass
+            os.close(fd)
+
+    @property
+    def ckpt(self) -> Path:
+        return self.path / CKPT
+
+    @property
+    def best(self) -> Path:
+        """The checkpoint of the lowest validation estimate so far (the latest one is `ckpt`)."""
+        return self.path / BEST
+
+    @property
+    def ema(self) -> Path:
+        """The average of the weights over the last part of training (--ema), written at the end of the run."""
+        return self.path / EMA
+
+    def write_config(self, config: dict) -> None:
+        write_json(self.path / CONFIG, config)
+
+    def log_metrics(self, record: dict) -> None:
+        append_line(self.path / METRICS, json.dumps(record))
+
+    def metrics(self) -> list[dict]:
+        return read_metrics(self.path)
+
+    def recover(self, step: int) -> None:
+        """Before resuming at `step`, undo what a crash can leave: evaluations logged after the checkpoint was
+        saved, a torn last line, and half-written temporary files of atomic writes."""
+        remove_stale_temporaries(self.path)
+        path = self.path / METRICS
+        if not path.is_file():
+            return
+        kept = "".join(json.dumps(r) + "\n" for r in read_metrics(self.path) if r.get("step", 0) <= step)
+        if kept != read_bytes(path, METRICS_LIMIT, within=self.path).decode("utf-8", errors="replace"):
+            write_text(path, kept)
+
+    def summary(self) -> dict:
+        """summary.json, or {} when there is none (still training, stopped, crashed) or it is not an object."""
+        try:
+            summary = read_json(self.path / SUMMARY, within=self.path)
+        except (OSError, ValueError):
+            return {}
+        return summary if isinstance(summary, dict) else {}
+
+    def write_summary(self, summary: dict) -> None:
+        write_json(self.path / SUMMARY, summary)
+
+    def write_sample(self, text: str) -> None:
+        write_text(self.path / SAMPLE, text)
+
+    def mark_latest(self) -> str | None:
+        """Point `<out_dir>/latest` at this run (a symlink replaced atomically), unless `latest` is something
+        other than chargpt's own symlink (a plain name of a run next to it): then it is left alone, and the
+        reason returned."""
+        target = real_path(self.path)
+        link = target.parent / "latest"
+        tmp = target.parent / f".latest.{os.getpid()}"
+        if target.name == "latest":
+            return None  # never a link to itself
+        kind = kind_of(link)
+        if kind is not None and not (kind == "a symbolic link" and _is_run_link(link)):
+            return f"{link} is {kind} that chargpt did not make; left as it is"
+        try:
+            if tmp.is_symlink():
+                tmp.unlink()
+            tmp.symlink_to(target.name)
+            os.replace(tmp, link)
+        except OSError:
+            pass  # a filesystem without symlinks only loses the convenience name
+        return None
+
+
+def _lock_holder(inode: int) -> int | None:
+    """The pid holding an flock on the file `inode`, as the kernel lists it (Linux's /proc/locks): the lock file
+    itself is never written, so a refused writer changes nothing in the run."""
+    return next((pid for pid, at in _flocks() or [] if at == inode), None)
+
+
+def _flocks() -> list[tuple[int | None, int]] | None:
+    """(holder's pid, inode) of every flock held now, as Linux lists them in /proc/locks; None where that list
+    cannot be read. Files on other devices may share an inode: a match is "maybe locked", never "free"."""
+    try:
+        lines = read_bytes("/proc/locks", 1 << 22).decode("ascii", errors="replace").splitlines()
+    except OSError:
+        return None
+    held = []
+    for line in lines:
+        fields = line.split()
+        if "FLOCK" in fields and "->" not in fields and len(fields) >= 6:
+            inode = fields[5].rsplit(":", 1)[-1]
+            if inode.isdigit():
+                held.append((int(fields[4]) if fields[4].isdigit() else None, int(inode)))
+    return held
+
+
+def being_written(path: str | os.PathLike) -> bool:
+    """Whether a process writes run `path` now: its `.lock` is locked (or that cannot be told). Seen in the
+    kernel's list of locks, never by taking the lock, which could refuse a writer starting at that moment."""
+    try:
+        inode = os.lstat(Path(path) / LOCK).st_ino
+    except FileNotFoundError:  # a writer holds the file for its whole life
+        return False
+    except OSError:
+        return True
+    flocks = _flocks()
+    return flocks is None or any(at == inode for _, at in flocks)
+
+
+def clear_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove from run `path` the temporaries of atomic writes (`.loss.png.<pid>.<random>.tmp`, as large as the
+    file being written) that a writer killed mid-write (kill -9, a power cut) left, when nobody writes the run
+    now: a run that is never resumed sheds them too. Every door that lists or opens runs calls it (`chargpt
+    runs`, `chargpt.load`, the server's runs table); a resume clears them as it starts (`RunDir.recover`)."""
+    if not stale_temporaries(path) or being_written(path):
+        return []
+    return remove_stale_temporaries(path)
+
+
+@dataclass(frozen=True)
+class Located:
+    """What a run name, a run directory, `latest` or a checkpoint file names."""
+
+    run: Path  # the run directory, links followed: `runs/latest` is `runs/<name>`
+    ckpt: Path  # the checkpoint meant: the run's ckpt.pt, or the .pt file named
+    within: Path | None = None  # where the checkpoint must stay: its run, when the run was named, not the file
+
+    @property
+    def name(self) -> str:
+        """`r1` for a run's latest checkpoint, `r1/best.pt` for another file of it."""
+        return self.run.name if self.ckpt.name == CKPT else f"{self.run.name}/{self.ckpt.name}".lstrip("/")
+
+
+def locate_run(target: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, checkpoint: bool = True) -> Located:
+    """The run or checkpoint `target` names: a run directory, a checkpoint file, a link to either (`runs/latest`),
+    or with `out_dir` a run's name under it. With `checkpoint`, the checkpoint must be there and be a regular
+    file (never a FIFO or a device, which reading would wait on or misread; a run's own checkpoint only inside
+    its run, while a file named directly is the user's choice); without, a run directory is enough."""
+    given = Path(target)
+    path = given
+    if out_dir is not None and len(given.parts) == 1 and os.path.lexists(Path(out_dir) / given):
+        path = Path(out_dir) / given
+    if path.name == "latest" and not path.exists():  # absent, or a link to a run since removed
+        raise CheckpointError(f"no run yet: {path} points at the newest run with a checkpoint, and there is none; "
+                              f"train one with `chargpt train`")
+    real = real_path(path)
+    if not real.exists():
+        under = f" (nor {Path(out_dir) / given})" if out_dir is not None and path == given else ""
+        raise CheckpointError(f"no run {str(target)!r}: nothing at {path}{under}; pass a run directory, a .pt file "
+                              f"written by `chargpt train`, or runs/latest")
+    run, ckpt = (real, recommended(real)) if real.is_dir() else (real.parent, real)
+    within = run if real.is_dir() else None
+    if not checkpoint:
+        if not (run / CONFIG).exists() and not (run / METRICS).exists():
+            raise CheckpointError(f"no run {str(target)!r}: {run} holds no {CONFIG} or {METRICS}; pass the directory "
+                                  f"of a chargpt run")
+        return Located(run, ckpt, within)
+    problem = read_problem(ckpt, within=within)
+    if problem == "missing":
+        if (run / CONFIG).exists():
+            raise CheckpointError(f"{run} has no checkpoint yet (it is saved at the run's first --eval-interval or "
+                                  f"--ckpt-interval); wait for it, or pass another run")
+        raise CheckpointError(f"no checkpoint at {ckpt}; pass a run directory or a .pt file written by `chargpt train`")
+    if problem:
+        raise CheckpointError(f"cannot read {ckpt}: it is {problem}; pass a run directory or a .pt file written by "
+                              f"`chargpt train`")
+    return Located(run, ckpt, within)
+
+
+def recommended(run: Path) -> Path:
+    """The checkpoint a run directory stands for when read (sample, eval, attention, serve, --init-from): best.pt or
+    ema.pt where its summary recommends it (it scored lower on the full pass than the final model), else the latest
+    ckpt.pt. Resuming continues ckpt.pt."""
+    try:
+        name = read_json(run / SUMMARY, within=run).get("recommended")
+    except (OSError, ValueError, AttributeError):  # no summary yet (a run in progress), or a damaged one
+        name = None
+    return run / (name if name in (BEST, EMA) and (run / name).is_file() else CKPT)
+
+
+def _is_run_link(link: Path) -> bool:
+    target = os.readlink(link)
+    return "/" not in target and target not in (".", "..") and (not (link.parent / target).exists()
+                                                                or (link.parent / target / CONFIG).is_file())
+
+
+def check_run_name(name: str) -> None:
+    """A run name is one plain path component: the run stays inside --runs-dir, and `latest` stays chargpt's."""
+    if (not name or name in (".", "..", "latest") or "/" in name or os.sep in name or name.startswith(".")
+            or "\0" in name):
+        raise ConfigError(f"--name {name!r} is not a plain run name; use letters, digits, '-', '_' or '.', "
+                          f"without '/', not starting with '.', and not 'latest'")
+
+
+def run_problem(path: Path) -> str | None:
+    """What is wrong with the files of run directory `path` (config, summary, metrics log, checkpoints), if anything."""
+    for name in (CONFIG, SUMMARY, METRICS, CKPT, BEST, EMA):
+        problem = read_problem(path / name, within=path)
+        if problem and problem != "missing":
+            return f"{name} is {problem}"
+    if (path / CONFIG).exists():  # a checkpoint alone (copied by hand) is a run too
+        try:
+            config = read_json(path / CONFIG, within=path)
+        except (OSError, ValueError) as e:
+            return f"{CONFIG} is unreadable ({e.__class__.__name__})"
+        if not isinstance(config, dict) or not isinstance(config.get("model"), dict) or not isinstance(config.get("train"), dict):
+            return f"{CONFIG} is not a chargpt run config (an object with model and train)"
+    if (path / SUMMARY).exists():
+        try:
+            summary = read_json(path / SUMMARY, within=path)
+        except (OSError, ValueError) as e:
+            return f"{SUMMARY} is unreadable ({e.__class__.__name__})"
+        if not isinstance(summary, dict):
+            return f"{SUMMARY} is not an object"
+    try:
+        metrics_problem(path)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def metrics_problem(path: Path) -> None:
+    """Raise ValueError naming the first damaged line of the metrics log (a torn last line is a crash's, not damage)."""
+    try:
+        lines = read_bytes(Path(path) / METRICS, METRICS_LIMIT, within=path).decode("utf-8").splitlines()
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{METRICS} is unreadable ({e.__class__.__name__})") from None
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if i == len(lines) - 1:
+                continue
+            raise ValueError(f"{METRICS} line {i + 1} is not JSON") from None
+        if not _is_record(record):
+            raise ValueError(f"{METRICS} line {i + 1} is not a record of numbers")
+
+
+NUMERIC = ("step", "train_loss", "val_loss", "train_seconds", "lr", "tokens_seen", "tokens_per_sec")
+
+
+def real_path(path: Path) -> Path:
+    """`path` with its links followed, kept relative to the working directory when it is under it (messages
+    then show `runs/<name>`, not an absolute path)."""
+    if not path.exists():
+        return path
+    real = path.resolve()
+    try:
+        return real.relative_to(Path.cwd().resolve())
+    except ValueError:
+        return real
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """Records of a metrics log; a torn last line (crash mid-write) is skipped, and so is any line that is not a
+    record of numbers (a hand edit): readers may rely on the types."""
+    out = []
+    try:
+        lines = read_bytes(Path(path) / METRICS, METRICS_LIMIT, within=path).decode("utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return out
+    except OSError:  # a FIFO, a device, a link out of the run: nothing chargpt wrote (run_problem names it)
+        if not Path(path).is_dir():
+            raise
+        return out
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if _is_record(record):
+            out.append(record)
+    return out
+
+
+def _is_record(record) -> bool:
+    return isinstance(record, dict) and all(
+        isinstance(record[k], (int, float)) and not isinstance(record[k], bool)
+        and (k != "step" or isinstance(record[k], int)) for k in NUMERIC if record.get(k) is not None)
+
+
+def default_name(model: str, preset: str | None) -> str:
+    label = "baseline" if model == "bigram" else (preset or "custom")
+    return f"train-{model}-{label}-{time.strftime('%Y%m%d-%H%M%S')}"

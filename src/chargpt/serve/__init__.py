@@ -1,0 +1,1 @@
+"""`chargpt serve`: the local page and the OpenAI-compatible API."""

@@ -1,0 +1,1 @@
+"""Trackers: Weights & Biases and TensorBoard behind one protocol."""

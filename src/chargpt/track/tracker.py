@@ -1,0 +1,192 @@
+"""Experiment tracking behind one interface, `Tracker`. The run directory (metrics.jsonl, summary.json) is always
+written; a tracker adds a service. The training loop hands every tracker the same metrics record it writes to
+metrics.jsonl, and `finish_tracking` gives each the same images, checkpoints and summary at the end.
+
+A tracker named `x` in `config.TrackerName` is the class `TRACKER` of the module `chargpt.track.x`, imported
+only when chosen: a further tracker is one file plus its name in that Literal. Tracking never breaks training: a
+tracker turns its service's failures into one warning line and goes quiet.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, get_args, runtime_checkable
+
+from ..config import TrackerName
+from ..errors import ConfigError
+from ..runs.rundir import BEST, CKPT, PLOT
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..data.dataset import Dataset
+    from ..runs.rundir import RunDir
+
+ATTENTION_PROMPT_CHARS = 32  # characters of the validation text drawn in the attention map logged at the end
+
+
+@runtime_checkable
+class Tracker(Protocol):
+    def start(self, run: RunDir | None, config: dict, data: Dataset) -> None:
+        """Begin tracking `run` (None on a rank that writes nothing); `config` is `run_config`'s record."""
+
+    def log(self, record: dict, step: int) -> None:
+        """One metrics record, the same one metrics.jsonl receives (its keys are the charts' names)."""
+
+    def image(self, key: str, path: Path, caption: str, step: int) -> None:
+        """A PNG (the loss curve, the attention map); `path` may be removed once this returns."""
+
+    def artifact(self, kind: str, files: dict[str, Path], aliases: list[str], metadata: dict) -> None:
+        """A version of a `kind` ("model") made of `files` ({name in the artifact: path}), known by `aliases`."""
+
+    def finish(self, summary: dict) -> None:
+        """The run's summary (summary.json, with its sample); the last call."""
+
+
+class NullTracker:
+    """Tracks nothing (no tracker chosen)."""
+
+    def start(self, run, config: dict, data) -> None:
+        pass
+
+    def log(self, record: dict, step: int) -> None:
+        pass
+
+    def image(self, key: str, path: Path, caption: str, step: int) -> None:
+        pass
+
+    def artifact(self, kind: str, files: dict[str, Path], aliases: list[str], metadata: dict) -> None:
+        pass
+
+    def finish(self, summary: dict) -> None:
+        pass
+
+
+def make_tracker(choice: str | Tracker | None, **options) -> Tracker:
+    """The tracker of `choice`: a name in `TrackerName` (built with `options`), a `Tracker` object, or None."""
+    if choice is None:
+        return NullTracker()
+    if isinstance(choice, str):
+        check_tracker(choice)
+        return importlib.import_module(f"chargpt.track.{choice}").TRACKER(**options)
+    return choice
+
+
+def check_tracker(choice: str | Tracker | None) -> None:
+    names = get_args(TrackerName)
+    if isinstance(choice, str) and choice not in names:
+        raise ConfigError(f"unknown tracker {choice!r}; choose one of {', '.join(names)}")
+    if choice is not None and not isinstance(choice, (str, Tracker)):
+        raise ConfigError(f"tracker must be one of {', '.join(names)} or an object with the methods start, log, "
+                          f"image, artifact and finish (chargpt.track.tracker.Tracker), got {type(choice).__name__}")
+
+
+def run_config(config: Config, run: RunDir | None, data: Dataset, preset: str | None,
+               argv: list[str] | None = None) -> dict:
+    """What a tracker records as the run's config: every field, the preset, the run directory, the dataset and
+    the provenance (versions, git commit, device, command line)."""
+    from ..runtime.device import resolve_device
+    from ..runs.provenance import provenance
+
+    return config.to_dict() | {
+        "preset": preset,
+        "run_dir": str(run.path) if run is not None else None,
+        "dataset": {"name": data.meta.get("name"), "dir": str(data.path), "content_hash": data.content_hash,
+                    "vocab_size": data.meta.get("vocab_size"), "train_tokens": data.meta.get("train_tokens"),
+                    "val_tokens": data.meta.get("val_tokens")},
+        "provenance": provenance(resolve_device(config.train.device), argv),
+    }
+
+
+def warn(what: str, exc: BaseException | None = None, service: str | None = None) -> None:
+    """One line on stderr: what failed and that the work goes on."""
+    reason = ""
+    if exc is not None:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        reason = f" ({exc.__class__.__name__}: {first})" if first else f" ({exc.__class__.__name__})"
+    print(f"warning: {service + ': ' if service else ''}{what}{reason}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------ the end of a run
+def finish_tracking(tracker: Tracker, run: RunDir | None, summary: dict, data: Dataset) -> None:
+    """The loss curve and (for a GPT) the attention over the start of the validation text as images, the
+    checkpoints as `model` versions, then the summary: the same for every tracker."""
+    if isinstance(tracker, NullTracker):
+        return  # nothing would receive the pictures: none are drawn
+    steps = int(summary.get("steps") or 0)
+    if run is not None:
+        with tempfile.TemporaryDirectory(prefix="chargpt-tracking-") as tmp:
+            try:
+                for key, path, caption in _images(run, data, Path(tmp)):
+                    tracker.image(key, path, caption, steps)
+            except Exception as e:  # a picture is not worth the summary and the checkpoint
+                warn("cannot draw the loss curve or attention map; the rest is recorded", e)
+        for files, aliases, metadata in model_versions(run, summary):
+            tracker.artifact("model", files, aliases, metadata)
+    tracker.finish(summary)
+
+
+def _images(run: RunDir, data: Dataset, tmp: Path) -> list[tuple[str, Path, str]]:
+    name = Path(run.path).name
+    images = []
+    if (Path(run.path) / PLOT).is_file():
+        images.append(("loss_curve", Path(run.path) / PLOT, f"{name}: loss"))
+    if Path(run.ckpt).is_file():
+        drawn = draw_attention_of(run.ckpt, data, tmp / "attention.png", name)
+        if drawn is not None:
+            images.append(("attention", *drawn))
+    return images
+
+
+def model_versions(run: RunDir, summary: dict) -> list[tuple[dict[str, Path], list[str], dict]]:
+    """(files, aliases, metadata) of each checkpoint worth keeping: the final one as `latest` and `step-N`, and
+    `best` on the run's best.pt when that is an earlier step (listed first, so `latest` ends on the final one),
+    else on the final one too."""
+    path, steps = Path(run.path), int(summary.get("steps") or 0)
+    if not Path(run.ckpt).is_file():
+        return []
+
+    def files(ckpt: Path) -> dict[str, Path]:
+        return {"ckpt.pt": ckpt} | {extra: path / extra for extra in ("config.json", "summary.json")
+                                    if (path / extra).is_file()}
+
+    scalars = {k: v for k, v in summary.items() if k != "sample" and isinstance(v, (int, float, str))}
+    best_step = separate_best(path)
+    if best_step is None:
+        return [(files(Path(run.ckpt)), ["latest", "best", f"step-{steps}"], scalars)]
+    return [(files(path / BEST), ["best", f"step-{best_step}"], {"checkpoint": BEST, "steps": best_step}),
+            (files(Path(run.ckpt)), ["latest", f"step-{steps}"], scalars)]
+
+
+def separate_best(run_path: Path) -> int | None:
+    """The step of the run's best.pt when it is another checkpoint than ckpt.pt (an earlier step); None when
+    there is none or it holds the same step (the final checkpoint is then the best)."""
+    from ..fsutil import load_torch
+
+    try:
+        best_step = int(load_torch(Path(run_path) / BEST, within=run_path, mmap=True)["step"])
+        final_step = int(load_torch(Path(run_path) / CKPT, within=run_path, mmap=True)["step"])
+        return None if best_step == final_step else best_step
+    except Exception:  # no best.pt, or one that cannot be read: `best` goes to the final checkpoint
+        return None
+
+
+def draw_attention_of(ckpt: Path, data: Dataset, out: Path, name: str) -> tuple[Path, str] | None:
+    """The attention map of a GPT checkpoint over the start of `data`'s validation text, and its caption; None
+    for a model without attention."""
+    import torch
+
+    from ..model.attention import attention_title, attention_weights, draw_attention
+    from ..runs.checkpoint import load_model
+    from ..model.gpt import GPT
+
+    model, tok, state = load_model(ckpt, "cpu")
+    if not isinstance(model, GPT):
+        return None
+    prompt = data.tokenizer.decode(data.split("val")[:min(ATTENTION_PROMPT_CHARS, model.config.block_size)].tolist())
+    if not prompt:
+        return None
+    weights = attention_weights(model, torch.tensor([tok.encode(prompt)], dtype=torch.long))[0]
+    title = attention_title(name, state["step"], *weights.shape[:2])
+    return draw_attention(weights, prompt, out, title=title), f"{title}, over {prompt!r}"

@@ -1,0 +1,242 @@
+import json
+import os
+import time
+
+import pytest
+import torch
+
+from chargpt.data.dataset import load_dataset, prepare
+from chargpt.errors import DataError
+
+
+def test_prepare_tiny_shakespeare_matches_the_notebook_split(shakespeare_path, tmp_path):
+    res = prepare(shakespeare_path, tmp_path / "ds", name="shakespeare")
+    m = res.meta
+    assert res.changed
+    assert (m["total_chars"], m["vocab_size"], m["train_tokens"], m["val_tokens"]) == (1115394, 65, 1003854, 111540)
+    assert m["source_sha256"] == "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+    # What the notebook computes, read back with the notebook's own torch.load call.
+    text = shakespeare_path.read_text(encoding="utf-8")
+    chars = sorted(set(text))
+    stoi = {c: i for i, c in enumerate(chars)}
+    data = torch.tensor([stoi[c] for c in text], dtype=torch.long)
+    n = int(0.9 * len(data))
+    train = torch.load(tmp_path / "ds" / "train.pt", weights_only=True)
+    val = torch.load(tmp_path / "ds" / "val.pt", weights_only=True)
+    assert train.ndim == 1 and not train.is_floating_point()
+    assert torch.equal(train.long(), data[:n]) and torch.equal(val.long(), data[n:])
+    meta = json.loads((tmp_path / "ds" / "meta.json").read_text())
+    assert meta["vocab"] == "".join(chars) and meta["val_fraction"] == 0.1
+
+
+def test_prepare_twice_changes_nothing(shakespeare_path, tmp_path):
+    prepare(shakespeare_path, tmp_path / "ds")
+    files = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (tmp_path / "ds").iterdir()}
+    time.sleep(0.01)
+    res = prepare(shakespeare_path, tmp_path / "ds")
+    assert not res.changed
+    assert files == {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (tmp_path / "ds").iterdir()}
+
+
+def test_prepare_again_after_the_input_changes_rewrites_with_replace(tmp_path):
+    src = tmp_path / "a.txt"
+    src.write_text("abcdefghij" * 10)
+    prepare(src, tmp_path / "ds")
+    src.write_text("abcdefghijk" * 10)
+    res = prepare(src, tmp_path / "ds", replace=True)
+    assert res.changed and res.meta["vocab_size"] == 11
+
+
+def test_int64_dtype_for_the_notebook(tmp_path):
+    src = tmp_path / "a.txt"
+    src.write_text("hello world\n" * 20)
+    prepare(src, tmp_path / "ds", dtype="int64")
+    assert torch.load(tmp_path / "ds" / "train.pt", weights_only=True).dtype == torch.int64
+    assert load_dataset(tmp_path / "ds").train.dtype == torch.int64
+
+
+def test_prepare_writes_no_temporary_files(shakespeare_path, tmp_path):
+    prepare(shakespeare_path, tmp_path / "ds")
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == ["meta.json", "train.pt", "val.pt"]
+
+
+def test_non_default_val_fraction(tmp_path):
+    src = tmp_path / "a.txt"
+    src.write_text("x" * 70 + "y" * 30)
+    res = prepare(src, tmp_path / "ds", val_fraction=0.3)
+    assert (res.meta["train_tokens"], res.meta["val_tokens"]) == (70, 30)
+
+
+def test_unicode_corpus_split_across_chunks(tmp_path, monkeypatch):
+    import chargpt.data.dataset as data_mod
+
+    monkeypatch.setattr(data_mod, "CHUNK", 7)  # multi-byte characters straddle chunk boundaries
+    text = "añb€c🙂d\n" * 50
+    src = tmp_path / "u.txt"
+    src.write_text(text, encoding="utf-8")
+    prepare(src, tmp_path / "ds")
+    ds = load_dataset(tmp_path / "ds")
+    assert ds.tokenizer.decode(torch.cat([ds.train, ds.val]).tolist()) == text
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "does not exist"),
+    (b"", "empty"),
+    (b"caf\xe9 au lait\n" * 10, "not valid UTF-8"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary"),
+    (b"a", "too few"),
+])
+def test_bad_inputs_are_clear_errors(tmp_path, content, message):
+    src = tmp_path / "in.txt"
+    if content is not None:
+        src.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        prepare(src, tmp_path / "ds")
+    assert not (tmp_path / "ds" / "train.pt").exists()
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
+def test_val_fraction_must_be_inside_zero_one(tmp_path, fraction):
+    src = tmp_path / "in.txt"
+    src.write_text("hello world " * 10)
+    with pytest.raises(DataError, match="val-fraction"):
+        prepare(src, tmp_path / "ds", val_fraction=fraction)
+
+
+def test_load_dataset_missing_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="chargpt prepare"):
+        load_dataset(tmp_path / "nope")
+
+
+# ------------------------------------------------------------------------------------- identity is content
+def sha256(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_same_text_prepared_in_two_directories_gives_byte_identical_files(shakespeare_path, tmp_path):
+    prepare(shakespeare_path, tmp_path / "one", name="shakespeare")
+    prepare(shakespeare_path, tmp_path / "elsewhere" / "two", name="shakespeare")
+    for name in ("train.pt", "val.pt"):
+        assert sha256(tmp_path / "one" / name) == sha256(tmp_path / "elsewhere" / "two" / name)
+    assert load_dataset(tmp_path / "one").content_hash == load_dataset(tmp_path / "elsewhere" / "two").content_hash
+
+
+def test_the_dataset_hash_is_of_the_tokens_not_of_the_files_bytes(tmp_path):
+    src = tmp_path / "a.txt"
+    src.write_text("hello world\n" * 20)
+    small, wide = prepare(src, tmp_path / "small", dtype="uint8"), prepare(src, tmp_path / "wide", dtype="int64")
+    assert sha256(tmp_path / "small/train.pt") != sha256(tmp_path / "wide/train.pt")
+    assert small.meta["content_hash"] == wide.meta["content_hash"] == load_dataset(tmp_path / "small").content_hash
+    other = tmp_path / "b.txt"
+    other.write_text("hello world\n" * 19 + "hello wordl\n")  # the same characters and sizes, other tokens
+    assert prepare(other, tmp_path / "other").meta["content_hash"] != small.meta["content_hash"]
+
+
+def write_old_format_dataset(src, out):
+    """A dataset as chargpt wrote it before content hashes: uint8 tensors saved under a random temporary name
+    (so the archive's top folder differs every time) and a meta.json without a content hash."""
+    import tempfile
+
+    res = prepare(src, out, dtype="uint8")
+    meta = {k: v for k, v in res.meta.items() if k != "content_hash"}
+    for name in ("train", "val"):
+        t = torch.load(out / f"{name}.pt", weights_only=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.pt.{os.getpid()}.", suffix=".tmp", dir=out)
+        os.close(fd)
+        torch.save(t, tmp)
+        os.replace(tmp, out / f"{name}.pt")
+        meta[f"{name}_sha256"] = sha256(out / f"{name}.pt")
+    (out / "meta.json").write_text(json.dumps(meta))
+    from chargpt.data.dataset import file_hash
+
+    return file_hash(out / "train.pt", out / "val.pt")
+
+
+def test_a_run_of_an_older_chargpt_is_recognised_on_its_dataset_and_after_re_preparing_it(tmp_path):
+    src = tmp_path / "a.txt"
+    src.write_text("To be, or not to be, that is the question.\n" * 30)
+    old_hash = write_old_format_dataset(src, tmp_path / "ds")
+    assert load_dataset(tmp_path / "ds").is_identified_by(old_hash)
+    res = prepare(src, tmp_path / "ds")  # int64 now, and deterministic bytes: the files change, the tokens do not
+    assert res.changed and res.meta["dtype"] == "int64"
+    again = load_dataset(tmp_path / "ds")
+    assert again.is_identified_by(old_hash) and again.is_identified_by(again.content_hash)
+    assert not again.is_identified_by("0" * 64)
+    assert not load_dataset(prepare(src, tmp_path / "fresh").out_dir).is_identified_by(old_hash)
+
+
+def test_prepare_over_a_dataset_of_other_text_refuses_unless_replace(tmp_path):
+    from chargpt.data.dataset import DatasetExists
+
+    mine, other = tmp_path / "mine.txt", tmp_path / "other.txt"
+    mine.write_text("abcdefghij" * 10)
+    other.write_text("klmnopqrst" * 10)
+    prepare(mine, tmp_path / "ds", name="mine")
+    before = (tmp_path / "ds/train.pt").read_bytes()
+    with pytest.raises(DatasetExists, match=r"holds another dataset, 'mine' \(100 characters from .*mine.txt.*--replace"):
+        prepare(other, tmp_path / "ds", name="other")
+    assert (tmp_path / "ds/train.pt").read_bytes() == before
+    assert not prepare(mine, tmp_path / "ds", name="renamed").changed  # the same text: nothing changed
+    assert prepare(other, tmp_path / "ds", replace=True).meta["name"] == "other"
+
+
+# ------------------------------------------------------------------------------------- the notebook's tensors
+def test_the_seed_notebooks_cells_run_unchanged_on_a_prepared_directory(dataset_dir):
+    import torch.nn as nn
+    from torch.nn import functional as F
+
+    data_dir = str(dataset_dir)
+    # Load the datasets
+    train = torch.load(os.path.join(data_dir, 'train.pt'))
+    val = torch.load(os.path.join(data_dir, 'val.pt'))
+    # Context window size
+    block_size = 8
+    assert repr(train[:block_size+1]) == "tensor([18, 47, 56, 57, 58,  1, 15, 47, 58])"
+    torch.manual_seed(1337)
+    batch_size = 4
+    block_size = 8
+
+    def get_batch(split: str):
+        # Generate a batch of inputs x and targets y
+        data = train if split == 'train' else val
+        ix = torch.randint(len(data) - block_size, (batch_size,))
+        x = torch.stack([data[i:i+block_size] for i in ix])
+        y = torch.stack([data[i+1:i+block_size+1] for i in ix])
+        return x, y
+
+    xb, yb = get_batch('train')
+    assert xb.tolist()[0] == [24, 43, 58, 5, 57, 1, 46, 43] and yb.tolist()[3] == [17, 27, 10, 0, 21, 1, 54, 39]
+
+    class BigramLanguageModel(nn.Module):  # the lecture's baseline
+        def __init__(self, vocab_size):
+            super().__init__()
+            self.token_embedding_table = nn.Embedding(vocab_size, vocab_size)
+
+        def forward(self, idx, targets=None):
+            logits = self.token_embedding_table(idx)  # (B,T,C)
+            if targets is None:
+                loss = None
+            else:
+                B, T, C = logits.shape
+                logits = logits.view(B*T, C)
+                targets = targets.view(B*T)
+                loss = F.cross_entropy(logits, targets)
+            return logits, loss
+
+    logits, loss = BigramLanguageModel(65)(xb, yb)
+    assert logits.shape == (32, 65)
+    assert 3.5 < loss.item() < 5.5  # about -ln(1/65) = 4.17 for an untrained table
+
+
+def test_a_corpus_past_the_int64_limit_is_stored_small_and_says_how_to_get_int64(tmp_path, monkeypatch):
+    import chargpt.data.dataset as data_mod
+
+    monkeypatch.setattr(data_mod, "NOTEBOOK_DTYPE_CHARS", 100)
+    src = tmp_path / "a.txt"
+    src.write_text("hello world\n" * 20)
+    res = prepare(src, tmp_path / "ds")
+    assert res.meta["dtype"] == "uint8" and "--token-dtype int64" in res.note
+    assert torch.load(tmp_path / "ds/train.pt", weights_only=True).dtype == torch.uint8
+    assert prepare(src, tmp_path / "ds64", dtype="int64").note is None

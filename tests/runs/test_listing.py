@@ -1,0 +1,172 @@
+"""`chargpt runs`: the table of runs under runs/ and the overlay plot, checked against the runs' real files."""
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from chargpt.runs import checkpoint
+from chargpt.cli import main
+from chargpt.config import get_preset
+from chargpt.data.dataset import load_dataset
+from chargpt.runs.rundir import RunDir, read_metrics
+from chargpt.runs.listing import format_runs, list_runs, read_run
+from chargpt.training.loop import train
+from conftest import run_main
+
+BIGRAM = ["--preset", "bigram", "--max-steps", "1000000", "--eval-interval", "50", "--eval-iters", "2",
+          "--sample-tokens", "0"]
+
+
+def tiny(preset: str, steps: int, **model):
+    cfg = get_preset(preset)
+    for k, v in model.items():
+        setattr(cfg.model, k, v)
+    cfg.model.vocab_size = 65
+    cfg.train.max_steps, cfg.train.eval_interval, cfg.train.eval_iters = steps, steps // 2, 2
+    cfg.train.batch_size, cfg.train.sample_tokens, cfg.train.compile = 4, 0, False
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def workdir(dataset_dir, tmp_path_factory) -> Path:
+    """Two finished runs (trained here) and one that `chargpt train` wrote until SIGTERM stopped it."""
+    cwd = tmp_path_factory.mktemp("runs-cwd")
+    data = load_dataset(dataset_dir)
+    gpt = tiny("cpu", 10, n_layer=1, n_embd=32, n_head=2, block_size=16)
+    gpt.train.optimizer = "adamw"
+    estimated = tiny("bigram", 20)
+    estimated.train.eval_tokens = 5_000  # of 111,540: the final loss is estimated from an evenly spread subset
+    for name, preset, cfg in (("bigram", "bigram", tiny("bigram", 20)), ("tiny-gpt", "cpu", gpt),
+                              ("estimated", "bigram", estimated)):
+        train(cfg, data, RunDir.create(cwd / "runs", name), preset=preset, data_dir=str(dataset_dir),
+              echo=lambda *_: None)
+    proc = subprocess.Popen([sys.executable, "-m", "chargpt", "train", "--data", str(dataset_dir), "--name", "stopped",
+                             *BIGRAM], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    for line in proc.stdout:
+        if line.startswith("step 0:"):
+            time.sleep(2.0)  # train a while: the listing must show that time, not the 0.0 s of the step-0 evaluation
+            proc.send_signal(signal.SIGTERM)
+            break
+    proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    return cwd
+
+
+def test_runs_lists_every_run_with_the_values_of_its_files(workdir):
+    p = run_main("runs", cwd=workdir)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0].split() == ["name", "model", "data", "params", "steps", "best", "val", "at", "step", "val", "full",
+                                "wall", "date", "status"]
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert set(rows) == {"bigram", "tiny-gpt", "estimated", "stopped"}  # `latest` is a link, not a run
+
+    for name in ("bigram", "tiny-gpt"):
+        summary = json.loads((workdir / "runs" / name / "summary.json").read_text())
+        metrics = [r for r in map(json.loads, (workdir / "runs" / name / "metrics.jsonl").read_text().splitlines())
+                   if "val_loss" in r]
+        cells = rows[name].split()
+        assert f"{summary['val_loss_full']:.4f}" in cells
+        assert f"{min(r['val_loss'] for r in metrics):.4f}" in cells
+        assert str(summary["steps"]) in cells and cells[-1] == "finished"
+    data = ["shakespeare", load_dataset(json.loads((workdir / "runs/bigram/config.json").read_text())["data_dir"])
+            .content_hash[:8]]
+    assert rows["bigram"].split()[1:5] == ["bigram", *data, "4.2k"]  # 65 x 65 parameters
+    assert rows["tiny-gpt"].split()[1:3] == ["gpt", "(cpu)"]
+    assert "±" not in rows["bigram"]  # every val character scored: exact
+
+    stopped = rows["stopped"].split()
+    assert stopped[2:4] == data  # the dataset of a run still training (or stopped) is in its config.json
+    assert stopped[-1] == "unfinished" and stopped[8] == "-"  # no full-pass loss without a summary
+    ckpt_step = checkpoint.load(workdir / "runs/stopped")["step"]
+    assert ckpt_step > 0 and stopped[5] == str(ckpt_step)  # where its checkpoint is, not its last evaluation (0)
+    assert stopped[9] != "0.0s"
+
+
+def test_an_estimated_full_pass_loss_shows_its_standard_error(workdir):
+    summary = json.loads((workdir / "runs/estimated/summary.json").read_text())
+    assert summary["val_loss_full_exact"] is False and summary["val_loss_full_stderr"] > 0
+    row = next(line for line in format_runs(list_runs(workdir / "runs")).splitlines() if line.startswith("estimated"))
+    assert f"{summary['val_loss_full']:.4f} ±{summary['val_loss_full_stderr']:.4f}" in row and row.endswith("finished")
+
+
+def test_a_run_whose_final_evaluation_was_cut_short_is_not_finished(workdir, tmp_path):
+    shutil.copytree(workdir / "runs/bigram", tmp_path / "runs/cut")
+    summary = json.loads((tmp_path / "runs/cut/summary.json").read_text())
+    # what training writes when Ctrl-C stops its final evaluation
+    summary |= {"val_loss_full": None, "eval_cut_short": "by SIGINT after 50,000 of 111,539 characters"}
+    (tmp_path / "runs/cut/summary.json").write_text(json.dumps(summary))
+    info = read_run(tmp_path / "runs/cut")
+    assert not info.finished and info.eval_cut_short
+    assert format_runs([info]).splitlines()[1].endswith("eval cut short")
+
+
+def test_runs_on_different_datasets_are_overlaid_only_with_all(workdir, tmp_path, capsys, monkeypatch):
+    from chargpt.data.dataset import prepare
+
+    (tmp_path / "other.txt").write_text("To be, or not to be, that is the question.\n" * 200)
+    other = load_dataset(prepare(tmp_path / "other.txt", tmp_path / "other", name="other").out_dir)
+    cfg = tiny("bigram", 20)
+    cfg.model.vocab_size = other.tokenizer.vocab_size
+    train(cfg, other, RunDir.create(workdir / "runs", "on-other"), preset="bigram", data_dir=str(other.path),
+          echo=lambda *_: None)
+    monkeypatch.chdir(workdir)
+    try:
+        assert main(["runs", "--plot", "bigram", "on-other", "--out", "mixed.png"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "different datasets (bigram on shakespeare " in err
+        assert f"on-other on other {other.content_hash[:8]}" in err and "--all" in err
+        assert not (workdir / "mixed.png").exists()
+        assert main(["runs", "--plot", "bigram", "on-other", "--out", "mixed.png", "--all"]) == 0
+        assert (workdir / "mixed.png").is_file()
+    finally:
+        shutil.rmtree(workdir / "runs/on-other")
+
+
+def test_runs_show_where_best_pt_is(workdir):
+    for name in ("bigram", "tiny-gpt"):
+        best = checkpoint.load(workdir / "runs" / name / "best.pt")
+        evals = [r for r in read_metrics(workdir / "runs" / name) if "val_loss" in r]
+        assert best["step"] == min(evals, key=lambda r: r["val_loss"])["step"]
+        assert read_run(workdir / "runs" / name).best_step == best["step"]
+
+
+def test_an_unfinished_run_is_read_from_its_config_and_metrics(workdir):
+    info = read_run(workdir / "runs" / "stopped")
+    assert not info.finished and info.val_full is None
+    assert info.params == 65 * 65  # counted from the config on the meta device
+    assert info.steps == checkpoint.load(workdir / "runs/stopped")["step"] and info.best_val is not None
+    runs = list_runs(workdir / "runs")
+    assert [r.name for r in runs][-1] == "stopped"  # oldest first
+    assert "unfinished" in format_runs(runs)
+
+
+def test_runs_plot_overlays_the_named_runs(workdir, capsys, monkeypatch):
+    monkeypatch.chdir(workdir)
+    assert main(["runs", "--plot", "bigram", "runs/tiny-gpt", "--out", "cmp/both.png"]) == 0
+    assert capsys.readouterr().out == "wrote cmp/both.png: val loss of bigram, runs/tiny-gpt\n"
+    assert (workdir / "cmp/both.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_each_run_directory_holds_its_loss_png(workdir):
+    for name in ("bigram", "tiny-gpt", "stopped"):
+        assert (workdir / "runs" / name / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unknown_runs_and_missing_directories_are_one_error_line(workdir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(workdir)
+    assert main(["runs", "--plot", "nope", "--out", "x.png"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no run 'nope'") and err.count("\n") == 1
+    monkeypatch.chdir(tmp_path)
+    assert main(["runs", "--runs-dir", "elsewhere"]) == 2
+    assert capsys.readouterr().err == "error: no runs directory elsewhere; train a model first or pass --runs-dir\n"
+    (tmp_path / "empty").mkdir()
+    assert main(["runs", "--runs-dir", "empty"]) == 0
+    assert capsys.readouterr().out == "no runs under empty\n"

@@ -1,0 +1,124 @@
+"""Loss-curve PNGs: one run's curves, refreshed by the training loop, and several runs overlaid."""
+import json
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import chargpt.training.loop  # noqa: F401  (the module, reached through sys.modules)
+from chargpt.config import get_preset
+from chargpt.data.dataset import load_dataset
+from chargpt.runs.plotting import plot_run, plot_runs, refresh_run_plot
+from chargpt.runs.rundir import RunDir
+from chargpt.training.loop import train
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
+    return struct.unpack(">II", head[16:24])
+
+
+def write_metrics(run: Path, steps=(0, 10, 20), val=(4.2, 3.1, 2.6)) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    with open(run / "metrics.jsonl", "w") as f:
+        for i, (step, v) in enumerate(zip(steps, val)):
+            f.write(json.dumps({"step": step, "train_loss": v + 0.05, "val_loss": v, "lr": 1e-3,
+                                "tokens_seen": step * 256, "train_seconds": 0.5 * i, "tokens_per_sec": 500.0}) + "\n")
+
+
+def test_plot_run_draws_two_panels_into_loss_png_and_leaves_no_temporary_file(tmp_path):
+    run = tmp_path / "r"
+    write_metrics(run)
+    out = plot_run(run)
+    assert out == run / "loss.png"
+    assert png_size(out) == (1000, 400)  # two side-by-side panels: against steps and against seconds
+    assert sorted(p.name for p in run.iterdir()) == ["loss.png", "metrics.jsonl"]
+
+
+def test_plot_run_skips_a_torn_last_line_and_draws_nothing_before_the_first_evaluation(tmp_path):
+    run = tmp_path / "r"
+    write_metrics(run)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 30, "val_lo')  # a crash mid-write
+    assert plot_run(run) == run / "loss.png"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert plot_run(empty) is None and not (empty / "loss.png").exists()
+
+
+def test_a_plotting_failure_is_one_warning_line_and_not_an_exception(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("chargpt.runs.plotting._warned", False)
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    refresh_run_plot(not_a_dir)
+    refresh_run_plot(not_a_dir)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"warning: cannot draw the loss curve in {not_a_dir}")
+
+
+def test_training_refreshes_the_plot_at_the_first_and_last_evaluation_and_between_while_it_is_cheap(
+        dataset_dir, tmp_path, monkeypatch):
+    calls = []
+
+    def spy(path):
+        calls.append(len([r for r in RunDir(Path(path)).metrics() if "val_loss" in r]))
+        refresh_run_plot(path)
+
+    monkeypatch.setattr(sys.modules["chargpt.training.loop"], "refresh_run_plot", spy)
+    cfg = get_preset("bigram")
+    cfg.train.max_steps, cfg.train.eval_interval, cfg.train.eval_iters, cfg.train.sample_tokens = 20, 5, 2, 0
+    run = RunDir.create(tmp_path, "b")
+    train(cfg, load_dataset(dataset_dir), run, preset="bigram", echo=lambda *_: None)
+    # after the records of steps 0 and 20 are written, and of steps between while redrawing has cost at most
+    # PLOT_SHARE of the run (a 20-step bigram run is mostly drawing: a budget's seconds are not spent on it)
+    assert calls[0] == 1 and calls[-1] == 5 and calls == sorted(set(calls))
+    assert png_size(run.path / "loss.png") == (1000, 400)
+
+
+def test_plot_runs_overlays_several_runs_into_one_png(tmp_path):
+    write_metrics(tmp_path / "a")
+    write_metrics(tmp_path / "b", steps=(0, 50), val=(4.1, 2.2))
+    out = plot_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "out" / "cmp.png")
+    assert png_size(out) == (1000, 400)
+
+
+def test_replotting_a_long_run_stays_cheap(tmp_path):
+    n = 2000
+    run = tmp_path / "long"
+    write_metrics(run, steps=range(0, n * 10, 10), val=[4 - i / n for i in range(n)])
+    plot_run(run)  # the first call pays matplotlib's import
+    t0 = time.perf_counter()
+    plot_run(run)
+    assert time.perf_counter() - t0 < 2.0
+
+
+def test_refreshing_draws_in_a_helper_process_and_matplotlib_never_enters_the_training_process(tmp_path):
+    run = tmp_path / "r"
+    write_metrics(run)
+    code = ("import os, sys; from chargpt.runs.plotting import refresh_run_plot; os.fork = None; "
+            "refresh_run_plot(sys.argv[1]); print('matplotlib' in sys.modules)")
+    p = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "False" and p.stderr == ""
+    assert png_size(run / "loss.png") == (1000, 400)
+
+
+def test_loss_png_draws_every_logged_training_loss_under_the_evaluations_on_a_log_axis(tmp_path):
+    from chargpt.runs.plotting import run_figure
+
+    run = tmp_path / "r"
+    write_metrics(run, steps=(0, 20), val=(4.2, 3.0))
+    with open(run / "metrics.jsonl", "a") as f:
+        for step, loss in ((5, 4.0), (10, 3.6), (15, 3.3)):
+            f.write(json.dumps({"step": step, "loss": loss, "lr": 1e-3, "train_seconds": step / 20}) + "\n")
+    fig = run_figure(run)
+    by_step, by_time = fig.axes
+    assert by_step.get_yscale() == by_time.get_yscale() == "log"
+    lines = {line.get_label(): line for line in by_step.get_lines()}
+    assert list(lines["training loss (one batch)"].get_ydata()) == [4.0, 3.6, 3.3]
+    assert list(lines["val loss (estimate)"].get_xdata()) == [0, 20]
+    assert lines["training loss (one batch)"].get_zorder() < lines["val loss (estimate)"].get_zorder()

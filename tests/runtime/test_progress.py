@@ -1,0 +1,72 @@
+"""The progress display: what a budget run and a step run show, on a terminal and in a log."""
+import io
+
+from chargpt.runtime.progress import Progress, format_duration
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def screen(stream) -> list[str]:
+    """What a terminal shows: each carriage return starts the line over."""
+    return [line.split("\r")[-1] for line in stream.getvalue().split("\n")]
+
+
+def test_a_budget_bar_shows_time_of_total_step_loss_tokens_per_second_and_eta():
+    out = Terminal()
+    bar = Progress(total_steps=5000, budget=150, stream=out)
+    bar.update(1234, 1.8765, 12345.6, 45.0)
+    shown = screen(out)[-1]
+    assert shown.startswith(" 30%")
+    for part in ("45.0s/2m30s", "step 1,234", "loss 1.8765", "12,346 tok/s", "eta 1m45s"):
+        assert part in shown, (part, shown)
+    assert "s/s" not in shown and "5000" not in shown and "5,000" not in shown  # steps are not the measure here
+    bar.close(1300, 150.2)
+    assert screen(out)[-2].startswith("100%") and screen(out)[-1] == ""
+
+
+def test_extending_a_budget_on_resume_ends_the_bar_at_100_percent():
+    out = Terminal()
+    bar = Progress(total_steps=10**9, budget=40, step=500, seconds=20.0, stream=out)
+    assert screen(out)[-1].startswith(" 50%")
+    bar.update(960, 2.0, 1000.0, 38.9)  # the last update of the loop comes before the budget is reached
+    assert screen(out)[-1].startswith(" 97%")
+    bar.close(985, 40.0)
+    assert screen(out)[-2].startswith("100%") and "40.0s/40.0s" in screen(out)[-2]
+
+
+def test_a_step_bar_shows_steps_of_total_and_eta_from_this_sessions_pace():
+    out = Terminal()
+    bar = Progress(total_steps=100, step=20, seconds=10.0, stream=out)
+    bar.update(60, 2.5, 500.0, 30.0)  # 40 steps in 20 s: 40 steps left take 20 s
+    shown = screen(out)[-1]
+    assert shown.startswith(" 60%") and "step 60/100" in shown and "eta 20.0s" in shown
+    assert "| step 60/100 |" in shown and ", step" not in shown  # the bar, then the text: no stray ", "
+
+
+def test_a_note_or_error_after_close_starts_on_its_own_line_and_no_bar_is_redrawn():
+    out = Terminal()
+    bar = Progress(total_steps=100, stream=out)
+    bar.update(10, 3.0, 100.0, 1.0)
+    bar.close(11, 1.1)
+    text = out.getvalue()
+    assert text.endswith("\n")
+    bar.note("step 11: train 3.0, val 3.0")  # after close: a plain line, nothing redrawn
+    assert out.getvalue()[len(text):] == "step 11: train 3.0, val 3.0\n"
+
+
+def test_without_a_terminal_a_line_every_tenth_of_the_run():
+    out = io.StringIO()
+    bar = Progress(total_steps=100, stream=out)
+    for step in range(1, 101):
+        bar.update(step, 2.0, 100.0, step * 0.1)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 10 and lines[-1].startswith("100% | step 100/100")
+    bar.close(100, 10.0)
+    assert len(out.getvalue().splitlines()) == 10
+
+
+def test_durations_read_as_seconds_minutes_hours():
+    assert [format_duration(s) for s in (None, 5, 59.9, 125, 3700)] == ["-", "5.0s", "59.9s", "2m05s", "1h01m"]
