@@ -5,6 +5,7 @@ full-pass val loss of each on the other text.
 
     python benchmarks/bench_finetune.py                      # cpu preset: 1,000 steps pre-training, 300 each
     python benchmarks/bench_finetune.py --pretrain-steps 200 --steps 100 --small   # a quick look
+    python benchmarks/bench_finetune.py --pretrain-steps 4 --steps 2 --small --evals 1 --eval-iters 1 --eval-tokens 2000
 """
 from __future__ import annotations
 
@@ -20,21 +21,17 @@ import pydoc_data.topics  # noqa: E402
 
 from common import commit, machine, print_table, shakespeare_dataset  # noqa: E402
 
-from chargpt.runs import checkpoint  # noqa: E402
-from chargpt.config import get_preset  # noqa: E402
-from chargpt.data.dataset import load_dataset, prepare  # noqa: E402
-from chargpt.runs.rundir import RunDir  # noqa: E402
-from chargpt.train import train  # noqa: E402
+import chargpt  # noqa: E402
+
+SMALL = dict(n_layer=1, n_embd=64, n_head=2, block_size=64)  # --small: the model's fields
 
 
-def config(steps: int, vocab: int, small: bool):
-    cfg = get_preset("cpu")
-    cfg.model.vocab_size = vocab
-    cfg.train.max_steps, cfg.train.eval_interval, cfg.train.eval_iters = steps, max(1, steps // 4), 10
-    cfg.train.sample_tokens, cfg.train.compile = 0, False  # eager: the comparison, not the speed, is the point
-    if small:
-        cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head, cfg.model.block_size = 1, 64, 2, 64
-    return cfg
+def schedule(steps: int, args: argparse.Namespace) -> dict:
+    """The training fields of each run: `steps` steps, `--evals` evaluations, eager (the comparison, not the speed,
+    is the point), no sample."""
+    fields = dict(max_steps=steps, eval_interval=max(1, steps // args.evals), eval_iters=args.eval_iters,
+                  sample_tokens=0, compile=False)
+    return fields | ({"eval_tokens": args.eval_tokens} if args.eval_tokens else {})
 
 
 def main() -> None:
@@ -42,24 +39,24 @@ def main() -> None:
     ap.add_argument("--pretrain-steps", type=int, default=1000)
     ap.add_argument("--steps", type=int, default=300, help="N: steps of fine-tuning, and of training from scratch")
     ap.add_argument("--small", action="store_true", help="a 1-layer, 64-wide model with context 64")
+    ap.add_argument("--evals", type=int, default=4, help="evaluations during each run (each redraws its loss plot)")
+    ap.add_argument("--eval-iters", type=int, default=10, help="batches of each evaluation during training")
+    ap.add_argument("--eval-tokens", type=int, help="characters of the final val pass (default: the run's default)")
     args = ap.parse_args()
-    quiet = lambda *_: None  # noqa: E731
+    model = SMALL if args.small else {}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "docs.txt").write_text("\n".join(pydoc_data.topics.topics.values()), encoding="utf-8")
-        prepare(tmp / "docs.txt", tmp / "docs", name="python-docs")
-        shakespeare, docs = load_dataset(shakespeare_dataset()), load_dataset(tmp / "docs")
-
-        base = RunDir.create(tmp / "runs", "shakespeare")
-        pre = train(config(args.pretrain_steps, shakespeare.tokenizer.vocab_size, args.small), shakespeare, base,
-                    preset="cpu", echo=quiet)
-        state = checkpoint.load(base.ckpt)
-        tuned = train(config(args.steps, docs.tokenizer.vocab_size, args.small), docs, RunDir.create(tmp / "runs", "ft"),
-                      preset="cpu", echo=quiet,
-                      init_from={"state": state, "origin": {"ckpt": str(base.ckpt), "step": state["step"]}})
-        scratch = train(config(args.steps, docs.tokenizer.vocab_size, args.small), docs,
-                        RunDir.create(tmp / "runs", "scratch"), preset="cpu", echo=quiet)
+        docs = chargpt.prepare(tmp / "docs.txt", tmp / "docs", name="python-docs")
+        runs = dict(out_dir=tmp / "runs", verbose=False)
+        pre = chargpt.train("cpu", str(shakespeare_dataset()), name="shakespeare", **runs, **model,
+                            **schedule(args.pretrain_steps, args))
+        # fine-tuning keeps the pre-trained model's shape: only the training fields are given
+        tuned = chargpt.train(data=docs, init_from=pre.path, name="finetuned", **runs,
+                              **schedule(args.steps, args))
+        scratch = chargpt.train("cpu", docs, name="scratch", **runs, **model, **schedule(args.steps, args))
+        pre, tuned, scratch = pre.summary, tuned.summary, scratch.summary
     print(f"machine: {machine()}; commit {commit()}; {time.perf_counter() - t0:.0f} s in all")
     print(f"other text: Python's pydoc topics, {docs.meta['total_chars']:,} characters, vocabulary "
           f"{docs.tokenizer.vocab_size} ({tuned['init_from']['shared_chars']} shared with tiny Shakespeare)")

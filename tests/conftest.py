@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 import pytest
 import torch
 
+from chargpt.config import Config, get_preset
 from chargpt.data.dataset import prepare
 from chargpt.model.gpt import ModelConfig, build_model
 
@@ -26,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 # `make test` runs them with pytest-xdist's `--dist loadfile`: a worker takes one whole module at a time, in this
 # order, so the long ones start first and the workers run out of work together; and a module's fixtures (a
 # server, runs trained for the module) are made once, on the one worker that runs it. The rest keep their order.
-LONGEST_FIRST = ("test_device", "test_reliability", "test_app", "test_readme", "test_cli", "test_cli_errors",
+LONGEST_FIRST = ("test_compiling", "test_reliability", "test_app", "test_readme", "test_cli", "test_cli_errors",
                  "test_tracker", "test_loop", "test_distributed", "test_api", "test_budget", "test_checkpoint",
                  "test_listing", "test_fsutil", "test_properties", "test_rundir", "test_notebook")
 
@@ -165,10 +166,47 @@ VOCAB = 20
 BLOCK = 16
 
 
+def tiny_config(preset: str, steps: int, **model) -> Config:
+    """`preset` shrunk to a few seconds of training in the test process: `steps` steps, two evaluations of 2
+    batches, batches of 4, no sample, eager; `model` overrides the model's fields."""
+    cfg = get_preset(preset)
+    for k, v in model.items():
+        setattr(cfg.model, k, v)
+    cfg.train.max_steps, cfg.train.eval_interval, cfg.train.eval_iters = steps, steps // 2, 2
+    cfg.train.batch_size, cfg.train.sample_tokens, cfg.train.compile = 4, 0, False
+    return cfg
+
+
+def train_config(config: Config, data, out_dir, name: str, *, preset: str | None = "cpu", resume: bool = False,
+                 tracker=None, echo=None, clock_start: float | None = None):
+    """Train `config` (every field of it) on `data` in this process through the one way into training
+    (`TrainRequest`, `plan_training`), as run `out_dir/name` (continued when `resume`); return the `RunDir` and
+    the summary. `preset` only names the run's preset: `config` sets every field."""
+    from chargpt.training.entry import TrainRequest, plan_training
+
+    fields = {k: v for section in config.to_dict().values() if isinstance(section, dict) for k, v in section.items()}
+    request = TrainRequest(preset=None if resume else preset, fields=fields, fields_from="the test's config",
+                           data=data, out_dir=out_dir, name=None if resume else name, tracker=tracker,
+                           resume=Path(out_dir) / name if resume else None, clock_start=clock_start)
+    t, summary = plan_training(request, echo=echo).run(echo=echo)
+    return t.writer.run, summary
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`): tiny models train
+    faster on one thread, and far faster when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def lively_model(seed: int = 0, **kw):
-    """A small GPT with weights large enough that its next-token distributions are far from uniform,
-    so that agreement between two generation paths is not agreement on a constant."""
-    cfg = ModelConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=2, n_head=2, n_embd=32, dropout=0.0, **kw)
+    """A small GPT with weights large enough that its next-token distributions (and attention rows) are far from
+    uniform, so that agreement between two computations is not agreement on a constant. `kw` overrides the config."""
+    base = dict(vocab_size=VOCAB, block_size=BLOCK, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
+    cfg = ModelConfig(**(base | kw))
     torch.manual_seed(seed)
     model = build_model(cfg).eval()
     with torch.no_grad():

@@ -2,11 +2,15 @@
 CLI flags, `--help`, validation and these tests."""
 import dataclasses
 import json
+from typing import get_args
 
 import pytest
 
-from chargpt.config import PRESETS, Config, TrainConfig, config_fields, get_preset, read_config_file, set_fields
-from chargpt.errors import ConfigError
+from chargpt.config import (PRESETS, Config, TokenDtype, TrainConfig, config_fields, get_preset, read_config_file,
+                            set_fields)
+from chargpt.data.dataset import prepare
+from chargpt.errors import ConfigError, DataError
+from chargpt.serve.app import bind
 from chargpt.model.gpt import ModelConfig
 from chargpt.schema import choices
 
@@ -72,7 +76,7 @@ def test_config_files_set_fields_flat_or_in_sections(tmp_path):
 
 
 @pytest.mark.parametrize("text, needle", [('n_layers = 2', "unknown config field 'n_layers'"),
-                                          ('n_layer = "2"', "n_layer must be int"),
+                                          ('n_layer = "2"', "n_layer must be an integer, got '2'"),
                                           ('n_layer = [', "not valid TOML")])
 def test_a_bad_config_file_is_a_clear_error(tmp_path, text, needle):
     (tmp_path / "c.toml").write_text(text)
@@ -85,8 +89,8 @@ def test_a_bad_config_file_is_a_clear_error(tmp_path, text, needle):
     ('{"model": [1, 2]}', "model must be a table of model fields"),
     ('{"preset": ["cpu"]}', "preset must be a string, got ['cpu']"),
     ('{"data_dir": {"a": 1}}', "data_dir must be a string"),
-    ('{"train": {"device": 3}}', "device must be str, got 3"),
-    ('{"device": 3}', "device must be str, got 3"),
+    ('{"train": {"device": 3}}', "device must be a string, got 3"),
+    ('{"device": 3}', "device must be a string, got 3"),
     ('{"a": ' * 50_000 + "1" + "}" * 50_000, "nested too deeply"),
 ], ids=["section-int", "section-list", "preset-list", "data_dir-object", "device-int", "flat-device-int", "deep"])
 def test_a_config_file_of_the_wrong_shape_is_one_line_naming_the_field(tmp_path, capsys, content, message):
@@ -96,3 +100,42 @@ def test_a_config_file_of_the_wrong_shape_is_one_line_naming_the_field(tmp_path,
     assert main(["train", "--config", str(tmp_path / "c.json"), "--print-config"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_a_saved_config_is_read_back_with_each_value_of_its_fields_type():
+    saved = Config().to_dict()
+    saved["train"]["lr"] = 1  # an integer stands for a float
+    assert Config.from_dict(saved).train.lr == 1.0 and isinstance(Config.from_dict(saved).train.lr, float)
+    for section, name, value in [("model", "n_layer", True), ("model", "pos", 3), ("train", "lr", "0.1")]:
+        bad = Config().to_dict()
+        bad[section][name] = value
+        with pytest.raises(ConfigError, match=f"not a chargpt config \\({name} must be "):
+            Config.from_dict(bad)
+
+
+@pytest.mark.parametrize("argv, library, call", [
+    (["prepare", "--input", "x.txt", "--val-fraction", "1"], DataError,
+     lambda: prepare("x.txt", "ds", val_fraction=1.0)),
+    (["prepare", "--input", "x.txt", "--val-fraction", "nan"], DataError,
+     lambda: prepare("x.txt", "ds", val_fraction=float("nan"))),
+    (["serve", "--port", "70000"], ConfigError, lambda: bind("127.0.0.1", 70000)),
+], ids=["val-fraction-1", "val-fraction-nan", "port"])
+def test_a_command_option_gets_the_same_check_from_the_cli_and_the_library(tmp_path, monkeypatch, capsys, argv,
+                                                                            library, call):
+    from chargpt.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    with pytest.raises(library) as e:
+        call()
+    assert capsys.readouterr().err == f"error: {e.value}\n" and str(e.value).startswith(argv[-2])
+
+
+def test_the_token_dtypes_offered_are_the_declared_ones_and_prepare_refuses_others(tmp_path):
+    from chargpt.cli import build_parser
+    from chargpt.data.dataset import DTYPES
+
+    flag = next(a for a in build_parser().commands()["prepare"]._actions if a.dest == "token_dtype")
+    assert tuple(flag.choices) == get_args(TokenDtype) == ("auto", *DTYPES)
+    with pytest.raises(DataError, match="--token-dtype must be one of auto, uint8, int16, int32, int64, got 'float16'"):
+        prepare(tmp_path / "x.txt", tmp_path / "ds", dtype="float16")

@@ -2,6 +2,7 @@
 directory, never a wait on a FIFO. Real FIFOs, devices and symlinks; real `chargpt` processes for the doors."""
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from chargpt.fsutil import ReadRefused, read_bytes, read_json
+from chargpt.fsutil import ReadRefused, open_lock, read_bytes, read_json, read_json_object, read_text
 from conftest import run_main
 
 
@@ -57,6 +58,47 @@ def test_a_file_over_the_cap_is_refused_without_reading_it_into_memory(tmp_path)
     assert read_bytes(big) == bytes(1000)
 
 
+def test_a_json_record_reads_as_its_object_or_as_nothing(tmp_path):
+    (tmp_path / "object.json").write_text('{"steps": 3}')
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "torn.json").write_text('{"steps": ')
+    (tmp_path / "latin1.json").write_bytes(b'{"name": "caf\xe9"}')
+    os.mkfifo(tmp_path / "fifo.json")
+    (tmp_path / "zero.json").symlink_to("/dev/zero")
+    assert read_json_object(tmp_path / "object.json") == {"steps": 3}
+    for name in ("list.json", "torn.json", "latin1.json", "fifo.json", "zero.json", "missing.json"):
+        assert read_json_object(tmp_path / name) == {}, name
+
+
+def test_text_reads_as_python_reads_a_text_file_and_a_fifo_is_refused(tmp_path):
+    (tmp_path / "crlf.txt").write_bytes("caf\u00e9\r\nline\rend\n".encode("utf-8"))
+    assert read_text(tmp_path / "crlf.txt") == (tmp_path / "crlf.txt").read_text(encoding="utf-8") == "caf\u00e9\nline\nend\n"
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9")
+    with pytest.raises(UnicodeDecodeError):
+        read_text(tmp_path / "latin1.txt")
+    os.mkfifo(tmp_path / "fifo.txt")
+    with pytest.raises(ReadRefused, match="FIFO"):
+        read_text(tmp_path / "fifo.txt")
+
+
+def test_a_lock_file_is_created_and_never_reached_through_a_symlink(tmp_path):
+    fd = open_lock(tmp_path / ".lock")
+    os.close(fd)
+    assert (tmp_path / ".lock").is_file()
+    (tmp_path / "elsewhere").write_text("not chargpt's")
+    (tmp_path / "linked.lock").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(OSError):
+        open_lock(tmp_path / "linked.lock")
+
+
+def test_a_fifo_as_prompt_file_stops_in_one_line_without_waiting(tmp_path, tiny_run):
+    os.mkfifo(tmp_path / "prompt.txt")
+    p = chargpt("sample", "--ckpt", tiny_run, "--prompt-file", "prompt.txt", "--max-new-tokens", 5, "--device", "cpu",
+                cwd=tmp_path, timeout=60)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and "FIFO" in lines[0] and "--prompt-file" in lines[0], p.stderr
+
+
 def test_train_with_a_fifo_or_device_as_config_file_stops_in_one_line(tmp_path):
     os.mkfifo(tmp_path / "cfg.json")
     (tmp_path / "zero.json").symlink_to("/dev/zero")
@@ -92,3 +134,115 @@ def test_runs_names_a_record_that_leads_out_of_its_run_and_never_reads_it(tmp_pa
     (fifo / "ckpt.pt").symlink_to(run / "ckpt.pt")  # another run's model
     sampled = chargpt("sample", "--ckpt", "runs/fifo", "--max-new-tokens", 5, "--device", "cpu", cwd=tmp_path)
     assert sampled.returncode != 0 and "outside its run directory" in sampled.stderr.strip().splitlines()[-1]
+
+
+# ---------------------------------------------------------------------------------------- the guard itself
+SRC = Path(__file__).resolve().parents[1] / "src" / "chargpt"
+
+# Files read outside fsutil, each named by the module that reads it and the path it reads: the kernel's own
+# (/proc, /sys), which no user can swap for a FIFO or a link, and chargpt's own static files.
+NOT_A_USERS_FILE = {
+    ("runtime/resources.py", "/proc/meminfo"),
+    ("runtime/resources.py", "/sys/fs/cgroup/memory.max"),
+    ("runtime/resources.py", "/sys/fs/cgroup/memory.current"),
+    ("runtime/resources.py", "/proc/stat"),
+    ("training/budget.py", "/proc/cpuinfo"),
+    ("training/budget.py", "/proc/self/stat"),
+    ("training/budget.py", "/proc/uptime"),
+    ("runs/provenance.py", "/proc/cpuinfo"),
+    ("serve/app.py", "chargpt.serve"),  # importlib.resources: the page's own files, inside the package
+}
+OPENERS = {"io", "os", "codecs", "gzip", "bz2", "lzma", "tarfile", "zipfile", "shelve", "PIL.Image"}
+LOADERS = {"json": {"load"}, "pickle": {"load"}, "marshal": {"load"}, "tomllib": {"load"}, "yaml": {"load"},
+           "torch": {"load"}, "numpy": {"load", "fromfile", "memmap", "loadtxt", "genfromtxt"}, "mmap": {"mmap"},
+           "shutil": {"copy", "copy2", "copyfile", "copyfileobj"}}
+
+
+def _reads_by_mode(call: ast.Call, mode_at: int) -> bool:
+    """Whether an open(...)-like call reads: any mode but a literal write-only one ("w", "ab", "x", ...)."""
+    mode = call.args[mode_at] if len(call.args) > mode_at else next(
+        (k.value for k in call.keywords if k.arg == "mode"), None)
+    if mode is None:
+        return True
+    return not (isinstance(mode, ast.Constant) and isinstance(mode.value, str) and not set("r+") & set(mode.value))
+
+
+def _is_read(call: ast.Call, modules: dict[str, str]) -> bool:
+    """Whether `call` opens or reads a file (builtin open, io/os/codecs.open, Path.open, .read_text/.read_bytes,
+    json/torch/numpy/pickle/tomllib load, ...). `modules`: the module each imported name stands for."""
+    func = call.func
+    if isinstance(func, ast.Name):
+        if func.id == "open":
+            return _reads_by_mode(call, 1)
+        module, _, name = modules.get(func.id, "").rpartition(".")
+        return name in LOADERS.get(module, ())
+    if not isinstance(func, ast.Attribute):
+        return False
+    owner = modules.get(func.value.id, func.value.id) if isinstance(func.value, ast.Name) else None
+    if func.attr in ("read_text", "read_bytes"):
+        return owner != "chargpt.fsutil"
+    if func.attr == "fdopen" and owner == "os":
+        return _reads_by_mode(call, 1)
+    if func.attr == "open" and owner == "os":  # a read unless write-only (os.O_WRONLY)
+        return not any(isinstance(n, ast.Attribute) and n.attr == "O_WRONLY" for n in ast.walk(call))
+    if func.attr == "open" and owner in OPENERS:
+        return _reads_by_mode(call, 1)
+    if func.attr == "open":  # Path.open(mode="r", ...): no argument, or a mode, unlike RunDir.open(path)
+        first = call.args[0] if call.args else None
+        looks_like_mode = first is None or (isinstance(first, ast.Constant) and isinstance(first.value, str))
+        return (looks_like_mode or any(k.arg in ("mode", "encoding") for k in call.keywords)) and _reads_by_mode(call, 0)
+    return func.attr in LOADERS.get(owner, ())
+
+
+def _imported_names(tree: ast.AST) -> dict[str, str]:
+    """What each imported name stands for: `np` -> numpy, `load` -> torch.load, `fsutil` -> chargpt.fsutil."""
+    names = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update({a.asname or a.name.split(".")[0]: a.name if a.asname else a.name.split(".")[0]
+                          for a in node.names})
+        elif isinstance(node, ast.ImportFrom):  # a relative import is one of chargpt's own modules
+            module = ".".join(filter(None, ("chargpt" if node.level else "", node.module)))
+            names.update({a.asname or a.name: f"{module}.{a.name}" for a in node.names})
+    return names
+
+
+def file_reads(source: str, module: str) -> list[str]:
+    """`line: call` for every call in `source` that opens or reads a file, those in NOT_A_USERS_FILE aside."""
+    tree = ast.parse(source)
+    modules = _imported_names(tree)
+    found = []
+    for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
+        if not _is_read(call, modules):
+            continue
+        named = {n.value for n in ast.walk(call) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+        if not any((module, path) in NOT_A_USERS_FILE for path in named):
+            found.append(f"{module}:{call.lineno}: {ast.unparse(call)[:80]}")
+    return found
+
+
+def test_no_module_but_fsutil_opens_a_file_a_user_can_touch():
+    modules = {str(p.relative_to(SRC)): p for p in sorted(SRC.rglob("*.py")) if p.name != "fsutil.py"}
+    assert len(modules) > 30
+    reads = [r for name, path in modules.items() for r in file_reads(path.read_text(), name)]
+    assert not reads, "read these through chargpt.fsutil (open_regular, read_bytes, read_json, ...):\n" + "\n".join(reads)
+
+
+@pytest.mark.parametrize("line", [
+    "open(p)", "open(p, 'rb')", "open(p, mode='r+')", "open(p, m)", "io.open(p)", "os.open(p, os.O_RDONLY)",
+    "os.open(p, os.O_RDWR | os.O_CREAT)", "Path(p).open()", "p.open('rb')", "p.read_text()", "p.read_bytes()",
+    "json.load(f)", "torch.load(p)", "np.load(p)", "np.fromfile(p)", "tomllib.load(f)", "pickle.load(f)",
+    "load(p)", "Image.open(p)"])
+def test_the_guard_sees_every_way_to_read_a_file(line):
+    header = ("import io, os, json, pickle, tomllib\nimport numpy as np\nimport torch\nfrom pathlib import Path\n"
+              "from torch import load\nfrom PIL import Image\n")
+    assert len(file_reads(header + line, "x.py")) == 1
+
+
+@pytest.mark.parametrize("line", [
+    "open(p, 'wb')", "open(p, 'a', encoding='utf-8')", "os.open(os.devnull, os.O_WRONLY)", "RunDir.open(path)",
+    "json.loads(text)", "checkpoint.load(path)", "read_bytes(p)", "fsutil.read_text(p)",
+    "Path('/proc/meminfo').read_text()"])
+def test_the_guard_passes_writes_our_own_loads_fsutil_and_the_kernels_files(line):
+    header = "import os, json\nfrom pathlib import Path\nfrom chargpt import fsutil\nfrom chargpt.fsutil import read_bytes\n"
+    assert file_reads(header + line, "runtime/resources.py") == []

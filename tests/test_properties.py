@@ -3,6 +3,7 @@ or a DataError, and the command line answers any argv with a return code and at 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,6 +16,7 @@ from chargpt import cli
 from chargpt.data.dataset import load_dataset, prepare
 from chargpt.errors import DataError, VocabularyError
 from chargpt.data.tokenizer import CharTokenizer
+from chargpt.schema import valid
 
 QUICK = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 SLOWER = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -260,3 +262,14 @@ def test_damaged_checkpoint_fields_are_one_line(tiny_run, tmp_path, capsys, wher
     code = cli.main(["sample", "--ckpt", str(path), "--max-new-tokens", "3", "--device", "cpu"])
     out, err = capsys.readouterr()
     one_line_or_success(code, err)
+
+
+# ------------------------------------------------------------------------------------------- schema
+@QUICK
+@given(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=3), st.lists(st.integers())))
+def test_a_value_read_back_is_a_number_only_when_it_is_a_finite_number_and_not_a_bool(value):
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    assert valid(value, float) == number
+    assert valid(value, int) == (number and isinstance(value, int))
+    assert valid(value, str) == isinstance(value, str)
+    assert valid(value, bool) == isinstance(value, bool)

@@ -24,9 +24,8 @@ from chargpt.config import get_preset
 from chargpt.data.dataset import load_dataset
 from chargpt.runs.rundir import RunDir, read_metrics
 from chargpt.errors import TrainingInterrupted, exit_code_of
-from chargpt.training.loop import train
 
-from conftest import ckpt_commands, on_cpu, run_main
+from conftest import ckpt_commands, on_cpu, run_main, train_config
 
 STEPS = 300  # long enough that a signal sent at the first checkpoint lands mid-run
 TINY = ["--preset", "cpu", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "16",
@@ -217,6 +216,15 @@ class SignalAt:
     def __init__(self, at: int, times: int):
         self.at, self.times = at, times
 
+    def start(self, run, config, data) -> None:
+        pass
+
+    def image(self, key, path, caption, step) -> None:
+        pass
+
+    def artifact(self, kind, files, aliases, metadata) -> None:
+        pass
+
     def log(self, record: dict, step: int) -> None:
         if step == self.at:
             for _ in range(self.times):
@@ -247,9 +255,9 @@ def test_ctrl_c_finishes_the_step_saves_and_exits_130(tmp_path, dataset_dir, kee
     data = load_dataset(dataset_dir)
     config = tiny_config()
     config.model.vocab_size = data.tokenizer.vocab_size
-    run = RunDir.create(tmp_path, "run")
     with pytest.raises(TrainingInterrupted, match=r"stopped at step 13 by SIGINT.*--resume") as e:
-        train(config, data, run, tracker=SignalAt(13, 1), echo=lambda *_: None)
+        train_config(config, data, tmp_path, "run", preset=None, tracker=SignalAt(13, 1))
+    run = RunDir(tmp_path / "run")
     assert e.value.exit_code == 130
     assert checkpoint.load(run.path)["step"] == 13
 
@@ -258,9 +266,9 @@ def test_second_ctrl_c_raises_at_once_and_keeps_the_last_checkpoint(tmp_path, da
     data = load_dataset(dataset_dir)
     config = tiny_config()
     config.model.vocab_size = data.tokenizer.vocab_size
-    run = RunDir.create(tmp_path, "run")
     with pytest.raises(KeyboardInterrupt):
-        train(config, data, run, tracker=SignalAt(13, 2), echo=lambda *_: None)
+        train_config(config, data, tmp_path, "run", preset=None, tracker=SignalAt(13, 2))
+    run = RunDir(tmp_path / "run")
     assert checkpoint.load(run.path)["step"] == 10  # the last periodic checkpoint, untouched
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
 
@@ -274,7 +282,7 @@ def test_checkpoints_follow_ckpt_interval_not_just_evaluations(tmp_path, dataset
     real_save = checkpoint.save
     monkeypatch.setattr(checkpoint, "save", lambda path, **kw: (saved.append((Path(path).name, kw["step"])),
                                                                 real_save(path, **kw)))
-    train(config, data, RunDir.create(tmp_path, "run"), echo=lambda *_: None)
+    train_config(config, data, tmp_path, "run", preset=None)
     assert [step for name, step in saved if name == "ckpt.pt"] == [3, 6, 9, 10]
     assert [step for name, step in saved if name == "best.pt"] == [10]  # the one evaluation after step 0
 
@@ -425,7 +433,7 @@ def test_temporaries_a_killed_writer_left_are_removed_where_runs_are_listed_or_o
     """kill -9 mid-write leaves `.ckpt.pt.<pid>.<random>.tmp` (or loss.png's); the old code removed them only on a
     resume, so a run never resumed kept them for good."""
     from chargpt import load
-    from chargpt.serve.app import ServedRuns
+    from chargpt.serve.runs import ServedRuns
 
     runs = tmp_path / "runs"
     killed = start("train", *TINY, "--data", dataset_dir, "--max-steps", 100_000, "--ckpt-interval", 1,

@@ -11,17 +11,20 @@ import json
 import os
 import signal
 import sys
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import get_args
 
 from . import __version__
 from .model.attention import SCALE_HELP, SCALES, WINDOW
-from .config import (DEFAULT_DATA, EVAL_TOKENS, PRESETS, TrackerName, TrainConfig, add_config_flags, add_field_flag,
-                     check_flags, given_fields)
+from .config import (DEFAULT_DATA, DEFAULT_RUN, DEFAULT_RUNS_DIR, EVAL_TOKENS, PRESETS, PrepareOptions, ServeOptions,
+                     TrackerName, TrainConfig, add_config_flags, add_field_flag, check_flags, dataset_dir,
+                     given_fields)
 from .errors import EXIT_FAILURE, ChargptError, ConfigError, UsageError, exit_code_of
+from .fsutil import read_text
 from .model.sampling import SAMPLING_FIELDS, SamplingParams
 from .runtime.signals import Terminated, command_signals
+from .schema import option
 
 # Only what --help and the checks of arguments need is imported above (no torch): each command imports the rest.
 
@@ -78,7 +81,7 @@ def cmd_prepare(args) -> int:
         args.dataset = "shakespeare"
     source = locate(args.dataset or "", args.input)
     name = args.dataset if args.input is None else Path(args.input).stem
-    out = args.out or f"data/{name}"
+    out = args.out or dataset_dir(name)
     result = prepare(source, out, val_fraction=args.val_fraction, name=name, dtype=args.token_dtype, replace=args.replace)
     m = result.meta
     if result.note:
@@ -208,8 +211,6 @@ class TerminalText:
 # ------------------------------------------------------------------------------------------- sample
 def cmd_sample(args) -> int:
     params = SamplingParams.checked(**{name: getattr(args, name) for name in SAMPLING_FIELDS})
-    if args.num_samples < 1:
-        raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
     from .runs.checkpoint import load_model
     from .model.engine import Engine
     from .model.sampling import prompt_ids
@@ -240,7 +241,8 @@ def cmd_eval(args) -> int:
 
     from .runs.checkpoint import load_model
     from .data.dataset import load_dataset
-    from .training.evaluate import EvaluationInterrupted, bits_per_char, describe_pass, evaluate_split
+    from .runs.records import eval_result
+    from .training.evaluate import EvaluationInterrupted, describe_pass, evaluate_split
     from .runtime.progress import EvalProgress
     from .runtime.signals import StopSignals
 
@@ -263,11 +265,8 @@ def cmd_eval(args) -> int:
         return exit_code_of(e.signum)
     progress.close()
     seconds = time.perf_counter() - t0
-    result = {"split": args.split, "loss": r.loss, "bpc": bits_per_char(r.loss), "tokens": r.tokens,
-              "split_tokens": r.split_tokens, "exact": r.exact, "stderr": r.stderr, "seconds": round(seconds, 3),
-              "ckpt": str(args.ckpt), "step": state["step"]}
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(eval_result(r, seconds, args.split, str(args.ckpt), state["step"])))
     else:
         print(f"{describe_pass(r, args.split)} ({r.tokens:,} tokens, {seconds:.2f} s)")
     return 0
@@ -307,8 +306,6 @@ def cmd_attention(args) -> int:
     prompt = _prompt(args)
     if not prompt:
         raise ConfigError("give the text to draw with --prompt TEXT or --prompt-file FILE")
-    if args.window < 0:
-        raise ConfigError(f"--window must be >= 0, got {args.window}")
     model, tok, state = load_model(args.ckpt, device)
     idx = torch.tensor([tok.encode(prompt)], dtype=torch.long, device=device)
     weights = attention_weights(model, idx)[0]
@@ -325,7 +322,8 @@ def cmd_attention(args) -> int:
 # -------------------------------------------------------------------------------------------- serve
 def cmd_serve(args) -> int:
     from .runtime.device import resolve_device
-    from .serve.app import ServedRuns, serve
+    from .serve.app import serve
+    from .serve.runs import ServedRuns
 
     runs = ServedRuns(runs_dir=None if args.ckpt else args.runs_dir, ckpt=args.ckpt, device=resolve_device(args.device))
     signum = serve(runs, host=args.host, port=args.port, allowed_hosts=tuple(args.allowed_host))
@@ -348,7 +346,7 @@ def _prompt(args) -> str:
     if args.prompt:
         raise ConfigError("--prompt and --prompt-file both give the prompt; pass one")
     try:
-        text = Path(args.prompt_file).read_text(encoding="utf-8")
+        text = read_text(args.prompt_file)
     except UnicodeDecodeError:
         raise ConfigError(f"--prompt-file {args.prompt_file} is not UTF-8 text; save it as UTF-8") from None
     except OSError as e:
@@ -359,13 +357,31 @@ def _prompt(args) -> str:
 
 # ------------------------------------------------------------------------------------------- parser
 # Each option that several commands take is defined once: here, or as a field of a config (add_field_flag).
+# Values only the CLI takes are declared like a config's fields, so their flag, --help and check derive from one
+# declaration; those the library and the server take too live in config.py (PrepareOptions, ServeOptions).
+@dataclass
+class SampleOptions:
+    num_samples: int = option(1, "samples generated together as one batch", min=1)
+
+
+@dataclass
+class AttentionOptions:
+    window: int = option(WINDOW, "draw at most this many characters, the prompt's last (0: all); labels stay legible",
+                         min=0)
+
+
 RUNS_DIR_HELP = "the runs folder: where run directories are created (train) and found (runs, serve)"
-CKPT_HELP = "a checkpoint file, a run directory, or runs/latest (the newest run with a checkpoint)"
+CKPT_HELP = f"a checkpoint file, a run directory, or {DEFAULT_RUN} (the newest run with a checkpoint)"
 
 
 def _command(sub, name: str, help: str) -> argparse.ArgumentParser:
     """A subcommand, with its one-line description in `chargpt --help` and atop its own --help."""
     return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".", formatter_class=HelpFormatter)
+
+
+def _add_option(p: argparse.ArgumentParser, cls, name: str) -> None:
+    """The flag of a command option declared in `cls`, with the declared default."""
+    add_field_flag(p, cls, name, default=getattr(cls, name))
 
 
 def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
@@ -387,7 +403,7 @@ def _add_prompt_flags(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def _add_runs_dir_flag(p) -> None:  # a parser or a group
-    p.add_argument("--runs-dir", default="runs", metavar="DIR", help=RUNS_DIR_HELP)
+    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, metavar="DIR", help=RUNS_DIR_HELP)
 
 
 def _add_wandb_flags(p: argparse.ArgumentParser) -> None:
@@ -402,22 +418,25 @@ def _add_wandb_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `chargpt` parser: one subcommand per command, each built by its `_add_<command>` below."""
     parser = ArgumentParser(prog="chargpt", description="Train, track and sample small character-level GPTs.",
                             epilog="exit codes: 0 done, 1 failed while running, 2 bad input, 130 interrupted "
                                    "(Ctrl-C), 143 terminated (SIGTERM)")
     parser.add_argument("--version", action="version", version=f"chargpt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+    for add in (_add_prepare, _add_train, _add_sample, _add_eval, _add_runs, _add_attention, _add_serve):
+        add(sub)
+    return parser
 
+
+def _add_prepare(sub) -> None:
     p = _command(sub, "prepare", "encode a corpus into a dataset directory")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--input", help="UTF-8 text file to prepare")
     src.add_argument("--dataset", choices=["shakespeare"], help="a named corpus (found locally or downloaded)")
-    p.add_argument("--out", help="dataset directory (default: data/<name>)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="last fraction of the text kept for validation")
-    p.add_argument("--token-dtype", default="auto",  # not --dtype: that is train's compute precision
-                   help="integer type of the stored tokens: auto (int64, what the notebook's torch.tensor(..., "
-                        "dtype=torch.long) gives, up to 100M characters; the smallest that fits above), uint8, "
-                        "int16, int32, int64")
+    p.add_argument("--out", help=f"dataset directory (default: {dataset_dir('<name>')})")
+    _add_option(p, PrepareOptions, "val_fraction")
+    _add_option(p, PrepareOptions, "token_dtype")
     p.add_argument("--replace", action="store_true", help="replace a dataset of other text already in --out (runs "
                                                           "trained on it can then no longer resume)")
     _add_wandb_flags(p)
@@ -425,6 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "for tiny Shakespeare, else <name>-tensors)")
     p.set_defaults(func=cmd_prepare)
 
+
+def _add_train(sub) -> None:
     p = _command(sub, "train", "train a model")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="named configuration (default: lecture on CUDA, cpu elsewhere)")
@@ -447,16 +468,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
+
+def _add_sample(sub) -> None:
     p = _command(sub, "sample", "generate text from a checkpoint")
-    p.add_argument("--ckpt", default="runs/latest", help=CKPT_HELP)
+    p.add_argument("--ckpt", default=DEFAULT_RUN, help=CKPT_HELP)
     _add_prompt_flags(p, "text to continue (default: a newline)")
     _add_sampling_flags(p)
-    p.add_argument("--num-samples", type=int, default=1, help="samples generated together as one batch")
+    _add_option(p, SampleOptions, "num_samples")
     _add_device_flags(p)
     p.set_defaults(func=cmd_sample)
 
+
+def _add_eval(sub) -> None:
     p = _command(sub, "eval", "loss of a checkpoint on a split (exact, or an evenly spread subset of a large one)")
-    p.add_argument("--ckpt", default="runs/latest", help=CKPT_HELP)
+    p.add_argument("--ckpt", default=DEFAULT_RUN, help=CKPT_HELP)
     p.add_argument("--data", default=None, help="dataset directory (default: the one the run trained on)")
     p.add_argument("--split", choices=["val", "train"], default="val", help="which split to score")
     add_field_flag(p, TrainConfig, "eval_tokens", default=EVAL_TOKENS)
@@ -464,6 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_flags(p)
     p.set_defaults(func=cmd_eval)
 
+
+def _add_runs(sub) -> None:
     p = _command(sub, "runs", "list the runs (or plot their val curves together)")
     _add_runs_dir_flag(p)
     p.add_argument("--plot", nargs="+", default=None, metavar="RUN", help="overlay these runs' val-loss curves")
@@ -471,28 +498,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="with --plot: overlay runs trained on different datasets too")
     p.set_defaults(func=cmd_runs)
 
+
+def _add_attention(sub) -> None:
     p = _command(sub, "attention", "draw each head's attention over a prompt into a PNG")
-    p.add_argument("--ckpt", default="runs/latest", help=CKPT_HELP + " of a GPT")
+    p.add_argument("--ckpt", default=DEFAULT_RUN, help=CKPT_HELP + " of a GPT")
     _add_prompt_flags(p, "text whose attention is drawn (at most block_size characters)")
     p.add_argument("--scale", choices=SCALES, default="log", help=SCALE_HELP)
-    p.add_argument("--window", type=int, default=WINDOW,
-                   help="draw at most this many characters, the prompt's last (0: all); labels stay legible")
+    _add_option(p, AttentionOptions, "window")
     p.add_argument("--out", default="attention.png", help="PNG to write")
     _add_device_flags(p)
     p.set_defaults(func=cmd_attention)
 
+
+def _add_serve(sub) -> None:
     p = _command(sub, "serve", "web playground and OpenAI-compatible API over the runs")
     src = p.add_mutually_exclusive_group()
     _add_runs_dir_flag(src)
     src.add_argument("--ckpt", default=None, help=f"serve only this run: {CKPT_HELP}")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (others reach the API if not local)")
-    p.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port)")
+    _add_option(p, ServeOptions, "port")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                    help="also answer requests that name the server NAME (a DNS name pointing at it; repeatable); "
                         "others get 403, so that no web page can reach the server through a name of its own")
     _add_device_flags(p, threads=False)
     p.set_defaults(func=cmd_serve)
-    return parser
 
 
 def _error(message) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ConfigError
-from .schema import check_fields, choices, flag, option, value_problem
+from .schema import check_fields, check_value, choices, field_kind, flag, option, type_problem
 
 # No torch here: `chargpt --help` and every usage error are answered from these declarations alone.
 
@@ -44,10 +44,20 @@ class ModelConfig:
 
 
 
-EVAL_TOKENS = 2_000_000  # default size of the end-of-run pass: ~20 s for the cpu preset on 2 cores
+EVAL_TOKENS = 2_000_000  # default size of the end-of-run pass: a close estimate, quick on a CPU
 # The trackers `--tracker` offers; each name `x` is the module chargpt/track/x.py (see track/tracker.py).
 TrackerName = Literal["wandb", "tensorboard"]
-DEFAULT_DATA = "data/shakespeare"  # the dataset directory `chargpt prepare` writes by default
+DEFAULT_RUNS_DIR = "runs"  # where run directories are created and found
+LATEST = "latest"  # the link in a runs folder to its newest run with a checkpoint
+DEFAULT_RUN = f"{DEFAULT_RUNS_DIR}/{LATEST}"  # the run that sample, eval and `chargpt.load` read by default
+
+
+def dataset_dir(name: str) -> str:
+    """Where `chargpt prepare` writes the dataset `name` when no --out is given."""
+    return f"data/{name}"
+
+
+DEFAULT_DATA = dataset_dir("shakespeare")  # the dataset directory `chargpt prepare` writes by default
 MAX_THREADS = 1024  # torch crashes (not an error: a segfault) when asked for 100,000
 
 
@@ -125,18 +135,37 @@ class Config:
 
 
 def _typed(kind, values: dict):
+    """The `kind` dataclass holding `values`, each of its field's type (an integer stands for a float)."""
     if not isinstance(values, dict):
         raise TypeError(f"{kind.__name__} values are {type(values).__name__}, not an object")
-    default = kind()
+    known = {f.name for f in fields(kind)}
     for name, value in values.items():
-        if not hasattr(default, name):
+        if name not in known:
             raise TypeError(f"unknown field {name!r}")
-        want = type(getattr(default, name))
-        ok = (isinstance(value, want) and (want is bool or not isinstance(value, bool))) or \
-             (want is float and isinstance(value, int) and not isinstance(value, bool))
-        if not ok:
-            raise TypeError(f"{name} is {value!r}, not a {want.__name__}")
-    return kind(**{k: (float(v) if type(getattr(default, k)) is float else v) for k, v in values.items()})
+        wrong = type_problem(value, field_kind(kind, name))
+        if wrong:
+            raise TypeError(f"{name} {wrong}")
+    return kind(**{k: (float(v) if field_kind(kind, k) is float else v) for k, v in values.items()})
+
+
+# ------------------------------------------------------------------------------------ command options
+# Values of a command that are not a run's config, declared like its fields: the CLI's flag, `--help` and the check
+# (`check_value`, the same for the CLI, the library and the server) come from these declarations.
+TokenDtype = Literal["auto", "uint8", "int16", "int32", "int64"]
+
+
+@dataclass
+class PrepareOptions:
+    val_fraction: float = option(0.1, "last fraction of the text kept for validation", min=0.0, min_open=True,
+                                 max=1.0, max_open=True)
+    token_dtype: TokenDtype = option(  # not --dtype: that is train's compute precision
+        "auto", "integer type of the stored tokens; auto: int64 (what the notebook's torch.tensor(..., "
+                "dtype=torch.long) gives) up to 100M characters, the smallest type that fits above")
+
+
+@dataclass
+class ServeOptions:
+    port: int = option(8000, "port to listen on (0: any free port)", min=0, max=65535)
 
 
 # ------------------------------------------------------------------------------------------- presets
@@ -148,7 +177,7 @@ PRESETS: dict[str, Config] = {
         ModelConfig(model="bigram", block_size=8, dropout=0.0),
         TrainConfig(batch_size=32, max_steps=3000, lr=1e-2, eval_interval=300, eval_iters=200),
     ),
-    # The lecture's run (a GPU model: ~16 s per step on 2 CPU cores).
+    # The lecture's run (a GPU model: far too slow per step on a CPU).
     "lecture": Config(
         ModelConfig(model="gpt", block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
         TrainConfig(batch_size=64, max_steps=5000, lr=3e-4, weight_decay=0.01, eval_interval=500, eval_iters=200),
@@ -159,17 +188,17 @@ PRESETS: dict[str, Config] = {
         TrainConfig(batch_size=12, max_steps=2000, lr=1e-3, beta2=0.99, weight_decay=0.1, schedule="cosine",
                     warmup=0.05, eval_interval=250, eval_iters=20),
     ),
-    # The modern variant sized for minutes on a 2-core CPU (chosen by the ablations in benchmarks/RESULTS.md).
-    # A long run overfits (3W on a 2-core CPU: ~11 passes over the data); what it gains from most: the average of
-    # the weights over the second half (ema), a little Muon weight decay, a longer warmdown (RESULTS.md, Session 6).
+    # The modern variant sized for minutes on a small CPU (chosen by the ablations in benchmarks/RESULTS.md). A long
+    # run overfits; what it gains from most: the average of the weights over the second half (ema), a little Muon
+    # weight decay, a longer warmdown.
     "cpu": Config(
         ModelConfig(model="gpt", block_size=128, n_layer=3, n_head=4, n_embd=128, tie_weights=False, **MODERN),
         TrainConfig(batch_size=16, max_steps=2500, optimizer="muon", lr=3e-3, muon_lr=0.02, muon_weight_decay=0.02,
                     beta2=0.95, schedule="wsd", warmup=0.0, decay=0.5, ema=0.998, ema_from=0.5, eval_interval=500,
                     eval_iters=20, compile=True),
     ),
-    # The modern variant sized for one large GPU. Dropout 0.2: without it the 10.7M model memorizes tiny
-    # Shakespeare within 60 s on an H200 (val 1.53 at step 250, 4.13 at the end; benchmarks/RESULTS.md).
+    # The modern variant sized for one large GPU. Dropout 0.2: without it the model memorizes tiny Shakespeare
+    # within a minute on a large GPU (benchmarks/RESULTS.md).
     "gpu": Config(
         ModelConfig(model="gpt", block_size=256, n_layer=6, n_head=6, n_embd=384, tie_weights=False,
                     **(MODERN | {"dropout": 0.2})),
@@ -258,9 +287,7 @@ def check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     for action in parser._actions:
         value = getattr(args, action.dest, None)
         if getattr(action, "field_of", None) is not None and value is not None:
-            problem = value_problem(action.field_of, action.dest, value)
-            if problem:
-                raise ConfigError(f"{flag(action.dest)} {problem}", field=action.dest)
+            check_value(action.field_of, action.dest, value)
 
 
 def set_fields(config: Config, values: dict[str, Any], where: str) -> list[str]:
@@ -282,12 +309,12 @@ def set_fields(config: Config, values: dict[str, Any], where: str) -> list[str]:
                 value = PARSERS[name](value)
             except argparse.ArgumentTypeError as e:
                 raise ConfigError(f"{where}: {name}: {e}") from None
-        section, f = known[name]
-        kind = {"int": int, "float": (int, float), "bool": bool}.get(f.type, str)
-        if not isinstance(value, kind) or (isinstance(value, bool) and f.type != "bool"):
-            raise ConfigError(f"{where}: {name} must be {f.type.split('[')[0].replace('Literal', 'a string')}, "
-                              f"got {value!r}")
-        setattr(getattr(config, section), name, float(value) if f.type == "float" else value)
+        section, _ = known[name]
+        kind = field_kind(SECTIONS[section], name)
+        wrong = type_problem(value, kind)  # the range is the config's to check (`validate`), with every field
+        if wrong:
+            raise ConfigError(f"{where}: {name} {wrong}", field=name)
+        setattr(getattr(config, section), name, float(value) if kind is float else value)
     return [n for n in flat if n not in NOT_FLAGS]
 
 
@@ -318,8 +345,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         if section in values and not isinstance(values[section], dict):
             raise ConfigError(f"{path}: {section} must be a table of {section} fields, got {values[section]!r}")
     for key in ("preset", "data_dir"):
-        if values.get(key) is not None and not isinstance(values[key], str):
-            raise ConfigError(f"{path}: {key} must be a string, got {values[key]!r}")
+        wrong = None if values.get(key) is None else type_problem(values[key], str)
+        if wrong:
+            raise ConfigError(f"{path}: {key} {wrong}")
     set_fields(Config(), values, str(path))  # every field's type, before any of them is used
     return values
 

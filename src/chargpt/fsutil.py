@@ -6,10 +6,12 @@ temporaries so that a later run can remove those a killed process left.
 Every input goes through `open_regular`: a regular file only (a FIFO would wait forever, a device could return
 anything), never more than a size cap, and, for a file found inside a run directory, never through a symlink
 that leads out of it. Tensor files are read one way: `torch.load(..., weights_only=True)`, which never runs
-code from a file."""
+code from a file. No other module opens a file for reading (tests/test_fsutil.py parses them all to hold this),
+the kernel's own files under /proc and /sys aside."""
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import re
@@ -139,6 +141,29 @@ def read_json(path: str | os.PathLike, limit: int = READ_LIMIT, within: str | os
         return json.loads(read_bytes(path, limit, within).decode("utf-8"))
     except RecursionError:
         raise ValueError(f"{path} is nested too deeply to be a chargpt file") from None
+
+
+def read_json_object(path: str | os.PathLike, within: str | os.PathLike | None = None) -> dict:
+    """The JSON object in `path`, or {} when there is none, it cannot be read, or it holds something else: for
+    records that may be absent or damaged (a run still training has no summary)."""
+    try:
+        value = read_json(path, within=within)
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def read_text(path: str | os.PathLike, limit: int = READ_LIMIT, within: str | os.PathLike | None = None) -> str:
+    """The UTF-8 text in `path` (read by `read_bytes`), its line endings read as Python's text files read them
+    (CRLF and CR become LF); UnicodeDecodeError for text that is not UTF-8."""
+    return io.TextIOWrapper(io.BytesIO(read_bytes(path, limit, within)), encoding="utf-8").read()
+
+
+def open_lock(path: str | os.PathLike) -> int:
+    """A descriptor on the lock file `path`, created if absent: never through a symlink, never waiting (on a FIFO
+    put there), never inherited by a child process. Only locked, never read or written."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    return os.open(path, flags, 0o644)
 
 
 def _temp_prefix(path: Path) -> str:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import torch
 
-from .config import Config
+from .config import DEFAULT_RUN, DEFAULT_RUNS_DIR, Config, dataset_dir
 from .data.dataset import Dataset, load_dataset
 from .errors import ChargptError, CheckpointError, ConfigError, DataError
 from .runs.rundir import SUMMARY, read_metrics
@@ -43,16 +43,16 @@ def prepare(source: str | os.PathLike | None = None, out: str | os.PathLike | No
             raise DataError(f"{source} {what}; pass a text file, a known corpus ({', '.join(DATASETS)}), or the "
                             f"text itself as prepare(text=...)")
         name = name or Path(source).stem
-        _say(prepare_files(source, out or f"data/{name}", val_fraction=val_fraction, name=name, dtype=dtype,
+        _say(prepare_files(source, out or dataset_dir(name), val_fraction=val_fraction, name=name, dtype=dtype,
                            replace=replace).note)
-        return load_dataset(out or f"data/{name}")
+        return load_dataset(out or dataset_dir(name))
     name = name or "text-" + hashlib.sha256(text.encode()).hexdigest()[:8]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{name}.txt"
         path.write_text(text, encoding="utf-8")
-        _say(prepare_files(path, out or f"data/{name}", val_fraction=val_fraction, name=name, dtype=dtype,
+        _say(prepare_files(path, out or dataset_dir(name), val_fraction=val_fraction, name=name, dtype=dtype,
                            replace=replace).note)
-    return load_dataset(out or f"data/{name}")
+    return load_dataset(out or dataset_dir(name))
 
 
 def _say(note: str | None) -> None:
@@ -68,7 +68,7 @@ def in_jupyter() -> bool:
 
 def train(preset: str | None = None, data: Dataset | str | os.PathLike | None = None, *,
           resume: str | os.PathLike | None = None, init_from: str | os.PathLike | None = None,
-          config: str | os.PathLike | None = None, out_dir: str | os.PathLike = "runs", name: str | None = None,
+          config: str | os.PathLike | None = None, out_dir: str | os.PathLike = DEFAULT_RUNS_DIR, name: str | None = None,
           tracker: "str | Tracker | None" = None, wandb: bool = False, verbose: bool = True, **fields) -> "Run":
     """Train in this process and return the `Run`: what `chargpt train` does with the same arguments.
 
@@ -93,7 +93,7 @@ def train(preset: str | None = None, data: Dataset | str | os.PathLike | None = 
             echo(plan.finished)
         return Run(plan.resume_run.path)
     t, _ = plan.run(echo=echo, notebook=verbose and in_jupyter())
-    return Run(t.run.path, _model=t.model.eval(), _tokenizer=t.data.tokenizer)
+    return Run(t.writer.run.path, _model=t.model.eval(), _tokenizer=t.data.tokenizer)
 
 
 def _check_keywords(given: dict) -> None:
@@ -114,7 +114,7 @@ def _check_keywords(given: dict) -> None:
                           f"any config field (`chargpt train --help` lists them)")
 
 
-def load(path: str | os.PathLike = "runs/latest", device: str = "cpu") -> "Run":
+def load(path: str | os.PathLike = DEFAULT_RUN, device: str = "cpu") -> "Run":
     """A run directory (`runs/latest`: the newest run with a checkpoint), or a checkpoint file, ready to generate,
     score and plot."""
     from .runs.rundir import clear_stale_temporaries, locate_run

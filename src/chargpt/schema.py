@@ -1,12 +1,14 @@
-"""Config fields declared once: `option` gives a dataclass field its description and range, `Literal[...]` its
-choices; CLI flags, `--help`, validation and tests are derived from these declarations, and `check_fields`
-checks a config against them with one set of messages."""
+"""Values declared once and checked by one set of rules: `option` gives a dataclass field its description and
+range, `Literal[...]` its choices; CLI flags, `--help` and tests derive from these declarations. `check_fields`
+and `check_value` check a config or a command's value against them, `problem` and `valid` a bare value read from a
+file or a request: one wording for every door (the CLI, the library, the server)."""
 from __future__ import annotations
 
 import math
 import re
 from dataclasses import field, fields
-from typing import Callable, Literal, get_args, get_origin, get_type_hints
+from types import MappingProxyType
+from typing import Callable, Literal, Mapping, get_args, get_origin, get_type_hints
 
 from .errors import ConfigError
 
@@ -37,25 +39,54 @@ def check_fields(config, spell: Callable[[str], str] = flag) -> None:
     names the field as `spell` writes it: a flag for the CLI, the keyword for the library, the JSON key for the
     server."""
     for f in fields(config):
-        problem = value_problem(type(config), f.name, getattr(config, f.name))
-        if problem:
-            raise ConfigError(f"{spell(f.name)} {problem}", field=f.name)
+        check_value(type(config), f.name, getattr(config, f.name), spell)
+
+
+def check_value(cls, name: str, value, spell: Callable[[str], str] = flag, error: type = ConfigError) -> None:
+    """Raise `error` (a `ChargptError` type) when `value` does not fit field `name` of `cls`, with the message
+    `check_fields` gives: the field as `spell` writes it, then what is wrong."""
+    wrong = value_problem(cls, name, value)
+    if wrong:
+        message = f"{spell(name)} {wrong}"
+        raise ConfigError(message, field=name) if error is ConfigError else error(message)
 
 
 def value_problem(cls, name: str, value) -> str | None:
     """What is wrong with `value` for field `name` of `cls` ('must be positive, got 0'), or None."""
-    allowed = choices(cls, name)
-    if allowed is not None:
-        return None if value in allowed else f"must be one of {', '.join(allowed)}, got {value!r}"
-    kind = get_type_hints(cls)[name]
-    if not _is_a(value, kind):
-        return f"must be {KINDS[kind]}, got {value!r}"
     bounds = next(f for f in fields(cls) if f.name == name).metadata
+    return problem(value, field_kind(cls, name), bounds, choices(cls, name))
+
+
+def field_kind(cls, name: str) -> type:
+    """The type of field `name`'s values: int, float, bool or str (a `Literal[...]` of strings is str)."""
+    hint = get_type_hints(cls)[name]
+    return type(get_args(hint)[0]) if get_origin(hint) is Literal else hint
+
+
+def problem(value, kind: type, bounds: Mapping = MappingProxyType({}), allowed: tuple | None = None) -> str | None:
+    """What is wrong with `value` as a `kind` ('must be an integer, got 'x''), outside `bounds` (`min`, `max`,
+    `min_open`, `max_open`, or a `pattern` with the `allowed` text it means) or not among `allowed` values; None
+    when nothing is. A number must be finite."""
+    if allowed is not None:
+        return None if value in allowed else f"must be one of {', '.join(map(str, allowed))}, got {value!r}"
+    wrong = type_problem(value, kind)
+    if wrong:
+        return wrong
     if "pattern" in bounds and not re.fullmatch(bounds["pattern"], value):
         return f"must be {bounds['allowed']}, got {value!r}"
     if kind in (int, float) and not in_range(value, bounds):
         return f"must be {describe_range(bounds, kind)}, got {value}"
     return None
+
+
+def valid(value, kind: type, **bounds) -> bool:
+    """Whether `value` is a `kind` within `bounds` (see `problem`): for values read back from files."""
+    return problem(value, kind, bounds) is None
+
+
+def type_problem(value, kind: type) -> str | None:
+    """'must be an integer, got 'x'' when `value` is no `kind`, else None: the type alone, its range unchecked."""
+    return None if _is_a(value, kind) else f"must be {KINDS[kind]}, got {value!r}"
 
 
 def _is_a(value, kind) -> bool:
@@ -65,14 +96,15 @@ def _is_a(value, kind) -> bool:
     return isinstance(value, (int, float) if kind is float else kind)
 
 
-def in_range(value: float, bounds: dict) -> bool:
+def in_range(value: float, bounds: Mapping) -> bool:
+    """Whether `value` is finite and within `bounds`."""
     lo, hi = bounds.get("min"), bounds.get("max")
     return math.isfinite(value) and not (
         (lo is not None and (value <= lo if bounds.get("min_open") else value < lo))
         or (hi is not None and (value >= hi if bounds.get("max_open") else value > hi)))
 
 
-def describe_range(bounds: dict, kind: type = float) -> str:
+def describe_range(bounds: Mapping, kind: type = float) -> str:
     """'positive', 'an integer >= 0', 'a finite number > 0', 'in [0, 1)': how a range reads in a message."""
     lo, hi, lo_open, hi_open = bounds.get("min"), bounds.get("max"), bounds.get("min_open"), bounds.get("max_open")
     if lo is not None and hi is not None:

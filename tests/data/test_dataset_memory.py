@@ -18,8 +18,7 @@ from chargpt.data.dataset import load_dataset, load_split, prepare
 from chargpt.errors import DataError
 from chargpt.training.evaluate import bigram_optimum, full_pass_loss
 from chargpt.model.gpt import ModelConfig, build_model
-from chargpt.runs.rundir import RunDir
-from chargpt.training.loop import train
+from conftest import train_config
 
 PROC = Path("/proc/self/status")
 linux_only = pytest.mark.skipif(not PROC.exists(), reason="reads this process's memory from /proc (Linux)")
@@ -59,7 +58,7 @@ def test_notebook_int64_splits_with_a_meta_json_load_and_train(shakespeare_path,
     cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head, cfg.model.block_size = 1, 32, 2, 16
     cfg.train.batch_size, cfg.train.max_steps, cfg.train.eval_interval, cfg.train.eval_iters = 4, 30, 15, 2
     cfg.train.sample_tokens, cfg.train.compile = 0, False
-    summary = train(cfg, ds, RunDir.create(tmp_path, "run"), preset="cpu", echo=lambda *_: None)
+    _, summary = train_config(cfg, ds, tmp_path, "run")
     assert summary["steps"] == 30 and summary["val_loss_full"] < math.log(65)
 
 
@@ -163,7 +162,7 @@ def _train_tiny(ds, tmp_path: Path, name: str) -> dict:
     cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head, cfg.model.block_size = 1, 32, 2, 64
     cfg.train.batch_size, cfg.train.max_steps, cfg.train.eval_interval, cfg.train.eval_iters = 32, 20, 10, 2
     cfg.train.sample_tokens, cfg.train.compile = 0, False
-    return train(cfg, ds, RunDir.create(tmp_path, name), preset="cpu", echo=lambda *_: None)
+    return train_config(cfg, ds, tmp_path, name)[1]
 
 
 @linux_only

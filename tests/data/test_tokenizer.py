@@ -50,3 +50,27 @@ def test_decode_rejects_out_of_range_ids():
     tok = CharTokenizer.from_text("ab")
     with pytest.raises(VocabularyError):
         tok.decode([0, 2])
+
+
+def test_a_vocabulary_file_that_is_not_a_regular_utf8_json_file_is_one_clear_error(tmp_path):
+    import os
+    import signal
+
+    from chargpt.errors import DataError
+
+    os.mkfifo(tmp_path / "fifo.json")  # opening it for reading would wait for a writer forever
+    (tmp_path / "latin1.json").write_bytes(b'{"type": "char", "chars": "caf\xe9"}')
+
+    def waited(*_):
+        raise TimeoutError("waited on the FIFO")
+
+    before = signal.signal(signal.SIGALRM, waited)
+    signal.alarm(10)
+    try:
+        with pytest.raises(DataError, match="cannot read vocabulary .*FIFO"):
+            CharTokenizer.load(tmp_path / "fifo.json")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
+    with pytest.raises(DataError, match="cannot read vocabulary"):
+        CharTokenizer.load(tmp_path / "latin1.json")

@@ -10,31 +10,19 @@ from chargpt.config import get_preset
 from chargpt.data.dataset import load_dataset
 from chargpt.errors import ConfigError
 from chargpt.model.gpt import ModelConfig, build_model
-from chargpt.runs.rundir import RunDir
-from chargpt.training.loop import train
 
-from conftest import run_main
+from conftest import lively_model, run_main, train_config
 
 CONFIGS = [pytest.param({}, id="lecture"),
            pytest.param(dict(pos="rope", qk_norm=True, norm="rmsnorm", mlp="relu2", bias=False), id="modern")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train faster on one thread, and far faster when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models train faster on one thread
 
 
 def lively(**kw):
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(vocab_size=30, block_size=16, n_layer=3, n_head=2, n_embd=16, dropout=0.0, **kw))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.3)  # peaked attention, not the near-uniform rows of a fresh init
-    return model.eval()
+    """Peaked attention, not the near-uniform rows of a fresh init."""
+    return lively_model(vocab_size=30, block_size=16, n_layer=3, n_embd=16, **kw)
 
 
 @pytest.mark.parametrize("kw", CONFIGS)
@@ -98,8 +86,7 @@ def trained_run(dataset_dir, tmp_path_factory):
     config.model.__dict__.update(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=65)
     config.train.__dict__.update(max_steps=60, batch_size=16, eval_interval=60, eval_iters=2, sample_tokens=0,
                                  log_interval=1000, compile=False)
-    run = RunDir.create(tmp_path_factory.mktemp("runs"), "attention")
-    train(config, load_dataset(dataset_dir), run, echo=lambda *_: None)
+    run, _ = train_config(config, load_dataset(dataset_dir), tmp_path_factory.mktemp("runs"), "attention", preset=None)
     return run.path
 
 

@@ -21,13 +21,7 @@ def small(**kw) -> ModelConfig:
     return ModelConfig(**(base | kw))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train faster on one thread, and far faster when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models train faster on one thread
 
 
 # ------------------------------------------------------------------------------- the lecture's model

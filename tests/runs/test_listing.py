@@ -11,25 +11,13 @@ import pytest
 
 from chargpt.runs import checkpoint
 from chargpt.cli import main
-from chargpt.config import get_preset
 from chargpt.data.dataset import load_dataset
-from chargpt.runs.rundir import RunDir, read_metrics
+from chargpt.runs.rundir import read_metrics
 from chargpt.runs.listing import format_runs, list_runs, read_run
-from chargpt.training.loop import train
-from conftest import run_main
+from conftest import run_main, tiny_config as tiny, train_config
 
 BIGRAM = ["--preset", "bigram", "--max-steps", "1000000", "--eval-interval", "50", "--eval-iters", "2",
           "--sample-tokens", "0"]
-
-
-def tiny(preset: str, steps: int, **model):
-    cfg = get_preset(preset)
-    for k, v in model.items():
-        setattr(cfg.model, k, v)
-    cfg.model.vocab_size = 65
-    cfg.train.max_steps, cfg.train.eval_interval, cfg.train.eval_iters = steps, steps // 2, 2
-    cfg.train.batch_size, cfg.train.sample_tokens, cfg.train.compile = 4, 0, False
-    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +31,7 @@ def workdir(dataset_dir, tmp_path_factory) -> Path:
     estimated.train.eval_tokens = 5_000  # of 111,540: the final loss is estimated from an evenly spread subset
     for name, preset, cfg in (("bigram", "bigram", tiny("bigram", 20)), ("tiny-gpt", "cpu", gpt),
                               ("estimated", "bigram", estimated)):
-        train(cfg, data, RunDir.create(cwd / "runs", name), preset=preset, data_dir=str(dataset_dir),
-              echo=lambda *_: None)
+        train_config(cfg, data, cwd / "runs", name, preset=preset)
     proc = subprocess.Popen([sys.executable, "-m", "chargpt", "train", "--data", str(dataset_dir), "--name", "stopped",
                              *BIGRAM], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL)
@@ -114,8 +101,7 @@ def test_runs_on_different_datasets_are_overlaid_only_with_all(workdir, tmp_path
     other = load_dataset(prepare(tmp_path / "other.txt", tmp_path / "other", name="other").out_dir)
     cfg = tiny("bigram", 20)
     cfg.model.vocab_size = other.tokenizer.vocab_size
-    train(cfg, other, RunDir.create(workdir / "runs", "on-other"), preset="bigram", data_dir=str(other.path),
-          echo=lambda *_: None)
+    train_config(cfg, other, workdir / "runs", "on-other", preset="bigram")
     monkeypatch.chdir(workdir)
     try:
         assert main(["runs", "--plot", "bigram", "on-other", "--out", "mixed.png"]) == 2

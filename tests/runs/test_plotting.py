@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-import chargpt.training.loop  # noqa: F401  (the module, reached through sys.modules)
+import chargpt.training.writer  # noqa: F401  (the module, reached through sys.modules)
 from chargpt.config import get_preset
 from chargpt.data.dataset import load_dataset
 from chargpt.runs.plotting import plot_run, plot_runs, refresh_run_plot
 from chargpt.runs.rundir import RunDir
-from chargpt.training.loop import train
+from conftest import train_config
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -68,11 +68,10 @@ def test_training_refreshes_the_plot_at_the_first_and_last_evaluation_and_betwee
         calls.append(len([r for r in RunDir(Path(path)).metrics() if "val_loss" in r]))
         refresh_run_plot(path)
 
-    monkeypatch.setattr(sys.modules["chargpt.training.loop"], "refresh_run_plot", spy)
+    monkeypatch.setattr(sys.modules["chargpt.training.writer"], "refresh_run_plot", spy)
     cfg = get_preset("bigram")
     cfg.train.max_steps, cfg.train.eval_interval, cfg.train.eval_iters, cfg.train.sample_tokens = 20, 5, 2, 0
-    run = RunDir.create(tmp_path, "b")
-    train(cfg, load_dataset(dataset_dir), run, preset="bigram", echo=lambda *_: None)
+    run, _ = train_config(cfg, load_dataset(dataset_dir), tmp_path, "b", preset="bigram")
     # after the records of steps 0 and 20 are written, and of steps between while redrawing has cost at most
     # PLOT_SHARE of the run (a 20-step bigram run is mostly drawing: a budget's seconds are not spent on it)
     assert calls[0] == 1 and calls[-1] == 5 and calls == sorted(set(calls))

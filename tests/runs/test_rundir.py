@@ -37,6 +37,21 @@ def test_a_run_outside_the_working_directory_is_opened_by_its_real_path(tmp_path
     assert RunDir.open(tmp_path / "runs/latest").path == (tmp_path / "runs/r2").resolve().relative_to("/")
 
 
+def test_only_rank_0_of_a_distributed_run_becomes_the_resumed_runs_writer(tmp_path, monkeypatch):
+    run = RunDir.create(tmp_path / "runs", "r")
+    (run.path / "ckpt.pt").write_bytes(b"x")
+    run.unlock()
+    monkeypatch.setenv("RANK", "1")
+    RunDir.open(run.path)
+    assert not (run.path / ".lock").exists()
+    monkeypatch.setenv("RANK", "0")
+    RunDir.open(run.path).unlock()  # the lock file lives while its writer holds it
+    monkeypatch.delenv("RANK")
+    writer = RunDir.open(run.path)
+    assert (run.path / ".lock").is_file()
+    writer.unlock()
+
+
 def test_locate_finds_a_run_by_name_directory_link_or_checkpoint_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run = RunDir.create("runs", "r1")

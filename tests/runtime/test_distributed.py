@@ -28,6 +28,15 @@ LOOPBACK = {"GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1"}
 
 
 # ---------------------------------------------------------------------------------------- unit
+def test_rank_0_is_the_main_process_and_a_process_on_its_own_is_rank_0(monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    assert distributed.is_main_process() and distributed.DistInfo().is_main
+    monkeypatch.setenv("RANK", "0")
+    assert distributed.is_main_process()
+    monkeypatch.setenv("RANK", "1")
+    assert not distributed.is_main_process() and not distributed.DistInfo(rank=1).is_main
+
+
 def test_split_batch_keeps_the_global_batch_for_any_world_size():
     for batch, accum in [(16, 1), (16, 4), (6, 2), (4, 8)]:
         for world in (1, 2, 4):

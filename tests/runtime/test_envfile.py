@@ -32,6 +32,14 @@ def test_a_dotenv_file_sets_variables_says_which_file_and_the_environment_wins(t
     assert load_env_file(tmp_path, say=said.append) == tmp_path / ".env" and len(said) == 1  # once per process
 
 
+def test_only_rank_0_says_which_file_it_read_and_every_rank_reads_it(tmp_path, monkeypatch):
+    (tmp_path / ".env").write_text("CHARGPT_T_MODE=offline\n")
+    monkeypatch.setenv("RANK", "1")
+    said = []
+    assert load_env_file(tmp_path, say=said.append) == tmp_path / ".env"
+    assert os.environ["CHARGPT_T_MODE"] == "offline" and said == []
+
+
 def test_no_dotenv_file_reads_nothing_and_says_nothing(tmp_path):
     said = []
     assert load_env_file(tmp_path, say=said.append) is None and said == []

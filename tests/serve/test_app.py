@@ -22,24 +22,13 @@ import torch
 from chargpt.model.attention import attention_weights
 from chargpt.runs.checkpoint import load_model
 from chargpt.cli import main
-from chargpt.config import get_preset
 from chargpt.data.dataset import load_dataset
 from chargpt.errors import exit_code_of
-from chargpt.runs.rundir import RunDir
-from chargpt.serve.app import MAX_NEW_TOKENS, MAX_PROMPT_CHARS
-from chargpt.training.loop import train
-from conftest import Server, run_main
+from chargpt.serve.checks import BODY_SECONDS, MAX_PROMPT_CHARS
+from chargpt.serve.generation import MAX_NEW_TOKENS
+from conftest import Server, run_main, tiny_config as tiny, train_config
 
 GPT_RUN, BIGRAM_RUN = "tiny-gpt", "bigram"
-
-
-def tiny(preset: str, steps: int, **model):
-    cfg = get_preset(preset)
-    for k, v in model.items():
-        setattr(cfg.model, k, v)
-    cfg.train.max_steps, cfg.train.eval_interval, cfg.train.eval_iters = steps, steps // 2, 2
-    cfg.train.batch_size, cfg.train.sample_tokens, cfg.train.compile = 4, 0, False
-    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +42,7 @@ def runs_dir(dataset_dir, tmp_path_factory) -> Path:
                                    (root / "runs", BIGRAM_RUN, "bigram", tiny("bigram", 10)),
                                    (root, "outside", "bigram", tiny("bigram", 2))):
         cfg.model.vocab_size = data.tokenizer.vocab_size
-        train(cfg, data, RunDir.create(out, name), preset=preset, data_dir=str(dataset_dir), echo=lambda *_: None)
+        train_config(cfg, data, out, name, preset=preset)
     latest = root / "runs" / "latest"  # training pointed it at the newest run; now it leads outside
     latest.unlink()
     latest.symlink_to("../outside")
@@ -290,6 +279,8 @@ def test_bad_attention_requests_and_routes_get_a_4xx_json_error(server):
         ("POST", "/api/attention", {"model": GPT_RUN, "prompt": "a" * 17}, 400, "block_size 16"),
         ("POST", "/api/attention", {"model": GPT_RUN, "prompt": ""}, 400, "at least one character"),
         ("POST", "/api/attention", {"model": GPT_RUN, "prompt": "abc", "query": 3}, 400, "'query' must be in [-3, 2]"),
+        ("POST", "/api/attention", {"model": GPT_RUN, "prompt": "abc", "query": True}, 400,
+         "'query' must be an integer, got True"),
         ("POST", "/api/attention", {"model": GPT_RUN, "prompt": "ab\u20ac"}, 400, "not in the vocabulary"),
         ("GET", "/v1/completions", None, 405, "Method Not Allowed"),
         ("GET", "/nowhere", None, 404, "Not Found"),
@@ -346,9 +337,7 @@ def test_a_request_from_another_origin_or_not_json_runs_nothing(server):
 
 
 def test_a_body_that_arrives_too_slowly_or_not_at_all_is_refused_without_a_traceback(server):
-    import chargpt.serve.app
-
-    with socket.create_connection((server.host, server.port), timeout=chargpt.serve.app.BODY_SECONDS + 30) as sock:
+    with socket.create_connection((server.host, server.port), timeout=BODY_SECONDS + 30) as sock:
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 100\r\n\r\n{\"prompt\": ")
         started = time.time()
@@ -356,7 +345,7 @@ def test_a_body_that_arrives_too_slowly_or_not_at_all_is_refused_without_a_trace
         res.begin()
         answer = json.loads(res.read())
     assert res.status == 408 and "did not arrive within" in answer["error"]["message"], answer
-    assert time.time() - started < chargpt.serve.app.BODY_SECONDS + 10
+    assert time.time() - started < BODY_SECONDS + 10
     with socket.create_connection((server.host, server.port), timeout=30) as sock:  # hangs up mid-body
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 100\r\n\r\n{\"prompt\": ")
@@ -438,7 +427,7 @@ def test_serve_refuses_bad_arguments_in_one_line(tmp_path, capsys):
     assert main(["serve", "--runs-dir", str(tmp_path), "--port", "70000"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 3 and all(line.startswith("error: ") for line in err), err
-    assert "no runs directory" in err[0] and "nothing at" in err[1] and "--port must be 0 to 65535" in err[2]
+    assert "no runs directory" in err[0] and "nothing at" in err[1] and "--port must be in [0, 65535], got 70000" in err[2]
 
 
 def test_serve_with_ckpt_serves_that_one_run(runs_dir):
@@ -497,7 +486,8 @@ def test_one_engine_serves_every_completion_until_the_checkpoint_file_changes(ru
     """The app in this process (uvicorn on a thread, a real HTTP client), so that its Engine can be seen."""
     import uvicorn
 
-    from chargpt.serve.app import ServedRuns, bind, create_app
+    from chargpt.serve.app import bind, create_app
+    from chargpt.serve.runs import ServedRuns
 
     run = tmp_path / "run"
     shutil.copytree(runs_dir / GPT_RUN, run)
@@ -659,8 +649,7 @@ def test_the_pages_runs_table_shows_the_dataset_marks_estimates_and_never_overla
     for name, cfg, data in (("exact", tiny("bigram", 10), shakespeare), ("estimated", estimated, shakespeare),
                             ("on-other", tiny("bigram", 10), other)):
         cfg.model.vocab_size = data.tokenizer.vocab_size
-        train(cfg, data, RunDir.create(tmp_path / "runs", name), preset="bigram", data_dir=str(data.path),
-              echo=lambda *_: None)
+        train_config(cfg, data, tmp_path / "runs", name, preset="bigram")
     server = Server("--runs-dir", tmp_path / "runs", "--device", "cpu", cwd=tmp_path)
     try:
         with sync_api.sync_playwright() as p:

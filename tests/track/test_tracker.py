@@ -166,7 +166,7 @@ def test_train_wandb_offline_records_config_metrics_summary_samples_and_model(da
     assert config["model"]["model"] == "bigram" and config["model"]["vocab_size"] == 65
     assert config["train"]["max_steps"] == 20 and config["train"]["eval_interval"] == 10
     assert config["preset"] == "bigram"
-    assert config["dataset"]["content_hash"] == data.content_hash
+    assert config["dataset"]["hash"] == data.content_hash
     assert config["dataset"]["artifact"] == "mini-shakespeare-tensors"
     origin = config["provenance"]
     assert origin["chargpt_version"] == __version__ and origin["torch_version"] == torch.__version__

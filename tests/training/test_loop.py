@@ -12,8 +12,7 @@ from chargpt.runs import checkpoint
 from chargpt.config import get_preset
 from chargpt.data.dataset import load_dataset, prepare
 from chargpt.training.evaluate import evaluate_split
-from chargpt.runs.rundir import RunDir
-from chargpt.training.loop import train
+from conftest import train_config
 
 
 def bigram_config(steps: int):
@@ -28,7 +27,7 @@ def bigram_config(steps: int):
 def test_short_bigram_run_gets_val_loss_below_2_6(dataset_dir, tmp_path):
     data = load_dataset(dataset_dir)
     cfg = bigram_config(600)
-    summary = train(cfg, data, RunDir.create(tmp_path, "b"), preset="bigram", echo=lambda *_: None)
+    _, summary = train_config(cfg, data, tmp_path, "b", preset="bigram")
     assert summary["val_loss_full"] < 2.6
     assert summary["val_loss_full_exact"] and summary["val_loss_full_stderr"] == 0.0  # a small val: every char
     assert summary["val_eval_tokens"] == summary["val_tokens"] == 111_539
@@ -40,8 +39,7 @@ def test_short_bigram_run_gets_val_loss_below_2_6(dataset_dir, tmp_path):
 @pytest.mark.slow
 def test_bigram_converges_to_the_count_based_optimum(dataset_dir, tmp_path):
     data = load_dataset(dataset_dir)
-    run = RunDir.create(tmp_path, "b")
-    summary = train(bigram_config(3000), data, run, preset="bigram", echo=lambda *_: None)
+    run, summary = train_config(bigram_config(3000), data, tmp_path, "b", preset="bigram")
     assert 2.40 < summary["bigram_optimum_val_loss"] < 2.55
     assert abs(summary["val_loss_full"] - summary["bigram_optimum_val_loss"]) < 0.03
     on_disk = json.loads((run.path / "summary.json").read_text())
@@ -56,8 +54,7 @@ def test_a_val_split_larger_than_eval_tokens_is_estimated_from_an_evenly_spread_
     cfg = bigram_config(40)
     cfg.train.eval_tokens = 20_000
     lines = []
-    run = RunDir.create(tmp_path, "b")
-    summary = train(cfg, data, run, preset="bigram", echo=lines.append)
+    run, summary = train_config(cfg, data, tmp_path, "b", preset="bigram", echo=lines.append)
     assert not summary["val_loss_full_exact"] and summary["val_eval_tokens"] == 20_000
     assert summary["val_tokens"] == 111_539 and summary["val_loss_full_stderr"] > 0
     assert "on 20,000 of 111,539 characters, evenly spread" in lines[-2]
@@ -109,8 +106,7 @@ def test_a_signal_during_the_final_evaluation_keeps_the_checkpoint_and_says_the_
 
 def test_run_directory_holds_config_metrics_checkpoint_sample_summary(dataset_dir, tmp_path):
     data = load_dataset(dataset_dir)
-    run = RunDir.create(tmp_path, "b")
-    train(bigram_config(40), data, run, preset="bigram", echo=lambda *_: None)
+    run, _ = train_config(bigram_config(40), data, tmp_path, "b", preset="bigram")
     names = {p.name for p in run.path.iterdir()}
     assert {"config.json", "metrics.jsonl", "ckpt.pt", "sample.txt", "summary.json"} <= names
     records = [r for r in run.metrics() if "val_loss" in r]
@@ -126,14 +122,10 @@ def test_run_directory_holds_config_metrics_checkpoint_sample_summary(dataset_di
 
 def test_checkpoint_then_resume_continues_to_the_same_result(dataset_dir, tmp_path):
     data = load_dataset(dataset_dir)
-    straight = RunDir.create(tmp_path, "straight")
-    s1 = train(bigram_config(40), data, straight, preset="bigram", echo=lambda *_: None)
+    straight, s1 = train_config(bigram_config(40), data, tmp_path, "straight", preset="bigram")
 
-    half = RunDir.create(tmp_path, "half")
-    train(bigram_config(20), data, half, preset="bigram", echo=lambda *_: None)
-    state = checkpoint.load(half.ckpt)
-    cfg = bigram_config(40)
-    s2 = train(cfg, data, half, preset="bigram", resume_state=state, echo=lambda *_: None)
+    half, _ = train_config(bigram_config(20), data, tmp_path, "half", preset="bigram")
+    _, s2 = train_config(bigram_config(40), data, tmp_path, "half", resume=True)
     assert s2["steps"] == 40
     a = checkpoint.load(straight.ckpt)["model"]
     b = checkpoint.load(half.ckpt)["model"]
@@ -152,34 +144,29 @@ def tiny_gpt_config(steps: int, **train):
 
 
 def test_the_average_of_the_weights_is_their_mean_then_an_exponential_moving_average():
-    from types import SimpleNamespace
-
-    from chargpt.training.loop import average_weights
+    from chargpt.training.state import Average
 
     model = torch.nn.Linear(3, 2)
-    t = SimpleNamespace(model=model, ema=None, step=5, ema_start=0, ema_steps=0,
-                        config=SimpleNamespace(train=SimpleNamespace(ema=0.75)))
-    seen = []
+    average, seen = None, []
     for i in range(8):
         with torch.no_grad():
             model.weight.fill_(float(i))
         seen.append(float(i))
-        average_weights(t)
-        t.step += 1
+        if average is None:
+            average = Average.of(model, step=5)
+        else:
+            average.update(model, decay=0.75)
         expected = sum(seen) / len(seen) if len(seen) <= 4 else 0.75 * expected + 0.25 * i  # mean of 4, then decay
-        assert t.ema.weight.mean().item() == pytest.approx(expected)
-    assert t.ema_start == 5 and t.ema_steps == 8
-    assert not any(p.requires_grad for p in t.ema.parameters())
+        assert average.model.weight.mean().item() == pytest.approx(expected)
+    assert average.start == 5 and average.steps == 8
+    assert not any(p.requires_grad for p in average.model.parameters())
 
 
 def test_a_run_with_ema_saves_and_scores_the_average_and_a_resume_carries_it_on_exactly(dataset_dir, tmp_path):
     data = load_dataset(dataset_dir)
-    straight = RunDir.create(tmp_path, "straight")
-    s1 = train(tiny_gpt_config(40, ema=0.9, ema_from=0.25), data, straight, echo=lambda *_: None)
-    half = RunDir.create(tmp_path, "half")
-    train(tiny_gpt_config(20, ema=0.9, ema_from=0.5), data, half, echo=lambda *_: None)  # averaging from step 11
-    s2 = train(tiny_gpt_config(40, ema=0.9, ema_from=0.25), data, half, resume_state=checkpoint.load(half.ckpt),
-               echo=lambda *_: None)
+    straight, s1 = train_config(tiny_gpt_config(40, ema=0.9, ema_from=0.25), data, tmp_path, "straight")
+    half, _ = train_config(tiny_gpt_config(20, ema=0.9, ema_from=0.5), data, tmp_path, "half")  # averaging from step 11
+    _, s2 = train_config(tiny_gpt_config(40, ema=0.9, ema_from=0.25), data, tmp_path, "half", resume=True)
     a, b = checkpoint.load(straight.ema), checkpoint.load(half.ema)
     assert a["step"] == b["step"] == 40 and a["extra"]["averaged_from_step"] == b["extra"]["averaged_from_step"] == 11
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
@@ -199,8 +186,7 @@ def test_time_budget_stops_training_and_is_recorded(dataset_dir, tmp_path):
     cfg = bigram_config(10**9)
     cfg.train.time_budget = 10.0
     cfg.train.schedule = "wsd"
-    run = RunDir.create(tmp_path, "t")
-    summary = train(cfg, data, run, preset="bigram", echo=lambda *_: None)
+    run, summary = train_config(cfg, data, tmp_path, "t", preset="bigram")
     assert summary["time_budget"] == 10.0
     seconds = [r["train_seconds"] for r in run.metrics() if "val_loss" in r]
     assert len(seconds) >= 5  # at evenly spaced times (budget_evals=10), not only at the start and the end
@@ -216,9 +202,8 @@ def test_start_up_before_training_does_not_squeeze_the_schedule_of_a_budget(data
     data = load_dataset(dataset_dir)
     cfg = bigram_config(10**9)
     cfg.train.time_budget, cfg.train.schedule, cfg.train.warmup, cfg.train.decay = 8.0, "wsd", 0.0, 0.5
-    run = RunDir.create(tmp_path, "t")
     # half the budget gone before the first step, as a slow start-up or a first compile takes it
-    train(cfg, data, run, preset="bigram", echo=None, clock_start=time.perf_counter() - 4.0)
+    run, _ = train_config(cfg, data, tmp_path, "t", preset="bigram", clock_start=time.perf_counter() - 4.0)
     lrs = [r["lr"] for r in run.metrics() if "loss" in r]
     assert lrs[0] == pytest.approx(cfg.train.lr)  # training begins at the peak, not part-way down its decay
     # and stays there for about half of the training time (a share of the steps that a loaded machine blurs: the
@@ -239,8 +224,7 @@ def test_a_budget_skips_the_estimates_that_would_cost_more_than_their_share_of_i
     estimated = {}
     # the cheap run is longer: on a loaded machine its first estimate (which allocates) alone can cost 3% of 6 s
     for name, eval_iters, budget in (("cheap", 2, 12.0), ("costly", 600, 6.0)):
-        run = RunDir.create(tmp_path, name)
-        train(small_gpt(eval_iters, budget), data, run, preset="cpu", echo=None)
+        run, _ = train_config(small_gpt(eval_iters, budget), data, tmp_path, name)
         estimated[name] = [r["step"] for r in run.metrics() if "val_loss" in r]
     # at the budget's evenly spaced marks as well (the first estimate, which allocates, can cost some early marks)
     assert len(estimated["cheap"]) >= 3
@@ -255,8 +239,7 @@ def test_gpt_trains_on_cpu_and_loss_falls(dataset_dir, tmp_path):
     cfg.model.n_layer, cfg.model.n_embd, cfg.model.block_size = 1, 32, 32
     cfg.train.batch_size, cfg.train.max_steps, cfg.train.eval_interval, cfg.train.eval_iters = 8, 60, 30, 5
     cfg.train.sample_tokens, cfg.train.compile = 0, False
-    run = RunDir.create(tmp_path, "g")
-    summary = train(cfg, data, run, preset="cpu", echo=lambda *_: None)
+    run, summary = train_config(cfg, data, tmp_path, "g")
     records = [r for r in run.metrics() if "val_loss" in r]
     assert records[-1]["val_loss"] < records[0]["val_loss"] - 0.8
     assert summary["val_loss_full"] < 3.2

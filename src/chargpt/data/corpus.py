@@ -7,7 +7,7 @@ import urllib.request
 from pathlib import Path
 
 from ..errors import DataError
-from ..fsutil import cache_dir, write_bytes
+from ..fsutil import cache_dir, open_regular, write_bytes
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -17,8 +17,9 @@ DATASETS = {"shakespeare": ("tinyshakespeare/input.txt", SHAKESPEARE_URL, SHAKES
 
 
 def sha256_file(path: str | os.PathLike) -> str:
+    """The sha256 hex digest of the regular file `path`, read in blocks (a corpus may be larger than memory)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()

@@ -16,19 +16,23 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import torch
 
+from ..config import PrepareOptions, TokenDtype
 from ..errors import DataError
-from ..fsutil import atomic_path, kind_of, load_torch, not_regular, refused_global, remove_stale_temporaries, write_json
+from ..schema import check_value
+from ..fsutil import (atomic_path, kind_of, load_torch, not_regular, open_regular, read_json, read_json_object,
+                      refused_global, remove_stale_temporaries, write_json)
 from .tensorfile import TensorFileWriter, chunks, load_mapped
 from .tokenizer import CharTokenizer
 
 FORMAT = "chargpt-dataset"
 FORMAT_VERSION = 1
 CHUNK = 1 << 24  # 16 MiB of input per step
-DTYPES = {"uint8": torch.uint8, "int16": torch.int16, "int32": torch.int32, "int64": torch.int64}
+DTYPES = {name: getattr(torch, name) for name in get_args(TokenDtype) if name != "auto"}
 NOTEBOOK_DTYPE_CHARS = 100_000_000  # int64 (8 bytes a character) up to here; the smallest type above it
 FILES = ("train.pt", "val.pt", "meta.json")  # all that chargpt writes into a dataset directory
 
@@ -55,12 +59,7 @@ def check_dataset_out(out_dir: Path, input_path: Path) -> None:
     remove_stale_temporaries(out_dir, FILES)
     if not any(out_dir.iterdir()):
         return
-    meta = out_dir / "meta.json"
-    try:
-        ours = not_regular(meta) is None and json.loads(meta.read_bytes()).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        ours = False
-    if not ours:
+    if read_json_object(out_dir / "meta.json").get("format") != FORMAT:
         raise DataError(f"--out {out_dir} holds files and is not a chargpt dataset (no chargpt meta.json); "
                         f"chargpt leaves them as they are: choose a new or empty directory")
 
@@ -81,7 +80,7 @@ def _read_chunks(path: Path):
     """Yield (raw bytes, text-as-uint32-code-points or uint8-ASCII array) chunks of a UTF-8 file."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
     offset = 0
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         while True:
             raw = f.read(CHUNK)
             final = not raw
@@ -121,22 +120,53 @@ def prepare(input_path: str | os.PathLike, out_dir: str | os.PathLike, val_fract
     type that holds the vocabulary above it, saying so in `PrepareResult.note`. A dataset of other content already
     in `out_dir` is replaced only with `replace`."""
     input_path, out_dir = Path(input_path), Path(out_dir)
-    if not 0.0 < val_fraction < 1.0:
-        raise DataError(f"--val-fraction must be strictly between 0 and 1, got {val_fraction}")
-    if dtype != "auto" and dtype not in DTYPES:
-        raise DataError(f"--token-dtype must be auto or one of {', '.join(DTYPES)}, got {dtype!r}")
+    check_value(PrepareOptions, "val_fraction", val_fraction, error=DataError)
+    check_value(PrepareOptions, "token_dtype", dtype, error=DataError)
     if not input_path.is_file():
         what = "is not a file" if input_path.exists() else "does not exist"
         raise DataError(f"input file {input_path} {what}; pass --input with a UTF-8 text file")
     check_dataset_out(out_dir, input_path)
-    stamp = _stamp(input_path)
+    corpus = scan_corpus(input_path)
+    meta, note = dataset_meta(corpus, name or input_path.stem, val_fraction, dtype)
+    old = _existing_meta(out_dir)
+    if old is not None and not replace and not _same_content(old, meta):
+        raise DatasetExists(f"--out {out_dir} holds another dataset, {_describe(old)}, that runs may have been "
+                            f"trained on; pass --replace to replace it, or choose another --out")
+    if _up_to_date(out_dir, meta):
+        return PrepareResult(out_dir, read_json(out_dir / "meta.json"), changed=False, note=note)
+    # Read before the files are replaced: what runs of an older chargpt call the tokens there, when they are ours.
+    former_content, former = _former_hashes(out_dir, old) if old is not None and _same_content(old, meta) else (None, [])
+    write_splits(corpus, out_dir, meta)
+    if former and former_content == meta["content_hash"]:
+        meta["former_hashes"] = former
+    write_json(out_dir / "meta.json", meta)
+    return PrepareResult(out_dir, meta, changed=True, note=note)
 
-    # Pass 1: find the vocabulary, count the characters and hash the source.
+
+@dataclass
+class Corpus:
+    """What the first pass over an input found: its characters, how many, and its bytes' hash, size and time."""
+
+    path: Path
+    seen: np.ndarray  # indexed by code point: whether the input holds that character
+    seen_ascii: bytes  # the ASCII characters among them (for bytes.translate)
+    total: int
+    sha256: str
+    stamp: tuple[int, int]  # size and modification time, to notice a change before the second pass ends
+
+    @property
+    def tokenizer(self) -> CharTokenizer:
+        return CharTokenizer("".join(map(chr, np.flatnonzero(self.seen))))
+
+
+def scan_corpus(path: Path) -> Corpus:
+    """Pass 1: find the vocabulary, count the characters and hash the source."""
+    stamp = _stamp(path)
     sha = hashlib.sha256()
-    seen = np.zeros(256, dtype=bool)  # indexed by code point
+    seen = np.zeros(256, dtype=bool)
     seen_ascii = b""
     total = 0
-    for raw, cps in _read_chunks(input_path):
+    for raw, cps in _read_chunks(path):
         sha.update(raw)
         total += len(cps)
         if cps.dtype == np.uint8:  # ASCII: translate deletes the known characters at memory speed
@@ -149,12 +179,17 @@ def prepare(input_path: str | os.PathLike, out_dir: str | os.PathLike, val_fract
             seen[cps] = True
         seen_ascii = bytes(np.flatnonzero(seen[:128]).tolist())
     if total == 0:
-        raise DataError(f"{input_path} is empty; give a UTF-8 text file with at least a few hundred characters")
-    present = np.flatnonzero(seen)
-    tok = CharTokenizer("".join(map(chr, present)))
+        raise DataError(f"{path} is empty; give a UTF-8 text file with at least a few hundred characters")
+    return Corpus(path, seen, seen_ascii, total, sha.hexdigest(), stamp)
+
+
+def dataset_meta(corpus: Corpus, name: str, val_fraction: float, dtype: str) -> tuple[dict, str | None]:
+    """The vocabulary, the split and the stored type of the dataset `corpus` becomes (its meta.json before the
+    files' hashes), and one line for the user when the tensors will not be int64."""
+    tok, total = corpus.tokenizer, corpus.total
     n_train = int((1.0 - val_fraction) * total)  # the notebook: n = int(0.9 * len(data))
     if n_train < 2 or total - n_train < 2:
-        raise DataError(f"{input_path} has {total} character{'s' * (total != 1)}: too few to split into train and val")
+        raise DataError(f"{corpus.path} has {total} character{'s' * (total != 1)}: too few to split into train and val")
     note = None
     if dtype == "auto":
         dtype = "int64" if total <= NOTEBOOK_DTYPE_CHARS else smallest_dtype(tok.vocab_size)
@@ -164,10 +199,10 @@ def prepare(input_path: str | os.PathLike, out_dir: str | os.PathLike, val_fract
     meta = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
-        "name": name or input_path.stem,
-        "source": str(input_path),
-        "source_sha256": sha.hexdigest(),
-        "source_bytes": stamp[0],
+        "name": name,
+        "source": str(corpus.path),
+        "source_sha256": corpus.sha256,
+        "source_bytes": corpus.stamp[0],
         "total_chars": total,
         "vocab_size": tok.vocab_size,
         "vocab": tok.chars,
@@ -176,26 +211,24 @@ def prepare(input_path: str | os.PathLike, out_dir: str | os.PathLike, val_fract
         "val_tokens": total - n_train,
         "dtype": dtype,
     }
-    old = _existing_meta(out_dir)
-    if old is not None and not replace and not _same_content(old, meta):
-        raise DatasetExists(f"--out {out_dir} holds another dataset, {_describe(old)}, that runs may have been "
-                            f"trained on; pass --replace to replace it, or choose another --out")
-    if _up_to_date(out_dir, meta):
-        return PrepareResult(out_dir, json.loads((out_dir / "meta.json").read_text()), changed=False, note=note)
-    # Read before the files are replaced: what runs of an older chargpt call the tokens there, when they are ours.
-    former_content, former = _former_hashes(out_dir, old) if old is not None and _same_content(old, meta) else (None, [])
+    return meta, note
 
-    if tok.vocab_size > torch.iinfo(DTYPES[dtype]).max + 1:
-        raise DataError(f"--token-dtype {dtype} cannot hold a vocabulary of {tok.vocab_size} characters; "
+
+def write_splits(corpus: Corpus, out_dir: Path, meta: dict) -> None:
+    """Pass 2: encode the input chunk by chunk straight into `train.pt` and `val.pt` (no split is ever held in
+    memory), then add the files' sha256 and the content hash to `meta`. The input is read a second time: it must
+    be the bytes of pass 1, or what was counted is not what is encoded."""
+    dtype, n_train, vocab_size = DTYPES[meta["dtype"]], meta["train_tokens"], meta["vocab_size"]
+    if vocab_size > torch.iinfo(dtype).max + 1:
+        raise DataError(f"--token-dtype {meta['dtype']} cannot hold a vocabulary of {vocab_size} characters; "
                         f"use --token-dtype auto")
-
-    # Pass 2: encode chunk by chunk, straight into the two tensor files.
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(f"cannot create dataset directory {out_dir} ({e.strerror}); choose a writable --out") from None
-    np_dtype = np.dtype(str(DTYPES[dtype]).replace("torch.", ""))
-    table = np.zeros(len(seen), dtype=np_dtype)
+    np_dtype = np.dtype(str(dtype).replace("torch.", ""))
+    table = np.zeros(len(corpus.seen), dtype=np_dtype)
+    present = np.flatnonzero(corpus.seen)
     table[present] = np.arange(len(present), dtype=np_dtype)
     translation = table[:256].tobytes() if np_dtype == np.uint8 else None  # for bytes.translate, the fastest lookup
     for name in FILES:
@@ -203,30 +236,24 @@ def prepare(input_path: str | os.PathLike, out_dir: str | os.PathLike, val_fract
             raise DataError(f"{out_dir / name} is {kind_of(out_dir / name)}, not a file chargpt wrote; "
                             f"remove it or choose another --out")
     with atomic_path(out_dir / "train.pt") as train_tmp, atomic_path(out_dir / "val.pt") as val_tmp:
-        # Each chunk's ids go straight into the tensor files: no split is ever held in memory. The input is
-        # read a second time: it must be the same bytes as in pass 1, or what was counted is not what is encoded.
-        sha2 = hashlib.sha256()
-        with TensorFileWriter(train_tmp, n_train, DTYPES[dtype]) as ft, \
-                TensorFileWriter(val_tmp, total - n_train, DTYPES[dtype]) as fv:
+        sha = hashlib.sha256()
+        with TensorFileWriter(train_tmp, n_train, dtype) as ft, \
+                TensorFileWriter(val_tmp, corpus.total - n_train, dtype) as fv:
             written = 0
-            for raw, cps in _read_chunks(input_path):
-                sha2.update(raw)
-                if written + len(cps) > total or _unseen(raw, cps, seen, seen_ascii):
-                    raise InputChanged(input_path)
+            for raw, cps in _read_chunks(corpus.path):
+                sha.update(raw)
+                if written + len(cps) > corpus.total or _unseen(raw, cps, corpus.seen, corpus.seen_ascii):
+                    raise InputChanged(corpus.path)
                 ids = memoryview(raw.translate(translation) if translation and cps.dtype == np.uint8 else table[cps])
                 cut = max(0, min(len(ids), n_train - written))
                 ft.write(ids[:cut])
                 fv.write(ids[cut:])
                 written += len(ids)
-            if written != total or sha2.hexdigest() != meta["source_sha256"] or _stamp(input_path) != stamp:
-                raise InputChanged(input_path)
+            if written != corpus.total or sha.hexdigest() != corpus.sha256 or _stamp(corpus.path) != corpus.stamp:
+                raise InputChanged(corpus.path)
         for split, tmp in (("train", train_tmp), ("val", val_tmp)):
             meta[f"{split}_sha256"] = _sha256(tmp)
-        meta["content_hash"] = content_hash(tok.chars, train_tmp, val_tmp)
-    if former and former_content == meta["content_hash"]:
-        meta["former_hashes"] = former
-    write_json(out_dir / "meta.json", meta)
-    return PrepareResult(out_dir, meta, changed=True, note=note)
+        meta["content_hash"] = content_hash(meta["vocab"], train_tmp, val_tmp)
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -265,11 +292,8 @@ def file_hash(train: Path, val: Path) -> str:
 
 
 def _existing_meta(out_dir: Path) -> dict | None:
-    try:
-        old = json.loads((out_dir / "meta.json").read_bytes())
-    except (OSError, ValueError):
-        return None
-    return old if isinstance(old, dict) and old.get("format") == FORMAT else None
+    old = read_json_object(out_dir / "meta.json")
+    return old if old.get("format") == FORMAT else None
 
 
 CONTENT_KEYS = ("source_sha256", "vocab", "train_tokens", "val_tokens")  # same input and split: same tokens
@@ -322,11 +346,8 @@ class Dataset:
 
     @functools.cached_property
     def content_hash(self) -> str:
-        """Identifies the dataset by its vocabulary and token values (for lineage, and so that a run resumes
-        only on its own data).
-
-        Computed from the split files themselves when first asked (a run asks as it starts), not taken from
-        meta.json: a file swapped under an unchanged meta.json must not pass for the original."""
+        """The dataset's identity (vocabulary and token values), so that a run resumes only on its own data. Computed
+        from the split files, not taken from meta.json: a file swapped under it must not pass for the original."""
         return content_hash(self.tokenizer.chars, self.path / "train.pt", self.path / "val.pt")
 
     @functools.cached_property
@@ -390,7 +411,7 @@ def read_meta(path: Path) -> dict:
     meta_path = path / "meta.json"
     _check_dataset_file(meta_path, f"{path} has no meta.json; create it with `chargpt prepare --out {path}`")
     try:
-        meta = json.loads(meta_path.read_bytes().decode("utf-8"))
+        meta = read_json(meta_path)
     except OSError as e:
         raise DataError(f"{meta_path} is unreadable ({e.strerror or e}); check its permissions") from None
     except ValueError as e:  # invalid JSON or invalid UTF-8

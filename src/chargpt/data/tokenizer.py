@@ -1,13 +1,12 @@
 """CharTokenizer: the notebook's character vocabulary (sorted set of the corpus's characters), vectorized."""
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import DataError, VocabularyError
+from ..fsutil import read_json, write_json
 
 
 def _codepoints(text: str) -> np.ndarray:
@@ -84,15 +83,13 @@ class CharTokenizer:
         return cls(d["chars"])
 
     def save(self, path: str | os.PathLike) -> None:
-        from ..fsutil import write_json
-
         write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CharTokenizer":
         try:
-            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError) as e:
+            return cls.from_dict(read_json(path))
+        except (OSError, ValueError) as e:  # unreadable, not a regular file, not UTF-8 or not JSON
             raise DataError(f"cannot read vocabulary {path}: {e}") from None
 
     def __eq__(self, other) -> bool:

@@ -11,9 +11,9 @@ import torch
 from ..config import Config
 from ..errors import ChargptError, CheckpointError, ConfigError
 from ..fsutil import ReadRefused, load_torch, refused_global, save_torch
+from ..schema import valid
 from ..model.gpt import LanguageModel, build_model
-from ..training.optim import make_optimizers
-from .rundir import locate_run
+from .rundir import Located, locate_run
 from ..data.tokenizer import CharTokenizer
 
 FORMAT = "chargpt-checkpoint"
@@ -65,11 +65,11 @@ def digest(state: dict) -> str:
     return h.hexdigest()
 
 
-def load(path: str | os.PathLike) -> dict:
-    """Read a checkpoint's contents (a checkpoint file, or a run's as `rundir.locate_run` finds it); never
-    unpickles arbitrary objects. The checkpoint of a run directory is read only from inside it (a symlink out of
-    the run is refused); a checkpoint file named directly is the user's choice, wherever it leads."""
-    found = locate_run(path)
+def load(path: str | os.PathLike | Located) -> dict:
+    """Read a checkpoint's contents (a checkpoint file, or a run's as `rundir.locate_run` finds it, or what it
+    found); never unpickles arbitrary objects. The checkpoint of a run directory is read only from inside it (a
+    symlink out of the run is refused); a checkpoint file named directly is the user's choice, wherever it leads."""
+    found = path if isinstance(path, Located) else locate_run(path)
     path = found.ckpt
     try:
         state = load_torch(path, within=found.within)
@@ -97,14 +97,6 @@ def load(path: str | os.PathLike) -> dict:
     return state
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def state_problem(state: dict) -> str | None:
     """What is missing or of the wrong type in a loaded checkpoint, if anything: checked once, here, so that
     every command that reads one (resume, sample, eval, attention) can rely on its fields."""
@@ -115,7 +107,7 @@ def state_problem(state: dict) -> str | None:
     optimizers = state.get("optimizers")
     if not isinstance(optimizers, list) or not all(isinstance(o, dict) for o in optimizers):
         return "'optimizers' is not a list of optimizer states"
-    if not _is_int(state.get("step")) or state["step"] < 0:
+    if not valid(state.get("step"), int, min=0):
         return f"'step' is {state.get('step')!r}, not a count"
     if not isinstance(state.get("dataset_hash"), str):
         return "'dataset_hash' is not a string"
@@ -138,8 +130,8 @@ def state_problem(state: dict) -> str | None:
         return "'rng' lacks the generator states"
     python = rng.get("python")
     if python is not None and (not isinstance(python, (list, tuple)) or len(python) != 625
-                               or not all(_is_int(x) and 0 <= x < 2 ** 32 for x in python)
-                               or not _is_int(rng.get("python_version"))):
+                               or not all(valid(x, int, min=0, max=2 ** 32, max_open=True) for x in python)
+                               or not valid(rng.get("python_version"), int)):
         return "'rng' holds no valid Python random state"
     per_rank = rng.get("batch_per_rank")
     if per_rank is not None and not (isinstance(per_rank, (list, tuple)) and all(
@@ -148,7 +140,7 @@ def state_problem(state: dict) -> str | None:
     extra = state.get("extra")
     if not isinstance(extra, dict):
         return "'extra' is not a dictionary"
-    if "train_seconds" in extra and not (_is_number(extra["train_seconds"]) and extra["train_seconds"] >= 0):
+    if "train_seconds" in extra and not valid(extra["train_seconds"], float, min=0):
         return "'extra.train_seconds' is not a number of seconds"
     for key in ("preset", "data_dir"):
         if extra.get(key) is not None and not isinstance(extra[key], str):
@@ -156,23 +148,26 @@ def state_problem(state: dict) -> str | None:
     return None
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[LanguageModel, CharTokenizer, dict]:
-    """Rebuild the model and tokenizer from a checkpoint, ready for sampling or evaluation."""
-    state = load(path)
+def load_model(path: str | os.PathLike | Located,
+               device: str | torch.device = "cpu") -> tuple[LanguageModel, CharTokenizer, dict]:
+    """Rebuild the model and tokenizer from a checkpoint (located once), ready for sampling or evaluation."""
+    found = path if isinstance(path, Located) else locate_run(path)
+    state = load(found)
     try:
         config = Config.from_dict(state["config"])
         tokenizer = CharTokenizer.from_dict(state["vocab"])
         model = build_model(config.model)
         model.load_state_dict(state["model"])
     except (ChargptError, KeyError, RuntimeError, TypeError, ValueError, AttributeError, OverflowError, MemoryError) as e:
-        raise CheckpointError(f"{locate_run(path).ckpt} does not match any chargpt model ({(str(e).splitlines() or [e.__class__.__name__])[0][:200]})") from None
+        raise CheckpointError(f"{found.ckpt} does not match any chargpt model ({(str(e).splitlines() or [e.__class__.__name__])[0][:200]})") from None
     return model.to(device).eval(), tokenizer, state
 
 
-def restore(state: dict, config: Config, path: str | os.PathLike, *, data=None, model: LanguageModel | None = None,
-            optimizers: list | None = None) -> int:
-    """Check that the checkpoint `state` can continue as `config` on `data`, load its weights and optimizer
-    states into `model` and `optimizers` (built on the CPU just to check, when not given), return its step.
+def restore(state: dict, config: Config, path: str | os.PathLike, *, data=None,
+            model: LanguageModel | None = None) -> int:
+    """Check that the checkpoint `state` can continue as `config` on `data` and load its weights into `model`
+    (built on the CPU just to check, when not given); return its step. The optimizer states are the training's
+    to load (`training.optim.load_optimizer_states`).
 
     The one place a resume is checked: the same model, the same optimizer, the same dataset."""
     try:
@@ -192,11 +187,6 @@ def restore(state: dict, config: Config, path: str | os.PathLike, *, data=None, 
     try:
         model = model if model is not None else build_model(config.model)
         model.load_state_dict(state["model"])
-        optimizers = optimizers if optimizers is not None else make_optimizers(model, config.train, "cpu")
-        if len(optimizers) != len(state["optimizers"]):
-            raise ValueError(f"{len(state['optimizers'])} optimizer states for {len(optimizers)} optimizers")
-        for opt, st in zip(optimizers, state["optimizers"]):
-            opt.load_state_dict(st)
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
         raise CheckpointError(f"{path} does not match the model it records ({first}); "

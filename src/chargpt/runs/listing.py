@@ -8,15 +8,16 @@ different text.
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ChargptError, CheckpointError, ConfigError
-from ..fsutil import load_torch, read_json
+from ..config import DEFAULT_RUNS_DIR
+from ..fsutil import load_torch, read_json_object
 from ..runtime.progress import format_duration
+from ..schema import valid
 from .rundir import BEST, CKPT, CONFIG, METRICS, SUMMARY, clear_stale_temporaries, read_metrics, run_problem
 
 
@@ -44,14 +45,6 @@ class RunInfo:
     eval_cut_short: bool = False  # the final evaluation was stopped (Ctrl-C or SIGTERM): not finished
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        value = read_json(path, within=path.parent)
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def _count_params(model_config: dict) -> int | None:
     """Parameters of an unfinished run's model: built on the meta device (no memory, no weights) when its size
     is sane, else estimated; None for a config that is not a valid model."""
@@ -73,17 +66,14 @@ def _count_params(model_config: dict) -> int | None:
 
 
 def _of(kind, value):
-    """`value` if it is of `kind` (numbers: int or float, not bool), else None: a hand edit shows as `-`."""
-    if kind in (int, float):
-        ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
-        return value if ok and math.isfinite(value) else None
-    return value if isinstance(value, kind) else None
+    """`value` if it is a `kind` (a number: finite, and no bool), else None: a hand edit shows as `-`."""
+    return value if valid(value, kind) else None
 
 
 def read_run(path: str | os.PathLike) -> RunInfo:
     path = Path(path)
     problem = run_problem(path)
-    config, summary = _read_json(path / CONFIG), _read_json(path / SUMMARY)
+    config, summary = read_json_object(path / CONFIG, within=path), read_json_object(path / SUMMARY, within=path)
     if problem is None:
         wrong = [k for k, kind in (("model", str), ("preset", str), ("params", int), ("steps", int),
                                    ("val_loss_full", float), ("train_seconds", float))
@@ -144,7 +134,7 @@ def _unreadable(path: Path, error: Exception) -> RunInfo:
                    problem=f"unreadable ({error.__class__.__name__}: {str(error)[:80]})")
 
 
-def list_runs(out_dir: str | os.PathLike = "runs") -> list[RunInfo]:
+def list_runs(out_dir: str | os.PathLike = DEFAULT_RUNS_DIR) -> list[RunInfo]:
     """Every run directory under `out_dir` (those holding a config.json), oldest first; `latest` is skipped."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():

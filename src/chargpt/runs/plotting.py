@@ -14,7 +14,7 @@ from ..fsutil import atomic_path
 from .rundir import PLOT, read_metrics
 
 _warned = False
-PLOT_TIMEOUT = 120.0  # seconds a drawing may take before the training loop stops waiting for it (a busy machine: ~2 s)
+PLOT_TIMEOUT = 120.0  # seconds before the training loop stops waiting for a drawing: far above a normal one
 
 
 def _evals(records: list[dict]) -> list[dict]:
@@ -81,8 +81,8 @@ def run_figure(run_path: Path):
 
 def refresh_run_plot(run_path: str | os.PathLike) -> None:
     """`plot_run` for the training loop, drawn by a helper process that this one waits for: matplotlib never enters
-    the training process, where it would stay resident for the whole run (~36 MB of a compiled run's peak, issue
-    24). A failure is one warning line, once, and training goes on."""
+    the training process, where it would stay resident for the whole run and raise its peak memory. A failure is
+    one warning line, once, and training goes on."""
     global _warned
     from ..runtime.launch import run_helper
 

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CheckpointError, ConfigError
-from ..fsutil import (METRICS_LIMIT, append_line, kind_of, read_bytes, read_json, read_problem, remove_stale_temporaries,
-                     stale_temporaries, write_json, write_text)
+from ..config import DEFAULT_RUN, LATEST
+from ..fsutil import (METRICS_LIMIT, append_line, kind_of, open_lock, read_bytes, read_json, read_json_object,
+                      read_problem, remove_stale_temporaries, stale_temporaries, write_json, write_text)
 
 CONFIG, METRICS, SUMMARY, SAMPLE, CKPT, BEST, EMA, PLOT = ("config.json", "metrics.jsonl", "summary.json",
                                                           "sample.txt", "ckpt.pt", "best.pt", "ema.pt", "loss.png")
@@ -62,8 +63,10 @@ class RunDir:
         problem = run_problem(path)
         if problem:
             raise CheckpointError(f"cannot resume {path}: {problem}; start a new run, or repair or remove that file")
+        from ..runtime.distributed import is_main_process  # at call time: a resume has torch loaded already
+
         run = cls(path)
-        if os.environ.get("RANK", "0") == "0":  # the other processes of a distributed run write nothing here
+        if is_main_process():  # the other processes of a distributed run write nothing here
             run.lock()
         return run
 
@@ -80,8 +83,7 @@ class RunDir:
             return
         while True:
             try:
-                fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                             0o644)
+                fd = open_lock(self.path / LOCK)
             except OSError as e:
                 raise CheckpointError(f"cannot lock {self.path / LOCK} ({e.strerror}); it must be a file chargpt "
                                       f"can write: remove whatever is there") from None
@@ -161,11 +163,7 @@ class RunDir:
 
     def summary(self) -> dict:
         """summary.json, or {} when there is none (still training, stopped, crashed) or it is not an object."""
-        try:
-            summary = read_json(self.path / SUMMARY, within=self.path)
-        except (OSError, ValueError):
-            return {}
-        return summary if isinstance(summary, dict) else {}
+        return read_json_object(self.path / SUMMARY, within=self.path)
 
     def write_summary(self, summary: dict) -> None:
         write_json(self.path / SUMMARY, summary)
@@ -178,9 +176,9 @@ class RunDir:
         other than chargpt's own symlink (a plain name of a run next to it): then it is left alone, and the
         reason returned."""
         target = real_path(self.path)
-        link = target.parent / "latest"
-        tmp = target.parent / f".latest.{os.getpid()}"
-        if target.name == "latest":
+        link = target.parent / LATEST
+        tmp = target.parent / f".{LATEST}.{os.getpid()}"
+        if target.name == LATEST:
             return None  # never a link to itself
         kind = kind_of(link)
         if kind is not None and not (kind == "a symbolic link" and _is_run_link(link)):
@@ -232,10 +230,8 @@ def being_written(path: str | os.PathLike) -> bool:
 
 
 def clear_stale_temporaries(path: str | os.PathLike) -> list[Path]:
-    """Remove from run `path` the temporaries of atomic writes (`.loss.png.<pid>.<random>.tmp`, as large as the
-    file being written) that a writer killed mid-write (kill -9, a power cut) left, when nobody writes the run
-    now: a run that is never resumed sheds them too. Every door that lists or opens runs calls it (`chargpt
-    runs`, `chargpt.load`, the server's runs table); a resume clears them as it starts (`RunDir.recover`)."""
+    """Remove from run `path` the temporaries a writer killed mid-write left (as large as the file it wrote), when
+    nobody writes the run now: every door that lists or opens runs calls it, so a run never resumed sheds them too."""
     if not stale_temporaries(path) or being_written(path):
         return []
     return remove_stale_temporaries(path)
@@ -264,14 +260,14 @@ def locate_run(target: str | os.PathLike, out_dir: str | os.PathLike | None = No
     path = given
     if out_dir is not None and len(given.parts) == 1 and os.path.lexists(Path(out_dir) / given):
         path = Path(out_dir) / given
-    if path.name == "latest" and not path.exists():  # absent, or a link to a run since removed
+    if path.name == LATEST and not path.exists():  # absent, or a link to a run since removed
         raise CheckpointError(f"no run yet: {path} points at the newest run with a checkpoint, and there is none; "
                               f"train one with `chargpt train`")
     real = real_path(path)
     if not real.exists():
         under = f" (nor {Path(out_dir) / given})" if out_dir is not None and path == given else ""
         raise CheckpointError(f"no run {str(target)!r}: nothing at {path}{under}; pass a run directory, a .pt file "
-                              f"written by `chargpt train`, or runs/latest")
+                              f"written by `chargpt train`, or {DEFAULT_RUN}")
     run, ckpt = (real, recommended(real)) if real.is_dir() else (real.parent, real)
     within = run if real.is_dir() else None
     if not checkpoint:
@@ -295,10 +291,7 @@ def recommended(run: Path) -> Path:
     """The checkpoint a run directory stands for when read (sample, eval, attention, serve, --init-from): best.pt or
     ema.pt where its summary recommends it (it scored lower on the full pass than the final model), else the latest
     ckpt.pt. Resuming continues ckpt.pt."""
-    try:
-        name = read_json(run / SUMMARY, within=run).get("recommended")
-    except (OSError, ValueError, AttributeError):  # no summary yet (a run in progress), or a damaged one
-        name = None
+    name = read_json_object(run / SUMMARY, within=run).get("recommended")  # {}: no summary yet, or a damaged one
     return run / (name if name in (BEST, EMA) and (run / name).is_file() else CKPT)
 
 
@@ -310,10 +303,10 @@ def _is_run_link(link: Path) -> bool:
 
 def check_run_name(name: str) -> None:
     """A run name is one plain path component: the run stays inside --runs-dir, and `latest` stays chargpt's."""
-    if (not name or name in (".", "..", "latest") or "/" in name or os.sep in name or name.startswith(".")
+    if (not name or name in (".", "..", LATEST) or "/" in name or os.sep in name or name.startswith(".")
             or "\0" in name):
         raise ConfigError(f"--name {name!r} is not a plain run name; use letters, digits, '-', '_' or '.', "
-                          f"without '/', not starting with '.', and not 'latest'")
+                          f"without '/', not starting with '.', and not {LATEST!r}")
 
 
 def run_problem(path: Path) -> str | None:
@@ -405,6 +398,11 @@ def _is_record(record) -> bool:
         and (k != "step" or isinstance(record[k], int)) for k in NUMERIC if record.get(k) is not None)
 
 
+def default_run_name(model: str, preset: str | None) -> str:
+    """Readable and stable across repeats: `train-bigram-baseline`, `train-gpt-cpu` (a W&B run's default name)."""
+    return f"train-{model}-{'baseline' if model == 'bigram' else (preset or 'custom')}"
+
+
 def default_name(model: str, preset: str | None) -> str:
-    label = "baseline" if model == "bigram" else (preset or "custom")
-    return f"train-{model}-{label}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """A new run directory's default name: `default_run_name` and the time, so that repeats do not collide."""
+    return f"{default_run_name(model, preset)}-{time.strftime('%Y%m%d-%H%M%S')}"

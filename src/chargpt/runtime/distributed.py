@@ -11,6 +11,12 @@ import torch.distributed as dist
 from ..errors import ConfigError
 
 
+def is_main_process() -> bool:
+    """Whether this process is rank 0, the one that writes the run, prints and tracks (torchrun sets RANK in each
+    process it starts; a process on its own is rank 0). Read from the environment: it needs no process group."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 @dataclass
 class DistInfo:
     rank: int = 0
@@ -26,6 +32,7 @@ class DistInfo:
 
     @property
     def is_main(self) -> bool:
+        """This process's rank is 0: in a process `init` set up, the same answer as `is_main_process()`."""
         return self.rank == 0
 
 

@@ -44,7 +44,9 @@ def load_env_file(directory: str | os.PathLike | None = None, *, say=print) -> P
     names = [k for k, v in dotenv_values(stream=io.StringIO(clean)).items() if v is not None]
     kept = [k for k in names if k in os.environ]
     load_dotenv(stream=io.StringIO(clean), override=False)
-    if _is_main_process():
+    from .distributed import is_main_process  # at call time: its module imports torch, this one does not
+
+    if is_main_process():
         what = ", ".join(k for k in names if k not in kept) or "nothing new"
         also = f"; already set, so kept: {', '.join(kept)}" if kept else ""
         say(f"read {path}: {what}{also}")
@@ -57,7 +59,3 @@ def load_env_file(directory: str | os.PathLike | None = None, *, say=print) -> P
 
 def _warn(path: Path, what: str) -> None:
     print(f"warning: {path} {what}", file=sys.stderr, flush=True)
-
-
-def _is_main_process() -> bool:
-    return os.environ.get("RANK", "0") == "0"

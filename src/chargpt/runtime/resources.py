@@ -1,13 +1,19 @@
-"""Memory a run or a sample will need, estimated from its configuration before any work, against what this
-machine has: a size that cannot fit is one line naming the flag (and what would fit), not the kernel's OOM
-killer or a huge-allocation traceback after minutes of training.
+"""What this machine has for a run: memory (a run's or a sample's estimated need against what is free; glibc told
+to keep freed tensor memory for reuse) and the CPUs other processes keep busy.
+
+A size that cannot fit is one line naming the flag (and what would fit), not the kernel's OOM killer or a
+huge-allocation traceback after minutes of training.
 
 The estimates are deliberately rough (float32 weights, gradients and two optimizer moments; the activations
 a backward pass keeps; the buffers of generation). They exist to catch sizes off by orders of magnitude.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -133,3 +139,41 @@ def check_sample_fits(mc: ModelConfig, batch: int, length: int, device: torch.de
         advice = "this checkpoint's model is too large to sample on this machine"
     raise ConfigError(f"generating {batch:,} x {length:,} tokens needs about {_gb(need)} of memory on {device}, more "
                       f"than the {_gb(free)} free: {advice}")
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+
+
+def keep_freed_memory_for_reuse(device: torch.device) -> bool:
+    """On a CPU with glibc: serve tensors up to 64 MB from the heap and keep what they free for the next step.
+
+    By default glibc maps each large tensor fresh and unmaps it when freed, so every training step faults in
+    and zeroes its activations' pages again; kept, the next step reuses what the last one freed, at the same
+    peak memory. Returns whether it applied."""
+    if device.type != "cpu" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 64 << 20)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 256 << 20))
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt): nothing to tune
+        return False
+
+
+def busy_cpus(window: float = 0.1) -> float | None:
+    """How many of the machine's CPUs other processes keep busy right now: the non-idle share of /proc/stat's
+    CPU time over `window` seconds (this process sleeps meanwhile), times the machine's CPU count. None where
+    there is no /proc/stat (macOS, Windows)."""
+    def snapshot() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as f:
+            values = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+        return sum(values), values[3] + values[4]
+
+    try:
+        total0, idle0 = snapshot()
+        time.sleep(window)
+        total1, idle1 = snapshot()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (1.0 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)

@@ -83,20 +83,19 @@ def check_tracker(choice: str | Tracker | None) -> None:
 
 
 def run_config(config: Config, run: RunDir | None, data: Dataset, preset: str | None,
-               argv: list[str] | None = None) -> dict:
-    """What a tracker records as the run's config: every field, the preset, the run directory, the dataset and
-    the provenance (versions, git commit, device, command line)."""
-    from ..runtime.device import resolve_device
+               argv: list[str] | None = None, *, device=None, data_dir: str | None = None,
+               origin: dict | None = None) -> dict:
+    """What a tracker records as the run's config: the run's config as config.json has it (`records.run_config`),
+    with the run directory and the provenance (versions, git commit, `device`, command line)."""
     from ..runs.provenance import provenance
+    from ..runs.records import run_config as recorded
 
-    return config.to_dict() | {
-        "preset": preset,
-        "run_dir": str(run.path) if run is not None else None,
-        "dataset": {"name": data.meta.get("name"), "dir": str(data.path), "content_hash": data.content_hash,
-                    "vocab_size": data.meta.get("vocab_size"), "train_tokens": data.meta.get("train_tokens"),
-                    "val_tokens": data.meta.get("val_tokens")},
-        "provenance": provenance(resolve_device(config.train.device), argv),
-    }
+    if device is None:
+        from ..runtime.device import resolve_device
+
+        device = resolve_device(config.train.device)
+    return recorded(config, data, preset, data_dir, origin) | {
+        "run_dir": str(run.path) if run is not None else None, "provenance": provenance(device, argv)}
 
 
 def warn(what: str, exc: BaseException | None = None, service: str | None = None) -> None:

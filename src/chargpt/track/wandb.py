@@ -7,7 +7,6 @@ WANDB_ENTITY, ...), also from a `.env` file, count as chargpt's defaults; flags 
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Callable
 
 from . import tracker
+from ..fsutil import read_json_object, write_json
+from ..runs.rundir import default_run_name
 from ..runtime.envfile import load_env_file
 
 # wandb reads WANDB_SILENT when its settings singleton is first made (is_logged_in makes it, before wandb.setup
@@ -31,7 +32,7 @@ RUN_ID_FILE = "wandb-run.json"  # in the run directory: the W&B run a resumed ru
 
 # ------------------------------------------------------------------------------------------ helpers
 def warn(what: str, exc: BaseException | None = None) -> None:
-    tracking.warn(what, exc, "wandb")
+    tracker.warn(what, exc, "wandb")
 
 
 def notice(text: str) -> None:
@@ -47,11 +48,6 @@ def dataset_artifact_name(meta: dict) -> str:
     if name == "shakespeare" or meta.get("source_sha256") == SHAKESPEARE_SHA256:
         return TINY_SHAKESPEARE_ARTIFACT
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") + "-tensors"
-
-
-def default_run_name(model: str, preset: str | None) -> str:
-    """Readable and stable across repeats: `train-bigram-baseline`, `train-gpt-cpu`."""
-    return f"train-{model}-{'baseline' if model == 'bigram' else (preset or 'custom')}"
 
 
 def resolve_project(project: str | None) -> str:
@@ -376,16 +372,11 @@ TRACKER = WandbTracker
 # --------------------------------------------------------------------------------- the run's W&B id
 def read_run_id(run_path: str | os.PathLike) -> dict:
     """The W&B run a run directory was tracked in ({"id", "project", "entity", "name"}), or {}."""
-    try:
-        found = json.loads((Path(run_path) / RUN_ID_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return {k: v for k, v in found.items() if isinstance(v, str) and v} if isinstance(found, dict) else {}
+    found = read_json_object(Path(run_path) / RUN_ID_FILE, within=run_path)
+    return {k: v for k, v in found.items() if isinstance(v, str) and v}
 
 
 def _remember_run_id(run_path: Path, wrun, name: str) -> None:
-    from ..fsutil import write_json
-
     try:
         write_json(Path(run_path) / RUN_ID_FILE, {"id": wrun.id, "project": wrun.project,
                                                   "entity": wrun.entity or None, "name": name})

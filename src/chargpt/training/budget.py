@@ -26,7 +26,7 @@ PROBE_STEPS = 3  # timed training steps per speed probe (after one untimed step)
 SPEED_STEPS = 50  # a run of at least this many steps teaches the speed cache its speed
 FINAL_MARGIN = 1.25  # the final pass's time as measured on one batch, with room for a busier machine
 FINAL_SHARE = 0.2  # the most of a budget the final pass may take; past it, it scores an evenly spread subset
-SAMPLE_RATE = 2000.0  # characters/s the end-of-run sample is generated at, at least (KV cache; ~6,500 on 2 cores)
+SAMPLE_RATE = 2000.0  # characters/s the end-of-run sample is generated at, at least (KV cache)
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,8 @@ class Size:
 
 
 # Smallest first. A size is chosen when the budget buys it at least `min_tokens` of training; below that a
-# smaller, faster model gets further. Evidence (benchmarks/RESULTS.md, "The budget chooses the model"): the 3-layer
-# cpu preset ties 2 layers at ~4M tokens and beats it beyond, peaks near 7M tokens and overfits past 10M
-# (1.5026 at 6.6M, 1.5164 at 12M, 1.60 at 22M); a wider model with dropout needs well over 10M tokens to pay off.
-# The average of the weights never beat the final model in a run as short as the 2-layer size's (RESULTS.md).
+# smaller, faster model gets further. The thresholds are measured: benchmarks/RESULTS.md, "The budget chooses the
+# model" (where the average of the weights never beat the final model in a run as short as the 2-layer size's).
 SIZES: tuple[Size, ...] = (
     Size("2 layers x 128", 0.0, {"n_layer": 2}, {"ema": 0.0}),
     Size("3 layers x 128", 4e6, {}),
@@ -60,10 +58,6 @@ def sized_config(size: Size, base: Config | None = None) -> Config:
     config = base or get_preset("cpu")
     return dataclasses.replace(config, model=dataclasses.replace(config.model, **size.model),
                                train=dataclasses.replace(config.train, **size.train))
-
-
-def tokens_per_step(config: Config) -> int:
-    return config.train.batch_size * config.train.grad_accum * config.model.block_size
 
 
 def flops_per_token(config: Config) -> float:
@@ -100,14 +94,10 @@ class SpeedCache:
 
     def __init__(self, path: Path | None):
         self.path = path
-        self.values: dict[str, float] = {}
-        if path is not None:
-            try:
-                with open(path, encoding="utf-8") as f:
-                    loaded = json.load(f)
-                self.values = {k: float(v) for k, v in loaded.items() if isinstance(v, (int, float)) and v > 0}
-            except (OSError, ValueError, AttributeError):
-                self.values = {}  # a missing or damaged cache only means measuring again
+        from ..fsutil import read_json_object
+
+        loaded = read_json_object(path) if path is not None else {}  # missing or damaged: measure again
+        self.values: dict[str, float] = {k: float(v) for k, v in loaded.items() if isinstance(v, (int, float)) and v > 0}
 
     def get(self, key: str) -> float | None:
         return self.values.get(key)

@@ -3,13 +3,14 @@ gave), resolved and checked once by `plan_training` (preset, config file, fields
 data, tracker) into a `TrainPlan`, whose `run` creates the run directory, starts the tracker and trains."""
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
-from ..config import (DEFAULT_DATA, Config, config_changes, default_preset, get_preset, read_config_file,
-                     set_fields)
+from ..config import (DEFAULT_DATA, DEFAULT_RUNS_DIR, Config, config_changes, default_preset, get_preset,
+                      read_config_file, set_fields)
 from ..errors import ConfigError
 
 
@@ -26,7 +27,7 @@ class TrainRequest:
     data: Any = None  # a dataset directory, or a loaded `Dataset`
     resume: str | os.PathLike | None = None
     init_from: str | os.PathLike | None = None
-    out_dir: str | os.PathLike = "runs"
+    out_dir: str | os.PathLike = DEFAULT_RUNS_DIR
     name: str | None = None
     tracker: Any = None
     tracker_options: dict[str, Any] = field(default_factory=dict)
@@ -52,6 +53,7 @@ class TrainPlan:
     model_choice: str | None = None  # the size it chose
     clock_start: float = field(default_factory=time.perf_counter)
     finished: str | None = None  # a resumed run with nothing to do: the line that says so and how to extend it
+    device: Any = None  # the `torch.device` trained on, resolved once
 
     def as_dict(self) -> dict:
         """The resolved config as `chargpt train --print-config` prints it."""
@@ -61,10 +63,12 @@ class TrainPlan:
         """Create (or reopen) the run directory, say what is trained, start the tracker and train; return the
         finished `Training` and the run's summary. `echo` None: nothing is shown."""
         from ..runs.rundir import RunDir, default_name
+        from ..runtime.distributed import is_main_process
         from ..track.tracker import NullTracker, make_tracker, run_config
-        from .loop import finish, loop, setup
+        from .finish import finish
+        from .loop import loop, setup
 
-        req, main = self.request, os.environ.get("RANK", "0") == "0"
+        req, main = self.request, is_main_process()
         say = echo or (lambda *_: None)
         run = self.resume_run
         created, started = run is None, False
@@ -76,12 +80,14 @@ class TrainPlan:
             if main:
                 self._announce(run, say)
                 tracker = make_tracker(req.tracker, **req.tracker_options)
-                tracker.start(run, run_config(self.config, run, self.data, self.preset, req.argv), self.data)
-            t = setup(self.config, self.data, run, preset=self.preset, resume_state=self.resume_state,
-                      init_from=self.init_from, tracker=tracker, data_dir=str(self.data_dir), echo=echo,
-                      clock_start=self.clock_start)
+                origin = self.init_from["origin"] if self.init_from else None
+                tracker.start(run, run_config(self.config, run, self.data, self.preset, req.argv, device=self.device,
+                                              data_dir=str(self.data_dir), origin=origin), self.data)
+            t = setup(self.config, self.data, run, device=self.device, resume_state=self.resume_state,
+                      init_from=self.init_from, tracker=tracker, echo=echo, clock_start=self.clock_start,
+                      preset=self.preset, data_dir=str(self.data_dir), model_choice=self.model_choice,
+                      notebook=notebook)
             started = True
-            t.notebook, t.model_choice = notebook, self.model_choice
             loop(t)
             return t, finish(t)
         finally:  # a notebook's process lives on: the run is free for another writer now
@@ -185,7 +191,7 @@ def _fresh(req: TrainRequest) -> TrainPlan:
 
     from_file = read_config_file(req.config_file) if req.config_file else {}
     device = resolve_device(req.fields.get("device") or from_file.get("train", {}).get("device")
-                            or from_file.get("device") or "auto")
+                            or from_file.get("device") or "auto")  # the device the config will name
     sized = req.preset is None and not from_file.get("preset") and _budget_given(req, from_file)
     preset = req.preset or from_file.get("preset") or ("cpu" if sized else default_preset(device.type))
     chosen = None
@@ -198,7 +204,8 @@ def _fresh(req: TrainRequest) -> TrainPlan:
         from ..track.wandb import download_dataset
 
         data_dir = download_dataset(req.dataset_artifact, mode=req.wandb_mode) or data_dir
-    return TrainPlan(req, config, get_preset(preset), preset, str(data_dir), chosen=chosen, sized_by_budget=sized)
+    return TrainPlan(req, config, get_preset(preset), preset, str(data_dir), chosen=chosen, sized_by_budget=sized,
+                     device=device)
 
 
 def _budget_given(req: TrainRequest, from_file: dict) -> bool:
@@ -210,10 +217,9 @@ def _size_by_budget(plan: TrainPlan) -> None:
     """Let the time budget choose the model's size on this machine; fields the user set (flags, keywords, a config
     file) stay as given."""
     from .budget import choose
-    from ..runtime.device import autocast_for, resolve_device, resolve_dtype
+    from ..runtime.device import autocast_for, resolve_dtype
 
-    config, req = plan.config, plan.request
-    device = resolve_device(config.train.device)
+    config, req, device = plan.config, plan.request, plan.device
     precision = resolve_dtype(device, config.train.dtype)
     result = choose(config.train.time_budget, config, device, precision, autocast_for(device, precision),
                     elapsed=time.perf_counter() - plan.clock_start, val_tokens=len(plan.data.val))
@@ -235,26 +241,58 @@ def _data_dir(req: TrainRequest) -> str | None:
 
 
 def _load_and_check(plan: TrainPlan) -> None:
-    from ..runs import checkpoint
     from ..data.dataset import Dataset, load_dataset
     from ..runtime.device import resolve_device
     from ..runtime.resources import check_train_fits
 
     config = plan.config
+    plan.device = plan.device or resolve_device(config.train.device)
     plan.data = plan.request.data if isinstance(plan.request.data, Dataset) else load_dataset(plan.data_dir)
     config.model.vocab_size = plan.base.model.vocab_size = plan.data.tokenizer.vocab_size
     if plan.sized_by_budget and config.train.time_budget:
         _size_by_budget(plan)
     config.validate()
     plan.data.check_block_size(config.model.block_size)
-    check_train_fits(config, resolve_device(config.train.device))  # a size that cannot fit: an error, not an OOM
+    check_train_fits(config, plan.device)  # a size that cannot fit: an error, not an OOM
     if plan.init_from is not None:
         model_fields = {f.name for f in fields(config.model)} - {"dropout", "vocab_size"}
         shape = [c for c in config_changes(config, plan.base) if c.split("=")[0] in model_fields]
         if shape:
             raise ConfigError(f"--init-from keeps the model it starts from; drop {', '.join(shape)}")
     if plan.resume_state is not None:
-        checkpoint.restore(plan.resume_state, config, plan.resume_run.path, data=plan.data)  # refuse before starting
-        from .loop import finished_already
-
+        _check_resumable(plan)
         plan.finished = finished_already(plan.resume_run, plan.resume_state, config)
+
+
+def _check_resumable(plan: TrainPlan) -> None:
+    """Refuse, before the run starts, a checkpoint that cannot continue as the plan's config on its data: its
+    model, optimizer and dataset are checked by loading them on the CPU."""
+    from ..model.gpt import build_model
+    from ..runs import checkpoint
+    from .optim import load_optimizer_states, make_optimizers
+
+    state, path = plan.resume_state, plan.resume_run.path
+    model = build_model(plan.config.model)
+    checkpoint.restore(state, plan.config, path, data=plan.data, model=model)
+    load_optimizer_states(make_optimizers(model, plan.config.train, "cpu"), state["optimizers"], path)
+
+
+def finished_already(run, state: dict, config: Config) -> str | None:
+    """Why resuming `run` from its checkpoint `state` as `config` has nothing to do, if so: it reached its step
+    count or time budget and its final evaluation is done (one cut short is redone by resuming)."""
+    from ..runtime.progress import format_duration
+
+    tc, step = config.train, state["step"]
+    spent = state["extra"].get("train_seconds", 0.0)
+    if not (spent >= tc.time_budget if tc.time_budget else step >= tc.max_steps):
+        return None
+    summary = run.summary()
+    if summary.get("steps") != step or summary.get("val_loss_full") is None or summary.get("eval_cut_short"):
+        return None
+    if tc.time_budget:
+        what = f"it trained {format_duration(spent)} of its --time-budget {format_duration(tc.time_budget)}"
+        flag, more = "--time-budget", f"{math.ceil(2 * tc.time_budget)}s"
+    else:
+        what, flag, more = f"it reached step {step:,} of --max-steps {tc.max_steps:,}", "--max-steps", 2 * tc.max_steps
+    return (f"{run.path} is finished: {what}, and its final evaluation is done; to train it further, resume with a "
+            f"larger {flag}: chargpt train --resume {run.path} {flag} {more}")

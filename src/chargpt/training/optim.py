@@ -4,7 +4,7 @@ Muon (orthogonalized momentum) trains the 2-D hidden weight matrices; AdamW trai
 and every scalar/vector parameter. `Muon` below is `torch.optim.Muon`'s update (tests compare them) on every
 device, so a checkpoint's optimizer state resumes on any device; its Newton-Schulz iteration runs in the
 training's precision: bfloat16 on CUDA and where the CPU computes it natively, float32 otherwise (CPUs without
-native bfloat16 run a bfloat16 iteration 15-40x slower).
+native bfloat16 run a bfloat16 iteration many times slower).
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
+from ..errors import CheckpointError
 
 NS_COEFFICIENTS = (3.4445, -4.775, 2.0315)
 
@@ -96,7 +97,7 @@ def make_optimizers(model: nn.Module, cfg: TrainConfig, device_type: str,
     no_decay = [p for n, p in rest if p.ndim < 2]
     groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay},
                           {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
-    # one fused kernel for the whole AdamW update (CUDA and CPU; ~9% of a CPU step at the nanoGPT shape)
+    # one fused kernel for the whole AdamW update (CUDA and CPU)
     extra = {"fused": True} if device_type in ("cuda", "cpu") else {"foreach": True}
     optimizers: list[torch.optim.Optimizer] = [
         torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **extra)]
@@ -129,3 +130,16 @@ def set_lr(optimizers: list[torch.optim.Optimizer], multiplier: float) -> None:
     for opt in optimizers:
         for g in opt.param_groups:
             g["lr"] = g["peak_lr"] * multiplier
+
+
+def load_optimizer_states(optimizers: list[torch.optim.Optimizer], states: list[dict], path) -> None:
+    """Load a checkpoint's optimizer `states` (of the checkpoint at `path`, for the message) into `optimizers`."""
+    try:
+        if len(optimizers) != len(states):
+            raise ValueError(f"{len(states)} optimizer states for {len(optimizers)} optimizers")
+        for opt, state in zip(optimizers, states):
+            opt.load_state_dict(state)
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
+        raise CheckpointError(f"{path} does not match the model it records ({first}); "
+                              f"it cannot be resumed, start a new run") from None

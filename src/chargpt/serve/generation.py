@@ -1,0 +1,339 @@
+"""Completions of `chargpt serve`: a request's parameters checked, its sampling, and its answer as one JSON body
+or as server-sent events in OpenAI's format; also the attention map the page draws.
+
+Every request samples with its own seeded generator and key/value cache through the Engine of its checkpoint,
+so a completion is exactly what `chargpt sample` prints for the same seed.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+import torch
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from ..errors import ConfigError, VocabularyError
+from ..model.gpt import GPT, window_start
+from ..model.sampling import SAMPLING_FIELDS, SamplingParams, prompt_ids
+from .checks import RequestError, error_body, text_field
+from .runs import Loaded
+
+SHUTTING_DOWN = "the server is shutting down; send the request again once it is back"
+MAX_NEW_TOKENS = 20_000  # the most characters one completion may ask for
+BURST_SECONDS = 0.03  # a streamed chunk holds what was sampled in this long: smooth text, few events
+# Concurrent streams take turns, a burst each, instead of decoding at once: a one-token step is hundreds of tiny
+# operations, and threads running them side by side fight for the cores (benchmarks/bench_serve.py); taking
+# turns keeps the sum at one stream's rate.
+DECODING = threading.Lock()
+COMPLETION_FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "seed", "stream", "stop",
+                     "echo", "n", "best_of", "logprobs", "suffix", "user", "stream_options", "presence_penalty",
+                     "frequency_penalty", "logit_bias"}
+API_NAMES = {"max_new_tokens": "max_tokens"}  # OpenAI's name for a `SamplingParams` field, where it has its own
+Sampling = Callable[..., Awaitable]  # runs a function on the sampling threads: `await sampling(fn, *args)`
+
+
+def api_name(name: str) -> str:
+    return API_NAMES.get(name, name)
+
+
+def encode(tokenizer, text: str, name: str = "prompt") -> list[int]:
+    """The ids of `text`, an empty prompt's as `chargpt sample` takes it (`chargpt.model.sampling.prompt_ids`)."""
+    try:
+        return prompt_ids(tokenizer, text)
+    except VocabularyError as e:
+        raise RequestError(400, f"'{name}': {e}", name, "invalid_characters") from None
+
+
+# ------------------------------------------------------------------------------------------ request
+@dataclass
+class Completion:
+    """One completion request, checked: the sampling parameters by `SamplingParams`' rules (those of
+    `chargpt sample` and `Run.generate`), the rest by OpenAI's."""
+    model: str | None
+    prompt: str
+    sampling: SamplingParams
+    stream: bool = False
+    echo: bool = False
+    include_usage: bool = False
+    stop: list[str] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, body: dict) -> "Completion":
+        _refuse_unsupported(body)
+        for name in ("stream", "echo"):
+            if not isinstance(body.get(name, False), bool):
+                raise RequestError(400, f"'{name}' must be true or false", name)
+        options = {} if body.get("stream_options") is None else body["stream_options"]
+        if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+            raise RequestError(400, "'stream_options' must be an object like {\"include_usage\": true}",
+                               "stream_options")
+        stop = body.get("stop")
+        stop = [stop] if isinstance(stop, str) else ([] if stop is None else stop)
+        if (not isinstance(stop, list) or len(stop) > 4
+                or not all(isinstance(s, str) and 0 < len(s) <= 100 for s in stop)):
+            raise RequestError(400, "'stop' must be a string or a list of at most 4 non-empty strings", "stop")
+        return cls(model=body.get("model"), prompt=text_field(body, "prompt"), sampling=sampling_params(body),
+                   stream=body.get("stream", False), echo=body.get("echo", False),
+                   include_usage=options.get("include_usage", False), stop=stop)
+
+
+def _refuse_unsupported(body: dict) -> None:
+    """Unknown parameters, and OpenAI's that this server takes only at their neutral value, are refused."""
+    unknown = sorted(set(body) - COMPLETION_FIELDS)
+    if unknown:
+        raise RequestError(400, f"unknown parameter {unknown[0]!r}; this server takes "
+                                f"{', '.join(sorted(COMPLETION_FIELDS))}", unknown[0])
+    for name, allowed in (("n", 1), ("best_of", 1), ("logprobs", None), ("suffix", None),
+                          ("presence_penalty", 0), ("frequency_penalty", 0)):
+        value = body.get(name)
+        if value is not None and not (type(value) is type(allowed) and value == allowed):  # true is not 1
+            raise RequestError(400, f"'{name}' is not supported here (only {json.dumps(allowed)})", name)
+    if body.get("logit_bias") not in (None, {}):
+        raise RequestError(400, "'logit_bias' is not supported here", "logit_bias")
+
+
+def sampling_params(body: dict) -> SamplingParams:
+    """The request's `SamplingParams`, with OpenAI's defaults: 16 tokens, a random seed."""
+    values = {name: body.get(api_name(name)) for name in SAMPLING_FIELDS}
+    if values["max_new_tokens"] is None:
+        values["max_new_tokens"] = 16
+    if values["seed"] is None:
+        values["seed"] = secrets.randbits(64)
+    try:
+        params = SamplingParams.checked(lambda name: f"'{api_name(name)}'", **values)
+    except ConfigError as e:
+        raise RequestError(400, str(e), api_name(e.field) if e.field else None) from None
+    if params.max_new_tokens > MAX_NEW_TOKENS:
+        raise RequestError(400, f"'max_tokens' is {params.max_new_tokens:,}; this server generates at most "
+                                f"{MAX_NEW_TOKENS:,} characters per completion", "max_tokens")
+    return params
+
+
+# ---------------------------------------------------------------------------------------- sampling
+class StopFilter:
+    """Text passes through until a stop sequence appears; what could still become one is held back."""
+
+    def __init__(self, stops: list[str]):
+        self.stops, self.pending, self.stopped = stops, "", False
+
+    def feed(self, text: str) -> str:
+        if not self.stops:
+            return text
+        self.pending += text
+        cut = min((i for s in self.stops if (i := self.pending.find(s)) >= 0), default=-1)
+        if cut >= 0:
+            out, self.pending, self.stopped = self.pending[:cut], "", True
+            return out
+        keep = max((k for s in self.stops for k in range(1, len(s)) if self.pending.endswith(s[:k])), default=0)
+        out, self.pending = self.pending[:len(self.pending) - keep], self.pending[len(self.pending) - keep:]
+        return out
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+class Generation:
+    """One request's sampling, `chargpt sample`'s exactly (`Engine.sample`: its own generator seeded with
+    `seed`, its own KV cache). Tokens are produced in short bursts, each on a worker thread, so the event loop
+    serves other clients between them."""
+
+    def __init__(self, loaded: Loaded, completion: Completion, counters: "Counters"):
+        tok = loaded.tokenizer
+        ids = encode(tok, completion.prompt)
+        self.prompt_tokens = len(ids)
+        self.tokens = loaded.engine.sample(ids, completion.sampling)
+        self.decode = tok.decode
+        self.count = 0
+        self.done = completion.sampling.max_new_tokens == 0
+        self.cancelled = self._started = self._running = self._released = False
+        self._lock = threading.Lock()
+        self.filter = StopFilter(completion.stop)
+        self.interrupted = False  # ended by the server's shutdown, not by its length, a stop sequence or its client
+        self.counters = counters
+        counters.open(self)
+
+    def burst(self, seconds: float = BURST_SECONDS) -> str:
+        """Sample for about `seconds` (at least one token); the text that may be shown so far."""
+        with self._lock:
+            if self.cancelled:  # ended while this burst waited for a worker thread
+                return ""
+            if not self._started:
+                self._started = True
+                self.counters.streams(+1)
+            self._running = True
+        try:
+            with DECODING:  # one stream's burst at a time: the streams take turns on the cores
+                return "" if self.cancelled else self._burst(seconds)
+        finally:
+            with self._lock:
+                self._running = False
+                if self.cancelled:
+                    self._release()
+
+    def _burst(self, seconds: float) -> str:
+        ids = []
+        end = time.perf_counter() + seconds
+        for col in self.tokens:
+            ids.append(int(col[0, 0]))
+            if time.perf_counter() >= end or self.cancelled:
+                break
+        else:
+            self.done = True
+        self.counters.add(len(ids))
+        text = self.filter.feed(self.decode(ids))
+        if self.filter.stopped:
+            self.done = True
+        elif self.done:
+            text += self.filter.flush()
+        self.count += len(text)  # the completion's characters: what was sampled past a stop sequence is not in it
+        return text
+
+    @property
+    def finish_reason(self) -> str:
+        return "stop" if self.filter.stopped else "length"
+
+    def usage(self) -> dict:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.count,
+                "total_tokens": self.prompt_tokens + self.count}
+
+    def end(self) -> None:
+        """Finished, or the client went away: a burst still running on its worker thread stops at its next
+        token, and only then does the stream stop counting as active."""
+        with self._lock:
+            self.cancelled = self.done = True
+            if not self._running:
+                self._release()
+        self.counters.close(self)
+
+    def interrupt(self) -> None:
+        """The server is shutting down: end now, and say so (`interrupted`) unless the completion was whole."""
+        with self._lock:
+            self.interrupted = not self.done
+        self.end()
+
+    def _release(self) -> None:
+        if self._started and not self._released:
+            self._released = True
+            self.counters.streams(-1)
+
+
+class Counters:
+    """What the server generates: streams sampling and characters sampled (GET /api/status), and the completions
+    in progress, which its shutdown ends at once (and refuses new ones)."""
+
+    def __init__(self):
+        self.active = self.tokens = 0
+        self.closing = False
+        self._live: set[Generation] = set()
+        self._lock = threading.Lock()
+
+    def open(self, gen: Generation) -> None:
+        with self._lock:
+            if self.closing:
+                raise RequestError(503, SHUTTING_DOWN)
+            self._live.add(gen)
+
+    def close(self, gen: Generation) -> None:
+        with self._lock:
+            self._live.discard(gen)
+
+    def shut_down(self) -> None:
+        with self._lock:
+            self.closing, live = True, list(self._live)
+        for gen in live:
+            gen.interrupt()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.tokens += n
+
+    def streams(self, delta: int) -> None:
+        with self._lock:
+            self.active += delta
+
+
+# ------------------------------------------------------------------------------------------- answer
+async def answer(request: Request, completion: Completion, name: str, gen: Generation, sampling: Sampling) -> Response:
+    """The completion `gen` samples, as one JSON body or, with `stream`, as server-sent events."""
+    meta = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
+            "model": name}
+    if completion.stream:
+        return StreamingResponse(_events(completion, gen, meta, sampling), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    parts = [completion.prompt] if completion.echo else []
+    try:
+        while not gen.done:
+            if await request.is_disconnected():
+                break
+            parts.append(await sampling(gen.burst))
+    finally:
+        gen.end()
+    if gen.interrupted:
+        raise RequestError(503, SHUTTING_DOWN)
+    return JSONResponse({**meta, "choices": [{"text": "".join(parts), "index": 0, "logprobs": None,
+                                              "finish_reason": gen.finish_reason}], "usage": gen.usage()})
+
+
+async def _events(completion: Completion, gen: Generation, meta: dict, sampling: Sampling):
+    def chunk(text: str, finish: str | None) -> bytes:
+        return _event({**meta, "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]})
+
+    try:
+        if completion.echo:
+            yield chunk(completion.prompt, None)
+        while not gen.done:
+            text = await sampling(gen.burst)
+            if text:
+                yield chunk(text, None)
+        if gen.interrupted:  # OpenAI's way to end a stream early: an error event (its client raises it)
+            message = f"{SHUTTING_DOWN} (this completion stopped after {gen.count:,} characters)"
+            yield _event({"error": error_body(503, message)})
+            return
+        yield chunk("", gen.finish_reason)
+        if completion.include_usage:
+            yield _event({**meta, "choices": [], "usage": gen.usage()})
+        yield b"data: [DONE]\n\n"
+    finally:  # also when the client went away: the cancelled stream samples nothing more
+        gen.end()
+
+
+def _event(body: dict) -> bytes:
+    return f"data: {json.dumps(body)}\n\n".encode()
+
+
+# ----------------------------------------------------------------------------------------- attention
+def attention_json(name: str, loaded: Loaded, prompt: str, query: int | None, device: torch.device) -> dict:
+    """Attention weights of `prompt` as `chargpt attention` computes them. With `query` (an index into the
+    prompt): that character's weights over the context the model saw when it came next, (L, H, keys);
+    without: the whole (L, H, T, T) map of a prompt of at most block_size characters."""
+    from ..model.attention import attention_weights
+
+    model = loaded.model
+    if not isinstance(model, GPT):
+        raise RequestError(400, f"run {name!r} is a {model.config.model} model: it has no attention to show", "model")
+    block = model.config.block_size
+    ids = encode(loaded.tokenizer, prompt)
+    if query is None:
+        if len(ids) > block:
+            raise RequestError(400, f"'prompt' has {len(ids)} characters, over the model's block_size {block}; "
+                                    f"shorten it or pass 'query' to see one character's context", "prompt")
+        start, end = 0, len(ids)
+    else:
+        end = query % len(ids) + 1
+        start = window_start(end, block)
+    idx = torch.tensor([ids[start:end]], dtype=torch.long, device=device)
+    weights = attention_weights(model, idx)[0]  # (L, H, T, T)
+    if query is not None:
+        weights = weights[:, :, -1, :]  # (L, H, T): the query's row
+    rows = [[[round(w, 5) for w in head] if query is not None else [[round(w, 5) for w in r[:i + 1]]
+                                                                     for i, r in enumerate(head)]
+             for head in layer] for layer in weights.tolist()]
+    return {"model": name, "n_layer": len(rows), "n_head": len(rows[0]), "block_size": block, "start": start,
+            "query": None if query is None else end - 1, "chars": list(prompt[start:end]), "weights": rows}

@@ -1,0 +1,122 @@
+"""The budget clock, driven by a time source the test sets: what the budget has left, when to evaluate, checkpoint
+and stop."""
+import pytest
+
+from chargpt.config import TrainConfig
+from chargpt.training.clock import PLOT_GUESS, BudgetClock
+
+
+class Time:
+    """A clock that moves only when told."""
+
+    def __init__(self, now: float = 100.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def clock(now: Time, **train) -> BudgetClock:
+    tc = TrainConfig(**({"max_steps": 100, "eval_interval": 10, "budget_evals": 10} | train))
+    return BudgetClock(tc, start=now(), now=now, draws_plot=True)
+
+
+def test_paused_work_counts_against_the_budget_but_not_the_training_seconds():
+    now = Time()
+    c = clock(now, time_budget=60.0)
+    now.now += 5  # start-up
+    c.start_training(0)
+    assert c.budget_origin == 5
+    now.now += 10
+    with c.paused_training():
+        now.now += 3
+    assert c.train_seconds() == pytest.approx(10)
+    assert c.budget_seconds() == pytest.approx(18) and c.budget_trained() == pytest.approx(13)
+
+
+def test_the_fraction_done_of_a_budget_leaves_out_start_up_the_final_pass_and_the_closing_estimate():
+    now = Time()
+    c = clock(now, time_budget=100.0)
+    now.now += 10
+    c.start_training(0)
+    c.reserve = 20.0
+    with c.estimating():
+        now.now += 2
+    # the training part: 100 - 10 (start-up) - 20 (final pass) - 2 (an estimate) - a drawing of loss.png
+    part = 100 - 10 - 20 - 2 - PLOT_GUESS
+    assert c.fraction_done(0) == pytest.approx(2 / part)
+    now.now += part - 2
+    assert c.fraction_done(0) == pytest.approx(1.0)
+
+
+def test_without_a_budget_steps_decide_evaluations_checkpoints_and_the_end():
+    now = Time()
+    c = clock(now, ckpt_interval=25)
+    c.start_training(0)
+    first = c.mark(0, None)
+    assert first.evaluate and not first.save and not first.finished
+    assert not c.mark(5, None).evaluate
+    assert c.mark(20, None).evaluate and not c.mark(20, None).save
+    assert c.mark(25, None).save and not c.mark(25, None).evaluate
+    last = c.mark(100, None)
+    assert last.finished and last.evaluate and last.save and last.done == 1.0
+
+
+def test_a_resumed_run_neither_evaluates_nor_saves_the_step_it_resumed_at():
+    now = Time()
+    c = clock(now)
+    c.resumed_at = 40
+    c.start_training(40)
+    mark = c.mark(40, None)
+    assert not mark.evaluate and not mark.save
+    c.resumed_at, c.evaluated_at = 100, 100  # a finished run whose last estimate is logged: only the report
+    assert not c.mark(100, None).evaluate and c.mark(100, None).finished
+
+
+def test_a_budget_evaluates_at_evenly_spaced_marks_while_the_estimates_stay_within_their_share():
+    now = Time()
+    c = clock(now, time_budget=100.0)
+    c.start_training(0)
+    assert c.mark(0, None).evaluate  # a new run's first estimate
+    now.now += 4
+    assert not c.mark(1, None).evaluate  # before the first tenth
+    now.now += 6
+    assert c.mark(2, None).evaluate  # past it
+    assert not c.mark(3, None).evaluate  # that mark is taken
+    c.eval_seconds, c.eval_cost = 5.0, 5.0  # estimates that cost more than their share of the budget so far
+    now.now += 20
+    assert not c.mark(4, None).evaluate
+    now.now += 100
+    assert c.mark(5, None).finished and c.mark(5, None).evaluate
+
+
+def test_a_signal_is_reported_and_the_processes_agree_on_the_largest_values():
+    now = Time()
+    tc = TrainConfig(max_steps=100, eval_interval=10)
+    c = BudgetClock(tc, start=now(), now=now, agree=lambda values: [max(v, 0.5) for v in values])
+    c.start_training(0)
+    mark = c.mark(3, 15)
+    assert mark.signal == 15 and mark.done == 0.5  # another process is half way
+
+
+def test_loss_png_is_redrawn_at_first_and_last_and_between_while_it_is_cheap():
+    now = Time()
+    c = clock(now)
+    c.start_training(0)
+    assert c.plot_due(0, last=False) and c.plot_due(50, last=True)
+    with c.drawing():
+        now.now += 1.0
+    assert not c.plot_due(10, last=False)  # 1 s of drawing in 1 s of run
+    now.now += 200
+    assert c.plot_due(10, last=False)  # 2 s in 201 s: under 2%
+    quiet = BudgetClock(TrainConfig(), start=now(), now=now, draws_plot=False)
+    assert not quiet.plot_due(0, last=True)
+
+
+def test_a_budget_too_short_for_one_drawing_draws_only_at_the_end_and_affords_only_its_slack():
+    now = Time()
+    c = clock(now, time_budget=10.0)
+    c.start_training(0)
+    assert not c.plot_due(0, last=False) and c.plot_due(0, last=True)
+    now.now += 10
+    assert c.affords(0.4) and not c.affords(1.0)
