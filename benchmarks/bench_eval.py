@@ -5,6 +5,7 @@ by the `cpu` preset model. Target: under 3 s on 2 cores.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -44,5 +45,6 @@ def main() -> list[dict]:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     print(f"machine: {machine()}")
     print_table(main(), "evaluation")

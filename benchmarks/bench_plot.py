@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import chargpt.train  # noqa: F401  (the training process's libraries, imported before measuring)
+import chargpt.training.loop  # noqa: F401  (the training process's libraries, imported before measuring)
 from chargpt.runs.plotting import refresh_run_plot
 
 

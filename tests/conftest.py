@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 # order, so the long ones start first and the workers run out of work together; and a module's fixtures (a
 # server, runs trained for the module) are made once, on the one worker that runs it. The rest keep their order.
 LONGEST_FIRST = ("test_compiling", "test_reliability", "test_app", "test_readme", "test_cli", "test_cli_errors",
-                 "test_tracker", "test_loop", "test_distributed", "test_api", "test_budget", "test_checkpoint",
+                 "test_tracker", "test_loop", "test_distributed", "test_library", "test_budget", "test_checkpoint",
                  "test_listing", "test_fsutil", "test_properties", "test_rundir", "test_notebook")
 
 

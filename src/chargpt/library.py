@@ -68,8 +68,9 @@ def in_jupyter() -> bool:
 
 def train(preset: str | None = None, data: Dataset | str | os.PathLike | None = None, *,
           resume: str | os.PathLike | None = None, init_from: str | os.PathLike | None = None,
-          config: str | os.PathLike | None = None, out_dir: str | os.PathLike = DEFAULT_RUNS_DIR, name: str | None = None,
-          tracker: "str | Tracker | None" = None, wandb: bool = False, verbose: bool = True, **fields) -> "Run":
+          config: str | os.PathLike | None = None, out_dir: str | os.PathLike = DEFAULT_RUNS_DIR,
+          name: str | None = None, tracker: "str | Tracker | None" = None, wandb: bool = False, verbose: bool = True,
+          **fields) -> "Run":
     """Train in this process and return the `Run`: what `chargpt train` does with the same arguments.
 
     `preset` is a named configuration (default: lecture on CUDA, cpu elsewhere), `config` a config file, and any

@@ -9,7 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import pytest
@@ -25,6 +25,25 @@ from conftest import TINY_GPT, run_cli, run_main
 
 # Rank-to-rank traffic stays on the loopback interface.
 LOOPBACK = {"GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1"}
+
+
+def spawn_two_ranks(worker, tmp_path: Path, monkeypatch, *args) -> None:
+    """Run `worker(rank, 2, rendezvous_file, *args)` in two processes on the loopback interface."""
+    for k, v in LOOPBACK.items():
+        monkeypatch.setenv(k, v)
+    torch.multiprocessing.spawn(worker, args=(2, str(tmp_path / "rendezvous"), *args), nprocs=2, join=True)
+
+
+@contextmanager
+def gloo_group(rank: int, world: int, init_file: str):
+    """A spawned worker's process group (gloo, one thread each), torn down once every rank is done with it."""
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        yield
+        torch.distributed.barrier()  # neither rank tears gloo down while the other still talks to it
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 # ---------------------------------------------------------------------------------------- unit
@@ -86,9 +105,7 @@ def _gradient_worker(rank: int, world: int, init_file: str) -> None:
     gradients of one process that sees all rows at once."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, init_file):
         for cfg in CONFIGS:
             for accum in (1, 2):
                 torch.manual_seed(0)
@@ -118,16 +135,11 @@ def _gradient_worker(rank: int, world: int, init_file: str) -> None:
                     assert p.grad.abs().max() > 0, f"{name}: zero gradient makes the comparison empty"
                     diff = (p.grad - q.grad).abs().max().item()
                     assert diff <= 1e-6, f"{cfg.pos} model, accum {accum}: {name} differs by {diff:.2e}"
-        torch.distributed.barrier()  # neither rank tears gloo down while the other still talks to it
-    finally:
-        torch.distributed.destroy_process_group()
 
 
 @pytest.mark.slow
 def test_two_ranks_with_micro_batch_b_give_the_gradients_of_one_rank_with_batch_2b(tmp_path, monkeypatch):
-    for k, v in LOOPBACK.items():
-        monkeypatch.setenv(k, v)
-    torch.multiprocessing.spawn(_gradient_worker, args=(2, str(tmp_path / "rendezvous")), nprocs=2, join=True)
+    spawn_two_ranks(_gradient_worker, tmp_path, monkeypatch)
 
 
 # ------------------------------------------------- evaluation: 2 ranks' shares sum to one pass
@@ -142,9 +154,7 @@ def _eval_model_and_data():
 
 
 def _eval_worker(rank: int, world: int, init_file: str, out: str) -> None:
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, init_file):
         model, data = _eval_model_and_data()
         info = distributed.DistInfo(rank=rank, local_rank=rank, world_size=world)
         results = {}
@@ -164,17 +174,11 @@ def _eval_worker(rank: int, world: int, init_file: str, out: str) -> None:
         except EvaluationInterrupted as e:
             results["stopped"] = (e.signum, e.done)
         torch.save(results, Path(out) / f"{rank}.pt")
-        torch.distributed.barrier()
-    finally:
-        torch.distributed.destroy_process_group()
 
 
 @pytest.mark.slow
 def test_two_ranks_evaluating_their_shares_give_the_one_process_result(tmp_path, monkeypatch):
-    for k, v in LOOPBACK.items():
-        monkeypatch.setenv(k, v)
-    torch.multiprocessing.spawn(_eval_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2,
-                                join=True)
+    spawn_two_ranks(_eval_worker, tmp_path, monkeypatch, str(tmp_path))
     ranks = [torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in (0, 1)]
     model, data = _eval_model_and_data()
     torch.set_num_threads(1)

@@ -1,1 +1,2 @@
-"""The machine a command runs on: device, processes, memory, progress, signals, helper processes, .env files."""
+"""The machine a command runs on: device, compiling, processes, memory and CPUs, progress, signals, helper processes,
+.env files."""
