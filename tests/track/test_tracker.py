@@ -457,7 +457,7 @@ def test_resume_continues_the_same_wandb_run_with_images_and_model_aliases(small
 def test_wandb_credentials_notice_stays_silent(tmp_path):
     """wandb prints "wandb: [wandb.login()] Loaded credentials ..." unless WANDB_SILENT is set when its settings are
     first made (chargpt's key check makes them): importing chargpt.track.wandb sets it (issue 11)."""
-    code = ("from chargpt import tracking_wandb as tracking\n"
+    code = ("from chargpt.track import wandb as tracking\n"
             "assert tracking.is_logged_in()\n"
             "from wandb.sdk import wandb_setup\n"
             "from wandb.sdk.lib.wbauth import authenticate_session\n"
