@@ -29,6 +29,8 @@ def old_source(tmp_path_factory) -> Path:
     """The source tree of commit `BEFORE`, extracted with `git archive`."""
     if not (REPO / ".git").exists():
         pytest.skip("the repository has no git history (an unpacked archive): the old code cannot be checked out")
+    if subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{BEFORE}^{{commit}}"]).returncode:
+        pytest.skip(f"commit {BEFORE} is not in this clone (a shallow one?): the old code cannot be checked out")
     out = tmp_path_factory.mktemp("before")
     archive = subprocess.run(["git", "-C", str(REPO), "archive", BEFORE, "src"], capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(out)], input=archive.stdout, check=True)

@@ -143,3 +143,11 @@ class BudgetClock:
                           or (due and bool(self.budget) and not tc.ckpt_interval))
         logged = finished and step == self.evaluated_at  # a finished run resumed: its last estimate is logged
         return Mark(done, (due or finished) and not logged, save, finished, int(stop))
+
+
+def reached_end(state: dict, tc: TrainConfig) -> bool:
+    """Whether the checkpoint `state` stands at the end of the run `tc` asks for: its step count, or a time budget no
+    larger than the one it trained under (a budget is wall clock, so the seconds trained never reach it)."""
+    if tc.time_budget:
+        return tc.time_budget <= (state["config"]["train"].get("time_budget") or 0.0)
+    return state["step"] >= tc.max_steps

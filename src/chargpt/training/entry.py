@@ -282,15 +282,17 @@ def finished_already(run, state: dict, config: Config) -> str | None:
     count or time budget and its final evaluation is done (one cut short is redone by resuming)."""
     from ..runtime.progress import format_duration
 
+    from .clock import reached_end
+
     tc, step = config.train, state["step"]
-    spent = state["extra"].get("train_seconds", 0.0)
-    if not (spent >= tc.time_budget if tc.time_budget else step >= tc.max_steps):
+    if not reached_end(state, tc):
         return None
     summary = run.summary()
     if summary.get("steps") != step or summary.get("val_loss_full") is None or summary.get("eval_cut_short"):
         return None
     if tc.time_budget:
-        what = f"it trained {format_duration(spent)} of its --time-budget {format_duration(tc.time_budget)}"
+        spent = summary.get("budget_seconds") or state["extra"].get("budget_seconds", 0.0)
+        what = f"it used {format_duration(spent)} of its --time-budget {format_duration(tc.time_budget)}"
         flag, more = "--time-budget", f"{math.ceil(2 * tc.time_budget)}s"
     else:
         what, flag, more = f"it reached step {step:,} of --max-steps {tc.max_steps:,}", "--max-steps", 2 * tc.max_steps

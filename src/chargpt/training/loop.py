@@ -31,7 +31,7 @@ from ..runtime.progress import Progress, format_duration
 from ..runtime.signals import StopSignals
 from ..track.tracker import NullTracker
 from .budget import FINAL_MARGIN, FINAL_SHARE, SAMPLE_RATE, final_pass_seconds
-from .clock import BudgetClock
+from .clock import BudgetClock, reached_end
 from .evaluate import estimate_loss
 from .optim import Muon, load_optimizer_states, lr_multiplier, make_optimizers, set_lr
 from .state import Average, Batches, Training, restore_rng, rng_state
@@ -65,7 +65,7 @@ def setup(config: Config, data: Dataset, run: RunDir | None, *, device: torch.de
     reserve_final_pass(t)
     t.fwd = wrapped(t)
     data.check_block_size(config.model.block_size)
-    if resume_state is not None and run is not None and finished_before(t):
+    if resume_state is not None and run is not None and reached_end(resume_state, config.train):
         # resuming a finished run: its last evaluation is already logged; only the final report is redone
         writer.last_eval = next(({"train_loss": r["train_loss"], "val_loss": r["val_loss"]}
                                  for r in reversed(run.metrics()) if r.get("step") == t.step and "val_loss" in r), {})
@@ -133,12 +133,6 @@ def restore(t: Training, state: dict) -> None:
     restore_rng(state["rng"], t.batches.gen, mine)
     if mine is None and dist.enabled:  # another number of processes: keep the ranks' batches apart
         t.batches.gen.manual_seed((tc.seed + dist.rank + 1_000_003 * t.step) % 2 ** 64)
-
-
-def finished_before(t: Training) -> bool:
-    """Whether the run resumed had already reached its step count or time budget."""
-    tc = t.config.train
-    return t.clock.spent >= tc.time_budget if tc.time_budget else t.step >= tc.max_steps
 
 
 def announce(t: Training) -> None:
