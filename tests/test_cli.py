@@ -330,16 +330,16 @@ def test_resuming_a_finished_run_says_so_in_one_line_and_how_to_extend_it(datase
 
 def test_resuming_a_run_finished_by_its_time_budget_says_so_and_changes_nothing(dataset_dir, tmp_path):
     """A budget is wall clock: the seconds trained never reach it, so a finished budget run was trained again."""
-    run_cli("train", "--preset", "bigram", "--data", dataset_dir, "--time-budget", "6", "--eval-iters", "2",
-            "--name", "timed", cwd=tmp_path, check=True)
+    run_main("train", "--preset", "bigram", "--data", dataset_dir, "--time-budget", "3", "--eval-iters", "2",
+             "--name", "timed", cwd=tmp_path, check=True)
     files = {p.name: p.read_bytes() for p in (tmp_path / "runs/timed").iterdir() if p.name != ".lock"}
-    p = run_cli("train", "--resume", "runs/timed", cwd=tmp_path, check=True)
-    assert re.fullmatch(r"runs/timed is finished: it used \S+ of its --time-budget 6\.0s, and its final evaluation is "
+    p = run_main("train", "--resume", "runs/timed", cwd=tmp_path, check=True)
+    assert re.fullmatch(r"runs/timed is finished: it used \S+ of its --time-budget 3\.0s, and its final evaluation is "
                         r"done; to train it further, resume with a larger --time-budget: chargpt train --resume "
-                        r"runs/timed --time-budget 12s\n", p.stdout), p.stdout
+                        r"runs/timed --time-budget 6s\n", p.stdout), p.stdout
     assert p.stderr == ""
     assert files == {p.name: p.read_bytes() for p in (tmp_path / "runs/timed").iterdir() if p.name != ".lock"}
-    more = run_cli("train", "--resume", "runs/timed", "--time-budget", "12", cwd=tmp_path, check=True)
+    more = run_main("train", "--resume", "runs/timed", "--time-budget", "5", cwd=tmp_path, check=True)
     assert "resuming runs/timed at step" in more.stdout and "full-pass val loss" in more.stdout
 
 
