@@ -84,6 +84,30 @@ def test_a_bad_config_file_is_a_clear_error(tmp_path, text, needle):
         set_fields(get_preset("cpu"), read_config_file(tmp_path / "c.toml"), "c.toml")
 
 
+@pytest.mark.parametrize("door", ["flag", "keyword", "config file"])
+@pytest.mark.parametrize("typed, meant", [("n_layr", "n_layer"), ("time_budgets", "time_budget"),
+                                          ("temprature", None)])
+def test_every_door_hints_the_same_field_for_a_mistyped_name(tmp_path, capsys, door, typed, meant):
+    """A flag, a keyword of `chargpt.train` and a config file's field are one name, with one hint."""
+    import chargpt
+    from chargpt.cli import main
+
+    if door == "flag":
+        assert main(["train", f"--{typed.replace('_', '-')}", "2", "--print-config"]) == 2
+        said = capsys.readouterr().err
+        meant = meant and f"--{meant.replace('_', '-')}"
+    elif door == "keyword":
+        with pytest.raises(ConfigError) as e:
+            chargpt.train("cpu", tmp_path, **{typed: 2})
+        said = str(e.value)
+    else:
+        (tmp_path / "c.toml").write_text(f"{typed} = 2\n")
+        with pytest.raises(ConfigError) as e:
+            set_fields(get_preset("cpu"), read_config_file(tmp_path / "c.toml"), "c.toml")
+        said = str(e.value)
+    assert (f"(did you mean {meant}?)" in said) if meant else ("did you mean" not in said), said
+
+
 @pytest.mark.parametrize("content,message", [
     ('{"train": 5}', "train must be a table of train fields, got 5"),
     ('{"model": [1, 2]}', "model must be a table of model fields"),

@@ -5,7 +5,6 @@ Library code raises `ChargptError`s; `main` turns each into one line on stderr a
 from __future__ import annotations
 
 import argparse
-import difflib
 import errno
 import json
 import os
@@ -24,7 +23,7 @@ from .errors import EXIT_FAILURE, ChargptError, ConfigError, UsageError, exit_co
 from .fsutil import read_text
 from .model.sampling import SAMPLING_FIELDS, SamplingParams
 from .runtime.signals import Terminated, command_signals
-from .schema import option
+from .schema import did_you_mean, option
 
 # Only what --help and the checks of arguments need is imported above (no torch): each command imports the rest.
 
@@ -51,11 +50,8 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def _suggestion(self, unknown: list[str]) -> str:
         known = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
-        for arg in unknown:
-            close = difflib.get_close_matches(arg.split("=")[0], known, n=1, cutoff=0.75)
-            if arg.startswith("--") and close:
-                return f"; did you mean {close[0]}?"
-        return ""
+        hints = (did_you_mean(arg.split("=")[0], known, cutoff=0.75) for arg in unknown if arg.startswith("--"))
+        return next((hint for hint in hints if hint), "")
 
     def error(self, message):
         raise UsageError(f"{self.prog}: {message} (see --help)")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ConfigError
-from .schema import check_fields, check_value, choices, field_kind, flag, option, type_problem
+from .schema import check_fields, check_value, choices, did_you_mean, field_kind, flag, option, type_problem
 
 # No torch here: `chargpt --help` and every usage error are answered from these declarations alone.
 
@@ -303,7 +303,8 @@ def set_fields(config: Config, values: dict[str, Any], where: str) -> list[str]:
         if name in NOT_FLAGS:
             continue
         if name not in known:
-            raise ConfigError(f"{where}: unknown config field {name!r}; see `chargpt train --help` for the fields")
+            raise ConfigError(f"{where}: unknown config field {name!r}{did_you_mean(name, known)}; see "
+                              f"`chargpt train --help` for the fields")
         if name in PARSERS and isinstance(value, str):
             try:
                 value = PARSERS[name](value)

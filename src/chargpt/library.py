@@ -99,19 +99,17 @@ def train(preset: str | None = None, data: Dataset | str | os.PathLike | None = 
 
 def _check_keywords(given: dict) -> None:
     """Refuse a keyword `train` does not use, as Python does, naming those it takes."""
-    import difflib
     import inspect
 
     from .config import config_fields
+    from .schema import did_you_mean
 
     known = {f.name for _, f in config_fields()}
     unknown = [k for k in given if k not in known]
     if unknown:
         own = [p for p in inspect.signature(train).parameters if p != "fields"]
         names = own + sorted(known)
-        close = [n for n in names if unknown[0].startswith(n)] or difflib.get_close_matches(unknown[0], names, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise ConfigError(f"train() got an unexpected keyword {unknown[0]!r}{hint}; it takes {', '.join(own)} and "
+        raise ConfigError(f"train() got an unexpected keyword {unknown[0]!r}{did_you_mean(unknown[0], names)}; it takes {', '.join(own)} and "
                           f"any config field (`chargpt train --help` lists them)")
 
 

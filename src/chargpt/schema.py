@@ -4,6 +4,7 @@ and `check_value` check a config or a command's value against them, `problem` an
 file or a request: one wording for every door (the CLI, the library, the server)."""
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import field, fields
@@ -11,6 +12,14 @@ from types import MappingProxyType
 from typing import Callable, Literal, Mapping, get_args, get_origin, get_type_hints
 
 from .errors import ConfigError
+
+
+def did_you_mean(name: str, known, cutoff: float = 0.6) -> str:
+    """" (did you mean X?)" for the known name a mistyped `name` was meant to be (one that it extends, like data_dir
+    for data, or the closest), else "": the one hint of every door for an unknown flag, keyword or field."""
+    known = list(known)
+    close = [k for k in known if name.startswith(k)] or difflib.get_close_matches(name, known, n=1, cutoff=cutoff)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def option(default, help: str, **bounds):
