@@ -7,11 +7,15 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from chargpt.fsutil import ReadRefused, open_lock, read_bytes, read_json, read_json_object, read_text
+from chargpt.fsutil import (DATASET_MARKERS, RUN_MARKERS, ReadRefused, open_lock, read_bytes, read_json,
+                            read_json_object, read_text)
 from conftest import run_main
 
 
@@ -246,3 +250,110 @@ def test_the_guard_sees_every_way_to_read_a_file(line):
 def test_the_guard_passes_writes_our_own_loads_fsutil_and_the_kernels_files(line):
     header = "import os, json\nfrom pathlib import Path\nfrom chargpt import fsutil\nfrom chargpt.fsutil import read_bytes\n"
     assert file_reads(header + line, "runtime/resources.py") == []
+
+
+# ------------------------------------------------------------------------------------------ outputs
+def test_the_markers_of_runs_and_datasets_are_names_those_modules_give_their_files():
+    from chargpt.data import dataset
+    from chargpt.runs import rundir
+
+    assert {m for names in RUN_MARKERS for m in names} <= {rundir.METRICS, rundir.CKPT, rundir.BEST, rundir.EMA,
+                                                           rundir.LOCK, rundir.CONFIG}
+    assert {m for names in DATASET_MARKERS for m in names} <= set(dataset.FILES)
+
+
+def test_an_output_is_refused_in_one_line_on_an_input_in_a_run_or_dataset_or_a_missing_directory(tmp_path):
+    from chargpt.errors import OutputError
+    from chargpt.fsutil import claim_output
+
+    run, data = tmp_path / "runs" / "r", tmp_path / "data"
+    (run / "tensorboard").mkdir(parents=True)
+    data.mkdir()
+    (run / "ckpt.pt").write_bytes(b"weights")
+    (data / "train.pt").write_bytes(b"tokens")
+    (tmp_path / "p.txt").write_text("prompt")
+    refused = {
+        "an input of this command": (tmp_path / "p.txt", (tmp_path / "p.txt",)),
+        "inside the run directory": (run / "tensorboard" / "x.png", ()),
+        "inside the dataset directory": (data / "val.pt", ()),
+        "does not exist": (tmp_path / "nonexistent" / "dir" / "x.png", ()),
+        "not a directory": (tmp_path / "p.txt" / "x.png", ()),
+    }
+    for words, (out, inputs) in refused.items():
+        with pytest.raises(OutputError, match=words) as e:
+            claim_output(out, inputs)
+        assert "\n" not in str(e.value) and "choose" in str(e.value)
+    assert not (tmp_path / "nonexistent").exists()
+    assert (run / "ckpt.pt").read_bytes() == b"weights" and (tmp_path / "p.txt").read_text() == "prompt"
+    assert claim_output(tmp_path / "runs" / "compare.png", (run,)).path == tmp_path / "runs" / "compare.png"
+
+
+RELATIONS = ("same path", "symlink", "hard link", "dot segments", "symlinked directory", "in a run or a dataset",
+             "in an input directory", "fresh")
+MARKERS = list(RUN_MARKERS + DATASET_MARKERS)
+NAMES = st.text(alphabet="abxyz019_-.", min_size=1, max_size=10).filter(
+    lambda s: not s.startswith(".") and all(s not in names for names in MARKERS))
+
+
+@settings(max_examples=60, deadline=None)
+@given(relation=st.sampled_from(RELATIONS), name=NAMES, markers=st.sampled_from(MARKERS),
+       depth=st.integers(0, 2), as_marker=st.booleans())
+def test_an_output_that_is_or_lies_in_what_a_command_reads_is_refused_and_a_fresh_path_is_not(
+        relation, name, markers, depth, as_marker):
+    from chargpt.errors import OutputError
+    from chargpt.fsutil import claim_output
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        (base / "in" / "sub").mkdir(parents=True)
+        source = base / "in" / name
+        source.write_bytes(b"input")
+        inputs = (source,)
+        owned = base / "owned"
+        (owned / "a" / "b").mkdir(parents=True)
+        for marker in markers:
+            (owned / marker).write_bytes(b"chargpt's")
+        below = owned.joinpath(*["a", "b"][:depth])
+        if relation == "same path":
+            out = source
+        elif relation == "symlink":
+            out = base / f"link-{name}"
+            out.symlink_to(source)
+        elif relation == "hard link":
+            out = base / f"hard-{name}"
+            os.link(source, out)
+        elif relation == "dot segments":
+            out = f"{base}/in/./sub/../{name}"  # a string: pathlib would drop the "." segment
+        elif relation == "symlinked directory":
+            (base / "alias").symlink_to(below)
+            out, inputs = base / "alias" / (markers[0] if as_marker else name), ()
+        elif relation == "in a run or a dataset":
+            out, inputs = below / (markers[0] if as_marker else name), ()
+        elif relation == "in an input directory":
+            out, inputs = base / "in" / "sub" / name, (base / "in",)
+        else:
+            out = base / "sub-fresh" / name
+            out.parent.mkdir()
+            assert claim_output(out, inputs).path == out
+            return
+        with pytest.raises(OutputError) as e:
+            claim_output(out, inputs)
+        assert "\n" not in str(e.value)
+        assert source.read_bytes() == b"input" and all((owned / m).read_bytes() == b"chargpt's" for m in markers)
+
+
+def test_outside_fsutil_a_figure_is_saved_only_into_memory():
+    """Every PNG written to a file goes through `fsutil.save_figure`, which claims it: no other door can skip it."""
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        if path.name == "fsutil.py":
+            continue
+        tree = ast.parse(path.read_text())
+        buffers = {t.id for n in ast.walk(tree) if isinstance(n, ast.Assign) and "BytesIO" in ast.unparse(n.value)
+                   for t in n.targets if isinstance(t, ast.Name)}
+        for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
+            if isinstance(call.func, ast.Attribute) and call.func.attr == "savefig":
+                first = call.args[0] if call.args else None
+                if not (isinstance(first, ast.Name) and first.id in buffers):
+                    found.append(f"{path.relative_to(SRC)}:{call.lineno}: {ast.unparse(call)}")
+    assert not found, "write figures with chargpt.fsutil.save_figure:\n" + "\n".join(found)

@@ -15,10 +15,12 @@ import io
 import json
 import os
 import re
+import shutil
 import stat
 import tempfile
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
@@ -49,6 +51,96 @@ def check_output(path: str | os.PathLike) -> None:
     if kind not in (None, "a regular file"):
         raise OutputError(f"{path} is {kind}; chargpt writes only new or regular files and leaves this one "
                           f"as it is: choose another output path")
+
+
+# The files that make a directory a run (runs/rundir.py) or a dataset (data/dataset.py): one holding every name of
+# an entry is chargpt's own. Declared here, below both, so that every output is held against them. A name other
+# tools use too counts only beside another (pytest locks its temporary directories with a `.lock`).
+RUN_MARKERS = (("metrics.jsonl",), ("ckpt.pt",), ("best.pt",), ("ema.pt",), ("config.json", ".lock"))
+DATASET_MARKERS = (("train.pt",), ("val.pt",))
+
+
+@dataclass(frozen=True)
+class Output:
+    """A file the user named for chargpt to write (`name`: the flag or keyword that named it) and the inputs of the
+    same command, which it must never replace. Made by `claim_output`, written by `save_figure`."""
+
+    path: Path
+    inputs: tuple[Path, ...] = ()
+    name: str = "--out"
+
+
+def claim_output(path: str | os.PathLike | Output, inputs: tuple = (), name: str = "--out") -> Output:
+    """`path` checked as an output before any work is done for it (OutputError otherwise, one line): its directory
+    exists; it is none of `inputs` (compared resolved and by inode, so a symlink or a hard link to an input is
+    that input) and inside none of them; it is inside no run or dataset directory; it is new or a regular file."""
+    out = path if isinstance(path, Output) else Output(Path(path), name=name)
+    out = replace(out, inputs=out.inputs + tuple(Path(p) for p in inputs if p is not None))
+    problem = output_problem(out.path, out.inputs)
+    if problem:
+        raise OutputError(f"{out.name} {out.path} {problem}")
+    check_output(out.path)
+    return out
+
+
+def output_problem(path: Path, inputs: tuple[Path, ...] = ()) -> str | None:
+    """Why `claim_output` refuses `path`, with what to do instead (None: it may be written)."""
+    parent = path.parent
+    if not os.path.isdir(parent):
+        if os.path.lexists(parent):
+            return f"is under {parent}, which is not a directory; choose another output path"
+        return f"is in a directory that does not exist ({parent}); create it first or choose another output path"
+    real = Path(os.path.realpath(path))
+    for given in inputs:
+        source = Path(os.path.realpath(given))
+        if real == source or _same_file(path, given):
+            return f"is also an input of this command ({given}): writing it would destroy it; choose another output path"
+        if source.is_dir() and real.is_relative_to(source):
+            return f"is inside {given}, an input of this command; choose an output path outside it"
+    owner = chargpt_directory(real.parent)
+    if owner:
+        return f"is inside {owner}, whose files only chargpt writes; choose an output path outside it"
+    return None
+
+
+def chargpt_directory(path: Path) -> str | None:
+    """The run or dataset directory that the resolved directory `path` is or lies in, described; None if none."""
+    for d in (path, *path.parents):
+        for kind, markers in (("run", RUN_MARKERS), ("dataset", DATASET_MARKERS)):
+            if any(all(os.path.lexists(d / name) for name in names) for names in markers):
+                return f"the {kind} directory {_shown(d)}"
+    return None
+
+
+def _shown(path: Path) -> Path:
+    """A resolved `path` as messages show it: relative to the working directory when it is under it."""
+    try:
+        return path.relative_to(Path.cwd().resolve())
+    except (ValueError, OSError):
+        return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except (OSError, ValueError):
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def save_figure(fig, out: str | os.PathLike | Output) -> Path:
+    """A matplotlib Figure written as a PNG to the output `out`, atomically, once `claim_output` accepts it (again:
+    what is on disk may have changed since it was claimed). Every figure a user names a file for is written here."""
+    out = claim_output(out)
+    with atomic_path(out.path) as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=MISSING_GLYPH)
+        fig.savefig(tmp, format="png")
+    return out.path
+
+
+# A character the font lacks (a run name or prompt in another script) is drawn as a box; matplotlib's warning per
+# glyph (two lines each, one naming an FT2Font object) says nothing more.
+MISSING_GLYPH = r"Glyph \d+ .* missing from font"
 
 
 def not_regular(path: str | os.PathLike) -> str | None:
@@ -277,8 +369,11 @@ def load_torch(path: str | os.PathLike, within: str | os.PathLike | None = None,
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch warns about pickle protocols of files it then refuses: not news
-        with open_regular(path, within) as f:  # torch maps only a file it opens by name: the one just checked
-            return torch.load(os.path.realpath(path) if mmap else f, map_location="cpu", weights_only=True, mmap=mmap)
+        with open_regular(path, within) as f:  # torch maps only a file it opens by name: the one just checked,
+            # by its descriptor's name where there is one (torch encodes a name as UTF-8, which a path in a C locale
+            # may not be)
+            name = f"/proc/self/fd/{f.fileno()}" if os.path.isdir("/proc/self/fd") else os.path.realpath(path)
+            return torch.load(name if mmap else f, map_location="cpu", weights_only=True, mmap=mmap)
 
 
 def refused_global(error: BaseException) -> str | None:
@@ -288,7 +383,16 @@ def refused_global(error: BaseException) -> str | None:
 
 
 def append_line(path: str | os.PathLike, line: str) -> None:
-    """Append one line and flush it to disk (metrics logs: a crash loses at most the line being written)."""
+    """Append one line and flush it to disk (metrics logs: a crash loses at most the line being written). A file
+    with other hard links (a run copied with `cp -al`) first becomes a copy of its own: the append never reaches
+    the other names."""
+    try:
+        shared = os.lstat(path).st_nlink > 1
+    except FileNotFoundError:
+        shared = False
+    if shared:
+        with open_regular(path) as src, atomic_path(path) as tmp, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst)
     with open(path, "a", encoding="utf-8") as f:
         f.write(line.rstrip("\n") + "\n")
         f.flush()

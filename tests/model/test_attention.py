@@ -95,6 +95,7 @@ def test_chargpt_attention_writes_a_png_of_a_trained_model(trained_run, tmp_path
 
     prompt = "ROMEO:\nBut soft, what light"
     out = tmp_path / "maps" / "attention.png"
+    out.parent.mkdir()  # an output's directory must exist
     p = run_main("attention", "--ckpt", trained_run, "--prompt", prompt, "--out", out, "--device", "cpu")
     assert p.returncode == 0, p.stderr
     assert f"2 layers x 2 heads over {len(prompt)} characters" in p.stdout

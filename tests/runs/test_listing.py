@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from chargpt.runs import checkpoint
 from chargpt.cli import main
@@ -135,6 +137,7 @@ def test_an_unfinished_run_is_read_from_its_config_and_metrics(workdir):
 
 def test_runs_plot_overlays_the_named_runs(workdir, capsys, monkeypatch):
     monkeypatch.chdir(workdir)
+    (workdir / "cmp").mkdir(exist_ok=True)  # an output's directory must exist
     assert main(["runs", "--plot", "bigram", "runs/tiny-gpt", "--out", "cmp/both.png"]) == 0
     assert capsys.readouterr().out == "wrote cmp/both.png: val loss of bigram, runs/tiny-gpt\n"
     assert (workdir / "cmp/both.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -156,3 +159,81 @@ def test_unknown_runs_and_missing_directories_are_one_error_line(workdir, tmp_pa
     (tmp_path / "empty").mkdir()
     assert main(["runs", "--runs-dir", "empty"]) == 0
     assert capsys.readouterr().out == "no runs under empty\n"
+
+
+# ------------------------------------------------------------------------------------- files whose contents lie
+def _copy(tiny_run: Path, to: Path) -> Path:
+    shutil.copytree(tiny_run, to, ignore=shutil.ignore_patterns("*.png"))
+    return to
+
+
+def test_a_huge_metrics_log_is_read_only_at_its_end_and_the_table_says_so(tiny_run, tmp_path):
+    """An 8 GB (sparse) metrics.jsonl: the old code read 1 GiB of it for each row, without a word."""
+    import resource
+
+    from chargpt.runs.records import SHOWN_BYTES
+
+    run = _copy(tiny_run, tmp_path / "runs" / "huge")
+    records = (run / "metrics.jsonl").read_text()
+    with open(run / "metrics.jsonl", "r+b") as f:
+        f.truncate(8 << 30)  # a hole: no disk, no time
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write("\n" + records)  # the records at its end are read
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    p = run_main("runs", "--runs-dir", tmp_path / "runs")
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    row = next(line for line in p.stdout.splitlines() if line.startswith("huge "))
+    best = min(json.loads(line)["val_loss"] for line in records.splitlines() if "val_loss" in line)
+    assert f"{best:.4f}" in row and "finished" in row, row
+    assert f"note: huge: metrics.jsonl: only its last {SHOWN_BYTES >> 20}.0 MB were read (not the 8.0 GB before)" \
+        in p.stdout, p.stdout
+    assert grown_mb < 3 * (SHOWN_BYTES >> 20) + 50, grown_mb
+
+
+def test_nan_or_infinity_in_a_runs_files_shows_as_missing_never_as_a_best_value(tiny_run, tmp_path):
+    run = _copy(tiny_run, tmp_path / "runs" / "nan")
+    summary = json.loads((run / "summary.json").read_text())
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 1, "train_loss": NaN, "val_loss": -Infinity}\n{"step": 2}\n')
+    (run / "summary.json").write_text(json.dumps({**summary, "train_seconds": float("inf")}))
+    r = read_run(run)
+    assert r.best_val == min(x["val_loss"] for x in read_metrics(tiny_run) if "val_loss" in x)
+    assert r.seconds is None and "metrics.jsonl line" in r.problem and "1 line(s)" in r.note
+    (run / "metrics.jsonl").write_text((tiny_run / "metrics.jsonl").read_text())
+    assert "train_seconds of the wrong type or out of range (inf)" in read_run(run).problem
+    assert "-inf" not in format_runs([r]) and "nan" not in format_runs([r]).replace(r.name, "")
+
+
+BIG = st.sampled_from([10 ** 30, 2 ** 63, -1, -10 ** 30, 1e300, float("nan"), float("inf"), -float("inf"), True, "x\ny",
+                       "z" * 5000, [1], {"a": 1}, None, 0])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(name=st.sampled_from(["summary.json", "config.json"]), where=st.sampled_from([(), ("model",), ("dataset",)]),
+       key=st.integers(0, 60), value=BIG)
+@example(name="summary.json", where=(), key=0, value=10 ** 30)  # its params
+@example(name="summary.json", where=(), key=0, value="z" * 5000)
+def test_any_number_or_name_in_a_runs_files_shows_in_one_bounded_row(tiny_run, tmp_path, capsys, name, where, key,
+                                                                      value):
+    """A field of summary.json or config.json edited to a huge, negative or non-finite number, a long or multi-line
+    name: `chargpt runs` still lists every run, each on one row of bounded width (the old code printed a 30-digit
+    step count, or ended in an OverflowError traceback for a huge parameter count)."""
+    import tempfile
+
+    runs = Path(tempfile.mkdtemp(dir=tmp_path))
+    for run in ("good", "edited"):
+        shutil.copytree(tiny_run, runs / run, ignore=shutil.ignore_patterns("*.pt", "*.png"))
+    data = json.loads((runs / "edited" / name).read_text())
+    node = data
+    for part in where:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict) and node:
+        node[sorted(node)[key % len(node)]] = value
+    (runs / "edited" / name).write_text(json.dumps(data))
+    assert main(["runs", "--runs-dir", str(runs)]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    rows = out.splitlines()
+    assert {row.split()[0] for row in rows[1:]} == {"good", "edited"}
+    assert max(map(len, rows)) < 400, max(rows, key=len)[:200]

@@ -81,6 +81,7 @@ def test_training_refreshes_the_plot_at_the_first_and_last_evaluation_and_betwee
 def test_plot_runs_overlays_several_runs_into_one_png(tmp_path):
     write_metrics(tmp_path / "a")
     write_metrics(tmp_path / "b", steps=(0, 50), val=(4.1, 2.2))
+    (tmp_path / "out").mkdir()  # an output's directory must exist: chargpt never creates one it was not asked for
     out = plot_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "out" / "cmp.png")
     assert png_size(out) == (1000, 400)
 
@@ -121,3 +122,42 @@ def test_loss_png_draws_every_logged_training_loss_under_the_evaluations_on_a_lo
     assert list(lines["training loss (one batch)"].get_ydata()) == [4.0, 3.6, 3.3]
     assert list(lines["val loss (estimate)"].get_xdata()) == [0, 20]
     assert lines["training loss (one batch)"].get_zorder() < lines["val loss (estimate)"].get_zorder()
+
+
+def test_a_plot_is_refused_in_one_line_before_drawing_over_a_file_of_its_run_or_a_missing_directory(tiny_run, tmp_path):
+    """`Run.plot`, `Run.attention`, `chargpt.compare` and `plot_runs` claim their path before they draw: a file of
+    the run (its metrics log, its checkpoint), a directory that does not exist, or the run itself are refused."""
+    import shutil
+
+    import chargpt
+    from chargpt.errors import OutputError
+
+    run_dir = tmp_path / "R"
+    shutil.copytree(tiny_run, run_dir)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    run = chargpt.load(run_dir)
+    missing = tmp_path / "nonexistent" / "dir" / "x.png"
+    for call in (lambda: run.plot(run_dir / "metrics.jsonl"), lambda: run.plot(missing),
+                 lambda: run.attention("ROMEO:", run_dir / "ckpt.pt"), lambda: chargpt.compare([run], run_dir / "best.pt"),
+                 lambda: plot_runs([run_dir], run_dir / "metrics.jsonl"), lambda: plot_runs([run_dir], missing)):
+        with pytest.raises(OutputError) as e:
+            call()
+        assert "\n" not in str(e.value) and str(e.value).startswith(("path ", "--out "))
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    assert not (tmp_path / "nonexistent").exists()
+    assert run.plot(tmp_path / "loss.png") is not None and png_size(tmp_path / "loss.png") == (1000, 400)
+
+
+@pytest.mark.parametrize("name", ["日本語ラン", "a$b", "$\\frac{", "_hidden", "emoji🙂run"])
+def test_a_run_name_in_any_script_or_with_math_signs_is_drawn_as_written_without_warnings(tmp_path, name):
+    """A title or legend is the run's name verbatim: `$` starts no mathtext (which would fail to parse), a leading
+    `_` keeps its legend entry, and a glyph the font lacks is a box, not matplotlib's two-line warning."""
+    run = tmp_path / name
+    run.mkdir()
+    write_metrics(run)
+    script = ("import sys; from chargpt.runs.plotting import plot_run, plot_runs\n"
+              "plot_run(sys.argv[1]); plot_runs([sys.argv[1]], sys.argv[2])\n")
+    p = subprocess.run([sys.executable, "-c", script, str(run), str(tmp_path / "cmp.png")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    assert png_size(run / "loss.png") == (1000, 400) and png_size(tmp_path / "cmp.png") == (1000, 400)

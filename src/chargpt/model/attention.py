@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
 
 from ..errors import ConfigError
-from ..fsutil import atomic_path
+from ..fsutil import Output, claim_output, save_figure
 
 # torch is imported by the functions that compute: `chargpt attention --help` reads this module's choices.
 if TYPE_CHECKING:
@@ -81,14 +81,12 @@ def cell_inches(T: int) -> float:
     return min(max(1.8, 0.14 * T + 0.8), 8.0)
 
 
-def draw_attention(weights: torch.Tensor, prompt: str, out: str | os.PathLike, title: str | None = None,
+def draw_attention(weights: torch.Tensor, prompt: str, out: str | os.PathLike | Output, title: str | None = None,
                    dpi: int = 100, scale: Scale = "log", window: int = WINDOW) -> Path:
-    """`attention_figure` written to `out` as a PNG, atomically."""
-    fig = attention_figure(weights, prompt, title, dpi, scale, window)
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
-    return out
+    """`attention_figure` written to `out` as a PNG, atomically; `out` is refused before anything is drawn when
+    it is a file of a run or a dataset (`chargpt attention` claims it with its inputs before it loads a model)."""
+    out = claim_output(out)
+    return save_figure(attention_figure(weights, prompt, title, dpi, scale, window), out)
 
 
 def attention_figure(weights: torch.Tensor, prompt: str, title: str | None = None, dpi: int = 100,

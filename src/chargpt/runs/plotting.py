@@ -1,16 +1,19 @@
 """Loss-curve PNGs: one run's train/val curves (redrawn at evaluations, by a helper process while it trains) and
 several runs' val curves.
 
-Drawn with matplotlib's Agg canvas on a bare `Figure` (no pyplot state, no display needed) and written atomically.
+Drawn with matplotlib's Agg canvas on a bare `Figure` (no pyplot state, no display needed) and written atomically:
+a run's own plot by the run, a plot the user names a file for through `fsutil.save_figure`, which refuses any file
+of a run or a dataset and any input of the call.
 """
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
-from ..fsutil import atomic_path
+from ..fsutil import MISSING_GLYPH, claim_output, save_figure, write_bytes
 from .rundir import PLOT, read_metrics
 
 _warned = False
@@ -30,13 +33,24 @@ def _figure():
     return fig, fig.subplots(1, 2, sharey=True)
 
 
-def _save(fig, out: Path) -> Path:
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
-    return out
+def png_bytes(fig) -> bytes:
+    """The figure as PNG bytes."""
+    import io
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=MISSING_GLYPH)
+        fig.savefig(buffer, format="png")
+    return buffer.getvalue()
 
 
-def plot_run(run_path: str | os.PathLike, out: str | os.PathLike | None = None) -> Path | None:
+def _shown(name: str) -> str:
+    """A run name as matplotlib shows it verbatim: `$` starts no math, a leading `_` hides no legend entry."""
+    name = name.replace("$", r"\$")
+    return " " + name if name.startswith("_") else name
+
+
+def plot_run(run_path: str | os.PathLike) -> Path | None:
     """Draw the loss against steps and against training seconds into `<run>/loss.png`: the training loss of
     every logged step as a thin line, the train and val estimates of the evaluations as points over it, on a
     log y axis (the early drop and the late slow gains both stay visible).
@@ -45,7 +59,10 @@ def plot_run(run_path: str | os.PathLike, out: str | os.PathLike | None = None) 
     """
     run_path = Path(run_path)
     fig = run_figure(run_path)
-    return None if fig is None else _save(fig, Path(out) if out is not None else run_path / PLOT)
+    if fig is None:
+        return None
+    write_bytes(run_path / PLOT, png_bytes(fig))  # the run's own file: not one a user named
+    return run_path / PLOT
 
 
 def run_figure(run_path: Path):
@@ -75,7 +92,7 @@ def run_figure(run_path: Path):
     by_step.set_ylabel("loss (nats/char, log scale)")
     by_step.legend()
     last = evals[-1]
-    fig.suptitle(f"{run_path.name}: val {last['val_loss']:.4f} at step {last['step']}")
+    fig.suptitle(f"{_shown(run_path.name)}: val {last['val_loss']:.4f} at step {last['step']}")
     return fig
 
 
@@ -97,8 +114,10 @@ def refresh_run_plot(run_path: str | os.PathLike) -> None:
 
 
 def plot_runs(run_paths: list[str | os.PathLike], out: str | os.PathLike) -> Path:
-    """Overlay the val-loss curves of several runs, against steps and against training seconds."""
-    return _save(runs_figure(run_paths), Path(out))
+    """Overlay the val-loss curves of several runs, against steps and against training seconds, into the PNG `out`
+    (refused before anything is drawn when it is a file of a run or a dataset: see `fsutil.claim_output`)."""
+    out = claim_output(out, inputs=tuple(run_paths))
+    return save_figure(runs_figure(run_paths), out)
 
 
 def runs_figure(run_paths: list[str | os.PathLike]):
@@ -108,7 +127,7 @@ def runs_figure(run_paths: list[str | os.PathLike]):
         evals = _evals(read_metrics(path))
         if not evals:
             continue
-        line, = by_step.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], label=path.name)
+        line, = by_step.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], label=_shown(path.name))
         timed = [r for r in evals if r.get("train_seconds") is not None]
         by_time.plot([r["train_seconds"] for r in timed], [r["val_loss"] for r in timed], color=line.get_color())
     by_step.set_xlabel("step")

@@ -16,7 +16,7 @@ from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
-from ..schema import problem
+from ..schema import MAX_DIGITS, problem
 
 MAX_PROMPT_CHARS = 10_000  # longer prompts are refused (the model only sees its last block_size anyway)
 MAX_BODY_BYTES = 1 << 20
@@ -49,20 +49,32 @@ class Hosts:
     DNS-rebinding page can only send a name it owns, never a bare address."""
 
     def __init__(self, listen: str = "127.0.0.1", allowed: tuple[str, ...] = ()):
-        self.names = {_hostname(h) for h in (listen, *LOOPBACK_NAMES, *allowed)}
+        self.names = {_canonical(h) for h in (listen, *LOOPBACK_NAMES, *allowed)} - {""}
         self.any_address = _is_address(listen) and ipaddress.ip_address(listen.strip("[]")).is_unspecified
 
     def admit(self, hostname: str) -> bool:
-        return hostname in self.names or (self.any_address and _is_address(hostname))
+        """An empty name (a Host of only `:port`) is no name of this server."""
+        return bool(hostname) and (hostname in self.names or (self.any_address and _is_address(hostname)))
+
+
+def _canonical(name: str) -> str:
+    """A name or address as the server compares it: lower case, an IP address in its one short form
+    (`::1`, `[::1]` and `0:0::1` are one address)."""
+    name = name.strip().lower()
+    try:
+        return str(ipaddress.ip_address(name.strip("[]")))
+    except ValueError:
+        return name
 
 
 def _hostname(host: str) -> str:
-    """`host` (a Host header value: name, address, [v6 address], with or without :port) as a bare lower-case name."""
+    """`host` (a Host header value: name, address, [v6 address], with or without :port) as a bare name in
+    `_canonical` form, "" when it names nothing."""
     try:
         name = urlsplit(f"//{host}").hostname
     except ValueError:
         return ""
-    return name or ""
+    return _canonical(name) if name else ""
 
 
 def _is_address(name: str) -> bool:
@@ -139,8 +151,11 @@ async def _body_bytes(request: Request) -> bytes:
 def _json_object(data: bytes):
     try:
         return json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RequestError(400, f"the request body is not valid JSON ({e}); send a JSON object") from None
+    except ValueError:  # Python's limit on reading a long integer (4,300 digits)
+        raise RequestError(400, f"the request body holds an integer of thousands of digits; an integer here has at "
+                                f"most {MAX_DIGITS} digits") from None
     except RecursionError:
         raise RequestError(400, "the request body is nested too deeply; send a flat JSON object") from None
 
