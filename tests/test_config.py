@@ -2,6 +2,7 @@
 CLI flags, `--help`, validation and these tests."""
 import dataclasses
 import json
+import re
 from typing import get_args
 
 import pytest
@@ -13,6 +14,7 @@ from chargpt.errors import ConfigError, DataError
 from chargpt.serve.app import bind
 from chargpt.model.gpt import ModelConfig
 from chargpt.schema import choices
+from conftest import one_error_line, run_main
 
 CHOICE_FIELDS = [(s, f.name, choices(type(getattr(Config(), s)), f.name)) for s, f in config_fields()
                  if choices(type(getattr(Config(), s)), f.name)]
@@ -163,3 +165,47 @@ def test_the_token_dtypes_offered_are_the_declared_ones_and_prepare_refuses_othe
     assert tuple(flag.choices) == get_args(TokenDtype) == ("auto", *DTYPES)
     with pytest.raises(DataError, match="--token-dtype must be one of auto, uint8, int16, int32, int64, got 'float16'"):
         prepare(tmp_path / "x.txt", tmp_path / "ds", dtype="float16")
+
+
+# ------------------------------------------------------------------------------- numbers without bounds
+BIG = "9" * 400
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--max-new-tokens", BIG], ["sample", "--max-new-tokens", BIG], ["train", "--seed", BIG],
+    ["train", "--batch-size", BIG], ["train", "--batch-size", "9" * 5000], ["sample", "--seed", "-" + BIG],
+    ["sample", "--num-samples", BIG], ["serve", "--port", BIG], ["attention", "--window", BIG],
+    ["eval", "--eval-tokens", "9" * 5000], ["train", "--nproc", BIG], ["train", "--lr", BIG],
+    ["train", "--time-budget", "9" * 308], ["train", "--time-budget", "9" * 308 + "h"], ["train", "--n-layer", "1e400"],
+], ids=lambda argv: f"{argv[0]}{argv[1]}-{len(argv[2])}")
+def test_a_number_of_hundreds_of_digits_in_any_flag_is_one_short_line(tmp_path, argv):
+    p = run_main(*argv, *(["--print-config"] if argv[0] == "train" else ["--ckpt", "nowhere"]), cwd=tmp_path)
+    line = one_error_line(p)
+    assert len(line) < 250 and not re.search(r"\d{31}", line), line
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_time_budget_is_at_most_a_year():
+    p = run_main("train", "--time-budget", "9" * 308, "--print-config")
+    assert "--time-budget must be in [0, 31536000], got 1e+308" in one_error_line(p)
+    assert run_main("train", "--time-budget", "8760h", "--print-config").returncode == 0
+
+
+@pytest.mark.parametrize("suffix, value", [(".toml", "1" + "0" * 400), (".json", "1" + "0" * 400),
+                                           (".toml", "9" * 5000), (".json", "9" * 5000),
+                                           (".json", "-" + "9" * 5000), (".toml", "1e400"), (".json", "1e400")],
+                         ids=["toml-1e400", "json-1e400", "toml-5000-digits", "json-5000-digits",
+                              "json-negative-5000-digits", "toml-float-1e400", "json-float-1e400"])
+@pytest.mark.parametrize("name", ["n_layer", "seed", "max_steps", "time_budget", "lr"])
+def test_a_huge_number_in_a_config_file_is_one_short_line(tmp_path, suffix, value, name):
+    path = tmp_path / f"c{suffix}"
+    path.write_text(f"{name} = {value}\n" if suffix == ".toml" else f'{{"{name}": {value}}}')
+    line = one_error_line(run_main("train", "--config", path, "--print-config"))
+    assert len(line) < 250 and not re.search(r"\d{31}", line), line
+
+
+def test_a_run_name_with_a_newline_or_a_separator_is_refused_by_the_flag_before_anything_is_read(tmp_path):
+    for name in ("a\nb", "a\\b", "\u2028"):
+        line = one_error_line(run_main("train", "--name", name, "--data", tmp_path / "nowhere", cwd=tmp_path))
+        assert line.startswith("error: --name must be a plain run name"), line
+    assert not any(tmp_path.iterdir())

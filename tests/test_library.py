@@ -257,3 +257,57 @@ def test_fine_tuning_on_text_that_shares_no_character_with_the_run_says_so(train
                   eval_iters=1, sample_tokens=0)
     err = capfd.readouterr().err
     assert "knows none of this dataset's 13 characters" in err and "starts fresh" in err, err
+
+
+# ------------------------------------------------------------------- arguments by the rules of the flags
+BAD_ARGUMENTS = {
+    "generate-prompt-int": (lambda run, tmp: run.generate(5), "prompt must be a string, got 5"),
+    "generate-prompt-bytes": (lambda run, tmp: run.generate(b"ab"), "prompt must be a string, got b'ab'"),
+    "stream-prompt-int": (lambda run, tmp: run.stream(5), "prompt must be a string"),
+    "loss-none": (lambda run, tmp: run.loss(None), "text must be a string, got None"),
+    "attention-prompt-int": (lambda run, tmp: run.attention(5), "prompt must be a string"),
+    "generate-max-new-tokens-1e400": (lambda run, tmp: run.generate("a", max_new_tokens=10 ** 400),
+                                      "max_new_tokens must be in [0, 10^9], got an integer of 401 digits"),
+    "generate-seed-1e5000": (lambda run, tmp: run.generate("a", seed=10 ** 5000), "seed must be in [0, 2^64)"),
+    "generate-top-k-1e400": (lambda run, tmp: run.generate("a", top_k=-10 ** 400), "top_k must be in"),
+    "train-device-int": (lambda run, tmp: chargpt.train("cpu", tmp / "nowhere", device=5),
+                         "device must be a string, got 5"),
+    "train-device-none": (lambda run, tmp: chargpt.train("cpu", tmp / "nowhere", device=None),
+                          "device must be a string, got None"),
+    "train-name-int": (lambda run, tmp: chargpt.train("cpu", tmp / "nowhere", name=5), "name must be a string"),
+    "train-name-newline": (lambda run, tmp: chargpt.train("cpu", tmp / "nowhere", name="a\nb"),
+                           "name must be a plain run name"),
+    "train-out-dir-int": (lambda run, tmp: chargpt.train("cpu", tmp / "nowhere", out_dir=5), "out_dir must be a path"),
+    "train-preset-list": (lambda run, tmp: chargpt.train(["cpu"], tmp / "nowhere"), "preset must be a string"),
+    "train-n-layer-1e400": (lambda run, tmp: chargpt.train("cpu", tmp / "nowhere", n_layer=10 ** 400),
+                            "--n-layer must be in [1, 1024], got an integer of 401 digits"),
+    "train-lr-1e400": (lambda run, tmp: chargpt.train("cpu", tmp / "nowhere", lr=10 ** 400),
+                       "--lr must be in (0, 100], got an integer of 401 digits"),
+    "train-time-budget-1e308": (lambda run, tmp: chargpt.train("cpu", tmp / "nowhere", time_budget=1e308),
+                                "--time-budget must be in [0, 31536000]"),
+    "train-time-budget-text": (lambda run, tmp: chargpt.train("cpu", tmp / "nowhere", time_budget="9" * 400 + "h"),
+                               "--time-budget must be in [0, 31536000], got inf"),
+    "prepare-val-fraction-text": (lambda run, tmp: chargpt.prepare(text="ab" * 50, out=tmp / "ds", val_fraction="0.1"),
+                                  "--val-fraction must be a number, got '0.1'"),
+    "prepare-val-fraction-1e400": (lambda run, tmp: chargpt.prepare(text="ab" * 50, out=tmp / "ds",
+                                                                    val_fraction=10 ** 400),
+                                   "--val-fraction must be in"),
+    "prepare-source-int": (lambda run, tmp: chargpt.prepare(5, tmp / "ds"), "source must be a path"),
+    "load-device-int": (lambda run, tmp: chargpt.load(run.path, device=5), "device must be a string"),
+    "compare-a-path": (lambda run, tmp: chargpt.compare(str(run.path)), "compare() takes a list of runs"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_ARGUMENTS)
+def test_an_argument_the_cli_would_refuse_is_a_chargpt_error_before_any_work(trained, tmp_path, name):
+    call, message = BAD_ARGUMENTS[name]
+    with pytest.raises(ChargptError) as e:
+        call(trained, tmp_path)
+    said = str(e.value)
+    assert message in said and "\n" not in said and len(said) < 250, said
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_prompt_of_none_starts_from_a_newline_in_generate_and_stream_alike(trained):
+    kw = dict(max_new_tokens=20, seed=3)
+    assert trained.generate(None, **kw) == trained.generate("", **kw) == "".join(trained.stream(None, **kw))

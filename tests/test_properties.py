@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -13,6 +14,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from chargpt import cli
+from chargpt.config import SECTIONS, config_fields
+from chargpt.model.sampling import SAMPLING_FIELDS
+from chargpt.schema import field_kind
 from chargpt.data.dataset import load_dataset, prepare
 from chargpt.errors import DataError, VocabularyError
 from chargpt.data.tokenizer import CharTokenizer
@@ -273,3 +277,127 @@ def test_a_value_read_back_is_a_number_only_when_it_is_a_finite_number_and_not_a
     assert valid(value, int) == (number and isinstance(value, int))
     assert valid(value, str) == isinstance(value, str)
     assert valid(value, bool) == isinstance(value, bool)
+
+
+# ----------------------------------------------------------------------------- numbers through every door
+def _numeric_flags() -> list[tuple[list[str], str]]:
+    """(the command with a placeholder for each argument it requires, flag) of every flag that takes a number,
+    from the parser itself."""
+    from chargpt.schema import flag
+
+    out = []
+    for command, parser in cli.build_parser().commands().items():
+        required = ["x" for a in parser._actions if not a.option_strings and a.required]
+        for action in parser._actions:
+            cls = getattr(action, "field_of", None)
+            if cls is not None and field_kind(cls, action.dest) in (int, float):
+                out.append(([command, *required], flag(action.dest)))
+    return out
+
+
+NUMERIC_FLAGS = _numeric_flags()
+# Numbers outside every range declared (every minimum is 0 or more, every maximum below 2^64 or 1e20), as a
+# user types them: huge, negative, not finite, and integers of 300 to 5,000 digits.
+LONG_DIGITS = st.builds(lambda sign, first, n: sign + first + "9" * n, st.sampled_from(["", "-", "+"]),
+                        st.sampled_from("123456789"), st.integers(299, 4999))
+BAD_NUMBER_TEXT = st.one_of(
+    st.integers(min_value=2 ** 64, max_value=10 ** 40).map(str), st.integers(-10 ** 40, -1).map(str),
+    st.floats(min_value=1e20).map(repr), st.floats(max_value=-1e-9).map(repr),
+    st.sampled_from(["nan", "inf", "-inf", "NaN", "1e400", "-1e400"]), LONG_DIGITS)
+BAD_NUMBERS = st.one_of(
+    st.integers(min_value=2 ** 64), st.integers(max_value=-1), st.floats(min_value=1e20), st.floats(max_value=-1e-9),
+    st.sampled_from([math.nan, math.inf, -math.inf]),
+    st.builds(lambda n, sign: sign * (10 ** n - 1), st.integers(300, 5000), st.sampled_from([1, -1])))
+EACH = settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))  # per flag or field
+
+
+def short_one_line(message: str) -> None:
+    """A message of one line that shows no long value: never hundreds of digits."""
+    assert "Traceback" not in message and len(message.strip().splitlines()) == 1, message
+    assert len(message) < 300 and not re.search(r"\d{31}", message), message
+
+
+@pytest.fixture
+def refused_before_work(monkeypatch, tmp_path):
+    """Every command replaced by one that fails the test: a value outside its range must be refused before."""
+    monkeypatch.chdir(tmp_path)
+
+    def reached(args):
+        raise AssertionError(f"a value outside its range reached chargpt {args.command}")
+
+    for name in [n for n in vars(cli) if n.startswith("cmd_")]:
+        monkeypatch.setattr(cli, name, reached)
+
+
+@pytest.mark.parametrize("command, name", NUMERIC_FLAGS, ids=[f"{c[0]}{n}" for c, n in NUMERIC_FLAGS])
+@EACH
+@given(text=BAD_NUMBER_TEXT)
+@example(text="9" * 400)
+@example(text="9" * 308)
+@example(text="-" + "9" * 5000)
+def test_a_flag_refuses_any_number_outside_its_range_in_one_short_line(refused_before_work, capsys, command, name,
+                                                                       text):
+    code = cli.main([*command, f"{name}={text}"])
+    err = capsys.readouterr().err
+    assert code == 2, (command, name, text, err)
+    short_one_line(err)
+
+
+CONFIG_NUMBERS = [(section, f.name) for section, f in config_fields()
+                  if field_kind(SECTIONS[section], f.name) in (int, float)]
+
+
+@pytest.mark.parametrize("section, name", CONFIG_NUMBERS, ids=[name for _, name in CONFIG_NUMBERS])
+@EACH
+@given(text=BAD_NUMBER_TEXT, suffix=st.sampled_from([".toml", ".json"]), nested=st.booleans())
+@example(text="1" + "0" * 400, suffix=".toml", nested=False)
+@example(text="9" * 5000, suffix=".json", nested=True)
+def test_a_config_file_refuses_any_number_outside_a_fields_range_in_one_short_line(tmp_path, capsys, section, name,
+                                                                                   text, suffix, nested):
+    value = {"nan": "nan", "NaN": "nan", "inf": "inf", "-inf": "-inf"}.get(text, text)
+    if suffix == ".json":
+        value = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}.get(value, value).lstrip("+")
+        body = f'{{"{section}": {{"{name}": {value}}}}}' if nested else f'{{"{name}": {value}}}'
+    else:
+        body = f"[{section}]\n{name} = {value}\n" if nested else f"{name} = {value}\n"
+    path = Path(tempfile.mkdtemp(dir=tmp_path)) / f"c{suffix}"
+    path.write_text(body)
+    code = cli.main(["train", "--config", str(path), "--data", str(tmp_path / "nowhere"), "--runs-dir",
+                     str(tmp_path / "runs"), "--print-config"])
+    err = capsys.readouterr().err
+    assert code == 2, (body[:80], err)
+    short_one_line(err)
+
+
+@pytest.mark.parametrize("name", [name for _, name in CONFIG_NUMBERS])
+@EACH
+@given(value=BAD_NUMBERS)
+@example(value=10 ** 400)
+@example(value=-10 ** 5000)
+def test_a_keyword_of_train_refuses_any_number_outside_its_fields_range_before_any_work(tmp_path, name, value):
+    import chargpt
+    from chargpt.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        chargpt.train("cpu", tmp_path / "nowhere", out_dir=tmp_path / "runs", verbose=False, **{name: value})
+    short_one_line(str(e.value))
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.fixture(scope="module")
+def tiny_loaded(tiny_run):
+    import chargpt
+
+    return chargpt.load(tiny_run)
+
+
+@pytest.mark.parametrize("name", SAMPLING_FIELDS)
+@EACH
+@given(value=BAD_NUMBERS)
+@example(value=10 ** 400)
+def test_a_sampling_keyword_refuses_any_number_outside_its_range(tiny_loaded, name, value):
+    from chargpt.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        tiny_loaded.generate("a", **{name: value})
+    short_one_line(str(e.value))

@@ -11,20 +11,34 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ConfigError
-from .schema import check_fields, check_value, choices, did_you_mean, field_kind, flag, option, type_problem
+from .schema import (MAX_DIGITS, as_kind, check_fields, check_value, choices, did_you_mean, field_kind, flag, option,
+                     parse_float, parse_int, shown, type_problem)
 
 # No torch here: `chargpt --help` and every usage error are answered from these declarations alone.
+
+# Every number a user can give has a range; these are the upper bounds several fields share. Each is far beyond
+# any use and far below what breaks arithmetic (a seed of 400 digits, a budget of 10^300 hours).
+MAX_VOCAB = 0x110000  # characters: every Unicode code point
+MAX_BLOCK = 2 ** 20  # characters of context
+MAX_WIDTH = 2 ** 16  # embedding width, and heads
+MAX_LAYERS = 1024
+MAX_BATCH = 10 ** 9  # sequences in a batch, characters generated
+MAX_EVALS = 10 ** 6  # batches per estimate, estimates in a time budget
+MAX_STEPS = 10 ** 12  # optimizer steps, and intervals counted in steps; characters scored
+MAX_SECONDS = 365 * 24 * 3600  # a time budget of a year
+MAX_RATE = 100.0  # learning rates and weight decays
+MAX_SCALE = 10.0 ** 6  # a clipping norm or a logit cap this large is no clipping at all
 
 # Each modern change to the lecture's GPT is one field here. fastdecode.py holds a numpy copy of GPT.forward
 # for fast CPU sampling; model.NUMPY_DECODES lists the values it implements (anything else decodes with torch).
 @dataclass
 class ModelConfig:
     model: Literal["bigram", "gpt"] = option("gpt", "bigram (a table of next-character logits) or gpt")
-    vocab_size: int = option(65, "characters in the vocabulary (set from the dataset)", min=1)
-    block_size: int = option(256, "context length in characters", min=1)
-    n_layer: int = option(6, "transformer blocks", min=1)
-    n_head: int = option(6, "attention heads per block", min=1)
-    n_embd: int = option(384, "embedding width (divisible by n_head)", min=1)
+    vocab_size: int = option(65, "characters in the vocabulary (set from the dataset)", min=1, max=MAX_VOCAB)
+    block_size: int = option(256, "context length in characters", min=1, max=MAX_BLOCK)
+    n_layer: int = option(6, "transformer blocks", min=1, max=MAX_LAYERS)
+    n_head: int = option(6, "attention heads per block", min=1, max=MAX_WIDTH)
+    n_embd: int = option(384, "embedding width (divisible by n_head)", min=1, max=MAX_WIDTH)
     dropout: float = option(0.2, "dropout probability in training", min=0.0, max=1.0, max_open=True)
     bias: bool = option(True, "biases in Linear and LayerNorm")
     pos: Literal["learned", "rope"] = option("learned", "position encoding: a learned table or rotary (RoPE)")
@@ -33,7 +47,8 @@ class ModelConfig:
     qk_norm: bool = option(False, "RMS-normalize queries and keys before attention")
     zero_init: bool = option(False, "output projections start at zero")
     tie_weights: bool = option(False, "share the token embedding with the head")
-    logit_softcap: float = option(0.0, "> 0: logits = cap * tanh(logits / cap); 0 turns it off", min=0.0)
+    logit_softcap: float = option(0.0, "> 0: logits = cap * tanh(logits / cap); 0 turns it off", min=0.0,
+                                 max=MAX_SCALE)
 
     def validate(self) -> None:
         check_fields(self)
@@ -63,16 +78,17 @@ MAX_THREADS = 1024  # torch crashes (not an error: a segfault) when asked for 10
 
 @dataclass
 class TrainConfig:
-    batch_size: int = option(64, "sequences per micro-batch (per process)", min=1)
-    grad_accum: int = option(1, "micro-batches per optimizer step", min=1)
-    max_steps: int = option(5000, "optimizer steps (ignored when time_budget is set)", min=1)
-    time_budget: float = option(0.0, "seconds of training (150, 150s, 5m, 1h); 0 = use max_steps", min=0.0)
+    batch_size: int = option(64, "sequences per micro-batch (per process)", min=1, max=MAX_BATCH)
+    grad_accum: int = option(1, "micro-batches per optimizer step", min=1, max=MAX_BATCH)
+    max_steps: int = option(5000, "optimizer steps (ignored when time_budget is set)", min=1, max=MAX_STEPS)
+    time_budget: float = option(0.0, "seconds of training (150, 150s, 5m, 1h; at most a year); 0 = use max_steps",
+                                min=0.0, max=MAX_SECONDS)
     optimizer: Literal["adamw", "muon"] = option("adamw", "adamw, or muon (Muon for hidden matrices, AdamW for the rest)")
-    lr: float = option(3e-4, "AdamW learning rate", min=0.0, min_open=True)
-    muon_lr: float = option(0.02, "Muon learning rate (hidden 2-D weights)", min=0.0, min_open=True)
-    weight_decay: float = option(0.0, "AdamW weight decay on matrices and embeddings", min=0.0)
+    lr: float = option(3e-4, "AdamW learning rate", min=0.0, min_open=True, max=MAX_RATE)
+    muon_lr: float = option(0.02, "Muon learning rate (hidden 2-D weights)", min=0.0, min_open=True, max=MAX_RATE)
+    weight_decay: float = option(0.0, "AdamW weight decay on matrices and embeddings", min=0.0, max=MAX_RATE)
     muon_weight_decay: float = option(0.0, "Muon decoupled weight decay on hidden matrices (each step shrinks them "
-                                           "by muon_lr x this)", min=0.0)
+                                           "by muon_lr x this)", min=0.0, max=MAX_RATE)
     ema: float = option(0.0, "> 0: also keep the average of the weights over the last part of training (--ema-from), an "
                              "exponential moving average with this decay per step; the run scores it at the end and "
                              "recommends it when its full pass is lower", min=0.0, max=1.0, max_open=True)
@@ -80,19 +96,19 @@ class TrainConfig:
                              max_open=True)
     beta1: float = option(0.9, "AdamW beta1", min=0.0, max=1.0, max_open=True)
     beta2: float = option(0.999, "AdamW beta2", min=0.0, max=1.0, max_open=True)
-    grad_clip: float = option(1.0, "max gradient norm; 0 = no clipping", min=0.0)
+    grad_clip: float = option(1.0, "max gradient norm; 0 = no clipping", min=0.0, max=MAX_SCALE)
     schedule: Literal["constant", "cosine", "wsd"] = option(
         "constant", "learning-rate schedule: constant, cosine, or wsd (warmup, stable, linear decay to 0)")
     warmup: float = option(0.0, "fraction of training spent warming up the learning rate", min=0.0, max=1.0)
     decay: float = option(0.35, "wsd: final fraction of training that decays the learning rate to 0", min=0.0, max=1.0)
     min_lr_frac: float = option(0.1, "cosine: final learning rate as a fraction of the peak", min=0.0, max=1.0)
-    eval_interval: int = option(500, "steps between estimates of train/val loss", min=1)
-    eval_iters: int = option(200, "batches per estimate", min=1)
+    eval_interval: int = option(500, "steps between estimates of train/val loss", min=1, max=MAX_STEPS)
+    eval_iters: int = option(200, "batches per estimate", min=1, max=MAX_EVALS)
     budget_evals: int = option(10, "with a time budget: estimates at this many evenly spaced times (not eval_interval)",
-                               min=1)
-    ckpt_interval: int = option(0, "steps between checkpoints; 0 = at every evaluation", min=0)
+                               min=1, max=MAX_EVALS)
+    ckpt_interval: int = option(0, "steps between checkpoints; 0 = at every evaluation", min=0, max=MAX_STEPS)
     log_interval: int = option(10, "steps between progress updates and training-loss records in metrics.jsonl",
-                               min=1)
+                               min=1, max=MAX_STEPS)
     seed: int = option(1337, "random seed (weights, batches, dropout, the final sample)", min=0, max=2 ** 64,
                        max_open=True)
     device: str = option("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps",
@@ -102,10 +118,11 @@ class TrainConfig:
     compile: bool = option(False, "torch.compile the model")
     threads: int = option(0, "CPU threads; 0 = the cores not busy right now (measured over 0.1 s), at least 1; "
                              "with --nproc, each process's share of the cores", min=0, max=MAX_THREADS)
-    sample_tokens: int = option(500, "characters sampled into the run directory at the end", min=0)
+    sample_tokens: int = option(500, "characters sampled into the run directory at the end", min=0, max=MAX_BATCH)
     eval_tokens: int = option(EVAL_TOKENS, "characters scored in a pass over a split (val, at the end of training): "
                                            "evenly spread windows when the split is larger, with the standard error "
-                                           "of the estimate; 0 or all = every character (the exact pass)", min=0)
+                                           "of the estimate; 0 or all = every character (the exact pass)", min=0,
+                                max=MAX_STEPS)
 
     def validate(self) -> None:
         check_fields(self)
@@ -145,7 +162,7 @@ def _typed(kind, values: dict):
         wrong = type_problem(value, field_kind(kind, name))
         if wrong:
             raise TypeError(f"{name} {wrong}")
-    return kind(**{k: (float(v) if field_kind(kind, k) is float else v) for k, v in values.items()})
+    return kind(**{k: as_kind(v, field_kind(kind, k)) for k, v in values.items()})
 
 
 # ------------------------------------------------------------------------------------ command options
@@ -166,6 +183,18 @@ class PrepareOptions:
 @dataclass
 class ServeOptions:
     port: int = option(8000, "port to listen on (0: any free port)", min=0, max=65535)
+    max_streams: int = option(0, "completions of a model decoded together, one batched step per character; more "
+                                 "wait in a queue (0: as many as memory allows, at most 64)", min=0, max=4096)
+
+
+@dataclass
+class RunOptions:
+    # A run name is a directory's name and a row of `chargpt runs`: one plain, printable path component, inside
+    # --runs-dir, and never `latest` (chargpt's link to the newest run).
+    name: str = option(None, "run name (default: train-<model>-<preset>-<time>)",
+                       pattern=rf"(?!\.)(?!{LATEST}\Z)[^/\\]{{1,100}}",
+                       allowed=f"a plain run name: 1 to 100 printable characters, no '/' or '\\', not starting "
+                               f"with '.', not {LATEST!r}")
 
 
 # ------------------------------------------------------------------------------------------- presets
@@ -226,22 +255,24 @@ def parse_duration(text: str | float) -> float:
         return float(text)
     m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h)?\s*", str(text))
     if not m:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}; use seconds (150), or 150s, 5m, 1h")
+        raise argparse.ArgumentTypeError(f"invalid duration {shown(text)}; use seconds (150), or 150s, 5m, 1h")
     return float(m.group(1)) * {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}[m.group(2)]
 
 
 def parse_eval_tokens(text: str | int) -> int:
     """'all' -> 0 (every character: the exact pass), else a count of characters."""
     if isinstance(text, int) or str(text).strip().isdigit():
-        return int(text)
+        return text if isinstance(text, int) else parse_int(text)
     if str(text).strip().lower() == "all":
         return 0
-    raise argparse.ArgumentTypeError(f"invalid count {text!r}; use a number of characters, or all")
+    raise argparse.ArgumentTypeError(f"invalid count {shown(text)}; use a number of characters, or all")
 
 
 NOT_FLAGS = {"vocab_size"}  # set from the dataset, never by hand
 PARSERS = {"time_budget": parse_duration, "eval_tokens": parse_eval_tokens}
-METAVARS = {"time_budget": "DURATION", "eval_tokens": "N|all", "device": "DEVICE", "threads": "N"}
+METAVARS = {"time_budget": "DURATION", "eval_tokens": "N|all", "device": "DEVICE", "threads": "N", "name": "NAME",
+            "nproc": "N"}
+TEXT_TO = {int: parse_int, float: parse_float, str: str}  # how a flag's text is read, by its field's kind
 SECTIONS = {"model": ModelConfig, "train": TrainConfig}
 
 
@@ -274,7 +305,7 @@ def add_field_flag(parser, cls, name: str, default=None, help: str | None = None
         kw["choices"] = choices(cls, name)
     else:
         kind = {"int": int, "float": float, "str": str}[f.type]
-        kw["type"] = PARSERS.get(name, kind)
+        kw["type"] = PARSERS.get(name, TEXT_TO[kind])
         kw["metavar"] = METAVARS.get(name, kind.__name__.upper())
     action = parser.add_argument(flag(name), **kw)
     action.field_of = cls
@@ -315,8 +346,17 @@ def set_fields(config: Config, values: dict[str, Any], where: str) -> list[str]:
         wrong = type_problem(value, kind)  # the range is the config's to check (`validate`), with every field
         if wrong:
             raise ConfigError(f"{where}: {name} {wrong}", field=name)
-        setattr(getattr(config, section), name, float(value) if kind is float else value)
+        setattr(getattr(config, section), name, as_kind(value, kind))
     return [n for n in flat if n not in NOT_FLAGS]
+
+
+def check_given(values: dict[str, Any], where: str) -> None:
+    """Each of `values` (fields, as keywords or a config file give them) against its field's declaration, type
+    and range, before any work: the check a flag's value gets (`check_flags`); `Config.validate` checks the whole
+    config later."""
+    config, sections = Config(), {f.name: section for section, f in config_fields()}
+    for name in set_fields(config, values, where):
+        check_value(SECTIONS[sections[name]], name, getattr(getattr(config, sections[name]), name))
 
 
 def given_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -338,6 +378,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         values = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'} ({e})") from None
+    except ValueError:  # Python's limit on reading a long integer (4,300 digits)
+        raise ConfigError(f"{path} holds an integer of thousands of digits; an integer here has at most "
+                          f"{MAX_DIGITS} digits") from None
     except RecursionError:
         raise ConfigError(f"{path} is nested too deeply; write a table of config fields, e.g. {{\"n_layer\": 4}}") from None
     if not isinstance(values, dict):
@@ -349,7 +392,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         wrong = None if values.get(key) is None else type_problem(values[key], str)
         if wrong:
             raise ConfigError(f"{path}: {key} {wrong}")
-    set_fields(Config(), values, str(path))  # every field's type, before any of them is used
+    check_given(values, str(path))  # every field's type and range, before any of them is used
     return values
 
 

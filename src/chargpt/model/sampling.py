@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Callable
 
+from ..config import MAX_BATCH, MAX_VOCAB
 from ..schema import check_fields, flag, option
 
 if TYPE_CHECKING:
@@ -16,10 +17,10 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class SamplingParams:
-    max_new_tokens: int = option(500, "characters to generate", min=0)
+    max_new_tokens: int = option(500, "characters to generate", min=0, max=MAX_BATCH)
     temperature: float = option(1.0, "divides the logits: below 1 sharper, above 1 flatter; 0 (or below 1e-6) = greedy",
-                                min=0.0)
-    top_k: int = option(0, "sample from the k most likely characters; 0 = every character", min=0)
+                                min=0.0, max=1000.0)
+    top_k: int = option(0, "sample from the k most likely characters; 0 = every character", min=0, max=MAX_VOCAB)
     top_p: float = option(1.0, "sample from the smallest set of characters whose probability reaches p; 1 = off",
                           min=0.0, min_open=True, max=1.0)
     seed: int = option(1337, "random seed", min=0, max=2 ** 64, max_open=True)
@@ -55,6 +56,16 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     keeps every token, top_p 1 or None turns nucleus sampling off."""
     if temperature < GREEDY_BELOW:
         return logits.argmax(dim=-1, keepdim=True)
+    probs = _probabilities(logits, temperature, top_k, top_p)
+    # torch.multinomial(probs, 1, generator) draws a single sample as an exponential race, argmax(p / E) with
+    # E ~ Exp(1): the same draws from the same generator state (tests/model/test_sampling.py checks it), without its
+    # input checks: 6 us instead of 15 per token, a tenth of a decoding step
+    race = probs.new_empty(probs.shape).exponential_(1, generator=generator)
+    return (probs / race).argmax(dim=-1, keepdim=True)
+
+
+def _probabilities(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """Each row's distribution of the next token, for `sample_next` (temperature at least `GREEDY_BELOW`)."""
     logits = logits.float()
     if temperature != 1.0:  # dividing by 1 changes nothing: one op less per generated token
         logits = logits / temperature
@@ -67,9 +78,27 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
         drop = probs.cumsum(dim=-1) - probs >= top_p  # keep the smallest set reaching top_p
         drop[:, 0] = False  # and the likeliest token always: a top_p that rounds to 0 in float32 is top-1
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    probs = logits.softmax(dim=-1)
-    # torch.multinomial(probs, 1, generator) draws a single sample as an exponential race, argmax(p / E) with
-    # E ~ Exp(1): the same draws from the same generator state (tests/model/test_sampling.py checks it), without its
-    # input checks: 6 us instead of 15 per token, a tenth of a decoding step
-    race = probs.new_empty(probs.shape).exponential_(1, generator=generator)
-    return (probs / race).argmax(dim=-1, keepdim=True)
+    return logits.softmax(dim=-1)
+
+
+def sample_rows(logits: torch.Tensor, rows: list[tuple[SamplingParams, torch.Generator]]) -> list[int]:
+    """The next token of each row of `logits` (B, V), each with its own parameters and generator: exactly what
+    `sample_next` picks row by row (each row's race drawn from its own generator), with the arithmetic of the rows
+    that share their temperature, top_k and top_p done at once."""
+    groups: dict[tuple, list[int]] = {}
+    for i, (p, _) in enumerate(rows):
+        groups.setdefault((p.temperature, p.top_k, p.top_p), []).append(i)
+    out = [0] * len(rows)
+    for (temperature, top_k, top_p), idx in groups.items():
+        part = logits if len(idx) == len(rows) else logits[idx]
+        if temperature < GREEDY_BELOW:
+            picked = part.argmax(dim=-1)
+        else:
+            probs = _probabilities(part, temperature, top_k, top_p)
+            race = probs.new_empty(probs.shape)
+            for j, i in enumerate(idx):
+                race[j].exponential_(1, generator=rows[i][1])
+            picked = (probs / race).argmax(dim=-1)
+        for i, token in zip(idx, picked.tolist()):
+            out[i] = token
+    return out
