@@ -1,12 +1,18 @@
 import json
 import os
+import re
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from chargpt.data.dataset import load_dataset, prepare
 from chargpt.errors import DataError
+from conftest import run_cli
 
 
 def test_prepare_tiny_shakespeare_matches_the_notebook_split(shakespeare_path, tmp_path):
@@ -240,3 +246,71 @@ def test_a_corpus_past_the_int64_limit_is_stored_small_and_says_how_to_get_int64
     assert res.meta["dtype"] == "uint8" and "--token-dtype int64" in res.note
     assert torch.load(tmp_path / "ds/train.pt", weights_only=True).dtype == torch.uint8
     assert prepare(src, tmp_path / "ds64", dtype="int64").note is None
+
+
+# ------------------------------------------------------------------------------------------- the split
+def test_a_val_fraction_too_small_for_the_corpus_says_so_and_gives_the_smallest_that_works(shakespeare_path, tmp_path):
+    """4.4M characters are plenty to split: what is wrong is a val split of under 2 characters."""
+    big = tmp_path / "big.txt"
+    big.write_bytes(shakespeare_path.read_bytes() * 4)
+    with pytest.raises(DataError) as e:
+        prepare(big, tmp_path / "ds", val_fraction=1e-9)
+    message = str(e.value)
+    assert "too few" not in message and "\n" not in message
+    assert "--val-fraction 1e-09 leaves 4,461,575 of" in message and "and 1 for val" in message
+    smallest, largest = (float(x) for x in re.search(r"use a fraction from (\S+) to (\S+)$", message).groups())
+    res = prepare(big, tmp_path / "ds", val_fraction=smallest, dtype="uint8")
+    assert res.meta["val_tokens"] >= 2 and not (tmp_path / "ds2").exists()
+    with pytest.raises(DataError, match="and 1 for val"):
+        prepare(big, tmp_path / "ds2", val_fraction=smallest * 0.8)
+    assert prepare(big, tmp_path / "ds2", val_fraction=largest, dtype="uint8").meta["train_tokens"] >= 2
+
+
+def test_a_val_split_under_one_block_names_the_fraction_that_gives_one(tmp_path):
+    src = tmp_path / "a.txt"
+    src.write_text("abcdefghij" * 100)
+    ds = load_dataset(prepare(src, tmp_path / "ds", val_fraction=0.005).out_dir)  # 5 characters of val
+    with pytest.raises(DataError, match=r"the val split .* has 5 tokens, fewer than one block \(16 \+ 1\); .*"
+                                        r"--val-fraction of at least (\S+)$") as e:
+        ds.check_block_size(16)
+    fraction = float(str(e.value).rsplit(" ", 1)[1])
+    load_dataset(prepare(src, tmp_path / "ds", val_fraction=fraction, replace=True).out_dir).check_block_size(16)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(size=st.integers(1, 400), val_fraction=st.one_of(
+    st.floats(min_value=0.0, max_value=1.0, exclude_min=True, exclude_max=True),
+    st.floats(min_value=1e-300, max_value=1e-3), st.floats(min_value=0.99, max_value=1.0, exclude_max=True)))
+@example(size=3, val_fraction=0.5)
+@example(size=400, val_fraction=1e-9)
+@example(size=400, val_fraction=0.999999)
+def test_any_val_fraction_gives_a_dataset_or_one_line_whose_advice_works(size, val_fraction):
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "c.txt"
+        src.write_text(("abcdefghijklmnopqrstuvwxyz\n" * 20)[:size])
+        try:
+            res = prepare(src, Path(tmp) / "ds", val_fraction=val_fraction)
+        except DataError as e:
+            message = str(e)
+            assert "\n" not in message and not (Path(tmp) / "ds").exists()
+            advice = re.search(r"use a fraction from (\S+) to (\S+)$", message)
+            assert advice or (size < 4 and "too few to split" in message), message
+            for fraction in map(float, advice.groups() if advice else ()):
+                done = prepare(src, Path(tmp) / f"ds{fraction}", val_fraction=fraction)
+                assert min(done.meta["train_tokens"], done.meta["val_tokens"]) >= 2
+            return
+        ds = load_dataset(res.out_dir)
+        assert len(ds.train) == res.meta["train_tokens"] >= 2 and len(ds.val) == res.meta["val_tokens"] >= 2
+
+
+# -------------------------------------------------------------------------------------------- the locale
+def test_prepare_into_a_non_ascii_directory_under_the_c_locale(tmp_path):
+    """Python names such a path with surrogates there, which torch could not encode to map the file: a traceback,
+    and an empty directory left behind."""
+    src = tmp_path / "a.txt"
+    src.write_text("hello world\n" * 30)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONIOENCODING", "LANG", "LC_CTYPE")}
+    env.update(LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")
+    p = run_cli("prepare", "--input", src, "--out", tmp_path / "d\u00e9j\u00e0 vu", env=env, cwd=tmp_path)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr  # it maps the files it writes, to check them
+    assert load_dataset(tmp_path / "d\u00e9j\u00e0 vu").meta["total_chars"] == 360

@@ -12,9 +12,11 @@ import codecs
 import functools
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import get_args
 
@@ -26,6 +28,7 @@ from ..errors import DataError
 from ..schema import check_value
 from ..fsutil import (atomic_path, kind_of, load_torch, not_regular, open_regular, read_json, read_json_object,
                       refused_global, remove_stale_temporaries, write_json)
+from .swap import DirectoryWriter, restore
 from .tensorfile import TensorFileWriter, chunks, load_mapped
 from .tokenizer import CharTokenizer
 
@@ -56,6 +59,10 @@ def check_dataset_out(out_dir: Path, input_path: Path) -> None:
         if target.exists() and input_path.exists() and os.path.samefile(target, input_path):
             raise DataError(f"--input {input_path} is the dataset's own {name}: preparing would overwrite its "
                             f"input; choose another --out")
+    for name in FILES:
+        if kind_of(out_dir / name) not in (None, "a regular file"):
+            raise DataError(f"{out_dir / name} is {kind_of(out_dir / name)}, not a file chargpt wrote; "
+                            f"remove it or choose another --out")
     remove_stale_temporaries(out_dir, FILES)
     if not any(out_dir.iterdir()):
         return
@@ -116,6 +123,9 @@ def prepare(input_path: str | os.PathLike, out_dir: str | os.PathLike, val_fract
             name: str | None = None, dtype: str = "auto", replace: bool = False) -> PrepareResult:
     """Encode `input_path` into `out_dir`; a second call with the same input and options changes nothing.
 
+    The dataset in `out_dir` is replaced whole, in one step, by one prepare at a time (`swap.DirectoryWriter`): a
+    signal or a kill at any moment leaves the old dataset or the new one.
+
     `dtype="auto"` stores int64 (the notebook's tensors) up to `NOTEBOOK_DTYPE_CHARS` characters and the smallest
     type that holds the vocabulary above it, saying so in `PrepareResult.note`. A dataset of other content already
     in `out_dir` is replaced only with `replace`."""
@@ -125,21 +135,25 @@ def prepare(input_path: str | os.PathLike, out_dir: str | os.PathLike, val_fract
     if not input_path.is_file():
         what = "is not a file" if input_path.exists() else "does not exist"
         raise DataError(f"input file {input_path} {what}; pass --input with a UTF-8 text file")
+    restore(out_dir)
     check_dataset_out(out_dir, input_path)
     corpus = scan_corpus(input_path)
     meta, note = dataset_meta(corpus, name or input_path.stem, val_fraction, dtype)
-    old = _existing_meta(out_dir)
-    if old is not None and not replace and not _same_content(old, meta):
-        raise DatasetExists(f"--out {out_dir} holds another dataset, {_describe(old)}, that runs may have been "
-                            f"trained on; pass --replace to replace it, or choose another --out")
-    if _up_to_date(out_dir, meta):
-        return PrepareResult(out_dir, read_json(out_dir / "meta.json"), changed=False, note=note)
-    # Read before the files are replaced: what runs of an older chargpt call the tokens there, when they are ours.
-    former_content, former = _former_hashes(out_dir, old) if old is not None and _same_content(old, meta) else (None, [])
-    write_splits(corpus, out_dir, meta)
-    if former and former_content == meta["content_hash"]:
-        meta["former_hashes"] = former
-    write_json(out_dir / "meta.json", meta)
+    with DirectoryWriter(out_dir, FILES) as writer:  # one prepare at a time writes a dataset directory
+        old = _existing_meta(out_dir)
+        if old is not None and not replace and not _same_content(old, meta):
+            raise DatasetExists(f"--out {out_dir} holds another dataset, {_describe(old)}, that runs may have been "
+                                f"trained on; pass --replace to replace it, or choose another --out")
+        if _up_to_date(out_dir, meta):
+            return PrepareResult(out_dir, read_json(out_dir / "meta.json"), changed=False, note=note)
+        # What runs of an older chargpt call the tokens there, when they are ours.
+        same = old is not None and _same_content(old, meta)
+        former_content, former = _former_hashes(out_dir, old) if same else (None, [])
+        with writer.build() as new_dir:  # the old dataset stays whole until the new one replaces it in one step
+            write_splits(corpus, new_dir, meta)
+            if former and former_content == meta["content_hash"]:
+                meta["former_hashes"] = former
+            write_json(new_dir / "meta.json", meta)
     return PrepareResult(out_dir, meta, changed=True, note=note)
 
 
@@ -187,15 +201,24 @@ def dataset_meta(corpus: Corpus, name: str, val_fraction: float, dtype: str) -> 
     """The vocabulary, the split and the stored type of the dataset `corpus` becomes (its meta.json before the
     files' hashes), and one line for the user when the tensors will not be int64."""
     tok, total = corpus.tokenizer, corpus.total
-    n_train = int((1.0 - val_fraction) * total)  # the notebook: n = int(0.9 * len(data))
-    if n_train < 2 or total - n_train < 2:
-        raise DataError(f"{corpus.path} has {total} character{'s' * (total != 1)}: too few to split into train and val")
+    n_train, n_val = split_sizes(total, val_fraction)
+    if min(n_train, n_val) < MIN_SPLIT:
+        bounds = val_fraction_bounds(total, MIN_SPLIT)
+        if bounds is None:
+            raise DataError(f"{corpus.path} has {total} character{'s' * (total != 1)}: too few to split into train "
+                            f"and val")
+        raise DataError(f"--val-fraction {val_fraction!r} leaves {n_train:,} of {corpus.path}'s {total:,} characters "
+                        f"for train and {n_val:,} for val, and each needs at least {MIN_SPLIT}; use a fraction from "
+                        f"{bounds[0]!r} to {bounds[1]!r}")
     note = None
     if dtype == "auto":
         dtype = "int64" if total <= NOTEBOOK_DTYPE_CHARS else smallest_dtype(tok.vocab_size)
         if dtype != "int64":
             note = (f"{total:,} characters: stored as {dtype} to save memory (int64, the notebook's type, would take "
                     f"{8 * total / 1e9:.1f} GB); pass --token-dtype int64 for the notebook's exact tensors")
+    if tok.vocab_size > torch.iinfo(DTYPES[dtype]).max + 1:
+        raise DataError(f"--token-dtype {dtype} cannot hold a vocabulary of {tok.vocab_size} characters; "
+                        f"use --token-dtype auto")
     meta = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -208,33 +231,54 @@ def dataset_meta(corpus: Corpus, name: str, val_fraction: float, dtype: str) -> 
         "vocab": tok.chars,
         "val_fraction": val_fraction,
         "train_tokens": n_train,
-        "val_tokens": total - n_train,
+        "val_tokens": n_val,
         "dtype": dtype,
     }
     return meta, note
+
+
+MIN_SPLIT = 2  # a split holds at least one character and its next-character target
+
+
+def split_sizes(total: int, val_fraction: float) -> tuple[int, int]:
+    """How many of `total` characters go to train and to val: the notebook's `n = int(0.9 * len(data))`."""
+    n_train = int((1.0 - val_fraction) * total)
+    return n_train, total - n_train
+
+
+def val_fraction_bounds(total: int, need: int) -> tuple[float, float] | None:
+    """The smallest and the largest val fraction, in few digits, that leave at least `need` of `total` characters
+    in each split; None when no fraction does."""
+    if total < 2 * need:
+        return None
+    # val gets total - int((1 - f) * total) characters: at least `need` once f > (need - 1) / total
+    lo = _short_decimal((need - 1) / total, lambda d: split_sizes(total, float(d))[1] >= need)
+    gap = _short_decimal(need / total, lambda d: split_sizes(total, float(1 - d))[0] >= need)
+    lo, hi = float(lo), float(1 - gap)
+    return (lo, hi) if lo <= hi and min(*split_sizes(total, lo), *split_sizes(total, hi)) >= need else None
+
+
+def _short_decimal(x: float, works) -> Decimal:
+    """A decimal of few significant digits, at or just above `x`, for which `works` holds."""
+    for digits in range(2, 18):
+        exponent = math.floor(math.log10(x)) - digits + 1
+        for k in range(3):
+            candidate = Decimal(math.ceil(x / 10.0 ** exponent) + k).scaleb(exponent)
+            if works(candidate):
+                return candidate
+    return Decimal(x)
 
 
 def write_splits(corpus: Corpus, out_dir: Path, meta: dict) -> None:
     """Pass 2: encode the input chunk by chunk straight into `train.pt` and `val.pt` (no split is ever held in
     memory), then add the files' sha256 and the content hash to `meta`. The input is read a second time: it must
     be the bytes of pass 1, or what was counted is not what is encoded."""
-    dtype, n_train, vocab_size = DTYPES[meta["dtype"]], meta["train_tokens"], meta["vocab_size"]
-    if vocab_size > torch.iinfo(dtype).max + 1:
-        raise DataError(f"--token-dtype {meta['dtype']} cannot hold a vocabulary of {vocab_size} characters; "
-                        f"use --token-dtype auto")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"cannot create dataset directory {out_dir} ({e.strerror}); choose a writable --out") from None
+    dtype, n_train = DTYPES[meta["dtype"]], meta["train_tokens"]
     np_dtype = np.dtype(str(dtype).replace("torch.", ""))
     table = np.zeros(len(corpus.seen), dtype=np_dtype)
     present = np.flatnonzero(corpus.seen)
     table[present] = np.arange(len(present), dtype=np_dtype)
     translation = table[:256].tobytes() if np_dtype == np.uint8 else None  # for bytes.translate, the fastest lookup
-    for name in FILES:
-        if kind_of(out_dir / name) not in (None, "a regular file"):
-            raise DataError(f"{out_dir / name} is {kind_of(out_dir / name)}, not a file chargpt wrote; "
-                            f"remove it or choose another --out")
     with atomic_path(out_dir / "train.pt") as train_tmp, atomic_path(out_dir / "val.pt") as val_tmp:
         sha = hashlib.sha256()
         with TensorFileWriter(train_tmp, n_train, dtype) as ft, \
@@ -364,11 +408,15 @@ class Dataset:
 
     def check_block_size(self, block_size: int) -> None:
         """Both splits must hold at least one block plus its next-character target."""
+        bounds = val_fraction_bounds(len(self.train) + len(self.val), block_size + 1)
         for name in ("train", "val"):
             n = len(self.split(name))
             if n < block_size + 1:
+                fraction = "" if bounds is None else (
+                    f", or re-prepare it with --replace and a --val-fraction of "
+                    f"{'at least' if name == 'val' else 'at most'} {bounds[name == 'train']!r}")
                 raise DataError(f"the {name} split of {self.path} has {n} tokens, fewer than one block "
-                                f"({block_size} + 1); use a smaller --block-size or a larger corpus")
+                                f"({block_size} + 1); use a smaller --block-size, a larger corpus{fraction}")
 
     def split(self, name: str) -> torch.Tensor:
         if name not in ("train", "val"):
@@ -450,6 +498,7 @@ def _meta_problem(meta) -> str | None:
 
 def load_dataset(path: str | os.PathLike) -> Dataset:
     path = Path(path)
+    restore(path)  # a prepare killed in the middle of replacing this dataset by two renames
     if path.exists() and not path.is_dir():
         raise DataError(f"{path} is a file, not a dataset directory; pass the directory `chargpt prepare --out` wrote")
     if not path.is_dir():

@@ -1,7 +1,7 @@
-"""How a chargpt command stops on SIGINT (Ctrl-C) and SIGTERM: one home for every command and the server.
+"""How a chargpt command stops on SIGINT (Ctrl-C), SIGTERM and SIGHUP: one home for every command and the server.
 
-While a command runs, SIGINT raises KeyboardInterrupt and SIGTERM raises `Terminated`, so every temporary file is
-removed on the way out and the CLI ends with one line and the signal's exit code (`errors.exit_code_of`). Work that
+While a command runs, SIGINT raises KeyboardInterrupt and SIGTERM or SIGHUP raises `Terminated`, so every temporary
+file is removed on the way out and the CLI ends with one line and the signal's exit code (`errors.exit_code_of`). Work that
 can stop at a good point (a training step, an evaluation pass, the server's streams) holds the signals with
 `StopSignals`. Once the command is done, a signal ends the process by its default action (a shell shows the same 130
 or 143): the interpreter's exit is never interrupted into a traceback.
@@ -13,16 +13,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+TERMINATING = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))  # SIGHUP: a closed terminal
+STOP_SIGNALS = (signal.SIGINT, *TERMINATING)
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that every temporary file is removed on the way out."""
+    """SIGTERM or SIGHUP (`signum`), raised like Ctrl-C's KeyboardInterrupt so that every temporary file is removed
+    on the way out."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        super().__init__()
+        self.signum = signum
 
 
 def interruption(signum: int) -> KeyboardInterrupt:
     """The exception that stops a command at once on `signum`."""
-    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+    return Terminated(signum) if signum in TERMINATING else KeyboardInterrupt()
 
 
 def _raise(signum, frame):
@@ -31,13 +37,14 @@ def _raise(signum, frame):
 
 @contextmanager
 def command_signals(program: bool) -> Iterator[None]:
-    """SIGTERM raises `Terminated` while a command runs (SIGINT raises KeyboardInterrupt by Python's default).
-    `program`: this process is the command, not a caller of `cli.main` that lives on: once the command is done,
-    both signals take their default action."""
-    previous = None
+    """SIGTERM and SIGHUP raise `Terminated` while a command runs (SIGINT raises KeyboardInterrupt by Python's
+    default). `program`: this process is the command, not a caller of `cli.main` that lives on: once the command is
+    done, the signals take their default action."""
+    previous = {}
     try:
-        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-            previous = signal.signal(signal.SIGTERM, _raise)
+        for s in TERMINATING:
+            if signal.getsignal(s) in (signal.SIG_DFL, None):  # not one ignored (nohup) or handled by the caller
+                previous[s] = signal.signal(s, _raise)
     except ValueError:  # not the main thread
         pass
     try:
@@ -47,13 +54,14 @@ def command_signals(program: bool) -> Iterator[None]:
             for s in STOP_SIGNALS:
                 if signal.getsignal(s) in (_raise, signal.default_int_handler):
                     signal.signal(s, signal.SIG_DFL)
-        elif previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        else:
+            for s, h in previous.items():
+                signal.signal(s, h)
 
 
 @dataclass
 class StopSignals:
-    """While held, the first SIGINT/SIGTERM is recorded (`received`) for the work to stop at its next good point;
+    """While held, the first SIGINT/SIGTERM/SIGHUP is recorded (`received`) for the work to stop at its next good point;
     a further one calls `at_once` (default: raise `interruption`, stopping now; atomic writes keep files whole).
 
     A signal is never lost: one the work did not act on (the block ends without an exception and without `take()`)
@@ -80,7 +88,8 @@ class StopSignals:
     def __enter__(self):
         for s in STOP_SIGNALS:
             try:
-                self._old[s] = signal.signal(s, self._handle)
+                if signal.getsignal(s) != signal.SIG_IGN:  # an ignored signal stays ignored (nohup's SIGHUP)
+                    self._old[s] = signal.signal(s, self._handle)
             except ValueError:  # not the main thread
                 pass
         return self
