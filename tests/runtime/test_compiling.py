@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import subprocess
@@ -7,8 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from chargpt.runtime import compiling
-from chargpt.runtime.compiling import compile_unavailable_reason, use_persistent_compile_cache
+from chargpt.runtime.compiling import (COMPILE_MARGIN, CompileFigures, CompileRun, compile_decision,
+                                       compile_unavailable_reason, use_persistent_compile_cache)
+from chargpt.runtime.progress import format_duration
 
 from conftest import TINY_GPT, run_cli
 
@@ -122,8 +128,9 @@ def test_a_compiled_run_fills_the_persistent_cache_a_second_run_reuses_it_and_th
 
     # A short budget with nothing compiled yet: compiling would eat the budget, so the run trains eagerly.
     short = train("short-cold", "--compile", "--time-budget", "2")
-    assert "compile: skipped in this 2.0s budget" in short.stdout
-    def compiled():  # what the compiler left (chargpt also keeps the machine's training speeds there)
+    assert "compile: skipped: what a first compile of this model costs and wins on this machine is not measured" \
+        in short.stdout
+    def compiled():  # what the compiler left (chargpt also keeps the machine's speeds and compile costs there)
         return {p for p in cache.rglob("*") if p.is_file() and p.name != "speeds.json"}
 
     assert not compiled()
@@ -132,6 +139,8 @@ def test_a_compiled_run_fills_the_persistent_cache_a_second_run_reuses_it_and_th
     files = compiled()
     assert files, "the compiled run left nothing in the cache"
     train("warm", "--compile", "--max-steps", "2")
+    kept = json.loads((cache / "speeds.json").read_text())  # what the two compiles cost, for the next decisions
+    assert [k for k in kept if k.endswith("|cold compile s")] and [k for k in kept if k.endswith("|warm compile s")]
     assert {p for p in compiled() if not p.name.endswith(".lock")} == \
         {p for p in files if not p.name.endswith(".lock")}  # every compiled graph came from the cache
     # Tiny model, 1 thread, on the 2-core EPYC: eager 348 MB, compiled 419 MB from a cold cache and from a warm one;
@@ -146,3 +155,108 @@ def test_a_compiled_run_fills_the_persistent_cache_a_second_run_reuses_it_and_th
     short = train("short-warm", "--compile", "--time-budget", "2")
     assert "compile: skipped" not in short.stdout
     assert files <= compiled()
+
+
+# ------------------------------------------------------------------- whether compiling pays, on recorded figures
+# A 2-core EPYC without AVX-512, float32, 2 layers x 128: a cold compile took ~55 s for steps ~17% faster (eager
+# probe 15,200 tokens/s, compiled ~17,800); its 152 s budget left ~144 s to train. The warm figure is illustrative.
+EPYC_F32 = CompileFigures(cold_seconds=55.0, warm_seconds=4.0, compiled_speed=17_800.0, eager_speed=15_200.0)
+
+
+def test_a_cold_compile_that_the_budget_would_not_win_back_is_skipped_and_the_line_says_why():
+    compiles, why = compile_decision(144.0, False, EPYC_F32)
+    assert 144 * 15_200 > (144 - 55) * 17_800  # eager sees more tokens: the figures' own arithmetic
+    assert not compiles
+    assert why.startswith("compile: skipped: a first compile of this model costs ~55.0s here for 17% faster steps")
+    assert "this budget trains ~2m24s" in why
+
+
+def test_the_same_figures_compile_from_a_cold_cache_in_a_budget_long_enough():
+    compiles, why = compile_decision(3600.0, False, EPYC_F32)
+    assert compiles and why.startswith("compile: compiling first: a first compile of this model costs ~55.0s")
+
+
+def test_the_break_even_the_line_names_is_where_the_decision_turns():
+    c, fast, slow = EPYC_F32.cold_seconds, EPYC_F32.compiled_speed, EPYC_F32.eager_speed
+    even = c * fast / (fast - COMPILE_MARGIN * slow)  # (T - c) x compiled = margin x T x eager
+    assert not compile_decision(even - 1, False, EPYC_F32)[0]
+    assert compile_decision(even + 1, False, EPYC_F32)[0]
+    assert f"pays only after ~{format_duration(even)} of training" in compile_decision(even - 1, False, EPYC_F32)[1]
+
+
+def test_a_warm_cache_costs_only_the_loading_so_the_same_budget_compiles():
+    assert compile_decision(144.0, True, EPYC_F32)[0]
+    assert not compile_decision(2.0, True, EPYC_F32)[0]  # 4 s of loading in 2 s of training: never
+
+
+def test_a_machine_never_measured_trains_eagerly_from_a_cold_cache_and_compiles_from_a_warm_one():
+    for figures in (CompileFigures(), CompileFigures(cold_seconds=55.0, compiled_speed=17_800.0)):  # no eager speed
+        compiles, why = compile_decision(3600.0, False, figures)
+        assert not compiles and "not measured yet" in why
+        assert compile_decision(3600.0, True, figures)[0]
+    assert compile_decision(3600.0, None, CompileFigures())[0]  # the user's own cache: chargpt cannot tell
+
+
+def test_a_run_without_a_budget_compiles_whatever_the_figures():
+    slower = CompileFigures(cold_seconds=500.0, warm_seconds=50.0, compiled_speed=10_000.0, eager_speed=15_200.0)
+    assert compile_decision(None, False, slower) == (True, "")
+
+
+def test_compiled_steps_no_faster_than_eager_ones_are_never_worth_a_compile():
+    slower = dataclasses.replace(EPYC_F32, compiled_speed=14_500.0)
+    compiles, why = compile_decision(86_400.0, True, slower)
+    assert not compiles and "compiled steps of this model run 5% slower here than eager ones" in why
+    barely = dataclasses.replace(EPYC_F32, compiled_speed=15_500.0)  # 2% faster: inside the margin
+    assert not compile_decision(86_400.0, True, barely)[0]
+
+
+figure = st.floats(min_value=1.0, max_value=1e6, allow_nan=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(training=st.floats(min_value=-100.0, max_value=1e6), cost=st.floats(min_value=0.0, max_value=1e4),
+       compiled=figure, eager=figure, cold=st.booleans())
+def test_a_budget_run_that_compiles_on_measured_figures_never_sees_fewer_tokens_than_eager(training, cost, compiled,
+                                                                                          eager, cold):
+    figures = CompileFigures(cost, cost, compiled, eager)
+    compiles, why = compile_decision(training, not cold, figures)
+    if compiles:
+        assert (training - cost) * compiled >= training * eager
+        assert compile_decision(training * 2, not cold, figures)[0]  # a longer budget compiles too
+    assert why.startswith("compile: compiling first" if compiles else "compile: skipped")
+
+
+def test_a_compiling_run_measures_its_compile_beyond_a_steps_time_and_its_compiled_speed():
+    run = CompileRun(cold=True, helper_seconds=25.0, first_step_seconds=31.0)
+    cost, speed = run.figures(101, 131.0, 4096)  # 100 steps after the first in 100 s: 1 s a step
+    assert cost == pytest.approx(25.0 + 31.0 - 1.0) and speed == pytest.approx(4096.0)
+    assert CompileRun(cold=False, first_step_seconds=3.0).figures(1, 3.0, 4096) == (None, None)  # too few steps
+    assert CompileRun(cold=False).figures(100, 50.0, 4096) == (None, None)  # no step trained here
+
+
+def test_a_budget_run_decides_on_the_figures_recorded_for_its_model_here(dataset_dir, tmp_path, monkeypatch):
+    # the figures of this machine say a first compile of the tiny model costs far more than its 3 s budget:
+    # the run trains eagerly, compiles nothing and says why, with those figures
+    from chargpt.config import get_preset
+    from chargpt.runtime.device import resolve_dtype
+    from chargpt.training.budget import COLD_COMPILE, COMPILED, EAGER, SpeedCache, speed_key
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    config = get_preset("cpu")
+    config.model.n_layer, config.model.n_embd, config.model.n_head, config.model.block_size = 1, 32, 2, 16
+    config.train.batch_size = 4
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the run's --threads 1: speeds are kept per thread count
+    try:
+        key = speed_key(config, torch.device("cpu"), resolve_dtype(torch.device("cpu"), config.train.dtype))
+    finally:
+        torch.set_num_threads(threads)
+    cache = SpeedCache(tmp_path / "cache" / "speeds.json")
+    for name, value in ((COLD_COMPILE, 300.0), (COMPILED, 60_000.0), (EAGER, 50_000.0)):
+        cache.put(f"{key}|{name}", value)
+    at = TINY_GPT.index("--max-steps")
+    p = run_cli("train", *TINY_GPT[:at], *TINY_GPT[at + 2:-1], "--compile", "--time-budget", "3", "--threads", "1",
+                "--device", "cpu", "--data", dataset_dir, "--runs-dir", tmp_path / "runs", "--name", "r",
+                env={"CHARGPT_CACHE": str(tmp_path / "cache")}, check=True)
+    assert "compile: skipped: a first compile of this model costs ~5m00s here for 20% faster steps" in p.stdout
+    assert not [f for f in (tmp_path / "cache").rglob("*") if f.is_file() and f.name != "speeds.json"]

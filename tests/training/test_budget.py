@@ -128,3 +128,37 @@ def test_without_a_preset_the_budget_chooses_the_size_and_the_users_fields_win(d
     assert config["model"]["n_layer"] == SIZES[0].model["n_layer"]  # from the budget's choice
     assert config["model"]["n_embd"] == 32  # given: kept
     assert json.loads((tmp_path / "cache" / "speeds.json").read_text())  # the speed it measured is remembered
+
+
+# ------------------------------------------------------------------------ what compiling costs, beside the speeds
+def test_compile_figures_are_kept_beside_the_speeds_the_best_of_each(tmp_path):
+    from chargpt.runtime.compiling import CompileFigures
+
+    config, path = sized_config(SIZES[0]), tmp_path / "speeds.json"
+    cache = SpeedCache(path)
+    cache.put(f"{budget.speed_key(config, CPU, 'float32')}|{budget.EAGER}", 15_200.0)
+    budget.record_compile(config, CPU, "float32", cold=True, seconds=55.0, tokens_per_sec=17_800.0, cache=cache)
+    budget.record_compile(config, CPU, "float32", cold=True, seconds=70.0, tokens_per_sec=16_000.0,
+                          cache=cache)  # a busier run: neither figure kept
+    budget.record_compile(config, CPU, "float32", cold=False, seconds=4.0, tokens_per_sec=None, cache=cache)
+    budget.record_compile(config, CPU, "float32", cold=None, seconds=1.0, tokens_per_sec=None, cache=cache)
+    figures = budget.compile_figures(config, CPU, "float32", SpeedCache(path))  # read back from the file
+    assert figures == CompileFigures(cold_seconds=55.0, warm_seconds=4.0, compiled_speed=17_800.0,
+                                     eager_speed=15_200.0)
+    other = sized_config(SIZES[1])  # another shape: measured apart
+    assert budget.compile_figures(other, CPU, "float32", SpeedCache(path)) == CompileFigures()
+    assert SpeedCache(path).get(budget.speed_key(config, CPU, "float32")) is None  # the size choice's speed: apart
+
+
+def test_an_eager_run_and_the_probe_teach_the_eager_speed_a_compiled_run_does_not(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHARGPT_CACHE", str(tmp_path))
+    config = sized_config(SIZES[0])
+    budget.record_speed(config, CPU, "float32", 20_000.0, compiled=True)
+    assert budget.compile_figures(config, CPU, "float32").eager_speed is None
+    assert budget.speed_cache().get(budget.speed_key(config, CPU, "float32")) == 20_000.0  # the size choice's
+    budget.record_speed(config, CPU, "float32", 15_000.0)
+    assert budget.compile_figures(config, CPU, "float32").eager_speed == 15_000.0
+    probed = SpeedCache(tmp_path / "probed.json")
+    choose(1, get_preset("cpu"), CPU, "float32", nullcontext, elapsed=0, cache=probed)
+    eager = budget.compile_figures(sized_config(SIZES[0], get_preset("cpu")), CPU, "float32", probed).eager_speed
+    assert eager is not None and eager == probed.get(budget.speed_key(sized_config(SIZES[0]), CPU, "float32"))

@@ -1,18 +1,84 @@
-"""torch.compile for a training run: whether it can work here, its persistent cache, and which shapes that cache
-already holds (so a short time budget is not spent compiling)."""
+"""torch.compile for a training run: whether it can work here, its persistent cache, which shapes that cache
+already holds, and whether compiling pays in a time budget on this machine's measured figures."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-# Below this time budget a first compile costs more of the budget than compiled steps win back; with a warm cache,
-# compiling pays at any budget.
-COLD_COMPILE_BUDGET = 150.0
+from .progress import format_duration
+
+# Compiled training must see this many times the tokens eager training would: speeds and compile times measured
+# on one run vary by a few percent on the next, and near the break-even point compiling wins nothing.
+COMPILE_MARGIN = 1.05
+
+
+@dataclass(frozen=True)
+class CompileFigures:
+    """What compiling one model costs and wins on this machine, measured by earlier runs (None: not measured):
+    the seconds a compile adds from a cold cache and from a warm one, and training tokens/s compiled and eager."""
+
+    cold_seconds: float | None = None
+    warm_seconds: float | None = None
+    compiled_speed: float | None = None
+    eager_speed: float | None = None
+
+
+def compile_decision(training_seconds: float | None, cached: bool | None,
+                     figures: CompileFigures) -> tuple[bool, str]:
+    """Whether a run with `training_seconds` left to train (None: no time budget) compiles, and the line that
+    says why ("" when there is nothing to say). `cached`: whether the compile cache holds the model (None: the
+    user's own cache, which chargpt cannot tell: treated as warm, as before figures were kept).
+
+    A run without a budget compiles. A budget run compiles where, on this machine's figures for the model,
+    (training_seconds - compile seconds) x compiled speed > COMPILE_MARGIN x training_seconds x eager speed,
+    the compile seconds being the cold cache's or the warm one's. Without figures, a cold cache trains eagerly
+    (a first compile can cost more of a budget than its faster steps return) and a warm one compiles."""
+    if training_seconds is None:
+        return True, ""
+    cold = cached is False
+    cost = figures.cold_seconds if cold else figures.warm_seconds
+    compiled, eager = figures.compiled_speed, figures.eager_speed
+    if cost is None or not compiled or not eager:
+        if cold:
+            return False, ("compile: skipped: what a first compile of this model costs and wins on this machine is "
+                           "not measured yet, and it may cost more of the budget than its faster steps return")
+        return True, "compile: compiling first, from the compile cache" if cached else ""
+    gain = compiled / eager - 1
+    what = "a first compile of this model" if cold else "loading this model's compiled graphs from the cache"
+    if compiled <= COMPILE_MARGIN * eager:
+        pace = (f"only {gain:.0%} faster here than eager ones, too little to pay for {what} "
+                f"(~{format_duration(cost)})" if gain > 0 else f"{-gain:.0%} slower here than eager ones")
+        return False, f"compile: skipped: compiled steps of this model run {pace}"
+    pays = (training_seconds - cost) * compiled > COMPILE_MARGIN * training_seconds * eager
+    break_even = cost * compiled / (compiled - COMPILE_MARGIN * eager)
+    return pays, (f"compile: {'compiling first' if pays else 'skipped'}: {what} costs ~{format_duration(cost)} "
+                  f"here for {gain:.0%} faster steps, which pays {'after' if pays else 'only after'} "
+                  f"~{format_duration(break_even)} of training; this budget trains "
+                  f"~{format_duration(max(0.0, training_seconds))}")
+
+
+@dataclass
+class CompileRun:
+    """What a compiling run measures of its compile: whether the cache was cold (None: unknown), the seconds a
+    helper process spent filling it, and the training process's first step (which compiles or loads the graphs)."""
+
+    cold: bool | None
+    helper_seconds: float = 0.0
+    first_step_seconds: float | None = None
+
+    def figures(self, steps: int, seconds: float, tokens_per_step: int) -> tuple[float | None, float | None]:
+        """(seconds the compile added, compiled training tokens/s) of a run of `steps` steps in `seconds` of
+        training; None where it trained too few steps to tell."""
+        if self.first_step_seconds is None or steps < 2:
+            return None, None
+        step = max(seconds - self.first_step_seconds, 1e-9) / (steps - 1)  # a compiled step, once compiled
+        return max(0.0, self.helper_seconds + self.first_step_seconds - step), tokens_per_step / step
 
 
 def compile_unavailable_reason(device: torch.device) -> str | None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..config import Config, get_preset
+from ..runtime.compiling import CompileFigures
 
 # The most of a budget's training part the periodic estimates may take (one is skipped when it would take more):
 # kept back from training when a size is chosen, with the checkpoints written with them.
@@ -89,8 +90,9 @@ def _shape_key(config: Config) -> str:
 
 
 class SpeedCache:
-    """Training tokens/s per machine and shape, kept in chargpt's cache directory (speeds.json). A figure only
-    rises: a run on a busy machine never teaches a later run that this machine is slow."""
+    """Training tokens/s per machine and shape, and what compiling costs there, kept in chargpt's cache directory
+    (speeds.json). A speed only rises and a cost only falls: a run on a busy machine never teaches a later run
+    that this machine is slow."""
 
     def __init__(self, path: Path | None):
         self.path = path
@@ -102,10 +104,12 @@ class SpeedCache:
     def get(self, key: str) -> float | None:
         return self.values.get(key)
 
-    def put(self, key: str, tokens_per_sec: float) -> None:
-        if tokens_per_sec <= self.values.get(key, 0.0):
+    def put(self, key: str, value: float, *, cost: bool = False) -> None:
+        """Keep `value` under `key` where it beats the figure kept: a higher speed, or a lower `cost`."""
+        kept = self.values.get(key)
+        if not value > 0 or (kept is not None and (value >= kept if cost else value <= kept)):
             return
-        self.values[key] = tokens_per_sec
+        self.values[key] = value
         if self.path is None:
             return
         try:
@@ -181,6 +185,7 @@ def choose(budget: float, base: Config, device: torch.device, precision: str, au
         if known is None and measure:
             known = probe_speed(configs[i], device, autocast)
             cache.put(key, known)
+            cache.put(f"{key}|{EAGER}", known)  # the probe trains eagerly: what a compile is weighed against
         if known is not None:
             speeds[i] = known
             return known
@@ -206,9 +211,43 @@ def choose(budget: float, base: Config, device: torch.device, precision: str, au
     return Choice(configs[chosen], SIZES[chosen], tps, seconds, reason)
 
 
-def record_speed(config: Config, device: torch.device, precision: str, tokens_per_sec: float) -> None:
-    """Remember a finished run's steady speed for the budget's next choice (compiled runs are faster)."""
-    speed_cache().put(f"{_machine_key(device, precision)}|{_shape_key(config)}", tokens_per_sec)
+def record_speed(config: Config, device: torch.device, precision: str, tokens_per_sec: float, *,
+                 compiled: bool = False) -> None:
+    """Remember a finished run's steady speed for the budget's next choice (compiled runs are faster), and an
+    eager run's as the eager speed a compile is weighed against."""
+    cache, key = speed_cache(), speed_key(config, device, precision)
+    cache.put(key, tokens_per_sec)
+    if not compiled:
+        cache.put(f"{key}|{EAGER}", tokens_per_sec)
+
+
+# Figures of compiling, kept in the speed cache beside the speeds, under the speed's key and one of these.
+EAGER, COMPILED, COLD_COMPILE, WARM_COMPILE = "eager", "compiled", "cold compile s", "warm compile s"
+
+
+def speed_key(config: Config, device: torch.device, precision: str) -> str:
+    """The speed cache's key of `config`'s model trained here: machine, device, precision, threads, torch, shape."""
+    return f"{_machine_key(device, precision)}|{_shape_key(config)}"
+
+
+def compile_figures(config: Config, device: torch.device, precision: str,
+                    cache: SpeedCache | None = None) -> CompileFigures:
+    """What compiling `config`'s model costs and wins here, as earlier runs measured it (`compile_decision`)."""
+    cache, key = cache if cache is not None else speed_cache(), speed_key(config, device, precision)
+    return CompileFigures(cold_seconds=cache.get(f"{key}|{COLD_COMPILE}"),
+                          warm_seconds=cache.get(f"{key}|{WARM_COMPILE}"),
+                          compiled_speed=cache.get(f"{key}|{COMPILED}"), eager_speed=cache.get(f"{key}|{EAGER}"))
+
+
+def record_compile(config: Config, device: torch.device, precision: str, *, cold: bool | None,
+                   seconds: float | None, tokens_per_sec: float | None, cache: SpeedCache | None = None) -> None:
+    """Remember what a compiling run measured: the `seconds` its compile added (from a cold cache or a warm one;
+    not kept where `cold` is unknown) and its compiled steps' speed (None: not measured)."""
+    cache, key = cache if cache is not None else speed_cache(), speed_key(config, device, precision)
+    if seconds is not None and cold is not None:
+        cache.put(f"{key}|{COLD_COMPILE if cold else WARM_COMPILE}", max(seconds, 1e-3), cost=True)
+    if tokens_per_sec is not None:
+        cache.put(f"{key}|{COMPILED}", tokens_per_sec)
 
 
 def final_pass_seconds(model, val_tokens: int, block_size: int, device: torch.device, eval_tokens: int) -> float:
