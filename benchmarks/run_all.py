@@ -3,8 +3,8 @@
     python benchmarks/run_all.py [--only NAME ...] [--skip-long]
 
 `--skip-long` leaves out the time-budgeted quality runs: bench_quality (3 x 150, 300, 600 s and 3 x 150 s in
-float32, about an hour) and bench_budget (the budget table: W, then 3 seeds of W, 3W and W/5, about 25 minutes
-where W is 100 s).
+float32, about an hour), bench_budget (the budget table: W, then 3 seeds of W, 3W and W/5, about 25 minutes
+where W is 100 s) and bench_sweep (two 16-trial sweeps and a 24-trial one at B = W, about 75 minutes).
 """
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import commit, machine, print_table  # noqa: E402
 
-BENCHES = ["bench_prepare", "bench_train", "bench_eval", "bench_sampling", "bench_serve", "bench_quality", "bench_budget"]
-LONG = {"bench_quality", "bench_budget"}
+BENCHES = ["bench_prepare", "bench_train", "bench_eval", "bench_sampling", "bench_serve", "bench_quality",
+           "bench_budget", "bench_sweep"]
+LONG = {"bench_quality", "bench_budget", "bench_sweep"}
 
 
 def main() -> None:

@@ -27,9 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 # `make test` runs them with pytest-xdist's `--dist loadfile`: a worker takes one whole module at a time, in this
 # order, so the long ones start first and the workers run out of work together; and a module's fixtures (a
 # server, runs trained for the module) are made once, on the one worker that runs it. The rest keep their order.
-LONGEST_FIRST = ("test_compiling", "test_reliability", "test_app", "test_readme", "test_cli", "test_cli_errors",
+LONGEST_FIRST = ("test_compiling", "test_sweep", "test_reliability", "test_app", "test_readme", "test_cli", "test_cli_errors",
                  "test_tracker", "test_loop", "test_distributed", "test_library", "test_budget", "test_checkpoint",
-                 "test_listing", "test_fsutil", "test_properties", "test_rundir", "test_notebook")
+                 "test_listing", "test_fsutil", "test_properties", "test_swap", "test_rundir", "test_notebook")
 
 
 def pytest_collection_modifyitems(items) -> None:

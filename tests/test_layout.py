@@ -7,7 +7,7 @@ import chargpt
 PACKAGE = Path(chargpt.__file__).parent
 # Each part of the package and its floor; a module may import from a lower floor or from its own part.
 FLOORS = {"errors": 0, "fsutil": 1, "schema": 1, "config": 2, "runtime": 3, "data": 4, "model": 4, "runs": 5,
-          "track": 6, "training": 7, "serve": 7, "cli": 8, "library": 8, "__init__": 9, "__main__": 9}
+          "track": 6, "training": 7, "serve": 7, "sweeps": 8, "cli": 9, "library": 9, "__init__": 10, "__main__": 10}
 
 
 def part_of(parts: list[str]) -> str:

@@ -1,0 +1,140 @@
+"""A sweep's Optuna study: where it is kept (a SQLite file in sweeps/NAME by default, or any Optuna storage that
+many machines share), the settings all its workers must share, and the sampler and pruner each worker brings.
+A worker that stops giving heartbeats (killed mid-trial) has its trial failed and queued again."""
+from __future__ import annotations
+
+import logging
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+from ..errors import ConfigError
+
+SWEEPS_DIR = "sweeps"  # sweeps/NAME holds a sweep's study (by default), best.toml and plots
+STUDY_DB = "study.db"
+PrunerName = Literal["median", "halving", "none"]
+HEARTBEATS = 5  # heartbeats a worker sends in each grace period
+MAX_RETRIES = 3  # times one trial is queued again after its worker died
+PRUNE_FROM = 20  # percent of its budget a trial trains before a pruner may stop it
+MEDIAN_STARTUP = 4  # trials finished before the median pruner stops any
+HALVING_FACTOR = 3  # successive halving keeps the best third at each rung
+
+
+def sweep_dir(name: str) -> Path:
+    return Path(SWEEPS_DIR) / name
+
+
+def storage_url(name: str, storage: str | None) -> str:
+    """The study's storage: `storage` as given, else the SQLite file sweeps/NAME/study.db."""
+    return storage or f"sqlite:///{sweep_dir(name) / STUDY_DB}"
+
+
+def shown(url: str) -> str:
+    """`url` as messages show it: without its password."""
+    if "://" not in url:
+        return url
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL sqlalchemy reads: shown as given, less anything between ':' and '@'
+        return url.split("@")[-1] if "@" in url else url
+
+
+@contextmanager
+def quiet_optuna():
+    """Optuna's own log lines and its warnings that an API is experimental stay out of chargpt's output."""
+    import optuna
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def open_storage(url: str, grace_period: float):
+    """The Optuna storage at `url`: a database URL (with heartbeats, so that a dead worker's trial is retried) or a
+    path (Optuna's journal file). A URL that cannot be opened is a `ConfigError` naming it, its password hidden."""
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    try:
+        if "://" not in url:
+            from optuna.storages.journal import JournalFileBackend
+
+            return optuna.storages.JournalStorage(JournalFileBackend(url))
+        scheme = url.split("://")[0].split("+")[0]
+        timeout = {"sqlite": {"timeout": 60}, "postgresql": {"connect_timeout": 10}, "mysql": {"connect_timeout": 10}}
+        return RDBStorage(url, engine_kwargs={"connect_args": timeout.get(scheme, {}), "pool_pre_ping": True},
+                          heartbeat_interval=max(1, int(grace_period) // HEARTBEATS), grace_period=int(grace_period),
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        fix = ("install the database's driver (PostgreSQL: pip install 'psycopg[binary]'; MySQL: pip install pymysql "
+               "and a mysql+pymysql:// URL)" if isinstance(e, ImportError) else
+               "check the URL (sqlite:///FILE, postgresql://USER@HOST/DB, mysql://USER@HOST/DB or a journal file's "
+               "path) and that its server runs and can be reached")
+        raise ConfigError(f"cannot open the study's storage {shown(url)} ({type(e).__name__}: {first}); "
+                          f"{fix}") from None
+
+
+def has_heartbeat(storage) -> bool:
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    return is_heartbeat_enabled(storage)
+
+
+def make_pruner(name: PrunerName):
+    """The pruner `name`. Trials report at percents of their budget, so that trials of different speeds compare."""
+    import optuna
+
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP, n_warmup_steps=PRUNE_FROM)
+    if name == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=PRUNE_FROM, reduction_factor=HALVING_FACTOR)
+    return optuna.pruners.NopPruner()
+
+
+def make_sampler(seed: int, number: int):
+    """The sampler of trial `number`, seeded by the sweep's seed and that number: one worker samples the same
+    trials for the same seed, and workers that share a study sample different ones."""
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=(seed * 1_000_003 + number) % 2 ** 32)
+
+
+def open_study(name: str, storage, url: str, pruner: PrunerName, create: bool):
+    """The study `name` in `storage` (opened from `url`), created when `create` and it is not there yet; else a
+    `ConfigError` saying how to start it."""
+    import optuna
+
+    try:
+        return optuna.load_study(study_name=name, storage=storage, pruner=make_pruner(pruner))
+    except KeyError:
+        if not create:
+            raise ConfigError(f"no sweep {name} in {shown(url)}; start it with: chargpt sweep {name} --data DIR "
+                              f"--trials N --trial-budget B") from None
+    try:
+        return optuna.create_study(study_name=name, storage=storage, direction="minimize",
+                                   pruner=make_pruner(pruner), load_if_exists=True)
+    except Exception as e:
+        raise ConfigError(f"cannot create sweep {name} in {shown(url)} ({type(e).__name__}: {e})") from None
+
+
+def check_settings(study, settings: dict, name: str, url: str) -> dict:
+    """Record `settings` (what makes trials comparable: the space, the trial budget, the seed, the dataset) in a new
+    study; in one started before, refuse settings that differ. Return the study's settings."""
+    stored = study.user_attrs.get("chargpt")
+    if stored is None:
+        study.set_user_attr("chargpt", settings)
+        return settings
+    for key, value in settings.items():
+        if value is not None and stored.get(key) != value:
+            raise ConfigError(f"sweep {name} in {shown(url)} was started with {key} {stored.get(key)}, not {value}; "
+                              f"pass the same to join it (or nothing, for its space), or choose another name")
+    return stored
