@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from chargpt.runs import checkpoint
 from chargpt.config import get_preset
@@ -161,7 +163,7 @@ def test_a_signal_as_a_run_ends_stops_it_with_its_exit_code_never_lost_nor_a_tra
         assert -p.returncode in signals
     else:
         assert p.returncode in {exit_code_of(s) for s in signals}, (p.returncode, err)
-        assert err.startswith("error: ") and ("SIGTERM" in err or "terminated" in err or "interrupted" in err), err
+        assert not err.startswith("error: ") and ("SIGTERM" in err or "terminated" in err or "interrupted" in err), err
     assert checkpoint.load(tmp_path / "runs" / "r")["step"] == 20
 
 
@@ -468,3 +470,100 @@ def test_temporaries_a_killed_writer_left_are_removed_where_runs_are_listed_or_o
         writing.communicate()
     ok(chargpt("runs", cwd=tmp_path))  # the writer is gone, and with it its lock
     assert not planted.exists() and not any(p.exists() for p in own)
+
+
+# ------------------------------------------------------------------------------------ files whose contents lie
+def test_the_library_reads_a_runs_checkpoint_only_from_inside_the_run_as_the_cli_does(tiny_run, tmp_path):
+    """`chargpt.load(RUN)` read a ckpt.pt that is a symlink out of the run, which `chargpt sample --ckpt RUN` refuses;
+    a checkpoint file named directly stays the user's choice, in both."""
+    import chargpt
+    from chargpt.errors import CheckpointError
+    from conftest import one_error_line
+
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("*.pt"))
+    shutil.copytree(tiny_run, elsewhere)
+    (run / "ckpt.pt").symlink_to(elsewhere / "ckpt.pt")
+    assert "outside its run directory" in one_error_line(run_main("sample", "--ckpt", run, "--device", "cpu"))
+    loaded = chargpt.load(run)
+    for read in (lambda: loaded.generate("a", max_new_tokens=3), lambda: loaded.config, lambda: loaded.loss("ab")):
+        with pytest.raises(CheckpointError, match="outside its run directory"):
+            read()
+    assert len(chargpt.load(run / "ckpt.pt").generate("a", max_new_tokens=3)) == 4
+    assert run_main("sample", "--ckpt", run / "ckpt.pt", "--device", "cpu").returncode == 0
+
+
+@pytest.fixture(scope="module")
+def small_dataset(dataset_dir, tmp_path_factory) -> Path:
+    """A dataset of a few thousand characters with tiny Shakespeare's vocabulary: the tiny run scores it."""
+    from chargpt.data.dataset import prepare
+
+    vocab = load_dataset(dataset_dir).tokenizer.chars
+    source = tmp_path_factory.mktemp("small") / "small.txt"
+    source.write_text(vocab * 40)
+    prepare(source, source.parent / "data", name="small")
+    return source.parent / "data"
+
+
+def _dataset_copy(dataset_dir: Path, to: Path) -> Path:
+    to.mkdir()
+    for name in ("meta.json", "train.pt", "val.pt"):
+        shutil.copy(dataset_dir / name, to / name)
+    return to
+
+
+# What a hand edit may leave in meta.json's fields, and split files that claim other sizes, types or ids.
+
+SHAKESPEARE_VOCAB = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+META_VALUE = st.one_of(st.none(), st.booleans(), st.integers(-2, 3), st.sampled_from([65, 64, 66, 10 ** 12, 2 ** 70]),
+                       st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=4),
+                       st.sampled_from(["abc", "x" * 65, SHAKESPEARE_VOCAB, SHAKESPEARE_VOCAB[::-1][:64] + "~"]))
+SPLIT = st.one_of(
+    st.builds(lambda n, top, dtype: (torch.arange(n) % top).to(dtype), st.integers(0, 40), st.integers(1, 300),
+              st.sampled_from([torch.uint8, torch.int8, torch.int16, torch.int64, torch.float32, torch.bool])),
+    st.builds(lambda shape: torch.zeros(shape, dtype=torch.long), st.lists(st.integers(0, 4), max_size=3).map(tuple)),
+    st.builds(lambda n: torch.arange(2 * n)[::2], st.integers(1, 20)),  # a strided view of a larger storage
+    st.binary(max_size=64),  # not a tensor file at all
+)
+META_KEYS = ["vocab", "vocab_size", "train_tokens", "val_tokens", "total_chars", "format", "dtype", "content_hash"]
+DATA_EDIT = st.one_of(
+    st.tuples(st.just("meta.json"), st.sampled_from(META_KEYS), META_VALUE),
+    st.tuples(st.sampled_from(["train.pt", "val.pt"]), st.just(None), SPLIT),
+    st.tuples(st.sampled_from(["train.pt", "val.pt", "meta.json"]), st.just("truncate"), st.integers(0, 400)))
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(edits=st.lists(DATA_EDIT, min_size=1, max_size=2))
+@example(edits=[("meta.json", "vocab_size", 10 ** 12)])
+@example(edits=[("val.pt", None, torch.arange(8)[::2])])
+def test_a_dataset_whose_files_disagree_is_one_line_for_eval_never_a_traceback(tiny_run, small_dataset, tmp_path,
+                                                                                 capsys, edits):
+    """meta.json claiming another vocabulary, size or length than the split tensors hold, split files of other
+    types, shapes or ids, truncated files: `chargpt eval --data` scores it or says what is wrong in one line."""
+    import json
+    import tempfile
+
+    from chargpt.cli import main
+    from chargpt.fsutil import save_torch
+
+    data = _dataset_copy(small_dataset, Path(tempfile.mkdtemp(dir=tmp_path)) / "data")
+    for name, key, value in edits:
+        path = data / name
+        if key == "truncate":
+            path.write_bytes(path.read_bytes()[:value])
+        elif name == "meta.json":
+            try:
+                meta = json.loads(path.read_text())
+            except ValueError:
+                continue
+            meta[key] = value
+            path.write_text(json.dumps(meta))
+        elif isinstance(value, bytes):
+            path.write_bytes(value)
+        else:
+            save_torch(path, value)
+    code = main(["eval", "--ckpt", str(tiny_run), "--data", str(data), "--eval-tokens", "64", "--device", "cpu",
+                 "--threads", "1"])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    assert code == 0 or (len(err.splitlines()) == 1 and err.startswith("error: ")), err

@@ -7,11 +7,13 @@ EXIT_FAILURE = 1  # it failed while running: a full disk, a training run that di
 EXIT_USAGE = 2  # bad input: a flag, a value, or a file, dataset, run or checkpoint that cannot be used
 EXIT_INTERRUPTED = 130  # stopped by Ctrl-C (SIGINT)
 EXIT_TERMINATED = 143  # stopped by SIGTERM
+EXIT_HUNG_UP = 129  # stopped by SIGHUP (its terminal or ssh session closed)
 
 
 def exit_code_of(signum: int) -> int:
-    """The exit code of a command stopped by signal `signum`."""
-    return EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_TERMINATED
+    """The exit code of a command stopped by signal `signum` (128 + its number, as a shell shows a signal's end)."""
+    hangup = getattr(signal, "SIGHUP", None)
+    return EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_HUNG_UP if signum == hangup else EXIT_TERMINATED
 
 
 class ChargptError(Exception):

@@ -1,16 +1,19 @@
 """Run directories: `locate_run` (a run's name, its directory, `latest` or a checkpoint file to a path), `latest`
 pointing at the newest run with a checkpoint from its first one, and marking it."""
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from chargpt.errors import CheckpointError
-from chargpt.runs.rundir import RunDir, locate_run
+from chargpt.runs.rundir import RunDir, locate_run, read_metrics
 
 from conftest import one_error_line, run_cli, run_main
 
@@ -123,3 +126,74 @@ def test_readme_ctrl_c_then_resume_latest_continues_the_interrupted_run(dataset_
     resumed = run_cli("train", "--resume", "runs/latest", "--max-steps", str(stopped + 20), cwd=tmp_path, check=True)
     assert resumed.stdout.startswith(f"resuming {os.path.join('runs', 'new')} at step {stopped} ")
     assert os.readlink(tmp_path / "runs/latest") == "new"
+
+
+# ------------------------------------------------------------------------- links and the lines that say why
+def test_resuming_a_hard_linked_snapshot_never_writes_into_the_run_it_was_copied_from(tiny_run, tmp_path):
+    """`cp -al run snap` shares every file's inode: metrics.jsonl, appended in place, grew in both."""
+    original = tmp_path / "runs/orig"
+    shutil.copytree(tiny_run, original)
+    subprocess.run(["cp", "-al", str(original), str(tmp_path / "runs/snap")], check=True)
+    kept = {p.name: p.read_bytes() for p in original.iterdir()}
+    run_main("train", "--resume", "runs/snap", "--max-steps", "24", "--log-interval", "1", cwd=tmp_path, check=True)
+    assert {p.name: p.read_bytes() for p in original.iterdir()} == kept
+    assert max(r["step"] for r in read_metrics(tmp_path / "runs/snap")) == 24
+
+
+def test_a_run_resumed_through_a_symlink_is_marked_latest_beside_the_link_not_beside_its_target(tmp_path,
+                                                                                               monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = RunDir.create("store", "x")
+    (run.path / "ckpt.pt").write_bytes(b"x")
+    run.unlock()
+    Path("runs").mkdir()
+    Path("runs/x").symlink_to(Path("../store/x"))
+    for named in ("runs/x", "runs/x/ckpt.pt"):
+        opened = RunDir.open(named)
+        opened.mark_latest()
+        opened.unlock()
+        assert not os.path.lexists("store/latest")  # nothing written outside the runs folder named
+        assert os.readlink("runs/latest") == "x" and RunDir.open("runs/latest").path == opened.path
+        RunDir.open("runs/latest").unlock()
+
+
+@contextlib.contextmanager
+def unwritable(directory: Path):
+    """`directory` read-only for this process: its mode, and for root (whom modes do not stop) the effective uid of
+    nobody while the block runs. Its parents must be searchable by everyone."""
+    directory.chmod(0o555)
+    try:
+        if os.geteuid() == 0:
+            os.seteuid(65534)
+            try:
+                yield
+            finally:
+                os.seteuid(0)
+        else:
+            yield
+    finally:
+        directory.chmod(0o755)
+
+
+def test_a_run_in_a_directory_that_cannot_be_written_says_so_not_to_remove_what_is_not_there():
+    home = Path(tempfile.mkdtemp())
+    try:
+        home.chmod(0o755)
+        run = RunDir.create(home, "r")
+        (run.path / "ckpt.pt").write_bytes(b"x")
+        run.unlock()
+        with unwritable(run.path), pytest.raises(CheckpointError) as e:
+            RunDir.open(run.path)
+        message = str(e.value)
+        assert message.startswith(f"cannot write in {run.path} (Permission denied), so it cannot be resumed there; "
+                                  f"make it writable, or copy the run elsewhere") and "remove" not in message
+    finally:
+        shutil.rmtree(home)
+
+
+def test_a_dead_run_without_a_checkpoint_says_there_is_nothing_to_resume_not_to_wait(tmp_path):
+    run = RunDir.create(tmp_path / "runs", "dead")
+    (run.path / "config.json").write_text("{}")
+    run.unlock()  # its process ended (as a kill -9 does: the kernel drops the lock) before its first checkpoint
+    line = one_error_line(run_main("train", "--resume", "runs/dead", cwd=tmp_path))
+    assert "nothing to continue" in line and "wait" not in line, line

@@ -1,6 +1,12 @@
 """The tensorboard tracker: event files in the run directory, read back with TensorBoard's own reader."""
+import contextlib
 import json
+import os
+import shutil
+import tempfile
+import time
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -60,3 +66,91 @@ def test_the_library_writes_the_same_event_files_with_tracker_tensorboard(datase
     assert [(e.step, e.value) for e in acc.Scalars("val_loss")] == [
         (r["step"], pytest.approx(r["val_loss"], rel=1e-6)) for r in run.metrics if "val_loss" in r]
     assert json.loads(text(acc, "config").replace("\n    ", "\n"))["model"]["n_embd"] == 16
+
+
+# ---------------------------------------------------------------------- a tracker writes only inside its run
+def scalar_steps(run_dir, key: str) -> list[int]:
+    return [e.step for e in events(run_dir).Scalars(key)]
+
+
+def test_a_resumed_run_hides_what_a_killed_process_logged_past_its_checkpoint(dataset_dir, tmp_path):
+    """kill -9 after the checkpoint of step 4 and the records up to 8: the resumed run logs 5-8 again, and
+    TensorBoard showed each of those steps twice (metrics.jsonl drops them on resume)."""
+    short = [*TINY_GPT, "--log-interval", "1", "--eval-interval", "2", "--tracker", "tensorboard", "--eval-tokens",
+             "2000"]
+    run_main("train", "--data", dataset_dir, *short, "--max-steps", "4", "--name", "k", cwd=tmp_path, check=True)
+    run_dir = tmp_path / "runs/k"
+    at_4 = (run_dir / "ckpt.pt").read_bytes()
+    run_main("train", "--resume", "runs/k", "--max-steps", "8", "--tracker", "tensorboard", cwd=tmp_path, check=True)
+    (run_dir / "ckpt.pt").write_bytes(at_4)  # what kill -9 just before the checkpoint of step 8 leaves
+    (run_dir / "summary.json").unlink()
+    run_main("train", "--resume", "runs/k", "--max-steps", "8", "--tracker", "tensorboard", cwd=tmp_path, check=True)
+    assert scalar_steps(run_dir, "loss") == list(range(1, 9))
+    assert scalar_steps(run_dir, "loss") == [r["step"] for r in read_metrics(run_dir) if "loss" in r]
+
+
+def test_a_tensorboard_directory_that_links_out_of_the_run_is_refused_in_one_warning_and_training_goes_on(
+        dataset_dir, tmp_path):
+    run_main("train", "--data", dataset_dir, *TINY_GPT, "--max-steps", "2", "--eval-interval", "2", "--eval-tokens",
+             "2000", "--name", "s", cwd=tmp_path, check=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "runs/s/tensorboard").symlink_to(elsewhere)
+    p = run_main("train", "--resume", "runs/s", "--max-steps", "4", "--tracker", "tensorboard", cwd=tmp_path,
+                 check=True)
+    assert list(elsewhere.iterdir()) == []  # nothing written through the link
+    (line,) = p.stderr.splitlines()
+    assert line.startswith("warning: tensorboard: starting failed; training goes on without tensorboard") and \
+        "runs/s/tensorboard is a symbolic link" in line, line
+    assert json.loads((tmp_path / "runs/s/summary.json").read_text())["steps"] == 4
+
+
+@contextlib.contextmanager
+def unwritable(directory: Path):
+    """`directory` read-only for this process: its mode, and for root (whom modes do not stop) the effective uid of
+    nobody while the block runs (every thread's: the kernel checks a thread's own ids). Its parents must be
+    searchable by everyone."""
+    directory.chmod(0o555)
+    try:
+        if os.geteuid() == 0:
+            os.seteuid(65534)
+            try:
+                yield
+            finally:
+                os.seteuid(0)
+        else:
+            yield
+    finally:
+        directory.chmod(0o755)
+
+
+def test_an_event_file_that_cannot_be_written_is_one_warning_never_a_thread_traceback(capfd, monkeypatch):
+    """TensorBoard writes event files in a thread of its own, which reports a failed write by raising there:
+    Python printed that thread's traceback, the run went on (exit 0)."""
+    import threading
+
+    from torch.utils.tensorboard import SummaryWriter  # noqa: F401 (imported before the uid changes)
+
+    monkeypatch.setattr(threading, "excepthook", threading.__excepthook__)  # Python's own, not pytest's
+
+    from chargpt.runs.rundir import RunDir
+    from chargpt.track.tracker import make_tracker
+
+    home = Path(tempfile.mkdtemp())
+    try:
+        home.chmod(0o755)
+        (home / "r/tensorboard").mkdir(parents=True)
+        tracker = make_tracker("tensorboard")
+        with unwritable(home / "r/tensorboard"):
+            tracker.start(RunDir(home / "r"), {"model": {}}, None)
+            for step in range(30):
+                tracker.log({"step": step, "loss": 1.0}, step)
+            time.sleep(0.5)  # the writer thread's turn
+            tracker.finish({"steps": 30})
+        err = capfd.readouterr().err
+        assert "Traceback" not in err and "Exception in thread" not in err, err
+        (line,) = err.splitlines()
+        assert line.startswith("warning: tensorboard: ") and "PermissionError" in line, line
+        assert list((home / "r/tensorboard").iterdir()) == []
+    finally:
+        shutil.rmtree(home)

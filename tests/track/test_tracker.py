@@ -4,6 +4,7 @@ import base64
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ import torch
 from chargpt import __version__
 from chargpt.runs import provenance
 from chargpt.data.dataset import load_dataset, prepare
-from chargpt.track.tracker import run_config, separate_best
+from chargpt.track.tracker import GuardedTracker, run_config, separate_best
 from chargpt.track.wandb import (INIT_TIMEOUT, WandbTracker, dataset_artifact_name, default_run_name,
                                     download_dataset)
 
@@ -250,15 +251,15 @@ class BrokenRun:
 
 def test_a_failing_wandb_call_is_one_warning_and_then_the_tracker_goes_quiet(capsys, tmp_path):
     broken = BrokenRun()
-    tracker = WandbTracker(name="train-x")
-    tracker.run = broken  # as start() leaves it
+    tracker = GuardedTracker(WandbTracker(name="train-x"), "wandb")  # as make_tracker("wandb") builds it
+    tracker.tracker.run = broken  # as start() leaves it
     for step in range(3):
         tracker.log({"loss": 1.0}, step)
     tracker.finish({"steps": 3, "val_loss_full": 1.0})
     err = capsys.readouterr().err.splitlines()
     assert err == ["warning: wandb: logging metrics failed; training goes on without wandb "
                    "(ConnectionResetError: wandb-core went away)"]
-    assert tracker.run is None and broken.finished_with == 1
+    assert tracker.tracker.run is None and broken.finished_with == 1
 
 
 def test_disabled_mode_gives_a_tracker_that_does_nothing(dataset_dir, wandb_dir):
@@ -468,3 +469,31 @@ def test_wandb_credentials_notice_stays_silent(tmp_path):
     p = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "wandb:" not in p.stderr and "Loaded credentials" not in p.stderr, p.stderr
+
+
+def test_wandb_writes_inside_its_run_and_never_through_a_symlink_out_of_it(small_dataset, wandb_dir, tmp_path,
+                                                                            monkeypatch):
+    """Without WANDB_DIR, an offline run's files are the run directory's `wandb/`, not the working directory's; a
+    `wandb` there that links elsewhere is refused in one warning line, and training goes on."""
+    from conftest import run_main
+
+    monkeypatch.delenv("WANDB_DIR")
+    short = ["--preset", "bigram", "--max-steps", "4", "--eval-interval", "2", "--eval-iters", "1",
+             "--sample-tokens", "0"]
+    first = chargpt("train", "--data", small_dataset, *short, "--name", "w", "--wandb", "--wandb-mode", "offline",
+                    cwd=tmp_path)
+    assert first.returncode == 0 and "warning" not in first.stderr, first.stderr
+    (offline,) = (tmp_path / "runs/w/wandb").glob("offline-run-*")
+    assert f"tracking offline in {offline.relative_to(tmp_path)}" in first.stdout
+    assert not (tmp_path / "wandb").exists()
+    shutil.rmtree(tmp_path / "runs/w/wandb")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "runs/w/wandb").symlink_to(elsewhere)
+    second = run_main("train", "--resume", "runs/w", "--max-steps", "6", "--wandb", "--wandb-mode", "offline",
+                      cwd=tmp_path, check=True)  # refused before wandb starts: in this process
+    (line,) = second.stderr.splitlines()
+    assert line.startswith("warning: wandb: starting failed; training goes on without wandb") and \
+        "runs/w/wandb is a symbolic link" in line, line
+    assert list(elsewhere.iterdir()) == [] and not (tmp_path / "wandb").exists()
+    assert json.loads((tmp_path / "runs/w/summary.json").read_text())["steps"] == 6

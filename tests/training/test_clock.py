@@ -120,3 +120,23 @@ def test_a_budget_too_short_for_one_drawing_draws_only_at_the_end_and_affords_on
     assert not c.plot_due(0, last=False) and c.plot_due(0, last=True)
     now.now += 10
     assert c.affords(0.4) and not c.affords(1.0)
+
+
+def test_a_resumed_budget_counts_only_its_own_start_up_and_goes_on_from_the_seconds_trained_before():
+    """The earlier processes' seconds after their start-up were training: the schedule continues from them."""
+    now = Time()
+    c = clock(now, time_budget=100.0)
+    c.resumed_at, c.spent_budget, c.origin_before = 40, 50.0, 10.0  # as restore() reads them from the checkpoint
+    now.now += 3  # this process's start-up
+    c.start_training(40)
+    assert c.startup_seconds() == 3 and c.budget_origin == 13
+    assert c.budget_trained() == pytest.approx(40)  # 50 used before, 10 of them its start-up; not 53 - 10
+    assert c.budget_seconds() == pytest.approx(53)
+
+
+def test_a_run_resumed_at_its_end_is_finished_at_once_whatever_its_seconds_say():
+    now = Time()
+    c = clock(now, time_budget=100.0)
+    c.resumed_at, c.ended = 7, True  # a budget it reached (its wall clock is not re-counted here)
+    c.start_training(7)
+    assert c.fraction_done(7) < 1.0 and c.mark(7, None).finished

@@ -5,14 +5,17 @@ One process writes a run at a time: the writer holds an OS lock on the run's `.l
 drops when the process ends however it ends, so a `kill -9` never leaves a stale lock. Readers never take it."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CheckpointError, ConfigError
-from ..config import DEFAULT_RUN, LATEST
+from ..errors import CheckpointError, OutputError
+from ..config import DEFAULT_RUN, LATEST, RunOptions
+from .records import SHOWN_BYTES, MetricsLog, read_metrics_log
+from ..schema import check_value
 from ..fsutil import (METRICS_LIMIT, append_line, kind_of, open_lock, read_bytes, read_json, read_json_object,
                       read_problem, remove_stale_temporaries, stale_temporaries, write_json, write_text)
 
@@ -25,6 +28,7 @@ _held: dict[str, int] = {}  # run directory (real path) -> the descriptor holdin
 @dataclass
 class RunDir:
     path: Path
+    link: Path | None = None  # the symlink the run was opened by, when it lives elsewhere: `latest` goes beside it
 
     @classmethod
     def create(cls, out_dir: str | os.PathLike, name: str, unique: bool = False) -> "RunDir":
@@ -58,14 +62,15 @@ class RunDir:
     def open(cls, path: str | os.PathLike) -> "RunDir":
         """The run at `path` (its directory, or a file in it), checked before anything is written into it. A
         link such as `runs/latest` is followed, so the run keeps its own name: marking it latest again must not
-        point `latest` at itself."""
-        path = locate_run(path).run
+        point `latest` at itself. A run opened through a symlink to it is marked `latest` beside that link, in the
+        runs folder the user named, never beside the run's real directory."""
+        given, path = Path(path), locate_run(path).run
         problem = run_problem(path)
         if problem:
             raise CheckpointError(f"cannot resume {path}: {problem}; start a new run, or repair or remove that file")
         from ..runtime.distributed import is_main_process  # at call time: a resume has torch loaded already
 
-        run = cls(path)
+        run = cls(path, _run_link(given, path))
         if is_main_process():  # the other processes of a distributed run write nothing here
             run.lock()
         return run
@@ -85,6 +90,10 @@ class RunDir:
             try:
                 fd = open_lock(self.path / LOCK)
             except OSError as e:
+                if e.errno == errno.EROFS or not _writable(self.path):  # then there is nothing to remove
+                    raise CheckpointError(f"cannot write in {self.path} ({e.strerror}), so it cannot be resumed "
+                                          f"there; make it writable, or copy the run elsewhere and resume the "
+                                          f"copy") from None
                 raise CheckpointError(f"cannot lock {self.path / LOCK} ({e.strerror}); it must be a file chargpt "
                                       f"can write: remove whatever is there") from None
             try:
@@ -141,6 +150,22 @@ class RunDir:
         """The average of the weights over the last part of training (--ema), written at the end of the run."""
         return self.path / EMA
 
+    def subdir(self, name: str) -> Path:
+        """The directory `name` of the run, made if absent: where a tracker writes its own files. Only a directory
+        of the run itself, never a symlink (whose files would land outside the run) nor anything else."""
+        path = self.path / name
+        try:
+            path.mkdir()
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise OutputError(f"cannot create {path} ({e.strerror}); the run directory must be writable") from None
+        kind = kind_of(path)
+        if kind != "a directory":
+            raise OutputError(f"{path} is {kind}; chargpt writes only into a directory of the run there: remove or "
+                              f"rename it")
+        return path
+
     def write_config(self, config: dict) -> None:
         write_json(self.path / CONFIG, config)
 
@@ -157,7 +182,7 @@ class RunDir:
         path = self.path / METRICS
         if not path.is_file():
             return
-        kept = "".join(json.dumps(r) + "\n" for r in read_metrics(self.path) if r.get("step", 0) <= step)
+        kept = "".join(json.dumps(r) + "\n" for r in read_metrics(self.path, METRICS_LIMIT) if r.get("step", 0) <= step)
         if kept != read_bytes(path, METRICS_LIMIT, within=self.path).decode("utf-8", errors="replace"):
             write_text(path, kept)
 
@@ -175,7 +200,7 @@ class RunDir:
         """Point `<out_dir>/latest` at this run (a symlink replaced atomically), unless `latest` is something
         other than chargpt's own symlink (a plain name of a run next to it): then it is left alone, and the
         reason returned."""
-        target = real_path(self.path)
+        target = self.link if self.link is not None else real_path(self.path)
         link = target.parent / LATEST
         tmp = target.parent / f".{LATEST}.{os.getpid()}"
         if target.name == LATEST:
@@ -191,6 +216,22 @@ class RunDir:
         except OSError:
             pass  # a filesystem without symlinks only loses the convenience name
         return None
+
+
+def _run_link(given: Path, run: Path) -> Path | None:
+    """The symlink to the run directory `run` that `given` (a run, or a file of it) names it by, if any: the run's
+    `latest` belongs beside that link. `latest` itself stands for the name it points at."""
+    for path in (given, given.parent):
+        if path.name == LATEST and os.path.islink(path):
+            path = path.parent / os.readlink(path)
+        if os.path.islink(path) and os.path.realpath(path) == os.path.realpath(run):
+            return path
+    return None
+
+
+def _writable(directory: Path) -> bool:
+    """Whether this process may create files in `directory` (by its effective ids, as the kernel decides)."""
+    return os.access(directory, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids)
 
 
 def _lock_holder(inode: int) -> int | None:
@@ -277,9 +318,13 @@ def locate_run(target: str | os.PathLike, out_dir: str | os.PathLike | None = No
         return Located(run, ckpt, within)
     problem = read_problem(ckpt, within=within)
     if problem == "missing":
-        if (run / CONFIG).exists():
+        if (run / CONFIG).exists() and being_written(run):
             raise CheckpointError(f"{run} has no checkpoint yet (it is saved at the run's first --eval-interval or "
                                   f"--ckpt-interval); wait for it, or pass another run")
+        if (run / CONFIG).exists():
+            raise CheckpointError(f"{run} has no checkpoint: it ended before its first one (saved at the run's first "
+                                  f"--eval-interval or --ckpt-interval), so there is nothing to continue or read; "
+                                  f"start a new run, or pass another run")
         raise CheckpointError(f"no checkpoint at {ckpt}; pass a run directory or a .pt file written by `chargpt train`")
     if problem:
         raise CheckpointError(f"cannot read {ckpt}: it is {problem}; pass a run directory or a .pt file written by "
@@ -302,11 +347,9 @@ def _is_run_link(link: Path) -> bool:
 
 
 def check_run_name(name: str) -> None:
-    """A run name is one plain path component: the run stays inside --runs-dir, and `latest` stays chargpt's."""
-    if (not name or name in (".", "..", LATEST) or "/" in name or os.sep in name or name.startswith(".")
-            or "\0" in name):
-        raise ConfigError(f"--name {name!r} is not a plain run name; use letters, digits, '-', '_' or '.', "
-                          f"without '/', not starting with '.', and not {LATEST!r}")
+    """A run name is one plain path component (`RunOptions.name` declares it): the run stays inside --runs-dir,
+    and `latest` stays chargpt's."""
+    check_value(RunOptions, "name", name)
 
 
 def run_problem(path: Path) -> str | None:
@@ -337,25 +380,16 @@ def run_problem(path: Path) -> str | None:
 
 
 def metrics_problem(path: Path) -> None:
-    """Raise ValueError naming the first damaged line of the metrics log (a torn last line is a crash's, not damage)."""
+    """Raise ValueError naming the first damaged line of the metrics log's end that is read (`read_metrics_log`; a
+    torn last line is a crash's, not damage)."""
     try:
-        lines = read_bytes(Path(path) / METRICS, METRICS_LIMIT, within=path).decode("utf-8").splitlines()
+        damaged = read_metrics_log(Path(path) / METRICS, within=path).damaged
     except FileNotFoundError:
         return
-    except (OSError, ValueError) as e:
+    except OSError as e:
         raise ValueError(f"{METRICS} is unreadable ({e.__class__.__name__})") from None
-    for i, line in enumerate(lines):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            if i == len(lines) - 1:
-                continue
-            raise ValueError(f"{METRICS} line {i + 1} is not JSON") from None
-        if not _is_record(record):
-            raise ValueError(f"{METRICS} line {i + 1} is not a record of numbers")
-
-
-NUMERIC = ("step", "train_loss", "val_loss", "train_seconds", "lr", "tokens_seen", "tokens_per_sec")
+    if damaged:
+        raise ValueError(damaged)
 
 
 def real_path(path: Path) -> Path:
@@ -370,32 +404,23 @@ def real_path(path: Path) -> Path:
         return real
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """Records of a metrics log; a torn last line (crash mid-write) is skipped, and so is any line that is not a
-    record of numbers (a hand edit): readers may rely on the types."""
-    out = []
+def read_metrics(path: str | os.PathLike, limit: int = SHOWN_BYTES) -> list[dict]:
+    """Records of the last `limit` bytes of run `path`'s metrics log (see `metrics_log`)."""
+    return metrics_log(path, limit).records
+
+
+def metrics_log(path: str | os.PathLike, limit: int = SHOWN_BYTES) -> MetricsLog:
+    """The last `limit` bytes of run `path`'s metrics log, read by its one reader (`records.read_metrics_log`); none
+    when there is no log, or it is a FIFO, a device or a link out of the run (nothing chargpt wrote: run_problem
+    names it)."""
     try:
-        lines = read_bytes(Path(path) / METRICS, METRICS_LIMIT, within=path).decode("utf-8", errors="replace").splitlines()
+        return read_metrics_log(Path(path) / METRICS, within=path, limit=limit)
     except FileNotFoundError:
-        return out
-    except OSError:  # a FIFO, a device, a link out of the run: nothing chargpt wrote (run_problem names it)
+        return MetricsLog()
+    except OSError:
         if not Path(path).is_dir():
             raise
-        return out
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if _is_record(record):
-            out.append(record)
-    return out
-
-
-def _is_record(record) -> bool:
-    return isinstance(record, dict) and all(
-        isinstance(record[k], (int, float)) and not isinstance(record[k], bool)
-        and (k != "step" or isinstance(record[k], int)) for k in NUMERIC if record.get(k) is not None)
+        return MetricsLog()
 
 
 def default_run_name(model: str, preset: str | None) -> str:

@@ -1,13 +1,17 @@
 """Training progress: a tqdm bar on a terminal, plain periodic lines otherwise (logs, CI, pipes).
 
 Both say the same things: how far the run is (steps of `max_steps`, or seconds of the time budget), the step,
-the latest loss, tokens per second and the time left.
+the latest loss, tokens per second and the time left. The output they go to may close under a run (`| head`, a
+terminal that hangs up): `output_may_close` keeps that from ending it.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
+from contextlib import contextmanager
+from typing import Iterator
 
 from tqdm import TqdmWarning, tqdm
 
@@ -143,3 +147,66 @@ class EvalProgress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+# ------------------------------------------------------------------------------------ output that may close
+class OutlivedStream:
+    """stdout or stderr (`name`) of a training run, which may outlive its reader: once a write fails (a pipe whose
+    reader is gone, `chargpt train ... 2>&1 | head`; a terminal closed under it), the output from then on is
+    discarded, with one note on the `other` stream while that one works, and training goes on."""
+
+    def __init__(self, stream, name: str):
+        self.stream, self.name = stream, name
+        self.other: OutlivedStream | None = None
+        self.lost = False
+
+    def write(self, text: str) -> int:
+        if not self.lost:
+            try:
+                return self.stream.write(text)
+            except (OSError, ValueError):  # EPIPE, EIO of a hung-up terminal, a stream closed by someone
+                self._lose()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.lost:
+            try:
+                self.stream.flush()
+            except (OSError, ValueError):
+                self._lose()
+
+    def _lose(self) -> None:
+        self.lost = True
+        silence(self.stream)
+        if self.other is not None and not self.other.lost:
+            print(f"note: {self.name} was closed (a pipe to head?); training goes on with its output discarded, and "
+                  f"the run directory records everything", file=self.other, flush=True)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+@contextmanager
+def output_may_close() -> Iterator[None]:
+    """While the block runs (a training run), sys.stdout and sys.stderr are `OutlivedStream`s: a closed output
+    never ends it."""
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = OutlivedStream(out, "stdout"), OutlivedStream(err, "stderr")
+    sys.stdout.other, sys.stderr.other = sys.stderr, sys.stdout
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
+def silence(stream) -> None:
+    """Point the descriptor under `stream` at /dev/null: what it still buffers, and Python's flush at exit, then go
+    nowhere instead of failing again (which would end the process with a traceback or exit code 120)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, stream.fileno())
+        finally:
+            os.close(devnull)
+    except (OSError, ValueError):  # a stream without a descriptor (a test's StringIO) never breaks anyway
+        pass

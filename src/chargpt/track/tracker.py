@@ -3,14 +3,18 @@ written; a tracker adds a service. The training loop hands every tracker the sam
 metrics.jsonl, and `finish_tracking` gives each the same images, checkpoints and summary at the end.
 
 A tracker named `x` in `config.TrackerName` is the class `TRACKER` of the module `chargpt.track.x`, imported
-only when chosen: a further tracker is one file plus its name in that Literal. Tracking never breaks training: a
-tracker turns its service's failures into one warning line and goes quiet.
+only when chosen: a further tracker is one file plus its name in that Literal. Tracking never breaks training:
+`GuardedTracker`, which `make_tracker` wraps every tracker in, turns a failure (in a call, or in a thread the tracker
+started, such as TensorBoard's event writer) into one warning line, after which the tracker goes quiet. A tracker's
+files stay inside its run: its directory is made by `RunDir.subdir`, which refuses a symlink.
 """
 from __future__ import annotations
 
 import importlib
 import sys
 import tempfile
+import threading
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, get_args, runtime_checkable
 
@@ -64,13 +68,105 @@ class NullTracker:
 
 
 def make_tracker(choice: str | Tracker | None, **options) -> Tracker:
-    """The tracker of `choice`: a name in `TrackerName` (built with `options`), a `Tracker` object, or None."""
+    """The tracker of `choice`: a name in `TrackerName` (built with `options`), a `Tracker` object, or None; every
+    one but None's is guarded (`GuardedTracker`)."""
     if choice is None:
         return NullTracker()
     if isinstance(choice, str):
         check_tracker(choice)
-        return importlib.import_module(f"chargpt.track.{choice}").TRACKER(**options)
-    return choice
+        return GuardedTracker(importlib.import_module(f"chargpt.track.{choice}").TRACKER(**options), choice)
+    if isinstance(choice, (GuardedTracker, NullTracker)):
+        return choice
+    return GuardedTracker(choice, type(choice).__name__)
+
+
+class GuardedTracker:
+    """`tracker`, whose failures are one warning line naming `service`, after which it goes quiet: the one place
+    where a tracker's errors are caught. That covers the threads the tracker starts during its calls (TensorBoard
+    writes its event files in one, and reports a failed write by raising there). The tracker may have `abandon()`,
+    called once after a failure to release what it holds."""
+
+    def __init__(self, tracker: Tracker, service: str):
+        self.tracker, self.service = tracker, service
+        self.failed = self.abandoned = False
+        self.threads: weakref.WeakSet[threading.Thread] = weakref.WeakSet()  # those the tracker started
+        self.before: set[threading.Thread] | None = None  # the threads alive when the current call began
+        self.lock = threading.Lock()
+        _guards.add(self)
+        _catch_thread_failures()
+
+    def start(self, run: RunDir | None, config: dict, data: Dataset) -> None:
+        self._call("starting", lambda: self.tracker.start(run, config, data))
+
+    def log(self, record: dict, step: int) -> None:
+        self._call("logging metrics", lambda: self.tracker.log(record, step))
+
+    def image(self, key: str, path: Path, caption: str, step: int) -> None:
+        self._call(f"logging the image {key}", lambda: self.tracker.image(key, path, caption, step))
+
+    def artifact(self, kind: str, files: dict[str, Path], aliases: list[str], metadata: dict) -> None:
+        self._call(f"logging the {kind}", lambda: self.tracker.artifact(kind, files, aliases, metadata))
+
+    def finish(self, summary: dict) -> None:
+        self._call("recording the summary", lambda: self.tracker.finish(summary))
+
+    def owns(self, thread: threading.Thread) -> bool:
+        before = self.before
+        return thread in self.threads or (before is not None and thread not in before)
+
+    def _call(self, what: str, fn) -> None:
+        if self.failed:
+            self._abandon()
+            return
+        self.before = set(threading.enumerate())
+        try:
+            fn()
+        except Exception as e:
+            self.fail(what, e)
+        finally:
+            self.threads.update(set(threading.enumerate()) - self.before)
+            self.before = None
+        if self.failed:
+            self._abandon()
+
+    def fail(self, what: str, exc: BaseException) -> None:
+        """The tracker failed at `what`: one warning line, the first time (a call and its thread may both fail)."""
+        with self.lock:
+            if self.failed:
+                return
+            self.failed = True
+        warn(f"{what} failed; training goes on without {self.service}", exc, self.service)
+
+    def _abandon(self) -> None:
+        """Let the failed tracker release what it holds, once, from the calling thread (never from its own)."""
+        if self.abandoned:
+            return
+        self.abandoned = True
+        try:
+            getattr(self.tracker, "abandon", lambda: None)()
+        except Exception:  # it has failed already, and said so
+            pass
+
+
+_guards: weakref.WeakSet[GuardedTracker] = weakref.WeakSet()
+
+
+def _catch_thread_failures() -> None:
+    """Route an exception that ends a thread a tracker started to its `GuardedTracker` (one warning line, not
+    Python's traceback); any other thread's goes on to the hook that was there before."""
+    previous = threading.excepthook
+    if getattr(previous, "routes_tracker_threads", False):
+        return
+
+    def hook(args) -> None:
+        owner = next((g for g in list(_guards) if args.thread is not None and g.owns(args.thread)), None)
+        if owner is None or not isinstance(args.exc_value, Exception):
+            previous(args)
+            return
+        owner.fail("writing in the background", args.exc_value)
+
+    hook.routes_tracker_threads = True
+    threading.excepthook = hook
 
 
 def check_tracker(choice: str | Tracker | None) -> None:

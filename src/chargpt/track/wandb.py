@@ -1,8 +1,9 @@
 """Weights & Biases: the `wandb` tracker (a `training` run per run directory, resumed runs continued), and the
 dataset artifacts of `chargpt prepare --wandb` and `--dataset-artifact`.
 
-Every call into wandb is guarded: a failure becomes one warning line on stderr, after which the tracker goes
-quiet. `wandb` is imported only when used. wandb's own environment variables (WANDB_MODE, WANDB_PROJECT,
+A training run's failures become one warning line on stderr, after which the tracker goes quiet
+(`tracker.GuardedTracker`); its files go into the run directory's `wandb/` unless WANDB_DIR names another place.
+`wandb` is imported only when used. wandb's own environment variables (WANDB_MODE, WANDB_PROJECT,
 WANDB_ENTITY, ...), also from a `.env` file, count as chargpt's defaults; flags given on the command line win.
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ DOWNLOAD_TIMEOUT = 300.0
 TINY_SHAKESPEARE_ARTIFACT = "mini-shakespeare-tensors"  # the notebook's name
 DEFAULT_PROJECT = "nanogpt"  # the notebook's project: its use_artifact('nanogpt/mini-shakespeare-tensors:latest')
 RUN_ID_FILE = "wandb-run.json"  # in the run directory: the W&B run a resumed run continues
+SUBDIR = "wandb"  # in the run directory: wandb's files of its training run (offline: what `wandb sync` uploads)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -106,16 +108,19 @@ def _init_timeout() -> float:
 
 
 def _init(*, mode: str, job_type: str, name: str, project: str | None, entity: str | None, config: dict,
-          run_id: str | None = None):
+          run_id: str | None = None, run_dir=None):
     """Start a wandb run (`resolve_mode`); an online start that fails or times out falls back to offline. With
-    `run_id`, the run continues that W&B run (resume="allow"). Returns the run, or None (disabled or failed,
-    already reported)."""
+    `run_id`, the run continues that W&B run (resume="allow"); with `run_dir` (a `RunDir`), wandb's files go into
+    its `wandb/` (unless WANDB_DIR is set). Returns the run, or None (disabled or failed, already reported)."""
     load_env_file()
     want, why = resolve_mode(mode)
     if want == "disabled":
         if why:
             notice(f"{why}not tracking {name}")
         return None
+    root = {}
+    if run_dir is not None and not os.environ.get("WANDB_DIR"):
+        root = {"dir": str(run_dir.subdir(SUBDIR).parent)}  # a directory of the run, never a link out of it
     try:
         import wandb
 
@@ -129,7 +134,7 @@ def _init(*, mode: str, job_type: str, name: str, project: str | None, entity: s
         settings = wandb.Settings(init_timeout=_init_timeout(), silent=True, console="off")
         resume = {"id": run_id, "resume": "allow"} if run_id else {}
         return wandb.init(project=resolve_project(project), entity=entity, name=name, job_type=job_type,
-                          config=config, mode=m, settings=settings, **resume)
+                          config=config, mode=m, settings=settings, **resume, **root)
 
     if want == "online":
         try:
@@ -280,7 +285,7 @@ class WandbTracker:
         config = config | {"dataset": config.get("dataset", {}) | {"artifact": artifact}}
         self.run = _init(mode=self.options["mode"], job_type="training", name=self.name, config=config,
                          run_id=previous.get("id"), project=self.options["project"] or previous.get("project"),
-                         entity=self.options["entity"] or previous.get("entity"))
+                         entity=self.options["entity"] or previous.get("entity"), run_dir=run)
         if self.run is None:
             return
         if run is not None:
@@ -308,62 +313,55 @@ class WandbTracker:
         except Exception as e:
             warn(f"cannot record dataset artifact {artifact}; its content hash is in the config", e)
 
-    def _guard(self, what: str, fn: Callable[[], None]) -> None:
-        if self.run is None:
+    def abandon(self) -> None:
+        """After a failure: end the W&B run as failed, without waiting long (a wandb that fails may also hang)."""
+        run, self.run = self.run, None
+        if run is None:
             return
-        try:
-            fn()
-        except Exception as e:
-            warn(f"{what} failed; training goes on without wandb", e)
-            run, self.run = self.run, None
 
-            def stop():
-                import wandb
+        def stop():
+            import wandb
 
-                run.finish(exit_code=1)
-                _teardown(wandb)
+            run.finish(exit_code=1)
+            _teardown(wandb)
 
-            _bounded(stop, 30.0)  # a wandb that is failing may also hang: never wait on it for long
+        _bounded(stop, 30.0)
 
     def log(self, record: dict, step: int) -> None:
-        self._guard("logging metrics", lambda: self.run.log({k: v for k, v in record.items() if k != "step"},
-                                                            step=step))
+        if self.run is not None:
+            self.run.log({k: v for k, v in record.items() if k != "step"}, step=step)
 
     def image(self, key: str, path: Path, caption: str, step: int) -> None:
-        def log():
-            import wandb
+        if self.run is None:
+            return
+        import wandb
 
-            self.run.log({key: wandb.Image(str(path), caption=caption)}, step=step)  # copies the file now
-
-        self._guard(f"logging the image {key}", log)
+        self.run.log({key: wandb.Image(str(path), caption=caption)}, step=step)  # copies the file now
 
     def artifact(self, kind: str, files: dict[str, Path], aliases: list[str], metadata: dict) -> None:
-        def log():
-            import wandb
+        if self.run is None:
+            return
+        import wandb
 
-            version = wandb.Artifact(f"{self.name}-{kind}", type=kind, metadata=metadata,
-                                     description="chargpt checkpoint: weights, config, vocabulary, optimizer state")
-            for name, path in files.items():
-                version.add_file(str(path), name=name)
-            self.run.log_artifact(version, aliases=aliases)
-
-        self._guard(f"logging the {kind} artifact", log)
+        version = wandb.Artifact(f"{self.name}-{kind}", type=kind, metadata=metadata,
+                                 description="chargpt checkpoint: weights, config, vocabulary, optimizer state")
+        for name, path in files.items():
+            version.add_file(str(path), name=name)
+        self.run.log_artifact(version, aliases=aliases)
 
     def finish(self, summary: dict) -> None:
-        def record():
-            import wandb
+        if self.run is None:
+            return
+        import wandb
 
-            if summary.get("sample"):  # the same step as the images: one row of the run's history
-                self.run.log({"samples": wandb.Table(columns=["step", "sample"],
-                                                     data=[[int(summary.get("steps") or 0), summary["sample"]]])},
-                             step=int(summary.get("steps") or 0))
-            self.run.summary.update({k: v for k, v in summary.items()
-                                     if k != "sample" and isinstance(v, (int, float, str, bool))})
-
-        self._guard("recording the summary", record)
-        if self.run is not None:
-            wrun, self.run = self.run, None
-            _finish(wrun, "training run")
+        if summary.get("sample"):  # the same step as the images: one row of the run's history
+            self.run.log({"samples": wandb.Table(columns=["step", "sample"],
+                                                 data=[[int(summary.get("steps") or 0), summary["sample"]]])},
+                         step=int(summary.get("steps") or 0))
+        self.run.summary.update({k: v for k, v in summary.items()
+                                 if k != "sample" and isinstance(v, (int, float, str, bool))})
+        wrun, self.run = self.run, None
+        _finish(wrun, "training run")
 
 
 TRACKER = WandbTracker

@@ -38,10 +38,12 @@ class BudgetClock:
         self.tc, self.budget, self.now, self.agree = tc, tc.time_budget, now, agree
         self.start = start  # when the budget's clock started: the command's start
         self.resumed_at = resumed_at  # the step this process resumed at (None: a new run)
+        self.ended = False  # resumed at the end of the run (`reached_end`): finished, whatever the seconds say
         self.evaluated_at: int | None = None  # a resumed step whose evaluation is already logged
         self.spent = spent  # training seconds of the run before this process (a resume)
         self.spent_budget = spent_budget  # seconds of its budget the run's earlier processes used
-        self.budget_origin = budget_origin  # seconds of the budget gone when training began (start-up, compiling)
+        self.origin_before = 0.0  # of those, the seconds before their training began (start-ups, compiling)
+        self.budget_origin = budget_origin  # seconds of the budget gone to start-ups and compiling: not training
         self.reserve = 0.0  # seconds of the budget kept for the final pass over val and the sample
         self.final_tokens = tc.eval_tokens  # characters of val the final pass scores (fewer to fit a short budget)
         self.draws_plot = draws_plot  # this process redraws loss.png
@@ -58,6 +60,10 @@ class BudgetClock:
         """Seconds of the time budget used: the user's wall clock since the command started (start-up, compiling,
         evaluations and checkpoints included), plus what the run's earlier processes used."""
         return self.spent_budget + self.now() - self.start
+
+    def startup_seconds(self) -> float:
+        """Seconds since this process's command started (before training: its start-up)."""
+        return self.now() - self.start
 
     def budget_trained(self) -> float:
         """Seconds of the budget since training began: what the schedule, the estimates and the average count."""
@@ -85,9 +91,10 @@ class BudgetClock:
 
     # -------------------------------------------------------------------------------------- paused work
     def start_training(self, step: int) -> None:
-        """Training begins at `step`: the budget's training part and the training seconds start now."""
+        """Training begins at `step`: the budget's training part and the training seconds start now. A resumed
+        run's start-up is this process's alone: the earlier processes' seconds after theirs were training."""
         if self.budget_origin is None:
-            self.budget_origin = self.budget_seconds()
+            self.budget_origin = self.origin_before + self.startup_seconds()
         # a budget is evaluated at evenly spaced fractions of it, at those the estimates can afford
         self.next_eval_mark = math.floor(self.fraction_done(step) * self.tc.budget_evals) + 1 if self.budget else 0
         self.t_start, self.paused = self.now(), 0.0
@@ -130,7 +137,8 @@ class BudgetClock:
         tc = self.tc
         done, stop, evals_next, trained = self.agree(
             [self.fraction_done(step), float(signal or 0), self.eval_seconds + self.eval_cost, self.budget_trained()])
-        finished = done >= 1.0 and (step > 0 or self.resumed_at is not None)  # a new run trains a step
+        # a new run trains a step; a run resumed at its end is finished, whatever its seconds say
+        finished = self.ended or (done >= 1.0 and (step > 0 or self.resumed_at is not None))
         if self.budget:
             marked = done * tc.budget_evals >= self.next_eval_mark
             if marked:

@@ -35,6 +35,7 @@ class TrainRequest:
     wandb_mode: str = "auto"
     argv: list[str] | None = None
     clock_start: float | None = None  # time.perf_counter() when the user's wall clock started (default: now)
+    judge: Any = None  # a sweep's trial (`sweeps.trial.Judge`): sees each val estimate, may stop the run early
 
 
 @dataclass
@@ -86,7 +87,7 @@ class TrainPlan:
             t = setup(self.config, self.data, run, device=self.device, resume_state=self.resume_state,
                       init_from=self.init_from, tracker=tracker, echo=echo, clock_start=self.clock_start,
                       preset=self.preset, data_dir=str(self.data_dir), model_choice=self.model_choice,
-                      notebook=notebook)
+                      notebook=notebook, judge=req.judge)
             started = True
             loop(t)
             return t, finish(t)
@@ -150,8 +151,8 @@ def plan_training(req: TrainRequest, *, load_data: bool = True,
         if plan.resume_run is not None:  # refused: the run stays free, also in a process that lives on
             plan.resume_run.unlock()
         raise
-    if not load_data and plan.resume_run is not None:  # only printed, never trained
-        plan.resume_run.unlock()
+    if plan.resume_run is not None and (not load_data or plan.finished):  # only printed, or nothing to train:
+        plan.resume_run.unlock()  # the run is left as it was, without even its lock file
     return plan
 
 

@@ -24,7 +24,7 @@ from ..runtime.signals import StopSignals
 from ..track.tracker import finish_tracking
 from .budget import SPEED_STEPS, record_speed
 from .evaluate import EvaluationInterrupted, PassResult, bigram_optimum, describe_pass, evaluate_split
-from .loop import save_checkpoint
+from .loop import save_checkpoint, teach_compile
 from .state import Training
 
 
@@ -44,7 +44,8 @@ def finish(t: Training) -> dict:
                "time_budget": t.config.train.time_budget or None,
                **({"model_choice": t.writer.model_choice} if t.writer.model_choice else {}),
                "tokens_per_sec": seen["tokens_per_sec"], "train_loss": t.writer.last_eval.get("train_loss"),
-               "val_loss": t.writer.last_eval.get("val_loss")}
+               "val_loss": t.writer.last_eval.get("val_loss"),
+               **(t.writer.judge.record if t.writer.judge else {})}  # a sweep's trial: its sweep, number, pruning
     if t.ema is not None:  # ema.pt: the average, for sample, eval and serve when the run recommends it
         save_checkpoint(t, t.writer.run.ema if t.writer.run is not None else None, model=t.ema.model)
     t0 = time.perf_counter()
@@ -60,13 +61,15 @@ def finish(t: Training) -> dict:
 
 
 def teach_next_runs(t: Training, seconds: float) -> None:
-    """Mark the compiled graphs as cached, and remember the speed of a run long enough to rely on."""
+    """Mark the compiled graphs as cached, and remember the speed of a run long enough to rely on and what its
+    compile cost."""
     steps_here, main = t.step - (t.clock.resumed_at or 0), t.dist.is_main
     if t.compiled and main and steps_here > 0:  # its compiled graphs are in the cache now
         mark_compiled(t.compiled)
     if main and steps_here >= SPEED_STEPS:  # a speed the budget's next choice can rely on
-        record_speed(t.config, t.device, t.precision, steps_here * t.tokens_per_step / max(seconds - t.clock.spent,
-                                                                                           1e-9))
+        speed = steps_here * t.tokens_per_step / max(seconds - t.clock.spent, 1e-9)
+        record_speed(t.config, t.device, t.precision, speed, compiled=bool(t.compiled))
+    teach_compile(t, seconds)
 
 
 @contextmanager

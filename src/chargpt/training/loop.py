@@ -8,6 +8,7 @@ import math
 import random
 import signal
 import sys
+import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable
@@ -23,14 +24,15 @@ from ..model.gpt import build_model
 from ..runs import checkpoint, records
 from ..runs.rundir import RunDir
 from ..runtime import distributed
-from ..runtime.compiling import (COLD_COMPILE_BUDGET, compile_key, compile_model, compile_unavailable_reason,
+from ..runtime.compiling import (CompileRun, compile_decision, compile_key, compile_model, compile_unavailable_reason,
                                  compiled_before, mark_compiled, prepare_compile)
 from ..runtime.device import autocast_for, configure_backends, resolve_dtype, set_threads
 from ..runtime.resources import keep_freed_memory_for_reuse
 from ..runtime.progress import Progress, format_duration
 from ..runtime.signals import StopSignals
 from ..track.tracker import NullTracker
-from .budget import FINAL_MARGIN, FINAL_SHARE, SAMPLE_RATE, final_pass_seconds
+from .budget import (FINAL_MARGIN, FINAL_SHARE, SAMPLE_RATE, SPEED_STEPS, compile_figures, final_pass_seconds,
+                     record_compile)
 from .clock import BudgetClock, reached_end
 from .evaluate import estimate_loss
 from .optim import Muon, load_optimizer_states, lr_multiplier, make_optimizers, set_lr
@@ -48,7 +50,7 @@ def setup(config: Config, data: Dataset, run: RunDir | None, *, device: torch.de
           echo: Callable[[str], None] | None = print, clock_start: float, **run_fields) -> Training:
     """Build what is trained on `device`, restore a resume or a fine-tune into it, write the run's config and
     decide what the time budget affords. `clock_start`: when the budget's clock started (the command's start);
-    `run_fields`: the writer's preset, data_dir, model_choice, notebook."""
+    `run_fields`: the writer's preset, data_dir, model_choice, notebook, judge."""
     device, dist = start_process(config, device)
     writer = RunWriter(run, data, writes=dist.is_main and run is not None,
                        say=echo if dist.is_main and echo is not None else quiet,
@@ -61,11 +63,12 @@ def setup(config: Config, data: Dataset, run: RunDir | None, *, device: torch.de
     if writer.writes and resume_state is not None:
         run.recover(t.step)
     announce(t)
-    t.compiled = compile_choice(t)
     reserve_final_pass(t)
+    t.compiled = compile_choice(t)  # weighs the compile against the training the budget leaves
     t.fwd = wrapped(t)
     data.check_block_size(config.model.block_size)
-    if resume_state is not None and run is not None and reached_end(resume_state, config.train):
+    t.clock.ended = resume_state is not None and reached_end(resume_state, config.train)
+    if t.clock.ended and run is not None:
         # resuming a finished run: its last evaluation is already logged; only the final report is redone
         writer.last_eval = next(({"train_loss": r["train_loss"], "val_loss": r["val_loss"]}
                                  for r in reversed(run.metrics()) if r.get("step") == t.step and "val_loss" in r), {})
@@ -122,7 +125,7 @@ def restore(t: Training, state: dict) -> None:
     t.writer.origin = extra.get("init_from")
     t.clock.resumed_at, t.clock.spent = t.step, extra.get("train_seconds", 0.0)
     t.clock.spent_budget = extra.get("budget_seconds", t.clock.spent)  # runs saved before budgets were wall clock
-    t.clock.budget_origin = extra.get("budget_origin") or 0.0
+    t.clock.origin_before = extra.get("budget_origin") or 0.0
     t.writer.best_val = extra.get("best_val_loss") or math.inf
     if tc.ema and isinstance(extra.get("ema"), dict):
         average = build_model(t.config.model)
@@ -151,8 +154,9 @@ def announce(t: Training) -> None:
 
 
 def compile_choice(t: Training) -> str | None:
-    """The compile_key of the model to compile here, or None to train eagerly (no --compile, no compiler here,
-    or a first compile that a short budget cannot afford)."""
+    """The compile_key of the model to compile here, or None to train eagerly: no --compile, no compiler here,
+    or a time budget whose training would not win the compile back (`compile_decision`, on what earlier runs
+    measured of compiling this model on this machine)."""
     tc, say = t.config.train, t.writer.say
     no_compile = compile_unavailable_reason(t.device) if tc.compile else None
     if no_compile:
@@ -163,11 +167,15 @@ def compile_choice(t: Training) -> str | None:
     threads = [torch.get_num_threads()] if t.device.type == "cpu" else []  # inductor's CPU kernels specialize on it
     key = compile_key(t.device.type, t.precision, dataclasses.asdict(t.config.model), t.batches.micro_batch,
                       t.dist.world_size, *threads)
-    if tc.time_budget and tc.time_budget < COLD_COMPILE_BUDGET and compiled_before(key) is False:
-        say(f"compile: skipped in this {format_duration(tc.time_budget)} budget (the first compile of this model "
-            f"takes 10-40 s); a run of {format_duration(COLD_COMPILE_BUDGET)} or more, or one without a budget, "
-            f"compiles it for the runs after it")
+    cached = compiled_before(key)
+    used = t.clock.agree([t.clock.budget_seconds() + t.clock.reserve])[0]  # every process decides alike
+    compiles, why = compile_decision(tc.time_budget - used if tc.time_budget else None, cached,
+                                     compile_figures(t.config, t.device, t.precision))
+    if why:
+        say(why)
+    if not compiles:
         return None
+    t.compile_run = CompileRun(cold=None if cached is None else not cached)
     return key
 
 
@@ -187,20 +195,24 @@ def reserve_final_pass(t: Training) -> None:
         final *= clock.final_tokens / scored
         fitted = f" ({clock.final_tokens:,} of its {val:,} characters, to fit the budget)"
     clock.reserve = final + (tc.sample_tokens / SAMPLE_RATE if tc.sample_tokens else 0.0) + 0.5
-    gone = clock.budget_seconds()
-    left = tc.time_budget - gone - clock.reserve
+    left = tc.time_budget - clock.budget_seconds() - clock.reserve
+    resumed = clock.resumed_at is not None
     training = (f"~{format_duration(left)} of training with its estimates and checkpoints"
-                f"{' (compiling first)' if t.compiled else ''}" if left > 0 else
-                "nothing left to train (one step is trained, so the run has a checkpoint)")
-    t.writer.say(f"budget: {format_duration(tc.time_budget)} of wall clock from the command's start: "
-                 f"{format_duration(gone)} gone to start-up, {training}, "
+                if left > 0 else "nothing left to train" if resumed
+                else "nothing left to train (one step is trained, so the run has a checkpoint)")
+    gone = f"{format_duration(clock.startup_seconds())} gone to start-up"
+    if resumed:  # the earlier commands' seconds are the run's, not this start-up's
+        gone = f"{format_duration(clock.spent_budget)} used by the run before this resume, {gone}"
+    t.writer.say(f"budget: {format_duration(tc.time_budget)} of wall clock from the "
+                 f"{'run' if resumed else 'command'}'s start: {gone}, {training}, "
                  f"~{format_duration(clock.reserve)} for the final pass over val{fitted} and the sample")
 
 
 def wrapped(t: Training) -> torch.nn.Module:
     """What the loop calls: the model, compiled when chosen, in DDP under torchrun."""
     if t.compiled and t.device.type == "cpu" and not t.dist.enabled and compiled_before(t.compiled) is False:
-        compile_in_helper(t.config.model, t.batches.micro_batch, t.precision, t.compiled)
+        t.compile_run.helper_seconds = compile_in_helper(t.config.model, t.batches.micro_batch, t.precision,
+                                                         t.compiled)
     fwd = compile_model(t.model, t.device) if t.compiled else t.model
     if t.dist.enabled:
         return DDP(fwd, device_ids=[t.device.index] if t.device.type == "cuda" else None)
@@ -222,16 +234,19 @@ def loop(t: Training) -> None:
             if mark.evaluate:
                 with clock.paused_training():
                     evaluate_and_log(t, bar, last=mark.finished)
-            if mark.save:
+            early = t.writer.stopped_early is not None  # a sweep's pruner stopped the run at this estimate
+            if mark.save or early:
                 with clock.paused_training():
                     save_checkpoint(t)
-            if mark.finished:
+            if mark.finished or early:
                 break
             if mark.signal:
                 stop_here(t, mark.signal, loss, grad_norm)
             set_lr(t.optimizers, lr_multiplier(clock.fraction_done(t.step), tc))
             loss, grad_norm = train_step(t)
             t.step += 1
+            if t.compile_run and t.compile_run.first_step_seconds is None:  # compiled in it, or loaded the graphs
+                t.compile_run.first_step_seconds = clock.train_seconds() - clock.spent
             if tc.ema and mark.done >= tc.ema_from:
                 average_weights(t)
             if t.step % tc.log_interval == 0:
@@ -315,6 +330,8 @@ def evaluate_and_log(t: Training, bar: Progress, last: bool = False) -> None:
     if t.clock.plot_due(t.step, last):
         with t.clock.drawing():
             writer.redraw_plot()
+    if writer.judge is not None and not last:
+        writer.stopped_early = writer.judge.judge(t.step, t.clock.fraction_done(t.step), losses["val"])
     if losses["val"] < writer.best_val and t.step > 0:
         writer.best_val = losses["val"]
         save_checkpoint(t, writer.run.best if writer.run is not None else None)
@@ -350,21 +367,34 @@ def stop_here(t: Training, signum: int, loss: float, grad_norm: float) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- compiling
-def compile_in_helper(mc: ModelConfig, micro_batch: int, precision: str, key: str) -> None:
+def compile_in_helper(mc: ModelConfig, micro_batch: int, precision: str, key: str) -> float:
     """Compile the training step of a model never compiled here in a helper process, which leaves it in the
     compile cache for the training process (and every later run) to load: compiled in the training process, the
     compiler would stay loaded, and in memory, for the whole run. Should the helper fail, the training process
-    compiles."""
+    compiles. Returns the seconds the helper took."""
     from ..runtime.launch import run_helper
 
     spec = {"model": dataclasses.asdict(mc), "micro_batch": micro_batch, "precision": precision,
             "threads": torch.get_num_threads()}
+    t0 = time.perf_counter()
     try:
         compiled = run_helper("chargpt.training.loop.compile_training_step", json.dumps(spec)).returncode == 0
     except OSError:
-        return
+        return time.perf_counter() - t0
     if compiled:
         mark_compiled(key)
+    return time.perf_counter() - t0
+
+
+def teach_compile(t: Training, seconds: float) -> None:
+    """Remember, for the next runs' `compile_choice`, what compiling cost this run (main process) and the speed
+    of its compiled steps (over `SPEED_STEPS` or more); `seconds`: its training seconds so far."""
+    if t.compile_run is None or not t.dist.is_main:
+        return
+    steps = t.step - (t.clock.resumed_at or 0)
+    cost, speed = t.compile_run.figures(steps, seconds - t.clock.spent, t.tokens_per_step)
+    record_compile(t.config, t.device, t.precision, cold=t.compile_run.cold, seconds=cost,
+                   tokens_per_sec=speed if steps >= SPEED_STEPS else None)
 
 
 def compile_training_step(spec_json: str) -> None:

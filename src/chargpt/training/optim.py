@@ -139,6 +139,13 @@ def load_optimizer_states(optimizers: list[torch.optim.Optimizer], states: list[
             raise ValueError(f"{len(states)} optimizer states for {len(optimizers)} optimizers")
         for opt, state in zip(optimizers, states):
             opt.load_state_dict(state)
+            for param, held in opt.state.items():  # torch checks no shape, and a forged one crashes a fused step
+                for name, t in held.items():
+                    if isinstance(t, torch.Tensor) and t.dim() and t.shape != param.shape:
+                        raise ValueError(f"an optimizer's {name} has shape {tuple(t.shape)} for a parameter of shape "
+                                         f"{tuple(param.shape)}")
+                    if isinstance(t, torch.Tensor) and not bool(torch.isfinite(t).all()):
+                        raise ValueError(f"an optimizer's {name} holds values that are not finite")
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
         raise CheckpointError(f"{path} does not match the model it records ({first}); "

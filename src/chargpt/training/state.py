@@ -15,6 +15,7 @@ from ..config import Config
 from ..data.batch import get_batch
 from ..data.dataset import Dataset
 from ..runtime import distributed
+from ..runtime.compiling import CompileRun
 from ..runtime.device import autocast_for
 from .clock import BudgetClock
 from .writer import RunWriter
@@ -80,6 +81,7 @@ class Training:
     step: int = 0
     ema: Average | None = None  # the average of the weights (--ema), from its start on
     compiled: str | None = None  # compile_key of the compiled model, None when training eagerly
+    compile_run: CompileRun | None = None  # what the run measures of its compile, for the next runs' choice
 
     @property
     def data(self) -> Dataset:

@@ -6,7 +6,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ..config import Config
 from ..data.dataset import Dataset
@@ -35,6 +35,8 @@ class RunWriter:
     best_val: float = math.inf  # the lowest val estimate so far, whose model best.pt holds
     last_eval: dict = field(default_factory=dict)  # the latest estimate's train_loss and val_loss
     marked_latest: bool = False  # `latest` points at this run since its first checkpoint here
+    judge: Any = None  # a sweep's trial: its `judge(step, done, val_loss)` may stop the run, its `record` is summarized
+    stopped_early: str | None = None  # why the judge stopped the run early (a sweep's pruner)
 
     @property
     def where(self) -> str:

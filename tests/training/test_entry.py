@@ -1,0 +1,49 @@
+"""The one way into training: a finished run, resumed, is finished by one rule for a step count and a time budget
+alike (one line, and its directory left exactly as it was); a larger budget continues it."""
+import re
+import time
+
+import pytest
+
+from chargpt.data.dataset import load_dataset
+from chargpt.runs import checkpoint
+from chargpt.runtime.progress import format_duration
+
+from conftest import TINY_GPT, run_main, tiny_config, train_config
+
+TINY = [*TINY_GPT, "--eval-tokens", "2000", "--device", "cpu", "--threads", "1"]
+
+
+def snapshot(run_dir) -> dict:
+    """Every file of a run directory, dot files included, with its bytes."""
+    return {p.name: p.read_bytes() for p in sorted(run_dir.iterdir())}
+
+
+@pytest.mark.parametrize("length", [["--max-steps", "4"], ["--time-budget", "3"]], ids=["max-steps", "time-budget"])
+def test_resuming_a_finished_run_says_so_in_one_line_and_leaves_its_directory_as_it_was(dataset_dir, tmp_path,
+                                                                                        length):
+    """It used to leave a `.lock` behind: a change to a run that the README promises is left unchanged."""
+    run_main("train", "--data", dataset_dir, *TINY, *length, "--name", "f", cwd=tmp_path, check=True)
+    before = snapshot(tmp_path / "runs/f")
+    p = run_main("train", "--resume", "runs/f", cwd=tmp_path, check=True)
+    assert re.fullmatch(r"runs/f is finished: .*; to train it further, resume with a larger --\S+: "
+                        r"chargpt train --resume runs/f --\S+ \S+\n", p.stdout), p.stdout
+    assert p.stderr == ""
+    assert snapshot(tmp_path / "runs/f") == before
+
+
+def test_a_larger_budget_continues_the_run_and_its_earlier_seconds_are_not_called_start_up(dataset_dir, tmp_path):
+    data = load_dataset(dataset_dir)
+    config = tiny_config("cpu", 10 ** 6, n_layer=1, n_embd=32, n_head=2, block_size=16)
+    config.train.time_budget, config.train.eval_tokens, config.train.device = 2.0, 2000, "cpu"
+    _, first = train_config(config, data, tmp_path, "b", clock_start=time.perf_counter())
+    spent = checkpoint.load(tmp_path / "b")["extra"]["budget_seconds"]  # the budget the checkpoint had used
+    config.train.time_budget = round(spent) + 8.0
+    said = []
+    _, summary = train_config(config, data, tmp_path, "b", resume=True, echo=said.append,
+                              clock_start=time.perf_counter())
+    line = next(line for line in said if line.startswith("budget: "))
+    assert f"from the run's start: {format_duration(spent)} used by the run before this resume, " in line, line
+    startup = re.search(r"resume, (\S+)s gone to start-up", line).group(1)
+    assert float(startup) < 5.0, line  # this process's start-up alone
+    assert summary["steps"] > first["steps"] and summary["time_budget"] == config.train.time_budget
