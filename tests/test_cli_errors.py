@@ -544,16 +544,18 @@ def test_sigterm_during_prepare_leaves_no_temporaries_and_the_next_run_removes_s
     proc = subprocess.Popen([sys.executable, "-m", "chargpt", "prepare", "--input", str(big), "--out", str(out)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
-    while not (out.is_dir() and any(p.name.endswith(".tmp") for p in out.iterdir())):
+    while not list(tmp_path.glob("**/.*.tmp")):  # the new dataset's files, written beside `out` until they are whole
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "prepare never started writing"
         time.sleep(0.005)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
-    assert "terminated" in one_error_line(err)
-    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "terminated" in lines[0] and not lines[0].startswith("error: "), err  # a plain line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.txt"]  # no temporaries, nor the directory it made
     # A writer killed outright (kill -9) leaves a temporary: the next prepare removes it, then writes the dataset.
+    out.mkdir()
     stale = out / ".train.pt.999999999.abcd1234.tmp"
     stale.write_bytes(b"x" * 1000)
     p = chargpt("prepare", "--input", str(shakespeare_path), "--out", str(out), cwd=tmp_path)
@@ -606,3 +608,20 @@ def test_sample_to_an_ascii_terminal_escapes_what_it_cannot_show(ws, tmp_path):
     assert p.returncode == 0 and "Traceback" not in err, err
     assert err.count("warning:") == 1 and "ascii" in err
     assert p.stdout.decode("ascii").startswith("caf\\xe9")
+
+
+def test_an_allocation_the_memory_estimate_did_not_foresee_is_one_line_not_a_traceback(ws, tmp_path):
+    """Under an address-space limit (`ulimit -v`) the free memory chargpt reads is not what it may use: the allocation
+    that fails is still one line and exit 1."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-m", "chargpt", "sample", "--ckpt", str(ws / "runs/latest/ckpt.pt"),
+                        "--num-samples", "1000", "--max-new-tokens", "1000000"], cwd=tmp_path, env=env, text=True,
+                       capture_output=True, timeout=120, preexec_fn=limit)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.splitlines() == ["error: out of memory; choose a smaller model, --batch-size, --num-samples or "
+                                     "--max-new-tokens, or free memory, then retry"], p.stderr

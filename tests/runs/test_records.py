@@ -44,3 +44,27 @@ def test_eval_json_uses_the_summary_names_and_keeps_the_short_ones(tiny_run, tmp
     for name in ("val_loss_full", "val_bpc_full", "val_loss_full_exact", "val_eval_tokens", "val_tokens"):
         assert scored[name] == pytest.approx(summary[name]), name
     assert scored["loss"] == scored["val_loss_full"] and scored["bpc"] == scored["val_bpc_full"]
+
+
+def test_eval_json_is_standard_json_when_a_figure_is_not_finite(tiny_run, tmp_path):
+    """Finite weights so large that every logit overflows: the loss is NaN, which `--json` printed as NaN (no JSON
+    parser in a browser or jq reads it); JSON that leaves chargpt says null."""
+    import shutil
+
+    from chargpt.fsutil import load_torch, save_torch
+    from chargpt.runs import checkpoint
+
+    shutil.copytree(tiny_run, tmp_path / "run")
+    state = load_torch(tmp_path / "run" / "ckpt.pt")
+    state["model"]["lm_head.weight"].fill_(1e38)
+    state["checksum"] = checkpoint.digest(state)
+    save_torch(tmp_path / "run" / "ckpt.pt", state)
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    p = run_main("eval", "--ckpt", tmp_path / "run" / "ckpt.pt", "--json", "--eval-tokens", "64", "--device", "cpu")
+    scored = json.loads(p.stdout, parse_constant=refuse)
+    assert p.returncode == 0 and scored["loss"] is None and scored["val_loss_full"] is None and scored["tokens"] == 64
+    assert records.json_text({"a": [float("inf"), -float("inf"), 1.5], "b": (float("nan"),)}) == \
+        '{"a": [null, null, 1.5], "b": [null]}'

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 
 import torch
 
-from ..config import Config
+from ..config import Config, ModelConfig
 from ..errors import ChargptError, CheckpointError, ConfigError
 from ..fsutil import ReadRefused, load_torch, refused_global, save_torch
 from ..schema import valid
 from ..model.gpt import LanguageModel, build_model
+from .records import MAX_STEP, size_text
 from .rundir import Located, locate_run
 from ..data.tokenizer import CharTokenizer
 
@@ -78,6 +80,9 @@ def load(path: str | os.PathLike | Located) -> dict:
                               f"`chargpt train`") from None
     except PermissionError as e:
         raise CheckpointError(f"cannot read {path} ({e.strerror or e}); check its permissions") from None
+    except (FileNotFoundError, NotADirectoryError):  # gone since it was located
+        raise CheckpointError(f"no checkpoint at {path}; pass a run directory or a .pt file written by "
+                              f"`chargpt train`") from None
     except Exception as e:  # a damaged file can fail inside zip, pickle or storage code: all mean the same here
         blocked = refused_global(e)
         if blocked:
@@ -107,7 +112,7 @@ def state_problem(state: dict) -> str | None:
     optimizers = state.get("optimizers")
     if not isinstance(optimizers, list) or not all(isinstance(o, dict) for o in optimizers):
         return "'optimizers' is not a list of optimizer states"
-    if not valid(state.get("step"), int, min=0):
+    if not valid(state.get("step"), int, min=0, max=MAX_STEP, max_open=True):
         return f"'step' is {state.get('step')!r}, not a count"
     if not isinstance(state.get("dataset_hash"), str):
         return "'dataset_hash' is not a string"
@@ -120,10 +125,9 @@ def state_problem(state: dict) -> str | None:
         return f"'config' or 'vocab': {e}"
     if config.model.vocab_size != tokenizer.vocab_size:
         return f"its config's vocab_size {config.model.vocab_size} is not its vocabulary's {tokenizer.vocab_size}"
-    from ..runtime.resources import num_params
-
-    if num_params(config.model) > 2 * sum(t.numel() for t in model.values()) + 100_000:  # before allocating it
-        return "its config describes a model far larger than its weights"
+    wrong = model_problem(config.model, model)
+    if wrong:
+        return wrong
     rng = state.get("rng")
     if not isinstance(rng, dict) or not all(isinstance(rng.get(k), torch.Tensor) and rng[k].dtype == torch.uint8
                                             for k in ("torch", "batch")):
@@ -137,15 +141,81 @@ def state_problem(state: dict) -> str | None:
     if per_rank is not None and not (isinstance(per_rank, (list, tuple)) and all(
             isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in per_rank)):
         return "'rng' has per-process states that are not generator states"
-    extra = state.get("extra")
+    return extra_problem(state.get("extra"), config.model)
+
+
+# What a resume reads of a checkpoint's `extra` besides its strings: seconds of training and of the budget, the
+# steps of the weights' average (each checked when present; budget_origin may be None, not yet measured).
+SECONDS, STEPS = (float, {"min": 0}), (int, {"min": 0, "max": MAX_STEP, "max_open": True})
+EXTRA_NUMBERS = {"train_seconds": SECONDS, "budget_seconds": SECONDS, "budget_origin": SECONDS, "ema_start": STEPS,
+                 "ema_steps": STEPS}
+
+
+def extra_problem(extra, mc: ModelConfig) -> str | None:
+    """What is wrong in a checkpoint's `extra` (what a resume reads besides the weights), if anything: its numbers,
+    strings, the run it was fine-tuned from, and the weights' average, held against the config as the weights are."""
     if not isinstance(extra, dict):
         return "'extra' is not a dictionary"
-    if "train_seconds" in extra and not valid(extra["train_seconds"], float, min=0):
-        return "'extra.train_seconds' is not a number of seconds"
+    for key, (kind, bounds) in EXTRA_NUMBERS.items():
+        unset = key == "budget_origin" and extra.get(key) is None
+        if key in extra and not unset and not valid(extra[key], kind, **bounds):
+            return f"'extra.{key}' is not {'a number of seconds' if kind is float else 'a count of steps'}"
+    best = extra.get("best_val_loss")
+    if best is not None and best != math.inf and not valid(best, float):
+        return "'extra.best_val_loss' is not a loss"
     for key in ("preset", "data_dir"):
         if extra.get(key) is not None and not isinstance(extra[key], str):
             return f"'extra.{key}' is not a string"
+    origin = extra.get("init_from")
+    if origin is not None and not (isinstance(origin, dict) and all(
+            isinstance(v, (str, int, float, type(None))) for v in origin.values())):
+        return "'extra.init_from' is not the record of a run"
+    average = extra.get("ema")
+    if average is not None:
+        wrong = model_problem(mc, average) if isinstance(average, dict) and all(
+            isinstance(t, torch.Tensor) for t in average.values()) else "it is not a dictionary of tensors"
+        if wrong:
+            return f"'extra.ema' (the weights' average): {wrong}"
     return None
+
+
+def model_problem(mc: ModelConfig, tensors: dict[str, torch.Tensor]) -> str | None:
+    """Whether `tensors` are the weights of the model `mc` describes, before memory is spent on that model: the same
+    names, each of the shape the model built from `mc` gives it (built on the meta device: no memory, whatever size
+    `mc` claims; the position table has block_size rows), each finite (training never saves NaN or infinity)."""
+    from ..runtime.resources import num_params
+
+    held = sum(t.numel() for t in tensors.values())  # said before even an empty model is built: n_layer may be huge
+    if num_params(mc) > 2 * held + 100_000 or (mc.model == "gpt" and 4 * mc.n_layer > len(tensors)):
+        return "its config does not match its tensors: it describes a far larger model"
+    with torch.device("meta"):
+        shapes = {k: tuple(t.shape) for k, t in build_model(mc).state_dict().items()}
+    for key, shape in shapes.items():
+        if key not in tensors:
+            return f"its config does not match its tensors: its model has a {key}, the tensors have none"
+        if tuple(tensors[key].shape) != shape:
+            return (f"its config does not match its tensors: {key} has shape {tuple(tensors[key].shape)} where its "
+                    f"model has {shape}")
+    extra = next((k for k in tensors if k not in shapes), None)
+    if extra is not None:
+        return f"its config does not match its tensors: its model has no {extra}"
+    bad = next((k for k, t in tensors.items() if not t.is_floating_point() or not bool(torch.isfinite(t).all())), None)
+    return None if bad is None else f"its tensor {bad} holds values that are not finite floating-point numbers"
+
+
+def check_fits(mc: ModelConfig, path: str | os.PathLike, device: str | torch.device) -> None:
+    """Refuse, in one line and before anything is built, a checkpoint whose model cannot be sampled or scored on
+    `device`: block_size sets buffers that no tensor of a RoPE GPT or a bigram shows (the rotation tables, the
+    key/value cache of a whole block, the fast decoder's block-squared mask)."""
+    from ..runtime.resources import FLOAT, available_bytes, generation_bytes, num_params
+
+    need = FLOAT * num_params(mc) + sum(generation_bytes(mc, 1, 1).values())
+    free = available_bytes(device)
+    if free is not None and need > free:
+        raise CheckpointError(f"{path} describes a model (block_size {mc.block_size:,}) that needs about "
+                              f"{size_text(need)} of memory on {device} to sample or score, more than the "
+                              f"{size_text(free)} free; use a checkpoint of a smaller model, or restore its config "
+                              f"if it was edited")
 
 
 def load_model(path: str | os.PathLike | Located,
@@ -153,8 +223,9 @@ def load_model(path: str | os.PathLike | Located,
     """Rebuild the model and tokenizer from a checkpoint (located once), ready for sampling or evaluation."""
     found = path if isinstance(path, Located) else locate_run(path)
     state = load(found)
+    config = Config.from_dict(state["config"])
+    check_fits(config.model, found.ckpt, device)
     try:
-        config = Config.from_dict(state["config"])
         tokenizer = CharTokenizer.from_dict(state["vocab"])
         model = build_model(config.model)
         model.load_state_dict(state["model"])

@@ -18,7 +18,8 @@ from ..config import DEFAULT_RUNS_DIR
 from ..fsutil import load_torch, read_json_object
 from ..runtime.progress import format_duration
 from ..schema import valid
-from .rundir import BEST, CKPT, CONFIG, METRICS, SUMMARY, clear_stale_temporaries, read_metrics, run_problem
+from .records import MAX_STEP
+from .rundir import BEST, CKPT, CONFIG, METRICS, SUMMARY, clear_stale_temporaries, metrics_log, run_problem
 
 
 ABSURD_PARAMS = 10 ** 12  # 4 TB of float32 weights: a config edited by hand, not one that trained
@@ -43,6 +44,8 @@ class RunInfo:
     dataset: str | None = None  # the dataset's name
     dataset_hash: str | None = None  # its content hash: runs compare only on the same one
     eval_cut_short: bool = False  # the final evaluation was stopped (Ctrl-C or SIGTERM): not finished
+    pruned: bool = False  # a sweep's pruner stopped it early (its summary says why)
+    note: str | None = None  # what of its files was not read (the start of a long metrics log, lines that are no records)
 
 
 def _count_params(model_config: dict) -> int | None:
@@ -65,9 +68,16 @@ def _count_params(model_config: dict) -> int | None:
         return None
 
 
+# What a figure of a run may be: a count below 2^63, a number of seconds or a loss from 0 to 10^12 (31,000 years), a
+# name of one printable line.
+BOUNDS = {int: {"min": 0, "max": MAX_STEP, "max_open": True}, float: {"min": 0, "max": 1e12},
+          str: {"pattern": r"[^\x00-\x1f\x7f]{1,256}", "allowed": "a name of 1 to 256 printable characters"}}
+
+
 def _of(kind, value):
-    """`value` if it is a `kind` (a number: finite, and no bool), else None: a hand edit shows as `-`."""
-    return value if valid(value, kind) else None
+    """`value` if it is a `kind` within its `BOUNDS` (a number: finite, and no bool), else None: a hand edit shows
+    as `-`."""
+    return value if valid(value, kind, **BOUNDS[kind]) else None
 
 
 def read_run(path: str | os.PathLike) -> RunInfo:
@@ -79,12 +89,14 @@ def read_run(path: str | os.PathLike) -> RunInfo:
                                    ("val_loss_full", float), ("train_seconds", float))
                  if summary.get(k) is not None and _of(kind, summary[k]) is None]
         if wrong:
-            problem = f"{SUMMARY} has a {wrong[0]} of the wrong type ({summary[wrong[0]]!r})"
+            shown = repr(summary[wrong[0]])[:40]
+            problem = f"{SUMMARY} has a {wrong[0]} of the wrong type or out of range ({shown})"
     at = checkpoint_step(path)
     if at is not None and summary and summary.get("steps") != at:
         summary = {}
-    records = [r for r in read_metrics(path) if isinstance(r.get("step"), int) and (at is None or r["step"] <= at)]
-    evals = [r for r in records if r.get("val_loss") is not None]
+    log = metrics_log(path)
+    records = [r for r in log.records if isinstance(r.get("step"), int) and (at is None or r["step"] <= at)]
+    evals = [r for r in records if _of(float, r.get("val_loss")) is not None]
     last = max(records, key=lambda r: r["step"], default={})  # training-loss records too: a run may stop between evaluations
     best = min(evals, key=lambda r: r["val_loss"], default={})
     model_config = config.get("model") if isinstance(config.get("model"), dict) else {}
@@ -116,6 +128,8 @@ def read_run(path: str | os.PathLike) -> RunInfo:
         dataset=_of(str, summary.get("dataset")) or _of(str, dataset.get("name")),
         dataset_hash=_of(str, summary.get("dataset_hash")) or _of(str, dataset.get("hash")),
         eval_cut_short=cut_short,
+        pruned=bool(summary.get("pruned")),
+        note=log.note,
     )
 
 
@@ -140,14 +154,17 @@ def list_runs(out_dir: str | os.PathLike = DEFAULT_RUNS_DIR) -> list[RunInfo]:
     if not out_dir.is_dir():
         raise CheckpointError(f"no runs directory {out_dir}; train a model first or pass --runs-dir")
     dirs = [p for p in out_dir.iterdir() if p.is_dir() and not p.is_symlink() and (p / CONFIG).exists()]
-    runs = []
-    for p in dirs:
-        clear_stale_temporaries(p)
-        try:
-            runs.append(read_run(p))
-        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:  # one damaged run must not hide the others
-            runs.append(_unreadable(p, e))
-    return sorted(runs, key=lambda r: (r.updated, r.name))
+    return sorted(map(read_row, dirs), key=lambda r: (r.updated, r.name))
+
+
+def read_row(path: Path) -> RunInfo:
+    """The row of run `path` (`read_run`, after its stale temporaries are gone), or one saying it is unreadable: a
+    damaged run never hides the others, in `chargpt runs` or the server's listing."""
+    clear_stale_temporaries(path)
+    try:
+        return read_run(path)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        return _unreadable(path, e)
 
 
 def _params(n: int | None) -> str:
@@ -183,9 +200,16 @@ def val_full_text(r: RunInfo) -> str:
 
 
 def status(r: RunInfo) -> str:
+    """The status column: what is damaged, or how the run ended and what of its files was not read."""
     if r.problem:
         return f"damaged: {r.problem}"
-    return "finished" if r.finished else "eval cut short" if r.eval_cut_short else "unfinished"
+    return f"{ended(r)}; {r.note}" if r.note else ended(r)
+
+
+def ended(r: RunInfo) -> str:
+    if r.finished:
+        return "pruned" if r.pruned else "finished"
+    return "eval cut short" if r.eval_cut_short else "unfinished"
 
 
 def format_runs(runs: list[RunInfo]) -> str:

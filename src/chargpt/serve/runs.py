@@ -13,8 +13,8 @@ from ..errors import CheckpointError, ConfigError
 from ..fsutil import read_json_object
 from ..model.engine import Engine
 from ..runs.checkpoint import load_model
-from ..runs.listing import read_run
-from ..runs.rundir import CKPT, CONFIG, SUMMARY, Located, clear_stale_temporaries, locate_run, read_metrics
+from ..runs.listing import read_row
+from ..runs.rundir import CKPT, CONFIG, SUMMARY, Located, locate_run, metrics_log
 from .checks import RequestError
 
 
@@ -47,7 +47,7 @@ class ServedRuns:
         self._loaded: dict[str, Loaded] = {}
         self._lock = threading.Lock()
         if self.single:  # a checkpoint named on the command line is checked now, not at the first request
-            self.load(self.single[0])
+            self._load(*self.locate(self.single[0]))
 
     def table(self) -> dict[str, Path]:
         """Run name -> its directory (or, for a lone checkpoint file, the file)."""
@@ -99,7 +99,15 @@ class ServedRuns:
         return name, found
 
     def load(self, name: str | None) -> tuple[str, Loaded]:
+        """The model of the run a request names (see `locate`), loaded; a checkpoint that cannot be (damaged, or
+        too large for this machine) is the request's 409, saying why."""
         name, found = self.locate(name)
+        try:
+            return self._load(name, found)
+        except CheckpointError as e:
+            raise RequestError(409, f"run {name!r} cannot be served: {e}", "model", "model_unusable") from None
+
+    def _load(self, name: str, found: Located) -> tuple[str, Loaded]:
         st = found.ckpt.stat()
         version = (st.st_mtime_ns, st.st_size, st.st_ino)  # a checkpoint replaced by a rename is a new inode
         with self._lock:  # one load per checkpoint version, however many requests ask at once
@@ -115,8 +123,7 @@ class ServedRuns:
         for name, path in self.table().items():
             ckpt = self.checkpoint(path)
             if path.is_dir():
-                clear_stale_temporaries(path)
-                r = asdict(read_run(path))
+                r = asdict(read_row(path))
                 r.update(name=name, path=str(path))
             else:
                 r = {"name": name, "path": str(path), "updated": path.stat().st_mtime, "finished": True}
@@ -125,8 +132,10 @@ class ServedRuns:
         return sorted(rows, key=lambda r: (r["updated"], r["name"]))
 
     def details(self, name: str) -> dict:
+        """A run's config, summary and the end of its metrics log (`metrics_note` says what of it was not read)."""
         path = self.path(name)
         folder = path if path.is_dir() else path.parent
+        log = metrics_log(folder)
         return {"name": name, "config": read_json_object(folder / CONFIG, within=folder),
                 "summary": read_json_object(folder / SUMMARY, within=folder),
-                "metrics": read_metrics(folder)}
+                "metrics": log.records, "metrics_note": log.note}
