@@ -1,14 +1,18 @@
-"""`chargpt serve` under load: aggregate tokens/s of 1, 4 and 16 concurrent streaming completions against one
-server process, next to `chargpt sample` alone generating the same number of characters per stream; and how long
-GET /api/runs (the page's runs table) takes while 64 long completions stream.
+"""`chargpt serve` under load, the curve of continuous batching: for 1, 2, 4, 8, 16, 32 and 64 concurrent
+streaming completions against one server process, the aggregate tokens/s (and its multiple of one stream's), the
+median tokens/s of a stream, the first chunk's median and 95th percentile, and the server's peak RSS against its
+RSS idle; next to `chargpt sample` alone generating the same number of characters; and how long GET /api/runs
+(the page's runs table) takes while 64 long completions stream.
 
-    python benchmarks/bench_serve.py [--tokens 2000] [--clients 1 4 16] [--listing-streams 64] [--device cpu]
+    python benchmarks/bench_serve.py [--tokens 2000] [--clients 1 2 4 8 16 32 64] [--listing-streams 64]
+                                     [--device cpu] [--max-streams 0]
 
-The model is the `cpu` preset, randomly initialized (the work per token does not depend on the weights), saved
-as a checkpoint in a temporary run directory. Each stream asks for `--tokens` characters with its own seed; the
-aggregate is all the characters received divided by the wall time from the first request to the last
-`data: [DONE]`. `chargpt sample` is timed in this process (`chargpt.cli.main`), model load included. Figures
-mean something only on an otherwise idle machine: on a shared one they measure the neighbours.
+The model is the `cpu` preset (the budget's default model), randomly initialized (the work per token does not
+depend on the weights), saved as a checkpoint in a temporary run directory. Each stream asks for `--tokens`
+characters with its own seed; the aggregate is all the characters received divided by the wall time from the
+first request to the last `data: [DONE]`. `chargpt sample` is timed in this process (`chargpt.cli.main`), model
+load included. Figures mean something only on an otherwise idle machine: on a shared one they measure the
+neighbours.
 """
 from __future__ import annotations
 
@@ -74,10 +78,11 @@ def sample_alone(run: Path, tokens: int, device: str) -> float:
 
 
 class Server:
-    def __init__(self, runs_dir: Path, device: str):
+    def __init__(self, runs_dir: Path, device: str, max_streams: int = 0):
         self.proc = subprocess.Popen([sys.executable, "-m", "chargpt", "serve", "--runs-dir", str(runs_dir),
-                                      "--port", "0", "--device", device], stdout=subprocess.PIPE, text=True,
-                                     stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                                      "--port", "0", "--device", device, "--max-streams", str(max_streams)],
+                                     stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
         ready, _, _ = select.select([self.proc.stdout], [], [], 300)
         line = self.proc.stdout.readline() if ready else ""
         if "http://" not in line:
@@ -117,28 +122,51 @@ class Server:
         conn.close()
         return time.perf_counter() - t0, body
 
+    def rss(self) -> int:
+        """The server process's resident memory, in bytes (0 where /proc cannot say)."""
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)
 
 
 def concurrent(server: Server, clients: int, tokens: int) -> dict:
+    """`clients` streams of `tokens` characters at once: aggregate and median per-stream tokens/s, the first
+    chunk's median and 95th percentile, and the server's peak RSS meanwhile."""
     results = [None] * clients
+    peak, done = [server.rss()], threading.Event()
 
     def one(i: int) -> None:
         results[i] = server.stream(tokens, seed=i)
 
+    def watch() -> None:
+        while not done.wait(0.05):
+            peak.append(server.rss())
+
     threads = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
+    watcher = threading.Thread(target=watch)
+    watcher.start()
     t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    done.set()
+    watcher.join()
     received = sum(r[0] for r in results)
     assert received == clients * tokens, f"{received} characters for {clients} x {tokens}"
+    firsts = sorted(r[1] for r in results)
     return {"aggregate": received / wall, "per_stream": statistics.median(r[0] / r[2] for r in results),
-            "first": statistics.median(r[1] for r in results)}
+            "first": statistics.median(firsts), "first_p95": firsts[math.ceil(0.95 * len(firsts)) - 1],
+            "rss": max(peak)}
 
 
 def listing_under_streams(server: Server, streams: int, requests: int = 40) -> tuple[float, float]:
@@ -155,7 +183,11 @@ def listing_under_streams(server: Server, streams: int, requests: int = 40) -> t
     threads = [threading.Thread(target=reader, args=(i,)) for i in range(streams)]
     for t in threads:
         t.start()
-    while server.get("/api/status")[1]["streams"] < streams:
+    def started() -> int:  # decoding or waiting for a row
+        status = server.get("/api/status")[1]
+        return status["streams"] + status.get("queued", 0)
+
+    while started() < streams:
         time.sleep(0.1)
     seconds = sorted(server.get("/api/runs")[0] for _ in range(requests))
     done.set()
@@ -164,24 +196,37 @@ def listing_under_streams(server: Server, streams: int, requests: int = 40) -> t
     return statistics.median(seconds), seconds[math.ceil(0.95 * len(seconds)) - 1]
 
 
-def main(tokens: int = 2000, clients: tuple[int, ...] = (1, 4, 16), device: str = "cpu",
-         listing_streams: int = 64) -> list[dict]:
+CURVE = (1, 2, 4, 8, 16, 32, 64)
+
+
+def main(tokens: int = 2000, clients: tuple[int, ...] = CURVE, device: str = "cpu", listing_streams: int = 64,
+         max_streams: int = 0) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         run = make_run(Path(tmp))
         alone = sample_alone(run, tokens, device)
-        server = Server(run.parent, device)
+        server = Server(run.parent, device, max_streams)
         try:
-            server.stream(50, seed=0)  # warm-up: load the model
+            server.stream(50, seed=0)  # warm-up: load the model, make its decode loop
+            idle = server.rss()
             measured = {c: concurrent(server, c, tokens) for c in clients}
+            status = server.get("/api/status")[1]
             listing = listing_under_streams(server, listing_streams)
         finally:
             server.stop()
+    decoder = ", ".join(f"{d['backend']}, {d['rows']} rows, batched from {d['batched_from']}"
+                        for d in status.get("decoders", []))
     rows = [{"figure": f"`chargpt sample` alone, {tokens} chars, cpu preset ({device})",
-             "value": f"{alone:,.0f} tokens/s"}]
+             "value": f"{alone:,.0f} tokens/s"},
+            {"figure": "`chargpt serve` decode loop (GET /api/status)", "value": decoder or "-"},
+            {"figure": "`chargpt serve` RSS idle, after a first completion", "value": f"{idle / 2 ** 20:,.0f} MB"}]
+    one = measured.get(1, {}).get("aggregate")
     for c, m in measured.items():
-        rows.append({"figure": f"`chargpt serve`, {c} concurrent stream{'s' if c > 1 else ''}: aggregate "
-                               f"(median per stream, median first chunk)",
-                     "value": f"{m['aggregate']:,.0f} tokens/s ({m['per_stream']:,.0f}/s, {m['first'] * 1000:.0f} ms)"})
+        times = f", {m['aggregate'] / one:.1f}x one stream" if one and c > 1 else ""
+        rows.append({"figure": f"`chargpt serve`, {c} concurrent stream{'s' if c > 1 else ''}: aggregate (per stream, "
+                               f"first chunk median / p95, peak RSS)",
+                     "value": f"{m['aggregate']:,.0f} tokens/s{times} ({m['per_stream']:,.0f}/s, "
+                              f"{m['first'] * 1000:,.0f} / {m['first_p95'] * 1000:,.0f} ms, "
+                              f"{m['rss'] / 2 ** 20:,.0f} MB = {m['rss'] / max(idle, 1):.2f}x idle)"})
     rows.append({"figure": f"GET /api/runs while {listing_streams} completions stream: p50 (p95)",
                  "value": f"{listing[0] * 1000:,.0f} ms ({listing[1] * 1000:,.0f} ms)"})
     return rows
@@ -190,9 +235,10 @@ def main(tokens: int = 2000, clients: tuple[int, ...] = (1, 4, 16), device: str 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=2000)
-    ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--clients", type=int, nargs="+", default=list(CURVE))
     ap.add_argument("--listing-streams", type=int, default=64)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--max-streams", type=int, default=0, help="the server's --max-streams (0: its default)")
     a = ap.parse_args()
     print(f"machine: {machine()}")
-    print_table(main(a.tokens, tuple(a.clients), a.device, a.listing_streams), "serving")
+    print_table(main(a.tokens, tuple(a.clients), a.device, a.listing_streams, a.max_streams), "serving")

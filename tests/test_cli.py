@@ -272,7 +272,7 @@ def test_an_option_shared_by_several_commands_is_the_same_option_in_each():
         assert len({described(a) for a in seen[opt].values()}) == 1, (opt, sorted(seen[opt]))
     assert set(seen["--threads"]) == {"train", "sample", "eval", "attention"}
     assert set(seen["--eval-tokens"]) == {"train", "eval"}
-    assert set(seen["--runs-dir"]) == {"train", "runs", "serve"} and "--out-dir" not in seen and "--runs" not in seen
+    assert set(seen["--runs-dir"]) == {"train", "runs", "serve", "sweep"} and "--out-dir" not in seen and "--runs" not in seen
 
 
 def test_every_command_has_a_description_and_no_option_shows_an_empty_default(capsys):
@@ -373,5 +373,59 @@ def test_a_fine_tune_that_fails_before_training_leaves_no_run_directory_behind(d
     state["checksum"] = checkpoint.digest(state)
     torch.save(state, tmp_path / "odd.pt")
     p = run_cli("train", "--init-from", "odd.pt", "--data", dataset_dir, "--name", "ft", "--max-steps", "2", cwd=tmp_path)
-    assert p.returncode != 0 and "fine-tune with the model it was trained as" in p.stderr, p.stderr
+    assert p.returncode == 2 and "its config does not match its tensors" in p.stderr, p.stderr
     assert not (tmp_path / "runs/ft").exists()
+
+
+def _files(root) -> dict:
+    return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def reader_workspace(tiny_run, tmp_path):
+    """Two copies of the tiny run (runs/R, runs/b), a prompt file and a tiny dataset (ds): the inputs of the
+    commands that write a file the user names."""
+    for name in ("R", "b"):
+        shutil.copytree(tiny_run, tmp_path / "runs" / name)
+    (tmp_path / "p.txt").write_text("ROMEO:\n", encoding="utf-8")
+    (tmp_path / "t.txt").write_text("to be or not to be, that is the question\n" * 20, encoding="utf-8")
+    run_main("prepare", "--input", "t.txt", "--out", "ds", cwd=tmp_path, check=True)
+    return tmp_path
+
+
+ATTENTION = ["attention", "--device", "cpu", "--threads", "1"]
+
+
+@pytest.mark.parametrize("argv", [
+    [*ATTENTION, "--ckpt", "runs/R/ckpt.pt", "--prompt", "to be", "--out", "runs/R/ckpt.pt"],
+    [*ATTENTION, "--ckpt", "runs/R", "--prompt-file", "p.txt", "--out", "p.txt"],
+    [*ATTENTION, "--ckpt", "runs/R", "--prompt-file", "p.txt", "--out", "./runs/../p.txt"],
+    ["runs", "--plot", "b", "--out", "runs/R/best.pt"],
+    ["runs", "--plot", "b", "--out", "runs/b/metrics.jsonl"],
+    [*ATTENTION, "--ckpt", "runs/R", "--prompt", "to be", "--out", "ds/train.pt"],
+    ["runs", "--plot", "b", "--out", "ds/val.pt"],
+    [*ATTENTION, "--ckpt", "runs/R", "--prompt", "to be", "--out", "no/such/dir/a.png"],
+], ids=["attention-over-its-ckpt", "attention-over-its-prompt-file", "attention-over-prompt-file-by-dot-dot",
+        "runs-plot-into-a-run", "runs-plot-over-its-input", "attention-into-a-dataset", "runs-plot-into-a-dataset",
+        "attention-into-a-missing-directory"])
+def test_an_output_that_is_an_input_or_a_file_of_a_run_or_dataset_is_refused_in_one_line_and_nothing_changes(
+        reader_workspace, argv):
+    before = _files(reader_workspace)
+    p = run_main(*argv, cwd=reader_workspace)
+    assert p.returncode == 2 and p.stdout == ""
+    assert one_error_line(p).startswith("error: --out ")
+    assert _files(reader_workspace) == before and not (reader_workspace / "no").exists()
+
+
+def test_an_output_linked_to_an_input_is_that_input(reader_workspace):
+    """A hard link or a symlink to the checkpoint read is the checkpoint: refused, and both left as they were."""
+    ws = reader_workspace
+    (ws / "hard.pt").hardlink_to(ws / "runs/R/ckpt.pt")
+    (ws / "soft.pt").symlink_to(ws / "runs/R/ckpt.pt")
+    before = _files(ws)
+    for out in ("hard.pt", "soft.pt"):
+        p = run_main(*ATTENTION, "--ckpt", "hard.pt", "--prompt", "to be", "--out", out, cwd=ws)
+        assert p.returncode == 2 and "an input of this command" in one_error_line(p)
+    assert _files(ws) == before
+    fine = run_main(*ATTENTION, "--ckpt", "hard.pt", "--prompt", "to be", "--out", "att.png", cwd=ws, check=True)
+    assert fine.stdout.startswith("wrote att.png")

@@ -5,7 +5,7 @@ __version__ = "0.1.0"
 # Each name is imported from its module on first use (PEP 562), so that `import chargpt` (and with it every
 # `chargpt --help` or usage error) does not wait for torch.
 _HOMES = {
-    "library": ["prepare", "train", "load", "compare", "load_artifact", "Run"],
+    "library": ["prepare", "train", "sweep", "load", "compare", "load_artifact", "Run"],
     "data.batch": ["get_batch"],
     "config": ["PRESETS", "Config", "TrainConfig", "ModelConfig", "get_preset"],
     "data.dataset": ["Dataset", "load_dataset"],

@@ -1,4 +1,4 @@
-"""The `chargpt` command line: prepare | train | sample | eval | attention | runs | serve.
+"""The `chargpt` command line: prepare | train | sample | eval | attention | runs | serve | sweep.
 
 Library code raises `ChargptError`s; `main` turns each into one line on stderr and a non-zero exit.
 """
@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import os
+import re
 import signal
 import sys
 from dataclasses import dataclass, fields
@@ -16,14 +16,14 @@ from typing import get_args
 
 from . import __version__
 from .model.attention import SCALE_HELP, SCALES, WINDOW
-from .config import (DEFAULT_DATA, DEFAULT_RUN, DEFAULT_RUNS_DIR, EVAL_TOKENS, PRESETS, PrepareOptions, ServeOptions,
-                     TrackerName, TrainConfig, add_config_flags, add_field_flag, check_flags, dataset_dir,
-                     given_fields)
-from .errors import EXIT_FAILURE, ChargptError, ConfigError, UsageError, exit_code_of
-from .fsutil import read_text
+from .config import (DEFAULT_DATA, DEFAULT_RUN, DEFAULT_RUNS_DIR, EVAL_TOKENS, MAX_BLOCK, MAX_THREADS, PRESETS,
+                     PrepareOptions, RunOptions, ServeOptions, TrackerName, TrainConfig, add_config_flags,
+                     add_field_flag, check_flags, dataset_dir, given_fields)
+from .errors import EXIT_FAILURE, ChargptError, ConfigError, TrainingInterrupted, UsageError, exit_code_of
+from .fsutil import claim_output, read_text
 from .model.sampling import SAMPLING_FIELDS, SamplingParams
 from .runtime.signals import Terminated, command_signals
-from .schema import did_you_mean, option
+from .schema import did_you_mean, option, shortened
 
 # Only what --help and the checks of arguments need is imported above (no torch): each command imports the rest.
 
@@ -54,6 +54,9 @@ class ArgumentParser(argparse.ArgumentParser):
         return next((hint for hint in hints if hint), "")
 
     def error(self, message):
+        """One line; a word argparse repeats from the command line (an unknown argument, a choice) shortened
+        when it runs to hundreds of characters."""
+        message = re.sub(r"\S{81,}", lambda m: shortened(m[0]), message)
         raise UsageError(f"{self.prog}: {message} (see --help)")
 
 
@@ -116,7 +119,9 @@ def cmd_train(args) -> int:
                            dataset_artifact=args.dataset_artifact, wandb_mode=args.wandb_mode,
                            argv=["chargpt", *args.argv], clock_start=process_start())
     if args.print_config:
-        print(json.dumps(plan_training(request, load_data=False).as_dict(), indent=2))
+        from .runs.records import json_text
+
+        print(json_text(plan_training(request, load_data=False).as_dict(), indent=2))
         return 0
     plan = plan_training(request)
     if plan.finished:
@@ -128,55 +133,15 @@ def cmd_train(args) -> int:
         if plan.resume_run is not None:
             plan.resume_run.unlock()  # its process of rank 0 becomes the writer
         return relaunch_with_torchrun(args.nproc, args.argv)
-    stdout, sys.stdout = sys.stdout, ClosedPipeGuard(sys.stdout)
-    try:
+    from .runtime.progress import output_may_close
+
+    with output_may_close():  # `| head`, or a terminal that hangs up, never ends the run
         _, summary = plan.run()
         if summary.get("sample"):
             out = TerminalText(sys.stdout)
             out.write(f"--- sample ---\n{summary['sample']}\n")
             out.flush()
-    finally:
-        sys.stdout = stdout
     return 0
-
-
-class ClosedPipeGuard:
-    """stdout of a training run. When its reader goes away (`chargpt train ... | head`), the output from then on is
-    discarded, with one line on stderr, and training goes on: a BrokenPipeError would end the run silently,
-    before its first checkpoint."""
-
-    def __init__(self, stream):
-        self.stream = stream
-        self.closed_pipe = False
-
-    def write(self, text: str) -> int:
-        if not self.closed_pipe:
-            try:
-                return self.stream.write(text)
-            except BrokenPipeError:
-                self._discard()
-        return len(text)
-
-    def flush(self) -> None:
-        if not self.closed_pipe:
-            try:
-                self.stream.flush()
-            except BrokenPipeError:
-                self._discard()
-
-    def _discard(self) -> None:
-        self.closed_pipe = True
-        try:  # the stream's buffered text, and Python's flush at exit, then go nowhere instead of failing again
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, self.stream.fileno())
-            os.close(devnull)
-        except (OSError, ValueError):
-            pass
-        print("note: stdout was closed (a pipe to head?); training goes on with its output discarded, and the run "
-              "directory records everything", file=sys.stderr)
-
-    def __getattr__(self, name):
-        return getattr(self.stream, name)
 
 
 class TerminalText:
@@ -212,6 +177,8 @@ def cmd_sample(args) -> int:
     from .model.sampling import prompt_ids
 
     device = _device_and_threads(args)
+    if args.prompts_file is not None:
+        return _sample_prompts(args, params, device)
     prompt = _prompt(args)
     model, tok, _ = load_model(args.ckpt, device)
     ids = prompt_ids(tok, prompt)
@@ -231,13 +198,36 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _sample_prompts(args, params, device) -> int:
+    """`sample --prompts-file`: every line's prompt sampled together (`chargpt.model.batchdecode`), each with the
+    sampling flags, as `--prompt LINE` would sample it alone (to float32 rounding)."""
+    from .runs.checkpoint import load_model
+    from .model.batchdecode import sample_all
+    from .model.engine import Engine
+    from .model.sampling import prompt_ids
+
+    if args.prompt is not None or args.prompt_file is not None or args.num_samples != 1:
+        raise ConfigError("--prompts-file gives every prompt, each sampled once: drop --prompt, --prompt-file and "
+                          "--num-samples")
+    prompts = _read_prompt_file("--prompts-file", args.prompts_file).splitlines()
+    if not prompts:
+        raise ConfigError(f"--prompts-file {args.prompts_file} holds no line; write one prompt per line")
+    model, tok, _ = load_model(args.ckpt, device)
+    ids = [prompt_ids(tok, p) for p in prompts]
+    out = TerminalText(sys.stdout)
+    for i, (prompt, new) in enumerate(zip(prompts, sample_all(Engine(model), ids, params))):
+        out.write(f"--- prompt {i + 1} ---\n{prompt}{tok.decode(new)}\n")
+    out.flush()
+    return 0
+
+
 # --------------------------------------------------------------------------------------------- eval
 def cmd_eval(args) -> int:
     import time
 
     from .runs.checkpoint import load_model
     from .data.dataset import load_dataset
-    from .runs.records import eval_result
+    from .runs.records import eval_result, json_text
     from .training.evaluate import EvaluationInterrupted, describe_pass, evaluate_split
     from .runtime.progress import EvalProgress
     from .runtime.signals import StopSignals
@@ -257,12 +247,12 @@ def cmd_eval(args) -> int:
                                eval_tokens=args.eval_tokens, should_stop=lambda: stop.received, progress=progress)
     except EvaluationInterrupted as e:
         progress.close()
-        _error(f"{e}; no result. A smaller --eval-tokens takes less time")
+        _stopped(f"{e}; no result. A smaller --eval-tokens takes less time")
         return exit_code_of(e.signum)
     progress.close()
     seconds = time.perf_counter() - t0
     if args.json:
-        print(json.dumps(eval_result(r, seconds, args.split, str(args.ckpt), state["step"])))
+        print(json_text(eval_result(r, seconds, args.split, str(args.ckpt), state["step"])))
     else:
         print(f"{describe_pass(r, args.split)} ({r.tokens:,} tokens, {seconds:.2f} s)")
     return 0
@@ -277,9 +267,10 @@ def cmd_runs(args) -> int:
         from .runs.plotting import plot_runs
 
         paths = [locate_run(name, args.runs_dir, checkpoint=False).run for name in args.plot]
+        out = claim_output(args.out, inputs=tuple(paths))
         if not args.all:
             check_comparable([read_run(p) for p in paths])
-        out = plot_runs(paths, args.out)
+        out = plot_runs(paths, out)
         print(f"wrote {out}: val loss of {', '.join(args.plot)}")
         return 0
     runs = list_runs(args.runs_dir)
@@ -298,6 +289,7 @@ def cmd_attention(args) -> int:
     from .runs.checkpoint import load_model
     from .runs.rundir import locate_run
 
+    out = claim_output(args.out, inputs=(args.ckpt, args.prompt_file))  # before anything is read or computed
     device = _device_and_threads(args)
     prompt = _prompt(args)
     if not prompt:
@@ -309,9 +301,25 @@ def cmd_attention(args) -> int:
     shown = min(T, args.window) if args.window else T
     name = locate_run(args.ckpt).name
     title = attention_title(name, state["step"], L, H) + (f"; the last {shown} of {T} characters" if shown < T else "")
-    out = draw_attention(weights, prompt, args.out, title=title, scale=args.scale, window=args.window)
+    out = draw_attention(weights, prompt, out, title=title, scale=args.scale, window=args.window)
     print(f"wrote {out}: {layers_by_heads(L, H)} over {T} characters"
           + (f" (the last {shown} drawn)" if shown < T else ""))
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- sweep
+def cmd_sweep(args) -> int:
+    from .sweeps.entry import SweepRequest, run_sweep
+
+    if args.wandb and args.tracker not in (None, "wandb"):
+        raise ConfigError(f"--wandb and --tracker {args.tracker} name two trackers; pass one")
+    tracker = "wandb" if args.wandb else args.tracker
+    wandb_options = dict(mode=args.wandb_mode, project=args.wandb_project, entity=args.wandb_entity)
+    run_sweep(SweepRequest(args.name, data=args.data, trials=args.trials, trial_budget=args.trial_budget,
+                           time_budget=args.time_budget, space=args.space, search=args.search or [],
+                           storage=args.storage, workers=args.workers, pruner=args.pruner, seed=args.seed,
+                           grace_period=args.grace_period, show=args.show, runs_dir=args.runs_dir, tracker=tracker,
+                           tracker_options=wandb_options if tracker == "wandb" else {}))
     return 0
 
 
@@ -322,7 +330,8 @@ def cmd_serve(args) -> int:
     from .serve.runs import ServedRuns
 
     runs = ServedRuns(runs_dir=None if args.ckpt else args.runs_dir, ckpt=args.ckpt, device=resolve_device(args.device))
-    signum = serve(runs, host=args.host, port=args.port, allowed_hosts=tuple(args.allowed_host))
+    signum = serve(runs, host=args.host, port=args.port, allowed_hosts=tuple(args.allowed_host),
+                   max_streams=args.max_streams)
     print(f"chargpt serve: stopped by {signal.Signals(signum).name}", file=sys.stderr)
     return exit_code_of(signum)
 
@@ -341,14 +350,17 @@ def _prompt(args) -> str:
         return args.prompt or ""
     if args.prompt:
         raise ConfigError("--prompt and --prompt-file both give the prompt; pass one")
-    try:
-        text = read_text(args.prompt_file)
-    except UnicodeDecodeError:
-        raise ConfigError(f"--prompt-file {args.prompt_file} is not UTF-8 text; save it as UTF-8") from None
-    except OSError as e:
-        raise ConfigError(f"cannot read --prompt-file {args.prompt_file} ({e.strerror or e}); "
-                          f"pass an existing text file") from None
+    text = _read_prompt_file("--prompt-file", args.prompt_file)
     return text[:-1] if text.endswith("\n") else text
+
+
+def _read_prompt_file(flag: str, path: str) -> str:
+    try:
+        return read_text(path)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{flag} {path} is not UTF-8 text; save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {flag} {path} ({e.strerror or e}); pass an existing text file") from None
 
 
 # ------------------------------------------------------------------------------------------- parser
@@ -357,16 +369,21 @@ def _prompt(args) -> str:
 # declaration; those the library and the server take too live in config.py (PrepareOptions, ServeOptions).
 @dataclass
 class SampleOptions:
-    num_samples: int = option(1, "samples generated together as one batch", min=1)
+    num_samples: int = option(1, "samples generated together as one batch", min=1, max=10 ** 6)
 
 
 @dataclass
 class AttentionOptions:
     window: int = option(WINDOW, "draw at most this many characters, the prompt's last (0: all); labels stay legible",
-                         min=0)
+                         min=0, max=MAX_BLOCK)
 
 
-RUNS_DIR_HELP = "the runs folder: where run directories are created (train) and found (runs, serve)"
+@dataclass
+class LaunchOptions:
+    nproc: int = option(None, "processes on this machine (launches torchrun)", min=1, max=MAX_THREADS)
+
+
+RUNS_DIR_HELP = "the runs folder: where run directories are created (train, sweep) and found (runs, serve)"
 CKPT_HELP = f"a checkpoint file, a run directory, or {DEFAULT_RUN} (the newest run with a checkpoint)"
 
 
@@ -416,11 +433,11 @@ def _add_wandb_flags(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The `chargpt` parser: one subcommand per command, each built by its `_add_<command>` below."""
     parser = ArgumentParser(prog="chargpt", description="Train, track and sample small character-level GPTs.",
-                            epilog="exit codes: 0 done, 1 failed while running, 2 bad input, 130 interrupted "
-                                   "(Ctrl-C), 143 terminated (SIGTERM)")
+                            epilog="exit codes: 0 done, 1 failed while running, 2 bad input, 129 hung up "
+                                   "(SIGHUP), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM)")
     parser.add_argument("--version", action="version", version=f"chargpt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
-    for add in (_add_prepare, _add_train, _add_sample, _add_eval, _add_runs, _add_attention, _add_serve):
+    for add in (_add_prepare, _add_train, _add_sample, _add_eval, _add_runs, _add_attention, _add_serve, _add_sweep):
         add(sub)
     return parser
 
@@ -447,11 +464,11 @@ def _add_train(sub) -> None:
                    help="named configuration (default: lecture on CUDA, cpu elsewhere)")
     p.add_argument("--data", default=None, help=f"dataset directory from `chargpt prepare` (default: {DEFAULT_DATA})")
     _add_runs_dir_flag(p)
-    p.add_argument("--name", default=None, help="run name (default: train-<model>-<preset>-<time>)")
+    _add_option(p, RunOptions, "name")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its checkpoint")
     p.add_argument("--init-from", default=None, metavar="RUN",
                    help="fine-tune: start a new run from this run's weights (a run directory or .pt file) on --data")
-    p.add_argument("--nproc", type=int, default=None, help="processes on this machine (launches torchrun)")
+    _add_option(p, LaunchOptions, "nproc")
     p.add_argument("--config", default=None, metavar="FILE",
                    help="config fields from a run's config.json or a TOML/JSON file; flags override them")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
@@ -469,6 +486,9 @@ def _add_sample(sub) -> None:
     p = _command(sub, "sample", "generate text from a checkpoint")
     p.add_argument("--ckpt", default=DEFAULT_RUN, help=CKPT_HELP)
     _add_prompt_flags(p, "text to continue (default: a newline)")
+    p.add_argument("--prompts-file", default=None, metavar="FILE",
+                   help="one prompt per line of this UTF-8 file (an empty line: an empty prompt), all sampled "
+                        "together, each as --prompt LINE would be")
     _add_sampling_flags(p)
     _add_option(p, SampleOptions, "num_samples")
     _add_device_flags(p)
@@ -513,6 +533,7 @@ def _add_serve(sub) -> None:
     src.add_argument("--ckpt", default=None, help=f"serve only this run: {CKPT_HELP}")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (others reach the API if not local)")
     _add_option(p, ServeOptions, "port")
+    _add_option(p, ServeOptions, "max_streams")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                    help="also answer requests that name the server NAME (a DNS name pointing at it; repeatable); "
                         "others get 403, so that no web page can reach the server through a name of its own")
@@ -520,10 +541,55 @@ def _add_serve(sub) -> None:
     p.set_defaults(func=cmd_serve)
 
 
-def _error(message) -> None:
-    """One line on stderr, whatever the message holds (a path given with a newline in it, say)."""
+def _add_sweep(sub) -> None:
+    from .sweeps.entry import SweepOptions
+
+    p = _command(sub, "sweep", "search for the best configuration: many runs under one trial budget, an Optuna study")
+    p.add_argument("name", metavar="NAME", help=SweepOptions.__dataclass_fields__["name"].metadata["help"])
+    p.add_argument("--data", default=None, help="dataset directory from `chargpt prepare` that every trial trains on")
+    metavars = {"trials": "N", "trial_budget": "B", "time_budget": "T", "storage": "URL", "workers": "K",
+                "grace_period": "SECONDS"}
+    for name in ("trials", "trial_budget", "time_budget"):
+        add_field_flag(p, SweepOptions, name, default=getattr(SweepOptions, name)).metavar = metavars[name]
+    p.add_argument("--space", default=None, metavar="FILE",
+                   help="TOML file of the fields to search: a range {low = 1e-4, high = 3e-2, log = true}, a list of "
+                        "values [2, 3, 4], or a fixed value (default: around the budget's choice for this machine)")
+    p.add_argument("--search", action="append", default=None, metavar="NAME=VALUE",
+                   help="a field of the space, as a line of --space writes it (repeatable): n_layer=[2,3,4]")
+    for name in ("storage", "workers", "pruner", "grace_period"):
+        add_field_flag(p, SweepOptions, name, default=getattr(SweepOptions, name)).metavar = metavars.get(name)
+    add_field_flag(p, TrainConfig, "seed", default=TrainConfig.seed,
+                   help="seeds the sampler and every trial's run: one worker repeats a sweep exactly")
+    p.add_argument("--show", action="store_true",
+                   help="print the trials as a table and write Optuna's plots as PNGs into sweeps/NAME")
+    _add_runs_dir_flag(p)
+    p.add_argument("--tracker", choices=get_args(TrackerName), default=None,
+                   help="also track each trial's run in this service (--wandb is --tracker wandb)")
+    _add_wandb_flags(p)
+    p.set_defaults(func=cmd_sweep)
+
+
+def _error(message, prefix: str = "error: ") -> None:
+    """One line on stderr, whatever the message holds (a path given with a newline in it, say); a stderr that is
+    gone (a closed terminal, a pipe whose reader left) takes it nowhere, without failing."""
     text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(message))
-    print(f"error: {text}", file=sys.stderr)
+    try:
+        print(f"{prefix}{text}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        from .runtime.progress import silence
+
+        silence(sys.stderr)
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """Whether `e` is an allocation that failed: Python's MemoryError, torch's on a GPU, or torch's CPU allocator."""
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(e)
+
+
+def _stopped(message) -> None:
+    """A command stopped by a signal (Ctrl-C, SIGTERM, SIGHUP): not an error, so a plain line, with the exit code
+    that signal gives."""
+    _error(message, prefix="")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -541,15 +607,25 @@ def _run(argv: list[str] | None) -> int:
         return args.func(args)
     except SystemExit as e:  # --help and --version print and stop: a return code for callers of main()
         return e.code if isinstance(e.code, int) else int(e.code is not None)
-    except ChargptError as e:  # bad input (EXIT_USAGE), or its own exit code (a diverged run, an interruption)
+    except TrainingInterrupted as e:  # stopped by a signal, its checkpoint saved
+        _stopped(e)
+        return e.exit_code
+    except ChargptError as e:  # bad input (EXIT_USAGE), or its own exit code (a diverged run)
         _error(e)
         return e.exit_code
     except KeyboardInterrupt as e:
-        _error(f"{'terminated' if isinstance(e, Terminated) else 'interrupted'}; files are written whole or not "
-               f"at all (temporaries removed), the last checkpoint is kept")
-        return exit_code_of(signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+        signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
+        what = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}.get(signum, "hung up")
+        _stopped(f"{what}; files are written whole or not at all (temporaries removed), the last checkpoint is kept")
+        return exit_code_of(signum)
     except BrokenPipeError:
         return 0
+    except (MemoryError, RuntimeError) as e:  # an allocation past what the memory estimates saw (a `ulimit -v`)
+        if not _out_of_memory(e):
+            raise
+        _error("out of memory; choose a smaller model, --batch-size, --num-samples or --max-new-tokens, or free "
+               "memory, then retry")
+        return EXIT_FAILURE
     except OSError as e:  # a full disk or a vanished directory: nothing chargpt could check beforehand
         where = f" ({e.filename})" if e.filename else ""
         fix = ("free space or choose another path" if e.errno in (errno.ENOSPC, errno.EDQUOT)

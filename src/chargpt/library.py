@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING, Iterator
 
 import torch
 
-from .config import DEFAULT_RUN, DEFAULT_RUNS_DIR, Config, dataset_dir
+from .config import (DEFAULT_RUN, DEFAULT_RUNS_DIR, Config, PrepareOptions, RunOptions, TrainConfig, check_given,
+                     dataset_dir)
 from .data.dataset import Dataset, load_dataset
 from .errors import ChargptError, CheckpointError, ConfigError, DataError
-from .runs.rundir import SUMMARY, read_metrics
+from .runs.rundir import CKPT, SUMMARY, Located, read_metrics
 from .model.sampling import DEFAULTS, SamplingParams, prompt_ids
+from .schema import check, check_value
 
 if TYPE_CHECKING:
     from .track.tracker import Tracker
@@ -35,6 +37,11 @@ def prepare(source: str | os.PathLike | None = None, out: str | os.PathLike | No
         raise DataError("prepare() takes a file or corpus name, or text=\"the text itself\": pass one of them")
     if text is not None and not isinstance(text, str):
         raise DataError(f"text= must be a string, got {type(text).__name__}; pass a file's path as the first argument")
+    _check_paths(DataError, source=source, out=out)
+    check_value(PrepareOptions, "val_fraction", val_fraction, error=DataError)
+    check_value(PrepareOptions, "token_dtype", dtype, error=DataError)
+    if name is not None:
+        check("name", name, str, DataError)
     if isinstance(source, str) and source in DATASETS and not Path(source).exists():
         name, source = name or source, locate(source)
     if source is not None:
@@ -81,6 +88,7 @@ def train(preset: str | None = None, data: Dataset | str | os.PathLike | None = 
     from .training.entry import TrainRequest, plan_training
 
     _check_keywords(fields)
+    _check_train_arguments(preset, data, resume, init_from, config, out_dir, name, fields)
     if wandb and tracker not in (None, "wandb"):
         raise ConfigError(f"wandb=True and tracker={tracker!r} name two trackers; pass one")
     request = TrainRequest(preset=preset, config_file=config, fields=fields, fields_from="train()", data=data,
@@ -95,6 +103,31 @@ def train(preset: str | None = None, data: Dataset | str | os.PathLike | None = 
         return Run(plan.resume_run.path)
     t, _ = plan.run(echo=echo, notebook=verbose and in_jupyter())
     return Run(t.writer.run.path, _model=t.model.eval(), _tokenizer=t.data.tokenizer)
+
+
+def _check_paths(error: type = ConfigError, **paths) -> None:
+    """Each of `paths` (argument: value) a path or None."""
+    for name, value in paths.items():
+        if value is not None:
+            check(name, value, os.PathLike, error)
+
+
+def _text(name: str, value) -> str:
+    """A text argument (a prompt): a string, or None for the empty one (which starts from a newline)."""
+    return "" if value is None else check(name, value, str)
+
+
+def _check_train_arguments(preset, data, resume, init_from, config, out_dir, name, fields) -> None:
+    """`train`'s arguments by the rules of `chargpt train`'s flags, before any work: config fields by their
+    declarations (type and range), the run name by its pattern."""
+    if preset is not None:
+        check("preset", preset, str)
+    if not isinstance(data, Dataset):
+        _check_paths(data=data)
+    _check_paths(resume=resume, init_from=init_from, config=config, out_dir=out_dir)
+    if name is not None:
+        check_value(RunOptions, "name", name, spell=str)
+    check_given(fields, "train()")
 
 
 def _check_keywords(given: dict) -> None:
@@ -113,23 +146,52 @@ def _check_keywords(given: dict) -> None:
                           f"any config field (`chargpt train --help` lists them)")
 
 
+def sweep(name: str, data: Dataset | str | os.PathLike | None = None, *, trials: int | None = None,
+          trial_budget: str | float | None = None, time_budget: str | float | None = None,
+          space: str | os.PathLike | dict | None = None, search: list[str] | tuple = (), storage: str | None = None,
+          workers: int = 1, pruner: str = "median", seed: int = TrainConfig.seed, grace_period: float = 30.0,
+          show: bool = False, runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR, tracker: str | None = None,
+          wandb: bool = False, verbose: bool = True):
+    """Search for the best configuration in this process: what `chargpt sweep` does with the same arguments; return
+    the Optuna study (`study.best_trial`, `study.trials_dataframe()`).
+
+    `trials` runs (and/or `time_budget` of wall clock), each an ordinary run of `trial_budget` ("90s", "500steps")
+    on `data`; `space` is a TOML file or a dict of the same tables ({"lr": {"low": 1e-4, "high": 3e-2, "log": True},
+    "n_layer": [2, 3, 4]}), `search` its "NAME=VALUE" lines. The study is kept in sweeps/NAME/study.db, or `storage`
+    (any Optuna storage URL, shared by other machines). `show` prints the table and writes the plots."""
+    from .sweeps.entry import SweepRequest, run_sweep
+
+    if wandb and tracker not in (None, "wandb"):
+        raise ConfigError(f"wandb=True and tracker={tracker!r} name two trackers; pass one")
+    request = SweepRequest(name, data=data, trials=trials, trial_budget=trial_budget, time_budget=time_budget,
+                           space=space, search=list(search), storage=storage, workers=workers, pruner=pruner,
+                           seed=seed, grace_period=grace_period, show=show, runs_dir=runs_dir,
+                           tracker="wandb" if wandb else tracker, spell=str)
+    return run_sweep(request, echo=print if verbose else None)
+
+
 def load(path: str | os.PathLike = DEFAULT_RUN, device: str = "cpu") -> "Run":
     """A run directory (`runs/latest`: the newest run with a checkpoint), or a checkpoint file, ready to generate,
     score and plot."""
     from .runs.rundir import clear_stale_temporaries, locate_run
 
+    _check_paths(path=path)
+    check_value(TrainConfig, "device", device, spell=str)
     found = locate_run(path, checkpoint=False)
     clear_stale_temporaries(found.run)
-    return Run(found.run, ckpt=found.ckpt, device=device)
+    return Run(found.run, ckpt=found, device=device)
 
 
 class Run:
     """A training run on disk: config, metrics, summary, and its model, loaded when first used."""
 
-    def __init__(self, path: str | os.PathLike, ckpt: str | os.PathLike | None = None, device: str = "cpu",
+    def __init__(self, path: str | os.PathLike, ckpt: str | os.PathLike | Located | None = None, device: str = "cpu",
                  _model=None, _tokenizer=None):
         self.path = Path(path)
-        self.ckpt = Path(ckpt) if ckpt is not None else self.path / "ckpt.pt"
+        # the checkpoint as `locate_run` found it, read by its rule: a run's own only from inside the run
+        self._found = ckpt if isinstance(ckpt, Located) else Located(
+            self.path, Path(ckpt) if ckpt is not None else self.path / CKPT, None if ckpt is not None else self.path)
+        self.ckpt = self._found.ckpt
         self.device = device
         self._model, self._tokenizer, self._config = _model, _tokenizer, None
 
@@ -141,7 +203,7 @@ class Run:
         if self._config is None:
             from .runs import checkpoint
 
-            self._config = Config.from_dict(checkpoint.load(self.ckpt)["config"])
+            self._config = Config.from_dict(checkpoint.load(self._found)["config"])
         return self._config
 
     @property
@@ -167,7 +229,7 @@ class Run:
     def _load(self) -> None:
         from .runs.checkpoint import load_model
 
-        self._model, self._tokenizer, state = load_model(self.ckpt, self.device)
+        self._model, self._tokenizer, state = load_model(self._found, self.device)
         self._config = Config.from_dict(state["config"])
 
     @property
@@ -187,26 +249,44 @@ class Run:
                temperature: float = DEFAULTS.temperature, top_k: int = DEFAULTS.top_k,
                top_p: float = DEFAULTS.top_p, seed: int = DEFAULTS.seed) -> Iterator[str]:
         """Yield the generated characters one at a time (the prompt itself is not repeated). The parameters are
-        `chargpt sample`'s, checked by the same rules (top_k 0: every character; None: the default)."""
+        `chargpt sample`'s, checked by the same rules (top_k 0: every character; None: the default, and an empty
+        or None prompt starts from a newline)."""
         from .model.engine import Engine
 
+        prompt = _text("prompt", prompt)
         params = SamplingParams.checked(str, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                         top_p=top_p, seed=seed)
         tok = self.tokenizer
         columns = Engine(self.model.eval()).sample(prompt_ids(tok, prompt), params)  # refused here, not when read
         return (tok.decode(col[0].tolist()) for col in columns)
 
-    def generate(self, prompt: str = "", max_new_tokens: int = DEFAULTS.max_new_tokens,
+    def generate(self, prompt: str | list[str] = "", max_new_tokens: int = DEFAULTS.max_new_tokens,
                  temperature: float = DEFAULTS.temperature, top_k: int = DEFAULTS.top_k,
-                 top_p: float = DEFAULTS.top_p, seed: int = DEFAULTS.seed) -> str:
-        """The prompt and its continuation: the same text `chargpt sample` prints for the same arguments."""
+                 top_p: float = DEFAULTS.top_p, seed: int = DEFAULTS.seed) -> str | list[str]:
+        """The prompt and its continuation: the same text `chargpt sample` prints for the same arguments. A list of
+        prompts is sampled together, one batched step per character (`chargpt sample --prompts-file`): the list of
+        what each prompt gives alone, to float32 rounding."""
+        if isinstance(prompt, (list, tuple)):
+            return self._generate_all(prompt, max_new_tokens, temperature, top_k, top_p, seed)
+        prompt = _text("prompt", prompt)
         return prompt + "".join(self.stream(prompt, max_new_tokens, temperature, top_k, top_p, seed))
+
+    def _generate_all(self, prompts, max_new_tokens, temperature, top_k, top_p, seed) -> list[str]:
+        from .model.batchdecode import sample_all
+        from .model.engine import Engine
+
+        prompts = [_text(f"prompt[{i}]", p) for i, p in enumerate(prompts)]
+        params = SamplingParams.checked(str, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                                        top_p=top_p, seed=seed)
+        tok = self.tokenizer
+        new = sample_all(Engine(self.model.eval()), [prompt_ids(tok, p) for p in prompts], params)
+        return [p + tok.decode(ids) for p, ids in zip(prompts, new)]
 
     def loss(self, text: str) -> float:
         """Mean cross-entropy of `text` in nats/char: every character after the first scored once."""
         from .training.evaluate import full_pass_loss
 
-        ids = torch.tensor(self.tokenizer.encode(text), dtype=torch.long)
+        ids = torch.tensor(self.tokenizer.encode(check("text", text, str)), dtype=torch.long)
         if len(ids) < 2:
             raise DataError("loss() needs a text of at least 2 characters")
         model = self.model
@@ -217,19 +297,22 @@ class Run:
         """Train and val loss against steps and training time, as a matplotlib Figure (saved to `path` too)."""
         from .runs.plotting import run_figure
 
+        out = _claimed(path, self.path)
         fig = run_figure(self.path)
         if fig is None:
             raise DataError(f"{self.path} has no evaluations to plot yet")
-        return _saved(fig, path)
+        return _saved(fig, out)
 
     def attention(self, prompt: str, path: str | os.PathLike | None = None):
         """Each head's attention over `prompt` (a row per layer, a column per head) as a Figure."""
         from .model.attention import attention_figure, attention_weights
 
+        out = _claimed(path, self.path, self.ckpt)
+        check("prompt", prompt, str)
         model = self.model
         idx = torch.tensor([self.tokenizer.encode(prompt)], dtype=torch.long, device=next(model.parameters()).device)
         weights = attention_weights(model, idx)[0]
-        return _saved(attention_figure(weights, prompt), path)
+        return _saved(attention_figure(weights, prompt), out)
 
 
 def compare(runs: list["Run | str | os.PathLike"], path: str | os.PathLike | None = None, *,
@@ -240,6 +323,10 @@ def compare(runs: list["Run | str | os.PathLike"], path: str | os.PathLike | Non
     from .runs.rundir import METRICS
     from .runs.listing import check_comparable, read_run
 
+    if not isinstance(runs, (list, tuple)):
+        raise ConfigError(f"compare() takes a list of runs (Run objects or run directories), got "
+                          f"{type(runs).__name__}; e.g. compare([\"runs/a\", \"runs/b\"])")
+    _check_paths(**{f"runs[{i}]": r for i, r in enumerate(runs) if not isinstance(r, Run)})
     paths = [r.path if isinstance(r, Run) else Path(r) for r in runs]
     if not paths:
         raise ConfigError("compare() needs at least one run: a Run or a run directory")
@@ -247,29 +334,34 @@ def compare(runs: list["Run | str | os.PathLike"], path: str | os.PathLike | Non
         if not (p / METRICS).is_file():
             raise CheckpointError(f"{p} is not a run directory (no {METRICS} there); pass runs `chargpt train` "
                                   f"wrote, e.g. compare([\"runs/a\", \"runs/b\"])")
+    out = _claimed(path, *paths)
     if not all_datasets:
         check_comparable([read_run(p) for p in paths], "all_datasets=True")
-    return _saved(runs_figure(paths), path)
+    return _saved(runs_figure(paths), out)
 
 
-def _saved(fig, path):
+def _claimed(path, *inputs):
+    """`path=` checked as the output of a call that reads `inputs`, before anything is drawn (None: no file)."""
+    from .fsutil import claim_output
+
+    return None if path is None else claim_output(path, inputs, name="path")
+
+
+def _saved(fig, out):
     ipython = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
     if ipython is not None:  # Jupyter: a returned Figure shows as a PNG (no pyplot state, no second copy)
         ipython.display_formatter.formatters["image/png"].for_type(type(fig), _png)
-    if path is not None:
-        from .fsutil import atomic_path
+    if out is not None:
+        from .fsutil import save_figure
 
-        with atomic_path(Path(path)) as tmp:
-            fig.savefig(tmp, format="png")
+        save_figure(fig, out)
     return fig
 
 
 def _png(fig) -> bytes:
-    import io
+    from .runs.plotting import png_bytes
 
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 def load_artifact(name: str, *, root: str | os.PathLike | None = None) -> "Dataset | Run":

@@ -8,6 +8,7 @@ import http.server
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from chargpt.model.attention import attention_weights
 from chargpt.runs.checkpoint import load_model
@@ -240,12 +243,12 @@ BAD_REQUESTS = [
     (b"[1, 2]", 400, "JSON object"),
     (b'{"model": "no-such-run", "prompt": "a"}', 404, "no run named 'no-such-run'"),
     (b'{"model": 3, "prompt": "a"}', 400, "'model' must be a string"),
-    (b'{"prompt": "a", "temperature": -0.5}', 400, "'temperature' must be a finite number >= 0, got -0.5"),
+    (b'{"prompt": "a", "temperature": -0.5}', 400, "'temperature' must be in [0, 1000], got -0.5"),
     (b'{"prompt": "a", "temperature": "hot"}', 400, "'temperature' must be a number"),
     (b'{"prompt": "a", "top_p": 0}', 400, "'top_p' must be in (0, 1]"),
     (b'{"prompt": "a", "top_k": 2.5}', 400, "'top_k' must be an integer"),
     (b'{"prompt": "a", "seed": -1}', 400, "'seed' must be in"),
-    (b'{"prompt": "a", "max_tokens": -1}', 400, "'max_tokens' must be an integer >= 0"),
+    (b'{"prompt": "a", "max_tokens": -1}', 400, "'max_tokens' must be in [0, 10^9]"),
     (json.dumps({"prompt": "a", "max_tokens": MAX_NEW_TOKENS + 1}).encode(), 400, f"at most {MAX_NEW_TOKENS:,}"),
     (json.dumps({"prompt": "a" * (MAX_PROMPT_CHARS + 1)}).encode(), 400, "at most"),
     ('{"prompt": "caf\u00e9 \u20ac"}'.encode(), 400, "character '\u00e9' at position 3 is not in the vocabulary"),
@@ -672,3 +675,165 @@ def test_the_pages_runs_table_shows_the_dataset_marks_estimates_and_never_overla
     assert "\u00b1" not in table["exact"]["cells"][7]
     assert not table["estimated"]["disabled"]  # the same dataset: it may be overlaid
     assert table["on-other"]["disabled"] and "another dataset" in table["on-other"]["title"]
+
+
+# -------------------------------------------------------------------------------- run files whose contents lie
+def _strict_json(text: str):
+    """`text` read as standard JSON: NaN and Infinity are no numbers there (a browser's JSON.parse refuses them)."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _call(server: Server, method: str, path: str, body: dict | None = None) -> tuple[int, object]:
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=60)
+    conn.request(method, path, body=None if body is None else json.dumps(body),
+                 headers={"Content-Type": "application/json"})
+    res = conn.getresponse()
+    text = res.read().decode()
+    conn.close()
+    return res.status, _strict_json(text)
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """The most memory process `pid` has held (Linux's VmHWM)."""
+    line = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+def _forge(run: Path, **model) -> None:
+    """Each checkpoint of `run` with its config's model fields changed and its checksum recomputed."""
+    from chargpt.fsutil import load_torch, save_torch
+    from chargpt.runs import checkpoint
+
+    for path in run.glob("*.pt"):
+        state = load_torch(path)
+        state["config"]["model"].update(model)
+        state["checksum"] = checkpoint.digest(state)
+        save_torch(path, state)
+
+
+def test_nan_a_huge_metrics_log_or_a_lying_checkpoint_get_answers_never_a_500(tiny_run, tmp_path):
+    """NaN and Infinity in a run's metrics log and summary made GET /api/runs/NAME a 500 ("Out of range float values
+    are not JSON compliant"); an 8 GB metrics log was read 1 GiB at a time for each request; a checkpoint claiming a
+    block_size of a million built its model and failed in a MemoryError."""
+    served = tmp_path / "runs"
+    for name in ("nan", "huge", "big"):
+        shutil.copytree(tiny_run, served / name, ignore=shutil.ignore_patterns("*.png"))
+    good = (tiny_run / "metrics.jsonl").read_text()
+    (served / "nan" / "metrics.jsonl").write_text('{"step": 0, "train_loss": NaN, "val_loss": Infinity}\n' + good)
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    (served / "nan" / "summary.json").write_text(json.dumps({**summary, "val_loss_full": float("nan"),
+                                                              "train_seconds": float("inf")}))
+    with open(served / "huge" / "metrics.jsonl", "r+b") as f:
+        f.truncate(8 << 30)  # sparse: no disk, no time
+    _forge(served / "big", block_size=1_000_000)
+    s = Server("--runs-dir", served, "--device", "cpu", cwd=tmp_path)
+    try:
+        status, details = _call(s, "GET", "/api/runs/nan")
+        assert status == 200 and details["summary"]["val_loss_full"] is None, details
+        assert len(details["metrics"]) == len(good.splitlines()) and "1 line(s)" in details["metrics_note"]
+        status, listing = _call(s, "GET", "/api/runs")
+        assert status == 200 and {r["name"] for r in listing["runs"]} == {"nan", "huge", "big"}
+        before = _peak_rss_mb(s.proc.pid)
+        status, details = _call(s, "GET", "/api/runs/huge")
+        assert status == 200 and "only its last 8.0 MB were read (not the 8.0 GB before)" in details["metrics_note"]
+        assert _peak_rss_mb(s.proc.pid) - before < 100
+        for path, body in (("/v1/completions", {"model": "big", "prompt": "a", "max_tokens": 3}),
+                           ("/api/attention", {"model": "big", "prompt": "ab"})):
+            status, answer = _call(s, "POST", path, body)
+            assert status == 409 and "block_size 1,000,000" in answer["error"]["message"], answer
+        status, answer = _call(s, "POST", "/v1/completions", {"model": "nan", "prompt": "a", "max_tokens": 3})
+        assert status == 200 and len(answer["choices"][0]["text"]) == 3
+    finally:
+        s.stop()
+    assert "Traceback" not in s.log.read_text()
+
+
+FIELD_VALUES = st.sampled_from([float("nan"), float("inf"), -float("inf"), 10 ** 30, -1, 1e300, "x\ny", None, [1],
+                                True])
+
+
+@pytest.fixture(scope="module")
+def edited_server(tiny_run, tmp_path_factory):
+    """A server over one run that the test below edits between its requests (the server reads its files anew)."""
+    served = tmp_path_factory.mktemp("edited") / "runs"
+    shutil.copytree(tiny_run, served / "edited", ignore=shutil.ignore_patterns("*.png"))
+    s = Server("--runs-dir", served, "--device", "cpu", cwd=served.parent)
+    yield s, served / "edited"
+    s.stop()
+    assert "Traceback" not in s.log.read_text()
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@given(name=st.sampled_from(["summary.json", "config.json", "metrics.jsonl", "ckpt"]),
+       where=st.sampled_from(["", "model", "train", "dataset"]), key=st.integers(0, 40), value=FIELD_VALUES)
+@example(name="ckpt", where="model", key=2, value=2 ** 20)  # block_size
+@example(name="metrics.jsonl", where="", key=0, value=float("nan"))
+def test_any_edit_of_a_served_runs_files_gets_an_answer_never_a_500(tiny_run, edited_server, name, where, key, value):
+    """A run's summary, config, metrics log or checkpoint field edited to NaN, infinity, a huge number or another
+    type: the run's listing, its details, a completion and its attention answer 2xx or 4xx, in standard JSON."""
+    from chargpt.fsutil import load_torch, save_torch
+    from chargpt.runs import checkpoint
+
+    server, run = edited_server
+    for f in ("summary.json", "config.json", "metrics.jsonl", "ckpt.pt"):
+        shutil.copyfile(tiny_run / f, run / f)
+    if name == "ckpt":
+        state = load_torch(run / "ckpt.pt")
+        node = state["config"]["train" if where == "train" else "model"]
+        node[sorted(node)[key % len(node)]] = value
+        state["checksum"] = checkpoint.digest(state)
+        save_torch(run / "ckpt.pt", state)
+    elif name == "metrics.jsonl":
+        records = [json.loads(line) for line in (run / name).read_text().splitlines()]
+        record = records[key % len(records)]
+        record[sorted(record)[key % len(record)]] = value
+        (run / name).write_text("".join(json.dumps(r) + "\n" for r in records))
+    else:
+        data = json.loads((run / name).read_text())
+        node = data.get(where) if where else data
+        if isinstance(node, dict):
+            node[sorted(node)[key % len(node)]] = value
+        (run / name).write_text(json.dumps(data))
+    for method, path, body in (("GET", "/api/runs", None), ("GET", "/api/runs/edited", None),
+                               ("POST", "/v1/completions", {"model": "edited", "prompt": "a", "max_tokens": 3}),
+                               ("POST", "/api/attention", {"model": "edited", "prompt": "ab"})):
+        status, answer = _call(server, method, path, body)
+        assert status < 500, (path, answer)
+
+
+# ------------------------------------------------------------------------ numbers without bounds in a request
+def _request_number(server, name: str, text: str) -> tuple[int, dict | str]:
+    """POST a body whose `name` is the JSON number `text`, as written (digits past Python's own limit too)."""
+    route = "/api/attention" if name == "query" else "/v1/completions"
+    raw = f'{{"model": "{GPT_RUN}", "prompt": "abc", "max_tokens": 2, "{name}": {text}}}'.encode()
+    return server.request("POST", route, raw=raw)
+
+
+@pytest.mark.parametrize("name", ["max_tokens", "seed", "top_k", "temperature", "top_p", "query"])
+@pytest.mark.parametrize("digits", [400, 5000])
+def test_a_number_of_hundreds_of_digits_in_a_request_is_a_400_that_never_echoes_it(server, name, digits):
+    status, body = _request_number(server, name, "9" * digits)
+    assert status == 400 and body["error"]["type"] == "invalid_request_error", body
+    message = body["error"]["message"]
+    assert len(message) < 200 and not re.search(r"\d{31}", message), message
+    if digits == 400:
+        assert f"'{name}' must be" in message and "integer of 400 digits" in message, message
+
+
+REQUEST_NUMBERS = st.one_of(
+    st.integers(min_value=2 ** 64, max_value=10 ** 40).map(str), st.integers(-10 ** 40, -4).map(str),
+    st.floats(min_value=1e20).map(repr), st.floats(max_value=-1e-9).map(repr),
+    st.sampled_from(["NaN", "Infinity", "-Infinity", "1e400", "-1e400"]),
+    st.builds(lambda sign, n: sign + "9" * n, st.sampled_from(["", "-"]), st.integers(300, 5000)))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(name=st.sampled_from(["max_tokens", "seed", "top_k", "temperature", "top_p", "query"]), text=REQUEST_NUMBERS)
+def test_a_request_number_outside_its_range_is_a_short_400_never_a_500(server, name, text):
+    status, body = _request_number(server, name, text.replace("inf", "Infinity").replace("nan", "NaN"))
+    assert status == 400, (name, text[:50], body)
+    message = body["error"]["message"]
+    assert len(message) < 200 and not re.search(r"\d{31}", message), message

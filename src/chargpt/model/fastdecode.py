@@ -177,7 +177,8 @@ class NumpyDecoder:
         if c.pos == "learned":
             self.wpe = _array(model.position_embedding_table.weight)
         else:
-            self.rot = _rotations(_array(model.rope_cos), _array(model.rope_sin))
+            self.cos, self.sin = _array(model.rope_cos), _array(model.rope_sin)  # (T, hs): `step_rows` rotates with them
+            self.rot = _rotations(self.cos, self.sin)
             block = model.blocks[0]
             with torch.inference_mode():
                 qkv = block.sa.qkv(block.ln1(model.token_embedding_table.weight[None]))  # 3 x (1, nh, V, hs)
@@ -213,8 +214,8 @@ class NumpyDecoder:
                 h *= h
         return affine(h, w_proj, b_proj)
 
-    def _logits(self, x: np.ndarray) -> np.ndarray:
-        logits = _affine(self.ln_f(x), self.head_w, self.head_b)
+    def _logits(self, x: np.ndarray, affine=_affine) -> np.ndarray:
+        logits = affine(self.ln_f(x), self.head_w, self.head_b)
         if self.softcap > 0:
             cap = self.softcap
             logits = (cap * torch.tanh(torch.from_numpy(logits) / cap)).numpy()
@@ -290,3 +291,41 @@ class NumpyDecoder:
             x = x + _affine(y.reshape(B, nh * hs), w_aproj, b_aproj)  # heads side by side, projected
             x = x + self._feed_forward(x, ln2, w_fc, b_fc, w_mproj, b_mproj, _affine)
         return self._logits(x)
+
+    def step_rows(self, tokens: np.ndarray, pos: np.ndarray, keys: list[np.ndarray],
+                  values: list[np.ndarray]) -> np.ndarray:
+        """`step` for rows each at its own window position `pos` (B,), as continuous batching decodes them: each
+        row's key and value are written at its position, and its query attends to its positions [0, pos] only.
+        The matrix products run on torch's threads (`_affine_rows`), as a prefill's do."""
+        B, nh, hs = tokens.shape[0], self.n_head, self.head_size
+        rows, end = np.arange(B), int(pos.max()) + 1
+        hidden = np.where(np.arange(end) > pos[:, None], np.float32(-np.inf), np.float32(0))[:, None]  # (B, 1, T)
+        x = self.wte.take(tokens, axis=0)  # (B, C)
+        if self.wpe is not None:
+            x += self.wpe[pos]
+        for layer, (ln1, w_attn, b_attn, w_aproj, b_aproj, ln2, w_fc, b_fc, w_mproj, b_mproj) in enumerate(
+                self.layers):
+            if layer == 0 and self.first_qkv is not None:
+                qkv = self.first_qkv.take(tokens, axis=0)  # (B, 3, nh, hs)
+                qk = qkv[:, :2]
+            else:
+                qkv = _affine_rows(ln1(x), w_attn, b_attn).reshape(B, 3, nh, hs)
+                qk = self._queries_keys(qkv)
+            if self.rot is not None:  # each row at its own position, as `apply_rope`: x cos + (halves swapped) sin
+                half = hs // 2
+                qk = (qk * self.cos[pos][:, None, None]
+                      + np.concatenate((qk[..., half:], qk[..., :half]), axis=-1) * self.sin[pos][:, None, None])
+            k, v = keys[layer], values[layer]
+            k[rows, :, pos] = qk[:, 1]
+            v[rows, :, pos, :hs] = qkv[:, 2]
+            att = _matvec(k[:, :, :end], qk[:, 0])  # (B, nh, T)
+            att += hidden  # a shorter row's later positions hold another completion's keys: weight 0
+            if not self.qk_norm:
+                att *= self.scale
+                att -= np.maximum.reduce(att, axis=-1, keepdims=True)
+            np.exp(att, out=att)
+            y = _vecmat(att, v[:, :, :end])
+            y = y[..., :hs] / y[..., hs:]
+            x = x + _affine_rows(y.reshape(B, nh * hs), w_aproj, b_aproj)
+            x = x + self._feed_forward(x, ln2, w_fc, b_fc, w_mproj, b_mproj, _affine_rows)
+        return self._logits(x, _affine_rows)

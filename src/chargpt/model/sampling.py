@@ -91,7 +91,9 @@ def sample_rows(logits: torch.Tensor, rows: list[tuple[SamplingParams, torch.Gen
     out = [0] * len(rows)
     for (temperature, top_k, top_p), idx in groups.items():
         part = logits if len(idx) == len(rows) else logits[idx]
-        if temperature < GREEDY_BELOW:
+        if len(idx) == 1:
+            picked = sample_next(part, temperature, top_k, top_p, rows[idx[0]][1])
+        elif temperature < GREEDY_BELOW:
             picked = part.argmax(dim=-1)
         else:
             probs = _probabilities(part, temperature, top_k, top_p)
@@ -99,6 +101,6 @@ def sample_rows(logits: torch.Tensor, rows: list[tuple[SamplingParams, torch.Gen
             for j, i in enumerate(idx):
                 race[j].exponential_(1, generator=rows[i][1])
             picked = (probs / race).argmax(dim=-1)
-        for i, token in zip(idx, picked.tolist()):
+        for i, token in zip(idx, picked.flatten().tolist()):
             out[i] = token
     return out

@@ -20,10 +20,12 @@ from starlette.routing import Route
 
 from ..config import ServeOptions
 from ..errors import ChargptError, ConfigError
+from ..runs.records import json_text
 from ..runs.rundir import Located
 from ..runtime.signals import StopSignals
 from ..schema import check_value
 from .checks import Guard, Hosts, RequestError, error_response, integer_field, read_body, text_field
+from .batching import RETRY_SECONDS, Busy, Scheduler
 from .generation import Completion, Counters, Generation, answer, attention_json
 from .runs import ServedRuns
 
@@ -31,13 +33,22 @@ GRACE_SECONDS = 2.0  # after a stop signal, how long clients have to take their 
 STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 
 
+class Json(JSONResponse):
+    """A JSON response as chargpt gives JSON out (`records.json_text`): a NaN or an infinity that a run's files hold
+    is null, never a failed response."""
+
+    def render(self, content) -> bytes:
+        return json_text(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
 class Api:
     """The routes' handlers over the served runs. Sampling and reading files run on pools of their own: a burst
     of streams waiting for their turn to decode must not leave the runs listing (or a model's first load)
     queueing behind them."""
 
-    def __init__(self, runs: ServedRuns, counters: Counters):
+    def __init__(self, runs: ServedRuns, counters: Counters, max_streams: int = 0):
         self.runs, self.counters = runs, counters
+        self.scheduler = Scheduler(counters, max_streams)
         self.sampling_pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="chargpt-sample")
         self.files_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="chargpt-files")
 
@@ -66,30 +77,39 @@ class Api:
         return Response(_static(name), media_type=STATIC[name], headers={"Cache-Control": "no-cache"})
 
     async def models(self, request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [_card(n, c) for n, c in self.runs.with_checkpoints()]})
+        return Json({"object": "list", "data": [_card(n, c) for n, c in self.runs.with_checkpoints()]})
 
     async def model(self, request: Request) -> Response:
         name = request.path_params["name"]
         found = self.runs.checkpoint(self.runs.path(name))
         if found is None:
             raise RequestError(404, f"run {name!r} has no checkpoint (yet)", "model", "model_not_found")
-        return JSONResponse(_card(name, found))
+        return Json(_card(name, found))
 
     async def run_list(self, request: Request) -> Response:
-        return JSONResponse({"runs": await self.files(self.runs.info),
-                             "default": (await self.files(self.runs.servable) or [None])[0]})
+        return Json({"runs": await self.files(self.runs.info),
+                     "default": (await self.files(self.runs.servable) or [None])[0]})
 
     async def run_details(self, request: Request) -> Response:
-        return JSONResponse(await self.files(self.runs.details, request.path_params["name"]))
+        return Json(await self.files(self.runs.details, request.path_params["name"]))
 
     async def status(self, request: Request) -> Response:
-        return JSONResponse({"streams": self.counters.active, "tokens": self.counters.tokens})
+        c = self.counters
+        return Json({"streams": c.active, "queued": c.queued, "rate": round(c.rate(), 1), "tokens": c.tokens,
+                     "decoders": self.scheduler.status()})
 
     async def completions(self, request: Request) -> Response:
         completion = Completion.parse(await read_body(request))
         name, loaded = await self.files(self.runs.load, completion.model)
         gen = Generation(loaded, completion, self.counters)
-        return await answer(request, completion, name, gen, self.sampling)
+        try:
+            self.scheduler.submit(loaded.engine, gen, name)
+        except Busy as e:
+            gen.end()
+            refused = error_response(503, str(e), code="server_busy")
+            refused.headers["Retry-After"] = str(RETRY_SECONDS)
+            return refused
+        return await answer(request, completion, name, gen)
 
     async def attention(self, request: Request) -> Response:
         body = await read_body(request)
@@ -98,7 +118,7 @@ class Api:
             raise RequestError(400, "'prompt' must hold at least one character", "prompt")
         query = integer_field(body, "query", -len(prompt), len(prompt) - 1)
         name, loaded = await self.files(self.runs.load, body.get("model"))
-        return JSONResponse(await self.sampling(attention_json, name, loaded, prompt, query, self.runs.device))
+        return Json(await self.sampling(attention_json, name, loaded, prompt, query, self.runs.device))
 
 
 def _card(name: str, found: Located) -> dict:
@@ -123,10 +143,12 @@ async def _failed(request: Request, exc: Exception) -> Response:
     return error_response(500, f"the server failed on this request: {message}")
 
 
-def create_app(runs: ServedRuns, hosts: Hosts | None = None, counters: Counters | None = None) -> Guard:
-    """The app over `runs`, behind the `Guard` that checks every request's Host and Origin."""
+def create_app(runs: ServedRuns, hosts: Hosts | None = None, counters: Counters | None = None,
+               max_streams: int = 0) -> Guard:
+    """The app over `runs`, behind the `Guard` that checks every request's Host and Origin; each model decodes
+    at most `max_streams` completions at once (0: as many as memory allows)."""
     handlers = {HTTPException: _not_found, RequestError: _refused, ChargptError: _failed, Exception: _failed}
-    app = Starlette(routes=Api(runs, counters or Counters()).routes(), exception_handlers=handlers)
+    app = Starlette(routes=Api(runs, counters or Counters(), max_streams).routes(), exception_handlers=handlers)
     return Guard(app, hosts or Hosts())
 
 
@@ -186,18 +208,21 @@ class Server(uvicorn.Server):
         self.force_exit = True  # what is still running is cancelled as the loop ends, without a word (`Guard`)
 
 
-def serve(runs: ServedRuns, host: str = "127.0.0.1", port: int = 8000, allowed_hosts: tuple[str, ...] = ()) -> int:
+def serve(runs: ServedRuns, host: str = "127.0.0.1", port: int = 8000, allowed_hosts: tuple[str, ...] = (),
+          max_streams: int = 0) -> int:
     """Serve until SIGINT or SIGTERM, and return that signal; prints the URL (with the port actually bound, so
     --port 0 works). Requests must name the server by `host`, a loopback name or one of `allowed_hosts` (see
-    `Hosts`)."""
+    `Hosts`); each model decodes at most `max_streams` completions at once (0: as many as memory allows, see
+    `chargpt.serve.batching`), more wait in a queue."""
+    check_value(ServeOptions, "max_streams", max_streams)
     sock = bind(host, port)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     n = len(runs.servable())
     where = f"checkpoint {runs.single[1]}" if runs.single else f"{n} run(s) with a checkpoint in {runs.runs_dir}"
     counters = Counters()
-    config = uvicorn.Config(create_app(runs, Hosts(host, allowed_hosts), counters), log_level="warning",
-                            access_log=False, lifespan="off")
+    app = create_app(runs, Hosts(host, allowed_hosts), counters, max_streams)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     server = Server(config, counters)
     with server.stop:  # from the moment the address is out: a client may act on it at once
         print(f"chargpt serve: {where}; open http://{shown}:{bound}/  (API: http://{shown}:{bound}/v1)", flush=True)

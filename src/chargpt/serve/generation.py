@@ -1,18 +1,21 @@
 """Completions of `chargpt serve`: a request's parameters checked, its sampling, and its answer as one JSON body
 or as server-sent events in OpenAI's format; also the attention map the page draws.
 
-Every request samples with its own seeded generator and key/value cache through the Engine of its checkpoint,
-so a completion is exactly what `chargpt sample` prints for the same seed.
+Every request samples with its own seeded generator, as a row of its model's decode loop (`batching`): alone, a
+completion is exactly what `chargpt sample` prints for the same seed; decoded beside others it agrees with it to
+float32 rounding (`chargpt.model.batchdecode`).
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import secrets
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
 
 import torch
 from starlette.requests import Request
@@ -27,15 +30,12 @@ from .runs import Loaded
 SHUTTING_DOWN = "the server is shutting down; send the request again once it is back"
 MAX_NEW_TOKENS = 20_000  # the most characters one completion may ask for
 BURST_SECONDS = 0.03  # a streamed chunk holds what was sampled in this long: smooth text, few events
-# Concurrent streams take turns, a burst each, instead of decoding at once: a one-token step is hundreds of tiny
-# operations, and threads running them side by side fight for the cores (benchmarks/bench_serve.py); taking
-# turns keeps the sum at one stream's rate.
-DECODING = threading.Lock()
+DISCONNECT_SECONDS = 0.25  # how often a completion answered in one body checks that its client is still there
+RATE_SECONDS, RATE_STEP = 3.0, 0.1  # GET /api/status's rate: characters over the last 3 s, marked every 0.1 s
 COMPLETION_FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "seed", "stream", "stop",
                      "echo", "n", "best_of", "logprobs", "suffix", "user", "stream_options", "presence_penalty",
                      "frequency_penalty", "logit_bias"}
 API_NAMES = {"max_new_tokens": "max_tokens"}  # OpenAI's name for a `SamplingParams` field, where it has its own
-Sampling = Callable[..., Awaitable]  # runs a function on the sampling threads: `await sampling(fn, *args)`
 
 
 def api_name(name: str) -> str:
@@ -140,59 +140,62 @@ class StopFilter:
 
 
 class Generation:
-    """One request's sampling, `chargpt sample`'s exactly (`Engine.sample`: its own generator seeded with
-    `seed`, its own KV cache). Tokens are produced in short bursts, each on a worker thread, so the event loop
-    serves other clients between them."""
+    """One request's completion: its prompt's ids and sampling for its model's decode loop (`batching`), which
+    feeds it each token as it is sampled with its own seeded generator (`chargpt sample`'s sampling), and the
+    text so far, stop sequences cut, for the request to take as it comes."""
 
     def __init__(self, loaded: Loaded, completion: Completion, counters: "Counters"):
-        tok = loaded.tokenizer
-        ids = encode(tok, completion.prompt)
-        self.prompt_tokens = len(ids)
-        self.tokens = loaded.engine.sample(ids, completion.sampling)
-        self.decode = tok.decode
+        self.ids = encode(loaded.tokenizer, completion.prompt)
+        self.prompt_tokens = len(self.ids)
+        self.sampling = completion.sampling
+        self.decode = loaded.tokenizer.decode
         self.count = 0
         self.done = completion.sampling.max_new_tokens == 0
-        self.cancelled = self._started = self._running = self._released = False
-        self._lock = threading.Lock()
-        self.filter = StopFilter(completion.stop)
+        self.cancelled = False
         self.interrupted = False  # ended by the server's shutdown, not by its length, a stop sequence or its client
+        self.error: str | None = None  # ended because decoding failed
+        self.filter = StopFilter(completion.stop)
+        self._text: list[str] = []  # sampled, not yet taken
+        self._waiting: str | None = None  # what the request waits for: "text" (any) or "end"
+        self._lock = threading.Lock()
+        self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         self.counters = counters
         counters.open(self)
 
-    def burst(self, seconds: float = BURST_SECONDS) -> str:
-        """Sample for about `seconds` (at least one token); the text that may be shown so far."""
-        with self._lock:
-            if self.cancelled:  # ended while this burst waited for a worker thread
-                return ""
-            if not self._started:
-                self._started = True
-                self.counters.streams(+1)
-            self._running = True
-        try:
-            with DECODING:  # one stream's burst at a time: the streams take turns on the cores
-                return "" if self.cancelled else self._burst(seconds)
-        finally:
-            with self._lock:
-                self._running = False
-                if self.cancelled:
-                    self._release()
-
-    def _burst(self, seconds: float) -> str:
-        ids = []
-        end = time.perf_counter() + seconds
-        for col in self.tokens:
-            ids.append(int(col[0, 0]))
-            if time.perf_counter() >= end or self.cancelled:
-                break
-        else:
-            self.done = True
-        self.counters.add(len(ids))
-        text = self.filter.feed(self.decode(ids))
-        if self.filter.stopped:
-            self.done = True
-        elif self.done:
+    def feed(self, token: int, last: bool) -> bool:
+        """The decode loop's next token (`last`: the completion's length is reached); whether the completion
+        wants no more (a stop sequence, or ended by its request)."""
+        text = self.filter.feed(self.decode([token]))
+        if last and not self.filter.stopped:
             text += self.filter.flush()
-        self.count += len(text)  # the completion's characters: what was sampled past a stop sequence is not in it
+        with self._lock:
+            if self.cancelled:
+                return True
+            self._text.append(text)
+            self.count += len(text)  # the completion's characters: what was sampled past a stop sequence is not in it
+            self.done = last or self.filter.stopped
+            wake = self.done or (self._waiting == "text" and bool(text))
+            if wake:
+                self._waiting = None
+        if wake:
+            self._notify()
+        return self.filter.stopped
+
+    async def take(self, timeout: float | None = None, whole: bool = False) -> str:
+        """The text sampled since the last `take`; when there is none yet (`whole`: until the end), waits for some,
+        for the end, or for `timeout` seconds."""
+        with self._lock:
+            wait = not self.done and (whole or not any(self._text))
+            if wait:
+                self._wake.clear()
+                self._waiting = "end" if whole else "text"
+        if wait:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+        with self._lock:
+            text = "".join(self._text)
+            self._text.clear()
         return text
 
     @property
@@ -204,35 +207,41 @@ class Generation:
                 "total_tokens": self.prompt_tokens + self.count}
 
     def end(self) -> None:
-        """Finished, or the client went away: a burst still running on its worker thread stops at its next
-        token, and only then does the stream stop counting as active."""
+        """Finished, or the client went away: the decode loop drops it before its next step."""
         with self._lock:
             self.cancelled = self.done = True
-            if not self._running:
-                self._release()
         self.counters.close(self)
 
     def interrupt(self) -> None:
         """The server is shutting down: end now, and say so (`interrupted`) unless the completion was whole."""
         with self._lock:
             self.interrupted = not self.done
-        self.end()
+        self._ended()
 
-    def _release(self) -> None:
-        if self._started and not self._released:
-            self._released = True
-            self.counters.streams(-1)
+    def fail(self, message: str) -> None:
+        """Decoding failed: end now, saying why."""
+        self.error = message
+        self._ended()
+
+    def _ended(self) -> None:
+        self.end()
+        self._notify()
+
+    def _notify(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the server's event loop has ended: nobody waits any more
+            self._loop.call_soon_threadsafe(self._wake.set)
 
 
 class Counters:
-    """What the server generates: streams sampling and characters sampled (GET /api/status), and the completions
-    in progress, which its shutdown ends at once (and refuses new ones)."""
+    """What the server generates: streams decoding, requests waiting for a row, characters sampled and their rate
+    (GET /api/status), and the completions in progress, which its shutdown ends at once (and refuses new ones)."""
 
     def __init__(self):
-        self.active = self.tokens = 0
+        self.active = self.queued = self.tokens = 0
         self.closing = False
         self._live: set[Generation] = set()
         self._lock = threading.Lock()
+        self._marks: deque[tuple[float, int]] = deque()  # (time, tokens) every RATE_STEP seconds, over RATE_SECONDS
 
     def open(self, gen: Generation) -> None:
         with self._lock:
@@ -251,56 +260,83 @@ class Counters:
             gen.interrupt()
 
     def add(self, n: int) -> None:
+        now = time.monotonic()
         with self._lock:
             self.tokens += n
+            if not self._marks or now - self._marks[-1][0] >= RATE_STEP:
+                self._marks.append((now, self.tokens))
+            while now - self._marks[0][0] > RATE_SECONDS:
+                self._marks.popleft()
+
+    def rate(self) -> float:
+        """Characters sampled per second over the last RATE_SECONDS, all streams together."""
+        now = time.monotonic()
+        with self._lock:
+            marks = [m for m in self._marks if now - m[0] <= RATE_SECONDS]
+            if not marks:
+                return 0.0
+            then, tokens = marks[0]
+            return (self.tokens - tokens) / max(now - then, RATE_STEP)
 
     def streams(self, delta: int) -> None:
         with self._lock:
             self.active += delta
 
+    def queue(self, delta: int) -> None:
+        with self._lock:
+            self.queued += delta
+
 
 # ------------------------------------------------------------------------------------------- answer
-async def answer(request: Request, completion: Completion, name: str, gen: Generation, sampling: Sampling) -> Response:
+async def answer(request: Request, completion: Completion, name: str, gen: Generation) -> Response:
     """The completion `gen` samples, as one JSON body or, with `stream`, as server-sent events."""
     meta = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
             "model": name}
     if completion.stream:
-        return StreamingResponse(_events(completion, gen, meta, sampling), media_type="text/event-stream",
+        return StreamingResponse(_events(completion, gen, meta), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     parts = [completion.prompt] if completion.echo else []
     try:
-        while not gen.done:
-            if await request.is_disconnected():
+        while True:
+            done = gen.done
+            parts.append(await gen.take(timeout=DISCONNECT_SECONDS, whole=True))
+            if done or await request.is_disconnected():
                 break
-            parts.append(await sampling(gen.burst))
     finally:
         gen.end()
+    if gen.error:
+        raise RequestError(500, gen.error)
     if gen.interrupted:
         raise RequestError(503, SHUTTING_DOWN)
     return JSONResponse({**meta, "choices": [{"text": "".join(parts), "index": 0, "logprobs": None,
                                               "finish_reason": gen.finish_reason}], "usage": gen.usage()})
 
 
-async def _events(completion: Completion, gen: Generation, meta: dict, sampling: Sampling):
+async def _events(completion: Completion, gen: Generation, meta: dict):
     def chunk(text: str, finish: str | None) -> bytes:
         return _event({**meta, "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]})
 
     try:
         if completion.echo:
             yield chunk(completion.prompt, None)
-        while not gen.done:
-            text = await sampling(gen.burst)
+        while True:
+            done = gen.done
+            text = await gen.take()
             if text:
                 yield chunk(text, None)
-        if gen.interrupted:  # OpenAI's way to end a stream early: an error event (its client raises it)
-            message = f"{SHUTTING_DOWN} (this completion stopped after {gen.count:,} characters)"
-            yield _event({"error": error_body(503, message)})
+            if done:
+                break
+            await asyncio.sleep(BURST_SECONDS)  # the next chunk holds what was sampled meanwhile
+        if gen.interrupted or gen.error:  # OpenAI's way to end a stream early: an error event (its client raises it)
+            status, why = (500, gen.error) if gen.error else (503, SHUTTING_DOWN)
+            yield _event({"error": error_body(status, f"{why} (this completion stopped after {gen.count:,} "
+                                                      f"characters)")})
             return
         yield chunk("", gen.finish_reason)
         if completion.include_usage:
             yield _event({**meta, "choices": [], "usage": gen.usage()})
         yield b"data: [DONE]\n\n"
-    finally:  # also when the client went away: the cancelled stream samples nothing more
+    finally:  # also when the client went away: the decode loop drops the completion
         gen.end()
 
 

@@ -465,6 +465,20 @@ function drawHeatOnText() {
   if (q) { q.classList.add("q"); state.heated.push(q); }
 }
 
+// ------------------------------------------------------------------------------------------- server
+const STATUS_MS = 2000;  // how often the header shows what the server decodes
+
+async function showServer() {
+  try {
+    const s = await (await api("/api/status")).json();
+    const queued = s.queued ? `, ${s.queued.toLocaleString("en")} queued` : "";
+    $("#server").textContent = `server: ${s.streams.toLocaleString("en")} stream${s.streams === 1 ? "" : "s"}` +
+      `${queued}, ${Math.round(s.rate).toLocaleString("en")} chars/s`;
+  } catch (e) {
+    $("#server").textContent = "";
+  }
+}
+
 // ------------------------------------------------------------------------------------------- wiring
 function init() {
   for (const id of ["#temperature", "#top_p"]) {
@@ -507,6 +521,8 @@ function init() {
   clearAttention();
   setText($("#prompt").value, "p");
   loadRuns().catch((e) => { $("#status").textContent = e.message; $("#status").className = "error"; });
+  showServer();
+  setInterval(() => { if (!document.hidden) showServer(); }, STATUS_MS);
 }
 
 init();
