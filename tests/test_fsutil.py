@@ -278,6 +278,8 @@ def test_an_output_is_refused_in_one_line_on_an_input_in_a_run_or_dataset_or_a_m
         "inside the dataset directory": (data / "val.pt", ()),
         "does not exist": (tmp_path / "nonexistent" / "dir" / "x.png", ()),
         "not a directory": (tmp_path / "p.txt" / "x.png", ()),
+        "control character": (tmp_path / "a\nb.png", ()),  # a name no listing shows as it is
+        "has a control character": (tmp_path / "tab\there.png", ()),
     }
     for words, (out, inputs) in refused.items():
         with pytest.raises(OutputError, match=words) as e:

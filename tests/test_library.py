@@ -282,7 +282,7 @@ BAD_ARGUMENTS = {
     "train-n-layer-1e400": (lambda run, tmp: chargpt.train("cpu", tmp / "nowhere", n_layer=10 ** 400),
                             "--n-layer must be in [1, 1024], got an integer of 401 digits"),
     "train-lr-1e400": (lambda run, tmp: chargpt.train("cpu", tmp / "nowhere", lr=10 ** 400),
-                       "--lr must be in (0, 100], got an integer of 401 digits"),
+                       "--lr must be in (0, 3.4e+38], got an integer of 401 digits"),
     "train-time-budget-1e308": (lambda run, tmp: chargpt.train("cpu", tmp / "nowhere", time_budget=1e308),
                                 "--time-budget must be in [0, 31536000]"),
     "train-time-budget-text": (lambda run, tmp: chargpt.train("cpu", tmp / "nowhere", time_budget="9" * 400 + "h"),

@@ -222,16 +222,20 @@ BAD = {
     "bad budget": (["--trial-budget", "0s"], "--trial-budget must be a duration"),
     "unreachable storage": (["--storage", "postgresql://nobody:secret@127.0.0.1:1/none"],
                             "cannot open the study's storage postgresql://nobody:***@127.0.0.1:1/none"),
+    "storage in a dataset": (["--storage", "sqlite:///{data}/study.db"], "is inside the dataset directory"),
+    "journal in a dataset": (["--storage", "{data}/journal.log"], "is inside the dataset directory"),
 }
 
 
 @pytest.mark.parametrize("args, message", BAD.values(), ids=BAD.keys())
 def test_a_bad_space_or_storage_is_one_line_and_writes_nothing(args, message, dataset_dir, tmp_path):
     (tmp_path / "broken.toml").write_text("lr = {low = \n")
-    given = ["--trial-budget", "40steps", "--search", "n_layer=1", *args]
+    given = ["--trial-budget", "40steps", "--search", "n_layer=1", *(a.replace("{data}", str(dataset_dir)) for a in args)]
+    dataset = sorted(x.name for x in dataset_dir.iterdir())
     p = run_main("sweep", "bad", "--data", dataset_dir, "--trials", 2, *given, cwd=tmp_path)
     assert p.returncode == 2 and message in one_error_line(p)
     assert sorted(x.name for x in tmp_path.iterdir()) == ["broken.toml"]
+    assert sorted(x.name for x in dataset_dir.iterdir()) == dataset  # a study is never kept in a dataset
 
 
 def test_showing_a_sweep_that_never_ran_says_how_to_start_it(tmp_path):

@@ -19,7 +19,8 @@ from .model.attention import SCALE_HELP, SCALES, WINDOW
 from .config import (DEFAULT_DATA, DEFAULT_RUN, DEFAULT_RUNS_DIR, EVAL_TOKENS, MAX_BLOCK, MAX_THREADS, PRESETS,
                      PrepareOptions, RunOptions, ServeOptions, TrackerName, TrainConfig, add_config_flags,
                      add_field_flag, check_flags, dataset_dir, given_fields)
-from .errors import EXIT_FAILURE, ChargptError, ConfigError, TrainingInterrupted, UsageError, exit_code_of
+from .errors import (EXIT_FAILURE, ChargptError, ConfigError, TrainingInterrupted, UsageError, exit_code_of, one_line,
+                     signal_name)
 from .fsutil import claim_output, read_text
 from .model.sampling import SAMPLING_FIELDS, SamplingParams
 from .runtime.signals import Terminated, command_signals
@@ -332,7 +333,7 @@ def cmd_serve(args) -> int:
     runs = ServedRuns(runs_dir=None if args.ckpt else args.runs_dir, ckpt=args.ckpt, device=resolve_device(args.device))
     signum = serve(runs, host=args.host, port=args.port, allowed_hosts=tuple(args.allowed_host),
                    max_streams=args.max_streams)
-    print(f"chargpt serve: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+    print(f"chargpt serve: stopped by {signal_name(signum)}", file=sys.stderr)
     return exit_code_of(signum)
 
 
@@ -434,7 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The `chargpt` parser: one subcommand per command, each built by its `_add_<command>` below."""
     parser = ArgumentParser(prog="chargpt", description="Train, track and sample small character-level GPTs.",
                             epilog="exit codes: 0 done, 1 failed while running, 2 bad input, 129 hung up "
-                                   "(SIGHUP), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM)")
+                                   "(SIGHUP), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 128+N another stop "
+                                   "signal N")
     parser.add_argument("--version", action="version", version=f"chargpt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     for add in (_add_prepare, _add_train, _add_sample, _add_eval, _add_runs, _add_attention, _add_serve, _add_sweep):
@@ -572,9 +574,8 @@ def _add_sweep(sub) -> None:
 def _error(message, prefix: str = "error: ") -> None:
     """One line on stderr, whatever the message holds (a path given with a newline in it, say); a stderr that is
     gone (a closed terminal, a pipe whose reader left) takes it nowhere, without failing."""
-    text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(message))
     try:
-        print(f"{prefix}{text}", file=sys.stderr, flush=True)
+        print(f"{prefix}{one_line(message)}", file=sys.stderr, flush=True)
     except (OSError, ValueError):
         from .runtime.progress import silence
 
@@ -587,21 +588,37 @@ def _out_of_memory(e: BaseException) -> bool:
 
 
 def _stopped(message) -> None:
-    """A command stopped by a signal (Ctrl-C, SIGTERM, SIGHUP): not an error, so a plain line, with the exit code
-    that signal gives."""
+    """A command stopped by a signal (Ctrl-C, SIGTERM, SIGHUP, ...): not an error, so a plain line, with the exit
+    code that signal gives."""
     _error(message, prefix="")
+
+
+def _stopped_at_once(signum: int, command: str | None) -> str:
+    """What a command stopped at once by `signum` leaves behind: every file whole; for `train`, a new run that had
+    not begun training is removed (a run that had keeps what it saved)."""
+    left = ("; a new run stopped before it trained is removed, any other keeps its last checkpoint"
+            if command == "train" else "")
+    what = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated",
+            getattr(signal, "SIGHUP", None): "hung up"}.get(signum, "stopped")
+    return f"{what} by {signal_name(signum)}; files are written whole or not at all (temporaries removed){left}"
 
 
 def main(argv: list[str] | None = None) -> int:
     """The `chargpt` command; without `argv` it is this process's program (it reads sys.argv and its exit follows)."""
+    if argv is None and (sys.stdout is None or sys.stderr is None):  # `>&-`: discarded, as a closed pipe's output
+        from .runtime.progress import open_missing_outputs
+
+        open_missing_outputs()
     with command_signals(program=argv is None):
         return _run(argv)
 
 
 def _run(argv: list[str] | None) -> int:
+    command = None
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        command = args.command
         args.argv = sys.argv[1:] if argv is None else list(argv)
         check_flags(parser.commands()[args.command], args)
         return args.func(args)
@@ -615,8 +632,7 @@ def _run(argv: list[str] | None) -> int:
         return e.exit_code
     except KeyboardInterrupt as e:
         signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
-        what = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}.get(signum, "hung up")
-        _stopped(f"{what}; files are written whole or not at all (temporaries removed), the last checkpoint is kept")
+        _stopped(_stopped_at_once(signum, command))
         return exit_code_of(signum)
     except BrokenPipeError:
         return 0

@@ -8,18 +8,31 @@ EXIT_USAGE = 2  # bad input: a flag, a value, or a file, dataset, run or checkpo
 EXIT_INTERRUPTED = 130  # stopped by Ctrl-C (SIGINT)
 EXIT_TERMINATED = 143  # stopped by SIGTERM
 EXIT_HUNG_UP = 129  # stopped by SIGHUP (its terminal or ssh session closed)
+# 128+N for the other stop signals (runtime/signals.TERMINATING): SIGQUIT 131, SIGUSR1 138, SIGALRM 142, ...
 
 
 def exit_code_of(signum: int) -> int:
     """The exit code of a command stopped by signal `signum` (128 + its number, as a shell shows a signal's end)."""
-    hangup = getattr(signal, "SIGHUP", None)
-    return EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_HUNG_UP if signum == hangup else EXIT_TERMINATED
+    return 128 + int(signum)
+
+
+def signal_name(signum: int) -> str:
+    """How a stop line names signal `signum`: SIGINT, SIGTERM, SIGUSR1, ..."""
+    return signal.Signals(signum).name
+
+
+def one_line(message) -> str:
+    """`message` as one printable line: a control character a user typed (a newline in a path) is written escaped."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(message))
 
 
 class ChargptError(Exception):
-    """Base class: the message says what is wrong, where, and how to fix it."""
+    """Base class: the message says what is wrong, where, and how to fix it, in one line (`one_line`) in every door."""
 
     exit_code = EXIT_USAGE
+
+    def __str__(self) -> str:
+        return one_line(super().__str__())
 
 
 class DataError(ChargptError):
@@ -57,7 +70,7 @@ class NonFiniteLoss(ChargptError):
 
 
 class TrainingInterrupted(ChargptError):
-    """Stopped by signal `signum` (SIGINT or SIGTERM) after saving a checkpoint."""
+    """Stopped by signal `signum` (SIGINT, SIGTERM, ...) after saving a checkpoint."""
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)

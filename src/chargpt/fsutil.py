@@ -73,7 +73,8 @@ class Output:
 def claim_output(path: str | os.PathLike | Output, inputs: tuple = (), name: str = "--out") -> Output:
     """`path` checked as an output before any work is done for it (OutputError otherwise, one line): its directory
     exists; it is none of `inputs` (compared resolved and by inode, so a symlink or a hard link to an input is
-    that input) and inside none of them; it is inside no run or dataset directory; it is new or a regular file."""
+    that input) and inside none of them; it is inside no run or dataset directory; it is new or a regular file; its
+    name has no control character."""
     out = path if isinstance(path, Output) else Output(Path(path), name=name)
     out = replace(out, inputs=out.inputs + tuple(Path(p) for p in inputs if p is not None))
     problem = output_problem(out.path, out.inputs)
@@ -85,6 +86,8 @@ def claim_output(path: str | os.PathLike | Output, inputs: tuple = (), name: str
 
 def output_problem(path: Path, inputs: tuple[Path, ...] = ()) -> str | None:
     """Why `claim_output` refuses `path`, with what to do instead (None: it may be written)."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in path.name):
+        return "has a control character (a newline, a tab, ...) in its name; choose a plain file name"
     parent = path.parent
     if not os.path.isdir(parent):
         if os.path.lexists(parent):

@@ -197,3 +197,16 @@ def test_a_dead_run_without_a_checkpoint_says_there_is_nothing_to_resume_not_to_
     run.unlock()  # its process ended (as a kill -9 does: the kernel drops the lock) before its first checkpoint
     line = one_error_line(run_main("train", "--resume", "runs/dead", cwd=tmp_path))
     assert "nothing to continue" in line and "wait" not in line, line
+
+
+def test_a_runs_folder_inside_a_dataset_or_a_run_is_refused_before_anything_is_written(dataset_dir, tiny_run,
+                                                                                       tmp_path):
+    """`--runs-dir DATASET` made runs inside the dataset (and `Run.out_dir` inside a run): directories whose files
+    only chargpt writes, and that it replaces whole."""
+    before = {d: sorted(p.name for p in d.iterdir()) for d in (dataset_dir, tiny_run)}
+    for inside in (dataset_dir, tiny_run / "sub"):
+        p = run_main("train", "--preset", "bigram", "--data", dataset_dir, "--max-steps", "1", "--runs-dir", inside,
+                     cwd=tmp_path)
+        assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+        assert "is inside the" in p.stderr and "choose a --runs-dir outside it" in p.stderr
+    assert {d: sorted(p.name for p in d.iterdir()) for d in (dataset_dir, tiny_run)} == before

@@ -70,3 +70,23 @@ def test_without_a_terminal_a_line_every_tenth_of_the_run():
 
 def test_durations_read_as_seconds_minutes_hours():
     assert [format_duration(s) for s in (None, 5, 59.9, 125, 3700)] == ["-", "5.0s", "59.9s", "2m05s", "1h01m"]
+
+
+def test_a_command_started_with_its_stdout_or_stderr_closed_runs_as_with_head(dataset_dir, tiny_run, tmp_path):
+    """`chargpt ... >&-`: Python's sys.stdout is None. Training used to end at its first line with an AttributeError,
+    its new run removed; a sample failed the same way. The output is discarded instead, as a closed pipe's."""
+    import json
+    import subprocess
+    import sys
+
+    def closed(redirects: str, *args) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-c", f'exec "$@" {redirects}', "bash", sys.executable, "-m", "chargpt", *args],
+                              cwd=tmp_path, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+
+    p = closed(">&-", "train", "--preset", "bigram", "--data", str(dataset_dir), "--max-steps", "30",
+               "--eval-interval", "10", "--eval-iters", "2", "--name", "shut")
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    assert json.loads((tmp_path / "runs/shut/summary.json").read_text())["steps"] == 30
+    for redirects in (">&-", "2>&- >&-"):
+        p = closed(redirects, "sample", "--ckpt", str(tiny_run), "--max-new-tokens", "5")
+        assert p.returncode == 0 and p.stderr == "", (redirects, p.stderr)

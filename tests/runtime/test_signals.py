@@ -35,16 +35,19 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
         time.sleep(0.01)
 
 
-def test_sighup_saves_the_checkpoint_and_says_so_in_one_line_with_exit_code_129(dataset_dir, tmp_path):
-    """SIGHUP is a closed terminal or ssh session: it used to end the run at once (exit 129 by the default action),
-    nothing saved since the last checkpoint, and `.lock` left behind."""
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGUSR1, signal.SIGQUIT], ids=lambda s: s.name)
+def test_a_stop_signal_saves_the_checkpoint_and_says_so_in_one_line_with_exit_code_128_plus_n(dataset_dir, tmp_path,
+                                                                                               sig):
+    """SIGHUP is a closed terminal or ssh session, SIGUSR1 a scheduler's warning before its time limit (Slurm's
+    --signal), SIGQUIT Ctrl-\\: each used to end the run at once by its default action, nothing saved since the last
+    checkpoint, and `.lock` left behind."""
     proc = start("train", "--data", dataset_dir, *LONG, "--name", "r", cwd=tmp_path)
     wait_for(tmp_path / "runs/r/ckpt.pt", proc)
-    proc.send_signal(signal.SIGHUP)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 129, (proc.returncode, err)
+    assert proc.returncode == 128 + sig, (proc.returncode, err)
     step = checkpoint.load(tmp_path / "runs/r")["step"]
-    assert err.splitlines() == [f"stopped at step {step} by SIGHUP; checkpoint saved; resume with: chargpt train "
+    assert err.splitlines() == [f"stopped at step {step} by {sig.name}; checkpoint saved; resume with: chargpt train "
                                 f"--resume runs/r"]
     assert not (tmp_path / "runs/r/.lock").exists()
 

@@ -47,3 +47,23 @@ def test_a_larger_budget_continues_the_run_and_its_earlier_seconds_are_not_calle
     startup = re.search(r"resume, (\S+)s gone to start-up", line).group(1)
     assert float(startup) < 5.0, line  # this process's start-up alone
     assert summary["steps"] > first["steps"] and summary["time_budget"] == config.train.time_budget
+
+
+def test_a_resume_that_would_train_nothing_is_refused_in_one_line_and_the_run_is_left_as_it_was(dataset_dir,
+                                                                                               tmp_path):
+    """`--max-steps` below the checkpoint's step was accepted (a run cannot go back); a budget that the run's earlier
+    seconds and the final pass already use up rewrote the run's files and trained nothing."""
+    run_main("train", "--data", dataset_dir, *TINY, "--max-steps", "6", "--name", "s", cwd=tmp_path, check=True)
+    before = snapshot(tmp_path / "runs/s")
+    p = run_main("train", "--resume", "runs/s", "--max-steps", "3", cwd=tmp_path)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert "--max-steps 3 is below step 6" in p.stderr and "resume with --max-steps above 6" in p.stderr
+    assert snapshot(tmp_path / "runs/s") == before
+
+    run_main("train", "--data", dataset_dir, *TINY, "--time-budget", "3", "--name", "b", cwd=tmp_path, check=True)
+    before = snapshot(tmp_path / "runs/b")
+    p = run_main("train", "--resume", "runs/b", "--time-budget", "3.5", cwd=tmp_path)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    m = re.search(r"leaves nothing to train: .* chargpt train --resume runs/b --time-budget (\d+)s$", p.stderr.strip())
+    assert m and int(m.group(1)) > 3.5, p.stderr
+    assert snapshot(tmp_path / "runs/b") == before

@@ -16,8 +16,8 @@ from ..errors import CheckpointError, OutputError
 from ..config import DEFAULT_RUN, LATEST, RunOptions
 from .records import SHOWN_BYTES, MetricsLog, read_metrics_log
 from ..schema import check_value
-from ..fsutil import (METRICS_LIMIT, append_line, kind_of, open_lock, read_bytes, read_json, read_json_object,
-                      read_problem, remove_stale_temporaries, stale_temporaries, write_json, write_text)
+from ..fsutil import (METRICS_LIMIT, append_line, chargpt_directory, kind_of, open_lock, read_bytes, read_json,
+                      read_json_object, read_problem, remove_stale_temporaries, stale_temporaries, write_json, write_text)
 
 CONFIG, METRICS, SUMMARY, SAMPLE, CKPT, BEST, EMA, PLOT = ("config.json", "metrics.jsonl", "summary.json",
                                                           "sample.txt", "ckpt.pt", "best.pt", "ema.pt", "loss.png")
@@ -36,6 +36,10 @@ class RunDir:
         once never share one. With `unique` (a default name), a name already taken gets a suffix -2, -3, ..."""
         check_run_name(name)
         out_dir = Path(out_dir)
+        owner = chargpt_directory(Path(os.path.realpath(out_dir)))
+        if owner:  # a runs folder holds runs; it is never one, nor inside a run or a dataset
+            raise OutputError(f"--runs-dir {out_dir} is inside {owner}, whose files only chargpt writes; choose a "
+                              f"--runs-dir outside it")
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:

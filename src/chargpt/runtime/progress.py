@@ -186,10 +186,28 @@ class OutlivedStream:
         return getattr(self.stream, name)
 
 
+def open_missing_outputs() -> None:
+    """A stdout or stderr closed before the start (`>&-`: Python's sys.stdout is None) becomes one that discards,
+    as a closed pipe's does: nothing written to it fails, and no file opened later takes its descriptor (where a
+    helper process would write)."""
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        if getattr(sys, name) is not None:
+            continue
+        try:
+            os.fstat(fd)
+        except OSError:  # free: /dev/null holds it
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            if devnull != fd:
+                os.dup2(devnull, fd)
+                os.close(devnull)
+        setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))
+
+
 @contextmanager
 def output_may_close() -> Iterator[None]:
     """While the block runs (a training run), sys.stdout and sys.stderr are `OutlivedStream`s: a closed output
     never ends it."""
+    open_missing_outputs()
     out, err = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = OutlivedStream(out, "stdout"), OutlivedStream(err, "stderr")
     sys.stdout.other, sys.stderr.other = sys.stderr, sys.stdout

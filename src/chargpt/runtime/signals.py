@@ -1,10 +1,13 @@
-"""How a chargpt command stops on SIGINT (Ctrl-C), SIGTERM and SIGHUP: one home for every command and the server.
+"""How a chargpt command stops on SIGINT (Ctrl-C) and the other catchable stop signals (`TERMINATING`: SIGTERM,
+SIGHUP, SIGQUIT, SIGUSR1/2 as a scheduler's warning before a time limit, SIGALRM, SIGXCPU): one home for every
+command and the server.
 
-While a command runs, SIGINT raises KeyboardInterrupt and SIGTERM or SIGHUP raises `Terminated`, so every temporary
-file is removed on the way out and the CLI ends with one line and the signal's exit code (`errors.exit_code_of`). Work that
-can stop at a good point (a training step, an evaluation pass, the server's streams) holds the signals with
-`StopSignals`. Once the command is done, a signal ends the process by its default action (a shell shows the same 130
-or 143): the interpreter's exit is never interrupted into a traceback.
+While a command runs, SIGINT raises KeyboardInterrupt and a terminating signal raises `Terminated`, so every
+temporary file is removed on the way out and the CLI ends with one line and the signal's exit code, 128+N
+(`errors.exit_code_of`). Work that can stop at a good point (a training step, an evaluation pass, the server's
+streams) holds the signals with `StopSignals`. Once the command is done, a signal ends the process by its default
+action (a shell shows the same 128+N): the interpreter's exit is never interrupted into a traceback. A signal set
+to be ignored (`nohup`) stays ignored.
 """
 from __future__ import annotations
 
@@ -13,13 +16,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-TERMINATING = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))  # SIGHUP: a closed terminal
+# SIGHUP: a closed terminal; SIGUSR1: Slurm's warning before a time limit; SIGXCPU: a CPU-time limit (ulimit -t)
+TERMINATING = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM",
+                                                 "SIGXCPU") if hasattr(signal, n))
 STOP_SIGNALS = (signal.SIGINT, *TERMINATING)
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP (`signum`), raised like Ctrl-C's KeyboardInterrupt so that every temporary file is removed
-    on the way out."""
+    """A terminating signal (`signum`: SIGTERM, SIGHUP, ...), raised like Ctrl-C's KeyboardInterrupt so that every
+    temporary file is removed on the way out."""
 
     def __init__(self, signum: int = signal.SIGTERM):
         super().__init__()
@@ -37,7 +42,7 @@ def _raise(signum, frame):
 
 @contextmanager
 def command_signals(program: bool) -> Iterator[None]:
-    """SIGTERM and SIGHUP raise `Terminated` while a command runs (SIGINT raises KeyboardInterrupt by Python's
+    """The `TERMINATING` signals raise `Terminated` while a command runs (SIGINT raises KeyboardInterrupt by Python's
     default). `program`: this process is the command, not a caller of `cli.main` that lives on: once the command is
     done, the signals take their default action."""
     previous = {}
@@ -61,8 +66,9 @@ def command_signals(program: bool) -> Iterator[None]:
 
 @dataclass
 class StopSignals:
-    """While held, the first SIGINT/SIGTERM/SIGHUP is recorded (`received`) for the work to stop at its next good point;
-    a further one calls `at_once` (default: raise `interruption`, stopping now; atomic writes keep files whole).
+    """While held, the first of the `STOP_SIGNALS` is recorded (`received`) for the work to stop at its next good
+    point; a further one calls `at_once` (default: raise `interruption`, stopping now; atomic writes keep files
+    whole).
 
     A signal is never lost: one the work did not act on (the block ends without an exception and without `take()`)
     is raised again as the block ends, for the handler outside it."""

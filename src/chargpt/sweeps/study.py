@@ -4,12 +4,14 @@ A worker that stops giving heartbeats (killed mid-trial) has its trial failed an
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
-from ..errors import ConfigError
+from ..errors import ConfigError, OutputError
+from ..fsutil import chargpt_directory
 
 SWEEPS_DIR = "sweeps"  # sweeps/NAME holds a sweep's study (by default), best.toml and plots
 STUDY_DB = "study.db"
@@ -26,8 +28,26 @@ def sweep_dir(name: str) -> Path:
 
 
 def storage_url(name: str, storage: str | None) -> str:
-    """The study's storage: `storage` as given, else the SQLite file sweeps/NAME/study.db."""
-    return storage or f"sqlite:///{sweep_dir(name) / STUDY_DB}"
+    """The study's storage: `storage` as given, else the SQLite file sweeps/NAME/study.db; refused (before anything
+    is written) when it is a file inside a run or a dataset directory, whose files only chargpt writes."""
+    url = storage or f"sqlite:///{sweep_dir(name) / STUDY_DB}"
+    file = storage_file(url)
+    owner = file and chargpt_directory(Path(os.path.realpath(file)))
+    if owner:
+        raise OutputError(f"--storage {shown(url)} is inside {owner}, whose files only chargpt writes; keep the "
+                          f"study outside it")
+    return url
+
+
+def storage_file(url: str) -> str | None:
+    """The file a storage URL keeps its study in: a journal file's path or a SQLite database's (None: a server's,
+    or SQLite in memory)."""
+    if "://" not in url:
+        return url
+    if not url.split("://")[0].startswith("sqlite") or ":///" not in url:
+        return None
+    file = url.split(":///", 1)[1].split("?")[0]
+    return None if file in ("", ":memory:") else file
 
 
 def shown(url: str) -> str:

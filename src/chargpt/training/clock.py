@@ -159,3 +159,9 @@ def reached_end(state: dict, tc: TrainConfig) -> bool:
     if tc.time_budget:
         return tc.time_budget <= (state["config"]["train"].get("time_budget") or 0.0)
     return state["step"] >= tc.max_steps
+
+
+def budget_that_trains(spent: float, startup: float, reserve: float = 0.0) -> str:
+    """A --time-budget that leaves a resumed run time to train, as `--time-budget 8s`'s value: the `spent` seconds of
+    its budget the run used, a start-up like `startup`, the final pass `reserve`, and training as long as `spent`."""
+    return f"{math.ceil(2 * spent + startup + reserve)}s"

@@ -3,7 +3,6 @@ gave), resolved and checked once by `plan_training` (preset, config file, fields
 data, tracker) into a `TrainPlan`, whose `run` creates the run directory, starts the tracker and trains."""
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass, field, fields
@@ -143,6 +142,8 @@ def plan_training(req: TrainRequest, *, load_data: bool = True,
         set_fields(plan.config, req.fields, req.fields_from)
         if "max_steps" in req.fields and "time_budget" not in req.fields and plan.config.train.time_budget:
             plan.config.train.time_budget = 0.0  # asked for a number of steps: the budget of the run or file goes
+        if plan.resume_state is not None and "max_steps" in req.fields:
+            _check_resume_steps(plan)
         if not load_data:
             plan.config.validate()
         else:
@@ -172,6 +173,14 @@ def _resumed(req: TrainRequest) -> TrainPlan:
     return TrainPlan(req, Config.from_dict(state["config"]), Config.from_dict(state["config"]),
                      state["extra"].get("preset"), _data_dir(req) or state["extra"].get("data_dir") or DEFAULT_DATA,
                      resume_run=run, resume_state=state)
+
+
+def _check_resume_steps(plan: TrainPlan) -> None:
+    """Refuse a --max-steps below the step the resumed checkpoint has reached: that run cannot go back."""
+    step, max_steps = plan.resume_state["step"], plan.config.train.max_steps
+    if isinstance(max_steps, int) and max_steps < step:
+        raise ConfigError(f"--max-steps {max_steps:,} is below step {step:,}, where the checkpoint of "
+                          f"{plan.resume_run.path} is; resume with --max-steps above {step:,}")
 
 
 def _fine_tuned(req: TrainRequest) -> TrainPlan:
@@ -283,7 +292,7 @@ def finished_already(run, state: dict, config: Config) -> str | None:
     count or time budget and its final evaluation is done (one cut short is redone by resuming)."""
     from ..runtime.progress import format_duration
 
-    from .clock import reached_end
+    from .clock import budget_that_trains, reached_end
 
     tc, step = config.train, state["step"]
     if not reached_end(state, tc):
@@ -294,7 +303,7 @@ def finished_already(run, state: dict, config: Config) -> str | None:
     if tc.time_budget:
         spent = summary.get("budget_seconds") or state["extra"].get("budget_seconds", 0.0)
         what = f"it used {format_duration(spent)} of its --time-budget {format_duration(tc.time_budget)}"
-        flag, more = "--time-budget", f"{math.ceil(2 * tc.time_budget)}s"
+        flag, more = "--time-budget", budget_that_trains(spent, state["extra"].get("budget_origin") or 0.0)
     else:
         what, flag, more = f"it reached step {step:,} of --max-steps {tc.max_steps:,}", "--max-steps", 2 * tc.max_steps
     return (f"{run.path} is finished: {what}, and its final evaluation is done; to train it further, resume with a "

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import math
 import random
-import signal
 import sys
 import time
 from contextlib import contextmanager, nullcontext
@@ -18,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..config import Config, ModelConfig
 from ..data.dataset import Dataset
-from ..errors import NonFiniteLoss, TrainingInterrupted
+from ..errors import ConfigError, NonFiniteLoss, TrainingInterrupted, signal_name
 from ..model.attention import layers_by_heads
 from ..model.gpt import build_model
 from ..runs import checkpoint, records
@@ -33,7 +32,7 @@ from ..runtime.signals import StopSignals
 from ..track.tracker import NullTracker
 from .budget import (FINAL_MARGIN, FINAL_SHARE, SAMPLE_RATE, SPEED_STEPS, compile_figures, final_pass_seconds,
                      record_compile)
-from .clock import BudgetClock, reached_end
+from .clock import BudgetClock, budget_that_trains, reached_end
 from .evaluate import estimate_loss
 from .optim import Muon, load_optimizer_states, lr_multiplier, make_optimizers, set_lr
 from .state import Average, Batches, Training, restore_rng, rng_state
@@ -59,15 +58,15 @@ def setup(config: Config, data: Dataset, run: RunDir | None, *, device: torch.de
     t = build(config, data, device, dist, writer, clock_start, init_from)
     if resume_state is not None:
         restore(t, resume_state)
+    t.clock.ended = resume_state is not None and reached_end(resume_state, config.train)
+    announce(t)
+    reserve_final_pass(t)  # a resume that leaves nothing to train is refused here, the run untouched
     writer.write_config(config)
     if writer.writes and resume_state is not None:
         run.recover(t.step)
-    announce(t)
-    reserve_final_pass(t)
     t.compiled = compile_choice(t)  # weighs the compile against the training the budget leaves
     t.fwd = wrapped(t)
     data.check_block_size(config.model.block_size)
-    t.clock.ended = resume_state is not None and reached_end(resume_state, config.train)
     if t.clock.ended and run is not None:
         # resuming a finished run: its last evaluation is already logged; only the final report is redone
         writer.last_eval = next(({"train_loss": r["train_loss"], "val_loss": r["val_loss"]}
@@ -203,6 +202,12 @@ def reserve_final_pass(t: Training) -> None:
     gone = f"{format_duration(clock.startup_seconds())} gone to start-up"
     if resumed:  # the earlier commands' seconds are the run's, not this start-up's
         gone = f"{format_duration(clock.spent_budget)} used by the run before this resume, {gone}"
+        if left <= 0 and not clock.ended:  # a finished run only redoes its report
+            raise ConfigError(
+                f"--time-budget {format_duration(tc.time_budget)} leaves nothing to train: {gone}, "
+                f"~{format_duration(clock.reserve)} for the final pass; resume with a larger one: chargpt train "
+                f"--resume {t.writer.where} --time-budget "
+                f"{budget_that_trains(clock.spent_budget, clock.startup_seconds(), clock.reserve)}")
     t.writer.say(f"budget: {format_duration(tc.time_budget)} of wall clock from the "
                  f"{'run' if resumed else 'command'}'s start: {gone}, {training}, "
                  f"~{format_duration(clock.reserve)} for the final pass over val{fitted} and the sample")
@@ -362,7 +367,7 @@ def stop_here(t: Training, signum: int, loss: float, grad_norm: float) -> None:
     save_checkpoint(t)
     if t.step != t.clock.resumed_at and t.step % t.config.train.log_interval:
         t.writer.log(metrics_record(t, loss=loss, grad_norm=grad_norm))
-    raise TrainingInterrupted(f"stopped at step {t.step} by {signal.Signals(signum).name}; checkpoint saved; "
+    raise TrainingInterrupted(f"stopped at step {t.step} by {signal_name(signum)}; checkpoint saved; "
                               f"resume with: chargpt train --resume {t.writer.where}", signum)
 
 
