@@ -277,12 +277,16 @@ BAD_ARGUMENTS = {
     "train-name-int": (lambda run, tmp: chargpt.train("cpu", tmp / "nowhere", name=5), "name must be a string"),
     "train-name-newline": (lambda run, tmp: chargpt.train("cpu", tmp / "nowhere", name="a\nb"),
                            "name must be a plain run name"),
+    "plot-path-int": (lambda run, tmp: run.plot(5), "path must be a path (a string or a pathlib.Path), got 5"),
+    "compare-path-int": (lambda run, tmp: chargpt.compare([run], path=5), "path must be a path"),
+    "run-path-int": (lambda run, tmp: chargpt.Run(5), "path must be a path (a string or a pathlib.Path), got 5"),
+    "artifact-name-int": (lambda run, tmp: chargpt.load_artifact(5), "name must be a string, got 5"),
     "train-out-dir-int": (lambda run, tmp: chargpt.train("cpu", tmp / "nowhere", out_dir=5), "out_dir must be a path"),
     "train-preset-list": (lambda run, tmp: chargpt.train(["cpu"], tmp / "nowhere"), "preset must be a string"),
     "train-n-layer-1e400": (lambda run, tmp: chargpt.train("cpu", tmp / "nowhere", n_layer=10 ** 400),
                             "--n-layer must be in [1, 1024], got an integer of 401 digits"),
     "train-lr-1e400": (lambda run, tmp: chargpt.train("cpu", tmp / "nowhere", lr=10 ** 400),
-                       "--lr must be in (0, 3.4e+38], got an integer of 401 digits"),
+                       "--lr must be in (0, 100], got an integer of 401 digits"),
     "train-time-budget-1e308": (lambda run, tmp: chargpt.train("cpu", tmp / "nowhere", time_budget=1e308),
                                 "--time-budget must be in [0, 31536000]"),
     "train-time-budget-text": (lambda run, tmp: chargpt.train("cpu", tmp / "nowhere", time_budget="9" * 400 + "h"),
@@ -311,3 +315,4 @@ def test_an_argument_the_cli_would_refuse_is_a_chargpt_error_before_any_work(tra
 def test_a_prompt_of_none_starts_from_a_newline_in_generate_and_stream_alike(trained):
     kw = dict(max_new_tokens=20, seed=3)
     assert trained.generate(None, **kw) == trained.generate("", **kw) == "".join(trained.stream(None, **kw))
+

@@ -296,25 +296,19 @@ BLOWUP = ["--preset", "bigram", "--batch-size", "4", "--eval-interval", "50", "-
 
 @pytest.mark.slow
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(home, dataset_dir):
+    """The largest rates a flag takes (--lr 100 with --weight-decay 100: AdamW's decay multiplies each weight by
+    1 - 10^4 a step) overflow float32 within ten steps: a clear stop, never a run of NaN."""
     run = home / "runs" / "blowup"
-    p = chargpt("train", *BLOWUP, "--data", dataset_dir, "--lr", "1e37", "--name", "blowup", cwd=home)
+    p = chargpt("train", *BLOWUP, "--data", dataset_dir, "--lr", "100", "--weight-decay", "100", "--name", "blowup",
+                cwd=home)
     assert p.returncode == 1, p.stdout + p.stderr
     line = one_line(p.stderr)
     m = re.search(r"(?:loss|weights) became (?:nan|inf|-inf|non-finite).* (?:at|by) step (\d+)", line)
-    assert m and "checkpoint" in line, line
+    assert m and "checkpoint" in line and "Lower --lr" in line, line
     state = checkpoint.load(run)
     assert 0 < state["step"] <= int(m.group(1))
     assert all(torch.isfinite(v).all() for v in state["model"].values())
     assert all(math.isfinite(r["train_loss"]) and math.isfinite(r["val_loss"]) for r in read_metrics(run) if "val_loss" in r)
-
-
-@pytest.mark.slow
-def test_an_update_too_large_for_float32_is_the_same_clear_stop(home, dataset_dir):
-    p = chargpt("train", *BLOWUP, "--data", dataset_dir, "--lr", "1e38", "--name", "overflow", cwd=home)
-    assert p.returncode == 1, p.stdout + p.stderr
-    # foreach AdamW refuses the update (overflow); fused AdamW applies it and the weights check stops the run
-    line = one_line(p.stderr)
-    assert re.search(r"step \d+ overflowed|weights became non-finite by step \d+", line) and "Lower --lr" in line
 
 
 # ------------------------------------------------------------------------------- files never run code
@@ -474,8 +468,9 @@ def test_temporaries_a_killed_writer_left_are_removed_where_runs_are_listed_or_o
 
 # ------------------------------------------------------------------------------------ files whose contents lie
 def test_the_library_reads_a_runs_checkpoint_only_from_inside_the_run_as_the_cli_does(tiny_run, tmp_path):
-    """`chargpt.load(RUN)` read a ckpt.pt that is a symlink out of the run, which `chargpt sample --ckpt RUN` refuses;
-    a checkpoint file named directly stays the user's choice, in both."""
+    """`chargpt.load(RUN)` read a ckpt.pt that is a symlink out of the run, which `chargpt sample --ckpt RUN` refuses
+    (then it returned the Run and refused only its first read); a checkpoint file named directly stays the user's
+    choice, in both."""
     import chargpt
     from chargpt.errors import CheckpointError
     from conftest import one_error_line
@@ -485,10 +480,8 @@ def test_the_library_reads_a_runs_checkpoint_only_from_inside_the_run_as_the_cli
     shutil.copytree(tiny_run, elsewhere)
     (run / "ckpt.pt").symlink_to(elsewhere / "ckpt.pt")
     assert "outside its run directory" in one_error_line(run_main("sample", "--ckpt", run, "--device", "cpu"))
-    loaded = chargpt.load(run)
-    for read in (lambda: loaded.generate("a", max_new_tokens=3), lambda: loaded.config, lambda: loaded.loss("ab")):
-        with pytest.raises(CheckpointError, match="outside its run directory"):
-            read()
+    with pytest.raises(CheckpointError, match="outside its run directory"):
+        chargpt.load(run)  # at once, as the CLI
     assert len(chargpt.load(run / "ckpt.pt").generate("a", max_new_tokens=3)) == 4
     assert run_main("sample", "--ckpt", run / "ckpt.pt", "--device", "cpu").returncode == 0
 

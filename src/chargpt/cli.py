@@ -118,7 +118,8 @@ def cmd_train(args) -> int:
                            resume=args.resume, init_from=args.init_from, out_dir=args.runs_dir, name=args.name,
                            tracker=tracker, tracker_options=wandb_options if tracker == "wandb" else {},
                            dataset_artifact=args.dataset_artifact, wandb_mode=args.wandb_mode,
-                           argv=["chargpt", *args.argv], clock_start=process_start())
+                           argv=["chargpt", *args.argv],
+                           clock_start=process_start() if args.program else None)  # called in a process: now
     if args.print_config:
         from .runs.records import json_text
 
@@ -620,6 +621,7 @@ def _run(argv: list[str] | None) -> int:
         args = parser.parse_args(argv)
         command = args.command
         args.argv = sys.argv[1:] if argv is None else list(argv)
+        args.program = argv is None  # this process is the command (its start is the command's)
         check_flags(parser.commands()[args.command], args)
         return args.func(args)
     except SystemExit as e:  # --help and --version print and stop: a return code for callers of main()

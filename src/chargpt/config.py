@@ -26,8 +26,7 @@ MAX_BATCH = 10 ** 9  # sequences in a batch, characters generated
 MAX_EVALS = 10 ** 6  # batches per estimate, estimates in a time budget
 MAX_STEPS = 10 ** 12  # optimizer steps, and intervals counted in steps; characters scored
 MAX_SECONDS = 365 * 24 * 3600  # a time budget of a year
-MAX_RATE = 3.4e38  # learning rates and weight decays: float32 holds none larger (one that diverges below it is
-#                   stopped by training's non-finite check, which names the step)
+MAX_RATE = 100.0  # learning rates and weight decays
 MAX_SCALE = 10.0 ** 6  # a clipping norm or a logit cap this large is no clipping at all
 
 # Each modern change to the lecture's GPT is one field here. fastdecode.py holds a numpy copy of GPT.forward

@@ -187,6 +187,7 @@ class Run:
 
     def __init__(self, path: str | os.PathLike, ckpt: str | os.PathLike | Located | None = None, device: str = "cpu",
                  _model=None, _tokenizer=None):
+        _check_paths(path=path, ckpt=None if isinstance(ckpt, Located) else ckpt)
         self.path = Path(path)
         # the checkpoint as `locate_run` found it, read by its rule: a run's own only from inside the run
         self._found = ckpt if isinstance(ckpt, Located) else Located(
@@ -344,6 +345,7 @@ def _claimed(path, *inputs):
     """`path=` checked as the output of a call that reads `inputs`, before anything is drawn (None: no file)."""
     from .fsutil import claim_output
 
+    _check_paths(path=path)
     return None if path is None else claim_output(path, inputs, name="path")
 
 
@@ -366,6 +368,8 @@ def _png(fig) -> bytes:
 
 def load_artifact(name: str, *, root: str | os.PathLike | None = None) -> "Dataset | Run":
     """Download a W&B artifact ("entity/project/name:alias"): a dataset gives its `Dataset`, a model its `Run`."""
+    check("name", name, str)
+    _check_paths(root=root)
     try:
         import wandb
 

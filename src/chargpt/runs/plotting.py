@@ -7,6 +7,7 @@ of a run or a dataset and any input of the call.
 """
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -20,8 +21,20 @@ _warned = False
 PLOT_TIMEOUT = 120.0  # seconds before the training loop stops waiting for a drawing: far above a normal one
 
 
+def _finite(value) -> bool:
+    """Whether a metrics value can be drawn: a finite number (a hand-edited or diverged log holds NaN, Infinity,
+    strings)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _evals(records: list[dict]) -> list[dict]:
-    return [r for r in records if "val_loss" in r and "step" in r]
+    return [r for r in records if _finite(r.get("val_loss")) and _finite(r.get("step"))]
+
+
+def _points(rows: list[dict], x_key: str, y_key: str) -> tuple[list, list]:
+    """The (x, y) of `rows` where both are finite numbers: what cannot be drawn is left out, not warned about."""
+    kept = [r for r in rows if _finite(r.get(x_key)) and _finite(r.get(y_key))]
+    return [r[x_key] for r in kept], [r[y_key] for r in kept]
 
 
 def _figure():
@@ -73,17 +86,14 @@ def run_figure(run_path: Path):
     evals = _evals(records)
     if not evals:
         return None
-    logged = [r for r in records if "loss" in r and "step" in r and r["loss"] == r["loss"]]
     fig, (by_step, by_time) = _figure()
     for ax, x_key, label in ((by_step, "step", "step"), (by_time, "train_seconds", "training time (s)")):
-        steps = [r for r in logged if r.get(x_key) is not None]
-        ax.plot([r[x_key] for r in steps], [r["loss"] for r in steps], color="0.6", linewidth=0.8,
-                label="training loss (one batch)", zorder=1)
-        rows = [r for r in evals if r.get(x_key) is not None]
-        xs = [r[x_key] for r in rows]
+        ax.plot(*_points(records, x_key, "loss"), color="0.6", linewidth=0.8, label="training loss (one batch)",
+                zorder=1)
         for key, color in (("train_loss", "C0"), ("val_loss", "C1")):
-            ax.plot(xs, [r.get(key) for r in rows], marker="o" if len(rows) < 30 else None, markersize=4,
-                    color=color, label=key.replace("_", " ") + " (estimate)", zorder=2)
+            xs, ys = _points(evals, x_key, key)
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=4, color=color,
+                    label=key.replace("_", " ") + " (estimate)", zorder=2)
         ax.set_xlabel(label)
         ax.set_yscale("log")
         for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
@@ -127,9 +137,8 @@ def runs_figure(run_paths: list[str | os.PathLike]):
         evals = _evals(read_metrics(path))
         if not evals:
             continue
-        line, = by_step.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], label=_shown(path.name))
-        timed = [r for r in evals if r.get("train_seconds") is not None]
-        by_time.plot([r["train_seconds"] for r in timed], [r["val_loss"] for r in timed], color=line.get_color())
+        line, = by_step.plot(*_points(evals, "step", "val_loss"), label=_shown(path.name))
+        by_time.plot(*_points(evals, "train_seconds", "val_loss"), color=line.get_color())
     by_step.set_xlabel("step")
     by_time.set_xlabel("training time (s)")
     by_step.set_ylabel("val loss (nats/char)")

@@ -315,12 +315,12 @@ def locate_run(target: str | os.PathLike, out_dir: str | os.PathLike | None = No
                               f"written by `chargpt train`, or {DEFAULT_RUN}")
     run, ckpt = (real, recommended(real)) if real.is_dir() else (real.parent, real)
     within = run if real.is_dir() else None
-    if not checkpoint:
-        if not (run / CONFIG).exists() and not (run / METRICS).exists():
-            raise CheckpointError(f"no run {str(target)!r}: {run} holds no {CONFIG} or {METRICS}; pass the directory "
-                                  f"of a chargpt run")
+    if not checkpoint and real.is_dir() and not (run / CONFIG).exists() and not (run / METRICS).exists():
+        raise CheckpointError(f"no run {str(target)!r}: {run} holds no {CONFIG} or {METRICS}; pass the directory "
+                              f"of a chargpt run")
+    problem = read_problem(ckpt, within=within)  # one there that cannot be read is refused with or without `checkpoint`
+    if problem == "missing" and not checkpoint:
         return Located(run, ckpt, within)
-    problem = read_problem(ckpt, within=within)
     if problem == "missing":
         if (run / CONFIG).exists() and being_written(run):
             raise CheckpointError(f"{run} has no checkpoint yet (it is saved at the run's first --eval-interval or "
