@@ -23,13 +23,14 @@ from chargpt.model.gpt import ModelConfig, build_model
 REPO = Path(__file__).resolve().parents[1]
 
 
-# The modules that take longest, longest first (--durations of the whole suite on a 2-core machine, 2026-12-05).
+# The modules that take longest, longest first (--durations of `make test`'s tests on a 2-core machine, 2026-12-07).
 # `make test` runs them with pytest-xdist's `--dist loadfile`: a worker takes one whole module at a time, in this
 # order, so the long ones start first and the workers run out of work together; and a module's fixtures (a
 # server, runs trained for the module) are made once, on the one worker that runs it. The rest keep their order.
-LONGEST_FIRST = ("test_compiling", "test_sweep", "test_reliability", "test_app", "test_readme", "test_cli", "test_cli_errors",
-                 "test_tracker", "test_loop", "test_distributed", "test_library", "test_budget", "test_checkpoint",
-                 "test_listing", "test_fsutil", "test_properties", "test_swap", "test_rundir", "test_notebook")
+LONGEST_FIRST = ("test_reliability", "test_app", "test_sweep", "test_loop", "test_cli", "test_compiling", "test_tracker",
+                 "test_library", "test_signals", "test_readme", "test_distributed", "test_properties", "test_budget",
+                 "test_entry", "test_listing", "test_tensorboard", "test_cli_errors", "test_fsutil", "test_batching",
+                 "test_progress", "test_rundir", "test_plotting", "test_swap", "test_notebook")
 
 
 def pytest_collection_modifyitems(items) -> None:

@@ -340,7 +340,7 @@ def test_resuming_a_run_finished_by_its_time_budget_says_so_and_changes_nothing(
     assert p.stderr == ""
     assert files == {p.name: p.read_bytes() for p in (tmp_path / "runs/timed").iterdir() if p.name != ".lock"}
     larger = re.search(r"--time-budget (\d+)s$", p.stdout.strip()).group(1)
-    assert 6 <= int(larger) < 30  # as long again to train, besides the seconds already used and the start-up
+    assert 3 < int(larger) < 30  # as long again to train as the run used, besides a start-up and the final pass
     more = run_main("train", "--resume", "runs/timed", "--time-budget", larger, cwd=tmp_path, check=True)
     assert "resuming runs/timed at step" in more.stdout and "full-pass val loss" in more.stdout
 

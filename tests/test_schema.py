@@ -9,7 +9,7 @@ import re
 from argparse import ArgumentTypeError
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import chargpt
@@ -66,6 +66,7 @@ def test_a_huge_negative_integer_says_so():
 @given(st.one_of(st.integers(), st.integers(300, 5000).map(lambda n: 10 ** n), st.floats(),
                  st.text(max_size=6000), st.lists(st.integers(), max_size=300),
                  st.lists(st.just(10 ** 5000), min_size=1, max_size=2)))
+@example("000000000\x1f\x1f\x1f\x1f\U00011747\U00018cd6\U00018cd6\U00018d09\U00018d09")  # escapes longer than the text
 @settings(max_examples=150, deadline=None)
 def test_a_message_never_shows_more_than_a_short_part_of_a_value(value):
     for kind in (int, float, str):

@@ -200,8 +200,11 @@ def shown(value) -> str:
         return f"a {type(value).__name__} holding a huge integer"
     if len(text) <= SHOWN_CHARS:
         return text
-    if isinstance(value, str):
-        return f"{value[:20]!r}... ({len(value):,} characters)"
+    if isinstance(value, str):  # its start, as many characters as 20 fit once escaped (a \U0001f600 takes 10)
+        start = value[:20]
+        while len(repr(start)) > 22:
+            start = start[:-1]
+        return f"{start!r}... ({len(value):,} characters)"
     return shortened(text)
 
 

@@ -60,10 +60,8 @@ def test_a_resume_that_would_train_nothing_is_refused_in_one_line_and_the_run_is
     assert "--max-steps 3 is below step 6" in p.stderr and "resume with --max-steps above 6" in p.stderr
     assert snapshot(tmp_path / "runs/s") == before
 
-    run_main("train", "--data", dataset_dir, *TINY, "--time-budget", "3", "--name", "b", cwd=tmp_path, check=True)
-    before = snapshot(tmp_path / "runs/b")
-    p = run_main("train", "--resume", "runs/b", "--time-budget", "3.05", cwd=tmp_path)
+    p = run_main("train", "--resume", "runs/s", "--time-budget", "0.1", cwd=tmp_path)  # its 6 steps took longer
     assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
-    m = re.search(r"leaves nothing to train: .* chargpt train --resume runs/b --time-budget (\d+)s$", p.stderr.strip())
-    assert m and int(m.group(1)) > 3.05, p.stderr
-    assert snapshot(tmp_path / "runs/b") == before
+    m = re.search(r"leaves nothing to train: .* chargpt train --resume runs/s --time-budget (\d+)s$", p.stderr.strip())
+    assert m and int(m.group(1)) >= 1, p.stderr
+    assert snapshot(tmp_path / "runs/s") == before
