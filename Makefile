@@ -32,7 +32,7 @@ train: $(STAMP)
 # One worker per core, each taking a whole test module at a time, the longest modules first (tests/conftest.py,
 # LONGEST_FIRST): the workers finish together, and no module's fixtures are made twice, as they were when
 # worksteal split a module between workers (2 cores, the same tests: 528 s with worksteal, 513 s with loadfile).
-# `make test` (CI's command) leaves out the 63 tests marked slow (the README's console examples, torchrun, the
+# `make test` (CI's command) leaves out the 69 tests marked slow (the README's console examples, torchrun, the
 # compile cache, ...: about 45% of the suite's time, which no longer fitted CI's 10 minutes on 2 cores);
 # `make test-all` runs every test.
 PYTEST := $(PY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder

@@ -199,11 +199,34 @@ def listing_under_streams(server: Server, streams: int, requests: int = 40) -> t
 CURVE = (1, 2, 4, 8, 16, 32, 64)
 
 
+def identical_share(run: Path, completions: int = 64, batch: int = 16, tokens: int = 500) -> dict[str, float]:
+    """The share of `completions` seeded completions of `tokens` characters that are identical decoded alone and
+    decoded in batches of `batch` (the decode loop `chargpt serve` and `Run.generate([...])` use), sampled
+    (temperature 1) and greedy."""
+    import chargpt
+    from chargpt.model.batchdecode import sample_all
+    from chargpt.model.engine import Engine
+    from chargpt.model.sampling import SamplingParams
+
+    engine = Engine(chargpt.load(run).model.eval())
+    n = len(CHARS)
+    prompts = [[(7 * i) % n, (11 * i + 3) % n, (13 * i + 5) % n] for i in range(completions)]
+    shares = {}
+    for name, params in (("sampled", SamplingParams(max_new_tokens=tokens, seed=1337)),
+                         ("greedy", SamplingParams(max_new_tokens=tokens, temperature=0.0))):
+        alone = [sample_all(engine, [p], params, max_rows=1)[0] for p in prompts]
+        together = [t for i in range(0, completions, batch)
+                    for t in sample_all(engine, prompts[i:i + batch], params, max_rows=batch)]
+        shares[name] = sum(a == b for a, b in zip(alone, together)) / completions
+    return shares
+
+
 def main(tokens: int = 2000, clients: tuple[int, ...] = CURVE, device: str = "cpu", listing_streams: int = 64,
          max_streams: int = 0) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         run = make_run(Path(tmp))
         alone = sample_alone(run, tokens, device)
+        same = identical_share(run)
         server = Server(run.parent, device, max_streams)
         try:
             server.stream(50, seed=0)  # warm-up: load the model, make its decode loop
@@ -218,7 +241,9 @@ def main(tokens: int = 2000, clients: tuple[int, ...] = CURVE, device: str = "cp
     rows = [{"figure": f"`chargpt sample` alone, {tokens} chars, cpu preset ({device})",
              "value": f"{alone:,.0f} tokens/s"},
             {"figure": "`chargpt serve` decode loop (GET /api/status)", "value": decoder or "-"},
-            {"figure": "`chargpt serve` RSS idle, after a first completion", "value": f"{idle / 2 ** 20:,.0f} MB"}]
+            {"figure": "`chargpt serve` RSS idle, after a first completion", "value": f"{idle / 2 ** 20:,.0f} MB"},
+            {"figure": "64 seeded completions of 500 chars identical alone and in batches of 16: sampled, greedy",
+             "value": f"{same['sampled']:.0%}, {same['greedy']:.0%}"}]
     one = measured.get(1, {}).get("aggregate")
     for c, m in measured.items():
         times = f", {m['aggregate'] / one:.1f}x one stream" if one and c > 1 else ""

@@ -366,6 +366,7 @@ def test_two_resumes_of_one_run_started_together_leave_one_writer_and_an_ordered
     assert checkpoint.load(run)["step"] == 150
 
 
+@pytest.mark.slow
 def test_the_writer_lock_dies_with_its_process_and_readers_never_wait_for_it(tmp_path, tiny_run):
     run = tmp_path / "runs" / "r"
     shutil.copytree(tiny_run, run)  # a finished run of 20 steps
@@ -424,6 +425,7 @@ def freeze_mid_write(proc: subprocess.Popen, run: Path, timeout: float = 240) ->
         time.sleep(0.002)
 
 
+@pytest.mark.slow
 def test_temporaries_a_killed_writer_left_are_removed_where_runs_are_listed_or_opened_never_while_it_is_written(
         tmp_path, dataset_dir):
     """kill -9 mid-write leaves `.ckpt.pt.<pid>.<random>.tmp` (or loss.png's); the old code removed them only on a

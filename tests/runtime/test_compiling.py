@@ -38,6 +38,7 @@ def test_a_compile_cache_that_cannot_be_written_costs_the_compile_not_the_run(da
     assert (tmp_path / "runs" / "r" / "summary.json").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(compile_unavailable_reason(torch.device("cpu")) is not None, reason="no C++ compiler")
 def test_a_compiled_model_on_the_cpu_drops_the_same_units_as_the_eager_one(monkeypatch, tmp_path):
     # dropout's masks come from torch's generator, not inductor's (slower on the CPU): compiled equals eager

@@ -205,6 +205,7 @@ def test_train_wandb_offline_records_config_metrics_summary_samples_and_model(da
     assert_no_wandb_core_left(wandb_dir)
 
 
+@pytest.mark.slow
 def test_an_unreachable_server_with_a_key_set_starts_promptly_and_falls_back_to_offline(
         dataset_dir, wandb_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "0" * 40)  # well-formed, fake

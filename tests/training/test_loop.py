@@ -220,6 +220,7 @@ def small_gpt(eval_iters: int, budget: float):
     return cfg
 
 
+@pytest.mark.slow
 def test_a_budget_skips_the_estimates_that_would_cost_more_than_their_share_of_it(dataset_dir, tmp_path):
     data = load_dataset(dataset_dir)
     estimated = {}
