@@ -178,7 +178,8 @@ def postgres():
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.mark.parametrize("storage", [pytest.param("sqlite", marks=pytest.mark.slow), "postgresql"])  # every other sweep test keeps its study in SQLite
+# slow for SQLite: every other sweep test keeps its study there
+@pytest.mark.parametrize("storage", [pytest.param("sqlite", marks=pytest.mark.slow), "postgresql"])
 def test_two_workers_take_disjoint_trials_and_a_killed_ones_trial_runs_again(storage, request, dataset_dir,
                                                                               tmp_path):
     """`--workers 2`; the first worker is killed (SIGKILL) in its first trial, after its checkpoint: the other
