@@ -263,17 +263,21 @@ def cmd_eval(args) -> int:
 # --------------------------------------------------------------------------------------------- runs
 def cmd_runs(args) -> int:
     from .runs.rundir import locate_run
-    from .runs.listing import check_comparable, format_runs, list_runs, read_run
+    from .runs.listing import check_comparable, format_runs, list_runs, plotted_runs, read_run
 
-    if args.plot:
+    if args.plot is not None:
         from .runs.plotting import plot_runs
 
-        paths = [locate_run(name, args.runs_dir, checkpoint=False).run for name in args.plot]
+        if args.plot:
+            names, paths = args.plot, [locate_run(name, args.runs_dir, checkpoint=False).run for name in args.plot]
+        else:  # none named: the runs the table lists, of one dataset
+            runs = plotted_runs(args.runs_dir, all_datasets=args.all)
+            names, paths = [r.name for r in runs], [r.path for r in runs]
         out = claim_output(args.out, inputs=tuple(paths))
         if not args.all:
             check_comparable([read_run(p) for p in paths])
         out = plot_runs(paths, out)
-        print(f"wrote {out}: val loss of {', '.join(args.plot)}")
+        print(f"wrote {out}: val loss of {', '.join(names)}")
         return 0
     runs = list_runs(args.runs_dir)
     if not runs:
@@ -512,7 +516,9 @@ def _add_eval(sub) -> None:
 def _add_runs(sub) -> None:
     p = _command(sub, "runs", "list the runs (or plot their val curves together)")
     _add_runs_dir_flag(p)
-    p.add_argument("--plot", nargs="+", default=None, metavar="RUN", help="overlay these runs' val-loss curves")
+    p.add_argument("--plot", nargs="*", default=None, metavar="RUN",
+                   help="overlay these runs' val-loss curves (none named: every listed run of the newest run's "
+                        "dataset)")
     p.add_argument("--out", default="runs.png", help="PNG written by --plot")
     p.add_argument("--all", action="store_true", help="with --plot: overlay runs trained on different datasets too")
     p.set_defaults(func=cmd_runs)

@@ -143,6 +143,18 @@ def test_runs_plot_overlays_the_named_runs(workdir, capsys, monkeypatch):
     assert (workdir / "cmp/both.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_runs_plot_without_names_overlays_every_listed_run_of_one_dataset(workdir, capsys, monkeypatch):
+    """It used to stop at argparse's "expected at least one argument"."""
+    monkeypatch.chdir(workdir)
+    (workdir / "cmp").mkdir(exist_ok=True)
+    listed = [r.name for r in list_runs(workdir / "runs") if r.best_val is not None]
+    assert main(["runs", "--plot", "--out", "cmp/all.png"]) == 0
+    assert capsys.readouterr().out == f"wrote cmp/all.png: val loss of {', '.join(listed)}\n"
+    assert (workdir / "cmp/all.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["runs", "--plot", "--runs-dir", "cmp", "--out", "none.png"]) == 2  # no run there
+    assert "has an evaluation to plot yet" in capsys.readouterr().err
+
+
 def test_each_run_directory_holds_its_loss_png(workdir):
     for name in ("bigram", "tiny-gpt", "stopped"):
         assert (workdir / "runs" / name / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

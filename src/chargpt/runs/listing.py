@@ -157,6 +157,17 @@ def list_runs(out_dir: str | os.PathLike = DEFAULT_RUNS_DIR) -> list[RunInfo]:
     return sorted(map(read_row, dirs), key=lambda r: (r.updated, r.name))
 
 
+def plotted_runs(out_dir: str | os.PathLike = DEFAULT_RUNS_DIR, all_datasets: bool = False) -> list[RunInfo]:
+    """The runs `runs --plot` draws when none is named: those `list_runs` lists that have an evaluation, of the
+    newest such run's dataset (every dataset with `all_datasets`), oldest first."""
+    runs = [r for r in list_runs(out_dir) if r.problem is None and r.best_val is not None]
+    if runs and not all_datasets:
+        runs = [r for r in runs if r.dataset_hash == runs[-1].dataset_hash]
+    if not runs:
+        raise CheckpointError(f"no run under {out_dir} has an evaluation to plot yet; train one with `chargpt train`")
+    return runs
+
+
 def read_row(path: Path) -> RunInfo:
     """The row of run `path` (`read_run`, after its stale temporaries are gone), or one saying it is unreadable: a
     damaged run never hides the others, in `chargpt runs` or the server's listing."""

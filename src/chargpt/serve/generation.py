@@ -148,7 +148,7 @@ class Generation:
         self.ids = encode(loaded.tokenizer, completion.prompt)
         self.prompt_tokens = len(self.ids)
         self.sampling = completion.sampling
-        self.decode = loaded.tokenizer.decode
+        self.itos = loaded.tokenizer.itos  # id -> character: one token at a time, without decode's array work
         self.count = 0
         self.done = completion.sampling.max_new_tokens == 0
         self.cancelled = False
@@ -166,7 +166,7 @@ class Generation:
     def feed(self, token: int, last: bool) -> bool:
         """The decode loop's next token (`last`: the completion's length is reached); whether the completion
         wants no more (a stop sequence, or ended by its request)."""
-        text = self.filter.feed(self.decode([token]))
+        text = self.filter.feed(self.itos[token])
         if last and not self.filter.stopped:
             text += self.filter.flush()
         with self._lock:
