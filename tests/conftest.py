@@ -2,14 +2,17 @@
 configurations, a small GPT with peaked distributions, and running the CLI and `chargpt serve` as real processes."""
 from __future__ import annotations
 
+import atexit
 import contextlib
 import http.client
 import io
 import json
 import os
 import select
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -21,6 +24,13 @@ from chargpt.data.dataset import prepare
 from chargpt.model.gpt import ModelConfig, build_model
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The tests' measured speeds and compiled kernels go to a cache of their own, removed when the process ends: in the
+# user's cache, speeds measured on a machine the tests keep busy were what the next `chargpt train --time-budget`
+# believed (a kept speed is only ever raised, so a low one stayed until a run beat it).
+if not os.environ.get("CHARGPT_CACHE"):
+    os.environ["CHARGPT_CACHE"] = tempfile.mkdtemp(prefix="chargpt-tests-cache-")
+    atexit.register(shutil.rmtree, os.environ["CHARGPT_CACHE"], ignore_errors=True)
 
 
 # The modules that take longest, longest first (--durations of `make test`'s tests on a 2-core machine, 2026-12-07).

@@ -114,7 +114,7 @@ def test_a_compiled_run_fills_the_persistent_cache_a_second_run_reuses_it_and_th
     # One cold and one warm compile, checked for the cache and for the training process's peak RSS:
     # each compile costs tens of seconds on 2 cores, so the two checks share them.
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # as for a user who never heard of it
-    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "CHARGPT_CACHE": ""}  # the default place, under XDG
     # one thread given: the compiled graphs are keyed by the thread count, which `--threads 0` takes from the
     # cores idle at the time (under a loaded test run, one run's count would not be the next one's)
     args = [*TINY_GPT[:-1], "--device", "cpu", "--threads", "1", "--eval-interval", "2",
