@@ -105,20 +105,25 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, kind):
 
 
 def test_only_the_weights_only_loader_reads_torch_or_pickle_files():
-    """Every tensor file chargpt opens goes through fsutil.load_torch (torch.load with weights_only=True)."""
+    """Every tensor file chargpt opens goes through fsutil.load_torch (torch.load with weights_only=True); the one
+    other unpickler is ckptmeta's, which builds no tensor and refuses every global but torch's rebuild functions
+    (tests/runs/test_ckptmeta.py)."""
     import ast
 
     import chargpt
 
-    calls = []
+    calls, unpicklers = [], []
     for path in Path(chargpt.__file__).parent.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
                     and node.func.attr in ("load", "loads", "Unpickler") \
                     and isinstance(node.func.value, ast.Name) and node.func.value.id in ("torch", "pickle", "np"):
                 calls.append((path.name, node.lineno, ast.unparse(node)))
+            if isinstance(node, ast.ClassDef) and any("Unpickler" in ast.unparse(b) for b in node.bases):
+                unpicklers.append((path.name, node.name))
     assert [(f, src.startswith("torch.load(") and "weights_only=True" in src) for f, _, src in calls] == [
         ("fsutil.py", True)]
+    assert unpicklers == [("ckptmeta.py", "_Unpickler")]
 
 
 def test_the_malicious_file_really_would_run_code_with_a_plain_unpickler(tmp_path):

@@ -1,4 +1,6 @@
 """`chargpt runs`: the table of runs under runs/ and the overlay plot, checked against the runs' real files."""
+import dataclasses
+import itertools
 import json
 import shutil
 import signal
@@ -8,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -15,7 +18,11 @@ from chargpt.runs import checkpoint
 from chargpt.cli import main
 from chargpt.data.dataset import load_dataset
 from chargpt.runs.rundir import read_metrics
-from chargpt.runs.listing import format_runs, list_runs, read_run
+from chargpt.config import ModelConfig
+from chargpt.model.gpt import build_model
+from chargpt.runs.listing import _count_params, format_runs, list_runs, read_run
+from chargpt.runtime.resources import num_params
+from chargpt.schema import choices, field_kind
 from conftest import run_main, tiny_config as tiny, train_config
 
 BIGRAM = ["--preset", "bigram", "--max-steps", "1000000", "--eval-interval", "50", "--eval-iters", "2",
@@ -128,11 +135,31 @@ def test_runs_show_where_best_pt_is(workdir):
 def test_an_unfinished_run_is_read_from_its_config_and_metrics(workdir):
     info = read_run(workdir / "runs" / "stopped")
     assert not info.finished and info.val_full is None
-    assert info.params == 65 * 65  # counted from the config on the meta device
+    assert info.params == 65 * 65  # counted from the config
     assert info.steps == checkpoint.load(workdir / "runs/stopped")["step"] and info.best_val is not None
     runs = list_runs(workdir / "runs")
     assert [r.name for r in runs][-1] == "stopped"  # oldest first
     assert "unfinished" in format_runs(runs)
+
+
+# Every choice of the model's architecture (its Literal and bool fields, as ModelConfig declares them)
+ARCHITECTURE = {f.name: choices(ModelConfig, f.name) or (False, True) for f in dataclasses.fields(ModelConfig)
+                if choices(ModelConfig, f.name) or field_kind(ModelConfig, f.name) is bool}
+
+
+def test_an_unfinished_runs_parameters_are_counted_exactly_for_every_kind_of_model():
+    """`runs` counts an unfinished run's parameters from its config, without torch: what the model built has, for
+    each of the 384 architectures."""
+    assert {"model", "pos", "norm", "mlp", "bias", "qk_norm", "zero_init", "tie_weights"} <= set(ARCHITECTURE)
+    wrong = []
+    for choice in itertools.product(*ARCHITECTURE.values()):
+        mc = ModelConfig(**dict(zip(ARCHITECTURE, choice)), vocab_size=67, block_size=24, n_layer=3, n_embd=16,
+                         n_head=4)
+        with torch.device("meta"):
+            built = build_model(mc).num_params()
+        if not num_params(mc) == _count_params(dataclasses.asdict(mc)) == built:
+            wrong.append((choice, num_params(mc), built))
+    assert not wrong
 
 
 def test_runs_plot_overlays_the_named_runs(workdir, capsys, monkeypatch):

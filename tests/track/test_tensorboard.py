@@ -154,3 +154,22 @@ def test_an_event_file_that_cannot_be_written_is_one_warning_never_a_thread_trac
         assert list((home / "r/tensorboard").iterdir()) == []
     finally:
         shutil.rmtree(home)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 34: TensorBoard follows runs/latest, a link to the newest run; both of its "
+                                       "loaders walk into linked directories, so only event files outside the run "
+                                       "directory (or a `latest` that is no directory) would list each run once")
+def test_tensorboard_over_the_runs_folder_lists_each_run_once(dataset_dir, tmp_path):
+    """`tensorboard --logdir runs`, read by TensorBoard's own logdir loader (the Python one; its Rust data server,
+    the default where installed, walks links the same way: walkdir with follow_links)."""
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+
+    for name in ("a", "b"):
+        run_main("train", "--data", dataset_dir, "--name", name, "--preset", "bigram", "--max-steps", "4",
+                 "--eval-interval", "2", "--eval-iters", "1", "--sample-tokens", "0", "--eval-tokens", "1000",
+                 "--device", "cpu", "--threads", "1", "--tracker", "tensorboard", cwd=tmp_path, check=True)
+    assert os.readlink(tmp_path / "runs/latest") == "b"
+    runs = EventMultiplexer().AddRunsFromDirectory(str(tmp_path / "runs")).Runs()
+    reached = [os.path.realpath(tmp_path / "runs" / run) for run in runs]
+    assert len(set(reached)) == 2  # the event files of a and b, each written once
+    assert len(reached) == 2, sorted(runs)  # today: a/tensorboard, b/tensorboard and latest/tensorboard

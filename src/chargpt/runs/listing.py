@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ChargptError, CheckpointError, ConfigError
-from ..config import DEFAULT_RUNS_DIR
-from ..fsutil import load_torch, read_json_object
+from ..config import DEFAULT_RUNS_DIR, ModelConfig, _typed
+from ..fsutil import read_json_object
 from ..runtime.progress import format_duration
+from ..runtime.resources import num_params
 from ..schema import valid
+from .ckptmeta import saved_step
 from .records import MAX_STEP
 from .rundir import BEST, CKPT, CONFIG, METRICS, SUMMARY, clear_stale_temporaries, metrics_log, run_problem
 
@@ -49,23 +51,14 @@ class RunInfo:
 
 
 def _count_params(model_config: dict) -> int | None:
-    """Parameters of an unfinished run's model: built on the meta device (no memory, no weights) when its size
-    is sane, else estimated; None for a config that is not a valid model."""
+    """Parameters of an unfinished run's model, counted from its config (exactly, without building it); None for
+    a config that is not a valid model."""
     try:
-        import torch
-
-        from ..config import _typed
-        from ..model.gpt import ModelConfig, build_model
-        from ..runtime.resources import num_params
-
         mc = _typed(ModelConfig, model_config)
         mc.validate()
-        if mc.n_layer > 1000 or num_params(mc) > 10 ** 10:  # building millions of modules, even empty, takes ages
-            return num_params(mc)
-        with torch.device("meta"):
-            return build_model(mc).num_params()
-    except (ChargptError, TypeError, ValueError, RuntimeError):
+    except (ChargptError, TypeError, ValueError):
         return None
+    return num_params(mc)
 
 
 # What a figure of a run may be: a count below 2^63, a number of seconds or a loss from 0 to 10^12 (31,000 years), a
@@ -91,7 +84,7 @@ def read_run(path: str | os.PathLike) -> RunInfo:
         if wrong:
             shown = repr(summary[wrong[0]])[:40]
             problem = f"{SUMMARY} has a {wrong[0]} of the wrong type or out of range ({shown})"
-    at = checkpoint_step(path)
+    at = _of(int, saved_step(path / CKPT, within=path))  # None without a readable checkpoint: read from the rest
     if at is not None and summary and summary.get("steps") != at:
         summary = {}
     log = metrics_log(path)
@@ -131,15 +124,6 @@ def read_run(path: str | os.PathLike) -> RunInfo:
         pruned=bool(summary.get("pruned")),
         note=log.note,
     )
-
-
-def checkpoint_step(path: Path) -> int | None:
-    """The step of the run's checkpoint (None without a readable one); its tensors are mapped, not read."""
-    try:
-        step = load_torch(path / CKPT, within=path, mmap=True).get("step")
-    except Exception:  # missing or damaged: the row is then read from the other files
-        return None
-    return _of(int, step)
 
 
 def _unreadable(path: Path, error: Exception) -> RunInfo:

@@ -15,11 +15,13 @@ import os
 import sys
 import time
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..config import Config, ModelConfig
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 GB = 1 << 30
 FLOAT = 4
@@ -27,6 +29,8 @@ FLOAT = 4
 
 def available_bytes(device: torch.device | str) -> int | None:
     """Memory free for this process on `device` (RAM for the CPU, within a cgroup limit), or None if unknown."""
+    import torch  # here: `chargpt runs` counts a model's parameters through this module without torch
+
     device = torch.device(device)
     if device.type == "cuda":
         try:
@@ -58,12 +62,14 @@ def available_bytes(device: torch.device | str) -> int | None:
 
 
 def num_params(mc: ModelConfig) -> int:
-    """Parameters of the model `mc` describes, without building it (biases and norms approximately)."""
-    V, C, T, L = mc.vocab_size, mc.n_embd, mc.block_size, mc.n_layer
+    """Parameters of the model `mc` describes, counted exactly without building it (or importing torch): what
+    `build_model(mc).num_params()` returns (tests/runs/test_listing.py holds every kind of model to it)."""
+    V, C, T, L, b = mc.vocab_size, mc.n_embd, mc.block_size, mc.n_layer, int(mc.bias)
     if mc.model == "bigram":
         return V * V
-    return V * C + (T * C if mc.pos == "learned" else 0) + L * (12 * C * C + 13 * C) + 2 * C \
-        + (0 if mc.tie_weights else V * C + V)
+    norm = 0 if mc.norm == "rmsnorm" else (2 if b else 1) * C  # RMSNorm has no parameters
+    block = 12 * C * C + b * (3 * C + C + 4 * C + C) + 2 * norm  # attention, feed-forward, their two norms
+    return V * C + (T * C if mc.pos == "learned" else 0) + L * block + norm + (0 if mc.tie_weights else V * C) + b * V
 
 
 def generation_bytes(mc: ModelConfig, batch: int, length: int) -> dict[str, int]:
