@@ -49,7 +49,7 @@ def main() -> None:
         tmp = Path(tmp)
         (tmp / "docs.txt").write_text("\n".join(pydoc_data.topics.topics.values()), encoding="utf-8")
         docs = chargpt.prepare(tmp / "docs.txt", tmp / "docs", name="python-docs")
-        runs = dict(out_dir=tmp / "runs", verbose=False)
+        runs = dict(runs_dir=tmp / "runs", verbose=False)
         pre = chargpt.train("cpu", str(shakespeare_dataset()), name="shakespeare", **runs, **model,
                             **schedule(args.pretrain_steps, args))
         # fine-tuning keeps the pre-trained model's shape: only the training fields are given

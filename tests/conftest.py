@@ -197,7 +197,7 @@ def train_config(config: Config, data, out_dir, name: str, *, preset: str | None
 
     fields = {k: v for section in config.to_dict().values() if isinstance(section, dict) for k, v in section.items()}
     request = TrainRequest(preset=None if resume else preset, fields=fields, fields_from="the test's config",
-                           data=data, out_dir=out_dir, name=None if resume else name, tracker=tracker,
+                           data=data, runs_dir=out_dir, name=None if resume else name, tracker=tracker,
                            resume=Path(out_dir) / name if resume else None, clock_start=clock_start)
     t, summary = plan_training(request, echo=echo).run(echo=echo)
     return t.writer.run, summary

@@ -1,5 +1,6 @@
 """The CLI end to end: real processes where a process is what is tested (a run, its command line), in-process
 (`run_main`) for usage errors and for commands that only read a run."""
+import argparse
 import json
 import re
 import shutil
@@ -272,7 +273,11 @@ def test_an_option_shared_by_several_commands_is_the_same_option_in_each():
         assert len({described(a) for a in seen[opt].values()}) == 1, (opt, sorted(seen[opt]))
     assert set(seen["--threads"]) == {"train", "sample", "eval", "attention"}
     assert set(seen["--eval-tokens"]) == {"train", "eval"}
-    assert set(seen["--runs-dir"]) == {"train", "runs", "serve", "sweep"} and "--out-dir" not in seen and "--runs" not in seen
+    assert set(seen["--runs-dir"]) == {"train", "runs", "serve", "sweep"}
+    # the old names of --runs-dir (still taken for a release, with a notice): where they were, and in no --help
+    assert set(seen["--out-dir"]) == {"train", "runs"} and set(seen["--runs"]) == {"serve"}
+    assert all(a.dest == "runs_dir" and a.help == argparse.SUPPRESS for opt in ("--out-dir", "--runs")
+               for a in seen[opt].values())
 
 
 def test_every_command_has_a_description_and_no_option_shows_an_empty_default(capsys):
@@ -290,7 +295,7 @@ def test_every_command_has_a_description_and_no_option_shows_an_empty_default(ca
     (["train", "--max-step", "3"], "did you mean --max-steps?"),
     (["sample", "--temprature", "0.5"], "did you mean --temperature?"),
     (["eval", "--eval-token=all"], "did you mean --eval-tokens?"),
-    (["serve", "--runs", "runs"], "did you mean --runs-dir?"),
+    (["serve", "--run-dir", "runs"], "did you mean --runs-dir?"),
 ])
 def test_a_mistyped_option_is_answered_with_the_option_it_resembles(capsys, argv, suggestion):
     from chargpt.cli import main

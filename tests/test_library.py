@@ -51,7 +51,7 @@ def test_prepare_takes_a_path_or_text_and_train_any_config_field_as_a_keyword(tm
 @pytest.fixture(scope="module")
 def trained(dataset_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("api")
-    run = chargpt.train("cpu", dataset_dir, out_dir=out, name="r", **(TINY | dict(max_steps=20, eval_interval=10)))
+    run = chargpt.train("cpu", dataset_dir, runs_dir=out, name="r", **(TINY | dict(max_steps=20, eval_interval=10)))
     return run
 
 
@@ -108,7 +108,7 @@ def test_train_in_a_script_logs_lines_not_a_redrawn_bar(dataset_dir, tmp_path):
     import subprocess
     import sys
 
-    code = (f"import chargpt; chargpt.train('cpu', {str(dataset_dir)!r}, out_dir={str(tmp_path)!r}, name='s', "
+    code = (f"import chargpt; chargpt.train('cpu', {str(dataset_dir)!r}, runs_dir={str(tmp_path)!r}, name='s', "
             f"**{TINY | dict(verbose=True)!r})")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
@@ -142,7 +142,7 @@ class ListTracker:
 def test_a_tracker_object_receives_the_records_metrics_jsonl_holds_the_images_checkpoints_and_summary(
         dataset_dir, tmp_path):
     tracker = ListTracker()
-    run = chargpt.train("cpu", dataset_dir, out_dir=tmp_path, name="t", tracker=tracker, log_interval=2, **TINY)
+    run = chargpt.train("cpu", dataset_dir, runs_dir=tmp_path, name="t", tracker=tracker, log_interval=2, **TINY)
     assert tracker.records == run.metrics  # one record for both: same keys, same values, same order
     assert {"loss", "grad_norm", "tokens_seen", "train_seconds", "lr"} <= set(tracker.records[1])
     assert tracker.config["model"]["n_layer"] == 1 and tracker.config["dataset"]["dir"] == str(dataset_dir)
@@ -156,31 +156,31 @@ def test_a_tracker_object_receives_the_records_metrics_jsonl_holds_the_images_ch
 
 def test_train_refuses_a_keyword_it_does_not_use_naming_those_it_takes(dataset_dir, tmp_path):
     with pytest.raises(ConfigError, match=r"unexpected keyword 'data_dir' \(did you mean data\?\); it takes "
-                                          r"preset, data, resume, init_from, config, out_dir, name, tracker"):
-        chargpt.train("cpu", dataset_dir, out_dir=tmp_path, data_dir=str(dataset_dir), **TINY)
+                                          r"preset, data, resume, init_from, config, runs_dir, name, tracker"):
+        chargpt.train("cpu", dataset_dir, runs_dir=tmp_path, data_dir=str(dataset_dir), **TINY)
     with pytest.raises(ConfigError, match="'vocab_size'"):  # set from the dataset: a keyword would be ignored
-        chargpt.train("cpu", dataset_dir, out_dir=tmp_path, vocab_size=10, **TINY)
+        chargpt.train("cpu", dataset_dir, runs_dir=tmp_path, vocab_size=10, **TINY)
     with pytest.raises(ConfigError, match="unknown tracker 'mlflow'; choose one of wandb, tensorboard"):
-        chargpt.train("cpu", dataset_dir, out_dir=tmp_path, tracker="mlflow", **TINY)
+        chargpt.train("cpu", dataset_dir, runs_dir=tmp_path, tracker="mlflow", **TINY)
     with pytest.raises(ConfigError, match="or an object with the methods start, log, image, artifact and finish"):
-        chargpt.train("cpu", dataset_dir, out_dir=tmp_path, tracker=object(), **TINY)
+        chargpt.train("cpu", dataset_dir, runs_dir=tmp_path, tracker=object(), **TINY)
     with pytest.raises(ConfigError, match="--preset names a new model"):
-        chargpt.train("cpu", dataset_dir, out_dir=tmp_path, resume=tmp_path, **TINY)
+        chargpt.train("cpu", dataset_dir, runs_dir=tmp_path, resume=tmp_path, **TINY)
     with pytest.raises(ConfigError, match="--init-from keeps the one of the run it starts from; drop --preset"):
-        chargpt.train("bigram", dataset_dir, out_dir=tmp_path, init_from=tmp_path, **TINY)
+        chargpt.train("bigram", dataset_dir, runs_dir=tmp_path, init_from=tmp_path, **TINY)
     assert list(tmp_path.iterdir()) == []  # refused before any run directory was made
 
 
 def test_train_reads_a_config_file_and_keywords_override_it_as_flags_do(dataset_dir, tmp_path):
     (tmp_path / "c.toml").write_text('preset = "bigram"\neval_iters = 1\n[train]\nmax_steps = 50\n')
-    run = chargpt.train(data=dataset_dir, config=tmp_path / "c.toml", out_dir=tmp_path, name="c", max_steps=4,
+    run = chargpt.train(data=dataset_dir, config=tmp_path / "c.toml", runs_dir=tmp_path, name="c", max_steps=4,
                         eval_interval=2, sample_tokens=0, device="cpu", verbose=False)
     assert run.summary["preset"] == "bigram" and run.config.model.model == "bigram"
     assert run.config.train.eval_iters == 1 and run.summary["steps"] == 4
 
 
 def test_verbose_false_prints_nothing(dataset_dir, tmp_path, capfd):
-    run = chargpt.train("cpu", dataset_dir, out_dir=tmp_path, name="q", **TINY)
+    run = chargpt.train("cpu", dataset_dir, runs_dir=tmp_path, name="q", **TINY)
     assert capfd.readouterr() == ("", "")
     assert run.summary["steps"] == 6
 
@@ -199,7 +199,7 @@ def test_resume_from_python_continues_the_same_loss_curve_as_the_cli(dataset_dir
 
     fields = dict(n_layer=1, n_embd=32, n_head=2, block_size=16, batch_size=4, eval_iters=2, sample_tokens=20,
                   compile=False, max_steps=8, eval_interval=4, log_interval=2, threads=1, device="cpu", verbose=False)
-    chargpt.train("cpu", dataset_dir, out_dir=tmp_path / "py", name="p", **fields)
+    chargpt.train("cpu", dataset_dir, runs_dir=tmp_path / "py", name="p", **fields)
     run = chargpt.train(resume=tmp_path / "py/p", max_steps=16, verbose=False)
     assert run.path == tmp_path / "py/p" and run.summary["steps"] == 16
     assert curve(run.path) == curve(tmp_path / "runs/c") and curve(run.path)[-1][0] == 16
@@ -207,7 +207,7 @@ def test_resume_from_python_continues_the_same_loss_curve_as_the_cli(dataset_dir
 
 
 def test_init_from_in_python_fine_tunes_a_runs_weights_on_the_data_given(trained, dataset_dir, tmp_path):
-    run = chargpt.train(init_from=trained.path, data=dataset_dir, out_dir=tmp_path, name="ft", max_steps=6,
+    run = chargpt.train(init_from=trained.path, data=dataset_dir, runs_dir=tmp_path, name="ft", max_steps=6,
                         eval_interval=3, verbose=False)
     origin = json.loads((run.path / "config.json").read_text())["init_from"]
     assert origin["ckpt"] == str((trained.path / "ckpt.pt").resolve()) and origin["step"] == 20
@@ -253,7 +253,7 @@ def test_compare_refuses_no_runs_or_a_path_that_is_no_run_instead_of_an_empty_fi
 
 def test_fine_tuning_on_text_that_shares_no_character_with_the_run_says_so(trained, tmp_path, capfd):
     greek = chargpt.prepare(text=corpus("αβγδεζηθικλμν"), out=tmp_path / "greek")
-    chargpt.train(init_from=trained.path, data=greek, out_dir=tmp_path, name="ft", max_steps=2, eval_interval=2,
+    chargpt.train(init_from=trained.path, data=greek, runs_dir=tmp_path, name="ft", max_steps=2, eval_interval=2,
                   eval_iters=1, sample_tokens=0)
     err = capfd.readouterr().err
     assert "knows none of this dataset's 13 characters" in err and "starts fresh" in err, err
@@ -281,7 +281,7 @@ BAD_ARGUMENTS = {
     "compare-path-int": (lambda run, tmp: chargpt.compare([run], path=5), "path must be a path"),
     "run-path-int": (lambda run, tmp: chargpt.Run(5), "path must be a path (a string or a pathlib.Path), got 5"),
     "artifact-name-int": (lambda run, tmp: chargpt.load_artifact(5), "name must be a string, got 5"),
-    "train-out-dir-int": (lambda run, tmp: chargpt.train("cpu", tmp / "nowhere", out_dir=5), "out_dir must be a path"),
+    "train-runs-dir-int": (lambda run, tmp: chargpt.train("cpu", tmp / "nowhere", runs_dir=5), "runs_dir must be a path"),
     "train-preset-list": (lambda run, tmp: chargpt.train(["cpu"], tmp / "nowhere"), "preset must be a string"),
     "train-n-layer-1e400": (lambda run, tmp: chargpt.train("cpu", tmp / "nowhere", n_layer=10 ** 400),
                             "--n-layer must be in [1, 1024], got an integer of 401 digits"),
@@ -316,3 +316,68 @@ def test_a_prompt_of_none_starts_from_a_newline_in_generate_and_stream_alike(tra
     kw = dict(max_new_tokens=20, seed=3)
     assert trained.generate(None, **kw) == trained.generate("", **kw) == "".join(trained.stream(None, **kw))
 
+
+
+# Parameters of the library that no flag of the same command has, and why (everything else is the flag's name).
+LIBRARY_ONLY = {
+    "prepare": {"source": "--input or --dataset: one argument takes a file or a corpus name",
+                "name": "the CLI names a dataset after its file", "text": "text held in Python has no file"},
+    "train": {"verbose": "the CLI's output is its terminal"},
+    "sweep": {"name": "the positional NAME", "verbose": "the CLI's output is its terminal"},
+    "runs": {"runs": "the positional RUN names of --plot", "path": "the positional file the figure goes to (--out)"},
+}
+
+
+@pytest.mark.parametrize("command, function", [("prepare", chargpt.prepare), ("train", chargpt.train),
+                                               ("sweep", chargpt.sweep), ("runs", chargpt.compare)])
+def test_every_option_of_the_library_has_the_name_of_the_clis_flag(command, function):
+    import inspect
+
+    from chargpt.cli import build_parser
+    from chargpt.config import config_fields
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    flags = {s for a in commands[command]._actions for s in a.option_strings}
+    for p in inspect.signature(function).parameters.values():
+        if p.kind is p.VAR_KEYWORD or p.name in LIBRARY_ONLY[command]:
+            continue
+        assert "--" + p.name.replace("_", "-") in flags, f"{function.__name__}({p.name}=) has no --{p.name} flag"
+    if command == "train":  # any config field is a keyword of train(), and a flag of `chargpt train`
+        assert {"--" + f.name.replace("_", "-") for _, f in config_fields()} <= flags
+
+
+def test_an_option_renamed_since_the_last_release_still_works_with_a_one_line_notice(tmp_path, dataset_dir):
+    from chargpt.schema import RENAMED
+    from conftest import run_cli
+
+    # the CLI's old flags: `runs --out-dir`, `serve --runs` (refused here only for the --ckpt it is given with)
+    listed = run_cli("runs", "--out-dir", tmp_path)
+    assert listed.returncode == 0 and listed.stdout == f"no runs under {tmp_path}\n"
+    assert listed.stderr == "note: --out-dir is now --runs-dir; the old name still works in this release and will " \
+                            "be removed in the next\n"
+    served = run_cli("serve", "--runs", tmp_path, "--ckpt", "x")
+    assert served.returncode == 2 and "--runs is now --runs-dir" in served.stderr.splitlines()[0]
+    assert "not allowed with argument --runs" in served.stderr
+    # the library's old keywords: the same work, and a FutureWarning naming the new one
+    with pytest.warns(FutureWarning, match="^out_dir is now runs_dir; the old name still works"):
+        run = chargpt.train("cpu", dataset_dir, out_dir=tmp_path / "runs", name="old", **TINY)
+    assert run.path == tmp_path / "runs" / "old"
+    with pytest.warns(FutureWarning, match="^all_datasets is now all"):
+        chargpt.compare([run], all_datasets=True)
+    with pytest.warns(FutureWarning, match="^dtype is now token_dtype"):
+        assert chargpt.prepare(text="abcab" * 100, out=tmp_path / "d", dtype="int32").train.dtype == torch.int32
+    with pytest.raises(ConfigError, match="unexpected keyword 'datasets'"):
+        chargpt.compare([run], datasets=True)
+    assert set(RENAMED) == {"--out-dir", "--runs", "out_dir", "all_datasets", "dtype"}  # each tried above
+
+
+def test_text_given_in_python_is_recorded_as_such_with_its_hash_not_as_a_deleted_file(tmp_path):
+    import hashlib
+
+    text = "to be or not to be " * 50
+    ds = chargpt.prepare(text=text, out=tmp_path / "d")
+    meta = json.loads((tmp_path / "d" / "meta.json").read_text())
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    assert meta["source"] == f"text given in Python (prepare(text=...), sha256 {digest})"
+    assert meta["source_sha256"] == digest and ds.meta["source"] == meta["source"]

@@ -382,7 +382,7 @@ def test_a_keyword_of_train_refuses_any_number_outside_its_fields_range_before_a
     from chargpt.errors import ConfigError
 
     with pytest.raises(ConfigError) as e:
-        chargpt.train("cpu", tmp_path / "nowhere", out_dir=tmp_path / "runs", verbose=False, **{name: value})
+        chargpt.train("cpu", tmp_path / "nowhere", runs_dir=tmp_path / "runs", verbose=False, **{name: value})
     short_one_line(str(e.value))
     assert not any(tmp_path.iterdir())
 

@@ -24,7 +24,7 @@ from .errors import (EXIT_FAILURE, ChargptError, ConfigError, TrainingInterrupte
 from .fsutil import claim_output, read_text
 from .model.sampling import SAMPLING_FIELDS, SamplingParams
 from .runtime.signals import Terminated, command_signals
-from .schema import did_you_mean, option, shortened
+from .schema import did_you_mean, option, renamed_note, shortened
 
 # Only what --help and the checks of arguments need is imported above (no torch): each command imports the rest.
 
@@ -115,7 +115,7 @@ def cmd_train(args) -> int:
     wandb_options = dict(mode=args.wandb_mode, project=args.wandb_project, entity=args.wandb_entity,
                          name=args.wandb_name, dataset_artifact=args.dataset_artifact)
     request = TrainRequest(preset=args.preset, config_file=args.config, fields=given_fields(args), data=args.data,
-                           resume=args.resume, init_from=args.init_from, out_dir=args.runs_dir, name=args.name,
+                           resume=args.resume, init_from=args.init_from, runs_dir=args.runs_dir, name=args.name,
                            tracker=tracker, tracker_options=wandb_options if tracker == "wandb" else {},
                            dataset_artifact=args.dataset_artifact, wandb_mode=args.wandb_mode,
                            argv=["chargpt", *args.argv],
@@ -421,8 +421,18 @@ def _add_prompt_flags(p: argparse.ArgumentParser, what: str) -> None:
                    help="the prompt is the text of this UTF-8 file (one trailing newline dropped)")
 
 
-def _add_runs_dir_flag(p) -> None:  # a parser or a group
+def _add_runs_dir_flag(p, *old: str) -> None:  # a parser or a group; `old`: the flag's names in the last release
     p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, metavar="DIR", help=RUNS_DIR_HELP)
+    for name in old:
+        p.add_argument(name, dest="runs_dir", action=Renamed, help=argparse.SUPPRESS)
+
+
+class Renamed(argparse.Action):
+    """A flag's old name (`schema.RENAMED`): it still works, with a one-line notice on stderr."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(renamed_note(option_string), file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 def _add_wandb_flags(p: argparse.ArgumentParser) -> None:
@@ -468,9 +478,10 @@ def _add_prepare(sub) -> None:
 def _add_train(sub) -> None:
     p = _command(sub, "train", "train a model")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="named configuration (default: lecture on CUDA, cpu elsewhere)")
+                   help="named configuration (default: lecture on CUDA, cpu elsewhere; not with --resume or "
+                        "--init-from, which keep the model of the run they start from)")
     p.add_argument("--data", default=None, help=f"dataset directory from `chargpt prepare` (default: {DEFAULT_DATA})")
-    _add_runs_dir_flag(p)
+    _add_runs_dir_flag(p, "--out-dir")
     _add_option(p, RunOptions, "name")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its checkpoint")
     p.add_argument("--init-from", default=None, metavar="RUN",
@@ -515,7 +526,7 @@ def _add_eval(sub) -> None:
 
 def _add_runs(sub) -> None:
     p = _command(sub, "runs", "list the runs (or plot their val curves together)")
-    _add_runs_dir_flag(p)
+    _add_runs_dir_flag(p, "--out-dir")
     p.add_argument("--plot", nargs="*", default=None, metavar="RUN",
                    help="overlay these runs' val-loss curves (none named: every listed run of the newest run's "
                         "dataset)")
@@ -538,7 +549,7 @@ def _add_attention(sub) -> None:
 def _add_serve(sub) -> None:
     p = _command(sub, "serve", "web playground and OpenAI-compatible API over the runs")
     src = p.add_mutually_exclusive_group()
-    _add_runs_dir_flag(src)
+    _add_runs_dir_flag(src, "--runs")
     src.add_argument("--ckpt", default=None, help=f"serve only this run: {CKPT_HELP}")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (others reach the API if not local)")
     _add_option(p, ServeOptions, "port")

@@ -17,29 +17,35 @@ from .data.dataset import Dataset, load_dataset
 from .errors import ChargptError, CheckpointError, ConfigError, DataError
 from .runs.rundir import CKPT, SUMMARY, Located, read_metrics
 from .model.sampling import DEFAULTS, SamplingParams, prompt_ids
-from .schema import check, check_value
+from .schema import RENAMED, check, check_value, renamed_note
 
 if TYPE_CHECKING:
     from .track.tracker import Tracker
 
 
 def prepare(source: str | os.PathLike | None = None, out: str | os.PathLike | None = None, val_fraction: float = 0.1,
-            name: str | None = None, dtype: str = "auto", replace: bool = False, *, text: str | None = None) -> Dataset:
+            name: str | None = None, token_dtype: str = "auto", replace: bool = False, *, text: str | None = None,
+            **renamed) -> Dataset:
     """Encode a text file, a known corpus ("shakespeare": found or downloaded) or, with `text=`, a string of
-    text into a dataset directory (default `data/<name>`); return it.
+    text into a dataset directory (default `data/<name>`); return it: what `chargpt prepare` does with the same
+    arguments (`--input`/`--dataset` are `source`).
 
     `source` is always a file or a corpus name, never text: a mistyped path is an error, not a dataset of its
-    characters."""
+    characters. Text given in Python is recorded as such in the dataset's meta.json, with its sha256."""
     from .data.corpus import DATASETS, locate
     from .data.dataset import prepare as prepare_files
 
+    token_dtype = _renamed(renamed, token_dtype=token_dtype)["token_dtype"]
+    if renamed:
+        raise DataError(f"prepare() got an unexpected keyword {next(iter(renamed))!r}; it takes source, out, "
+                        f"val_fraction, name, token_dtype, replace and text")
     if (source is None) == (text is None):
         raise DataError("prepare() takes a file or corpus name, or text=\"the text itself\": pass one of them")
     if text is not None and not isinstance(text, str):
         raise DataError(f"text= must be a string, got {type(text).__name__}; pass a file's path as the first argument")
     _check_paths(DataError, source=source, out=out)
     check_value(PrepareOptions, "val_fraction", val_fraction, error=DataError)
-    check_value(PrepareOptions, "token_dtype", dtype, error=DataError)
+    check_value(PrepareOptions, "token_dtype", token_dtype, error=DataError)
     if name is not None:
         check("name", name, str, DataError)
     if isinstance(source, str) and source in DATASETS and not Path(source).exists():
@@ -50,15 +56,16 @@ def prepare(source: str | os.PathLike | None = None, out: str | os.PathLike | No
             raise DataError(f"{source} {what}; pass a text file, a known corpus ({', '.join(DATASETS)}), or the "
                             f"text itself as prepare(text=...)")
         name = name or Path(source).stem
-        _say(prepare_files(source, out or dataset_dir(name), val_fraction=val_fraction, name=name, dtype=dtype,
+        _say(prepare_files(source, out or dataset_dir(name), val_fraction=val_fraction, name=name, dtype=token_dtype,
                            replace=replace).note)
         return load_dataset(out or dataset_dir(name))
-    name = name or "text-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    name = name or "text-" + digest[:8]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{name}.txt"
         path.write_text(text, encoding="utf-8")
-        _say(prepare_files(path, out or dataset_dir(name), val_fraction=val_fraction, name=name, dtype=dtype,
-                           replace=replace).note)
+        _say(prepare_files(path, out or dataset_dir(name), val_fraction=val_fraction, name=name, dtype=token_dtype,
+                           replace=replace, source=f"text given in Python (prepare(text=...), sha256 {digest})").note)
     return load_dataset(out or dataset_dir(name))
 
 
@@ -75,7 +82,7 @@ def in_jupyter() -> bool:
 
 def train(preset: str | None = None, data: Dataset | str | os.PathLike | None = None, *,
           resume: str | os.PathLike | None = None, init_from: str | os.PathLike | None = None,
-          config: str | os.PathLike | None = None, out_dir: str | os.PathLike = DEFAULT_RUNS_DIR,
+          config: str | os.PathLike | None = None, runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR,
           name: str | None = None, tracker: "str | Tracker | None" = None, wandb: bool = False, verbose: bool = True,
           **fields) -> "Run":
     """Train in this process and return the `Run`: what `chargpt train` does with the same arguments.
@@ -87,12 +94,13 @@ def train(preset: str | None = None, data: Dataset | str | os.PathLike | None = 
     `verbose=False` shows nothing."""
     from .training.entry import TrainRequest, plan_training
 
+    runs_dir = _renamed(fields, runs_dir=runs_dir)["runs_dir"]
     _check_keywords(fields)
-    _check_train_arguments(preset, data, resume, init_from, config, out_dir, name, fields)
+    _check_train_arguments(preset, data, resume, init_from, config, runs_dir, name, fields)
     if wandb and tracker not in (None, "wandb"):
         raise ConfigError(f"wandb=True and tracker={tracker!r} name two trackers; pass one")
     request = TrainRequest(preset=preset, config_file=config, fields=fields, fields_from="train()", data=data,
-                           resume=resume, init_from=init_from, out_dir=out_dir, name=name,
+                           resume=resume, init_from=init_from, runs_dir=runs_dir, name=name,
                            tracker="wandb" if wandb else tracker)
     echo = print if verbose else None
     plan = plan_training(request, echo=echo)
@@ -103,6 +111,18 @@ def train(preset: str | None = None, data: Dataset | str | os.PathLike | None = 
         return Run(plan.resume_run.path)
     t, _ = plan.run(echo=echo, notebook=verbose and in_jupyter())
     return Run(t.writer.run.path, _model=t.model.eval(), _tokenizer=t.data.tokenizer)
+
+
+def _renamed(given: dict, **current) -> dict:
+    """`current` (keyword: value), with the value of a keyword's old name (`schema.RENAMED`) taken out of `given`
+    instead, where one was passed: it works for one more release, with a FutureWarning saying the new name."""
+    import warnings
+
+    for old, new in RENAMED.items():
+        if old in given and new in current:
+            warnings.warn(renamed_note(old).removeprefix("note: "), FutureWarning, stacklevel=3)
+            current[new] = given.pop(old)
+    return current
 
 
 def _check_paths(error: type = ConfigError, **paths) -> None:
@@ -117,14 +137,14 @@ def _text(name: str, value) -> str:
     return "" if value is None else check(name, value, str)
 
 
-def _check_train_arguments(preset, data, resume, init_from, config, out_dir, name, fields) -> None:
+def _check_train_arguments(preset, data, resume, init_from, config, runs_dir, name, fields) -> None:
     """`train`'s arguments by the rules of `chargpt train`'s flags, before any work: config fields by their
     declarations (type and range), the run name by its pattern."""
     if preset is not None:
         check("preset", preset, str)
     if not isinstance(data, Dataset):
         _check_paths(data=data)
-    _check_paths(resume=resume, init_from=init_from, config=config, out_dir=out_dir)
+    _check_paths(resume=resume, init_from=init_from, config=config, runs_dir=runs_dir)
     if name is not None:
         check_value(RunOptions, "name", name, spell=str)
     check_given(fields, "train()")
@@ -317,9 +337,12 @@ class Run:
 
 
 def compare(runs: list["Run | str | os.PathLike"], path: str | os.PathLike | None = None, *,
-            all_datasets: bool = False):
+            all: bool = False, **renamed):  # noqa: A002 (`chargpt runs --plot --all`'s name)
     """Several runs' validation curves on one Figure (saved to `path` too); runs trained on different datasets
-    only with `all_datasets`."""
+    only with `all` (as `chargpt runs --plot --all`)."""
+    all = _renamed(renamed, all=all)["all"]
+    if renamed:
+        raise ConfigError(f"compare() got an unexpected keyword {next(iter(renamed))!r}; it takes runs, path and all")
     from .runs.plotting import runs_figure
     from .runs.rundir import METRICS
     from .runs.listing import check_comparable, read_run
@@ -336,8 +359,8 @@ def compare(runs: list["Run | str | os.PathLike"], path: str | os.PathLike | Non
             raise CheckpointError(f"{p} is not a run directory (no {METRICS} there); pass runs `chargpt train` "
                                   f"wrote, e.g. compare([\"runs/a\", \"runs/b\"])")
     out = _claimed(path, *paths)
-    if not all_datasets:
-        check_comparable([read_run(p) for p in paths], "all_datasets=True")
+    if not all:
+        check_comparable([read_run(p) for p in paths], "all=True")
     return _saved(runs_figure(paths), out)
 
 

@@ -26,6 +26,17 @@ def did_you_mean(name: str, known, cutoff: float = 0.6) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
+# Options renamed since the last release, each still taken for one more under its old name with a notice: the CLI's
+# flags and the library's keywords (one name per option in every door: the flag's, with underscores).
+RENAMED = {"--out-dir": "--runs-dir", "--runs": "--runs-dir", "out_dir": "runs_dir", "all_datasets": "all",
+           "dtype": "token_dtype"}
+
+
+def renamed_note(old: str) -> str:
+    """The one line a renamed option's old name gets."""
+    return f"note: {old} is now {RENAMED[old]}; the old name still works in this release and will be removed in the next"
+
+
 def option(default, help: str, **bounds):
     """A config field with its one-line description and, where it has one, its range (`min`, `max`,
     `min_open`, `max_open`: every number has a `max`) or its `pattern` (printable text matching it, and the

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import re
 import os
 import subprocess
 import sys
@@ -136,10 +137,18 @@ def test_a_compiled_run_fills_the_persistent_cache_a_second_run_reuses_it_and_th
 
     assert not compiled()
     train("eager", "--no-compile", "--max-steps", "2")
-    train("cold", "--compile", "--max-steps", "2")
+    cold = train("cold", "--compile", "--max-steps", "2")
+    # no silent minutes: the compile says what it is and how long it takes, before the first estimate
+    said = cold.stdout.splitlines()
+    start = next(i for i, line in enumerate(said) if line.startswith("compile: compiling the model for this machine"))
+    done = next(i for i, line in enumerate(said) if re.fullmatch(r"compile: done in \d+\.\ds", line))
+    assert "typically 30 s to 2 min on a CPU" in said[start] and start < done < \
+        next(i for i, line in enumerate(said) if line.startswith("step 0:"))
     files = compiled()
     assert files, "the compiled run left nothing in the cache"
-    train("warm", "--compile", "--max-steps", "2")
+    warm = train("warm", "--compile", "--max-steps", "2")
+    assert "compile: the first step loads the compiled model from the cache" in warm.stdout
+    assert "compile: compiling the model for this machine" not in warm.stdout
     kept = json.loads((cache / "speeds.json").read_text())  # what the two compiles cost, for the next decisions
     assert [k for k in kept if k.endswith("|cold compile s")] and [k for k in kept if k.endswith("|warm compile s")]
     assert {p for p in compiled() if not p.name.endswith(".lock")} == \

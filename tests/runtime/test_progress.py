@@ -1,7 +1,12 @@
 """The progress display: what a budget run and a step run show, on a terminal and in a log."""
 import io
+import os
+import re
+import time
 
-from chargpt.runtime.progress import Progress, format_duration
+import pytest
+
+from chargpt.runtime.progress import Progress, Working, format_duration
 
 
 class Terminal(io.StringIO):
@@ -90,3 +95,29 @@ def test_a_command_started_with_its_stdout_or_stderr_closed_runs_as_with_head(da
     for redirects in (">&-", "2>&- >&-"):
         p = closed(redirects, "sample", "--ckpt", str(tiny_run), "--max-new-tokens", "5")
         assert p.returncode == 0 and p.stderr == "", (redirects, p.stderr)
+
+
+def test_work_that_takes_a_while_says_what_it_is_how_long_it_expects_and_when_it_is_done():
+    said, out = [], io.StringIO()
+    with Working("compile: compiling", "typically 1 min", said.append, stream=out, done="compile"):
+        time.sleep(0.05)
+    assert said[0] == "compile: compiling (typically 1 min)..."
+    assert re.fullmatch(r"compile: done in 0\.\ds", said[1]) and len(said) == 2
+    assert out.getvalue() == ""  # no counter where no person watches (a log file, a pipe)
+    said.clear()
+    with pytest.raises(KeyError), Working("x", "y", said.append, stream=out):
+        raise KeyError
+    assert said == ["x (y)..."]  # failed: no done line
+
+
+def test_on_a_terminal_the_seconds_count_while_it_works_and_the_counter_is_cleared():
+    import pty
+
+    leader, follower = pty.openpty()
+    with os.fdopen(follower, "w") as terminal:
+        with Working("compile: compiling", "a while", lambda _: None, stream=terminal, tick=0.05):
+            time.sleep(0.3)
+        terminal.flush()
+        shown = os.read(leader, 4096).decode()
+    os.close(leader)
+    assert "so far" in shown and shown.endswith("\r\x1b[K")

@@ -59,7 +59,7 @@ def test_train_tracker_tensorboard_writes_every_metrics_record_images_and_summar
 
 
 def test_the_library_writes_the_same_event_files_with_tracker_tensorboard(dataset_dir, tmp_path, capfd):
-    run = chargpt.train("cpu", dataset_dir, out_dir=tmp_path, name="p", tracker="tensorboard", n_layer=1, n_embd=16,
+    run = chargpt.train("cpu", dataset_dir, runs_dir=tmp_path, name="p", tracker="tensorboard", n_layer=1, n_embd=16,
                         n_head=2, block_size=8, batch_size=4, max_steps=6, eval_interval=3, eval_iters=1,
                         sample_tokens=0, compile=False, device="cpu", threads=1, verbose=False)
     acc = events(run.path)

@@ -382,7 +382,7 @@ def test_the_library_tracks_in_wandb_with_wandb_true_every_record_of_metrics_jso
 
     wandb.teardown()  # wandb keeps the settings (WANDB_DIR) of its first use in a process: an earlier test's
     monkeypatch.setenv("WANDB_MODE", "offline")
-    run = chargpt.train("bigram", small_dataset, out_dir=tmp_path, name="w", wandb=True, max_steps=20,
+    run = chargpt.train("bigram", small_dataset, runs_dir=tmp_path, name="w", wandb=True, max_steps=20,
                         eval_interval=10, eval_iters=2, log_interval=5, sample_tokens=20, verbose=False)
     (run_dir,) = offline_runs(wandb_dir)
     recs = records(run_dir)

@@ -120,7 +120,7 @@ def test_without_a_preset_the_budget_chooses_the_size_and_the_users_fields_win(d
     import chargpt
 
     monkeypatch.setenv("CHARGPT_CACHE", str(tmp_path / "cache"))
-    run = chargpt.train(data=dataset_dir, out_dir=tmp_path, name="auto", time_budget=6, n_embd=32, n_head=2,
+    run = chargpt.train(data=dataset_dir, runs_dir=tmp_path, name="auto", time_budget=6, n_embd=32, n_head=2,
                         eval_iters=2, sample_tokens=0, compile=False, verbose=False)
     summary = run.summary
     assert summary["model_choice"] == SIZES[0].name  # 6 s buy far less than the next size's tokens

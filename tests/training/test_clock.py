@@ -3,7 +3,8 @@ and stop."""
 import pytest
 
 from chargpt.config import TrainConfig
-from chargpt.training.clock import PLOT_GUESS, BudgetClock
+from chargpt.training.budget import EVAL_SHARE
+from chargpt.training.clock import CURVE_POINTS, PLOT_GUESS, BudgetClock
 
 
 class Time:
@@ -73,21 +74,41 @@ def test_a_resumed_run_neither_evaluates_nor_saves_the_step_it_resumed_at():
     assert not c.mark(100, None).evaluate and c.mark(100, None).finished
 
 
-def test_a_budget_evaluates_at_evenly_spaced_marks_while_the_estimates_stay_within_their_share():
+def test_a_budget_evaluates_at_every_evenly_spaced_mark_each_estimate_in_its_share_of_the_seconds():
     now = Time()
-    c = clock(now, time_budget=100.0)
+    c = clock(now, time_budget=100.0, eval_iters=200)
     c.start_training(0)
-    assert c.mark(0, None).evaluate  # a new run's first estimate
+    first = c.mark(0, None)
+    assert first.evaluate and first.batches == 200  # a new run's first estimate
+    assert first.seconds == pytest.approx(EVAL_SHARE * 100 / 11)  # the 3 s of estimates over 11 of them
     now.now += 4
     assert not c.mark(1, None).evaluate  # before the first tenth
     now.now += 6
     assert c.mark(2, None).evaluate  # past it
     assert not c.mark(3, None).evaluate  # that mark is taken
-    c.eval_seconds, c.eval_cost = 5.0, 5.0  # estimates that cost more than their share of the budget so far
+    with c.estimating():
+        now.now += 5.0  # an estimate that cost more than the share of all of them
     now.now += 20
-    assert not c.mark(4, None).evaluate
+    late = c.mark(4, None)
+    assert late.evaluate and late.seconds == 0  # still drawn on the curve, from the fewest batches
     now.now += 100
     assert c.mark(5, None).finished and c.mark(5, None).evaluate
+
+
+def test_a_run_of_steps_whose_interval_leaves_too_few_estimates_adds_cheap_ones():
+    now = Time()
+    c = clock(now, max_steps=500, eval_interval=500, eval_iters=20)
+    c.start_training(0)
+    marks = {step: c.mark(step, None) for step in range(501)}
+    evaluated = [step for step, m in marks.items() if m.evaluate]
+    assert len(evaluated) >= CURVE_POINTS + 1 and evaluated[0] == 0 and evaluated[-1] == 500
+    assert marks[0].batches == marks[500].batches == 20  # at eval_interval and the end: eval_iters
+    assert {marks[s].batches for s in evaluated[1:-1]} == {5}  # between them: cheap ones
+    assert all(m.seconds is None for m in marks.values())  # steps, not seconds: the same batches every time
+    assert not any(m.save for s, m in marks.items() if s not in (500,))  # no checkpoint more than asked
+    dense = clock(now, max_steps=100, eval_interval=10)
+    dense.start_training(0)
+    assert [s for s in range(101) if dense.mark(s, None).evaluate] == list(range(0, 101, 10))  # enough already
 
 
 def test_a_signal_is_reported_and_the_processes_agree_on_the_largest_values():

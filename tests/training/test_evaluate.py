@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import signal
+import time
 
 import pytest
 import torch
@@ -74,6 +75,31 @@ def test_estimate_loss_is_reproducible_with_a_generator_and_reports_each_split()
     b = estimate_loss(model, splits, 5, 4, BLOCK, "cpu", torch.Generator().manual_seed(7))
     c = estimate_loss(model, splits, 5, 4, BLOCK, "cpu", torch.Generator().manual_seed(8))
     assert a == b and set(a) == {"train", "val"} and a != c
+
+
+def test_an_estimate_given_seconds_stops_within_them_after_its_fewest_batches():
+    model = tiny_model()
+    splits = {"train": data(4000, seed=2), "val": data(4000, seed=3)}
+    gen = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    drawn = []
+
+    def counting(*a, **k):
+        drawn.append(1)
+        return model(*a, **k)
+
+    counting.eval, counting.train, counting.training = model.eval, model.train, False
+    # no time at all: the fewest batches per split, the same ones a 2-batch estimate draws
+    assert estimate_loss(counting, splits, 1000, 4, BLOCK, "cpu", gen(), seconds=0.0, min_batches=2) == \
+        estimate_loss(model, splits, 2, 4, BLOCK, "cpu", gen())
+    assert len(drawn) == 4
+    # ample time: every batch asked for, as without a limit
+    assert estimate_loss(model, splits, 20, 4, BLOCK, "cpu", gen(), seconds=60.0) == \
+        estimate_loss(model, splits, 20, 4, BLOCK, "cpu", gen())
+    # a limit between: stops once the next batch would not fit, well before the 100,000 asked for
+    drawn.clear()
+    t0 = time.perf_counter()
+    estimate_loss(counting, splits, 100_000, 4, BLOCK, "cpu", gen(), seconds=0.2, min_batches=2)
+    assert time.perf_counter() - t0 < 0.6 and 4 < len(drawn) < 100_000
 
 
 def test_bigram_optimum_equals_smoothed_counts_computed_directly():

@@ -120,7 +120,8 @@ class PrepareResult:
 
 
 def prepare(input_path: str | os.PathLike, out_dir: str | os.PathLike, val_fraction: float = 0.1,
-            name: str | None = None, dtype: str = "auto", replace: bool = False) -> PrepareResult:
+            name: str | None = None, dtype: str = "auto", replace: bool = False,
+            source: str | None = None) -> PrepareResult:
     """Encode `input_path` into `out_dir`; a second call with the same input and options changes nothing.
 
     The dataset in `out_dir` is replaced whole, in one step, by one prepare at a time (`swap.DirectoryWriter`): a
@@ -128,7 +129,8 @@ def prepare(input_path: str | os.PathLike, out_dir: str | os.PathLike, val_fract
 
     `dtype="auto"` stores int64 (the notebook's tensors) up to `NOTEBOOK_DTYPE_CHARS` characters and the smallest
     type that holds the vocabulary above it, saying so in `PrepareResult.note`. A dataset of other content already
-    in `out_dir` is replaced only with `replace`."""
+    in `out_dir` is replaced only with `replace`. `source` is where the text came from, as meta.json records it
+    (default: `input_path`; text given in Python has no file to name)."""
     input_path, out_dir = Path(input_path), Path(out_dir)
     check_value(PrepareOptions, "val_fraction", val_fraction, error=DataError)
     check_value(PrepareOptions, "token_dtype", dtype, error=DataError)
@@ -139,6 +141,7 @@ def prepare(input_path: str | os.PathLike, out_dir: str | os.PathLike, val_fract
     check_dataset_out(out_dir, input_path)
     corpus = scan_corpus(input_path)
     meta, note = dataset_meta(corpus, name or input_path.stem, val_fraction, dtype)
+    meta["source"] = source or meta["source"]
     with DirectoryWriter(out_dir, FILES) as writer:  # one prepare at a time writes a dataset directory
         old = _existing_meta(out_dir)
         if old is not None and not replace and not _same_content(old, meta):

@@ -116,6 +116,57 @@ class Progress:
             self.bar = None
 
 
+class Working:
+    """Work that takes a while before training can go on (a compile): a line saying what it is and how long it is
+    expected to take when it starts, the seconds counting on a terminal while it runs, and a line when it is done.
+    `say` prints a line (the run's own output: nothing when the run is quiet)."""
+
+    def __init__(self, what: str, expected: str, say, stream=None, tick: float = 1.0, counter: bool = True,
+                 done: str | None = None):
+        self.what, self.expected, self.say, self.tick, self.counter = what, expected, say, tick, counter
+        self.done = done or what  # the done line's subject
+        self.stream = stream or sys.stdout
+        self.t0 = time.perf_counter()
+        self._stop = None
+
+    def __enter__(self) -> "Working":
+        import threading
+
+        self.say(f"{self.what} ({self.expected})...")
+        self.t0 = time.perf_counter()
+        if self.counter and _is_terminal(self.stream):  # a counter a person sees move; never in a log file
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._count, daemon=True)
+            self._thread.start()
+        return self
+
+    def _count(self) -> None:
+        while not self._stop.wait(self.tick):
+            try:
+                self.stream.write(f"\r  {format_duration(time.perf_counter() - self.t0)} so far")
+                self.stream.flush()
+            except (OSError, ValueError):
+                return
+
+    def __exit__(self, kind, *_) -> None:
+        if self._stop is not None:
+            self._stop.set()
+            self._thread.join(timeout=self.tick + 1)
+            try:
+                self.stream.write("\r\033[K")
+            except (OSError, ValueError):
+                pass
+        if kind is None:
+            self.say(f"{self.done}: done in {format_duration(time.perf_counter() - self.t0)}")
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 class EvalProgress:
     """Progress of a long evaluation pass: a transient tqdm bar on a terminal (shown after `delay` seconds),
     elsewhere a line at every further 10% once `delay` seconds have passed. A short pass shows nothing."""

@@ -219,7 +219,7 @@ def plan_sweep(req: SweepRequest, given: Space | None, budget: dict) -> SweepPla
     fixed = {k: v for k, v in (given.fixed if given else {}).items() if k != "preset"}
     base = plan_training(TrainRequest(preset=given.fixed.get("preset") if given else None, data=req.data,
                                       fields=fixed | budget | {"seed": req.seed}, fields_from=f"sweep {req.name}",
-                                      out_dir=req.runs_dir), echo=None)
+                                      runs_dir=req.runs_dir), echo=None)
     _warm_up()
     url = storage_url(req.name, req.storage)
     _check_no_leftover_runs(req)

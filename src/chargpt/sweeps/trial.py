@@ -79,7 +79,7 @@ def run_trial(trial, sweep, say: Callable[[str], None]) -> float:
         say(f"trial {trial.number}: skipped ({_params(params)}): {e}")
         sweep.refused += 1
         raise Skipped(str(e)) from None
-    trial.set_user_attr("run", str(request.resume or Path(request.out_dir) / request.name))
+    trial.set_user_attr("run", str(request.resume or Path(request.runs_dir) / request.name))
     trial.set_user_attr("config", plan.as_dict())
     try:
         summary = _train(plan)
@@ -111,7 +111,7 @@ def trial_request(trial, sweep, params: dict, judge: Judge):
     earlier = trial.user_attrs.get("run")  # a retried trial carries its first attempt's attributes
     resume = earlier if earlier and (Path(earlier) / CKPT).is_file() else None
     name = Path(resume).name if resume else f"{sweep.name}-t{trial.number:03d}"
-    common = dict(data=sweep.data, out_dir=sweep.runs_dir, tracker=sweep.tracker, judge=judge,
+    common = dict(data=sweep.data, runs_dir=sweep.runs_dir, tracker=sweep.tracker, judge=judge,
                   tracker_options=sweep.tracker_options | ({"name": name} if sweep.tracker == "wandb" else {}))
     if resume:
         return TrainRequest(resume=resume, **common)

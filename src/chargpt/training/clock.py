@@ -14,6 +14,13 @@ from .budget import EVAL_SHARE
 BUDGET_SLACK = 1.05  # a time budget's final figure may come this much past it
 PLOT_SHARE = 0.02  # loss.png is redrawn at an evaluation while redrawing it has taken at most this share of the run
 PLOT_GUESS = 1.0  # seconds a drawing of loss.png takes (a helper process), until one is timed
+# Every run's loss curve has at least this many estimates after step 0, however short the run: a run of steps whose
+# eval_interval leaves fewer adds cheap ones (CHEAP_SHARE of eval_iters batches) between them, at most one every
+# log_interval steps; a time budget's estimates each take their share of EVAL_SHARE in seconds, in as many batches
+# as fit (at least MIN_BATCHES).
+CURVE_POINTS = 8
+CHEAP_SHARE = 0.25
+MIN_BATCHES = 2
 
 
 @dataclass(frozen=True)
@@ -25,6 +32,8 @@ class Mark:
     save: bool
     finished: bool
     signal: int  # a stop signal's number, 0 when none came
+    batches: int = 0  # batches per split of the estimate at this step (at most: see `seconds`)
+    seconds: float | None = None  # with a time budget, the seconds the estimate may take (at least MIN_BATCHES)
 
 
 class BudgetClock:
@@ -49,6 +58,7 @@ class BudgetClock:
         self.draws_plot = draws_plot  # this process redraws loss.png
         self.t_start, self.paused = now(), 0.0  # evaluations and checkpoints are paused training time
         self.eval_cost = self.eval_seconds = 0.0  # the latest estimate's seconds, and all of them here
+        self.estimates = 0  # estimates made by this process
         self.plot_cost, self.plot_seconds = PLOT_GUESS, 0.0  # the latest drawing's seconds, and all of them here
         self.next_eval_mark = 0
 
@@ -115,6 +125,7 @@ class BudgetClock:
         yield
         self.eval_cost = self.now() - t0
         self.eval_seconds += self.eval_cost
+        self.estimates += 1
 
     @contextmanager
     def drawing(self):
@@ -135,22 +146,35 @@ class BudgetClock:
     def mark(self, step: int, signal: int | None) -> Mark:
         """Where the run stands before training `step`, agreed by every process."""
         tc = self.tc
-        done, stop, evals_next, trained = self.agree(
-            [self.fraction_done(step), float(signal or 0), self.eval_seconds + self.eval_cost, self.budget_trained()])
+        done, stop = self.agree([self.fraction_done(step), float(signal or 0)])
         # a new run trains a step; a run resumed at its end is finished, whatever its seconds say
         finished = self.ended or (done >= 1.0 and (step > 0 or self.resumed_at is not None))
+        batches, seconds = tc.eval_iters, None
         if self.budget:
             marked = done * tc.budget_evals >= self.next_eval_mark
             if marked:
                 self.next_eval_mark = math.floor(done * tc.budget_evals) + 1
-            due = (marked and evals_next <= EVAL_SHARE * trained) or (step == 0 and step != self.resumed_at)
+            due = marked or (step == 0 and step != self.resumed_at)
+            seconds = self.estimate_seconds()
         else:
-            due = step % tc.eval_interval == 0 and step != self.resumed_at
+            regular = step % tc.eval_interval == 0
+            # an eval_interval wider than this adds cheap estimates (never more often than training losses are logged)
+            curve = max(math.ceil(tc.max_steps / CURVE_POINTS), tc.log_interval)
+            due = (regular or (tc.eval_interval > curve and step % curve == 0)) and step != self.resumed_at
+            if not (regular or finished):
+                batches = min(tc.eval_iters, max(MIN_BATCHES, round(CHEAP_SHARE * tc.eval_iters)))
         fresh = step > 0 and step != self.resumed_at
         save = fresh and (step % (tc.ckpt_interval or tc.eval_interval) == 0 or finished
                           or (due and bool(self.budget) and not tc.ckpt_interval))
         logged = finished and step == self.evaluated_at  # a finished run resumed: its last estimate is logged
-        return Mark(done, (due or finished) and not logged, save, finished, int(stop))
+        return Mark(done, (due or finished) and not logged, save, finished, int(stop), batches, seconds)
+
+    def estimate_seconds(self) -> float:
+        """The seconds a time budget's next estimate may take: what is left of EVAL_SHARE of its training part,
+        shared evenly among the estimates still to come (the marks left and the last one)."""
+        part = self.budget - self.reserve - (self.budget_origin or 0.0)
+        left = EVAL_SHARE * part - self.eval_seconds
+        return max(0.0, left) / max(1, self.tc.budget_evals + 1 - self.estimates)
 
 
 def reached_end(state: dict, tc: TrainConfig) -> bool:

@@ -26,7 +26,7 @@ class TrainRequest:
     data: Any = None  # a dataset directory, or a loaded `Dataset`
     resume: str | os.PathLike | None = None
     init_from: str | os.PathLike | None = None
-    out_dir: str | os.PathLike = DEFAULT_RUNS_DIR
+    runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR
     name: str | None = None
     tracker: Any = None
     tracker_options: dict[str, Any] = field(default_factory=dict)
@@ -73,7 +73,7 @@ class TrainPlan:
         run = self.resume_run
         created, started = run is None, False
         if run is None and main:
-            run = RunDir.create(req.out_dir, req.name or default_name(self.config.model.model, self.preset),
+            run = RunDir.create(req.runs_dir, req.name or default_name(self.config.model.model, self.preset),
                                 unique=req.name is None)
         try:
             tracker = NullTracker()

@@ -3,6 +3,7 @@ evenly spread subset of a large split, sharded over DDP ranks, interruptible), t
 from __future__ import annotations
 
 import math
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
@@ -43,19 +44,23 @@ class PassResult:
 
 @torch.no_grad()
 def estimate_loss(model, splits: dict[str, torch.Tensor], eval_iters: int, batch_size: int, block_size: int,
-                  device, generator: torch.Generator | None = None, autocast=nullcontext) -> dict[str, float]:
-    """Mean loss over `eval_iters` random batches per split (the notebook's `estimate_loss`)."""
+                  device, generator: torch.Generator | None = None, autocast=nullcontext,
+                  seconds: float | None = None, min_batches: int = 1) -> dict[str, float]:
+    """Mean loss over `eval_iters` random batches per split (the notebook's `estimate_loss`). Given `seconds`, each
+    split stops early, after `min_batches`, when its share of them would not fit one more batch."""
     was_training = model.training
     model.eval()
     out = {}
     for name, data in splits.items():
-        losses = torch.zeros(eval_iters)
-        for k in range(eval_iters):
+        losses, n, t0 = torch.zeros(eval_iters), 0, time.perf_counter()
+        while n < eval_iters and (seconds is None or n < min_batches
+                                  or (time.perf_counter() - t0) * (n + 1) / n <= seconds / len(splits)):
             x, y = get_batch(data, batch_size, block_size, device, generator)
             with autocast():
                 _, loss = model(x, y)
-            losses[k] = loss.item()
-        out[name] = losses.mean().item()
+            losses[n] = loss.item()
+            n += 1
+        out[name] = losses[:n].mean().item()
     model.train(was_training)
     return out
 

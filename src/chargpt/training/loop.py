@@ -27,12 +27,12 @@ from ..runtime.compiling import (CompileRun, compile_decision, compile_key, comp
                                  compiled_before, mark_compiled, prepare_compile)
 from ..runtime.device import autocast_for, configure_backends, resolve_dtype, set_threads
 from ..runtime.resources import keep_freed_memory_for_reuse
-from ..runtime.progress import Progress, format_duration
+from ..runtime.progress import Progress, Working, format_duration
 from ..runtime.signals import StopSignals
 from ..track.tracker import NullTracker
 from .budget import (FINAL_MARGIN, FINAL_SHARE, SAMPLE_RATE, SPEED_STEPS, compile_figures, final_pass_seconds,
                      record_compile)
-from .clock import BudgetClock, budget_that_trains, reached_end
+from .clock import MIN_BATCHES, BudgetClock, Mark, budget_that_trains, reached_end
 from .evaluate import estimate_loss
 from .optim import Muon, load_optimizer_states, lr_multiplier, make_optimizers, set_lr
 from .state import Average, Batches, Training, restore_rng, rng_state
@@ -216,8 +216,10 @@ def reserve_final_pass(t: Training) -> None:
 def wrapped(t: Training) -> torch.nn.Module:
     """What the loop calls: the model, compiled when chosen, in DDP under torchrun."""
     if t.compiled and t.device.type == "cpu" and not t.dist.enabled and compiled_before(t.compiled) is False:
-        t.compile_run.helper_seconds = compile_in_helper(t.config.model, t.batches.micro_batch, t.precision,
-                                                         t.compiled)
+        with Working("compile: compiling the model for this machine", expected_compile(t, cold=True) + "; once: "
+                     "later runs of this shape load it from the cache", t.writer.say, done="compile"):
+            t.compile_run.helper_seconds = compile_in_helper(t.config.model, t.batches.micro_batch, t.precision,
+                                                             t.compiled)
     fwd = compile_model(t.model, t.device) if t.compiled else t.model
     if t.dist.enabled:
         return DDP(fwd, device_ids=[t.device.index] if t.device.type == "cuda" else None)
@@ -228,9 +230,9 @@ def wrapped(t: Training) -> torch.nn.Module:
 def loop(t: Training) -> None:
     """Train until the step count or the time budget is reached; evaluate, checkpoint and log on the way."""
     tc, clock = t.config.train, t.clock
+    clock.start_training(t.step)  # first: the bar's seconds, and its eta, count from here
     bar = Progress(tc.max_steps, tc.time_budget, step=t.step, seconds=clock.shown(),
                    enabled=t.dist.is_main and t.writer.shows_progress, notebook=t.writer.notebook)
-    clock.start_training(t.step)
     loss, grad_norm = math.nan, math.nan  # the latest step's training loss and gradient norm
     with StopSignals() as stop, closing_bar(bar, lambda: (t.step, clock.shown())):
         t.model.train()
@@ -238,7 +240,7 @@ def loop(t: Training) -> None:
             mark = clock.mark(t.step, stop.received)
             if mark.evaluate:
                 with clock.paused_training():
-                    evaluate_and_log(t, bar, last=mark.finished)
+                    evaluate_and_log(t, bar, mark)
             early = t.writer.stopped_early is not None  # a sweep's pruner stopped the run at this estimate
             if mark.save or early:
                 with clock.paused_training():
@@ -248,10 +250,13 @@ def loop(t: Training) -> None:
             if mark.signal:
                 stop_here(t, mark.signal, loss, grad_norm)
             set_lr(t.optimizers, lr_multiplier(clock.fraction_done(t.step), tc))
-            loss, grad_norm = train_step(t)
-            t.step += 1
-            if t.compile_run and t.compile_run.first_step_seconds is None:  # compiled in it, or loaded the graphs
+            if t.compile_run and t.compile_run.first_step_seconds is None:  # compiles in it, or loads the graphs
+                with Working(*first_compiled_step(t), bar.note, counter=False, done="compile: first step"):
+                    loss, grad_norm = train_step(t)
                 t.compile_run.first_step_seconds = clock.train_seconds() - clock.spent
+            else:
+                loss, grad_norm = train_step(t)
+            t.step += 1
             if tc.ema and mark.done >= tc.ema_from:
                 average_weights(t)
             if t.step % tc.log_interval == 0:
@@ -318,15 +323,16 @@ def metrics_record(t: Training, seconds: float | None = None, **figures: float) 
 
 
 # ------------------------------------------------------------------------------------ the named points
-def evaluate_and_log(t: Training, bar: Progress, last: bool = False) -> None:
-    """Estimate train/val loss, log it, redraw loss.png when the clock affords it (always at the `last`) and keep
-    best.pt at the lowest val estimate so far."""
-    tc, writer, seconds = t.config.train, t.writer, t.clock.train_seconds()
+def evaluate_and_log(t: Training, bar: Progress, mark: Mark) -> None:
+    """Estimate train/val loss in the batches or seconds the `mark` gives, log it, redraw loss.png when the clock
+    affords it (always at the last) and keep best.pt at the lowest val estimate so far."""
+    tc, writer, seconds, last = t.config.train, t.writer, t.clock.train_seconds(), mark.finished
     with t.clock.estimating():
         # Eager model: compiling an eval-mode graph would cost a second compile outside the time budget.
-        losses = estimate_loss(t.model, t.batches.splits, tc.eval_iters, t.batches.micro_batch,
+        losses = estimate_loss(t.model, t.batches.splits, mark.batches, t.batches.micro_batch,
                                t.config.model.block_size, t.device,
-                               torch.Generator().manual_seed((tc.seed + 10_000) % 2 ** 64), t.autocast)
+                               torch.Generator().manual_seed((tc.seed + 10_000) % 2 ** 64), t.autocast,
+                               seconds=mark.seconds, min_batches=MIN_BATCHES)
     writer.last_eval = {"train_loss": losses["train"], "val_loss": losses["val"]}
     if not all(math.isfinite(v) for v in writer.last_eval.values()):
         raise writer.non_finite(f"the estimated loss became train {losses['train']}, val {losses['val']} "
@@ -372,6 +378,25 @@ def stop_here(t: Training, signum: int, loss: float, grad_norm: float) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- compiling
+def first_compiled_step(t: Training) -> tuple[str, str]:
+    """What the first step of a compiled model does (compile it, or load what a helper or an earlier run compiled),
+    and how long it is expected to take."""
+    if compiled_before(t.compiled) or t.compile_run.helper_seconds:
+        return "compile: the first step loads the compiled model from the cache", expected_compile(t, cold=False)
+    return "compile: the first step compiles the model", expected_compile(t, cold=True)
+
+
+def expected_compile(t: Training, cold: bool) -> str:
+    """How long compiling this model is expected to take here: what earlier runs measured, else typical figures."""
+    figures = compile_figures(t.config, t.device, t.precision)
+    seconds = figures.cold_seconds if cold else figures.warm_seconds
+    if seconds is not None:
+        return f"~{format_duration(seconds)}, as measured here before"
+    if not cold:
+        return "a few seconds"
+    return "typically 30 s to 2 min on a CPU" if t.device.type == "cpu" else "typically under a minute"
+
+
 def compile_in_helper(mc: ModelConfig, micro_batch: int, precision: str, key: str) -> float:
     """Compile the training step of a model never compiled here in a helper process, which leaves it in the
     compile cache for the training process (and every later run) to load: compiled in the training process, the
