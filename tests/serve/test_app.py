@@ -677,6 +677,103 @@ def test_the_pages_runs_table_shows_the_dataset_marks_estimates_and_never_overla
     assert table["on-other"]["disabled"] and "another dataset" in table["on-other"]["title"]
 
 
+# Runs as `chargpt train` names them when no --name is given: the long names and the "± stderr" of an estimated
+# final loss are what made the table wider than its card.
+LISTED_RUNS = ("train-gpt-cpu-20261207-145947", "train-gpt-cpu-20261207-145954", "estimated-subset-val",
+               "train-bigram-baseline-20261207-150007")
+PAGE_WIDTHS = (390, 1024, 1400, 1920)  # a phone, and three desktop windows: at 1400 two columns once spilled
+CELLS_OUTSIDE_THEIR_CARD = """() => [...document.querySelectorAll('#runs th, #runs td')]
+    .filter((cell) => cell.getClientRects().length)  // a header the narrow layout hides has no box
+    .map((cell) => [cell.textContent, cell.getBoundingClientRect(), cell.closest('.card').getBoundingClientRect()])
+    .filter(([, b, card]) => b.left < card.left - 0.5 || b.right > card.right + 0.5 || b.top < card.top - 0.5
+                              || b.bottom > card.bottom + 0.5)
+    .map(([text, b, card]) => `${text}: ${Math.round(b.left)}-${Math.round(b.right)} in ${Math.round(card.left)}-`
+                              + `${Math.round(card.right)}`)"""
+
+
+@pytest.fixture(scope="module")
+def listed_runs(dataset_dir, tmp_path_factory) -> Path:
+    """Four finished runs with long names, one whose final val loss is an estimate (shown with its ± stderr)."""
+    out = tmp_path_factory.mktemp("listed") / "runs"
+    data = load_dataset(dataset_dir)
+    for name in LISTED_RUNS:
+        cfg = tiny("bigram", 10) if "bigram" in name else tiny("cpu", 10, n_layer=1, n_embd=32, n_head=2, block_size=16)
+        cfg.model.vocab_size = data.tokenizer.vocab_size
+        if name.startswith("estimated"):
+            cfg.train.eval_tokens = 5_000  # of 111,540
+        train_config(cfg, data, out, name, preset="bigram" if "bigram" in name else "cpu")
+    return out
+
+
+@pytest.mark.slow
+def test_the_runs_table_stays_inside_its_card_and_the_page_never_scrolls_sideways_at_any_width(listed_runs, tmp_path):
+    browser_path = chromium()
+    if browser_path is None:
+        pytest.skip("browser tests skipped: no chromium here (Debian: apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests skipped: playwright is not installed "
+                                                                 "(pip install -e .[test])")
+    server = Server("--runs-dir", listed_runs, "--device", "cpu", cwd=tmp_path)
+    outside, widths, texts = {}, {}, {}
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=browser_path, headless=True)
+            for width in PAGE_WIDTHS:
+                page = browser.new_page(viewport={"width": width, "height": 900})
+                page.goto(server.url + "/")
+                page.wait_for_function(f"document.querySelectorAll('#runs tbody tr').length === {len(LISTED_RUNS)}")
+                outside[width] = page.evaluate(CELLS_OUTSIDE_THEIR_CARD)
+                widths[width] = page.evaluate("[document.documentElement.scrollWidth, innerWidth]")
+                texts[width] = page.eval_on_selector("#runs tbody", "b => b.innerText")
+                page.screenshot(path=str(tmp_path / f"page_{width}.png"), full_page=True)
+                page.close()
+            browser.close()
+    finally:
+        server.stop()
+    assert outside == {width: [] for width in PAGE_WIDTHS}, outside
+    assert all(scroll <= inner for scroll, inner in widths.values()), widths
+    for width, text in texts.items():  # every run and its estimate are there at every width, stacked or not
+        assert "estimated-subset-val" in text and "\u00b1" in text, (width, text)
+
+
+@pytest.mark.slow
+def test_the_pages_first_generation_reports_the_decode_rate_not_the_models_load(listed_runs, tmp_path):
+    """The page once timed a generation from its request: the first one, which loads the model, read ~230 chars/s
+    and the next ~3,600. Its rate is now the server's, from the first character to the last."""
+    browser_path = chromium()
+    if browser_path is None:
+        pytest.skip("browser tests skipped: no chromium here (Debian: apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests skipped: playwright is not installed "
+                                                                 "(pip install -e .[test])")
+    server = Server("--runs-dir", listed_runs, "--device", "cpu", cwd=tmp_path)  # no model loaded yet
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=browser_path, headless=True)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(server.url + "/")
+            page.wait_for_selector(f"#run option[value='{LISTED_RUNS[0]}']", state="attached")
+            page.select_option("#run", LISTED_RUNS[0])
+            rates = []
+            for _ in range(2):
+                page.click("#generate")
+                page.wait_for_function("document.querySelector('#status').textContent.startsWith('done')",
+                                       timeout=60_000)
+                status = page.inner_text("#status")
+                found = re.fullmatch(r"done: 500 characters, ([\d,]+) chars/s, seed 1337", status)
+                assert found, status
+                rates.append(int(found[1].replace(",", "")))
+            browser.close()
+        events, _ = server.stream({"model": LISTED_RUNS[0], "prompt": "A", "max_tokens": 300})
+        status, whole = server.request("POST", "/v1/completions", {"model": LISTED_RUNS[0], "prompt": "A",
+                                                                    "max_tokens": 300})
+    finally:
+        server.stop()
+    assert 1 / 3 < rates[0] / rates[1] < 3, rates
+    assert [bool(e.get("timings")) for e in events] == [False] * (len(events) - 1) + [True]  # the last chunk's
+    for timings in (events[-1]["timings"], whole["timings"]):
+        assert timings["chars_per_second"] > 0 and timings["decode_seconds"] > 0, timings
+        assert timings["chars_per_second"] == pytest.approx(299 / timings["decode_seconds"], rel=0.01)
+
+
 # -------------------------------------------------------------------------------- run files whose contents lie
 def _strict_json(text: str):
     """`text` read as standard JSON: NaN and Infinity are no numbers there (a browser's JSON.parse refuses them)."""

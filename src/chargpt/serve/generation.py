@@ -150,6 +150,8 @@ class Generation:
         self.sampling = completion.sampling
         self.itos = loaded.tokenizer.itos  # id -> character: one token at a time, without decode's array work
         self.count = 0
+        self.sampled = 0  # tokens the decode loop fed, stop sequences or not: what `timings` rates
+        self.first_at = self.last_at = 0.0  # when the first and the latest of them were fed (time.monotonic)
         self.done = completion.sampling.max_new_tokens == 0
         self.cancelled = False
         self.interrupted = False  # ended by the server's shutdown, not by its length, a stop sequence or its client
@@ -166,12 +168,17 @@ class Generation:
     def feed(self, token: int, last: bool) -> bool:
         """The decode loop's next token (`last`: the completion's length is reached); whether the completion
         wants no more (a stop sequence, or ended by its request)."""
+        now = time.monotonic()
         text = self.filter.feed(self.itos[token])
         if last and not self.filter.stopped:
             text += self.filter.flush()
         with self._lock:
             if self.cancelled:
                 return True
+            self.sampled += 1
+            if self.sampled == 1:
+                self.first_at = now
+            self.last_at = now
             self._text.append(text)
             self.count += len(text)  # the completion's characters: what was sampled past a stop sequence is not in it
             self.done = last or self.filter.stopped
@@ -201,6 +208,14 @@ class Generation:
     @property
     def finish_reason(self) -> str:
         return "stop" if self.filter.stopped else "length"
+
+    def timings(self) -> dict:
+        """How fast this completion was decoded: the tokens after its first over the time since the first. Loading
+        the model, the queue and the prompt's prefill all come before the first token, so none of them is in it;
+        the rate is null below two tokens."""
+        seconds = self.last_at - self.first_at if self.sampled > 1 else 0.0
+        rate = (self.sampled - 1) / seconds if seconds > 0 else None
+        return {"decode_seconds": round(seconds, 6), "chars_per_second": None if rate is None else round(rate, 1)}
 
     def usage(self) -> dict:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.count,
@@ -289,7 +304,9 @@ class Counters:
 
 # ------------------------------------------------------------------------------------------- answer
 async def answer(request: Request, completion: Completion, name: str, gen: Generation) -> Response:
-    """The completion `gen` samples, as one JSON body or, with `stream`, as server-sent events."""
+    """The completion `gen` samples, as one JSON body or, with `stream`, as server-sent events. Beside OpenAI's
+    fields the body, or the stream's last chunk (the one with its finish_reason), holds `timings`, the decode rate
+    as the server measured it (`Generation.timings`; llama.cpp's server adds its own `timings` the same way)."""
     meta = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
             "model": name}
     if completion.stream:
@@ -309,12 +326,14 @@ async def answer(request: Request, completion: Completion, name: str, gen: Gener
     if gen.interrupted:
         raise RequestError(503, SHUTTING_DOWN)
     return JSONResponse({**meta, "choices": [{"text": "".join(parts), "index": 0, "logprobs": None,
-                                              "finish_reason": gen.finish_reason}], "usage": gen.usage()})
+                                              "finish_reason": gen.finish_reason}], "usage": gen.usage(),
+                         "timings": gen.timings()})
 
 
 async def _events(completion: Completion, gen: Generation, meta: dict):
-    def chunk(text: str, finish: str | None) -> bytes:
-        return _event({**meta, "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]})
+    def chunk(text: str, finish: str | None, **extra) -> bytes:
+        return _event({**meta, "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}],
+                       **extra})
 
     try:
         if completion.echo:
@@ -332,7 +351,7 @@ async def _events(completion: Completion, gen: Generation, meta: dict):
             yield _event({"error": error_body(status, f"{why} (this completion stopped after {gen.count:,} "
                                                       f"characters)")})
             return
-        yield chunk("", gen.finish_reason)
+        yield chunk("", gen.finish_reason, timings=gen.timings())
         if completion.include_usage:
             yield _event({**meta, "choices": [], "usage": gen.usage()})
         yield b"data: [DONE]\n\n"
