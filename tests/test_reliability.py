@@ -280,6 +280,7 @@ def test_checkpoints_follow_ckpt_interval_not_just_evaluations(tmp_path, dataset
     config = tiny_config(steps=10)
     config.model.vocab_size = data.tokenizer.vocab_size
     config.train.ckpt_interval, config.train.eval_interval = 3, 10
+    config.train.log_interval = 10  # no cheap estimates between (clock.CURVE_POINTS): one evaluation after step 0
     saved = []
     real_save = checkpoint.save
     monkeypatch.setattr(checkpoint, "save", lambda path, **kw: (saved.append((Path(path).name, kw["step"])),
