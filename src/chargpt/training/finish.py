@@ -182,6 +182,7 @@ def write_summary(t: Training, summary: dict) -> None:
             out = Engine(t.model).generate(idx, tc.sample_tokens, generator=g)
             summary["sample"] = text = t.data.tokenizer.decode(out[0].tolist())
             run.write_sample(text)
+        summary["estimates_seconds"] = round(t.clock.eval_seconds, 3)  # the periodic estimates this process made
         if tc.time_budget:
             summary["budget_seconds"] = round(t.clock.budget_seconds(), 3)
         run.write_summary(summary)
