@@ -20,7 +20,7 @@ PLOT_GUESS = 1.0  # seconds a drawing of loss.png takes (a helper process), unti
 # as fit (at least MIN_BATCHES).
 CURVE_POINTS = 8
 CHEAP_SHARE = 0.25
-MIN_BATCHES = 2
+MIN_BATCHES = 1
 
 
 @dataclass(frozen=True)
