@@ -158,9 +158,9 @@ class BudgetClock:
             seconds = self.estimate_seconds()
         else:
             regular = step % tc.eval_interval == 0
-            # an eval_interval wider than this adds cheap estimates (never more often than training losses are logged)
-            curve = max(math.ceil(tc.max_steps / CURVE_POINTS), tc.log_interval)
-            due = (regular or (tc.eval_interval > curve and step % curve == 0)) and step != self.resumed_at
+            curve = self.curve_interval()
+            due = (regular or (curve < tc.eval_interval and step % tc.eval_interval % curve == 0)) \
+                and step != self.resumed_at
             if not (regular or finished):
                 batches = min(tc.eval_iters, max(MIN_BATCHES, round(CHEAP_SHARE * tc.eval_iters)))
         fresh = step > 0 and step != self.resumed_at
@@ -168,6 +168,13 @@ class BudgetClock:
                           or (due and bool(self.budget) and not tc.ckpt_interval))
         logged = finished and step == self.evaluated_at  # a finished run resumed: its last estimate is logged
         return Mark(done, (due or finished) and not logged, save, finished, int(stop), batches, seconds)
+
+    def curve_interval(self) -> int:
+        """Steps between a run of steps' estimates: eval_interval, or an even part of it where that leaves fewer than
+        CURVE_POINTS estimates (never more often than training losses are logged, every log_interval)."""
+        tc = self.tc
+        parts = math.ceil(tc.eval_interval * CURVE_POINTS / tc.max_steps)
+        return max(tc.eval_interval // parts, min(tc.log_interval, tc.eval_interval), 1)
 
     def estimate_seconds(self) -> float:
         """The seconds a time budget's next estimate may take: what is left of EVAL_SHARE of its training part,
