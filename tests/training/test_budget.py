@@ -162,3 +162,21 @@ def test_an_eager_run_and_the_probe_teach_the_eager_speed_a_compiled_run_does_no
     choose(1, get_preset("cpu"), CPU, "float32", nullcontext, elapsed=0, cache=probed)
     eager = budget.compile_figures(sized_config(SIZES[0], get_preset("cpu")), CPU, "float32", probed).eager_speed
     assert eager is not None and eager == probed.get(budget.speed_key(sized_config(SIZES[0]), CPU, "float32"))
+
+
+def test_a_size_probed_low_is_taken_at_least_at_a_smaller_sizes_trained_speed_scaled_by_its_flops(tmp_path):
+    # as measured on a float32 EPYC: 2 layers x 128 trained at 28,900 tokens/s, 3 layers x 128 probed (3 steps) at
+    # 11,600 and trained at 19,000: the probe alone chose 2 layers for a 329 s budget
+    cache = SpeedCache(tmp_path / "speeds.json")
+    small, large = sized_config(SIZES[0]), sized_config(SIZES[1])
+    key = lambda config: f"{budget._machine_key(CPU, 'float32')}|{budget._shape_key(config)}"  # noqa: E731
+    cache.put(key(small), 28_900.0)
+    cache.put(key(large), 11_600.0)
+    p = choose(329, get_preset("cpu"), CPU, "float32", nullcontext, elapsed=3.5, val_tokens=111_540, cache=cache)
+    assert p.size is SIZES[1]
+    assert p.tokens_per_sec == pytest.approx(28_900 * budget.flops_per_token(small) / budget.flops_per_token(large))
+    assert 19_000 < p.tokens_per_sec < 20_000
+    # a size measured faster than that keeps its own speed
+    cache.put(key(large), 21_000.0)
+    assert choose(329, get_preset("cpu"), CPU, "float32", nullcontext, elapsed=3.5, val_tokens=111_540,
+                  cache=cache).tokens_per_sec == 21_000.0
