@@ -217,7 +217,8 @@ def wrapped(t: Training) -> torch.nn.Module:
     """What the loop calls: the model, compiled when chosen, in DDP under torchrun."""
     if t.compiled and t.device.type == "cpu" and not t.dist.enabled and compiled_before(t.compiled) is False:
         with Working("compile: compiling the model for this machine", expected_compile(t, cold=True) + "; once: "
-                     "later runs of this shape load it from the cache", t.writer.say, done="compile"):
+                     "later runs of this shape load it from the cache", t.writer.say, done="compile",
+                     counter=t.writer.shows_progress and t.dist.is_main):
             t.compile_run.helper_seconds = compile_in_helper(t.config.model, t.batches.micro_batch, t.precision,
                                                              t.compiled)
     fwd = compile_model(t.model, t.device) if t.compiled else t.model
