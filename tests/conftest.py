@@ -249,3 +249,14 @@ def on_cpu(cmd: str) -> list[str]:
     extra = [x for a in actions if (a.required or "--prompt" in a.option_strings) and a.option_strings
              and "--ckpt" not in a.option_strings for x in (a.option_strings[-1], "a")]
     return extra + (["--device", "cpu"] if any("--device" in a.option_strings for a in actions) else [])
+
+
+def browser_tools():
+    """(Chromium's path, playwright.sync_api) for the tests that drive the page in a real browser; the test is
+    skipped, saying why, where either is missing."""
+    path = os.environ.get("CHARGPT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("browser tests skipped: no chromium here (Debian: apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests skipped: playwright is not installed "
+                                                                 "(pip install -e .[test])")
+    return path, sync_api

@@ -35,10 +35,7 @@ def prepare(source: str | os.PathLike | None = None, out: str | os.PathLike | No
     from .data.corpus import DATASETS, locate
     from .data.dataset import prepare as prepare_files
 
-    token_dtype = _renamed(renamed, token_dtype=token_dtype)["token_dtype"]
-    if renamed:
-        raise DataError(f"prepare() got an unexpected keyword {next(iter(renamed))!r}; it takes source, out, "
-                        f"val_fraction, name, token_dtype, replace and text")
+    token_dtype = _renamed(renamed, prepare, DataError, token_dtype=token_dtype)["token_dtype"]
     if (source is None) == (text is None):
         raise DataError("prepare() takes a file or corpus name, or text=\"the text itself\": pass one of them")
     if text is not None and not isinstance(text, str):
@@ -94,7 +91,7 @@ def train(preset: str | None = None, data: Dataset | str | os.PathLike | None = 
     `verbose=False` shows nothing."""
     from .training.entry import TrainRequest, plan_training
 
-    runs_dir = _renamed(fields, runs_dir=runs_dir)["runs_dir"]
+    runs_dir = _renamed(fields, runs_dir=runs_dir)["runs_dir"]  # the other keywords: config fields
     _check_keywords(fields)
     _check_train_arguments(preset, data, resume, init_from, config, runs_dir, name, fields)
     if wandb and tracker not in (None, "wandb"):
@@ -113,15 +110,21 @@ def train(preset: str | None = None, data: Dataset | str | os.PathLike | None = 
     return Run(t.writer.run.path, _model=t.model.eval(), _tokenizer=t.data.tokenizer)
 
 
-def _renamed(given: dict, **current) -> dict:
+def _renamed(given: dict, function=None, error: type = ConfigError, **current) -> dict:
     """`current` (keyword: value), with the value of a keyword's old name (`schema.RENAMED`) taken out of `given`
-    instead, where one was passed: it works for one more release, with a FutureWarning saying the new name."""
+    instead, where one was passed: it works for one more release, with a FutureWarning saying the new name. Given
+    the `function` whose extra keywords `given` holds, any other keyword left there is refused, as Python would."""
+    import inspect
     import warnings
 
     for old, new in RENAMED.items():
         if old in given and new in current:
             warnings.warn(renamed_note(old).removeprefix("note: "), FutureWarning, stacklevel=3)
             current[new] = given.pop(old)
+    if function is not None and given:
+        takes = [p.name for p in inspect.signature(function).parameters.values() if p.kind is not p.VAR_KEYWORD]
+        raise error(f"{function.__name__}() got an unexpected keyword {next(iter(given))!r}; it takes "
+                    f"{', '.join(takes)}")
     return current
 
 
@@ -340,9 +343,7 @@ def compare(runs: list["Run | str | os.PathLike"], path: str | os.PathLike | Non
             all: bool = False, **renamed):  # noqa: A002 (`chargpt runs --plot --all`'s name)
     """Several runs' validation curves on one Figure (saved to `path` too); runs trained on different datasets
     only with `all` (as `chargpt runs --plot --all`)."""
-    all = _renamed(renamed, all=all)["all"]
-    if renamed:
-        raise ConfigError(f"compare() got an unexpected keyword {next(iter(renamed))!r}; it takes runs, path and all")
+    all = _renamed(renamed, compare, all=all)["all"]
     from .runs.plotting import runs_figure
     from .runs.rundir import METRICS
     from .runs.listing import check_comparable, read_run

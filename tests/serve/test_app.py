@@ -29,7 +29,7 @@ from chargpt.data.dataset import load_dataset
 from chargpt.errors import exit_code_of
 from chargpt.serve.checks import BODY_SECONDS, MAX_PROMPT_CHARS
 from chargpt.serve.generation import MAX_NEW_TOKENS
-from conftest import Server, run_main, tiny_config as tiny, train_config
+from conftest import Server, run_main, tiny_config as tiny, train_config, browser_tools
 
 GPT_RUN, BIGRAM_RUN = "tiny-gpt", "bigram"
 
@@ -528,17 +528,11 @@ def test_one_engine_serves_every_completion_until_the_checkpoint_file_changes(ru
 
 
 # -------------------------------------------------------------------------------------------- browser
-def chromium() -> str | None:
-    return os.environ.get("CHARGPT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.mark.slow
 def test_the_page_streams_text_and_draws_attention_in_a_real_browser(server, runs_dir, tmp_path):
-    browser_path = chromium()
-    if browser_path is None:
-        pytest.skip("browser tests skipped: no chromium here (Debian: apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests skipped: playwright is not installed "
-                                                                 "(pip install -e .[test])")
+    browser_path, sync_api = browser_tools()
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=browser_path, headless=True)
         page = browser.new_page(viewport={"width": 1400, "height": 900})
@@ -602,11 +596,7 @@ async function attack(url) {
 @pytest.mark.slow
 def test_a_page_of_another_origin_cannot_run_a_completion_in_a_real_browser(server):
     """A CORS "simple request" (text/plain, no preflight) from a page on another port once ran completions."""
-    browser_path = chromium()
-    if browser_path is None:
-        pytest.skip("browser tests skipped: no chromium here (Debian: apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests skipped: playwright is not installed "
-                                                                 "(pip install -e .[test])")
+    browser_path, sync_api = browser_tools()
 
     class Page(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
@@ -637,11 +627,7 @@ def test_a_page_of_another_origin_cannot_run_a_completion_in_a_real_browser(serv
 
 @pytest.mark.slow
 def test_the_pages_runs_table_shows_the_dataset_marks_estimates_and_never_overlays_other_datasets(dataset_dir, tmp_path):
-    browser_path = chromium()
-    if browser_path is None:
-        pytest.skip("browser tests skipped: no chromium here (Debian: apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests skipped: playwright is not installed "
-                                                                 "(pip install -e .[test])")
+    browser_path, sync_api = browser_tools()
     from chargpt.data.dataset import prepare
 
     shakespeare = load_dataset(dataset_dir)
@@ -707,11 +693,7 @@ def listed_runs(dataset_dir, tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_the_runs_table_stays_inside_its_card_and_the_page_never_scrolls_sideways_at_any_width(listed_runs, tmp_path):
-    browser_path = chromium()
-    if browser_path is None:
-        pytest.skip("browser tests skipped: no chromium here (Debian: apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests skipped: playwright is not installed "
-                                                                 "(pip install -e .[test])")
+    browser_path, sync_api = browser_tools()
     server = Server("--runs-dir", listed_runs, "--device", "cpu", cwd=tmp_path)
     outside, widths, texts = {}, {}, {}
     try:
@@ -739,11 +721,7 @@ def test_the_runs_table_stays_inside_its_card_and_the_page_never_scrolls_sideway
 def test_the_pages_first_generation_reports_the_decode_rate_not_the_models_load(listed_runs, tmp_path):
     """The page once timed a generation from its request: the first one, which loads the model, read ~230 chars/s
     and the next ~3,600. Its rate is now the server's, from the first character to the last."""
-    browser_path = chromium()
-    if browser_path is None:
-        pytest.skip("browser tests skipped: no chromium here (Debian: apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests skipped: playwright is not installed "
-                                                                 "(pip install -e .[test])")
+    browser_path, sync_api = browser_tools()
     server = Server("--runs-dir", listed_runs, "--device", "cpu", cwd=tmp_path)  # no model loaded yet
     try:
         with sync_api.sync_playwright() as p:

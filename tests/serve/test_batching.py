@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 import signal
 import socket
 import threading
@@ -22,7 +21,7 @@ from chargpt.model.gpt import build_model
 from chargpt.runs import checkpoint
 from chargpt.serve.batching import QUEUE_PER_ROW
 from chargpt.training.loop import rng_state
-from conftest import Server
+from conftest import Server, browser_tools
 
 CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 LONG = 20_000  # a completion that runs until its client or the server ends it
@@ -237,17 +236,11 @@ def test_64_streams_started_and_abandoned_leave_the_rss_where_it_was(server):
     assert max(after) <= warm * 1.05 + (8 << 20), (warm, after)
 
 
-def chromium() -> str | None:
-    return os.environ.get("CHARGPT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.mark.slow
 def test_the_page_shows_the_streams_the_queue_and_the_rate_in_a_real_browser(one_row):
-    browser_path = chromium()
-    if browser_path is None:
-        pytest.skip("browser tests skipped: no chromium here (Debian: apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests skipped: playwright is not installed "
-                                                                 "(pip install -e .[test])")
+    browser_path, sync_api = browser_tools()
     streams = [Reader(one_row, {"prompt": "A", "max_tokens": LONG}) for _ in range(3)]
     try:
         wait_for(one_row, lambda s: s["streams"] == 1 and s["queued"] == 2)
