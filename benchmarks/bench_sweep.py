@@ -7,8 +7,8 @@
 
 - overhead: of the unpruned sweep's wall time (command start to exit), the part not spent inside its trials'
   budgets (the runs' `budget_seconds`): start-up, sampling, the study's database, best.toml.
-- pruning: the same sweep (same seed, same default space, `--trials` of `--budget` s each) with `--pruner median`
-  and with `--pruner none`: wall time of the pruned one over the unpruned one, and the difference of their best
+- pruning: the same sweep (same seed, same default space, `--trials` of `--budget` s each) with `--pruner`
+  (default: `chargpt sweep`'s own) and with `--pruner none`: wall time of the pruned one over the unpruned one, and the difference of their best
   figures.
 - worth it: a sweep of `--trials` trials with B = W (W: nanoGPT's CPU recipe's wall time here, as bench_budget.py
   measures it), its best.toml retrained at B with 3 seeds, against `chargpt train --time-budget B` (the budget's
@@ -30,6 +30,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_budget import NANOGPT_PER_PRESET, preset_wall  # noqa: E402
 from common import machine, print_table, shakespeare_dataset  # noqa: E402
+
+from chargpt.sweeps.entry import SweepRequest  # noqa: E402
+
+DEFAULT_PRUNER = SweepRequest.__dataclass_fields__["pruner"].default
 
 OVERHEAD_MUST = 0.03
 PRUNED_TIME_MUST = 0.60
@@ -69,19 +73,19 @@ def best_of(trials: list[dict]) -> float:
     return min(t["value"] for t in trials if t["state"] == "COMPLETE")
 
 
-def overhead_and_pruning(work: Path, data: Path, trials: int, budget: float) -> list[dict]:
+def overhead_and_pruning(work: Path, data: Path, trials: int, budget: float, pruner: str) -> list[dict]:
     wall_none, plain = sweep("unpruned", work, data, trials, budget, "--pruner", "none")
-    wall_median, pruned = sweep("pruned", work, data, trials, budget, "--pruner", "median")
+    wall_median, pruned = sweep("pruned", work, data, trials, budget, "--pruner", pruner)
     inside = sum(t["summary"].get("budget_seconds") or 0.0 for t in plain)
     n_pruned = sum(t["state"] == "PRUNED" for t in pruned)
     return [
         {"figure": f"overhead: wall time of a {trials} x {budget:g} s sweep outside its trials' budgets",
          "value": f"{1 - inside / wall_none:.1%} ({wall_none - inside:.1f} s of {wall_none:.0f} s)",
          "target": f"< {OVERHEAD_MUST:.0%}"},
-        {"figure": f"pruning: wall time with the median pruner / without ({n_pruned} of {trials} trials pruned)",
+        {"figure": f"pruning: wall time with the {pruner} pruner / without ({n_pruned} of {trials} trials pruned)",
          "value": f"{wall_median / wall_none:.2f} ({wall_median:.0f} s / {wall_none:.0f} s)",
          "target": f"<= {PRUNED_TIME_MUST}"},
-        {"figure": "pruning: best figure with the median pruner minus without",
+        {"figure": f"pruning: best figure with the {pruner} pruner minus without",
          "value": f"{best_of(pruned) - best_of(plain):+.4f} ({best_of(pruned):.4f} vs {best_of(plain):.4f})",
          "target": f"<= {PRUNED_BEST_MUST}"},
     ]
@@ -134,12 +138,12 @@ def measure_w(data: Path, work: Path) -> float:
 
 
 def main(only=("overhead", "worth"), trials: int = 16, budget: float = 30.0, worth_trials: int = 24,
-         w: float | None = None, dtype: str = "auto") -> list[dict]:
+         w: float | None = None, dtype: str = "auto", pruner: str = DEFAULT_PRUNER) -> list[dict]:
     work = Path(tempfile.mkdtemp(prefix="chargpt-sweep-"))
     data = shakespeare_dataset()
     rows = []
     if "overhead" in only or "pruning" in only:
-        rows += overhead_and_pruning(work, data, trials, budget)
+        rows += overhead_and_pruning(work, data, trials, budget, pruner)
     if "worth" in only or "sizes" in only:
         w = w or measure_w(data, work)
         rows.append({"figure": "W: nanoGPT's CPU recipe, wall time here", "value": f"{w:.1f} s", "target": ""})
@@ -160,6 +164,9 @@ if __name__ == "__main__":
     ap.add_argument("--w", type=float, help="W in seconds, measured before on this machine (skips measuring it)")
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                     help="the size sweeps' precision")
+    ap.add_argument("--pruner", default=DEFAULT_PRUNER, choices=["median", "halving"],
+                    help="the pruning sweep's pruner (default: chargpt sweep's own)")
     a = ap.parse_args()
     print(f"machine: {machine()}")
-    print_table(main(a.only, a.trials, a.budget, a.worth_trials, a.w, a.dtype), "what a sweep costs and buys")
+    print_table(main(a.only, a.trials, a.budget, a.worth_trials, a.w, a.dtype, a.pruner),
+                "what a sweep costs and buys")
