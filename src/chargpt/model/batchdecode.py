@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from . import fastdecode
 from .engine import Engine, _say_once, one_cpu_thread
 from .gpt import GPT, window_start
-from .sampling import SamplingParams, sample_rows
+from .sampling import SamplingParams, sample_next, sample_rows
 from ..runtime.resources import available_bytes, check_sample_fits, generation_bytes
 
 MAX_ROWS = 64  # the most rows a decoder gets by default: beyond it a step costs as much per row as a stream alone
@@ -120,12 +120,16 @@ class BatchDecoder:
         on (`window_start`), is prefilled on its own; the others decode their newest token together. A row that
         reached its `max_new_tokens` leaves."""
         backend = self._backend or self._make_backend()
+        if len(self.rows) == 1 and backend.name == "numpy":
+            return self._step_alone(backend, self.rows[0])
         block = self.model.config.block_size
         pieces: dict[int, torch.Tensor] = {}  # logits by first slot: a prefilled row's, a run of stepped rows'
         stepping = []
         starts = [window_start(row.length, block) if backend.cached else None for row in self.rows]
-        # torch's matrix products (a prefill, rows decoded together, the torch forward) on one thread; the numpy
-        # step of rows one at a time needs none of that, and switching torch's threads twice a token costs ~5%
+        # torch's work (the torch forward; for the numpy decoder, the sampling of many rows) on one thread: torch's
+        # threads spinning beside OpenBLAS's, which the numpy decoder's products of many rows (a prefill, rows
+        # decoded together) run on, make a step several times slower. A row stepped alone needs none of that, and
+        # switching torch's threads twice a token costs ~5%.
         torch_work = (backend.name != "numpy" or len(self.rows) >= self.batch_from
                       or any(s != row.start for s, row in zip(starts, self.rows)))
         with one_cpu_thread(self.device) if torch_work else nullcontext():
@@ -150,6 +154,24 @@ class BatchDecoder:
             if row.done:
                 self.remove(row)
         return out
+
+    def _step_alone(self, backend: "_NumpyRows", row: Row) -> list[tuple[Row, int]]:
+        """`step` of one row with the numpy decoder, as `Engine` decodes a single stream: the same calls, without
+        the batch's bookkeeping (a tenth of a token's time)."""
+        s = window_start(row.length, self.model.config.block_size)
+        if s != row.start:
+            with one_cpu_thread(self.device):
+                logits = backend.prefill(row.slot, row.tokens[s:row.length])
+            row.start = s
+        else:
+            logits = backend.step_alone(row.slot, row.tokens[row.length - 1:row.length], row.length - 1 - s)
+        p = row.params
+        token = int(sample_next(logits, p.temperature, p.top_k, p.top_p, row.generator))
+        row.tokens[row.length] = token
+        row.length += 1
+        if row.done:
+            self.remove(row)
+        return [(row, token)]
 
     def _make_backend(self) -> "_Backend":
         model, engine = self.model, self.engine
@@ -226,6 +248,10 @@ class _NumpyRows(_Backend):
             return torch.from_numpy(self.decoder.step_rows(tokens, pos, *self._views(lo, hi)))
         out = [self.decoder.step(tokens[i:i + 1], int(pos[i]), *self.row[lo + i]) for i in range(hi - lo)]
         return torch.from_numpy(out[0] if len(out) == 1 else np.concatenate(out))
+
+    def step_alone(self, slot: int, token: np.ndarray, pos: int) -> torch.Tensor:
+        """`step` of the one row `slot`: its `token` (1,) at window position `pos`."""
+        return torch.from_numpy(self.decoder.step(token, pos, *self.row[slot]))
 
     def move(self, src, dst, length):
         for k, v in zip(self.keys, self.values):

