@@ -300,6 +300,7 @@ class NumpyDecoder:
         x = self.wte.take(tokens, axis=0)  # (B, C)
         if self.wpe is not None:
             x += self.wpe[pos]
+        rot = None if self.rot is None else self.rot[pos]  # (B, hs, hs): each row's rotation at its own position
         for layer, (ln1, w_attn, b_attn, w_aproj, b_aproj, ln2, w_fc, b_fc, w_mproj, b_mproj) in enumerate(
                 self.layers):
             if layer == 0 and self.first_qkv is not None:
@@ -308,10 +309,8 @@ class NumpyDecoder:
             else:
                 qkv = _affine_rows(ln1(x), w_attn, b_attn).reshape(B, 3, nh, hs)
                 qk = self._queries_keys(qkv)
-            if self.rot is not None:  # each row at its own position, as `apply_rope`: x cos + (halves swapped) sin
-                half = hs // 2
-                qk = (qk * self.cos[pos][:, None, None]
-                      + np.concatenate((qk[..., half:], qk[..., :half]), axis=-1) * self.sin[pos][:, None, None])
+            if rot is not None:  # each row's queries and keys (B, 2 * nh, hs) @ its rotation, as `step` rotates
+                qk = np.matmul(qk.reshape(B, 2 * nh, hs), rot).reshape(B, 2, nh, hs)
             k, v = keys[layer], values[layer]
             k[rows, :, pos] = qk[:, 1]
             v[rows, :, pos, :hs] = qkv[:, 2]
