@@ -270,3 +270,53 @@ def test_a_budget_run_decides_on_the_figures_recorded_for_its_model_here(dataset
                 env={"CHARGPT_CACHE": str(tmp_path / "cache")}, check=True)
     assert "compile: skipped: a first compile of this model costs ~5m00s here for 20% faster steps" in p.stdout
     assert not [f for f in (tmp_path / "cache").rglob("*") if f.is_file() and f.name != "speeds.json"]
+
+
+# ---------------------------------------------------------------------------- a run that never compiles
+def test_a_train_command_that_trains_eagerly_never_imports_dynamo(dataset_dir, tmp_path):
+    """torch.optim imports torch._dynamo (1.3-1.8 s of a 2-core start-up) at an optimizer's first call, and
+    inductor's config did before a compile was decided; a `chargpt train` that compiles nothing imports neither."""
+    p = run_cli("train", *TINY_GPT, "--data", dataset_dir, "--runs-dir", tmp_path / "runs", "--name", "r",
+                env={"PYTHONPROFILEIMPORTTIME": "1", "TORCHINDUCTOR_CACHE_DIR": ""}, check=True)  # inductor, once
+    # imported in this process, wrote its default there: a cache directory the user set is looked up with inductor
+    imported = {line.split("|")[-1].strip() for line in p.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch" in imported and "torch.optim" in imported  # the import log is there
+    assert not {m for m in imported if m.startswith(("torch._dynamo", "torch._inductor"))}
+    assert json.loads((tmp_path / "runs/r/summary.json").read_text())["steps"] == 20
+
+
+OPTIMIZER_STEPS = """
+import sys, torch
+from chargpt.config import get_preset
+from chargpt.model.gpt import build_model
+from chargpt.training.optim import make_optimizers
+if sys.argv[1] == "skip":
+    from chargpt.runtime.compiling import skip_dynamo_import
+    skip_dynamo_import()
+cfg = get_preset("cpu"); cfg.model.vocab_size = 20; cfg.model.n_layer = 1; cfg.model.n_embd = 32; cfg.model.n_head = 2
+cfg.model.block_size = 16
+torch.manual_seed(0)
+model = build_model(cfg.model)
+optimizers = make_optimizers(model, cfg.train, "cpu")
+x = torch.randint(0, 20, (4, 16))
+for _ in range(3):
+    _, loss = model(x, x)
+    loss.backward()
+    for opt in optimizers:
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+state = [opt.state_dict() for opt in optimizers]
+print("torch._dynamo" in sys.modules, [p.detach().double().sum().item() for p in model.parameters()],
+      sorted(state[-1]["state"][0]))
+"""
+
+
+def test_optimizers_stepped_without_dynamo_compute_what_torchs_own_steps_compute():
+    out = {}
+    for how in ("skip", "plain"):
+        env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+        p = subprocess.run([sys.executable, "-c", OPTIMIZER_STEPS, how], capture_output=True, text=True, check=True,
+                           env=env)
+        out[how] = p.stdout
+    assert out["skip"].startswith("False") and out["plain"].startswith("True")
+    assert out["skip"].split(" ", 1)[1] == out["plain"].split(" ", 1)[1]  # the same weights, the same state

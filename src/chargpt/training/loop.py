@@ -162,7 +162,6 @@ def compile_choice(t: Training) -> str | None:
         say(f"warning: {no_compile}; training without it")
     if not tc.compile or no_compile:
         return None
-    prepare_compile()
     threads = [torch.get_num_threads()] if t.device.type == "cpu" else []  # inductor's CPU kernels specialize on it
     key = compile_key(t.device.type, t.precision, dataclasses.asdict(t.config.model), t.batches.micro_batch,
                       t.dist.world_size, *threads)
@@ -174,6 +173,7 @@ def compile_choice(t: Training) -> str | None:
         say(why)
     if not compiles:
         return None
+    prepare_compile()  # imports inductor, and with it dynamo: 1.3-1.8 s a run that trains eagerly never pays
     t.compile_run = CompileRun(cold=None if cached is None else not cached)
     return key
 
