@@ -153,12 +153,12 @@ def test_a_compiled_run_fills_the_persistent_cache_a_second_run_reuses_it_and_th
     assert [k for k in kept if k.endswith("|cold compile s")] and [k for k in kept if k.endswith("|warm compile s")]
     assert {p for p in compiled() if not p.name.endswith(".lock")} == \
         {p for p in files if not p.name.endswith(".lock")}  # every compiled graph came from the cache
-    # Tiny model, 1 thread, on the 2-core EPYC: eager 348 MB, compiled 419 MB from a cold cache and from a warm one;
-    # before, the cold compile stayed loaded in the training process (478 against 450 MB warm, and matplotlib in
-    # both: 386 MB eager).
+    # Tiny model, 1 thread, on the 2-core EPYC: eager 266 MB (348 MB while every run imported torch._dynamo),
+    # compiled 419-420 MB from a cold cache and from a warm one (dynamo, inductor and the graphs); before, the cold
+    # compile stayed loaded in the training process (478 against 450 MB warm, and matplotlib in both: 386 MB eager).
     eager, cold, warm = peak("eager"), peak("cold"), peak("warm")
     assert cold <= warm + 15, f"a cold compile left {cold - warm:.0f} MB more in the training process than a warm one"
-    assert warm <= eager + 100, f"compiling costs {warm - eager:.0f} MB over training eagerly"
+    assert warm <= eager + 200, f"compiling costs {warm - eager:.0f} MB over training eagerly"
     # The same shape in a short budget now compiles, from the cache.
     # (On a CPU with native bf16 that run also adds graphs of its own to the cache, as it did before the budget
     # became wall clock; what it must not do is skip compiling.)
