@@ -110,16 +110,13 @@ def _linear(module: torch.nn.Linear) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def _affine(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    """`F.linear` with the weight transposed. numpy's OpenBLAS splits a product of many rows (a prefill's positions,
+    rows decoded together) over the cores: 1.6-1.8x faster than torch's single thread for 16-65 rows of a 128-wide
+    model."""
     y = np.dot(x, w)
     if b is not None:
         y += b
     return y
-
-
-def _affine_rows(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-    """`_affine` for many rows (a prefill's positions, rows decoded together), where numpy's OpenBLAS splits the
-    product over the cores: 1.6-1.8x faster than torch's single thread for 16-65 rows of a 128-wide model."""
-    return _affine(x, w, b)
 
 
 if hasattr(np, "matvec"):  # numpy >= 2.2: one call for every head
@@ -174,8 +171,7 @@ class NumpyDecoder:
         if c.pos == "learned":
             self.wpe = _array(model.position_embedding_table.weight)
         else:
-            self.cos, self.sin = _array(model.rope_cos), _array(model.rope_sin)  # (T, hs): `step_rows` rotates with them
-            self.rot = _rotations(self.cos, self.sin)
+            self.rot = _rotations(_array(model.rope_cos), _array(model.rope_sin))
             block = model.blocks[0]
             with torch.inference_mode():
                 qkv = block.sa.qkv(block.ln1(model.token_embedding_table.weight[None]))  # 3 x (1, nh, V, hs)
@@ -201,18 +197,18 @@ class NumpyDecoder:
         qk = qkv[..., :2, :, :]
         return _rms_norm(qk, self.qk_scale, self.qk_eps) if self.qk_norm else qk
 
-    def _feed_forward(self, x: np.ndarray, ln2, w_fc, b_fc, w_proj, b_proj, affine) -> np.ndarray:
-        h = affine(ln2(x), w_fc, b_fc)
+    def _feed_forward(self, x: np.ndarray, ln2, w_fc, b_fc, w_proj, b_proj) -> np.ndarray:
+        h = _affine(ln2(x), w_fc, b_fc)
         if self.mlp == "gelu":
             h = F.gelu(torch.from_numpy(h)).numpy()  # the exact erf form, as torch computes it
         else:
             np.maximum(h, 0, out=h)
             if self.mlp == "relu2":
                 h *= h
-        return affine(h, w_proj, b_proj)
+        return _affine(h, w_proj, b_proj)
 
-    def _logits(self, x: np.ndarray, affine=_affine) -> np.ndarray:
-        logits = affine(self.ln_f(x), self.head_w, self.head_b)
+    def _logits(self, x: np.ndarray) -> np.ndarray:
+        logits = _affine(self.ln_f(x), self.head_w, self.head_b)
         if self.softcap > 0:
             cap = self.softcap
             logits = (cap * torch.tanh(torch.from_numpy(logits) / cap)).numpy()
@@ -233,7 +229,7 @@ class NumpyDecoder:
                 qkv = self.first_qkv[tokens]  # (B, T, 3, nh, hs)
                 qk = qkv[:, :, :2]
             else:
-                qkv = _affine_rows(ln1(x), w_attn, b_attn).reshape(B, T, 3, nh, hs)
+                qkv = _affine(ln1(x), w_attn, b_attn).reshape(B, T, 3, nh, hs)
                 qk = self._queries_keys(qkv)
             if self.rot is not None:  # position t of every row, query and key, head: (T, B * 2 * nh, hs) @ R[t]
                 qk = np.matmul(qk.transpose(1, 0, 2, 3, 4).reshape(T, -1, hs), self.rot[:T])
@@ -252,9 +248,9 @@ class NumpyDecoder:
             np.exp(att, out=att)
             y = np.matmul(att, v)  # (B, nh, Tq, hs + 1): the values' weighted sum, and the weights' sum
             y = y[..., :hs] / y[..., hs:]
-            y = _affine_rows(y.transpose(0, 2, 1, 3).reshape(-1, C), w_aproj, b_aproj)
+            y = _affine(y.transpose(0, 2, 1, 3).reshape(-1, C), w_aproj, b_aproj)
             x = (x.reshape(B, T, C)[:, -1] if last else x) + y
-            x = x + self._feed_forward(x, ln2, w_fc, b_fc, w_mproj, b_mproj, _affine_rows)
+            x = x + self._feed_forward(x, ln2, w_fc, b_fc, w_mproj, b_mproj)
         return self._logits(x)
 
     def step(self, tokens: np.ndarray, pos: int, keys: list[np.ndarray], values: list[np.ndarray]) -> np.ndarray:
@@ -286,14 +282,14 @@ class NumpyDecoder:
             y = _vecmat(att, v[:, :, :end])  # (B, nh, hs + 1): the values' weighted sum, and the weights' sum
             y = y[..., :hs] / y[..., hs:]
             x = x + _affine(y.reshape(B, nh * hs), w_aproj, b_aproj)  # heads side by side, projected
-            x = x + self._feed_forward(x, ln2, w_fc, b_fc, w_mproj, b_mproj, _affine)
+            x = x + self._feed_forward(x, ln2, w_fc, b_fc, w_mproj, b_mproj)
         return self._logits(x)
 
     def step_rows(self, tokens: np.ndarray, pos: np.ndarray, keys: list[np.ndarray],
                   values: list[np.ndarray]) -> np.ndarray:
         """`step` for rows each at its own window position `pos` (B,), as continuous batching decodes them: each
         row's key and value are written at its position, and its query attends to its positions [0, pos] only.
-        The matrix products run on torch's threads (`_affine_rows`), as a prefill's do."""
+        The matrix products run on OpenBLAS's threads (`_affine`)."""
         B, nh, hs = tokens.shape[0], self.n_head, self.head_size
         rows, end = np.arange(B), int(pos.max()) + 1
         hidden = np.where(np.arange(end) > pos[:, None], np.float32(-np.inf), np.float32(0))[:, None]  # (B, 1, T)
@@ -307,7 +303,7 @@ class NumpyDecoder:
                 qkv = self.first_qkv.take(tokens, axis=0)  # (B, 3, nh, hs)
                 qk = qkv[:, :2]
             else:
-                qkv = _affine_rows(ln1(x), w_attn, b_attn).reshape(B, 3, nh, hs)
+                qkv = _affine(ln1(x), w_attn, b_attn).reshape(B, 3, nh, hs)
                 qk = self._queries_keys(qkv)
             if rot is not None:  # each row's queries and keys (B, 2 * nh, hs) @ its rotation, as `step` rotates
                 qk = np.matmul(qk.reshape(B, 2 * nh, hs), rot).reshape(B, 2, nh, hs)
@@ -322,6 +318,6 @@ class NumpyDecoder:
             np.exp(att, out=att)
             y = _vecmat(att, v[:, :, :end])
             y = y[..., :hs] / y[..., hs:]
-            x = x + _affine_rows(y.reshape(B, nh * hs), w_aproj, b_aproj)
-            x = x + self._feed_forward(x, ln2, w_fc, b_fc, w_mproj, b_mproj, _affine_rows)
-        return self._logits(x, _affine_rows)
+            x = x + _affine(y.reshape(B, nh * hs), w_aproj, b_aproj)
+            x = x + self._feed_forward(x, ln2, w_fc, b_fc, w_mproj, b_mproj)
+        return self._logits(x)
