@@ -23,7 +23,7 @@ def test_prepare_train_sample_eval_end_to_end(shakespeare_path, tmp_path):
     assert "--- sample ---" in p.stdout
     summary = json.loads((tmp_path / "runs/r1/summary.json").read_text())
     assert summary["steps"] == 20 and summary["val_loss_full"] < 4.2
-    assert (tmp_path / "runs/latest").resolve() == (tmp_path / "runs/r1").resolve()
+    assert (tmp_path / "runs/latest/ckpt.pt").resolve() == (tmp_path / "runs/r1/ckpt.pt").resolve()
 
     # the commands that only read the run, in-process
     s = run_main("sample", "--ckpt", "runs/r1", "--prompt", "ROMEO:", "--max-new-tokens", "40", "--seed", "3",
@@ -113,7 +113,7 @@ def test_readme_sequence_train_resume_latest_twice_then_sample_latest(dataset_di
     assert "n_layer" not in first.stdout and all(len(line) < 120 for line in header)
 
     run_cli("train", "--resume", "runs/latest", "--max-steps", "30", cwd=tmp_path, check=True)
-    (name,) = [p.name for p in (tmp_path / "runs").iterdir() if p.name != "latest"]
+    (name,) = [p.name for p in (tmp_path / "runs").iterdir() if p.name not in ("latest", ".latest")]
     assert (tmp_path / "runs/latest").readlink().name == name
     metrics = (tmp_path / "runs" / name / "metrics.jsonl").read_text()
     again = run_cli("train", "--resume", "runs/latest", cwd=tmp_path, check=True)  # a finished run

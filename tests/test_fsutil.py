@@ -49,6 +49,16 @@ def test_a_symlink_is_followed_only_to_a_file_inside_the_run_it_is_read_from(tmp
     assert read_json(run / "summary.json") == {"secret": 1}  # a file the user names is theirs, wherever it is
     (tmp_path / "runs" / "latest").symlink_to("r")  # the run reached through chargpt's own link
     assert read_json(tmp_path / "runs" / "latest" / "inside.json", within=tmp_path / "runs" / "latest") == {"own": 1}
+    view = tmp_path / "runs" / ".latest" / "r"  # `latest` as chargpt makes it now: links to the run's files
+    view.mkdir(parents=True)
+    (view / "own.json").symlink_to("../../r/own.json")
+    (view / "summary.json").symlink_to("../../../secret.json")
+    (tmp_path / "runs" / "latest").unlink()
+    (tmp_path / "runs" / "latest").symlink_to(".latest/r")
+    latest = tmp_path / "runs" / "latest"
+    assert read_json(latest / "own.json", within=latest) == {"own": 1}
+    with pytest.raises(ReadRefused, match="outside its run directory"):
+        read_json(latest / "summary.json", within=latest)
 
 
 def test_a_file_over_the_cap_is_refused_without_reading_it_into_memory(tmp_path):

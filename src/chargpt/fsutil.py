@@ -24,10 +24,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
+from .config import LATEST_VIEWS
 from .errors import OutputError
 
 _UMASK = os.umask(0)  # reading the umask means setting it: put it straight back
 os.umask(_UMASK)
+
+
+def real_run(path: str | os.PathLike) -> Path:
+    """`path` resolved, where `runs/.latest/<name>` (what `runs/latest` leads to: links to the files of run
+    `<name>`) stands for the run directory `runs/<name>` itself."""
+    real = Path(os.path.realpath(path))
+    if real.parent.name == LATEST_VIEWS and os.path.isdir(real.parent.parent / real.name):
+        return Path(os.path.realpath(real.parent.parent / real.name))
+    return real
 
 
 def kind_of(path: str | os.PathLike) -> str | None:
@@ -183,7 +193,7 @@ def _target(path: Path, within: str | os.PathLike | None) -> Path:
     opening a FIFO would wait for a writer, opening some devices acts on them."""
     target = Path(os.path.realpath(path)) if os.path.islink(path) else path  # then opened without following
     if within is not None and target is not path:
-        base = os.path.realpath(within)
+        base = str(real_run(within))
         if os.path.commonpath([base, target]) != base:
             raise ReadRefused(errno.EACCES, f"a symbolic link to {target}, outside its run directory {within}", str(path))
     mode = os.stat(target).st_mode

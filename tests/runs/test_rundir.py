@@ -23,13 +23,70 @@ def test_resuming_through_runs_latest_keeps_latest_pointing_at_the_run(tmp_path,
     run = RunDir.create("runs", "r1")
     (run.path / "ckpt.pt").write_bytes(b"x")
     run.mark_latest()
-    assert os.readlink("runs/latest") == "r1"
+    assert os.readlink("runs/latest") == ".latest/r1"
     for _ in range(2):  # the README resumes `runs/latest` twice in a row
         opened = RunDir.open("runs/latest")
         assert opened.path.name == "r1" and str(opened.path) == os.path.join("runs", "r1")
         opened.mark_latest()
-        assert os.readlink("runs/latest") == "r1"
+        assert os.readlink("runs/latest") == ".latest/r1"
     assert RunDir.open("runs/latest/ckpt.pt").path.name == "r1"
+
+
+def test_latest_leads_to_the_newest_runs_files_but_not_its_tensorboard_events(tmp_path, monkeypatch):
+    """`latest` -> `.latest/<name>/`, links to the run's files, those still to come included; never to its
+    `tensorboard/` (TensorBoard walks into links: it would list the newest run twice)."""
+    monkeypatch.chdir(tmp_path)
+    run = RunDir.create("runs", "r1")
+    (run.path / "ckpt.pt").write_bytes(b"first")
+    (run.path / "tensorboard").mkdir()
+    (run.path / "tensorboard" / "events.out.tfevents.1").write_bytes(b"e")
+    run.mark_latest()
+    assert Path("runs/latest/ckpt.pt").read_bytes() == b"first"
+    assert not os.path.lexists("runs/latest/tensorboard") and not os.path.exists("runs/latest/best.pt")
+    (run.path / "best.pt").write_bytes(b"best")  # written after the marking
+    assert Path("runs/latest/best.pt").read_bytes() == b"best"
+    assert locate_run("runs/latest").run == Path("runs/r1") and locate_run("runs/latest/best.pt").run == Path("runs/r1")
+    assert locate_run("runs/latest").ckpt == Path("runs/r1/ckpt.pt")
+
+
+def test_marking_another_run_latest_removes_the_views_of_runs_nobody_writes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runs = {}
+    for name in ("a", "b", "c"):
+        runs[name] = RunDir.create("runs", name)
+        (runs[name].path / "config.json").write_text("{}")
+        (runs[name].path / "ckpt.pt").write_bytes(name.encode())
+        runs[name].mark_latest()
+    # a and b are still being written by this process (their locks held): their views stay for them
+    assert sorted(os.listdir("runs/.latest")) == ["a", "b", "c"]
+    runs["a"].unlock()
+    runs["b"].unlock()
+    shutil.rmtree("runs/b")  # a run the user deleted leaves no view behind either
+    runs["c"].mark_latest()
+    assert os.listdir("runs/.latest") == ["c"] and Path("runs/latest/ckpt.pt").read_bytes() == b"c"
+    assert sorted(os.listdir("runs")) == [".latest", "a", "c", "latest"]
+
+
+def test_latest_made_by_an_earlier_chargpt_is_replaced_by_the_view(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = RunDir.create("runs", "r1")
+    (run.path / "config.json").write_text("{}")
+    (run.path / "ckpt.pt").write_bytes(b"x")
+    os.symlink("r1", "runs/latest")  # `latest` as chargpt made it before views
+    assert locate_run("runs/latest", checkpoint=False).run == Path("runs/r1")
+    assert run.mark_latest() is None
+    assert os.readlink("runs/latest") == ".latest/r1"
+
+
+def test_a_dot_latest_that_is_not_chargpts_leaves_latest_alone(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = RunDir.create("runs", "r1")
+    (run.path / "ckpt.pt").write_bytes(b"x")
+    Path("runs/.latest").mkdir()
+    Path("runs/.latest/notes.txt").write_text("mine")
+    reason = run.mark_latest()
+    assert reason and "runs/.latest" in reason and "did not make" in reason
+    assert not os.path.lexists("runs/latest") and Path("runs/.latest/notes.txt").read_text() == "mine"
 
 
 def test_a_run_outside_the_working_directory_is_opened_by_its_real_path(tmp_path, monkeypatch):
@@ -109,7 +166,7 @@ def test_readme_ctrl_c_then_resume_latest_continues_the_interrupted_run(dataset_
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
     try:
         deadline = time.monotonic() + 240
-        while not (tmp_path / "runs/new/ckpt.pt").exists() or os.readlink(tmp_path / "runs/latest") != "new":
+        while not (tmp_path / "runs/new/ckpt.pt").exists() or os.readlink(tmp_path / "runs/latest") != ".latest/new":
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
                 pytest.fail(f"latest never pointed at the run training: {proc.communicate()}")
@@ -125,7 +182,7 @@ def test_readme_ctrl_c_then_resume_latest_continues_the_interrupted_run(dataset_
     stopped = int(err.split("stopped at step ")[1].split()[0])
     resumed = run_cli("train", "--resume", "runs/latest", "--max-steps", str(stopped + 20), cwd=tmp_path, check=True)
     assert resumed.stdout.startswith(f"resuming {os.path.join('runs', 'new')} at step {stopped} ")
-    assert os.readlink(tmp_path / "runs/latest") == "new"
+    assert os.readlink(tmp_path / "runs/latest") == ".latest/new"
 
 
 # ------------------------------------------------------------------------- links and the lines that say why
@@ -153,7 +210,7 @@ def test_a_run_resumed_through_a_symlink_is_marked_latest_beside_the_link_not_be
         opened.mark_latest()
         opened.unlock()
         assert not os.path.lexists("store/latest")  # nothing written outside the runs folder named
-        assert os.readlink("runs/latest") == "x" and RunDir.open("runs/latest").path == opened.path
+        assert os.readlink("runs/latest") == ".latest/x" and RunDir.open("runs/latest").path == opened.path
         RunDir.open("runs/latest").unlock()
 
 

@@ -234,7 +234,7 @@ def _steps(run: Path) -> list[int]:
 @pytest.mark.slow
 def test_torchrun_two_ranks_train_and_only_rank_0_writes_one_set_of_run_files(two_rank_runs):
     runs = two_rank_runs["runs"]
-    assert two_rank_runs["files_after_first"] == ["latest", "split"]
+    assert two_rank_runs["files_after_first"] == [".latest", "latest", "split"]
     files = {p.name for p in (runs / "split").iterdir()}
     assert {"ckpt.pt", "config.json", "metrics.jsonl", "sample.txt", "summary.json"} <= files
     assert not [f for f in files if f.startswith(".")]  # no temporary files left by a second writer
@@ -272,8 +272,8 @@ def test_resume_with_two_ranks_continues_the_same_loss_curve(two_rank_runs):
 def test_nproc_2_launches_torchrun_with_a_share_of_the_cpus_per_process(two_rank_runs):
     out = two_rank_runs["whole"].stdout
     assert f"2 processes of {distributed.thread_share(2)} threads" in out
-    assert sorted(os.listdir(two_rank_runs["runs"])) == ["latest", "split", "whole"]
-    assert os.readlink(two_rank_runs["runs"] / "latest") == "whole"
+    assert sorted(os.listdir(two_rank_runs["runs"])) == [".latest", "latest", "split", "whole"]
+    assert os.readlink(two_rank_runs["runs"] / "latest") == ".latest/whole"
 
 
 @pytest.mark.slow
@@ -293,11 +293,11 @@ def test_readme_sequence_with_nproc_2_resumes_latest_twice_and_samples_it(two_ra
     # second resume and the sample run in a copy, so that the other tests read the runs as the fixture left them
     shutil.copytree(two_rank_runs["runs"], tmp_path / "runs", symlinks=True)
     assert "resuming runs/whole at step 10" in two_rank_runs["resumed"].stdout
-    assert os.readlink(tmp_path / "runs/latest") == "whole"
+    assert os.readlink(tmp_path / "runs/latest") == ".latest/whole"
     metrics = (tmp_path / "runs/whole/metrics.jsonl").read_text()
     again = run_cli("train", "--nproc", "2", "--resume", "runs/latest", cwd=tmp_path, env=LOOPBACK, timeout=300)
     assert again.returncode == 0, again.stderr
     assert again.stdout.startswith("runs/whole is finished: it reached step 20")  # said once, by the launcher's check
-    assert os.readlink(tmp_path / "runs/latest") == "whole"
+    assert os.readlink(tmp_path / "runs/latest") == ".latest/whole"
     assert (tmp_path / "runs/whole/metrics.jsonl").read_text() == metrics
     assert len(run_main("sample", "--ckpt", "runs/latest", "--max-new-tokens", "8", cwd=tmp_path).stdout) == 9

@@ -156,20 +156,54 @@ def test_an_event_file_that_cannot_be_written_is_one_warning_never_a_thread_trac
         shutil.rmtree(home)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 34: TensorBoard follows runs/latest, a link to the newest run; both of its "
-                                       "loaders walk into linked directories, so only event files outside the run "
-                                       "directory (or a `latest` that is no directory) would list each run once")
-def test_tensorboard_over_the_runs_folder_lists_each_run_once(dataset_dir, tmp_path):
-    """`tensorboard --logdir runs`, read by TensorBoard's own logdir loader (the Python one; its Rust data server,
-    the default where installed, walks links the same way: walkdir with follow_links)."""
-    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
-
+@pytest.fixture(scope="module")
+def two_tensorboard_runs(dataset_dir, tmp_path_factory):
+    """A runs folder where runs a and b trained with `--tracker tensorboard` (b the newest: `latest`)."""
+    root = tmp_path_factory.mktemp("tb-runs")
     for name in ("a", "b"):
         run_main("train", "--data", dataset_dir, "--name", name, "--preset", "bigram", "--max-steps", "4",
                  "--eval-interval", "2", "--eval-iters", "1", "--sample-tokens", "0", "--eval-tokens", "1000",
-                 "--device", "cpu", "--threads", "1", "--tracker", "tensorboard", cwd=tmp_path, check=True)
-    assert os.readlink(tmp_path / "runs/latest") == "b"
-    runs = EventMultiplexer().AddRunsFromDirectory(str(tmp_path / "runs")).Runs()
-    reached = [os.path.realpath(tmp_path / "runs" / run) for run in runs]
-    assert len(set(reached)) == 2  # the event files of a and b, each written once
-    assert len(reached) == 2, sorted(runs)  # today: a/tensorboard, b/tensorboard and latest/tensorboard
+                 "--device", "cpu", "--threads", "1", "--tracker", "tensorboard", cwd=root, check=True)
+    return root / "runs"
+
+
+def test_tensorboard_over_the_runs_folder_lists_each_run_once(two_tensorboard_runs):
+    """`tensorboard --logdir runs` as TensorBoard's Python logdir loader reads it: `latest` leads to the newest
+    run's files but not to its events, so the loader (which walks into links) finds each run once."""
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+
+    runs_dir = two_tensorboard_runs
+    assert os.path.realpath(runs_dir / "latest/ckpt.pt") == os.path.realpath(runs_dir / "b/ckpt.pt")
+    assert json.loads((runs_dir / "latest/config.json").read_text()) == json.loads((runs_dir / "b/config.json").read_text())
+    assert not (runs_dir / "latest/tensorboard").exists()
+    runs = EventMultiplexer().AddRunsFromDirectory(str(runs_dir)).Runs()
+    assert sorted(runs) == ["a/tensorboard", "b/tensorboard"]
+
+
+@pytest.mark.slow
+def test_a_tensorboard_server_over_the_runs_folder_lists_each_run_once(two_tensorboard_runs):
+    """The same through a real `tensorboard --logdir runs` process and its HTTP API (its Rust data server where
+    installed, which follows links too)."""
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(two_tensorboard_runs),
+                               "--host", "127.0.0.1", "--port", str(port), "--reload_interval", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        runs, deadline = [], time.monotonic() + 60
+        while len(runs) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            with contextlib.suppress(OSError):
+                runs = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs", timeout=5).read())
+        time.sleep(3)  # more than one reload after both runs appeared: a third would be there by now
+        runs = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs", timeout=5).read())
+        assert sorted(runs) == ["a/tensorboard", "b/tensorboard"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -13,15 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CheckpointError, OutputError
-from ..config import DEFAULT_RUN, LATEST, RunOptions
+from ..config import DEFAULT_RUN, LATEST, LATEST_VIEWS, RunOptions
 from .records import SHOWN_BYTES, MetricsLog, read_metrics_log
 from ..schema import check_value
 from ..fsutil import (METRICS_LIMIT, append_line, chargpt_directory, kind_of, open_lock, read_bytes, read_json,
-                      read_json_object, read_problem, remove_stale_temporaries, stale_temporaries, write_json, write_text)
+                      read_json_object, read_problem, real_run, remove_stale_temporaries, stale_temporaries, write_json,
+                      write_text)
 
 CONFIG, METRICS, SUMMARY, SAMPLE, CKPT, BEST, EMA, PLOT = ("config.json", "metrics.jsonl", "summary.json",
                                                           "sample.txt", "ckpt.pt", "best.pt", "ema.pt", "loss.png")
 LOCK = ".lock"
+VIEWED = (CONFIG, METRICS, SUMMARY, SAMPLE, CKPT, BEST, EMA, PLOT)  # what `latest` shows of a run (see `mark_latest`)
 _held: dict[str, int] = {}  # run directory (real path) -> the descriptor holding its lock in this process
 
 
@@ -201,25 +203,73 @@ class RunDir:
         write_text(self.path / SAMPLE, text)
 
     def mark_latest(self) -> str | None:
-        """Point `<out_dir>/latest` at this run (a symlink replaced atomically), unless `latest` is something
-        other than chargpt's own symlink (a plain name of a run next to it): then it is left alone, and the
-        reason returned."""
+        """Point `<runs>/latest` at this run, unless `latest` (or `.latest`) is something other than chargpt's own
+        (a plain name of a run next to it): then it is left alone, and the reason returned.
+
+        `latest` is a symlink, replaced atomically, to `<runs>/.latest/<name>/`: a link to each file of the run
+        (`VIEWED`, present or still to come) but not to its `tensorboard/` events, so that `tensorboard --logdir
+        runs`, which walks into links, lists every run once. The views of other runs are removed, but for a run
+        being written (it may be marking itself now)."""
         target = self.link if self.link is not None else real_path(self.path)
-        link = target.parent / LATEST
-        tmp = target.parent / f".{LATEST}.{os.getpid()}"
         if target.name == LATEST:
             return None  # never a link to itself
+        runs, link = target.parent, target.parent / LATEST
         kind = kind_of(link)
-        if kind is not None and not (kind == "a symbolic link" and _is_run_link(link)):
+        if kind is not None and not (kind == "a symbolic link" and _latest_name(link) is not None):
             return f"{link} is {kind} that chargpt did not make; left as it is"
+        views = runs / LATEST_VIEWS
+        kind = kind_of(views)
+        if kind not in (None, "a directory") or (kind and not all(_is_view(v) for v in views.iterdir())):
+            return f"{views} is {kind} that chargpt did not make; {link} left as it is"
         try:
-            if tmp.is_symlink():
-                tmp.unlink()
-            tmp.symlink_to(target.name)
-            os.replace(tmp, link)
+            view = views / target.name
+            view.mkdir(parents=True, exist_ok=True)
+            for name in VIEWED:
+                _replace_link(view / name, f"../../{target.name}/{name}")
+            _replace_link(link, f"{LATEST_VIEWS}/{target.name}")
         except OSError:
-            pass  # a filesystem without symlinks only loses the convenience name
+            return None  # a filesystem without symlinks only loses the convenience name
+        for other in views.iterdir():
+            if other.name != target.name and not being_written(runs / other.name):
+                _remove_view(other)
         return None
+
+
+def _replace_link(link: Path, target: str) -> None:
+    """Make `link` a symlink to `target` in one step (a reader sees the old link or the new one)."""
+    tmp = link.parent / f".{link.name}.{os.getpid()}"
+    if tmp.is_symlink():
+        tmp.unlink()
+    tmp.symlink_to(target)
+    os.replace(tmp, link)
+
+
+def _is_view(path: Path) -> bool:
+    """Whether `path` is a view `mark_latest` made: a directory holding only symlinks (temporaries included)."""
+    try:
+        return path.is_dir() and not path.is_symlink() and all(e.is_symlink() for e in path.iterdir())
+    except OSError:
+        return False
+
+
+def _remove_view(view: Path) -> None:
+    if _is_view(view):
+        try:
+            for entry in view.iterdir():
+                entry.unlink()
+            view.rmdir()
+        except OSError:
+            pass  # another process removed it, or wrote into it: it is left for the next marking
+
+
+def _latest_name(link: Path) -> str | None:
+    """The name of the run a `latest` symlink made by chargpt points at (`.latest/<name>`, or `<name>` as chargpt
+    made it before views); None for any other link."""
+    target = os.readlink(link)
+    name = target[len(LATEST_VIEWS) + 1:] if target.startswith(f"{LATEST_VIEWS}/") else target
+    if "/" in name or name in ("", ".", "..") or name.startswith("."):
+        return None
+    return name if not (link.parent / name).exists() or (link.parent / name / CONFIG).is_file() else None
 
 
 def _run_link(given: Path, run: Path) -> Path | None:
@@ -227,7 +277,7 @@ def _run_link(given: Path, run: Path) -> Path | None:
     `latest` belongs beside that link. `latest` itself stands for the name it points at."""
     for path in (given, given.parent):
         if path.name == LATEST and os.path.islink(path):
-            path = path.parent / os.readlink(path)
+            path = path.parent / (_latest_name(path) or os.readlink(path))
         if os.path.islink(path) and os.path.realpath(path) == os.path.realpath(run):
             return path
     return None
@@ -344,12 +394,6 @@ def recommended(run: Path) -> Path:
     return run / (name if name in (BEST, EMA) and (run / name).is_file() else CKPT)
 
 
-def _is_run_link(link: Path) -> bool:
-    target = os.readlink(link)
-    return "/" not in target and target not in (".", "..") and (not (link.parent / target).exists()
-                                                                or (link.parent / target / CONFIG).is_file())
-
-
 def check_run_name(name: str) -> None:
     """A run name is one plain path component (`RunOptions.name` declares it): the run stays inside --runs-dir,
     and `latest` stays chargpt's."""
@@ -401,7 +445,7 @@ def real_path(path: Path) -> Path:
     then show `runs/<name>`, not an absolute path)."""
     if not path.exists():
         return path
-    real = path.resolve()
+    real = real_run(path)
     try:
         return real.relative_to(Path.cwd().resolve())
     except ValueError:
