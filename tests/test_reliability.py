@@ -306,7 +306,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
                 cwd=home)
     assert p.returncode == 1, p.stdout + p.stderr
     line = one_line(p.stderr)
-    m = re.search(r"(?:loss|weights) became (?:nan|inf|-inf|non-finite).* (?:at|by) step (\d+)", line)
+    m = re.search(r"(?:loss|weights) became (?:train )?(?:nan|inf|-inf|non-finite).* (?:at|by) step (\d+)", line)
     assert m and "checkpoint" in line and "Lower --lr" in line, line
     state = checkpoint.load(run)
     assert 0 < state["step"] <= int(m.group(1))
