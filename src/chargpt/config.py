@@ -64,9 +64,6 @@ EVAL_TOKENS = 2_000_000  # default size of the end-of-run pass: a close estimate
 TrackerName = Literal["wandb", "tensorboard"]
 DEFAULT_RUNS_DIR = "runs"  # where run directories are created and found
 LATEST = "latest"  # the link in a runs folder to its newest run with a checkpoint
-# `latest` leads to `<runs>/.latest/<name>/`, a directory of links to that run's files but not its TensorBoard
-# events: `tensorboard --logdir runs` walks into links, and would list the newest run twice through a link to it.
-LATEST_VIEWS = ".latest"
 DEFAULT_RUN = f"{DEFAULT_RUNS_DIR}/{LATEST}"  # the run that sample, eval and `chargpt.load` read by default
 
 

@@ -24,7 +24,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
-from .config import LATEST_VIEWS
 from .errors import OutputError
 
 _UMASK = os.umask(0)  # reading the umask means setting it: put it straight back
@@ -68,6 +67,9 @@ def check_output(path: str | os.PathLike) -> None:
 # tools use too counts only beside another (pytest locks its temporary directories with a `.lock`).
 RUN_MARKERS = (("metrics.jsonl",), ("ckpt.pt",), ("best.pt",), ("ema.pt",), ("config.json", ".lock"))
 DATASET_MARKERS = (("train.pt",), ("val.pt",))
+# A runs folder's `latest` leads to `<runs>/.latest/<name>/`, a directory of links to that run's files but not to its
+# TensorBoard events: `tensorboard --logdir runs` walks into links, and would list the newest run twice through one.
+LATEST_VIEWS = ".latest"
 
 
 @dataclass(frozen=True)

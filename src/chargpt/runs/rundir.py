@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CheckpointError, OutputError
-from ..config import DEFAULT_RUN, LATEST, LATEST_VIEWS, RunOptions
+from ..config import DEFAULT_RUN, LATEST, RunOptions
 from .records import SHOWN_BYTES, MetricsLog, read_metrics_log
 from ..schema import check_value
-from ..fsutil import (METRICS_LIMIT, append_line, chargpt_directory, kind_of, open_lock, read_bytes, read_json,
-                      read_json_object, read_problem, real_run, remove_stale_temporaries, stale_temporaries, write_json,
-                      write_text)
+from ..fsutil import (LATEST_VIEWS, METRICS_LIMIT, append_line, chargpt_directory, kind_of, open_lock, read_bytes,
+                      read_json, read_json_object, read_problem, real_run, remove_stale_temporaries, stale_temporaries,
+                      write_json, write_text)
 
 CONFIG, METRICS, SUMMARY, SAMPLE, CKPT, BEST, EMA, PLOT = ("config.json", "metrics.jsonl", "summary.json",
                                                           "sample.txt", "ckpt.pt", "best.pt", "ema.pt", "loss.png")
