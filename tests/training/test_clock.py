@@ -143,6 +143,17 @@ def test_a_budget_too_short_for_one_drawing_draws_only_at_the_end_and_affords_on
     assert c.affords(0.4) and not c.affords(1.0)
 
 
+def test_work_a_run_can_do_without_must_fit_the_budget_itself_not_its_slack():
+    """Scoring best.pt after the final pass: a budget of 18.7 s with 1 s of it left affords a 0.9 s pass within its
+    slack, but not as optional work (a 19 s budget's run overran by 9% when a second pass took twice the first)."""
+    now = Time()
+    c = clock(now, time_budget=18.7)
+    c.start_training(0)
+    now.now += 17.7
+    assert c.affords(0.9, slack=False) and not c.affords(1.2, slack=False)
+    assert c.affords(1.2) and not c.affords(2.0)
+
+
 def test_a_resumed_budget_counts_only_its_own_start_up_and_goes_on_from_the_seconds_trained_before():
     """The earlier processes' seconds after their start-up were training: the schedule continues from them."""
     now = Time()

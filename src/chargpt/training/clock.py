@@ -95,9 +95,10 @@ class BudgetClock:
         """The seconds a progress bar shows: of the budget when there is one, else of training."""
         return self.budget_seconds() if self.budget else self.train_seconds()
 
-    def affords(self, seconds: float) -> bool:
-        """Whether `seconds` more of work still end within the budget (its slack included)."""
-        return not self.budget or self.budget_seconds() + seconds <= self.budget * BUDGET_SLACK
+    def affords(self, seconds: float, slack: bool = True) -> bool:
+        """Whether `seconds` more of work still end within the budget (its slack included, unless `slack` is False:
+        work the run can do without, which leaves the slack to what follows it, such as the process's exit)."""
+        return not self.budget or self.budget_seconds() + seconds <= self.budget * (BUDGET_SLACK if slack else 1.0)
 
     # -------------------------------------------------------------------------------------- paused work
     def start_training(self, step: int) -> None:

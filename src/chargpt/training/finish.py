@@ -22,7 +22,7 @@ from ..runtime.compiling import mark_compiled
 from ..runtime.progress import EvalProgress, format_duration
 from ..runtime.signals import StopSignals
 from ..track.tracker import finish_tracking
-from .budget import SPEED_STEPS, record_speed
+from .budget import FINAL_MARGIN, SPEED_STEPS, record_speed
 from .evaluate import EvaluationInterrupted, PassResult, bigram_optimum, describe_pass, evaluate_split
 from .loop import save_checkpoint, teach_compile
 from .state import Training
@@ -122,7 +122,7 @@ def score_best(t: Training, should_stop: Callable[[], int | None], final_seconds
     if (run is None or not t.dist.is_main or t.dist.enabled or not run.best.is_file()
             or not writer.best_val < writer.last_eval.get("val_loss", math.inf)):
         return None
-    if not t.clock.affords(final_seconds):
+    if not t.clock.affords(FINAL_MARGIN * final_seconds, slack=False):  # a second pass, and loading best.pt
         return (f"best.pt (val estimate {writer.best_val:.4f}, below the final model's "
                 f"{writer.last_eval['val_loss']:.4f}) was not scored: the budget has no time left; score it with: "
                 f"chargpt eval --ckpt {run.best}")
