@@ -26,14 +26,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import get_args
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_budget import NANOGPT_PER_PRESET, preset_wall  # noqa: E402
 from common import machine, print_table, shakespeare_dataset  # noqa: E402
 
-from chargpt.sweeps.entry import SweepRequest  # noqa: E402
-
-DEFAULT_PRUNER = SweepRequest.__dataclass_fields__["pruner"].default
+from chargpt.sweeps.study import DEFAULT_PRUNER, PrunerName  # noqa: E402
 
 OVERHEAD_MUST = 0.03
 PRUNED_TIME_MUST = 0.60
@@ -164,7 +163,7 @@ if __name__ == "__main__":
     ap.add_argument("--w", type=float, help="W in seconds, measured before on this machine (skips measuring it)")
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                     help="the size sweeps' precision")
-    ap.add_argument("--pruner", default=DEFAULT_PRUNER, choices=["median", "halving"],
+    ap.add_argument("--pruner", default=DEFAULT_PRUNER, choices=[p for p in get_args(PrunerName) if p != "none"],
                     help="the pruning sweep's pruner (default: chargpt sweep's own)")
     a = ap.parse_args()
     print(f"machine: {machine()}")

@@ -113,8 +113,40 @@ def test_a_combination_the_model_cannot_take_is_skipped_and_a_hopeless_trial_pru
     assert "divisible" in trials[1].user_attrs["skipped"] and "trial 1: skipped" in p.stdout
     pruned = summary_of(tmp_path, trials[2])
     assert pruned["steps"] < 40 and "pruned by the halving pruner" in pruned["pruned"]
+    # its estimates were all the pruner needed: no final pass over val, no sample; the table shows its last estimate
+    assert pruned["val_loss_full"] is None and "eval_seconds" not in pruned and "sample" not in pruned
+    assert not (tmp_path / trials[2].user_attrs["run"] / "sample.txt").exists()
+    estimate = trials[2].intermediate_values[trials[2].last_step]
+    assert pruned["val_loss"] == pytest.approx(estimate)
+    table = run_main("sweep", "p", "--show", cwd=tmp_path, check=True).stdout
+    assert any(line.split()[:5] == ["2", "pruned", "at", f"{trials[2].last_step}%", f"({estimate:.4f})"]
+               for line in table.splitlines())
     listing = run_main("runs", cwd=tmp_path, check=True).stdout
     assert [line.split()[-1] for line in listing.splitlines() if line.startswith("p-t00")] == ["finished", "pruned"]
+
+
+@pytest.mark.parametrize("pruner", ["percentile", "median", "halving"])
+def test_a_pruner_is_asked_only_between_its_first_and_last_percent(pruner):
+    """Estimates are reported at every mark, but the pruner may stop a trial only from PRUNE_FROM to PRUNE_UNTIL
+    percent of its budget: a trial far behind the finished ones is stopped inside that window, never after it."""
+    from chargpt.sweeps.study import PRUNE_FROM, PRUNE_UNTIL, make_pruner
+    from chargpt.sweeps.trial import Judge
+
+    study = optuna.create_study(pruner=make_pruner(pruner))
+    for _ in range(5):  # finished trials, far ahead at every mark (and asked there: halving's rungs)
+        trial = study.ask()
+        for at in range(10, 100, 10):
+            trial.report(1.0, at)
+            trial.should_prune()
+        study.tell(trial, 1.0)
+    marks = [at / 100 for at in range(10, 100, 10)]
+    late, early = study.ask(), study.ask()
+    late_verdicts = [Judge(late, pruner, {}, evals=10).judge(step=1 + i, done=d, val_loss=9.0)
+                     for i, d in enumerate(marks) if d * 100 > PRUNE_UNTIL]
+    assert late_verdicts and not any(late_verdicts) and study.trials[late.number].last_step == 90
+    judge = Judge(early, pruner, {}, evals=10)
+    stopped_at = next(round(d * 100) for i, d in enumerate(marks) if judge.judge(step=1 + i, done=d, val_loss=9.0))
+    assert PRUNE_FROM <= stopped_at <= PRUNE_UNTIL and f"pruned by the {pruner} pruner" in judge.record["pruned"]
 
 
 def test_ctrl_c_stops_after_the_trials_checkpoint_and_the_same_command_resumes(dataset_dir, tmp_path):

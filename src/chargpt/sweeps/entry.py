@@ -21,8 +21,8 @@ from ..errors import EXIT_FAILURE, EXIT_TERMINATED, ChargptError, ConfigError, N
 from ..runtime.signals import Terminated
 from ..schema import check_value, flag, option
 from .space import Space, build_space, default_space, read_space, search_values
-from .study import (PrunerName, check_settings, has_heartbeat, make_sampler, open_storage, open_study, quiet_optuna,
-                    shown, storage_url, sweep_dir)
+from .study import (DEFAULT_PRUNER, PrunerName, check_settings, has_heartbeat, make_sampler, open_storage,
+                    open_study, quiet_optuna, shown, storage_url, sweep_dir)
 
 BUDGET = r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h|steps?)?\s*"
 MAX_WORKERS = 64
@@ -44,7 +44,8 @@ class SweepOptions:
     workers: int = option(1, "processes on this machine taking trials from the study", min=1, max=MAX_WORKERS)
     storage: str = option(None, "the study's Optuna storage: a database URL (postgresql://USER@HOST/DB, "
                                 "sqlite:///FILE) or a journal file's path (default: sweeps/NAME/study.db)")
-    pruner: PrunerName = option("median", "stops hopeless trials early: median, halving (successive halving) or none")
+    pruner: PrunerName = option(DEFAULT_PRUNER, "stops hopeless trials early: percentile (keeps the best third), median, "
+                                              "halving (successive halving) or none")
     grace_period: float = option(30.0, "seconds without a heartbeat after which a worker's trial counts as dead: "
                                        "failed, and run again", min=2.0, max=86400.0)
 
@@ -63,7 +64,7 @@ class SweepRequest:
     search: list[str] = field(default_factory=list)
     storage: str | None = None
     workers: int = 1
-    pruner: str = "median"
+    pruner: str = DEFAULT_PRUNER
     seed: int = TrainConfig.seed
     grace_period: float = 30.0
     show: bool = False

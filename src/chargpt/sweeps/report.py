@@ -36,8 +36,8 @@ def state_of(trial) -> str:
 
 
 def format_trials(study) -> str:
-    """One row per trial: its state, figure (full-pass val loss, for pruned trials too), sampled values, wall time
-    and run; the best trial is marked with *."""
+    """One row per trial: its state, figure (full-pass val loss; in parentheses, a pruned trial's last val estimate),
+    sampled values, wall time and run; the best trial is marked with *."""
     trials = study.get_trials(deepcopy=False)
     if not trials:
         return "no trials yet"
@@ -48,12 +48,13 @@ def format_trials(study) -> str:
         best = None
     rows = [("trial", "state", "val full", *names, "wall", "run")]
     for t in trials:
-        figure = t.user_attrs.get("val_loss_full")
+        figure, estimate = t.user_attrs.get("val_loss_full"), t.intermediate_values.get(t.last_step)
         seconds = t.user_attrs.get("seconds") or (
             (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start
             else None)
         rows.append((f"{t.number}{'*' if t.number == best else ''}", state_of(t),
-                     "-" if figure is None else f"{figure:.4f}", *(_value(t.params.get(n)) for n in names),
+                     f"{figure:.4f}" if figure is not None else f"({estimate:.4f})" if estimate is not None else "-",
+                     *(_value(t.params.get(n)) for n in names),
                      format_duration(seconds), t.user_attrs.get("run", "-")))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     right = {0, 2, *range(3, 3 + len(names) + 1)}

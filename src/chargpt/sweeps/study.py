@@ -15,11 +15,18 @@ from ..fsutil import chargpt_directory
 
 SWEEPS_DIR = "sweeps"  # sweeps/NAME holds a sweep's study (by default), best.toml and plots
 STUDY_DB = "study.db"
-PrunerName = Literal["median", "halving", "none"]
+PrunerName = Literal["percentile", "median", "halving", "none"]
+DEFAULT_PRUNER: PrunerName = "percentile"
 HEARTBEATS = 5  # heartbeats a worker sends in each grace period
 MAX_RETRIES = 3  # times one trial is queued again after its worker died
 PRUNE_FROM = 20  # percent of its budget a trial trains before a pruner may stop it
+# ... and after which none does: under the wsd schedule the estimates past a run's stable half rank trials by what
+# their decay gains, which the stable half does not foresee (a replay of a 16-trial sweep: benchmarks/RESULTS.md,
+# "Session 14"); a trial pruned later would have saved less than half its budget anyway.
+PRUNE_UNTIL = 50
+KEEP_PERCENTILE = 33.3  # the percentile pruner keeps a trial while its estimate is in the best third there
 MEDIAN_STARTUP = 4  # trials finished before the median pruner stops any
+PERCENTILE_STARTUP = 3  # ... and before the percentile pruner does
 HALVING_FACTOR = 3  # successive halving keeps the best third at each rung
 
 
@@ -113,6 +120,9 @@ def make_pruner(name: PrunerName):
     """The pruner `name`. Trials report at percents of their budget, so that trials of different speeds compare."""
     import optuna
 
+    if name == "percentile":
+        return optuna.pruners.PercentilePruner(KEEP_PERCENTILE, n_startup_trials=PERCENTILE_STARTUP,
+                                               n_warmup_steps=PRUNE_FROM)
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP, n_warmup_steps=PRUNE_FROM)
     if name == "halving":

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from ..errors import ConfigError, NonFiniteLoss
 from ..runs.rundir import CKPT
+from .study import PRUNE_FROM, PRUNE_UNTIL
 
 
 class Skipped(Exception):
@@ -39,13 +40,14 @@ class Judge:
 
     def judge(self, step: int, done: float, val_loss: float) -> str | None:
         """After the estimate at `step`, `done` of the run's budget done: report it at a percent of the budget (the
-        budget's evenly spaced marks, so that fast and slow trials compare) and ask the pruner."""
+        budget's evenly spaced marks, so that fast and slow trials compare) and, between `PRUNE_FROM` and
+        `PRUNE_UNTIL` percent, ask the pruner."""
         if step == 0 or done >= 1.0:
             return None
         at = round(100 * step / self.by_steps) if self.by_steps else round(100 * math.floor(done * self.evals)
                                                                              / self.evals)
         self.trial.report(val_loss, at)
-        if not self.trial.should_prune():
+        if not PRUNE_FROM <= at <= PRUNE_UNTIL or not self.trial.should_prune():
             return None
         self.pruned = (f"pruned by the {self.pruner} pruner at {at}% of its budget (step {step}): its val estimate "
                        f"{val_loss:.4f} was behind the trials before it there")
@@ -95,8 +97,8 @@ def run_trial(trial, sweep, say: Callable[[str], None]) -> float:
     if sweep.tracker == "tensorboard":
         record_hparams(trial.user_attrs["run"], params, value)
     where = f"trial {trial.number} ({trial.user_attrs['run']}; {_params(params)})"
-    if judge.pruned:
-        say(f"{where}: {judge.pruned}; full-pass val loss {value:.4f}, {seconds:.1f} s")
+    if judge.pruned:  # no final pass: the pruner judged its estimates
+        say(f"{where}: {judge.pruned}, {seconds:.1f} s")
         raise optuna.TrialPruned(judge.pruned)
     say(f"{where}: full-pass val loss {value:.4f}, {seconds:.1f} s")
     return value

@@ -48,10 +48,14 @@ def finish(t: Training) -> dict:
                **(t.writer.judge.record if t.writer.judge else {})}  # a sweep's trial: its sweep, number, pruning
     if t.ema is not None:  # ema.pt: the average, for sample, eval and serve when the run recommends it
         save_checkpoint(t, t.writer.run.ema if t.writer.run is not None else None, model=t.ema.model)
-    t0 = time.perf_counter()
-    with final_passes(t, summary, t0) as stop:
-        scored, note = score_models(t, summary, lambda: stop.received, t0)
-    summary |= figures_of(t, scored, time.perf_counter() - t0)
+    if t.writer.stopped_early is None:
+        t0 = time.perf_counter()
+        with final_passes(t, summary, t0) as stop:
+            scored, note = score_models(t, summary, lambda: stop.received, t0)
+        summary |= figures_of(t, scored, time.perf_counter() - t0)
+    else:  # a sweep's pruner stopped it: its last estimate is all the sweep uses, so no final pass and no sample
+        scored, note = {}, None
+        summary |= {"val_loss_full": None} | run_figures(t)
     if t.dist.is_main:
         report(t, summary, scored, seconds, note)
         write_summary(t, summary)
@@ -138,11 +142,7 @@ def score_best(t: Training, should_stop: Callable[[], int | None], final_seconds
 def figures_of(t: Training, scored: dict, seconds: float) -> dict:
     """The summary's figures of the final passes: the recommended model's as the headline, each model's loss."""
     final = scored[CKPT][0]
-    figures = records.full_pass(final, seconds) | {
-        "peak_rss_mb": peak_rss_mb(), "device": str(t.device), "dtype": t.precision,
-        "world_size": t.dist.world_size, "seed": t.config.train.seed, "dataset": t.data.meta.get("name"),
-        "dataset_hash": t.data.content_hash, **({"init_from": t.writer.origin} if t.writer.origin else {}),
-        "provenance": provenance(t.device)}
+    figures = records.full_pass(final, seconds) | run_figures(t)
     if EMA in scored:
         figures |= {"val_loss_full_ema": scored[EMA][0].loss, "ema_from_step": t.ema.start}
     if BEST in scored:
@@ -155,11 +155,25 @@ def figures_of(t: Training, scored: dict, seconds: float) -> dict:
     return figures | {"recommended": recommended}
 
 
+def run_figures(t: Training) -> dict:
+    """What the summary says of the run's machine, data and memory, scored or not."""
+    return {"peak_rss_mb": peak_rss_mb(), "device": str(t.device), "dtype": t.precision,
+            "world_size": t.dist.world_size, "seed": t.config.train.seed, "dataset": t.data.meta.get("name"),
+            "dataset_hash": t.data.content_hash, **({"init_from": t.writer.origin} if t.writer.origin else {}),
+            "provenance": provenance(t.device)}
+
+
 def report(t: Training, summary: dict, scored: dict, seconds: float, note: str | None) -> None:
-    """Say the headline figure, which model it is and the others', and the bigram optimum."""
-    tc, recommended = t.config.train, summary["recommended"]
+    """Say the headline figure, which model it is and the others', and the bigram optimum (for a run a sweep's
+    pruner stopped, why and its last estimate)."""
+    tc = t.config.train
     spent = f", {format_duration(t.clock.budget_seconds())} of the {format_duration(tc.time_budget)} budget" \
         if tc.time_budget else ""
+    if not scored:
+        t.writer.say(f"{t.writer.stopped_early}; val estimate {summary['val_loss']:.4f} after {t.step} steps, "
+                     f"{seconds:.1f} s{spent}")
+        return
+    recommended = summary["recommended"]
     which = ""
     if len(scored) > 1:
         others = "; ".join(f"{what}: {result.loss:.4f}" for name, (result, what, _) in scored.items()
@@ -173,10 +187,10 @@ def report(t: Training, summary: dict, scored: dict, seconds: float, note: str |
 
 
 def write_summary(t: Training, summary: dict) -> None:
-    """The sample, summary.json and the tracker's end of the run (main process only)."""
+    """The sample (not of a pruned trial), summary.json and the tracker's end of the run (main process only)."""
     tc, run = t.config.train, t.writer.run
     if run is not None:
-        if tc.sample_tokens:
+        if tc.sample_tokens and t.writer.stopped_early is None:  # a pruned trial is never sampled
             g = torch.Generator(device=t.device).manual_seed(tc.seed)
             idx = torch.zeros((1, 1), dtype=torch.long, device=t.device)  # start from index 0 (newline)
             out = Engine(t.model).generate(idx, tc.sample_tokens, generator=g)
