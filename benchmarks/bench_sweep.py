@@ -13,7 +13,7 @@
 - worth it: a sweep of `--trials` trials with B = W (W: nanoGPT's CPU recipe's wall time here, as bench_budget.py
   measures it), its best.toml retrained at B with 3 seeds, against `chargpt train --time-budget B` (the budget's
   default choice) with the same seeds: the difference of the medians (negative: the sweep's configuration wins).
-- sizes: for budgets of W/5, W and 3W, a sweep over the model's size (layers, width, context, batch) and the
+- sizes: for budgets of W/5, W and 3W (`--multiples`), a sweep over the model's size (layers, width, context, batch) and the
   learning rate: the configuration that each budget buys here, to compare with `budget.SIZES`.
 """
 from __future__ import annotations
@@ -39,6 +39,7 @@ PRUNED_TIME_MUST = 0.60
 PRUNED_BEST_MUST = 0.01
 WORTH_AIM = -0.02
 SEEDS = (1, 2, 3)
+SIZE_MULTIPLES = (0.2, 1.0, 3.0)  # the size sweeps' budgets, in W
 SIZE_SPACE = ["n_layer=[2, 3, 4, 6]", "n_embd=[128, 192, 256, 384]", "n_head=[4]", "block_size=[64, 128, 256]",
               "batch_size=[16, 32, 64]", "muon_lr={low = 0.005, high = 0.05, log = true}"]
 
@@ -118,9 +119,9 @@ def worth_it(work: Path, data: Path, trials: int, w: float) -> list[dict]:
     ]
 
 
-def sizes(work: Path, data: Path, trials: int, w: float, dtype: str) -> list[dict]:
+def sizes(work: Path, data: Path, trials: int, w: float, dtype: str, multiples=SIZE_MULTIPLES) -> list[dict]:
     rows = []
-    for multiple in (0.2, 1.0, 3.0):
+    for multiple in multiples:
         name = f"sizes-{multiple:g}w-{dtype}"
         space = [x for line in SIZE_SPACE + [f"dtype={dtype}"] for x in ("--search", line)]
         _, found = sweep(name, work, data, trials, w * multiple, *space)
@@ -137,7 +138,8 @@ def measure_w(data: Path, work: Path) -> float:
 
 
 def main(only=("overhead", "worth"), trials: int = 16, budget: float = 30.0, worth_trials: int = 24,
-         w: float | None = None, dtype: str = "auto", pruner: str = DEFAULT_PRUNER) -> list[dict]:
+         w: float | None = None, dtype: str = "auto", pruner: str = DEFAULT_PRUNER,
+         multiples=SIZE_MULTIPLES) -> list[dict]:
     work = Path(tempfile.mkdtemp(prefix="chargpt-sweep-"))
     data = shakespeare_dataset()
     rows = []
@@ -149,7 +151,7 @@ def main(only=("overhead", "worth"), trials: int = 16, budget: float = 30.0, wor
     if "worth" in only:
         rows += worth_it(work, data, worth_trials, w)
     if "sizes" in only:
-        rows += sizes(work, data, worth_trials, w, dtype)
+        rows += sizes(work, data, worth_trials, w, dtype, multiples)
     return rows
 
 
@@ -165,7 +167,9 @@ if __name__ == "__main__":
                     help="the size sweeps' precision")
     ap.add_argument("--pruner", default=DEFAULT_PRUNER, choices=[p for p in get_args(PrunerName) if p != "none"],
                     help="the pruning sweep's pruner (default: chargpt sweep's own)")
+    ap.add_argument("--multiples", type=float, nargs="+", default=list(SIZE_MULTIPLES),
+                    help="the size sweeps' budgets, in W")
     a = ap.parse_args()
     print(f"machine: {machine()}")
-    print_table(main(a.only, a.trials, a.budget, a.worth_trials, a.w, a.dtype, a.pruner),
+    print_table(main(a.only, a.trials, a.budget, a.worth_trials, a.w, a.dtype, a.pruner, a.multiples),
                 "what a sweep costs and buys")
