@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import commit, machine, print_table  # noqa: E402
 
-BENCHES = ["bench_prepare", "bench_train", "bench_eval", "bench_sampling", "bench_serve", "bench_quality",
-           "bench_budget", "bench_sweep"]
+BENCHES = ["bench_prepare", "bench_train", "bench_eval", "bench_sampling", "bench_batchstep", "bench_serve",
+           "bench_quality", "bench_budget", "bench_sweep"]
 LONG = {"bench_quality", "bench_budget", "bench_sweep"}
 
 
