@@ -170,8 +170,7 @@ def report(t: Training, summary: dict, scored: dict, seconds: float, note: str |
     spent = f", {format_duration(t.clock.budget_seconds())} of the {format_duration(tc.time_budget)} budget" \
         if tc.time_budget else ""
     if not scored:
-        t.writer.say(f"{t.writer.stopped_early}; val estimate {summary['val_loss']:.4f} after {t.step} steps, "
-                     f"{seconds:.1f} s{spent}")
+        t.writer.say(f"{t.writer.stopped_early}; trained {seconds:.1f} s{spent}")
         return
     recommended = summary["recommended"]
     which = ""
