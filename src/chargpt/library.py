@@ -18,6 +18,7 @@ from .errors import ChargptError, CheckpointError, ConfigError, DataError
 from .runs.rundir import CKPT, SUMMARY, Located, read_metrics
 from .model.sampling import DEFAULTS, SamplingParams, prompt_ids
 from .schema import RENAMED, check, check_value, renamed_note
+from .sweeps.study import DEFAULT_PRUNER
 
 if TYPE_CHECKING:
     from .track.tracker import Tracker
@@ -172,7 +173,7 @@ def _check_keywords(given: dict) -> None:
 def sweep(name: str, data: Dataset | str | os.PathLike | None = None, *, trials: int | None = None,
           trial_budget: str | float | None = None, time_budget: str | float | None = None,
           space: str | os.PathLike | dict | None = None, search: list[str] | tuple = (), storage: str | None = None,
-          workers: int = 1, pruner: str | None = None, seed: int = TrainConfig.seed, grace_period: float = 30.0,
+          workers: int = 1, pruner: str = DEFAULT_PRUNER, seed: int = TrainConfig.seed, grace_period: float = 30.0,
           show: bool = False, runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR, tracker: str | None = None,
           wandb: bool = False, verbose: bool = True):
     """Search for the best configuration in this process: what `chargpt sweep` does with the same arguments; return
@@ -181,15 +182,15 @@ def sweep(name: str, data: Dataset | str | os.PathLike | None = None, *, trials:
     `trials` runs (and/or `time_budget` of wall clock), each an ordinary run of `trial_budget` ("90s", "500steps")
     on `data`; `space` is a TOML file or a dict of the same tables ({"lr": {"low": 1e-4, "high": 3e-2, "log": True},
     "n_layer": [2, 3, 4]}), `search` its "NAME=VALUE" lines. The study is kept in sweeps/NAME/study.db, or `storage`
-    (any Optuna storage URL, shared by other machines); `pruner` as `chargpt sweep --pruner` (default percentile).
+    (any Optuna storage URL, shared by other machines); `pruner` as `chargpt sweep --pruner`.
     `show` prints the table and writes the plots."""
     from .sweeps.entry import SweepRequest, run_sweep
 
     if wandb and tracker not in (None, "wandb"):
         raise ConfigError(f"wandb=True and tracker={tracker!r} name two trackers; pass one")
     request = SweepRequest(name, data=data, trials=trials, trial_budget=trial_budget, time_budget=time_budget,
-                           space=space, search=list(search), storage=storage, workers=workers,
-                           **({} if pruner is None else {"pruner": pruner}), seed=seed, grace_period=grace_period, show=show, runs_dir=runs_dir,
+                           space=space, search=list(search), storage=storage, workers=workers, pruner=pruner,
+                           seed=seed, grace_period=grace_period, show=show, runs_dir=runs_dir,
                            tracker="wandb" if wandb else tracker, spell=str)
     return run_sweep(request, echo=print if verbose else None)
 
