@@ -19,10 +19,7 @@ PrunerName = Literal["percentile", "median", "halving", "none"]
 DEFAULT_PRUNER: PrunerName = "percentile"
 HEARTBEATS = 5  # heartbeats a worker sends in each grace period
 MAX_RETRIES = 3  # times one trial is queued again after its worker died
-# percent of its budget a trial trains before a pruner may stop it: the budget's first estimate. Replayed through
-# the percentile pruner, eight sweeps (learning rates and sizes, bf16 and float32: benchmarks/RESULTS.md, "Session
-# 15") prune the same trials at 10% as at 20%, and keep every sweep's winner: waiting to 20% only costs time.
-PRUNE_FROM = 10
+PRUNE_FROM = 20  # percent of its budget a trial trains before a pruner may stop it
 # ... and after which none does: under the wsd schedule the estimates past a run's stable half rank trials by what
 # their decay gains, which the stable half does not foresee (a replay of a 16-trial sweep: benchmarks/RESULTS.md,
 # "Session 14"); a trial pruned later would have saved less than half its budget anyway.
