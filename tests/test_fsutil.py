@@ -354,6 +354,52 @@ def test_an_output_that_is_or_lies_in_what_a_command_reads_is_refused_and_a_fres
         assert source.read_bytes() == b"input" and all((owned / m).read_bytes() == b"chargpt's" for m in markers)
 
 
+@settings(max_examples=40, deadline=None)
+@given(content=st.one_of(st.binary(max_size=300),
+                         st.binary(max_size=200).map(lambda b: b"\x89PNG\r\n\x1a\n" + b),  # any other PNG
+                         st.just(b"\x89PNG\r\n\x1a\n\x00\x00\x00\x11tEXtSoftware\x00Matplotlib")))
+def test_an_existing_file_is_replaced_only_when_it_is_a_figure_chargpt_drew(content):
+    """An --out over a file of the user's (a checkpoint copied out of its run, notes, a PNG of theirs) is refused
+    and the file left as it was; a figure that `save_figure` wrote is replaced by the next one."""
+    import matplotlib.pyplot as plt
+
+    from chargpt.errors import OutputError
+    from chargpt.fsutil import claim_output, save_figure
+
+    with tempfile.TemporaryDirectory() as tmp:
+        theirs, ours = Path(tmp) / "theirs.pt", Path(tmp) / "ours.png"
+        theirs.write_bytes(content)
+        with pytest.raises(OutputError, match="a file chargpt did not write") as e:
+            claim_output(theirs)
+        assert "\n" not in str(e.value) and theirs.read_bytes() == content
+        fig = plt.figure()
+        try:
+            save_figure(fig, ours)
+            first = ours.stat().st_ino
+            fig.gca().plot([0, 1])
+            assert save_figure(fig, ours) == ours and ours.stat().st_ino != first  # drawn anew, atomically
+        finally:
+            plt.close(fig)
+
+
+def test_attention_and_a_runs_plot_never_write_over_a_users_file(tmp_path, tiny_run):
+    """`chargpt attention --out` and `chargpt runs --plot --out` over a checkpoint copied out of its run: one line,
+    exit 2, the checkpoint as it was; over the figure the same command drew before: replaced."""
+    copy = tmp_path / "myckpt.pt"
+    shutil.copyfile(tiny_run / "ckpt.pt", copy)
+    before = copy.read_bytes()
+    commands = [("attention", "--ckpt", tiny_run, "--prompt", "ROMEO: "),
+                ("runs", "--runs-dir", tiny_run.parent, "--plot", tiny_run.name)]
+    for command in commands:
+        p = run_main(*command, "--out", copy, cwd=tmp_path)
+        assert p.returncode == 2 and len(p.stderr.splitlines()) == 1, p.stderr
+        assert "a file chargpt did not write" in p.stderr and "Traceback" not in p.stderr
+        assert copy.read_bytes() == before
+        for _ in range(2):  # a fresh path, then the same path again: its own figure, replaced
+            p = run_main(*command, "--out", tmp_path / f"{command[0]}.png", cwd=tmp_path)
+            assert p.returncode == 0, p.stderr
+
+
 def test_outside_fsutil_a_figure_is_saved_only_into_memory():
     """Every PNG written to a file goes through `fsutil.save_figure`, which claims it: no other door can skip it."""
     found = []

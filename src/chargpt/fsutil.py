@@ -115,7 +115,27 @@ def output_problem(path: Path, inputs: tuple[Path, ...] = ()) -> str | None:
     owner = chargpt_directory(real.parent)
     if owner:
         return f"is inside {owner}, whose files only chargpt writes; choose an output path outside it"
+    if kind_of(path) == "a regular file" and not written_by_chargpt(path):
+        return ("is a file chargpt did not write (it replaces only a figure it drew itself); choose another output "
+                "path, or remove the file first")
     return None
+
+
+# What `save_figure` writes into every PNG (a tEXt chunk, before the image data): how a figure chargpt drew is told
+# from a file of the user's, which an --out must never replace (a checkpoint, a photo, notes).
+FIGURE_MARK = {"Software": "chargpt"}
+_MARK_BYTES = b"tEXtSoftware\x00chargpt"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def written_by_chargpt(path: str | os.PathLike) -> bool:
+    """Whether the regular file `path` is a PNG that `save_figure` wrote (its mark is in its first few kB)."""
+    try:
+        with open_regular(path) as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return head.startswith(_PNG_SIGNATURE) and _MARK_BYTES in head
 
 
 def chargpt_directory(path: Path) -> str | None:
@@ -149,7 +169,7 @@ def save_figure(fig, out: str | os.PathLike | Output) -> Path:
     out = claim_output(out)
     with atomic_path(out.path) as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=MISSING_GLYPH)
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", metadata=FIGURE_MARK)
     return out.path
 
 
