@@ -136,8 +136,9 @@ def check_request(req: SweepRequest) -> None:
                           f"{req.spell('show')} to see those run")
     if running and (req.trial_budget is None or req.data is None):
         missing = req.spell("trial_budget") if req.trial_budget is None else req.spell("data")
+        alone = f"; {req.spell('show')} alone shows the trials already run" if req.show else ""
         raise ConfigError(f"running trials needs {missing}: every trial trains on --data under --trial-budget "
-                          f"(e.g. --data data/shakespeare --trial-budget 90s)")
+                          f"(e.g. --data data/shakespeare --trial-budget 90s){alone}")
 
 
 def run_sweep(req: SweepRequest, echo: Callable[[str], None] | None = print):
@@ -157,7 +158,8 @@ def run_sweep(req: SweepRequest, echo: Callable[[str], None] | None = print):
             study = open_study(req.name, open_storage(url, req.grace_period), url, req.pruner, create=False)
         else:
             plan = plan_sweep(req, given, budget)
-            say(f"sweep {plan.name}: {_count(plan.trials, plan.deadline)} of {plan.settings['trial_budget']} each, "
+            each = plan.settings["trial_budget"].replace("steps", " steps")  # as the settings keep it: 500steps
+            say(f"sweep {plan.name}: {_count(plan.trials, plan.deadline)} of {each} each, "
                 f"minimising the full-pass val loss; study in {shown(plan.url)}; space: {plan.space.describe()}")
             with grouped(plan), workers(req, plan, req.workers - 1):
                 work(plan, say)
