@@ -9,6 +9,8 @@ import pytest
 
 from chargpt.runtime.progress import Progress, Working, format_duration
 
+from conftest import run_main
+
 
 class Terminal(io.StringIO):
     def isatty(self):
@@ -41,6 +43,26 @@ def test_extending_a_budget_on_resume_ends_the_bar_at_100_percent():
     assert screen(out)[-1].startswith(" 97%")
     bar.close(985, 40.0)
     assert screen(out)[-2].startswith("100%") and "40.0s/40.0s" in screen(out)[-2]
+
+
+def test_a_budget_bar_shows_the_training_done_and_ends_at_100_percent_before_the_final_pass():
+    """A budget's last part is its final pass: training ends at ~70-90% of the budget's seconds. The percentage is
+    the training done as the run's clock counts it, so a finished run's last line says 100% (it stopped at 71%)."""
+    out = io.StringIO()
+    bar = Progress(total_steps=10**9, budget=100, stream=out, done=0.0)
+    for i in range(1, 10):
+        bar.update(100 * i, 2.0, 1000.0, 7.1 * i, done=i / 10 + 0.001)  # the seconds reach 64 of 100
+    bar.close(1000, 71.0, done=1.0)  # the clock's last step: training done, 71 s of the budget gone
+    lines = out.getvalue().splitlines()
+    assert lines[-1].startswith("100% | 1m11s/1m40s | step 1,000") and "eta 29.0s" in lines[-1]
+    assert [line[:4] for line in lines[:-1]] == [f"{p:3d}%" for p in range(10, 100, 10)]
+
+
+def test_a_budget_run_without_a_terminal_ends_its_progress_lines_at_100_percent(dataset_dir, tmp_path):
+    p = run_main("train", "--preset", "bigram", "--data", dataset_dir, "--time-budget", "4", "--eval-iters", "2",
+                 "--name", "timed", cwd=tmp_path, check=True)
+    progress = [line for line in p.stdout.splitlines() if re.match(r"^ *\d+% \|", line)]
+    assert progress and progress[-1].startswith("100% |"), p.stdout
 
 
 def test_a_step_bar_shows_steps_of_total_and_eta_from_this_sessions_pace():

@@ -32,16 +32,18 @@ class Progress:
     """Progress of one run: `total_steps` steps, or `budget` seconds of training when `budget` is set.
 
     `step` and `seconds` passed in are the run's own (training seconds, evaluations excluded), counted from its
-    first step, so a resumed run continues its bar where it stopped."""
+    first step, so a resumed run continues its bar where it stopped. `done`, where given, is the fraction of the
+    training done as the run's clock counts it (`BudgetClock.fraction_done`: a budget's last part is its final
+    pass, not training), which the percentage shows; without it, the steps or the seconds of the budget."""
 
     def __init__(self, total_steps: int, budget: float = 0.0, step: int = 0, seconds: float = 0.0,
-                 enabled: bool = True, stream=None, notebook: bool = False):
+                 enabled: bool = True, stream=None, notebook: bool = False, done: float | None = None):
         self.stream = stream or sys.stdout
         self.enabled = enabled
         self.tty = enabled and (notebook or self.stream.isatty())
         self.total_steps, self.budget = total_steps, budget
         self.start_step, self.start_seconds = step, seconds
-        self.last_tenth = int(min(self._fraction(step, seconds), 1.0) * 10)  # plain lines: one per tenth of the run
+        self.last_tenth = int(min(self._fraction(step, seconds, done), 1.0) * 10)  # plain lines: one per tenth of the run
         self.last: tuple | None = None
         self.bar = None
         if self.tty:
@@ -52,11 +54,13 @@ class Progress:
                     from tqdm.auto import tqdm as bar  # a widget in Jupyter where ipywidgets is installed
                 else:
                     bar = tqdm
-                self.bar = bar(total=1.0, initial=min(self._fraction(step, seconds), 1.0), file=self.stream,
+                self.bar = bar(total=1.0, initial=min(self._fraction(step, seconds, done), 1.0), file=self.stream,
                                dynamic_ncols=True, leave=True, bar_format="{percentage:3.0f}%|{bar}| {desc}")  # desc: no ", " before it
             self.bar.set_description_str(self._text(step, None, None, seconds), refresh=True)
 
-    def _fraction(self, step: int, seconds: float) -> float:
+    def _fraction(self, step: int, seconds: float, done: float | None = None) -> float:
+        if done is not None:
+            return done
         return seconds / self.budget if self.budget else step / max(self.total_steps, 1)
 
     def _eta(self, step: int, seconds: float) -> float | None:
@@ -78,11 +82,11 @@ class Progress:
         parts.append(f"eta {format_duration(self._eta(step, seconds))}")
         return " | ".join(parts)
 
-    def update(self, step: int, loss: float, tokens_per_sec: float, seconds: float) -> None:
+    def update(self, step: int, loss: float, tokens_per_sec: float, seconds: float, done: float | None = None) -> None:
         if not self.enabled:
             return
         self.last = (step, loss, tokens_per_sec, seconds)
-        fraction = self._fraction(step, seconds)
+        fraction = self._fraction(step, seconds, done)
         if self.bar is not None:
             self.bar.n = min(fraction, 1.0)
             self.bar.set_description_str(self._text(step, loss, tokens_per_sec, seconds), refresh=False)
@@ -100,12 +104,12 @@ class Progress:
         else:
             print(text, file=self.stream, flush=True)
 
-    def close(self, step: int | None = None, seconds: float | None = None) -> None:
+    def close(self, step: int | None = None, seconds: float | None = None, done: float | None = None) -> None:
         """End the bar on a line of its own, before anything else is printed. Given the step and seconds where
         training stopped, show them last (a finished run shows 100%, whatever step its last update was at)."""
         if self.enabled and step is not None and seconds is not None:
             loss, tokens_per_sec = (self.last[1], self.last[2]) if self.last else (None, None)
-            fraction = self._fraction(step, seconds)
+            fraction = self._fraction(step, seconds, done)
             if self.bar is not None:
                 self.bar.n = min(fraction, 1.0)
                 self.bar.set_description_str(self._text(step, loss, tokens_per_sec, seconds), refresh=False)

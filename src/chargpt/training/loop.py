@@ -232,10 +232,10 @@ def loop(t: Training) -> None:
     """Train until the step count or the time budget is reached; evaluate, checkpoint and log on the way."""
     tc, clock = t.config.train, t.clock
     clock.start_training(t.step)  # first: the bar's seconds, and its eta, count from here
-    bar = Progress(tc.max_steps, tc.time_budget, step=t.step, seconds=clock.shown(),
+    bar = Progress(tc.max_steps, tc.time_budget, step=t.step, seconds=clock.shown(), done=clock.fraction_done(t.step),
                    enabled=t.dist.is_main and t.writer.shows_progress, notebook=t.writer.notebook)
     loss, grad_norm = math.nan, math.nan  # the latest step's training loss and gradient norm
-    with StopSignals() as stop, closing_bar(bar, lambda: (t.step, clock.shown())):
+    with StopSignals() as stop, closing_bar(bar, lambda: (t.step, clock.shown(), clock.fraction_done(t.step))):
         t.model.train()
         while True:
             mark = clock.mark(t.step, stop.received)
@@ -262,12 +262,12 @@ def loop(t: Training) -> None:
                 average_weights(t)
             if t.step % tc.log_interval == 0:
                 record = metrics_record(t, loss=loss, grad_norm=grad_norm)
-                bar.update(t.step, loss, record["tokens_per_sec"], clock.shown())
+                bar.update(t.step, loss, record["tokens_per_sec"], clock.shown(), clock.fraction_done(t.step))
                 t.writer.log(record)
 
 
 @contextmanager
-def closing_bar(bar: Progress, where: Callable[[], tuple[int, float]]):
+def closing_bar(bar: Progress, where: Callable[[], tuple[int, float, float]]):
     """Close the progress bar however the loop ends (finished, stopped by a signal, failed), showing where it
     ended, so that a message printed next starts on a line of its own."""
     try:
