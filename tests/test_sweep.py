@@ -19,6 +19,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from chargpt.fsutil import written_by_chargpt
 from conftest import one_error_line, run_main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -77,6 +78,17 @@ def test_a_sweeps_study_holds_its_trials_with_the_runs_figures(swept):
     assert table[1 + study.best_trial.number].split()[0] == f"{study.best_trial.number}*"
     for png in ("history.png", "importances.png", "parallel.png"):
         assert (where / "sweeps/s" / png).read_bytes()[:4] == b"\x89PNG"
+        assert written_by_chargpt(where / "sweeps/s" / png)  # marked: a figure chargpt drew
+
+
+def test_show_redraws_the_sweeps_plots_whatever_is_in_their_place(swept):
+    """The plots are the sweep's own files, in its own directory: --show draws them again over an earlier
+    version's (unmarked) drawing, as over its own."""
+    where, _ = swept
+    history = where / "sweeps/s/history.png"
+    history.write_bytes(b"\x89PNG\r\n\x1a\n an earlier drawing, without chargpt's mark")
+    p = run_main("sweep", "s", "--show", cwd=where, check=True)
+    assert "wrote sweeps/s/history.png" in p.stdout and written_by_chargpt(history)
 
 
 def test_best_toml_retrains_to_the_best_trials_figure(swept, dataset_dir):

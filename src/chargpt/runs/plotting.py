@@ -14,7 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ..fsutil import MISSING_GLYPH, claim_output, save_figure, write_bytes
+from ..fsutil import FIGURE_MARK, MISSING_GLYPH, claim_output, save_figure, write_bytes
 from .rundir import PLOT, read_metrics
 
 _warned = False
@@ -47,13 +47,13 @@ def _figure():
 
 
 def png_bytes(fig) -> bytes:
-    """The figure as PNG bytes."""
+    """The figure as PNG bytes, marked as chargpt's (`fsutil.FIGURE_MARK`, as `save_figure` marks its files)."""
     import io
 
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=MISSING_GLYPH)
-        fig.savefig(buffer, format="png")
+        fig.savefig(buffer, format="png", metadata=FIGURE_MARK)
     return buffer.getvalue()
 
 

@@ -74,7 +74,8 @@ def draw_plots(study, out_dir: Path, say: Callable[[str], None]) -> list[Path]:
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as plots
 
-    from ..fsutil import save_figure
+    from ..fsutil import write_bytes
+    from ..runs.plotting import png_bytes
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -91,7 +92,8 @@ def draw_plots(study, out_dir: Path, say: Callable[[str], None]) -> list[Path]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 fig.tight_layout()  # Optuna's axis labels otherwise run off the picture's edge
-            written.append(save_figure(fig, out_dir / file))
+            write_bytes(out_dir / file, png_bytes(fig))  # the sweep's own files, in its own directory
+            written.append(out_dir / file)
         finally:
             plt.close(fig)
     return written
