@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -354,32 +355,64 @@ def test_an_output_that_is_or_lies_in_what_a_command_reads_is_refused_and_a_fres
         assert source.read_bytes() == b"input" and all((owned / m).read_bytes() == b"chargpt's" for m in markers)
 
 
-@settings(max_examples=40, deadline=None)
-@given(content=st.one_of(st.binary(max_size=300),
-                         st.binary(max_size=200).map(lambda b: b"\x89PNG\r\n\x1a\n" + b),  # any other PNG
-                         st.just(b"\x89PNG\r\n\x1a\n\x00\x00\x00\x11tEXtSoftware\x00Matplotlib")))
-def test_an_existing_file_is_replaced_only_when_it_is_a_figure_chargpt_drew(content):
-    """An --out over a file of the user's (a checkpoint copied out of its run, notes, a PNG of theirs) is refused
-    and the file left as it was; a figure that `save_figure` wrote is replaced by the next one."""
-    import matplotlib.pyplot as plt
+def _png_chunk(kind: bytes, data: bytes, crc: int | None = None) -> bytes:
+    crc = zlib.crc32(kind + data) if crc is None else crc
+    return len(data).to_bytes(4, "big") + kind + data + crc.to_bytes(4, "big")
 
+
+PNG = b"\x89PNG\r\n\x1a\n"
+IHDR = _png_chunk(b"IHDR", bytes(13))
+MARK = b"Software\x00chargpt"
+
+
+@settings(max_examples=60, deadline=None)
+@given(content=st.one_of(
+    st.binary(max_size=300),
+    st.binary(max_size=200).map(lambda b: PNG + b),  # any other PNG
+    st.binary(max_size=64).map(lambda b: PNG + b + b"tEXt" + MARK),  # the mark's bytes, not its chunk
+    st.builds(lambda before, crc: PNG + IHDR + before + _png_chunk(b"tEXt", MARK, crc),  # the chunk, damaged
+              st.binary(max_size=32), st.integers(0, 2**32 - 1).filter(lambda c: c != zlib.crc32(b"tEXt" + MARK))),
+    st.builds(lambda text: PNG + IHDR + _png_chunk(b"tEXt", text) + _png_chunk(b"IDAT", b""),  # another's text
+              st.binary(max_size=40).filter(lambda t: t != MARK)),
+    st.builds(lambda text: PNG + IHDR + _png_chunk(b"IDAT", b"") + _png_chunk(b"tEXt", text),  # past the image
+              st.just(MARK))))
+def test_an_existing_file_is_replaced_only_when_it_is_a_figure_chargpt_drew(content):
+    """An --out over a file of the user's (a checkpoint copied out of its run, notes, a PNG of theirs, a file that
+    merely holds the mark's bytes) is refused in one line and the file left as it was."""
     from chargpt.errors import OutputError
-    from chargpt.fsutil import claim_output, save_figure
+    from chargpt.fsutil import claim_output
 
     with tempfile.TemporaryDirectory() as tmp:
-        theirs, ours = Path(tmp) / "theirs.pt", Path(tmp) / "ours.png"
+        theirs = Path(tmp) / "theirs.pt"
         theirs.write_bytes(content)
         with pytest.raises(OutputError, match="a file chargpt did not write") as e:
             claim_output(theirs)
         assert "\n" not in str(e.value) and theirs.read_bytes() == content
-        fig = plt.figure()
-        try:
-            save_figure(fig, ours)
-            first = ours.stat().st_ino
-            fig.gca().plot([0, 1])
-            assert save_figure(fig, ours) == ours and ours.stat().st_ino != first  # drawn anew, atomically
-        finally:
-            plt.close(fig)
+
+
+def test_a_figure_chargpt_drew_is_replaced_by_the_next_one(tmp_path):
+    """What `save_figure` (a user-named --out) and `png_bytes` (a run's and a sweep's own plots) write is
+    recognised as chargpt's, and drawn anew atomically over it; matplotlib's own PNG is not chargpt's."""
+    import matplotlib.pyplot as plt
+
+    from chargpt.errors import OutputError
+    from chargpt.fsutil import claim_output, save_figure
+    from chargpt.runs.plotting import png_bytes
+
+    ours, theirs = tmp_path / "ours.png", tmp_path / "theirs.png"
+    fig = plt.figure()
+    try:
+        fig.savefig(theirs, format="png")
+        (tmp_path / "bytes.png").write_bytes(png_bytes(fig))
+        assert claim_output(tmp_path / "bytes.png").path == tmp_path / "bytes.png"
+        save_figure(fig, ours)
+        first = ours.stat().st_ino
+        fig.gca().plot([0, 1])
+        assert save_figure(fig, ours) == ours and ours.stat().st_ino != first
+    finally:
+        plt.close(fig)
+    with pytest.raises(OutputError, match="a file chargpt did not write"):
+        claim_output(theirs)
 
 
 def test_attention_and_a_runs_plot_never_write_over_a_users_file(tmp_path, tiny_run):

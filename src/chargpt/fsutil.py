@@ -19,6 +19,7 @@ import shutil
 import stat
 import tempfile
 import warnings
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -124,18 +125,34 @@ def output_problem(path: Path, inputs: tuple[Path, ...] = ()) -> str | None:
 # What `save_figure` writes into every PNG (a tEXt chunk, before the image data): how a figure chargpt drew is told
 # from a file of the user's, which an --out must never replace (a checkpoint, a photo, notes).
 FIGURE_MARK = {"Software": "chargpt"}
-_MARK_BYTES = b"tEXtSoftware\x00chargpt"
+_MARK_CHUNK = (b"tEXt", b"Software\x00chargpt")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def written_by_chargpt(path: str | os.PathLike) -> bool:
-    """Whether the regular file `path` is a PNG that `save_figure` wrote (its mark is in its first few kB)."""
+    """Whether the regular file `path` is a PNG that `save_figure` wrote: a well-formed PNG whose chunks before
+    its image data (each with its checksum) include the text chunk FIGURE_MARK. Bytes that merely contain the
+    mark, or a PNG whose chunk around it is damaged, are not."""
     try:
         with open_regular(path) as f:
             head = f.read(4096)
     except OSError:
         return False
-    return head.startswith(_PNG_SIGNATURE) and _MARK_BYTES in head
+    if not head.startswith(_PNG_SIGNATURE):
+        return False
+    at = len(_PNG_SIGNATURE)
+    while at + 12 <= len(head):
+        size = int.from_bytes(head[at:at + 4], "big")
+        kind, data = head[at + 4:at + 8], head[at + 8:at + 8 + size]
+        crc = head[at + 8 + size:at + 12 + size]
+        if len(data) < size or len(crc) < 4 or zlib.crc32(kind + data).to_bytes(4, "big") != crc:
+            return False
+        if (kind, data) == _MARK_CHUNK:
+            return True
+        if kind in (b"IDAT", b"IEND"):
+            return False
+        at += 12 + size
+    return False
 
 
 def chargpt_directory(path: Path) -> str | None:
