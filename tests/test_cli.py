@@ -130,7 +130,7 @@ def test_max_steps_given_on_resume_or_fine_tune_of_a_budget_run_counts_steps(dat
     run_cli("train", *base, "--time-budget", "1", "--name", "b", check=True)  # both given: the budget wins
     steps = json.loads((tmp_path / "b/summary.json").read_text())["steps"]
     resumed = run_cli("train", "--resume", tmp_path / "b", "--max-steps", steps + 7, check=True)
-    assert "time_budget=0.0" in resumed.stdout.splitlines()[1]  # said, in the line of what changed
+    assert "time_budget=none" in resumed.stdout.splitlines()[1]  # said, in the line of what changed, as a flag takes it
     assert json.loads((tmp_path / "b/summary.json").read_text())["steps"] == steps + 7
     tuned = run_cli("train", "--init-from", tmp_path / "b", "--data", dataset_dir, "--runs-dir", tmp_path,
                     "--name", "ft", "--max-steps", 5, check=True)

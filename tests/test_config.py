@@ -7,8 +7,8 @@ from typing import get_args
 
 import pytest
 
-from chargpt.config import (PRESETS, Config, TokenDtype, TrainConfig, config_fields, get_preset, read_config_file,
-                            set_fields)
+from chargpt.config import (PRESETS, Config, TokenDtype, TrainConfig, config_changes, config_fields, get_preset,
+                            parse_duration, parse_eval_tokens, read_config_file, set_fields)
 from chargpt.data.dataset import prepare
 from chargpt.errors import ConfigError, DataError
 from chargpt.serve.app import bind
@@ -189,6 +189,20 @@ def test_a_time_budget_is_at_most_a_year():
     p = run_main("train", "--time-budget", "9" * 308, "--print-config")
     assert "--time-budget must be in [0, 31536000], got 1e+308" in one_error_line(p)
     assert run_main("train", "--time-budget", "8760h", "--print-config").returncode == 0
+
+
+def test_a_change_is_shown_in_the_words_its_flag_takes_back():
+    """The header's `changed from ...` line: a budget dropped is `time_budget=none`, not 0.0; every eval token is
+    `eval_tokens=all`; each shown value read back by its flag's parser is the value changed."""
+    base = get_preset("cpu")
+    base.train.time_budget, base.train.eval_tokens = 300.0, 5000
+    for budget, tokens in [(0.0, 0), (90.0, 0), (0.0, 123), (2.5, 7)]:
+        config = get_preset("cpu")
+        config.train.time_budget, config.train.eval_tokens = budget, tokens
+        shown = dict(c.split("=", 1) for c in config_changes(config, base))
+        assert parse_duration(shown["time_budget"]) == budget and parse_eval_tokens(shown["eval_tokens"]) == tokens
+        assert shown["time_budget"] == ("none" if budget == 0 else f"{budget:g}s")
+    assert run_main("train", "--time-budget", "none", "--print-config").returncode == 0
 
 
 @pytest.mark.parametrize("suffix, value", [(".toml", "1" + "0" * 400), (".json", "1" + "0" * 400),

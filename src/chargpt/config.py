@@ -81,7 +81,7 @@ class TrainConfig:
     batch_size: int = option(64, "sequences per micro-batch (per process)", min=1, max=MAX_BATCH)
     grad_accum: int = option(1, "micro-batches per optimizer step", min=1, max=MAX_BATCH)
     max_steps: int = option(5000, "optimizer steps (ignored when time_budget is set)", min=1, max=MAX_STEPS)
-    time_budget: float = option(0.0, "seconds of training (150, 150s, 5m, 1h; at most a year); 0 = use max_steps",
+    time_budget: float = option(0.0, "seconds of training (150, 150s, 5m, 1h; at most a year); 0 or none = use max_steps",
                                 min=0.0, max=MAX_SECONDS)
     optimizer: Literal["adamw", "muon"] = option("adamw", "adamw, or muon (Muon for hidden matrices, AdamW for the rest)")
     lr: float = option(3e-4, "AdamW learning rate", min=0.0, min_open=True, max=MAX_RATE)
@@ -250,12 +250,14 @@ def get_preset(name: str) -> Config:
 
 # ----------------------------------------------------------------------------- durations and flags
 def parse_duration(text: str | float) -> float:
-    """'150', '150s', '2.5m', '1h' -> seconds."""
+    """'150', '150s', '2.5m', '1h' -> seconds; 'none' -> 0 (no budget: max_steps counts)."""
     if isinstance(text, (int, float)):
         return float(text)
+    if str(text).strip().lower() == "none":
+        return 0.0
     m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h)?\s*", str(text))
     if not m:
-        raise argparse.ArgumentTypeError(f"invalid duration {shown(text)}; use seconds (150), or 150s, 5m, 1h")
+        raise argparse.ArgumentTypeError(f"invalid duration {shown(text)}; use seconds (150), or 150s, 5m, 1h (none: no budget)")
     return float(m.group(1)) * {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}[m.group(2)]
 
 
@@ -270,6 +272,8 @@ def parse_eval_tokens(text: str | int) -> int:
 
 NOT_FLAGS = {"vocab_size"}  # set from the dataset, never by hand
 PARSERS = {"time_budget": parse_duration, "eval_tokens": parse_eval_tokens}
+# How a value that means "none" or "all" is shown back (in `config_changes`), in the words its flag takes.
+SHOWN_AS = {"time_budget": lambda v: "none" if v == 0 else f"{v:g}s", "eval_tokens": lambda v: "all" if v == 0 else v}
 METAVARS = {"time_budget": "DURATION", "eval_tokens": "N|all", "device": "DEVICE", "threads": "N", "name": "NAME",
             "nproc": "N"}
 TEXT_TO = {int: parse_int, float: parse_float, str: str}  # how a flag's text is read, by its field's kind
@@ -402,6 +406,6 @@ def config_changes(config: Config, base: Config) -> list[str]:
     out = []
     for section in ("model", "train"):
         new, old = getattr(config, section), getattr(base, section)
-        out += [f"{f.name}={getattr(new, f.name)}" for f in fields(new)
+        out += [f"{f.name}={SHOWN_AS.get(f.name, lambda v: v)(getattr(new, f.name))}" for f in fields(new)
                 if f.name not in NOT_FLAGS and getattr(new, f.name) != getattr(old, f.name)]
     return out
