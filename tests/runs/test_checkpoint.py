@@ -480,6 +480,7 @@ def _extra(**fields):
     (_extra(init_from=torch.zeros(2)), "'extra.init_from' is not the record of a run"),
     (_extra(budget_seconds="x"), "'extra.budget_seconds' is not a number of seconds"),
     (_extra(ema_steps=-1), "'extra.ema_steps' is not a count of steps"),
+    (_extra(finished="yes"), "'extra.finished' is not true or false"),
 ])
 def test_resuming_a_checkpoint_whose_extra_records_lie_is_one_line(tiny_run, dataset_dir, tmp_path, change, message):
     """What a resume reads besides the weights (the weights' average, the best loss, the budget's seconds, the run

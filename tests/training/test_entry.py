@@ -1,6 +1,11 @@
 """The one way into training: a finished run, resumed, is finished by one rule for a step count and a time budget
 alike (one line, and its directory left exactly as it was); a larger budget continues it."""
+import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -47,6 +52,32 @@ def test_a_larger_budget_continues_the_run_and_its_earlier_seconds_are_not_calle
     startup = re.search(r"resume, (\S+)s gone to start-up", line).group(1)
     assert float(startup) < 5.0, line  # this process's start-up alone
     assert summary["steps"] > first["steps"] and summary["time_budget"] == config.train.time_budget
+
+
+def test_a_budget_run_stopped_by_ctrl_c_resumes_with_the_rest_of_its_budget(dataset_dir, tmp_path):
+    """README: Ctrl-C, then `chargpt train --resume runs/latest`. A budget run resumed with its own budget was
+    taken as finished (its budget no larger than the saved one): it trained no step and was marked finished."""
+    proc = subprocess.Popen([sys.executable, "-m", "chargpt", "train", "--data", str(dataset_dir), *TINY,
+                             "--time-budget", "8", "--name", "c"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "runs/c/ckpt.pt").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "checkpoint saved" in err, err
+    stopped = checkpoint.load(tmp_path / "runs/c")["step"]
+    p = run_main("train", "--resume", "runs/latest", cwd=tmp_path, check=True)
+    assert f"resuming {os.path.join('runs', 'c')} at step {stopped}" in p.stdout
+    summary = json.loads((tmp_path / "runs/c/summary.json").read_text())
+    assert summary["steps"] > stopped and summary["val_loss_full"] is not None
+    again = run_main("train", "--resume", "runs/c", cwd=tmp_path, check=True)  # now it is finished
+    assert again.stdout.startswith(f"{os.path.join('runs', 'c')} is finished: ")
 
 
 def test_a_resume_that_would_train_nothing_is_refused_in_one_line_and_the_run_is_left_as_it_was(dataset_dir,

@@ -160,6 +160,8 @@ def extra_problem(extra, mc: ModelConfig) -> str | None:
         unset = key == "budget_origin" and extra.get(key) is None
         if key in extra and not unset and not valid(extra[key], kind, **bounds):
             return f"'extra.{key}' is not {'a number of seconds' if kind is float else 'a count of steps'}"
+    if not isinstance(extra.get("finished", False), bool):  # saved at the run's end: a resume only reports
+        return "'extra.finished' is not true or false"
     best = extra.get("best_val_loss")
     if best is not None and best != math.inf and not valid(best, float):
         return "'extra.best_val_loss' is not a loss"

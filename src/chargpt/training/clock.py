@@ -187,9 +187,11 @@ class BudgetClock:
 
 def reached_end(state: dict, tc: TrainConfig) -> bool:
     """Whether the checkpoint `state` stands at the end of the run `tc` asks for: its step count, or a time budget no
-    larger than the one it trained under (a budget is wall clock, so the seconds trained never reach it)."""
+    larger than the one it trained under when it was saved at that budget's end (a budget is wall clock, so the
+    seconds trained never reach it; a run stopped by a signal or a crash mid-budget has the rest of it to train)."""
     if tc.time_budget:
-        return tc.time_budget <= (state["config"]["train"].get("time_budget") or 0.0)
+        ended = state["extra"].get("finished", True)  # checkpoints saved before they said so: as if at the end
+        return ended and tc.time_budget <= (state["config"]["train"].get("time_budget") or 0.0)
     return state["step"] >= tc.max_steps
 
 

@@ -245,7 +245,7 @@ def loop(t: Training) -> None:
             early = t.writer.stopped_early is not None  # a sweep's pruner stopped the run at this estimate
             if mark.save or early:
                 with clock.paused_training():
-                    save_checkpoint(t)
+                    save_checkpoint(t, finished=mark.finished)
             if mark.finished or early:
                 break
             if mark.signal:
@@ -350,8 +350,10 @@ def evaluate_and_log(t: Training, bar: Progress, mark: Mark) -> None:
     bar.note(f"step {t.step}: train {losses['train']:.4f}, val {losses['val']:.4f}")
 
 
-def save_checkpoint(t: Training, path: Path | None = None, model: torch.nn.Module | None = None) -> None:
-    """The training state at this step into `path` (ckpt.pt by default), with `model`'s weights (the model's)."""
+def save_checkpoint(t: Training, path: Path | None = None, model: torch.nn.Module | None = None,
+                    finished: bool = False) -> None:
+    """The training state at this step into `path` (ckpt.pt by default), with `model`'s weights (the model's);
+    `finished`: saved at the end of the run's steps or budget (a resume with the same budget only reports)."""
     model = model or t.model
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):  # never replace a good one with NaNs
         raise t.writer.non_finite(f"the weights became non-finite by step {t.step}")
@@ -360,7 +362,7 @@ def save_checkpoint(t: Training, path: Path | None = None, model: torch.nn.Modul
         return
     extra = {"train_seconds": t.clock.train_seconds(), "budget_seconds": t.clock.budget_seconds(),
              "budget_origin": t.clock.budget_origin, "preset": t.writer.preset, "data_dir": t.writer.data_dir,
-             "best_val_loss": t.writer.best_val, "init_from": t.writer.origin}
+             "best_val_loss": t.writer.best_val, "init_from": t.writer.origin, "finished": finished}
     if t.ema is not None and model is t.model:  # the average so far, for a resume to go on with
         extra |= t.ema.saved()
     elif t.ema is not None and model is t.ema.model:
