@@ -130,6 +130,26 @@ def test_without_a_preset_the_budget_chooses_the_size_and_the_users_fields_win(d
     assert json.loads((tmp_path / "cache" / "speeds.json").read_text())  # the speed it measured is remembered
 
 
+def test_the_budget_chooses_with_the_threads_the_run_trains_with(dataset_dir, tmp_path, monkeypatch):
+    """The size was chosen at torch's default thread count, and the run then trained on the threads its --threads
+    (or, for 0, the idle cores) gave it: on a busy machine a choice made for 2 threads trained on 1, at half the
+    speed it counted on. Every speed the run measured and remembered is under the threads it trained with."""
+    import torch
+
+    import chargpt
+
+    monkeypatch.setenv("CHARGPT_CACHE", str(tmp_path / "cache"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        chargpt.train(data=dataset_dir, runs_dir=tmp_path, name="t1", time_budget=4, n_embd=32, n_head=2,
+                      eval_iters=2, sample_tokens=0, compile=False, threads=1, verbose=False)
+    finally:
+        torch.set_num_threads(before)
+    keys = json.loads((tmp_path / "cache" / "speeds.json").read_text())
+    assert keys and all("|1 threads|" in key for key in keys), list(keys)
+
+
 # ------------------------------------------------------------------------ what compiling costs, beside the speeds
 def test_compile_figures_are_kept_beside_the_speeds_the_best_of_each(tmp_path):
     from chargpt.runtime.compiling import CompileFigures

@@ -77,6 +77,17 @@ def set_threads(threads: int, distributed: bool = False) -> None:
         torch.set_num_threads(threads or idle_threads())
 
 
+def decide_threads(threads: int) -> int | None:
+    """Set torch's CPU threads for a training run from its `threads` field (`set_threads`) and return them; under
+    torchrun None: `distributed.init` gives each process its share."""
+    from .distributed import launched_by_torchrun
+
+    if launched_by_torchrun() and not threads:
+        return None
+    set_threads(threads)
+    return torch.get_num_threads()
+
+
 def idle_threads() -> int:
     """CPU threads when `--threads` is 0 (its default): the CPUs this process may use, less those other processes
     keep busy right now, and at least 1 (the load average only where there is no /proc/stat).

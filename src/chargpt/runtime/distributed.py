@@ -36,12 +36,17 @@ class DistInfo:
         return self.rank == 0
 
 
+def launched_by_torchrun() -> bool:
+    """Whether torchrun started this process (it sets RANK and WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or "RANK" in os.environ
+
+
 def init(device_type: str) -> DistInfo:
     """Join the process group when torchrun started us (it sets RANK and WORLD_SIZE), even as its only process:
     `torchrun --nproc_per_node=1` runs the real DDP path (nccl on one GPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 and "RANK" not in os.environ:
+    if not launched_by_torchrun():
         return DistInfo()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     info = DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world, launched=True)
     torch.set_num_threads(thread_share(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     if not dist.is_initialized():

@@ -54,6 +54,7 @@ class TrainPlan:
     clock_start: float = field(default_factory=time.perf_counter)
     finished: str | None = None  # a resumed run with nothing to do: the line that says so and how to extend it
     device: Any = None  # the `torch.device` trained on, resolved once
+    threads: int | None = None  # torch's CPU threads, decided once (before a budget's choice); None under torchrun
 
     def as_dict(self) -> dict:
         """The resolved config as `chargpt train --print-config` prints it."""
@@ -83,7 +84,8 @@ class TrainPlan:
                 origin = self.init_from["origin"] if self.init_from else None
                 tracker.start(run, run_config(self.config, run, self.data, self.preset, req.argv, device=self.device,
                                               data_dir=str(self.data_dir), origin=origin), self.data)
-            t = setup(self.config, self.data, run, device=self.device, resume_state=self.resume_state,
+            t = setup(self.config, self.data, run, device=self.device, threads=self.threads,
+                      resume_state=self.resume_state,
                       init_from=self.init_from, tracker=tracker, echo=echo, clock_start=self.clock_start,
                       preset=self.preset, data_dir=str(self.data_dir), model_choice=self.model_choice,
                       notebook=notebook, judge=req.judge)
@@ -252,11 +254,12 @@ def _data_dir(req: TrainRequest) -> str | None:
 
 def _load_and_check(plan: TrainPlan) -> None:
     from ..data.dataset import Dataset, load_dataset
-    from ..runtime.device import resolve_device
+    from ..runtime.device import decide_threads, resolve_device
     from ..runtime.resources import check_train_fits
 
     config = plan.config
     plan.device = plan.device or resolve_device(config.train.device)
+    plan.threads = decide_threads(config.train.threads)  # the threads a budget's choice measures are the run's
     plan.data = plan.request.data if isinstance(plan.request.data, Dataset) else load_dataset(plan.data_dir)
     config.model.vocab_size = plan.base.model.vocab_size = plan.data.tokenizer.vocab_size
     if plan.sized_by_budget and config.train.time_budget:

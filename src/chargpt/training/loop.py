@@ -44,13 +44,14 @@ def quiet(*_) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ setup
-def setup(config: Config, data: Dataset, run: RunDir | None, *, device: torch.device,
+def setup(config: Config, data: Dataset, run: RunDir | None, *, device: torch.device, threads: int | None = None,
           resume_state: dict | None = None, init_from: dict | None = None, tracker=None,
           echo: Callable[[str], None] | None = print, clock_start: float, **run_fields) -> Training:
     """Build what is trained on `device`, restore a resume or a fine-tune into it, write the run's config and
-    decide what the time budget affords. `clock_start`: when the budget's clock started (the command's start);
+    decide what the time budget affords. `threads`: torch's CPU threads as the plan decided them (None: decided
+    here); `clock_start`: when the budget's clock started (the command's start);
     `run_fields`: the writer's preset, data_dir, model_choice, notebook, judge."""
-    device, dist = start_process(config, device)
+    device, dist = start_process(config, device, threads)
     writer = RunWriter(run, data, writes=dist.is_main and run is not None,
                        say=echo if dist.is_main and echo is not None else quiet,
                        tracker=tracker if tracker is not None and dist.is_main else NullTracker(),
@@ -75,15 +76,19 @@ def setup(config: Config, data: Dataset, run: RunDir | None, *, device: torch.de
     return t
 
 
-def start_process(config: Config, device: torch.device) -> tuple[torch.device, distributed.DistInfo]:
+def start_process(config: Config, device: torch.device,
+                  threads: int | None = None) -> tuple[torch.device, distributed.DistInfo]:
     """Join the process group (under torchrun: one GPU a process) and set up the device's backends and the
-    thread count; return this process's device."""
+    thread count (`threads` where the plan decided it); return this process's device."""
     dist = distributed.init(device.type)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
     configure_backends(device)
     keep_freed_memory_for_reuse(device)
-    set_threads(config.train.threads, dist.enabled)
+    if threads is None:
+        set_threads(config.train.threads, dist.enabled)
+    else:
+        torch.set_num_threads(threads)
     return device, dist
 
 
@@ -142,9 +147,13 @@ def announce(t: Training) -> None:
     mc, tc, dist, say = t.config.model, t.config.train, t.dist, t.writer.say
     params, b = t.model.num_params(), t.batches
     shape = "" if mc.model == "bigram" else f"{layers_by_heads(mc.n_layer, mc.n_head)} x {mc.n_embd} wide, "
+    threads, cpus = torch.get_num_threads(), distributed.cpu_count()
+    busy = t.device.type == "cpu" and not dist.enabled and not tc.threads and threads < cpus
     say(f"model: {mc.model}, {shape}context {mc.block_size}, {params:,} parameters ({params / 1e6:.2f}M) "
         f"on {t.device} in {t.precision}"
-        + (f", {dist.world_size} processes of {torch.get_num_threads()} threads" if dist.enabled else ""))
+        + (f", {dist.world_size} processes of {threads} threads" if dist.enabled else "")
+        + (f", {threads} of {cpus} threads: other processes keep the rest busy (--threads N sets it)" if busy
+           else ""))
     length = f"a {format_duration(tc.time_budget)} budget" if tc.time_budget else f"{tc.max_steps:,} steps"
     say(f"run: {length}, batch {t.tokens_per_step:,} tokens per step ({dist.world_size} x {b.accum} x "
         f"{b.micro_batch} x {mc.block_size}), "
