@@ -47,4 +47,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) runs data wandb .pytest_cache
+	rm -rf $(VENV) runs data sweeps wandb .pytest_cache
