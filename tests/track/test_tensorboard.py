@@ -66,6 +66,7 @@ def test_the_library_writes_the_same_event_files_with_tracker_tensorboard(datase
     assert [(e.step, e.value) for e in acc.Scalars("val_loss")] == [
         (r["step"], pytest.approx(r["val_loss"], rel=1e-6)) for r in run.metrics if "val_loss" in r]
     assert json.loads(text(acc, "config").replace("\n    ", "\n"))["model"]["n_embd"] == 16
+    assert capfd.readouterr().out == ""  # verbose=False shows nothing: the tracker's line where it writes neither
 
 
 # ---------------------------------------------------------------------- a tracker writes only inside its run

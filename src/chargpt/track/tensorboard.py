@@ -21,11 +21,13 @@ class TensorBoardTracker:
             return
         from torch.utils.tensorboard import SummaryWriter
 
+        from .tracker import notice
+
         logdir = run.subdir(SUBDIR)  # a directory of the run, never a link out of it
         resumed = resumed_step(run)
         # a resumed run hides the events a killed process logged after its checkpoint: they are logged again
         self.writer = SummaryWriter(str(logdir), purge_step=None if resumed is None else resumed + 1)
-        print(f"tensorboard: writing {logdir}; view with: tensorboard --logdir {logdir}", flush=True)
+        notice("tensorboard", f"writing {logdir}; view with: tensorboard --logdir {logdir}")
         self.writer.add_text("config", _code(json.dumps(config, indent=2)), 0)
 
     def log(self, record: dict, step: int) -> None:

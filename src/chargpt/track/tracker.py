@@ -15,6 +15,8 @@ import sys
 import tempfile
 import threading
 import weakref
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, get_args, runtime_checkable
 
@@ -192,6 +194,31 @@ def run_config(config: Config, run: RunDir | None, data: Dataset, preset: str | 
         device = resolve_device(config.train.device)
     return recorded(config, data, preset, data_dir, origin) | {
         "run_dir": str(run.path) if run is not None else None, "provenance": provenance(device, argv)}
+
+
+def _shown(line: str) -> None:
+    print(line, flush=True)
+
+
+_NOTICES: ContextVar = ContextVar("tracker_notices", default=_shown)
+
+
+@contextmanager
+def notices_to(echo):
+    """Within it, a tracker's notices (where it writes, how to view or upload it) go to `echo`, as the run's own
+    lines do: None shows none (the library's `verbose=False`)."""
+    token = _NOTICES.set(echo)
+    try:
+        yield
+    finally:
+        _NOTICES.reset(token)
+
+
+def notice(service: str, text: str) -> None:
+    """A tracker's line of what it does, shown where the run's lines are (`notices_to`)."""
+    echo = _NOTICES.get()
+    if echo is not None:
+        echo(f"{service}: {text}")
 
 
 def warn(what: str, exc: BaseException | None = None, service: str | None = None) -> None:

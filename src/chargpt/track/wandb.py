@@ -38,7 +38,7 @@ def warn(what: str, exc: BaseException | None = None) -> None:
 
 
 def notice(text: str) -> None:
-    print(f"wandb: {text}", flush=True)
+    tracker.notice("wandb", text)
 
 
 def dataset_artifact_name(meta: dict) -> str:

@@ -62,7 +62,13 @@ class TrainPlan:
 
     def run(self, echo: Callable[[str], None] | None = print, notebook: bool = False):
         """Create (or reopen) the run directory, say what is trained, start the tracker and train; return the
-        finished `Training` and the run's summary. `echo` None: nothing is shown."""
+        finished `Training` and the run's summary. `echo` None: nothing is shown, the tracker's notices included."""
+        from ..track.tracker import notices_to
+
+        with notices_to(echo):
+            return self._run(echo, notebook)
+
+    def _run(self, echo: Callable[[str], None] | None, notebook: bool):
         from ..runs.rundir import RunDir, default_name
         from ..runtime.distributed import is_main_process
         from ..track.tracker import NullTracker, make_tracker, run_config
@@ -123,7 +129,7 @@ def plan_training(req: TrainRequest, *, load_data: bool = True,
     starts. Without `load_data` (--print-config) the dataset is neither read nor checked."""
     from ..runtime.envfile import load_env_file
     from ..runs.rundir import check_run_name
-    from ..track.tracker import check_tracker
+    from ..track.tracker import check_tracker, notices_to
 
     if req.name is not None:
         check_run_name(req.name)
@@ -138,7 +144,8 @@ def plan_training(req: TrainRequest, *, load_data: bool = True,
                           "config; give single flags to change what may change")
     started = time.perf_counter() if req.clock_start is None else req.clock_start
     load_env_file(say=echo or (lambda *_: None))
-    plan = _resumed(req) if req.resume else _fine_tuned(req) if req.init_from else _fresh(req)
+    with notices_to(echo):  # a dataset artifact's download says so as the run's lines do
+        plan = _resumed(req) if req.resume else _fine_tuned(req) if req.init_from else _fresh(req)
     try:
         plan.clock_start = started
         set_fields(plan.config, req.fields, req.fields_from)
