@@ -109,6 +109,10 @@ def test_a_run_of_steps_whose_interval_leaves_too_few_estimates_adds_cheap_ones(
     dense = clock(now, max_steps=100, eval_interval=10)
     dense.start_training(0)
     assert [s for s in range(101) if dense.mark(s, None).evaluate] == list(range(0, 101, 10))  # enough already
+    uneven = clock(now, max_steps=300, eval_interval=100, log_interval=10)  # 100 steps in thirds: 33, 66, 100
+    uneven.start_training(0)
+    steps = [s for s in range(301) if uneven.mark(s, None).evaluate]
+    assert {0, 100, 200, 300} <= set(steps) and min(b - a for a, b in zip(steps, steps[1:])) >= 33, steps
 
 
 def test_a_signal_is_reported_and_the_processes_agree_on_the_largest_values():

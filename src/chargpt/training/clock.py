@@ -158,9 +158,10 @@ class BudgetClock:
             due = marked or (step == 0 and step != self.resumed_at)
             seconds = self.estimate_seconds()
         else:
-            regular = step % tc.eval_interval == 0
+            regular, offset = step % tc.eval_interval == 0, step % tc.eval_interval
             curve = self.curve_interval()
-            due = (regular or (curve < tc.eval_interval and step % tc.eval_interval % curve == 0)) \
+            # a curve point a full curve interval before the next regular estimate, not one step before it
+            due = (regular or (offset % curve == 0 and offset + curve <= tc.eval_interval)) \
                 and step != self.resumed_at
             if not (regular or finished):
                 batches = min(tc.eval_iters, max(MIN_BATCHES, round(CHEAP_SHARE * tc.eval_iters)))
