@@ -277,6 +277,28 @@ def test_second_ctrl_c_raises_at_once_and_keeps_the_last_checkpoint(tmp_path, da
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
 
 
+class SignalAtStart(SignalAt):
+    """A tracker that is Ctrl-C'd as it starts: after the new run's directory exists, before its first step."""
+
+    def start(self, run, config, data) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_before_a_new_run_trains_removes_it_and_says_which(tmp_path, dataset_dir, keep_threads):
+    """A Ctrl-C during the first compile removed the new run, and the line said only that "a new run stopped before
+    it trained is removed": `--resume runs/latest` then resumed another run. The line names the run removed."""
+    from chargpt.cli import _stopped_at_once
+
+    data = load_dataset(dataset_dir)
+    config = tiny_config()
+    config.model.vocab_size = data.tokenizer.vocab_size
+    with pytest.raises(KeyboardInterrupt) as e:
+        train_config(config, data, tmp_path, "fresh", preset=None, tracker=SignalAtStart(0, 1))
+    assert e.value.removed_run == tmp_path / "fresh" and not (tmp_path / "fresh").exists()
+    line = _stopped_at_once(signal.SIGINT, "train", e.value.removed_run)
+    assert f"before {tmp_path / 'fresh'} began training: it is removed" in line and "\n" not in line
+
+
 def test_checkpoints_follow_ckpt_interval_not_just_evaluations(tmp_path, dataset_dir, keep_threads, monkeypatch):
     data = load_dataset(dataset_dir)
     config = tiny_config(steps=10)

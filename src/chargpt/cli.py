@@ -613,13 +613,15 @@ def _stopped(message) -> None:
     _error(message, prefix="")
 
 
-def _stopped_at_once(signum: int, command: str | None) -> str:
-    """What a command stopped at once by `signum` leaves behind: every file whole; for `train`, a new run that had
-    not begun training is removed (a run that had keeps what it saved)."""
-    left = ("; a new run stopped before it trained is removed, any other keeps its last checkpoint"
-            if command == "train" else "")
+def _stopped_at_once(signum: int, command: str | None, removed: Path | None = None) -> str:
+    """What a command stopped at once by `signum` leaves behind: every file whole; for `train`, the new run
+    `removed` because it had not begun training (a run that had keeps what it saved)."""
+    left = ("; a run that had begun training keeps its last checkpoint" if command == "train" else "")
     what = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated",
             getattr(signal, "SIGHUP", None): "hung up"}.get(signum, "stopped")
+    if removed is not None:
+        return (f"{what} by {signal_name(signum)} before {removed} began training: it is removed, as if never "
+                f"started (the same command starts it again); files are written whole or not at all")
     return f"{what} by {signal_name(signum)}; files are written whole or not at all (temporaries removed){left}"
 
 
@@ -653,7 +655,7 @@ def _run(argv: list[str] | None) -> int:
         return e.exit_code
     except KeyboardInterrupt as e:
         signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
-        _stopped(_stopped_at_once(signum, command))
+        _stopped(_stopped_at_once(signum, command, getattr(e, "removed_run", None)))
         return exit_code_of(signum)
     except BrokenPipeError:
         return 0

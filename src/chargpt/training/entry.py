@@ -78,7 +78,7 @@ class TrainPlan:
         req, main = self.request, is_main_process()
         say = echo or (lambda *_: None)
         run = self.resume_run
-        created, started = run is None, False
+        created, started, stopped = run is None, False, None
         if run is None and main:
             run = RunDir.create(req.runs_dir, req.name or default_name(self.config.model.model, self.preset),
                                 unique=req.name is None)
@@ -98,10 +98,15 @@ class TrainPlan:
             started = True
             loop(t)
             return t, finish(t)
+        except KeyboardInterrupt as e:  # Ctrl-C or a terminating signal before the loop could take it
+            stopped = e
+            raise
         finally:  # a notebook's process lives on: the run is free for another writer now
             if run is not None:
                 if created and not started:
                     run.discard()
+                    if stopped is not None and not run.path.exists():
+                        stopped.removed_run = run.path  # the stop's line names it (cli._stopped_at_once)
                 run.unlock()
 
     def _announce(self, run, say: Callable[[str], None]) -> None:
