@@ -80,8 +80,6 @@ def plot_run(run_path: str | os.PathLike) -> Path | None:
 
 def run_figure(run_path: Path):
     """The figure `plot_run` writes (None before the first evaluation)."""
-    from matplotlib.ticker import FuncFormatter
-
     records = read_metrics(run_path)
     evals = _evals(records)
     if not evals:
@@ -95,15 +93,54 @@ def run_figure(run_path: Path):
             ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=4, color=color,
                     label=key.replace("_", " ") + " (estimate)", zorder=2)
         ax.set_xlabel(label)
-        ax.set_yscale("log")
-        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
-            axis(FuncFormatter(lambda v, _: f"{v:g}"))  # 3 and 4, not 3x10^0
-        ax.grid(alpha=0.3, which="both")
+    _log_losses(by_step, by_time)
     by_step.set_ylabel("loss (nats/char, log scale)")
     by_step.legend()
     last = evals[-1]
-    fig.suptitle(f"{_shown(run_path.name)}: val {last['val_loss']:.4f} at step {last['step']}")
+    fig.suptitle(f"{_shown(run_path.name)}: val estimate {last['val_loss']:.4f} at step {last['step']}")
     return fig
+
+
+# a tick's mantissas, coarse to fine: the first set that labels a range at least MIN_TICKS times is used
+MANTISSAS = ((1, 2, 3, 5), (1, 1.2, 1.4, 1.6, 1.8, 2, 2.5, 3, 3.5, 4, 4.5, 5, 6, 7, 8, 9),
+             tuple(round(1 + i / 10, 1) for i in range(90)))
+MIN_TICKS, TICKS = 5, 8  # labelled losses on a loss axis: at least, at most
+
+
+def loss_ticks(lo: float, hi: float) -> list[float]:
+    """Between MIN_TICKS and TICKS round losses from `lo` to `hi`, evenly spread on a log axis (a log axis of its
+    own labels only 2, 3 and 4 over the range 1.2 to 4.5 where losses end, and nothing over 2.4 to 2.9)."""
+    if not (0 < lo < hi and math.isfinite(hi)):
+        return []
+    decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+    for mantissas in MANTISSAS:
+        nice = sorted({v for e in decades for m in mantissas if lo <= (v := round(m * 10.0 ** e, 10)) <= hi})
+        if len(nice) >= MIN_TICKS:
+            break
+    else:  # narrower than a tenth of a decade's steps: evenly spaced values, as a linear axis labels them
+        from matplotlib.ticker import MaxNLocator
+
+        return [float(v) for v in MaxNLocator(MIN_TICKS).tick_values(lo, hi) if lo <= v <= hi]
+    if len(nice) <= TICKS:
+        return nice
+    targets = [math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * i / (TICKS - 1)) for i in range(TICKS)]
+    return sorted({min(nice, key=lambda v: abs(math.log(v / t))) for t in targets})
+
+
+def _log_losses(*axes) -> None:
+    """Loss axes shared by `axes`: a log scale (the early drop and the late slow gains both visible) labelled at
+    round losses across the range drawn (`loss_ticks`), 1.4 and 2.5 rather than 1.4x10^0."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    for ax in axes:
+        ax.set_yscale("log")
+    lo, hi = axes[0].get_ylim()
+    for ax in axes:
+        ax.yaxis.set_major_locator(FixedLocator(loss_ticks(lo, hi)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.grid(alpha=0.3, which="major")
+        ax.set_ylim(lo, hi)
 
 
 def refresh_run_plot(run_path: str | os.PathLike) -> None:
@@ -141,9 +178,9 @@ def runs_figure(run_paths: list[str | os.PathLike]):
         by_time.plot(*_points(evals, "train_seconds", "val_loss"), color=line.get_color())
     by_step.set_xlabel("step")
     by_time.set_xlabel("training time (s)")
-    by_step.set_ylabel("val loss (nats/char)")
-    for ax in (by_step, by_time):
-        ax.grid(alpha=0.3)
+    if by_step.lines:
+        _log_losses(by_step, by_time)
+    by_step.set_ylabel("val loss (nats/char, log scale)")
     by_step.legend(fontsize="small")
     fig.suptitle("validation loss (random-window estimate)")
     return fig
