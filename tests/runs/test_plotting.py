@@ -16,7 +16,7 @@ from chargpt.config import get_preset
 from chargpt.data.dataset import load_dataset
 from chargpt.runs.plotting import plot_run, plot_runs, refresh_run_plot
 from chargpt.runs.rundir import RunDir
-from conftest import train_config
+from conftest import run_main, train_config
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -87,6 +87,23 @@ def test_plot_runs_overlays_several_runs_into_one_png(tmp_path):
     (tmp_path / "out").mkdir()  # an output's directory must exist: chargpt never creates one it was not asked for
     out = plot_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "out" / "cmp.png")
     assert png_size(out) == (1000, 400)
+
+
+@pytest.mark.parametrize("lines", ["", "not json\n", '{"step": 0, "val_loss": NaN}\n'], ids=["empty", "garbage", "nan"])
+def test_runs_without_an_estimate_are_one_line_or_a_note_never_an_empty_plot(tmp_path, lines):
+    """`chargpt runs --plot r1` of a run whose metrics log holds no val estimate printed matplotlib's two-line
+    legend warning and said it wrote the plot; now one line and exit 2, nothing written. Beside a run that has
+    estimates it is drawn without it, and the figure says which runs had none."""
+    from conftest import one_error_line
+
+    (tmp_path / "runs" / "empty").mkdir(parents=True)
+    (tmp_path / "runs" / "empty" / "metrics.jsonl").write_text(lines)
+    write_metrics(tmp_path / "runs" / "good")
+    p = run_main("runs", "--plot", "empty", "--out", "p.png", cwd=tmp_path)
+    assert "nothing to draw: empty has no val estimate" in one_error_line(p) and not (tmp_path / "p.png").exists()
+    p = run_main("runs", "--plot", "good", "empty", "--out", "p.png", cwd=tmp_path)
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    assert png_size(tmp_path / "p.png") == (1000, 400)
 
 
 def test_replotting_a_long_run_stays_cheap(tmp_path):

@@ -14,8 +14,9 @@ import sys
 import warnings
 from pathlib import Path
 
+from ..errors import DataError
 from ..fsutil import FIGURE_MARK, MISSING_GLYPH, claim_output, save_figure, write_bytes
-from .rundir import PLOT, read_metrics
+from .rundir import METRICS, PLOT, read_metrics
 
 _warned = False
 PLOT_TIMEOUT = 120.0  # seconds before the training loop stops waiting for a drawing: far above a normal one
@@ -170,16 +171,22 @@ def plot_runs(run_paths: list[str | os.PathLike], out: str | os.PathLike) -> Pat
 def runs_figure(run_paths: list[str | os.PathLike]):
     """The figure `plot_runs` writes."""
     fig, (by_step, by_time) = _figure()
+    missing = []
     for path in map(Path, run_paths):
         evals = _evals(read_metrics(path))
         if not evals:
+            missing.append(path.name)
             continue
         line, = by_step.plot(*_points(evals, "step", "val_loss"), label=_shown(path.name))
         by_time.plot(*_points(evals, "train_seconds", "val_loss"), color=line.get_color())
+    if not by_step.lines:
+        raise DataError(f"nothing to draw: {', '.join(missing)} {'has' if len(missing) == 1 else 'have'} no val "
+                        f"estimate in {METRICS} (a run logs its first at step 0); name runs that have trained")
+    if missing:
+        fig.text(0.01, 0.01, f"no val estimate yet: {', '.join(map(_shown, missing))}", fontsize="small")
     by_step.set_xlabel("step")
     by_time.set_xlabel("training time (s)")
-    if by_step.lines:
-        _log_losses(by_step, by_time)
+    _log_losses(by_step, by_time)
     by_step.set_ylabel("val loss (nats/char, log scale)")
     by_step.legend(fontsize="small")
     fig.suptitle("validation loss (random-window estimate)")
