@@ -146,3 +146,20 @@ def test_on_a_terminal_the_seconds_count_while_it_works_and_the_counter_is_clear
             shown += os.read(leader, 4096).decode()  # hands the terminal's output over in pieces
     os.close(leader)
     assert "so far" in shown and shown.endswith("\r\x1b[K")
+
+
+def test_a_long_passs_plain_lines_end_at_100_percent_in_single_spaced_words():
+    """Without a terminal, a pass's lines came every 10% and the last shown could be 99% (`val:  99% (110,592 of
+    111,539 characters)`, two spaces before it): it looked unfinished. Its end is a line of its own."""
+    import io
+
+    from chargpt.runtime.progress import EvalProgress
+
+    out = io.StringIO()
+    progress = EvalProgress("final evaluation of val", delay=0.0, stream=out)
+    total = 111_539
+    for done in [*range(0, total, 9_216), total]:
+        progress(done, total)
+    lines = out.getvalue().splitlines()
+    assert lines[-1].startswith("final evaluation of val: 100% (111,539 of 111,539 characters) | ")
+    assert all("  " not in line for line in lines) and len(lines) <= 11

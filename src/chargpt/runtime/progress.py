@@ -192,10 +192,11 @@ class EvalProgress:
                                 delay=self.delay, leave=False, dynamic_ncols=True)
             self.bar.n = done
             self.bar.refresh()
-        elif elapsed >= self.delay and done / total - self.last_plain >= 0.1:
+        elif elapsed >= self.delay and (done / total - self.last_plain >= 0.1
+                                        or done == total and 0 < self.last_plain < 1):  # and its end, once begun
             self.last_plain = done / total
             eta = elapsed * (total - done) / done if done else float("nan")
-            print(f"{self.what}: {done / total:4.0%} ({done:,} of {total:,} characters) | {elapsed:.1f}s | "
+            print(f"{self.what}: {done / total:.0%} ({done:,} of {total:,} characters) | {elapsed:.1f}s | "
                   f"eta {eta:.1f}s", file=self.stream, flush=True)
 
     def close(self) -> None:

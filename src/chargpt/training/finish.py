@@ -178,7 +178,8 @@ def report(t: Training, summary: dict, scored: dict, seconds: float, note: str |
         others = "; ".join(f"{what}: {result.loss:.4f}" for name, (result, what, _) in scored.items()
                            if name != recommended)
         which = f" ({scored[recommended][1]}, recommended; {others})"
-    t.writer.say(describe_pass(scored[recommended][0], "val") + f"{which} after {t.step} steps, {seconds:.1f} s{spent}")
+    steps = f"{t.step:,} step{'' if t.step == 1 else 's'}"
+    t.writer.say(describe_pass(scored[recommended][0], "val") + f"{which} after {steps}, {seconds:.1f} s{spent}")
     if note:
         t.writer.say(note)
     if "bigram_optimum_val_loss" in summary:

@@ -201,7 +201,8 @@ def reserve_final_pass(t: Training) -> None:
         scored = min(tc.eval_tokens, val)
         clock.final_tokens = max(mc.block_size, int(scored * FINAL_SHARE * tc.time_budget / final))
         final *= clock.final_tokens / scored
-        fitted = f" ({clock.final_tokens:,} of its {val:,} characters, to fit the budget)"
+        kept = max(1, min(val - 1, clock.final_tokens) // mc.block_size) * mc.block_size  # as pass_windows scores
+        fitted = f" ({kept:,} of its {val - 1:,} characters, to fit the budget)"  # each character after the first
     clock.reserve = final + (tc.sample_tokens / SAMPLE_RATE if tc.sample_tokens else 0.0) + 0.5
     left = tc.time_budget - clock.budget_seconds() - clock.reserve
     resumed = clock.resumed_at is not None
@@ -356,7 +357,7 @@ def evaluate_and_log(t: Training, bar: Progress, mark: Mark) -> None:
     if losses["val"] < writer.best_val and t.step > 0:
         writer.best_val = losses["val"]
         save_checkpoint(t, writer.run.best if writer.run is not None else None)
-    bar.note(f"step {t.step}: train {losses['train']:.4f}, val {losses['val']:.4f}")
+    bar.note(f"step {t.step:,}: train {losses['train']:.4f}, val {losses['val']:.4f}")  # as the bar shows it
 
 
 def save_checkpoint(t: Training, path: Path | None = None, model: torch.nn.Module | None = None,
