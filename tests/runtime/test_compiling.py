@@ -244,9 +244,13 @@ def test_a_compiling_run_measures_its_compile_beyond_a_steps_time_and_its_compil
     assert CompileRun(cold=False).figures(100, 50.0, 4096) == (None, None)  # no step trained here
 
 
-def test_a_budget_run_decides_on_the_figures_recorded_for_its_model_here(dataset_dir, tmp_path, monkeypatch):
-    # the figures of this machine say a first compile of the tiny model costs far more than its 3 s budget:
-    # the run trains eagerly, compiles nothing and says why, with those figures
+@pytest.mark.parametrize("length, span", [(["--time-budget", "3"], "this budget trains ~"),
+                                          (["--max-steps", "20"], "these 20 steps take eagerly ~0.0s")],
+                         ids=["budget", "steps"])
+def test_a_run_decides_on_the_figures_recorded_for_its_model_here(dataset_dir, tmp_path, monkeypatch, length, span):
+    # the figures of this machine say a first compile of the tiny model costs far more than its 3 s budget, or
+    # than its 20 steps take eagerly: the run trains eagerly, compiles nothing and says why, with those figures (a
+    # run of steps compiled whatever it cost: a 36 s fine-tune paid a 43 s compile)
     from chargpt.config import get_preset
     from chargpt.runtime.device import resolve_dtype
     from chargpt.training.budget import COLD_COMPILE, COMPILED, EAGER, SpeedCache, speed_key
@@ -265,10 +269,11 @@ def test_a_budget_run_decides_on_the_figures_recorded_for_its_model_here(dataset
     for name, value in ((COLD_COMPILE, 300.0), (COMPILED, 60_000.0), (EAGER, 50_000.0)):
         cache.put(f"{key}|{name}", value)
     at = TINY_GPT.index("--max-steps")
-    p = run_cli("train", *TINY_GPT[:at], *TINY_GPT[at + 2:-1], "--compile", "--time-budget", "3", "--threads", "1",
+    p = run_cli("train", *TINY_GPT[:at], *TINY_GPT[at + 2:-1], "--compile", *length, "--threads", "1",
                 "--device", "cpu", "--data", dataset_dir, "--runs-dir", tmp_path / "runs", "--name", "r",
                 env={"CHARGPT_CACHE": str(tmp_path / "cache")}, check=True)
     assert "compile: skipped: a first compile of this model costs ~5m00s here for 20% faster steps" in p.stdout
+    assert span in p.stdout
     assert not [f for f in (tmp_path / "cache").rglob("*") if f.is_file() and f.name != "speeds.json"]
 
 

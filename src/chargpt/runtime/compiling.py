@@ -31,12 +31,13 @@ class CompileFigures:
 
 
 def compile_decision(training_seconds: float | None, cached: bool | None,
-                     figures: CompileFigures) -> tuple[bool, str]:
-    """Whether a run with `training_seconds` left to train (None: no time budget) compiles, and the line that
-    says why ("" when there is nothing to say). `cached`: whether the compile cache holds the model (None: the
-    user's own cache, which chargpt cannot tell: treated as warm, as before figures were kept).
+                     figures: CompileFigures, span: str = "this budget trains") -> tuple[bool, str]:
+    """Whether a run with `training_seconds` left to train (None: not known) compiles, and the line that says why
+    ("" when there is nothing to say); `span` says what trains them (a budget, or a run's steps at the eager
+    speed measured here). `cached`: whether the compile cache holds the model (None: the user's own cache, which
+    chargpt cannot tell: treated as warm, as before figures were kept).
 
-    A run without a budget compiles. A budget run compiles where, on this machine's figures for the model,
+    A run whose training time is not known compiles. Another compiles where, on this machine's figures for the model,
     (training_seconds - compile seconds) x compiled speed > COMPILE_MARGIN x training_seconds x eager speed,
     the compile seconds being the cold cache's or the warm one's. Without figures, a cold cache trains eagerly
     (a first compile can cost more of a budget than its faster steps return) and a warm one compiles."""
@@ -60,7 +61,7 @@ def compile_decision(training_seconds: float | None, cached: bool | None,
     break_even = cost * compiled / (compiled - COMPILE_MARGIN * eager)
     return pays, (f"compile: {'compiling first' if pays else 'skipped'}: {what} costs ~{format_duration(cost)} "
                   f"here for {gain:.0%} faster steps, which pays {'after' if pays else 'only after'} "
-                  f"~{format_duration(break_even)} of training; this budget trains "
+                  f"~{format_duration(break_even)} of training; {span} "
                   f"~{format_duration(max(0.0, training_seconds))}")
 
 

@@ -163,8 +163,8 @@ def announce(t: Training) -> None:
 
 def compile_choice(t: Training) -> str | None:
     """The compile_key of the model to compile here, or None to train eagerly: no --compile, no compiler here,
-    or a time budget whose training would not win the compile back (`compile_decision`, on what earlier runs
-    measured of compiling this model on this machine)."""
+    or a time budget, or a number of steps, whose training would not win the compile back (`compile_decision`,
+    on what earlier runs measured of compiling this model on this machine)."""
     tc, say = t.config.train, t.writer.say
     no_compile = compile_unavailable_reason(t.device) if tc.compile else None
     if no_compile:
@@ -175,9 +175,17 @@ def compile_choice(t: Training) -> str | None:
     key = compile_key(t.device.type, t.precision, dataclasses.asdict(t.config.model), t.batches.micro_batch,
                       t.dist.world_size, *threads)
     cached = compiled_before(key)
-    used = t.clock.agree([t.clock.budget_seconds() + t.clock.reserve])[0]  # every process decides alike
-    compiles, why = compile_decision(tc.time_budget - used if tc.time_budget else None, cached,
-                                     compile_figures(t.config, t.device, t.precision))
+    figures = compile_figures(t.config, t.device, t.precision)
+    if tc.time_budget:
+        used = t.clock.agree([t.clock.budget_seconds() + t.clock.reserve])[0]  # every process decides alike
+        training, span = tc.time_budget - used, "this budget trains"
+    else:  # a run of steps: as long as its steps take at the eager speed measured here; it compiles unless this
+        steps = tc.max_steps - t.step  # machine's figures say the compile costs more than it wins
+        cost = figures.cold_seconds if cached is False else figures.warm_seconds
+        known = cost is not None and figures.compiled_speed and figures.eager_speed
+        training = steps * t.tokens_per_step / figures.eager_speed if known else None
+        span = f"{'this step takes' if steps == 1 else f'these {steps:,} steps take'} eagerly"
+    compiles, why = compile_decision(training, cached, figures, span)
     if why:
         say(why)
     if not compiles:
