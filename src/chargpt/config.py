@@ -117,7 +117,7 @@ class TrainConfig:
         "auto", "auto (bf16 autocast on CUDA and bf16-capable CPUs, else float32), float32 or bfloat16")
     compile: bool = option(False, "torch.compile the model")
     threads: int = option(0, "CPU threads; 0 = the cores not busy right now (measured over 0.1 s), at least 1; "
-                             "with --nproc, each process's share of the cores", min=0, max=MAX_THREADS)
+                             "in a run of train --nproc N, each process's share of the cores", min=0, max=MAX_THREADS)
     sample_tokens: int = option(500, "characters sampled into the run directory at the end", min=0, max=MAX_BATCH)
     eval_tokens: int = option(EVAL_TOKENS, "characters scored in a pass over a split (val, at the end of training): "
                                            "evenly spread windows when the split is larger, with the standard error "
