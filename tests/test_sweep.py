@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -20,7 +21,7 @@ import optuna
 import pytest
 
 from chargpt.fsutil import written_by_chargpt
-from conftest import one_error_line, run_main
+from conftest import one_error_line, run_cli, run_main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -81,13 +82,20 @@ def test_a_sweeps_study_holds_its_trials_with_the_runs_figures(swept):
         assert written_by_chargpt(where / "sweeps/s" / png)  # marked: a figure chargpt drew
 
 
-def test_show_redraws_the_sweeps_plots_whatever_is_in_their_place(swept):
-    """The plots are the sweep's own files, in its own directory: --show draws them again over an earlier
-    version's (unmarked) drawing, as over its own."""
+def test_show_redraws_the_sweeps_own_plots_but_refuses_a_png_chargpt_did_not_draw(swept):
+    """--show replaces only the figures chargpt drew (marked): an unmarked history.png in their place is refused in
+    one line, before any plot is drawn, and left as it was."""
     where, _ = swept
     history = where / "sweeps/s/history.png"
-    history.write_bytes(b"\x89PNG\r\n\x1a\n an earlier drawing, without chargpt's mark")
-    p = run_main("sweep", "s", "--show", cwd=where, check=True)
+    theirs = b"\x89PNG\r\n\x1a\n a drawing of the user's, without chargpt's mark"
+    history.write_bytes(theirs)
+    drawn = {png: (where / "sweeps/s" / png).read_bytes() for png in ("importances.png", "parallel.png")}
+    p = run_main("sweep", "s", "--show", cwd=where)
+    assert p.returncode == 2 and "sweeps/s/history.png is a file chargpt did not write" in one_error_line(p)
+    assert history.read_bytes() == theirs and p.stdout == ""
+    assert all((where / "sweeps/s" / png).read_bytes() == data for png, data in drawn.items())
+    history.unlink()
+    p = run_main("sweep", "s", "--show", cwd=where, check=True)  # its own drawings and best.toml: replaced
     assert "wrote sweeps/s/history.png" in p.stdout and written_by_chargpt(history)
 
 
@@ -287,3 +295,116 @@ def test_showing_a_sweep_that_never_ran_says_how_to_start_it(tmp_path):
     p = run_main("sweep", "nothing", "--show", cwd=tmp_path)
     assert p.returncode == 2 and "start it with: chargpt sweep nothing --data" in one_error_line(p)
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- where a sweep may write: refused first
+def snapshot(where: Path) -> dict:
+    """Everything under `where`, without following a link or opening a FIFO: each path's kind and contents."""
+    seen = {}
+    for path in sorted(where.rglob("*")):
+        st = os.lstat(path)
+        seen[str(path.relative_to(where))] = (os.readlink(path) if path.is_symlink() else
+                                              path.read_bytes() if path.is_file() else st.st_mode)
+    return seen
+
+
+def _user_sqlite(path: Path) -> None:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE contacts (name TEXT, phone TEXT)")
+        db.execute("INSERT INTO contacts VALUES ('Ada', '555')")
+        db.commit()
+
+
+def _journal_with_a_lock_of_the_users(where: Path) -> None:
+    from optuna.storages.journal import JournalFileBackend
+
+    optuna.create_study(study_name="other", storage=optuna.storages.JournalStorage(
+        JournalFileBackend(str(where / "j.log"))))
+    (where / "j.log.lock").write_text("my lock notes\n")
+
+
+def _notes(where: Path, name: str = "notes.log") -> Path:
+    (where / name).write_text("my notes\n")
+    return where / name
+
+
+def _link(link: Path, target: Path) -> None:
+    link.symlink_to(target)
+
+
+def _folder_linked_to_mine(where: Path) -> None:
+    (where / "sweeps/d").rmdir()
+    _notes(where / "mydir", "best.toml")
+    (where / "sweeps/d").symlink_to("../mydir")
+
+
+def _folder_a_file(where: Path) -> None:
+    (where / "sweeps/d").rmdir()
+    _notes(where / "sweeps", "d")
+
+
+# each: what the test puts in place (in a folder with an empty sweeps/d and mydir), the sweep's --storage (None:
+# the default, sweeps/d/study.db) and the one line's words
+PLACES = {
+    "journal over a user's file": (_notes, "notes.log", "--storage notes.log is a file that is not an Optuna journal"),
+    "journal through a symlink": (lambda w: _link(w / "link.log", _notes(w)), "link.log",
+                                  "--storage link.log is a symbolic link"),
+    "journal on a directory": (lambda w: None, "mydir", "--storage mydir is a directory"),
+    "journal on a device": (lambda w: None, "/dev/null", "--storage /dev/null is a device"),
+    "journal whose lock is a user's file": (_journal_with_a_lock_of_the_users, "j.log",
+                                            "has j.log.lock beside it, a regular file that Optuna would take"),
+    "SQLite of the user's tables": (lambda w: _user_sqlite(w / "my.db"), "sqlite:///my.db",
+                                    "is a SQLite database of other tables (contacts)"),
+    "SQLite over a user's file": (lambda w: _notes(w, "my.db"), "sqlite:///my.db",
+                                  "my.db is a file that is not a SQLite database"),
+    "default study.db a user's file": (lambda w: _notes(w / "sweeps/d", "study.db"), None,
+                                       "sweeps/d/study.db is a file that is not a SQLite database"),
+    "best.toml of the user's": (lambda w: _notes(w / "sweeps/d", "best.toml"), None,
+                                "sweeps/d/best.toml is a file chargpt did not write"),
+    "best.toml a symlink": (lambda w: _link(w / "sweeps/d/best.toml", _notes(w, "mine.toml")), None,
+                            "sweeps/d/best.toml is a symbolic link"),
+    "sweep folder a symlink": (_folder_linked_to_mine, None,
+                               "sweeps/d is a symbolic link, not a sweep's own directory"),
+    "sweep folder a file": (_folder_a_file, None, "sweeps/d is a regular file, not a sweep's own directory"),
+}
+
+
+@pytest.mark.parametrize("make, storage, message", PLACES.values(), ids=PLACES.keys())
+def test_a_storage_or_sweep_folder_that_is_not_chargpts_is_refused_before_any_trial(make, storage, message,
+                                                                                    dataset_dir, tmp_path):
+    """A study's file must be new, empty or a study's already; sweeps/NAME a directory, not a link; best.toml
+    new or one a sweep wrote. Otherwise one line, exit 2, nothing written (no study, no run) and nothing changed."""
+    (tmp_path / "sweeps/d").mkdir(parents=True)
+    (tmp_path / "mydir").mkdir()
+    write_space(tmp_path, LR)
+    make(tmp_path)
+    before = snapshot(tmp_path)
+    p = run_main("sweep", "d", "--data", dataset_dir, "--trials", 1, "--trial-budget", "5steps", "--space",
+                 "space.toml", *(["--storage", storage] if storage else []), cwd=tmp_path)
+    assert p.returncode == 2 and message in one_error_line(p)
+    assert snapshot(tmp_path) == before
+
+
+def test_a_fifo_as_the_studys_journal_is_one_line_not_a_hang(dataset_dir, tmp_path):
+    """A real process, so that a hang fails the test at its timeout instead of stopping the suite."""
+    os.mkfifo(tmp_path / "ff")
+    p = run_cli("sweep", "f", "--data", dataset_dir, "--trials", 1, "--trial-budget", "5steps", "--search",
+                "n_layer=1", "--storage", tmp_path / "ff", cwd=tmp_path, timeout=60)
+    assert p.returncode == 2 and f"--storage {tmp_path / 'ff'} is a FIFO (named pipe)" in one_error_line(p)
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["ff"]
+
+
+def test_a_study_is_kept_in_a_new_or_empty_file_or_one_holding_a_study(tmp_path):
+    from optuna.storages.journal import JournalFileBackend
+
+    from chargpt.sweeps.study import study_file_problem
+
+    (tmp_path / "empty").touch()
+    optuna.create_study(storage=optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "j.log"))))
+    optuna.create_study(storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    _user_sqlite(tmp_path / "both.db")
+    optuna.create_study(storage=f"sqlite:///{tmp_path / 'both.db'}")  # the user's tables beside Optuna's: a study's
+    for file, journal in (("new.log", True), ("empty", True), ("j.log", True), ("new.db", False), ("empty", False),
+                          ("optuna.db", False), ("both.db", False)):
+        assert study_file_problem(str(tmp_path / file), journal) is None, file
+    assert not (tmp_path / "new.log").exists() and not (tmp_path / "new.db").exists()

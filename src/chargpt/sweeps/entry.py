@@ -144,7 +144,7 @@ def check_request(req: SweepRequest) -> None:
 def run_sweep(req: SweepRequest, echo: Callable[[str], None] | None = print):
     """Check `req`, then run its trials here (and in `workers - 1` more processes) until the study has its N or the
     time is up; write best.toml (and with `show`, the table and plots). Return the Optuna study."""
-    from .report import show, write_best
+    from .report import check_sweep_dir, show, write_best
 
     say = echo or (lambda *_: None)
     _read_durations(req)
@@ -152,12 +152,15 @@ def run_sweep(req: SweepRequest, echo: Callable[[str], None] | None = print):
     running = req.trials is not None or req.time_budget is not None
     given = _given_space(req) if running else None  # a bad space is refused before optuna or torch is loaded
     budget = trial_budget_fields(req.trial_budget, req.spell) if running else {}
+    # where the sweep writes, checked once here: its study's file and its folder's files are new or its own
+    url = storage_url(req.name, req.storage, req.spell("storage"))
+    check_sweep_dir(req.name, req.show)
     with quiet_optuna():
         if not running:
-            url = _existing_storage(req)
+            _check_shown_exists(req)
             study = open_study(req.name, open_storage(url, req.grace_period), url, req.pruner, create=False)
         else:
-            plan = plan_sweep(req, given, budget)
+            plan = plan_sweep(req, url, given, budget)
             each = plan.settings["trial_budget"].replace("steps", " steps")  # as the settings keep it: 500steps
             say(f"sweep {plan.name}: {_count(plan.trials, plan.deadline)} of {each} each, "
                 f"minimising the full-pass val loss; study in {shown(plan.url)}; space: {plan.space.describe()}")
@@ -197,13 +200,11 @@ def _read_durations(req: SweepRequest) -> None:
         req.trial_budget = f"{req.trial_budget}s"
 
 
-def _existing_storage(req: SweepRequest) -> str:
-    """The storage of a sweep only shown: the default SQLite file must already be there (opening it would create it)."""
-    url = storage_url(req.name, req.storage)
+def _check_shown_exists(req: SweepRequest) -> None:
+    """A sweep only shown: the default SQLite file must already be there (opening it would create it)."""
     if req.storage is None and not (sweep_dir(req.name) / "study.db").is_file():
         raise ConfigError(f"no sweep {req.name} here (no {sweep_dir(req.name) / 'study.db'}); start it with: "
                           f"chargpt sweep {req.name} --data DIR --trials N --trial-budget B")
-    return url
 
 
 def _count(trials: int | None, deadline: float | None) -> str:
@@ -212,10 +213,10 @@ def _count(trials: int | None, deadline: float | None) -> str:
     return (f"{trials} trials" if trials else "trials") + until
 
 
-def plan_sweep(req: SweepRequest, given: Space | None, budget: dict) -> SweepPlan:
+def plan_sweep(req: SweepRequest, url: str, given: Space | None, budget: dict) -> SweepPlan:
     """Resolve `req` with its `given` space (checked; None: the study's, or the default around the budget's choice)
     and its trial `budget` (as config fields): its data loaded and a trial planned once on them, then its study
-    opened or joined (the only write so far)."""
+    opened or joined at `url` (checked by `storage_url`): the only write so far."""
     from ..training.entry import TrainRequest, plan_training
 
     started = time.perf_counter()
@@ -224,7 +225,6 @@ def plan_sweep(req: SweepRequest, given: Space | None, budget: dict) -> SweepPla
                                       fields=fixed | budget | {"seed": req.seed}, fields_from=f"sweep {req.name}",
                                       runs_dir=req.runs_dir), echo=None)
     _warm_up()
-    url = storage_url(req.name, req.storage)
     _check_no_leftover_runs(req)
     if req.storage is None:
         sweep_dir(req.name).mkdir(parents=True, exist_ok=True)

@@ -5,16 +5,59 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 from pathlib import Path
 from typing import Callable
 
+from ..errors import OutputError
+from ..fsutil import kind_of, open_regular, written_by_chargpt
 from ..runtime.progress import format_duration
-from .study import sweep_dir
+from .study import SWEEPS_DIR, sweep_dir
 
 BEST = "best.toml"
+# The two lines `write_best` opens best.toml with: how a best.toml chargpt wrote is told from a file of the user's.
+BEST_HEADER = re.compile(r"# sweep .+: trial \d+ \(.*\), full-pass val loss \S+\n# train it with: chargpt train "
+                         r"--config .+\n")
 # Optuna's matplotlib plots drawn by --show: the file each is written to, and its function.
 PLOTS = {"history.png": "plot_optimization_history", "importances.png": "plot_param_importances",
          "parallel.png": "plot_parallel_coordinate"}
+
+
+def check_sweep_dir(name: str, show: bool) -> None:
+    """Refuse (OutputError, one line, before any trial) a sweep folder chargpt may not write in: sweeps/NAME must be
+    new or a directory, not a link to one elsewhere, and each file the sweep replaces there (best.toml; with `show`,
+    the plots) new or one chargpt wrote."""
+    folder = sweep_dir(name)
+    if os.path.lexists(SWEEPS_DIR) and not os.path.isdir(SWEEPS_DIR):  # a link to a directory elsewhere is fine
+        raise OutputError(f"{SWEEPS_DIR} is {kind_of(SWEEPS_DIR)}, not a directory: chargpt keeps its sweeps there; "
+                          f"move it away, or run the sweep in another directory")
+    kind = kind_of(folder)
+    if kind not in (None, "a directory"):
+        raise OutputError(f"{folder} is {kind}, not a sweep's own directory: chargpt writes a sweep's files only "
+                          f"into a directory it makes; remove it, or choose another sweep name")
+    for file in (BEST, *(PLOTS if show else ())):
+        check_replaceable(folder / file)
+
+
+def check_replaceable(path: Path) -> None:
+    """Refuse to replace `path` unless it is new or a sweep's own file: a best.toml that `write_best` wrote, a plot
+    that chargpt drew (`written_by_chargpt`)."""
+    kind = kind_of(path)
+    if kind is None or kind == "a regular file" and (
+            written_by_chargpt(path) if path.suffix == ".png" else _written_best(path)):
+        return
+    what = "a file chargpt did not write" if kind == "a regular file" else kind
+    raise OutputError(f"{path} is {what}; a sweep replaces only its own {path.name} there: move this one away first")
+
+
+def _written_best(path: Path) -> bool:
+    try:
+        with open_regular(path) as f:
+            head = f.read(4096).decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    return BEST_HEADER.match(head) is not None
 
 
 def show(study, name: str, say: Callable[[str], None]) -> None:
@@ -92,7 +135,8 @@ def draw_plots(study, out_dir: Path, say: Callable[[str], None]) -> list[Path]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 fig.tight_layout()  # Optuna's axis labels otherwise run off the picture's edge
-            write_bytes(out_dir / file, png_bytes(fig))  # the sweep's own files, in its own directory
+            check_replaceable(out_dir / file)  # again: checked before the trials, it may have changed since
+            write_bytes(out_dir / file, png_bytes(fig))
             written.append(out_dir / file)
         finally:
             plt.close(fig)
@@ -119,6 +163,7 @@ def write_best(study, name: str) -> Path | None:
         lines += [f"{k} = {toml_value(v)}" for k, v in config[section].items() if k != "vocab_size" and v is not None]
     path = sweep_dir(name) / BEST
     path.parent.mkdir(parents=True, exist_ok=True)
+    check_replaceable(path)  # again: checked before the trials, it may have changed since
     write_text(path, "\n".join(lines) + "\n")
     return path
 

@@ -3,15 +3,17 @@ many machines share), the settings all its workers must share, and the sampler a
 A worker that stops giving heartbeats (killed mid-trial) has its trial failed and queued again."""
 from __future__ import annotations
 
+import json
 import logging
 import os
+import sqlite3
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
 from ..errors import ConfigError, OutputError
-from ..fsutil import chargpt_directory
+from ..fsutil import chargpt_directory, kind_of, open_regular
 
 SWEEPS_DIR = "sweeps"  # sweeps/NAME holds a sweep's study (by default), best.toml and plots
 STUDY_DB = "study.db"
@@ -28,22 +30,94 @@ KEEP_PERCENTILE = 33.3  # the percentile pruner keeps a trial while its estimate
 MEDIAN_STARTUP = 4  # trials finished before the median pruner stops any
 PERCENTILE_STARTUP = 3  # ... and before the percentile pruner does
 HALVING_FACTOR = 3  # successive halving keeps the best third at each rung
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database
+OPTUNA_TABLES = {"studies", "alembic_version"}  # tables every Optuna SQLite storage has from its first opening
+JOURNAL_LOCK = ".lock"  # Optuna's journal lock: a symlink beside the journal, which Optuna deletes when stale
+JOURNAL_LINE_LIMIT = 1 << 20  # a journal's first record (a study's creation) is far shorter
 
 
 def sweep_dir(name: str) -> Path:
     return Path(SWEEPS_DIR) / name
 
 
-def storage_url(name: str, storage: str | None) -> str:
-    """The study's storage: `storage` as given, else the SQLite file sweeps/NAME/study.db; refused (before anything
-    is written) when it is a file inside a run or a dataset directory, whose files only chargpt writes."""
+def storage_url(name: str, storage: str | None, flag: str = "--storage") -> str:
+    """The study's storage: `storage` as given (by `flag`), else the SQLite file sweeps/NAME/study.db; refused
+    (before anything is written) when it is a file inside a run or a dataset directory, whose files only chargpt
+    writes, or a file that is not a study's (see `study_file_problem`)."""
     url = storage or f"sqlite:///{sweep_dir(name) / STUDY_DB}"
     file = storage_file(url)
-    owner = file and chargpt_directory(Path(os.path.realpath(file)))
+    if not file:
+        return url
+    named = f"{flag} {shown(url)}" if storage else file
+    owner = chargpt_directory(Path(os.path.realpath(file)))
     if owner:
-        raise OutputError(f"--storage {shown(url)} is inside {owner}, whose files only chargpt writes; keep the "
-                          f"study outside it")
+        raise OutputError(f"{named} is inside {owner}, whose files only chargpt writes; keep the study outside it")
+    problem = study_file_problem(file, journal="://" not in url)
+    if problem:
+        fix = f"give {flag} a new file, or one holding a study" if storage else \
+            "move it away, or choose another sweep name"
+        raise OutputError(f"{named} {problem}; chargpt keeps a study only in a file of its own: {fix}")
     return url
+
+
+def study_file_problem(file: str, journal: bool) -> str | None:
+    """Why a study may not be kept in `file`, an Optuna journal (`journal`) or SQLite database (None: it may).
+    Optuna appends to a journal and adds its tables to a database whatever else is there, so only a new or empty
+    file, or one holding Optuna's records already, is taken: never a symlink, FIFO (opening it would wait forever),
+    device or directory, nor a file of the user's. Read only, before Optuna opens it."""
+    kind = kind_of(file)
+    if kind is None:
+        return None
+    if kind != "a regular file":
+        return f"is {kind}, not a regular file"
+    if journal and kind_of(file + JOURNAL_LOCK) not in (None, "a symbolic link"):
+        return f"has {file + JOURNAL_LOCK} beside it, {kind_of(file + JOURNAL_LOCK)} that Optuna would take for its " \
+               f"lock and delete"
+    try:
+        with open_regular(file) as f:
+            head = f.readline(JOURNAL_LINE_LIMIT) if journal else f.read(len(SQLITE_HEADER))
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if not head:
+        return None
+    if journal:
+        return None if _journal_record(head) else \
+            "is a file that is not an Optuna journal (its first line is not an Optuna record)"
+    if head != SQLITE_HEADER:
+        return "is a file that is not a SQLite database"
+    tables = _sqlite_tables(file)
+    if tables is None:
+        return "is a SQLite database that cannot be read"
+    if tables and not OPTUNA_TABLES <= tables:
+        listed = ", ".join(sorted(tables)[:3]) + (", ..." if len(tables) > 3 else "")
+        return f"is a SQLite database of other tables ({listed}), to which Optuna would add its own"
+    return None
+
+
+def _journal_record(line: bytes) -> bool:
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(record, dict) and "op_code" in record
+
+
+def _sqlite_tables(file: str) -> set[str] | None:
+    """The tables of the SQLite database `file`, opened read-only (nothing is created or changed); None if it cannot
+    be read."""
+    from urllib.parse import quote
+
+    try:
+        db = sqlite3.connect(f"file:{quote(os.path.abspath(file))}?mode=ro", uri=True, timeout=60)
+    except sqlite3.Error:
+        return None
+    try:
+        rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    except sqlite3.Error:
+        return None
+    finally:
+        db.close()
+    return {r[0] for r in rows if not r[0].startswith("sqlite_")}
 
 
 def storage_file(url: str) -> str | None:
