@@ -1,6 +1,7 @@
 import json
 import os
 import re
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from chargpt.data.dataset import load_dataset, prepare
 from chargpt.errors import DataError
-from conftest import run_cli
+from conftest import one_error_line, run_cli
 
 
 def test_prepare_tiny_shakespeare_matches_the_notebook_split(shakespeare_path, tmp_path):
@@ -314,3 +315,43 @@ def test_prepare_into_a_non_ascii_directory_under_the_c_locale(tmp_path):
     p = run_cli("prepare", "--input", src, "--out", tmp_path / "d\u00e9j\u00e0 vu", env=env, cwd=tmp_path)
     assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr  # it maps the files it writes, to check them
     assert load_dataset(tmp_path / "d\u00e9j\u00e0 vu").meta["total_chars"] == 360
+
+
+# -------------------------------------------------------------------------------------------- a full disk
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 600 KiB tmpfs, for a disk that really fills up: mounting needs root, which CI may not grant."""
+    full = tmp_path / "full"
+    full.mkdir()
+    try:
+        p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(full)], capture_output=True,
+                           text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        pytest.skip(f"cannot mount a small tmpfs here: {e}")
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {p.stderr.strip() or p.returncode}")
+    try:
+        yield full
+    finally:
+        subprocess.run(["umount", str(full)], check=True, timeout=30)
+
+
+@pytest.mark.parametrize("before", ["nothing", "a smaller dataset"])
+def test_a_dataset_that_does_not_fit_on_the_disk_is_one_line_and_leaves_the_disk_as_it_was(
+        shakespeare_path, small_filesystem, before):
+    """The splits are written through mappings of their files: a page the full disk had no room for was a SIGBUS
+    (rc 135, nothing printed, an empty --out, the lock and a half-written temporary left). A real process: a
+    regression kills the process that runs it."""
+    out = small_filesystem / "ds"
+    if before != "nothing":
+        small = small_filesystem.parent / "small.txt"
+        small.write_text("a small corpus, of a few lines.\n" * 20)
+        run_cli("prepare", "--input", small, "--out", out, check=True)
+    files = {p.name: p.read_bytes() for p in out.iterdir()} if out.exists() else None
+    p = run_cli("prepare", "--input", shakespeare_path, "--out", out, "--replace")
+    line = one_error_line(p)
+    assert p.returncode == 1 and f"No space left on device ({out})" in line and "free space" in line, line
+    assert [q.name for q in small_filesystem.iterdir()] == ([] if files is None else ["ds"])
+    if files is not None:
+        assert {q.name: q.read_bytes() for q in out.iterdir()} == files
+        assert load_dataset(out).meta["total_chars"] == 640

@@ -36,3 +36,13 @@ def test_too_many_bytes_is_an_error_and_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match="more than the 4 bytes"):
         w.write(b"cdef")
     assert w.written == 1
+
+
+def test_the_file_is_allocated_on_disk_before_any_element_is_written_through_a_mapping(tmp_path):
+    """torch's skip_data leaves the data a hole; a store through a mapping into a page the filesystem then has no
+    room for is a SIGBUS that kills the process (`chargpt prepare` on a full disk: rc 135, no line). With every
+    block allocated first, a full disk is an OSError before the first write."""
+    w = TensorFileWriter(tmp_path / "t.pt", 1_000_000, torch.int64)
+    st = (tmp_path / "t.pt").stat()
+    assert st.st_size > 8_000_000 and st.st_blocks * 512 >= st.st_size
+    assert w.written == 0

@@ -90,7 +90,13 @@ class DirectoryWriter:
         swapped = False
         try:
             os.chmod(new, os.stat(self.path).st_mode & 0o7777)
-            yield new
+            try:
+                yield new
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                    raise
+                # named by the directory the user gave: the temporary that could not be written is removed below
+                raise OSError(e.errno, e.strerror, str(self.named)) from None
             with StopSignals(at_once=lambda signum: None):  # the swap and its tidying are never cut in two
                 _link_others(self.path, new, self.owned)
                 old = swap(new, self.path)

@@ -14,17 +14,19 @@ from ..fsutil import load_torch
 from ..runtime.signals import StopSignals
 
 
-def load_mapped(path: str | os.PathLike, shared: bool = False) -> torch.Tensor:
+def load_mapped(path: str | os.PathLike) -> torch.Tensor:
     """The tensor in `path`, memory-mapped (its pages are read when touched), never running code from the file.
-
-    `shared` maps the file writable: writes to the tensor go to the file."""
-    with torch.serialization.set_default_mmap_options(mmap.MAP_SHARED if shared else mmap.MAP_PRIVATE):
+    Writes to the tensor stay in this process: only `TensorFileWriter`, which allocates the file first, writes
+    through a mapping."""
+    with torch.serialization.set_default_mmap_options(mmap.MAP_PRIVATE):
         return load_torch(path, mmap=True)
 
 
 class TensorFileWriter:
     """`torch.save(torch.empty(n, dtype=dtype), path)`, whose elements are then written in order by `write`.
 
+    The file's blocks are allocated (`reserve`) before any is written through a mapping: a store into a page the
+    filesystem has no room for is a SIGBUS that kills the process, where a full disk must be one OSError.
     Each `write` goes through a writable mapping of its own, released before the next: pages written through
     one mapping stay resident in the process until it is released, so one mapping for the whole file would
     hold the whole split. Like files saved under `torch.serialization.set_crc32_options(False)`, the data's
@@ -42,6 +44,8 @@ class TensorFileWriter:
         # failing on its own state, a traceback instead of the signal's exit).
         with StopSignals(), torch.serialization.skip_data(), open(self.path, "wb") as f:
             torch.save(torch.empty(n, dtype=dtype), f)
+            f.flush()
+            reserve(f.fileno(), self.path)
         self.written = 0
 
     def write(self, data) -> None:
@@ -50,7 +54,8 @@ class TensorFileWriter:
         if self.written + len(ids) > self.n:
             raise ValueError(f"{self.path}: more than the {self.n * self.np_dtype.itemsize} bytes reserved")
         if len(ids):
-            t = load_mapped(self.path, shared=True)
+            with torch.serialization.set_default_mmap_options(mmap.MAP_SHARED):  # writes go to the file
+                t = load_torch(self.path, mmap=True)
             t.numpy()[self.written:self.written + len(ids)] = ids
             del t  # unmapped here: the written pages are the page cache's to write back, not this process's
         self.written += len(ids)
@@ -66,6 +71,20 @@ class TensorFileWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
+
+
+def reserve(fd: int, path: Path) -> None:
+    """Allocate every block of the open file `fd` (`path`) that its size covers (skip_data leaves the data a hole):
+    OSError (ENOSPC on a full disk) here rather than a SIGBUS when the mapping is written."""
+    size = os.fstat(fd).st_size
+    try:
+        if hasattr(os, "posix_fallocate"):  # glibc writes the blocks itself where the filesystem cannot allocate
+            os.posix_fallocate(fd, 0, size)
+        else:  # macOS: rewrite the file in place, which allocates each block it writes
+            for at in range(0, size, 1 << 20):
+                os.pwrite(fd, os.pread(fd, 1 << 20, at), at)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 def chunks(path: str | os.PathLike, nbytes: int) -> Iterator[torch.Tensor]:
