@@ -301,6 +301,32 @@ def test_an_output_is_refused_in_one_line_on_an_input_in_a_run_or_dataset_or_a_m
     assert claim_output(tmp_path / "runs" / "compare.png", (run,)).path == tmp_path / "runs" / "compare.png"
 
 
+def test_the_views_latest_leads_to_are_chargpts_and_no_output_goes_inside_them(tmp_path):
+    """`<runs>/.latest` holds the views of runs that `latest` leads to (links to a run's files): a figure or a
+    dataset written there made `train` leave `latest` as it was ("a directory that chargpt did not make")."""
+    from chargpt.errors import OutputError
+    from chargpt.fsutil import claim_output
+    from chargpt.runs.rundir import RunDir
+
+    run = RunDir.create(tmp_path / "runs", "r")
+    try:
+        run.write_config({"preset": "cpu"})
+        run.log_metrics({"step": 0, "train_loss": 4.2})
+        assert run.mark_latest() is None
+    finally:
+        run.unlock()
+    runs = tmp_path / "runs"
+    figures = (runs / ".latest" / "x.png", runs / "latest" / "x.png")  # `attention --out`, `runs --plot --out`
+    datasets = (runs / ".latest" / "sub", runs / "latest", runs / "r" / "sub")  # `prepare --out`
+    for out, directory in [(f, False) for f in figures] + [(d, True) for d in datasets]:
+        with pytest.raises(OutputError, match="inside the (latest run's views|run directory)") as e:
+            claim_output(out, directory=True) if directory else claim_output(out)
+        assert "\n" not in str(e.value) and "choose" in str(e.value)
+    assert sorted(p.name for p in (runs / ".latest").iterdir()) == ["r"]
+    assert claim_output(runs / "compare.png").path == runs / "compare.png"
+    assert claim_output(tmp_path / "new" / "deep" / "ds", directory=True).path == tmp_path / "new" / "deep" / "ds"
+
+
 RELATIONS = ("same path", "symlink", "hard link", "dot segments", "symlinked directory", "in a run or a dataset",
              "in an input directory", "fresh")
 MARKERS = list(RUN_MARKERS + DATASET_MARKERS)

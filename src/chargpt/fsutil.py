@@ -83,26 +83,30 @@ class Output:
     name: str = "--out"
 
 
-def claim_output(path: str | os.PathLike | Output, inputs: tuple = (), name: str = "--out") -> Output:
+def claim_output(path: str | os.PathLike | Output, inputs: tuple = (), name: str = "--out",
+                 directory: bool = False) -> Output:
     """`path` checked as an output before any work is done for it (OutputError otherwise, one line): its directory
     exists; it is none of `inputs` (compared resolved and by inode, so a symlink or a hard link to an input is
     that input) and inside none of them; it is inside no run or dataset directory; it is new or a regular file; its
-    name has no control character."""
+    name has no control character. With `directory`, `path` is a directory the command makes (parents included) or
+    replaces whole (a dataset): its parent need not exist, and it may already be a directory."""
     out = path if isinstance(path, Output) else Output(Path(path), name=name)
     out = replace(out, inputs=out.inputs + tuple(Path(p) for p in inputs if p is not None))
-    problem = output_problem(out.path, out.inputs)
+    problem = output_problem(out.path, out.inputs, directory)
     if problem:
         raise OutputError(f"{out.name} {out.path} {problem}")
-    check_output(out.path)
+    if not directory:
+        check_output(out.path)
     return out
 
 
-def output_problem(path: Path, inputs: tuple[Path, ...] = ()) -> str | None:
-    """Why `claim_output` refuses `path`, with what to do instead (None: it may be written)."""
+def output_problem(path: Path, inputs: tuple[Path, ...] = (), directory: bool = False) -> str | None:
+    """Why `claim_output` refuses `path` (a directory with `directory`), with what to do instead (None: it may be
+    written)."""
     if any(ord(c) < 32 or ord(c) == 127 for c in path.name):
         return "has a control character (a newline, a tab, ...) in its name; choose a plain file name"
     parent = path.parent
-    if not os.path.isdir(parent):
+    if not directory and not os.path.isdir(parent):
         if os.path.lexists(parent):
             return f"is under {parent}, which is not a directory; choose another output path"
         return f"is in a directory that does not exist ({parent}); create it first or choose another output path"
@@ -116,7 +120,7 @@ def output_problem(path: Path, inputs: tuple[Path, ...] = ()) -> str | None:
     owner = chargpt_directory(real.parent)
     if owner:
         return f"is inside {owner}, whose files only chargpt writes; choose an output path outside it"
-    if kind_of(path) == "a regular file" and not written_by_chargpt(path):
+    if not directory and kind_of(path) == "a regular file" and not written_by_chargpt(path):
         return ("is a file chargpt did not write (it replaces only a figure it drew itself); choose another output "
                 "path, or remove the file first")
     return None
@@ -156,12 +160,26 @@ def written_by_chargpt(path: str | os.PathLike) -> bool:
 
 
 def chargpt_directory(path: Path) -> str | None:
-    """The run or dataset directory that the resolved directory `path` is or lies in, described; None if none."""
+    """The run or dataset directory, or a runs folder's `.latest` (the views of runs that its `latest` leads to),
+    that the resolved directory `path` is or lies in, described; None if none."""
     for d in (path, *path.parents):
         for kind, markers in (("run", RUN_MARKERS), ("dataset", DATASET_MARKERS)):
-            if any(all(os.path.lexists(d / name) for name in names) for names in markers):
+            if _marked(d, markers):
                 return f"the {kind} directory {_shown(d)}"
+        if d.name == LATEST_VIEWS and any(_marked(view, RUN_MARKERS) for view in _subdirectories(d)):
+            return f"the latest run's views {_shown(d)}"
     return None
+
+
+def _marked(d: Path, markers: tuple[tuple[str, ...], ...]) -> bool:
+    return any(all(os.path.lexists(d / name) for name in names) for names in markers)
+
+
+def _subdirectories(d: Path) -> list[Path]:
+    try:
+        return [Path(e.path) for e in os.scandir(d) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
 
 
 def _shown(path: Path) -> Path:

@@ -1,6 +1,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from chargpt.data.dataset import load_dataset, prepare
 from chargpt.errors import DataError
-from conftest import one_error_line, run_cli
+from conftest import one_error_line, run_cli, run_main
 
 
 def test_prepare_tiny_shakespeare_matches_the_notebook_split(shakespeare_path, tmp_path):
@@ -355,3 +356,23 @@ def test_a_dataset_that_does_not_fit_on_the_disk_is_one_line_and_leaves_the_disk
     if files is not None:
         assert {q.name: q.read_bytes() for q in out.iterdir()} == files
         assert load_dataset(out).meta["total_chars"] == 640
+
+
+# -------------------------------------------------------------------------------------------- where --out may be
+def test_prepare_never_writes_inside_a_run_or_a_dataset(tmp_path, tiny_run):
+    """--out is checked as every output is (`fsutil.claim_output`): inside a run directory, the views `runs/latest`
+    leads to, or another dataset, prepare is refused in one line, exit 2, nothing written (it wrote a dataset
+    there, and `train` then left `latest` alone: `runs/.latest is a directory that chargpt did not make`)."""
+    shutil.copytree(tiny_run.parent, tmp_path / "runs", symlinks=True)
+    corpus = tmp_path / "small.txt"
+    corpus.write_text("a small corpus, of a few lines.\n" * 20)
+    run_main("prepare", "--input", corpus, "--out", tmp_path / "data" / "small", check=True)
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    for out in ("runs/tiny/sub", "runs/.latest/sub", "runs/.latest/tiny/sub", "runs/latest/sub", "runs/latest",
+                "data/small/sub", "data/small/a/b"):
+        p = run_main("prepare", "--input", corpus, "--out", out, cwd=tmp_path)
+        line = one_error_line(p)
+        assert p.returncode == 2 and f"--out {out} is inside the " in line and "choose" in line, line
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+    p = run_main("prepare", "--input", corpus, "--out", "data/other", cwd=tmp_path)  # beside them: as before
+    assert p.returncode == 0 and load_dataset(tmp_path / "data" / "other").meta["total_chars"] == 640

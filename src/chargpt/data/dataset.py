@@ -26,8 +26,8 @@ import torch
 from ..config import PrepareOptions, TokenDtype
 from ..errors import DataError
 from ..schema import check_value
-from ..fsutil import (atomic_path, kind_of, load_torch, not_regular, open_regular, read_json, read_json_object,
-                      refused_global, remove_stale_temporaries, write_json)
+from ..fsutil import (atomic_path, claim_output, kind_of, load_torch, not_regular, open_regular, read_json,
+                      read_json_object, refused_global, remove_stale_temporaries, write_json)
 from .swap import DirectoryWriter, restore
 from .tensorfile import TensorFileWriter, chunks, load_mapped
 from .tokenizer import CharTokenizer
@@ -47,8 +47,10 @@ class InputChanged(DataError):
 
 
 def check_dataset_out(out_dir: Path, input_path: Path) -> None:
-    """Refuse to write a dataset into a directory that holds files and is not a chargpt dataset, or over the
-    input itself: chargpt replaces only the files of its own datasets."""
+    """Refuse to write a dataset into a directory that holds files and is not a chargpt dataset, over the input
+    itself, or inside a run or another dataset (`claim_output`, every output's check): chargpt replaces only the
+    files of its own datasets."""
+    claim_output(out_dir, directory=True)  # the input is held against it below, as the files it would replace
     kind = kind_of(out_dir)
     if kind is None:
         return
