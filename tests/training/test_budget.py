@@ -142,12 +142,13 @@ def test_the_budget_chooses_with_the_threads_the_run_trains_with(dataset_dir, tm
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        chargpt.train(data=dataset_dir, runs_dir=tmp_path, name="t1", time_budget=4, n_embd=32, n_head=2,
-                      eval_iters=2, sample_tokens=0, compile=False, threads=1, verbose=False)
+        run = chargpt.train(data=dataset_dir, runs_dir=tmp_path, name="t1", time_budget=4, n_embd=32, n_head=2,
+                            eval_iters=2, sample_tokens=0, compile=False, threads=1, verbose=False)
     finally:
         torch.set_num_threads(before)
     keys = json.loads((tmp_path / "cache" / "speeds.json").read_text())
     assert keys and all("|1 threads|" in key for key in keys), list(keys)
+    assert run.summary["threads"] == 1  # and the run says which it trained with
 
 
 # ------------------------------------------------------------------------ what compiling costs, beside the speeds

@@ -158,6 +158,7 @@ def figures_of(t: Training, scored: dict, seconds: float) -> dict:
 def run_figures(t: Training) -> dict:
     """What the summary says of the run's machine, data and memory, scored or not."""
     return {"peak_rss_mb": peak_rss_mb(), "device": str(t.device), "dtype": t.precision,
+            "threads": torch.get_num_threads(),  # --threads, or for 0 the cores idle as the run began
             "world_size": t.dist.world_size, "seed": t.config.train.seed, "dataset": t.data.meta.get("name"),
             "dataset_hash": t.data.content_hash, **({"init_from": t.writer.origin} if t.writer.origin else {}),
             "provenance": provenance(t.device)}

@@ -147,13 +147,9 @@ def announce(t: Training) -> None:
     mc, tc, dist, say = t.config.model, t.config.train, t.dist, t.writer.say
     params, b = t.model.num_params(), t.batches
     shape = "" if mc.model == "bigram" else f"{layers_by_heads(mc.n_layer, mc.n_head)} x {mc.n_embd} wide, "
-    threads, cpus = torch.get_num_threads(), distributed.cpu_count()
-    busy = t.device.type == "cpu" and not dist.enabled and not tc.threads and threads < cpus
     say(f"model: {mc.model}, {shape}context {mc.block_size}, {params:,} parameters ({params / 1e6:.2f}M) "
         f"on {t.device} in {t.precision}"
-        + (f", {dist.world_size} processes of {threads} threads" if dist.enabled else "")
-        + (f", {threads} of {cpus} threads: other processes keep the rest busy (--threads N sets it)" if busy
-           else ""))
+        + (f", {dist.world_size} processes of {torch.get_num_threads()} threads" if dist.enabled else ""))
     length = f"a {format_duration(tc.time_budget)} budget" if tc.time_budget else f"{tc.max_steps:,} steps"
     say(f"run: {length}, batch {t.tokens_per_step:,} tokens per step ({dist.world_size} x {b.accum} x "
         f"{b.micro_batch} x {mc.block_size}), "
