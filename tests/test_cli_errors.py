@@ -142,7 +142,14 @@ def damage_checkpoints(root: Path, state_of) -> None:
         return lambda s: s.pop(key)
     def put(key, value):
         return lambda s: s.__setitem__(key, value)
-    for name, edit in (("ck_nostep", drop("step")), ("ck_strstep", put("step", "3")), ("ck_extralist", put("extra", [])),
+    def rng(**fields):
+        return lambda s: s["rng"].update(fields)
+    for name, edit in (("ck_rng_torch_short", rng(torch=torch.zeros(3, dtype=torch.uint8))),
+                       ("ck_rng_torch_zeros", rng(torch=torch.zeros(5056, dtype=torch.uint8))),
+                       ("ck_rng_rank_short", rng(batch_per_rank=[torch.zeros(3, dtype=torch.uint8)])),
+                       ("ck_rng_python_index", rng(python=[0] * 624 + [4_000_000_000])),
+                       ("ck_rng_python_version", rng(python_version=7)),
+                       ("ck_nostep", drop("step")), ("ck_strstep", put("step", "3")), ("ck_extralist", put("extra", [])),
                        ("ck_norng", drop("rng")), ("ck_hashint", put("dataset_hash", 7)),
                        ("ck_configtype", lambda s: s["config"]["model"].__setitem__("n_layer", "1")),
                        ("ck_noconfig", drop("config")), ("ck_datadir", lambda s: s["extra"].__setitem__("data_dir", 5))):
@@ -291,6 +298,11 @@ ROWS = [
     *((f"resume-{name}", ["train", "--resume", f"runs/{name}", "--data", "data"], "not a chargpt checkpoint")
       for name in ("ck_nostep", "ck_strstep", "ck_extralist", "ck_norng", "ck_hashint", "ck_configtype", "ck_noconfig",
                    "ck_datadir")),
+    *((f"resume-{name}", ["train", "--resume", f"runs/{name}", "--data", "data"],
+       f"runs/{name}/ckpt.pt is not a chargpt checkpoint ('rng.{field}")
+      for name, field in (("ck_rng_torch_short", "torch"), ("ck_rng_torch_zeros", "torch"),
+                          ("ck_rng_rank_short", "batch_per_rank[0]"), ("ck_rng_python_index", "python"),
+                          ("ck_rng_python_version", "python"))),
     ("resume-summary-list", ["train", "--resume", "runs/run_summary_list"], "summary.json"),
     ("resume-summary-null", ["train", "--resume", "runs/run_summary_null"], "summary.json"),
     ("resume-config-list", ["train", "--resume", "runs/run_config_list"], "config.json"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -492,3 +493,44 @@ def test_resuming_a_checkpoint_whose_extra_records_lie_is_one_line(tiny_run, dat
     forge(run, change)
     p = run_main("train", "--resume", run, "--max-steps", 30, "--data", dataset_dir, "--device", "cpu", "--threads", 1)
     assert message in one_error_line(p)
+
+
+def _rng(**fields):
+    return lambda state: state["rng"].update(fields)
+
+
+DAMAGED_RNG = {  # what a hand edit may leave of the generator states, and the field the one line names
+    "torch-3-bytes": (_rng(torch=torch.zeros(3, dtype=torch.uint8)), "'rng.torch'"),
+    "torch-all-zeros": (_rng(torch=torch.zeros(5056, dtype=torch.uint8)), "'rng.torch'"),
+    "batch-3-bytes": (_rng(batch=torch.zeros(3, dtype=torch.uint8)), "'rng.batch'"),
+    "per-rank-3-bytes": (_rng(batch_per_rank=[torch.zeros(3, dtype=torch.uint8)]), "'rng.batch_per_rank[0]'"),
+    "per-rank-all-zeros": (_rng(batch_per_rank=[torch.zeros(5056, dtype=torch.uint8)]), "'rng.batch_per_rank[0]'"),
+    "python-index-beyond-its-state": (_rng(python=[0] * 624 + [4_000_000_000]), "'rng.python'"),
+    "python-version-7": (_rng(python_version=7), "'rng.python'"),
+    "python-values-not-integers": (_rng(python=[0.5] * 625), "'rng.python'"),
+}
+
+
+@pytest.mark.parametrize("name", DAMAGED_RNG)
+def test_a_generator_state_a_resume_could_not_set_is_refused_where_the_checkpoint_is_checked(tiny_run, dataset_dir,
+                                                                                           tmp_path, name):
+    """torch and Python check a generator state only as it is set: a resume set them after the run was opened and
+    crashed with a 25-line traceback (RuntimeError from torch.set_rng_state, ValueError from random.setstate).
+    Each state is proven settable when the checkpoint is loaded, for every reader."""
+    from conftest import one_error_line, run_main
+
+    change, field = DAMAGED_RNG[name]
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    forge(run, change)
+    p = run_main("train", "--resume", run, "--max-steps", 30, "--data", dataset_dir, "--device", "cpu", "--threads", 1)
+    line = one_error_line(p)
+    assert p.returncode == 2 and f"{run / 'ckpt.pt'} is not a chargpt checkpoint ({field}" in line, line
+    with pytest.raises(CheckpointError, match=re.escape(f"not a chargpt checkpoint ({field}")):
+        checkpoint.load(run / "ckpt.pt")
+
+
+def test_the_generator_states_training_saves_pass_the_check_and_one_without_python_state_too(tiny_run):
+    state = load_torch(tiny_run / "ckpt.pt")
+    assert checkpoint.rng_problem(state["rng"]) is None
+    assert checkpoint.rng_problem({"torch": torch.get_rng_state(), "batch": torch.Generator().get_state()}) is None

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import math
 import os
+import random
 
 import torch
 
@@ -14,11 +15,10 @@ from ..errors import ChargptError, CheckpointError, ConfigError
 from ..fsutil import ReadRefused, load_torch, refused_global, save_torch
 from ..schema import valid
 from ..model.gpt import LanguageModel, build_model
+from .ckptmeta import FORMAT
 from .records import MAX_STEP, size_text
 from .rundir import Located, locate_run
 from ..data.tokenizer import CharTokenizer
-
-FORMAT = "chargpt-checkpoint"
 
 
 def save(path: str | os.PathLike, *, model: LanguageModel, optimizers, step: int, config: Config,
@@ -128,20 +128,42 @@ def state_problem(state: dict) -> str | None:
     wrong = model_problem(config.model, model)
     if wrong:
         return wrong
-    rng = state.get("rng")
-    if not isinstance(rng, dict) or not all(isinstance(rng.get(k), torch.Tensor) and rng[k].dtype == torch.uint8
-                                            for k in ("torch", "batch")):
-        return "'rng' lacks the generator states"
-    python = rng.get("python")
-    if python is not None and (not isinstance(python, (list, tuple)) or len(python) != 625
-                               or not all(valid(x, int, min=0, max=2 ** 32, max_open=True) for x in python)
-                               or not valid(rng.get("python_version"), int)):
-        return "'rng' holds no valid Python random state"
-    per_rank = rng.get("batch_per_rank")
-    if per_rank is not None and not (isinstance(per_rank, (list, tuple)) and all(
-            isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in per_rank)):
-        return "'rng' has per-process states that are not generator states"
+    wrong = rng_problem(state.get("rng"))
+    if wrong:
+        return wrong
     return extra_problem(state.get("extra"), config.model)
+
+
+def rng_problem(rng) -> str | None:
+    """What keeps a resume from setting a checkpoint's random generators (`training.state.restore_rng`), if anything.
+    torch checks a generator state, and Python's `random` its state, only as it is set: each state a resume would
+    set is set here first, on a throwaway generator."""
+    if not isinstance(rng, dict):
+        return "'rng' lacks the generator states"
+    per_rank = rng.get("batch_per_rank")
+    if per_rank is not None and not isinstance(per_rank, (list, tuple)):
+        return "'rng.batch_per_rank' is not a list of generator states"
+    states = {"torch": rng.get("torch"), "batch": rng.get("batch")}
+    states |= {f"batch_per_rank[{i}]": s for i, s in enumerate(per_rank or ())}
+    for name, s in states.items():
+        if not isinstance(s, torch.Tensor) or s.dtype != torch.uint8:
+            return f"'rng.{name}' is not a generator state"
+        try:
+            torch.Generator().set_state(s)
+        except (RuntimeError, ValueError, TypeError) as e:
+            return f"'rng.{name}' is not a state torch's generator can take ({_first_line(e)})"
+    if rng.get("python") is not None:  # checkpoints of tests and older versions may lack it
+        try:
+            if not isinstance(rng["python"], (list, tuple)):
+                raise TypeError("not a list")
+            random.Random().setstate((rng.get("python_version"), tuple(rng["python"]), None))
+        except (TypeError, ValueError, OverflowError) as e:
+            return f"'rng.python' is not a state Python's random can take ({_first_line(e)})"
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
 
 
 # What a resume reads of a checkpoint's `extra` besides its strings: seconds of training and of the budget, the
@@ -232,7 +254,7 @@ def load_model(path: str | os.PathLike | Located,
         model = build_model(config.model)
         model.load_state_dict(state["model"])
     except (ChargptError, KeyError, RuntimeError, TypeError, ValueError, AttributeError, OverflowError, MemoryError) as e:
-        raise CheckpointError(f"{found.ckpt} does not match any chargpt model ({(str(e).splitlines() or [e.__class__.__name__])[0][:200]})") from None
+        raise CheckpointError(f"{found.ckpt} does not match any chargpt model ({_first_line(e)})") from None
     return model.to(device).eval(), tokenizer, state
 
 
@@ -261,8 +283,7 @@ def restore(state: dict, config: Config, path: str | os.PathLike, *, data=None,
         model = model if model is not None else build_model(config.model)
         model.load_state_dict(state["model"])
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
-        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
-        raise CheckpointError(f"{path} does not match the model it records ({first}); "
+        raise CheckpointError(f"{path} does not match the model it records ({_first_line(e)}); "
                               f"it cannot be resumed, start a new run") from None
     return state["step"]
 

@@ -17,6 +17,7 @@ import zipfile
 
 from ..fsutil import open_regular
 
+FORMAT = "chargpt-checkpoint"  # a checkpoint's "format"
 PICKLE_LIMIT = 64 << 20  # data.pkl holds a checkpoint's structure, not its tensors: kilobytes for chargpt's
 PICKLE = "data.pkl"
 

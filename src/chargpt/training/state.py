@@ -110,6 +110,8 @@ def rng_state(gen: torch.Generator) -> dict:
 
 
 def restore_rng(state: dict, gen: torch.Generator, batch_state: torch.Tensor | None = None) -> None:
+    """Set the generators a checkpoint saved (`rng_state`): each state was proven settable when the checkpoint was
+    loaded (`runs.checkpoint.rng_problem`), so a damaged one never fails here, after the run was opened."""
     torch.set_rng_state(state["torch"])
     gen.set_state(batch_state if batch_state is not None else state["batch"])
     if state.get("python") is not None:  # checkpoints of tests and older versions may lack it
