@@ -336,6 +336,14 @@ PROCESS_ROWS = {
     "eval-other-vocabulary", "attention-truncated-ckpt", "train-nproc-2-bad-argument", "unknown-flag",
 }
 
+# A device index torch cannot parse (beyond 2^31, or digits of another script), in every command that takes --device.
+for _dev in ("cuda:99999999999999999999", "cuda:2147483648", "cuda:\u0663"):
+    ROWS += [(f"train-device-{_dev}", ["train", *TINY, "--data", "data", "--device", _dev], _dev),
+             (f"resume-device-{_dev}", ["train", "--resume", "runs/base", "--device", _dev], _dev),
+             *((f"{_cmd}-device-{_dev}", [_cmd, "--ckpt", "runs/base", *on_cpu(_cmd), "--device", _dev], _dev)
+               for _cmd in ckpt_commands() if "--device" in on_cpu(_cmd))]
+
+
 
 def _param(row_id, argv, fragment):
     marks = [pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here")] if "without-cuda" in row_id else []

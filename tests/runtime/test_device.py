@@ -19,10 +19,28 @@ def test_cuda_without_cuda_is_a_clear_error():
         resolve_device("cuda")
 
 
-@pytest.mark.parametrize("name", ["tpu", "cuda:x", "gpu", ""])
+@pytest.mark.parametrize("name", ["tpu", "cuda:x", "gpu", "", "cuda:-1", "meta", "cpu:0", "cuda:\u0663", "cuda:\uff11"])
 def test_unknown_device_names_are_refused(name):
-    with pytest.raises(ConfigError, match="--device"):
+    """cuda:٣ (an Arabic-Indic digit, which `\\d` matches) reached torch.device: "Invalid device string"."""
+    with pytest.raises(ConfigError, match="^--device must be auto, cpu, mps, cuda or cuda:N"):
         resolve_device(name)
+
+
+@pytest.mark.parametrize("name", ["cuda:99999999999999999999", "cuda:2147483648", "cuda:255", "cuda:128"])
+def test_a_cuda_index_beyond_the_devices_here_is_one_clear_error_never_torchs(monkeypatch, name):
+    """torch parses cuda:N itself into an 8-bit index: beyond 2^31 it raised "Could not parse device index", and
+    cuda:255 became plain cuda (device 0), cuda:128 cuda:-128. The index is read by chargpt, against the devices
+    here (one, as torch is told it has)."""
+    with pytest.raises(ConfigError, match=f"^--device {name}: " + ("CUDA is not available" if not
+                                                                    torch.cuda.is_available() else "only")):
+        resolve_device(name)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=f"^--device {name}: only 1 CUDA device\\(s\\) here, cuda:0 to cuda:0$"):
+        resolve_device(name)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0) and resolve_device("cuda") == torch.device("cuda")
+    with pytest.raises(ConfigError, match="^device cuda:1: only 1"):  # the library names its argument
+        resolve_device("cuda:1", spell=str)
 
 
 def test_autocast_is_bf16_where_native_and_float32_elsewhere(monkeypatch):

@@ -6,10 +6,12 @@ import os
 import re
 from contextlib import nullcontext
 from functools import partial
+from typing import Callable
 
 import torch
 
 from ..errors import ConfigError
+from ..schema import flag
 from .resources import busy_cpus
 
 
@@ -21,21 +23,26 @@ def detect_device() -> str:
     return "cpu"
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """`auto` picks the best device; an explicit device that is not there is a clear error."""
+def resolve_device(name: str = "auto", spell: Callable[[str], str] = flag) -> torch.device:
+    """`auto` picks the best device; an explicit device that is not there is a clear error (the setting named as
+    `spell` writes it: `--device`, or `device` in Python). The index of cuda:N is read here, never by torch, which
+    keeps it in 8 bits (cuda:255 is plain cuda, cuda:128 cuda:-128) and raises a traceback beyond 2^31."""
     if name == "auto":
         return torch.device(detect_device())
-    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", name):
-        raise ConfigError(f"--device must be auto, cpu, mps, cuda or cuda:N, got {name!r}")
-    dev = torch.device(name)
-    if dev.type == "cuda":
+    what = spell("device")
+    found = re.fullmatch(r"cpu|mps|cuda(?::([0-9]+))?", name)  # [0-9]: \d takes any script's digits (cuda:٣)
+    if not found:
+        raise ConfigError(f"{what} must be auto, cpu, mps, cuda or cuda:N, got {name!r}")
+    kind, index = name.split(":")[0], None if found[1] is None else int(found[1])
+    if kind == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError(f"--device {name}: Apple MPS is not available on this machine; use --device cpu or auto")
-    return dev
+            raise ConfigError(f"{what} {name}: CUDA is not available on this machine; use {what} cpu or auto")
+        if index is not None and index >= torch.cuda.device_count():
+            raise ConfigError(f"{what} {name}: only {torch.cuda.device_count()} CUDA device(s) here, "
+                              f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"{what} {name}: Apple MPS is not available on this machine; use {what} cpu or auto")
+    return torch.device(kind, index)
 
 
 def native_bf16(device: torch.device) -> bool:
