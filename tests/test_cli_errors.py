@@ -307,6 +307,13 @@ ROWS = [
     ("resume-summary-null", ["train", "--resume", "runs/run_summary_null"], "summary.json"),
     ("resume-config-list", ["train", "--resume", "runs/run_config_list"], "config.json"),
     ("resume-metrics-bad-line", ["train", "--resume", "runs/run_metrics_bad"], "metrics.jsonl"),
+    # -- a file that is no run's, named where a run is meant: the line names it, not a ckpt.pt beside it
+    ("resume-a-plain-file", ["train", "--resume", "corpus.txt"],
+     "cannot resume 'corpus.txt': its directory . holds no ckpt.pt"),
+    ("resume-a-datasets-file", ["train", "--resume", "data/meta.json"],
+     "cannot resume 'data/meta.json': its directory data holds no ckpt.pt"),
+    ("runs-plot-a-plain-file", ["runs", "--plot", "corpus.txt", "--out", "p.png"],
+     "no run 'corpus.txt': corpus.txt is a file but not a chargpt checkpoint"),
     # -- the command line itself
     ("no-command", [], "command"),
     ("unknown-command", ["frobnicate"], "frobnicate"),
@@ -329,13 +336,6 @@ for _cmd in ckpt_commands():
     ]
 
 
-# Every row runs in-process (`main(argv)`); these also run as real processes, one of each kind: a command's bad
-# value, a bad file of each reader, and the usage errors argparse itself answers.
-PROCESS_ROWS = {
-    "prepare-missing-input", "train-embd-not-divisible", "resume-other-dataset", "sample-prompt-outside-vocab",
-    "eval-other-vocabulary", "attention-truncated-ckpt", "train-nproc-2-bad-argument", "unknown-flag",
-}
-
 # A device index torch cannot parse (beyond 2^31, or digits of another script), in every command that takes --device.
 for _dev in ("cuda:99999999999999999999", "cuda:2147483648", "cuda:\u0663"):
     ROWS += [(f"train-device-{_dev}", ["train", *TINY, "--data", "data", "--device", _dev], _dev),
@@ -343,6 +343,13 @@ for _dev in ("cuda:99999999999999999999", "cuda:2147483648", "cuda:\u0663"):
              *((f"{_cmd}-device-{_dev}", [_cmd, "--ckpt", "runs/base", *on_cpu(_cmd), "--device", _dev], _dev)
                for _cmd in ckpt_commands() if "--device" in on_cpu(_cmd))]
 
+
+# Every row runs in-process (`main(argv)`); these also run as real processes, one of each kind: a command's bad
+# value, a bad file of each reader, and the usage errors argparse itself answers.
+PROCESS_ROWS = {
+    "prepare-missing-input", "train-embd-not-divisible", "resume-other-dataset", "sample-prompt-outside-vocab",
+    "eval-other-vocabulary", "attention-truncated-ckpt", "train-nproc-2-bad-argument", "unknown-flag",
+}
 
 
 def _param(row_id, argv, fragment):

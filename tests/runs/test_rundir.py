@@ -155,6 +155,24 @@ def test_a_run_without_a_checkpoint_yet_and_a_fifo_for_a_checkpoint_are_one_clea
         locate_run("nope", "runs")
 
 
+@pytest.mark.parametrize("given", ["user.txt", "data/meta.json", "runs/young/config.json"])
+def test_resuming_a_file_that_is_no_runs_checkpoint_names_the_path_given_and_writes_nothing(tmp_path, monkeypatch,
+                                                                                           given):
+    """--resume user.txt said "no run 'ckpt.pt': nothing at ckpt.pt", a file the user never named (and took the
+    directory holding user.txt for the run, locking it)."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("user.txt", "data/meta.json", "runs/young/config.json"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("{}")
+    with pytest.raises(CheckpointError, match=f"^cannot resume '{given}': its directory {Path(given).parent} holds no "
+                                              f"ckpt.pt to continue; pass a run directory"):
+        RunDir.open(given)
+    line = one_error_line(run_main("train", "--resume", given, "--max-steps", "3", cwd=tmp_path))
+    assert line.startswith(f"error: cannot resume '{given}'") and "ckpt.pt'" not in line, line
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["config.json", "data", "meta.json", "runs", "user.txt",
+                                                           "young"]
+
+
 def test_readme_ctrl_c_then_resume_latest_continues_the_interrupted_run(dataset_dir, tmp_path):
     """A finished run, then another stopped by Ctrl-C (SIGINT) mid-run: `latest` is the stopped one from its first
     checkpoint on, so sampling it while it trains and `--resume runs/latest` after the Ctrl-C both use it."""

@@ -66,6 +66,15 @@ def saved_object(path: str | os.PathLike, within: str | os.PathLike | None = Non
     return _Unpickler(io.BytesIO(data), encoding="utf-8").load()
 
 
+def is_checkpoint(path: str | os.PathLike, within: str | os.PathLike | None = None) -> bool:
+    """Whether `path` is a torch file holding a chargpt checkpoint (by its "format"; nothing else of it is checked)."""
+    try:
+        state = saved_object(path, within)
+    except Exception:  # noqa: BLE001 - whatever a damaged or foreign file raises, it is no checkpoint to use
+        return False
+    return isinstance(state, dict) and state.get("format") == FORMAT
+
+
 def saved_step(path: str | os.PathLike, within: str | os.PathLike | None = None):
     """The "step" the checkpoint `path` was saved at, as stored (the caller checks it is a count); None for a file
     that is missing, refused, not a torch file, damaged, or that holds no step or would run code."""

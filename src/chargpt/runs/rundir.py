@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..errors import CheckpointError, OutputError
 from ..config import DEFAULT_RUN, LATEST, RunOptions
+from .ckptmeta import is_checkpoint
 from .records import SHOWN_BYTES, MetricsLog, read_metrics_log
 from ..schema import check_value
 from ..fsutil import (LATEST_VIEWS, METRICS_LIMIT, append_line, chargpt_directory, kind_of, open_lock, read_bytes,
@@ -66,11 +67,17 @@ class RunDir:
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "RunDir":
-        """The run at `path` (its directory, or a file in it), checked before anything is written into it. A
-        link such as `runs/latest` is followed, so the run keeps its own name: marking it latest again must not
-        point `latest` at itself. A run opened through a symlink to it is marked `latest` beside that link, in the
+        """The run at `path` (its directory, or a file in it: the run's ckpt.pt is continued, and without one
+        `path` names no run, whatever file it is), checked before anything is written into it. A link such as
+        `runs/latest` is followed, so the run keeps its own name: marking it latest again must not point `latest` at
+        itself. A run opened through a symlink to it is marked `latest` beside that link, in the
         runs folder the user named, never beside the run's real directory."""
         given, path = Path(path), locate_run(path).run
+        if read_problem(path / CKPT, within=path) == "missing":  # a file named that is no run's (user.txt)
+            where = str(path) if given.is_dir() else f"its directory {path}"
+            raise CheckpointError(f"cannot resume {str(given)!r}: {where} holds no {CKPT} to continue; pass a run "
+                                  f"directory `chargpt train` wrote (--init-from starts a new run from a checkpoint "
+                                  f"file's weights)")
         problem = run_problem(path)
         if problem:
             raise CheckpointError(f"cannot resume {path}: {problem}; start a new run, or repair or remove that file")
@@ -350,7 +357,8 @@ def locate_run(target: str | os.PathLike, out_dir: str | os.PathLike | None = No
     """The run or checkpoint `target` names: a run directory, a checkpoint file, a link to either (`runs/latest`),
     or with `out_dir` a run's name under it. With `checkpoint`, the checkpoint must be there and be a regular
     file (never a FIFO or a device, which reading would wait on or misread; a run's own checkpoint only inside
-    its run, while a file named directly is the user's choice); without, a run directory is enough."""
+    its run, while a file named directly is the user's choice); without, a run directory is enough, and a file
+    named must be a checkpoint (nothing else reads it before it is used)."""
     given = Path(target)
     path = given
     if out_dir is not None and len(given.parts) == 1 and os.path.lexists(Path(out_dir) / given):
@@ -371,6 +379,9 @@ def locate_run(target: str | os.PathLike, out_dir: str | os.PathLike | None = No
     problem = read_problem(ckpt, within=within)  # one there that cannot be read is refused with or without `checkpoint`
     if problem == "missing" and not checkpoint:
         return Located(run, ckpt, within)
+    if not problem and not checkpoint and not real.is_dir() and not is_checkpoint(ckpt):
+        raise CheckpointError(f"no run {str(target)!r}: {path} is a file but not a chargpt checkpoint (or a damaged "
+                              f"one); pass a run directory or a .pt file written by `chargpt train`")
     if problem == "missing":
         if (run / CONFIG).exists() and being_written(run):
             raise CheckpointError(f"{run} has no checkpoint yet (it is saved at the run's first --eval-interval or "
