@@ -298,6 +298,28 @@ BAD_ARGUMENTS = {
                                    "--val-fraction must be in"),
     "prepare-source-int": (lambda run, tmp: chargpt.prepare(5, tmp / "ds"), "source must be a path"),
     "load-device-int": (lambda run, tmp: chargpt.load(run.path, device=5), "device must be a string"),
+    "load-device-index-beyond-2-63": (lambda run, tmp: chargpt.load(run.path, device="cuda:99999999999999999999"),
+                                      "device cuda:99999999999999999999: "),
+    "load-device-index-beyond-2-31": (lambda run, tmp: chargpt.load(run.path, device="cuda:2147483648"),
+                                      "device cuda:2147483648: "),
+    "load-device-non-ascii-digit": (lambda run, tmp: chargpt.load(run.path, device="cuda:\u0663"),
+                                    "device must be auto, cpu, mps, cuda or cuda:N, got 'cuda:\u0663'"),
+    "load-path-none": (lambda run, tmp: chargpt.load(None),
+                       "path must be a path (a string or a pathlib.Path), got None"),
+    "load-a-file-of-the-run-that-is-no-checkpoint": (lambda run, tmp: chargpt.load(run.path / "metrics.jsonl"),
+                                                     "metrics.jsonl is a file but not a chargpt checkpoint"),
+    "prepare-text-lone-surrogate": (lambda run, tmp: chargpt.prepare(text="ab\ud800cd" * 100, out=tmp / "ds"),
+                                    "text= holds a lone surrogate '\\ud800' at character 2"),
+    **{f"{name}-unknown-keyword": (call, f"{name}() got an unexpected keyword 'foo'; it takes {takes}")
+       for name, call, takes in (
+        ("load", lambda run, tmp: chargpt.load(run.path, foo=1), "path, device"),
+        ("Run.generate", lambda run, tmp: run.generate("a", foo=1), "prompt, max_new_tokens, temperature, top_k"),
+        ("Run.stream", lambda run, tmp: run.stream("a", foo=1), "prompt, max_new_tokens, temperature, top_k, top_p"),
+        ("Run.attention", lambda run, tmp: run.attention("a", foo=1), "prompt, path"),
+        ("Run.loss", lambda run, tmp: run.loss("abc", foo=1), "text"),
+        ("Run.plot", lambda run, tmp: run.plot(foo=1), "path"))},
+    "generate-a-mistyped-keyword": (lambda run, tmp: run.generate("a", max_tokens=3),
+                                    "unexpected keyword 'max_tokens' (did you mean max_new_tokens?)"),
     "compare-a-path": (lambda run, tmp: chargpt.compare(str(run.path)), "compare() takes a list of runs"),
 }
 
@@ -310,6 +332,26 @@ def test_an_argument_the_cli_would_refuse_is_a_chargpt_error_before_any_work(tra
     said = str(e.value)
     assert message in said and "\n" not in said and len(said) < 250, said
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_load_on_a_device_that_is_not_here_is_refused_at_load_as_the_cli_refuses_it(trained):
+    """The library took device="cuda" and failed at the first generate with torch's AssertionError ("Torch not
+    compiled with CUDA enabled"); it is checked by `--device`'s rules, at load."""
+    with pytest.raises(ConfigError, match="^device cuda: CUDA is not available on this machine; use device cpu or "
+                                          "auto$"):
+        chargpt.load(trained.path, device="cuda")
+    with pytest.raises(ConfigError, match="^device cuda: CUDA is not available"):
+        chargpt.Run(trained.path, device="cuda")
+
+
+def test_load_refuses_a_plain_file_that_is_no_run_nor_checkpoint_in_one_line(tmp_path, monkeypatch):
+    """It returned Run('.') and failed only when the model was first used."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "user.txt").write_text("my notes\n")
+    with pytest.raises(CheckpointError, match="^no run 'user.txt': user.txt is a file but not a chargpt checkpoint"):
+        chargpt.load("user.txt")
+    assert [p.name for p in tmp_path.iterdir()] == ["user.txt"]
 
 
 def test_a_prompt_of_none_starts_from_a_newline_in_generate_and_stream_alike(trained):

@@ -57,7 +57,7 @@ def prepare(source: str | os.PathLike | None = None, out: str | os.PathLike | No
         _say(prepare_files(source, out or dataset_dir(name), val_fraction=val_fraction, name=name, dtype=token_dtype,
                            replace=replace).note)
         return load_dataset(out or dataset_dir(name))
-    digest = hashlib.sha256(text.encode()).hexdigest()
+    digest = hashlib.sha256(_utf8(text)).hexdigest()
     name = name or "text-" + digest[:8]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{name}.txt"
@@ -65,6 +65,17 @@ def prepare(source: str | os.PathLike | None = None, out: str | os.PathLike | No
         _say(prepare_files(path, out or dataset_dir(name), val_fraction=val_fraction, name=name, dtype=token_dtype,
                            replace=replace, source=f"text given in Python (prepare(text=...), sha256 {digest})").note)
     return load_dataset(out or dataset_dir(name))
+
+
+def _utf8(text: str) -> bytes:
+    """`text=` as the UTF-8 a dataset's text file holds; a lone surrogate (no character: what decoding bytes with
+    errors="surrogateescape" leaves) is refused, naming where it is."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(f"text= holds a lone surrogate {text[e.start]!r} at character {e.start:,}, which is no "
+                        f"character and no UTF-8 text can hold; remove it, or decode the text's bytes without "
+                        f"errors=\"surrogateescape\"") from None
 
 
 def _say(note: str | None) -> None:
@@ -115,7 +126,6 @@ def _renamed(given: dict, function=None, error: type = ConfigError, **current) -
     """`current` (keyword: value), with the value of a keyword's old name (`schema.RENAMED`) taken out of `given`
     instead, where one was passed: it works for one more release, with a FutureWarning saying the new name. Given
     the `function` whose extra keywords `given` holds, any other keyword left there is refused, as Python would."""
-    import inspect
     import warnings
 
     for old, new in RENAMED.items():
@@ -123,10 +133,23 @@ def _renamed(given: dict, function=None, error: type = ConfigError, **current) -
             warnings.warn(renamed_note(old).removeprefix("note: "), FutureWarning, stacklevel=3)
             current[new] = given.pop(old)
     if function is not None and given:
-        takes = [p.name for p in inspect.signature(function).parameters.values() if p.kind is not p.VAR_KEYWORD]
-        raise error(f"{function.__name__}() got an unexpected keyword {next(iter(given))!r}; it takes "
-                    f"{', '.join(takes)}")
+        _refuse_keyword(next(iter(given)), function, error)
     return current
+
+
+def _refuse_keyword(keyword: str, function, error: type = ConfigError, also: list[str] = (),
+                    also_said: str = "") -> None:
+    """Refuse `keyword`, which `function` does not take, as Python would, naming the keywords it takes (and
+    `also_said`, what else it takes: the names `also`) and the one meant where one is close: the one message of
+    every function of the library."""
+    import inspect
+
+    from .schema import did_you_mean
+
+    takes = [p.name for p in inspect.signature(function).parameters.values()
+             if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self"]
+    raise error(f"{function.__qualname__}() got an unexpected keyword {keyword!r}"
+                f"{did_you_mean(keyword, [*takes, *also])}; it takes {', '.join(takes)}{also_said}")
 
 
 def _check_paths(error: type = ConfigError, **paths) -> None:
@@ -156,18 +179,13 @@ def _check_train_arguments(preset, data, resume, init_from, config, runs_dir, na
 
 def _check_keywords(given: dict) -> None:
     """Refuse a keyword `train` does not use, as Python does, naming those it takes."""
-    import inspect
-
     from .config import config_fields
-    from .schema import did_you_mean
 
     known = {f.name for _, f in config_fields()}
     unknown = [k for k in given if k not in known]
     if unknown:
-        own = [p for p in inspect.signature(train).parameters if p != "fields"]
-        names = own + sorted(known)
-        raise ConfigError(f"train() got an unexpected keyword {unknown[0]!r}{did_you_mean(unknown[0], names)}; it takes {', '.join(own)} and "
-                          f"any config field (`chargpt train --help` lists them)")
+        _refuse_keyword(unknown[0], train, also=sorted(known),
+                        also_said=" and any config field (`chargpt train --help` lists them)")
 
 
 def sweep(name: str, data: Dataset | str | os.PathLike | None = None, *, trials: int | None = None,
@@ -195,30 +213,42 @@ def sweep(name: str, data: Dataset | str | os.PathLike | None = None, *, trials:
     return run_sweep(request, echo=print if verbose else None)
 
 
-def load(path: str | os.PathLike = DEFAULT_RUN, device: str = "cpu") -> "Run":
+def load(path: str | os.PathLike = DEFAULT_RUN, device: str = "cpu", **renamed) -> "Run":
     """A run directory (`runs/latest`: the newest run with a checkpoint), or a checkpoint file, ready to generate,
-    score and plot."""
+    score and plot on `device` (as `--device`: cpu, cuda, cuda:N, mps or auto)."""
     from .runs.rundir import clear_stale_temporaries, locate_run
 
-    _check_paths(path=path)
-    check_value(TrainConfig, "device", device, spell=str)
+    _renamed(renamed, load)
+    check("path", path, os.PathLike)
+    device = _device(device)
     found = locate_run(path, checkpoint=False)
     clear_stale_temporaries(found.run)
     return Run(found.run, ckpt=found, device=device)
 
 
+def _device(device: "str | torch.device") -> torch.device:
+    """`device=` resolved by `--device`'s rules (`runtime.device.resolve_device`): one that is not here is refused
+    now, not when the model is first used."""
+    from .runtime.device import resolve_device
+
+    if isinstance(device, torch.device):
+        return device
+    check_value(TrainConfig, "device", device, spell=str)
+    return resolve_device(device, spell=str)
+
+
 class Run:
     """A training run on disk: config, metrics, summary, and its model, loaded when first used."""
 
-    def __init__(self, path: str | os.PathLike, ckpt: str | os.PathLike | Located | None = None, device: str = "cpu",
-                 _model=None, _tokenizer=None):
+    def __init__(self, path: str | os.PathLike, ckpt: str | os.PathLike | Located | None = None,
+                 device: str | torch.device = "cpu", _model=None, _tokenizer=None):
         _check_paths(path=path, ckpt=None if isinstance(ckpt, Located) else ckpt)
         self.path = Path(path)
         # the checkpoint as `locate_run` found it, read by its rule: a run's own only from inside the run
         self._found = ckpt if isinstance(ckpt, Located) else Located(
             self.path, Path(ckpt) if ckpt is not None else self.path / CKPT, None if ckpt is not None else self.path)
         self.ckpt = self._found.ckpt
-        self.device = device
+        self.device = _device(device)
         self._model, self._tokenizer, self._config = _model, _tokenizer, None
 
     def __repr__(self) -> str:
@@ -273,12 +303,13 @@ class Run:
     # ----------------------------------------------------------------------------------- generation
     def stream(self, prompt: str = "", max_new_tokens: int = DEFAULTS.max_new_tokens,
                temperature: float = DEFAULTS.temperature, top_k: int = DEFAULTS.top_k,
-               top_p: float = DEFAULTS.top_p, seed: int = DEFAULTS.seed) -> Iterator[str]:
+               top_p: float = DEFAULTS.top_p, seed: int = DEFAULTS.seed, **renamed) -> Iterator[str]:
         """Yield the generated characters one at a time (the prompt itself is not repeated). The parameters are
         `chargpt sample`'s, checked by the same rules (top_k 0: every character; None: the default, and an empty
         or None prompt starts from a newline)."""
         from .model.engine import Engine
 
+        _renamed(renamed, self.stream)
         prompt = _text("prompt", prompt)
         params = SamplingParams.checked(str, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                         top_p=top_p, seed=seed)
@@ -288,10 +319,11 @@ class Run:
 
     def generate(self, prompt: str | list[str] = "", max_new_tokens: int = DEFAULTS.max_new_tokens,
                  temperature: float = DEFAULTS.temperature, top_k: int = DEFAULTS.top_k,
-                 top_p: float = DEFAULTS.top_p, seed: int = DEFAULTS.seed) -> str | list[str]:
+                 top_p: float = DEFAULTS.top_p, seed: int = DEFAULTS.seed, **renamed) -> str | list[str]:
         """The prompt and its continuation: the same text `chargpt sample` prints for the same arguments. A list of
         prompts is sampled together, one batched step per character (`chargpt sample --prompts-file`): the list of
         what each prompt gives alone, to float32 rounding."""
+        _renamed(renamed, self.generate)
         if isinstance(prompt, (list, tuple)):
             return self._generate_all(prompt, max_new_tokens, temperature, top_k, top_p, seed)
         prompt = _text("prompt", prompt)
@@ -308,10 +340,11 @@ class Run:
         new = sample_all(Engine(self.model.eval()), [prompt_ids(tok, p) for p in prompts], params)
         return [p + tok.decode(ids) for p, ids in zip(prompts, new)]
 
-    def loss(self, text: str) -> float:
+    def loss(self, text: str, **renamed) -> float:
         """Mean cross-entropy of `text` in nats/char: every character after the first scored once."""
         from .training.evaluate import full_pass_loss
 
+        _renamed(renamed, self.loss)
         ids = torch.tensor(self.tokenizer.encode(check("text", text, str)), dtype=torch.long)
         if len(ids) < 2:
             raise DataError("loss() needs a text of at least 2 characters")
@@ -319,20 +352,22 @@ class Run:
         return full_pass_loss(model, ids, model.config.block_size, next(model.parameters()).device)
 
     # -------------------------------------------------------------------------------------- figures
-    def plot(self, path: str | os.PathLike | None = None):
+    def plot(self, path: str | os.PathLike | None = None, **renamed):
         """Train and val loss against steps and training time, as a matplotlib Figure (saved to `path` too)."""
         from .runs.plotting import run_figure
 
+        _renamed(renamed, self.plot)
         out = _claimed(path, self.path)
         fig = run_figure(self.path)
         if fig is None:
             raise DataError(f"{self.path} has no evaluations to plot yet")
         return _saved(fig, out)
 
-    def attention(self, prompt: str, path: str | os.PathLike | None = None):
+    def attention(self, prompt: str, path: str | os.PathLike | None = None, **renamed):
         """Each head's attention over `prompt` (a row per layer, a column per head) as a Figure."""
         from .model.attention import attention_figure, attention_weights
 
+        _renamed(renamed, self.attention)
         out = _claimed(path, self.path, self.ckpt)
         check("prompt", prompt, str)
         model = self.model
