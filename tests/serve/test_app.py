@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -27,7 +28,7 @@ from chargpt.runs.checkpoint import load_model
 from chargpt.cli import main
 from chargpt.data.dataset import load_dataset
 from chargpt.errors import exit_code_of
-from chargpt.serve.checks import BODY_SECONDS, MAX_PROMPT_CHARS
+from chargpt.serve.checks import MAX_CONNECTIONS, MAX_PROMPT_CHARS, REQUEST_SECONDS
 from chargpt.serve.generation import MAX_NEW_TOKENS
 from conftest import Server, run_main, tiny_config as tiny, train_config, browser_tools
 
@@ -340,7 +341,7 @@ def test_a_request_from_another_origin_or_not_json_runs_nothing(server):
 
 
 def test_a_body_that_arrives_too_slowly_or_not_at_all_is_refused_without_a_traceback(server):
-    with socket.create_connection((server.host, server.port), timeout=BODY_SECONDS + 30) as sock:
+    with socket.create_connection((server.host, server.port), timeout=REQUEST_SECONDS + 30) as sock:
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 100\r\n\r\n{\"prompt\": ")
         started = time.time()
@@ -348,13 +349,104 @@ def test_a_body_that_arrives_too_slowly_or_not_at_all_is_refused_without_a_trace
         res.begin()
         answer = json.loads(res.read())
     assert res.status == 408 and "did not arrive within" in answer["error"]["message"], answer
-    assert time.time() - started < BODY_SECONDS + 10
+    assert time.time() - started < REQUEST_SECONDS + 10
     with socket.create_connection((server.host, server.port), timeout=30) as sock:  # hangs up mid-body
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 100\r\n\r\n{\"prompt\": ")
     time.sleep(1)
     assert server.request("GET", "/api/status")[0] == 200
     assert "Traceback" not in server.log.read_text()
+
+
+def answer_to(sock: socket.socket) -> tuple[int, dict, bytes]:
+    """The status and JSON body a raw socket is answered, and what follows before the server closes it."""
+    res = http.client.HTTPResponse(sock)
+    res.begin()
+    body = json.loads(res.read())
+    rest = sock.recv(1024)
+    return res.status, body, rest
+
+
+def test_a_request_head_that_stalls_or_trickles_is_answered_408_within_the_limit_and_a_slow_body_still_counts(server):
+    head = f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n".encode()
+    body = json.dumps({"model": GPT_RUN, "prompt": "A", "max_tokens": 5, "stream": True}).encode()
+    results = {}
+
+    def recorded(f):
+        def run():
+            try:
+                f()
+            except Exception as e:  # noqa: BLE001 -- shown below, with its client's name
+                results[f.__name__] = repr(e)
+        return threading.Thread(target=run)
+
+    def stalled():
+        with socket.create_connection((server.host, server.port), timeout=REQUEST_SECONDS + 30) as sock:
+            sock.sendall(head)
+            results["stalled"] = (*answer_to(sock), time.monotonic() - started)
+
+    def trickling():  # a byte of a header every 0.2 s: each byte in time, the head never
+        with socket.create_connection((server.host, server.port), timeout=REQUEST_SECONDS + 30) as sock:
+            sock.sendall(head)
+            try:
+                while not select.select([sock], [], [], 0.2)[0] and time.monotonic() - started < REQUEST_SECONDS + 20:
+                    sock.sendall(b"X")
+                ended = answer_to(sock)[0]
+            except OSError:  # a byte crossed the server's close: the connection was reset instead
+                ended = "reset"
+            results["trickling"] = (ended, time.monotonic() - started)
+
+    def silent():
+        with socket.create_connection((server.host, server.port), timeout=REQUEST_SECONDS + 30) as sock:
+            results["silent"] = (sock.recv(1024), time.monotonic() - started)
+
+    def slow_but_whole():  # the head in time, the body in its own time: the exchange outlasts REQUEST_SECONDS
+        with socket.create_connection((server.host, server.port), timeout=REQUEST_SECONDS + 30) as sock:
+            time.sleep(REQUEST_SECONDS / 2)
+            sock.sendall(head + f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+            time.sleep(REQUEST_SECONDS * 0.6)
+            sock.sendall(body)
+            res = http.client.HTTPResponse(sock)
+            res.begin()
+            results["slow_but_whole"] = (res.status, res.read().decode(), time.monotonic() - started)
+
+    started = time.monotonic()
+    threads = [recorded(f) for f in (stalled, trickling, silent, slow_but_whole)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=REQUEST_SECONDS + 60)
+    assert len(results) == 4 and all(isinstance(r, tuple) for r in results.values()), results
+    status, answer, rest, seconds = results["stalled"]
+    assert status == 408 and rest == b"", (status, answer, rest)
+    assert answer["error"]["message"] == f"the request's line and headers did not arrive within {REQUEST_SECONDS:g} s"
+    assert REQUEST_SECONDS - 1 < seconds < REQUEST_SECONDS + 3
+    assert results["trickling"][0] in (408, "reset") and results["trickling"][1] < REQUEST_SECONDS + 3
+    assert results["silent"][0] == b"" and results["silent"][1] < REQUEST_SECONDS + 3  # closed, unanswered
+    status, text, seconds = results["slow_but_whole"]
+    assert status == 200 and text.rstrip().endswith("data: [DONE]") and seconds > REQUEST_SECONDS + 0.5, text
+    assert "Traceback" not in server.log.read_text()
+
+
+def test_a_connection_past_the_limit_is_answered_503_at_once_and_the_server_serves_again_when_they_close(server):
+    held = []
+    try:
+        for _ in range(MAX_CONNECTIONS):
+            held.append(socket.create_connection((server.host, server.port), timeout=30))
+        started = time.monotonic()
+        with socket.create_connection((server.host, server.port), timeout=30) as extra:
+            status, answer, rest = answer_to(extra)
+        assert status == 503 and answer["error"]["code"] == "server_busy" and rest == b"", answer
+        assert f"holds {MAX_CONNECTIONS} connections already" in answer["error"]["message"]
+        assert time.monotonic() - started < 2
+        time.sleep(0.2)
+        waiting = [s for s in held if not select.select([s], [], [], 0)[0]]  # neither answered nor closed
+        assert len(waiting) >= MAX_CONNECTIONS - 4  # a few tests' connections may still be closing
+    finally:
+        for s in held:
+            s.close()
+    time.sleep(0.5)
+    assert server.request("GET", "/api/status")[0] == 200
 
 
 def test_a_client_that_disconnects_stops_its_generation(server):
@@ -667,7 +759,7 @@ def test_the_pages_runs_table_shows_the_dataset_marks_estimates_and_never_overla
 # final loss are what made the table wider than its card.
 LISTED_RUNS = ("train-gpt-cpu-20261207-145947", "train-gpt-cpu-20261207-145954", "estimated-subset-val",
                "train-bigram-baseline-20261207-150007")
-PAGE_WIDTHS = (390, 1024, 1400, 1920)  # a phone, and three desktop windows: at 1400 two columns once spilled
+PAGE_WIDTHS = (390, 1024, 1280, 1400, 1920)  # a phone, and desktop windows: at 1400 two columns once spilled
 CELLS_OUTSIDE_THEIR_CARD = """() => [...document.querySelectorAll('#runs th, #runs td')]
     .filter((cell) => cell.getClientRects().length)  // a header the narrow layout hides has no box
     .map((cell) => [cell.textContent, cell.getBoundingClientRect(), cell.closest('.card').getBoundingClientRect()])
@@ -695,7 +787,7 @@ def listed_runs(dataset_dir, tmp_path_factory) -> Path:
 def test_the_runs_table_stays_inside_its_card_and_the_page_never_scrolls_sideways_at_any_width(listed_runs, tmp_path):
     browser_path, sync_api = browser_tools()
     server = Server("--runs-dir", listed_runs, "--device", "cpu", cwd=tmp_path)
-    outside, widths, texts = {}, {}, {}
+    outside, widths, texts, tables = {}, {}, {}, {}
     try:
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=browser_path, headless=True)
@@ -706,6 +798,7 @@ def test_the_runs_table_stays_inside_its_card_and_the_page_never_scrolls_sideway
                 outside[width] = page.evaluate(CELLS_OUTSIDE_THEIR_CARD)
                 widths[width] = page.evaluate("[document.documentElement.scrollWidth, innerWidth]")
                 texts[width] = page.eval_on_selector("#runs tbody", "b => b.innerText")
+                tables[width] = page.eval_on_selector("#runs thead", "h => getComputedStyle(h).display !== 'none'")
                 page.screenshot(path=str(tmp_path / f"page_{width}.png"), full_page=True)
                 page.close()
             browser.close()
@@ -715,6 +808,9 @@ def test_the_runs_table_stays_inside_its_card_and_the_page_never_scrolls_sideway
     assert all(scroll <= inner for scroll, inner in widths.values()), widths
     for width, text in texts.items():  # every run and its estimate are there at every width, stacked or not
         assert "estimated-subset-val" in text and "\u00b1" in text, (width, text)
+    # a laptop's window shows the runs as a table, the page's width (at 1280 the table was squeezed beside the
+    # attention card into stacked cards, and its data column broke mid-word)
+    assert all(tables[width] for width in PAGE_WIDTHS if width >= 1280), tables
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ from ..runs.records import json_text
 from ..runs.rundir import Located
 from ..runtime.signals import StopSignals
 from ..schema import check_value
-from .checks import Guard, Hosts, RequestError, error_response, integer_field, read_body, text_field
+from .checks import Connection, Guard, Hosts, RequestError, error_response, integer_field, read_body, text_field
 from .batching import RETRY_SECONDS, Busy, Scheduler
 from .generation import Completion, Counters, Generation, answer, attention_json
 from .runs import ServedRuns
@@ -222,7 +222,7 @@ def serve(runs: ServedRuns, host: str = "127.0.0.1", port: int = 8000, allowed_h
     where = f"checkpoint {runs.single[1]}" if runs.single else f"{n} run(s) with a checkpoint in {runs.runs_dir}"
     counters = Counters()
     app = create_app(runs, Hosts(host, allowed_hosts), counters, max_streams)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    config = uvicorn.Config(app, http=Connection, log_level="warning", access_log=False, lifespan="off")
     server = Server(config, counters)
     with server.stop:  # from the moment the address is out: a client may act on it at once
         print(f"chargpt serve: {where}; open http://{shown}:{bound}/  (API: http://{shown}:{bound}/v1)", flush=True)

@@ -1,5 +1,6 @@
-"""The checks every request to `chargpt serve` passes: who may ask (its Host and Origin), what its body may be
-(JSON, within a size and a time), and the values it carries; a refused request gets one error in OpenAI's format.
+"""The checks every request to `chargpt serve` passes: how many connections may wait and how long a request's head
+may take (`Connection`), who may ask (its Host and Origin), what its body may be (JSON, within a size and a time),
+and the values it carries; a refused request gets one error in OpenAI's format.
 
 Web pages the user visits must not drive the server: a request whose Host is not one of the server's names is
 refused (a DNS-rebinding page sends its own name), so is one sent from a page of another origin, and the JSON
@@ -10,17 +11,21 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+from http import HTTPStatus
 from urllib.parse import urlsplit
 
+import h11
 from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..schema import MAX_DIGITS, problem
 
 MAX_PROMPT_CHARS = 10_000  # longer prompts are refused (the model only sees its last block_size anyway)
 MAX_BODY_BYTES = 1 << 20
-BODY_SECONDS = 10.0  # a request body that takes longer to arrive is refused: a slow client holds nothing for long
+REQUEST_SECONDS = 10.0  # a request's head (its line and headers), then its body, must each arrive within this
+MAX_CONNECTIONS = 256  # open at once; more are refused (a process gets 1,024 file descriptors by default)
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
@@ -40,6 +45,59 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
 
 def error_response(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
     return JSONResponse({"error": error_body(status, message, param, code)}, status_code=status)
+
+
+# ------------------------------------------------------------------------------------ connections
+class Connection(H11Protocol):
+    """uvicorn's HTTP/1.1 connection, which waits for a request's head as long as the client likes: here the head
+    must arrive within REQUEST_SECONDS of the connection (or of its first byte after a response), or it is answered
+    408 and closed, and a connection past MAX_CONNECTIONS is answered 503 and closed. So a client that stalls holds
+    a bounded number of connections for a bounded time. Once the head is in, the limit is off: a long stream runs
+    as long as it needs."""
+
+    head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:
+        crowded = len(self.connections) >= MAX_CONNECTIONS
+        super().connection_made(transport)
+        if crowded:
+            self._answer(503, f"the server holds {MAX_CONNECTIONS} connections already; retry when some close",
+                         "server_busy")
+        else:
+            self.head_timer = self.loop.call_later(REQUEST_SECONDS, self._head_too_late)
+
+    def data_received(self, data: bytes) -> None:
+        if self.head_timer is None and self.conn.their_state is h11.IDLE:  # the next request on a kept connection
+            self.head_timer = self.loop.call_later(REQUEST_SECONDS, self._head_too_late)
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:
+            self._stop_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def _stop_head_timer(self) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+
+    def _head_too_late(self) -> None:
+        self.head_timer = None
+        if self.conn.trailing_data[0]:  # part of a head came: say why it ends (an idle connection just closes)
+            self._answer(408, f"the request's line and headers did not arrive within {REQUEST_SECONDS:g} s")
+        else:
+            self.transport.close()
+
+    def _answer(self, status: int, message: str, code: str | None = None) -> None:
+        """Answer `status` and close, before any request was read (so outside h11's bookkeeping)."""
+        if self.transport.is_closing():
+            return
+        body = json.dumps({"error": error_body(status, message, code=code)}).encode()
+        head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(body)}\r\nconnection: close\r\n\r\n")
+        self.transport.write(head.encode() + body)
+        self.transport.close()
 
 
 # ------------------------------------------------------------------------------------ Host and Origin
@@ -120,7 +178,7 @@ class Guard:
 
 # ------------------------------------------------------------------------------------ body and values
 async def read_body(request: Request) -> dict:
-    """The request's JSON object, sent as application/json within MAX_BODY_BYTES and BODY_SECONDS."""
+    """The request's JSON object, sent as application/json within MAX_BODY_BYTES and REQUEST_SECONDS."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind != "application/json":
         raise RequestError(415, f"the request body must be sent as Content-Type: application/json, "
@@ -135,14 +193,14 @@ async def _body_bytes(request: Request) -> bytes:
     size = 0
     chunks = []
     try:
-        async with asyncio.timeout(BODY_SECONDS):
+        async with asyncio.timeout(REQUEST_SECONDS):
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > MAX_BODY_BYTES:
                     raise RequestError(413, f"request body over {MAX_BODY_BYTES:,} bytes")
                 chunks.append(chunk)
     except TimeoutError:
-        raise RequestError(408, f"the request body did not arrive within {BODY_SECONDS:g} s") from None
+        raise RequestError(408, f"the request body did not arrive within {REQUEST_SECONDS:g} s") from None
     except ClientDisconnect:
         raise RequestError(400, "the client went away before sending the whole body") from None
     return b"".join(chunks)
