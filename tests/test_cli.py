@@ -98,6 +98,35 @@ def test_prompt_outside_the_vocabulary_is_one_line(tiny_run):
     assert "--max-new-tokens" in line
 
 
+def test_a_prompts_file_of_more_prompts_than_num_samples_takes_is_one_line_before_any_model_loads(tmp_path):
+    (tmp_path / "many.txt").write_text("\n" * (10 ** 6 + 1))
+    (tmp_path / "enough.txt").write_text("\n" * 10 ** 6)
+    line = one_error_line(run_main("sample", "--ckpt", "runs/none", "--prompts-file", "many.txt", cwd=tmp_path))
+    assert line == ("error: the number of prompts in --prompts-file many.txt (sampled together, as --num-samples) "
+                    "must be in [1, 10^6], got 1000001")
+    same = one_error_line(run_main("sample", "--num-samples", 10 ** 6 + 1))
+    assert same == "error: --num-samples must be in [1, 10^6], got 1000001"
+    line = one_error_line(run_main("sample", "--ckpt", "runs/none", "--prompts-file", "enough.txt", cwd=tmp_path))
+    assert line.startswith("error: no run 'runs/none'")  # a million prompts pass, on to the checkpoint
+
+
+def test_a_prompt_file_over_4_mib_is_one_line_before_any_model_loads_and_one_of_4_mib_samples_as_before(
+        tiny_run, tmp_path):
+    limit = 4 << 20  # as --help says
+    text = "ROMEO: But soft, what light through yonder window breaks?\n"
+    whole = (text * (limit // len(text) + 1))[:limit]
+    (tmp_path / "big.txt").write_text(whole + "a")
+    (tmp_path / "limit.txt").write_text(whole)
+    for flag in ("--prompt-file", "--prompts-file"):
+        line = one_error_line(run_main("sample", "--ckpt", "runs/none", flag, "big.txt", cwd=tmp_path))
+        assert line == (f"error: {flag} big.txt is over 4,194,304 bytes, more than a prompt file may hold (the UTF-8 "
+                        f"of 1,048,576 characters, the longest context a model can have); shorten it")
+    r = run_main("sample", "--ckpt", tiny_run, "--prompt-file", "limit.txt", "--max-new-tokens", 5, "--device", "cpu",
+                 cwd=tmp_path, check=True)
+    assert r.stdout.startswith(whole) and len(r.stdout) == len(whole) + 6 and r.stdout.endswith("\n")
+    assert "at most 4 MiB" in " ".join(run_main("sample", "--help").stdout.split())
+
+
 BIGRAM_SHORT = ["--preset", "bigram", "--max-steps", "20", "--eval-interval", "10", "--eval-iters", "2",
                 "--sample-tokens", "20"]
 

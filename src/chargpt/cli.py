@@ -24,7 +24,7 @@ from .errors import (EXIT_FAILURE, ChargptError, ConfigError, TrainingInterrupte
 from .fsutil import claim_output, read_text
 from .model.sampling import SAMPLING_FIELDS, SamplingParams
 from .runtime.signals import Terminated, command_signals
-from .schema import did_you_mean, option, renamed_note, shortened
+from .schema import check_value, did_you_mean, option, renamed_note, shortened
 
 # Only what --help and the checks of arguments need is imported above (no torch): each command imports the rest.
 
@@ -216,6 +216,8 @@ def _sample_prompts(args, params, device) -> int:
     prompts = _read_prompt_file("--prompts-file", args.prompts_file).splitlines()
     if not prompts:
         raise ConfigError(f"--prompts-file {args.prompts_file} holds no line; write one prompt per line")
+    check_value(SampleOptions, "num_samples", len(prompts), spell=lambda _: f"the number of prompts in --prompts-file "
+                f"{args.prompts_file} (sampled together, as --num-samples)")
     model, tok, _ = load_model(args.ckpt, device)
     ids = [prompt_ids(tok, p) for p in prompts]
     out = TerminalText(sys.stdout)
@@ -362,12 +364,21 @@ def _prompt(args) -> str:
     return text[:-1] if text.endswith("\n") else text
 
 
+PROMPT_FILE_BYTES = 4 * MAX_BLOCK  # the UTF-8 of the longest context a model can have: what a longer prompt adds no
+# model sees, yet each character read costs some 25 bytes of memory on its way to the model
+
+
 def _read_prompt_file(flag: str, path: str) -> str:
+    """The text of a prompt file, of at most PROMPT_FILE_BYTES."""
     try:
-        return read_text(path)
+        return read_text(path, limit=PROMPT_FILE_BYTES)
     except UnicodeDecodeError:
         raise ConfigError(f"{flag} {path} is not UTF-8 text; save it as UTF-8") from None
     except OSError as e:
+        if e.errno == errno.EFBIG:
+            raise ConfigError(f"{flag} {path} is over {PROMPT_FILE_BYTES:,} bytes, more than a prompt file may hold "
+                              f"(the UTF-8 of {MAX_BLOCK:,} characters, the longest context a model can have); "
+                              f"shorten it") from None
         raise ConfigError(f"cannot read {flag} {path} ({e.strerror or e}); pass an existing text file") from None
 
 
@@ -420,7 +431,8 @@ def _add_device_flags(p: argparse.ArgumentParser, threads: bool = True) -> None:
 def _add_prompt_flags(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--prompt", default=None, help=what)
     p.add_argument("--prompt-file", default=None, metavar="FILE",
-                   help="the prompt is the text of this UTF-8 file (one trailing newline dropped)")
+                   help=f"the prompt is the text of this UTF-8 file (one trailing newline dropped; at most "
+                        f"{PROMPT_FILE_BYTES >> 20} MiB)")
 
 
 def _add_runs_dir_flag(p, *old: str) -> None:  # a parser or a group; `old`: the flag's names in the last release
@@ -507,8 +519,8 @@ def _add_sample(sub) -> None:
     p.add_argument("--ckpt", default=DEFAULT_RUN, help=CKPT_HELP)
     _add_prompt_flags(p, "text to continue (default: a newline)")
     p.add_argument("--prompts-file", default=None, metavar="FILE",
-                   help="one prompt per line of this UTF-8 file (an empty line: an empty prompt), all sampled "
-                        "together, each as --prompt LINE would be")
+                   help=f"one prompt per line of this UTF-8 file (an empty line: an empty prompt), all sampled "
+                        f"together, each as --prompt LINE would be (at most {PROMPT_FILE_BYTES >> 20} MiB)")
     _add_sampling_flags(p)
     _add_option(p, SampleOptions, "num_samples")
     _add_device_flags(p)
