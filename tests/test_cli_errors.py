@@ -313,7 +313,7 @@ ROWS = [
     ("resume-a-datasets-file", ["train", "--resume", "data/meta.json"],
      "cannot resume 'data/meta.json': its directory data holds no ckpt.pt"),
     ("runs-plot-a-plain-file", ["runs", "--plot", "corpus.txt", "--out", "p.png"],
-     "no run 'corpus.txt': corpus.txt is a file but not a chargpt checkpoint"),
+     "no run 'corpus.txt': a file but not a chargpt checkpoint"),
     # -- the command line itself
     ("no-command", [], "command"),
     ("unknown-command", ["frobnicate"], "frobnicate"),

@@ -306,8 +306,10 @@ BAD_ARGUMENTS = {
                                     "device must be auto, cpu, mps, cuda or cuda:N, got 'cuda:\u0663'"),
     "load-path-none": (lambda run, tmp: chargpt.load(None),
                        "path must be a path (a string or a pathlib.Path), got None"),
+    "load-dataset-none": (lambda run, tmp: chargpt.load_dataset(None),
+                          "path must be a path (a string or a pathlib.Path), got None"),
     "load-a-file-of-the-run-that-is-no-checkpoint": (lambda run, tmp: chargpt.load(run.path / "metrics.jsonl"),
-                                                     "metrics.jsonl is a file but not a chargpt checkpoint"),
+                                                     "metrics.jsonl': a file but not a chargpt checkpoint"),
     "prepare-text-lone-surrogate": (lambda run, tmp: chargpt.prepare(text="ab\ud800cd" * 100, out=tmp / "ds"),
                                     "text= holds a lone surrogate '\\ud800' at character 2"),
     **{f"{name}-unknown-keyword": (call, f"{name}() got an unexpected keyword 'foo'; it takes {takes}")
@@ -349,7 +351,7 @@ def test_load_refuses_a_plain_file_that_is_no_run_nor_checkpoint_in_one_line(tmp
     """It returned Run('.') and failed only when the model was first used."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "user.txt").write_text("my notes\n")
-    with pytest.raises(CheckpointError, match="^no run 'user.txt': user.txt is a file but not a chargpt checkpoint"):
+    with pytest.raises(CheckpointError, match="^no run 'user.txt': a file but not a chargpt checkpoint"):
         chargpt.load("user.txt")
     assert [p.name for p in tmp_path.iterdir()] == ["user.txt"]
 

@@ -112,7 +112,7 @@ class TrainConfig:
     seed: int = option(1337, "random seed (weights, batches, dropout, the final sample)", min=0, max=2 ** 64,
                        max_open=True)
     device: str = option("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps",
-                         pattern=r"auto|cpu|mps|cuda(:\d+)?", allowed="auto, cpu, mps, cuda or cuda:N")
+                         pattern=r"auto|cpu|mps|cuda(:[0-9]+)?", allowed="auto, cpu, mps, cuda or cuda:N")
     dtype: Literal["auto", "float32", "bfloat16"] = option(
         "auto", "auto (bf16 autocast on CUDA and bf16-capable CPUs, else float32), float32 or bfloat16")
     compile: bool = option(False, "torch.compile the model")

@@ -502,7 +502,9 @@ def _meta_problem(meta) -> str | None:
 
 
 def load_dataset(path: str | os.PathLike) -> Dataset:
-    path = Path(path)
+    from ..schema import check
+
+    path = Path(check("path", path, os.PathLike, DataError))  # None or a number: one line, not a TypeError
     restore(path)  # a prepare killed in the middle of replacing this dataset by two renames
     if path.exists() and not path.is_dir():
         raise DataError(f"{path} is a file, not a dataset directory; pass the directory `chargpt prepare --out` wrote")

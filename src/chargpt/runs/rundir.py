@@ -380,8 +380,8 @@ def locate_run(target: str | os.PathLike, out_dir: str | os.PathLike | None = No
     if problem == "missing" and not checkpoint:
         return Located(run, ckpt, within)
     if not problem and not checkpoint and not real.is_dir() and not is_checkpoint(ckpt):
-        raise CheckpointError(f"no run {str(target)!r}: {path} is a file but not a chargpt checkpoint (or a damaged "
-                              f"one); pass a run directory or a .pt file written by `chargpt train`")
+        raise CheckpointError(f"no run {str(target)!r}: a file but not a chargpt checkpoint (or a damaged one); pass "
+                              f"a run directory or a .pt file written by `chargpt train`")
     if problem == "missing":
         if (run / CONFIG).exists() and being_written(run):
             raise CheckpointError(f"{run} has no checkpoint yet (it is saved at the run's first --eval-interval or "
