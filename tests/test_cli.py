@@ -334,6 +334,19 @@ def test_a_mistyped_option_is_answered_with_the_option_it_resembles(capsys, argv
     assert err.count("\n") == 1 and f"chargpt {argv[0]}: unrecognized arguments" in err and suggestion in err
 
 
+@pytest.mark.parametrize("argv, suggestion", [
+    (["sampel"], "(did you mean sample?)"), (["trian", "--max-steps", "3"], "(did you mean train?)"),
+    (["train", "--dtype", "flaot32"], "(did you mean float32?)"), (["sweeps", "x"], "(did you mean sweep?)"),
+])
+def test_a_mistyped_command_or_choice_is_answered_with_the_one_it_resembles(capsys, argv, suggestion):
+    from chargpt.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "invalid choice" in err and suggestion in err
+    assert main(["xyzzy"]) == 2 and "did you mean" not in capsys.readouterr().err  # nothing like it: no guess
+
+
 def test_bad_input_exits_2_whatever_kind_of_input_it_is(tmp_path, monkeypatch, capsys):
     from chargpt.cli import main
 

@@ -57,6 +57,9 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):
         """One line; a word argparse repeats from the command line (an unknown argument, a choice) shortened
         when it runs to hundreds of characters."""
+        choice = re.search(r"invalid choice: '(.*)' \(choose from (.*)\)$", message)  # a command, --dtype, ...
+        if choice:
+            message += did_you_mean(choice[1], re.findall(r"'([^']*)'", choice[2]), cutoff=0.75)
         message = re.sub(r"\S{81,}", lambda m: shortened(m[0]), message)
         raise UsageError(f"{self.prog}: {message} (see --help)")
 
