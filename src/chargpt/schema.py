@@ -18,12 +18,19 @@ from typing import Callable, Literal, Mapping, get_args, get_origin, get_type_hi
 from .errors import ConfigError
 
 
-def did_you_mean(name: str, known, cutoff: float = 0.6) -> str:
-    """" (did you mean X?)" for the known name a mistyped `name` was meant to be (one that it extends, like data_dir
-    for data, or the closest), else "": the one hint of every door for an unknown flag, keyword or field."""
+def closest(name: str, known, cutoff: float = 0.6) -> str | None:
+    """The known name a mistyped `name` was meant to be (one that it extends, like data_dir for data, or the
+    closest), else None."""
     known = list(known)
     close = [k for k in known if name.startswith(k)] or difflib.get_close_matches(name, known, n=1, cutoff=cutoff)
-    return f" (did you mean {close[0]}?)" if close else ""
+    return close[0] if close else None
+
+
+def did_you_mean(name: str, known, cutoff: float = 0.6) -> str:
+    """" (did you mean X?)" for `closest`, else "": the one hint of every door for an unknown flag, keyword,
+    field, command or choice."""
+    close = closest(name, known, cutoff)
+    return f" (did you mean {close}?)" if close else ""
 
 
 # Options renamed since the last release, each still taken for one more under its old name with a notice: the CLI's

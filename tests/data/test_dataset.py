@@ -376,3 +376,16 @@ def test_prepare_never_writes_inside_a_run_or_a_dataset(tmp_path, tiny_run):
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before
     p = run_main("prepare", "--input", corpus, "--out", "data/other", cwd=tmp_path)  # beside them: as before
     assert p.returncode == 0 and load_dataset(tmp_path / "data" / "other").meta["total_chars"] == 640
+
+
+def test_a_mistyped_dataset_directory_is_answered_with_the_dataset_beside_it(dataset_dir, tmp_path):
+    """`--data data/shakespear` said only that it does not exist, and to create it with `chargpt prepare --out
+    data/shakespear`, a command that cannot run as shown. The dataset it nearly names is offered, and the command
+    is whole."""
+    shutil.copytree(dataset_dir, tmp_path / "data" / "shakespeare")
+    p = run_main("train", "--data", "data/shakespear", "--max-steps", "1", cwd=tmp_path)
+    line = one_error_line(p)
+    assert "data/shakespear does not exist (did you mean data/shakespeare?)" in line
+    assert "chargpt prepare --input FILE --out data/shakespear" in line
+    p = run_main("train", "--data", "data/other", "--max-steps", "1", cwd=tmp_path)
+    assert "did you mean" not in one_error_line(p)

@@ -501,6 +501,22 @@ def _meta_problem(meta) -> str | None:
     return None
 
 
+def _nearby_dataset(path: Path) -> str:
+    """" (did you mean data/shakespeare?)" for a dataset beside the missing `path` whose name it nearly is."""
+    from itertools import islice
+
+    from ..schema import closest
+
+    try:
+        with os.scandir(path.parent if str(path.parent) else ".") as entries:
+            near = [e.name for e in islice(entries, 1000)
+                    if e.is_dir() and os.path.isfile(os.path.join(e.path, "meta.json"))]
+    except OSError:
+        return ""
+    name = closest(path.name, near)  # the names alike, not their folder's
+    return f" (did you mean {path.parent / name}?)" if name else ""
+
+
 def load_dataset(path: str | os.PathLike) -> Dataset:
     from ..schema import check
 
@@ -509,7 +525,8 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
     if path.exists() and not path.is_dir():
         raise DataError(f"{path} is a file, not a dataset directory; pass the directory `chargpt prepare --out` wrote")
     if not path.is_dir():
-        raise DataError(f"dataset directory {path} does not exist; create it with `chargpt prepare --out {path}`")
+        raise DataError(f"dataset directory {path} does not exist{_nearby_dataset(path)}; create it with "
+                        f"`chargpt prepare --input FILE --out {path}` (or --dataset shakespeare)")
     meta = read_meta(path)
     tok = CharTokenizer(meta["vocab"])
     train, val = load_split(path / "train.pt"), load_split(path / "val.pt")
