@@ -408,3 +408,33 @@ def test_a_study_is_kept_in_a_new_or_empty_file_or_one_holding_a_study(tmp_path)
                           ("optuna.db", False), ("both.db", False)):
         assert study_file_problem(str(tmp_path / file), journal) is None, file
     assert not (tmp_path / "new.log").exists() and not (tmp_path / "new.db").exists()
+
+
+def test_the_sweeps_plots_number_trials_as_whole_numbers_and_draw_no_trial_in_white():
+    """Optuna's history labelled the trials of a short sweep 0.2, 0.4, ...; its parallel coordinates drew the
+    worst trial white on their grey background. Drawn as `--show` draws them, restyled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from matplotlib.collections import LineCollection
+    from optuna.visualization import matplotlib as plots
+
+    from chargpt.sweeps.report import _restyled
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: 2.0 + t.suggest_float("lr", 1e-4, 1e-2, log=True) * 10 + t.suggest_int("n_layer", 1, 3),
+                   n_trials=2)
+    history = plots.plot_optimization_history(study)
+    _restyled(history.figure)
+    history.figure.canvas.draw()
+    labels = [t.get_text().replace("\u2212", "-") for t in history.get_xticklabels()]
+    assert labels and all(float(label).is_integer() and "." not in label for label in labels), labels
+    assert history.get_ylabel() == "val loss (nats/char, full pass)"
+    parallel = plots.plot_parallel_coordinate(study)
+    _restyled(parallel.figure)
+    (lines,) = [c for c in parallel.collections if isinstance(c, LineCollection)]
+    assert lines.get_cmap().name == "viridis" and all(min(rgba[:3]) < 0.9 for rgba in lines.get_colors())
+    plt.close("all")
