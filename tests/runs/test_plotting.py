@@ -183,19 +183,18 @@ def test_a_run_name_in_any_script_or_with_math_signs_is_drawn_as_written_without
     assert png_size(run / "loss.png") == (1000, 400) and png_size(tmp_path / "cmp.png") == (1000, 400)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(lo=st.floats(1e-3, 50.0), ratio=st.floats(1.001, 1e4))
-def test_a_loss_axis_is_labelled_at_five_to_eight_round_losses_across_its_range(lo, ratio):
+def test_a_loss_axis_is_labelled_at_four_to_eight_round_losses_across_its_range(lo, ratio):
     """A log axis labels its decades' 1, 2, ..., 9 only: over 1.2 to 4.5, where losses end, just 2, 3 and 4, and
-    over 2.4 to 2.9 none at all. Any range: 5 to 8 labels inside it, spread over it, each as round as the range
-    allows (at most 3 significant digits where the range spans 1%)."""
+    over 2.4 to 2.9 none at all. Any range: 4 to 8 labels inside it, none bunched at one end (the widest gap at
+    most half the range), each as round as the range allows (4 significant digits at most where it spans 10%)."""
     from chargpt.runs.plotting import MIN_TICKS, TICKS, loss_ticks
 
     hi = lo * ratio
     ticks = loss_ticks(lo, hi)
-    assert 4 <= len(ticks) <= TICKS and ticks == sorted(set(ticks)) and lo <= ticks[0] and ticks[-1] <= hi
-    if ratio >= 1.1:  # 5 labels at least, and none bunched at one end: the widest gap at most half the range
-        assert len(ticks) >= MIN_TICKS
+    assert MIN_TICKS <= len(ticks) <= TICKS and ticks == sorted(set(ticks)) and lo <= ticks[0] and ticks[-1] <= hi
+    if ratio >= 1.1:
         gaps = [math.log(b / a) for a, b in zip([lo, *ticks], [*ticks, hi])]
         assert max(gaps) <= 0.5 * math.log(ratio) + 1e-9
-        assert all(float(f"{t:.3g}") == pytest.approx(t, rel=1e-9) for t in ticks)  # 3 significant digits at most
+        assert all(float(f"{t:.4g}") == pytest.approx(t, rel=1e-9) for t in ticks)

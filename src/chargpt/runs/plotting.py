@@ -102,26 +102,30 @@ def run_figure(run_path: Path):
     return fig
 
 
-# a tick's mantissas, coarse to fine: the first set that labels a range at least MIN_TICKS times is used
+# a tick's mantissas on a wide range, coarse to fine: the first set that labels it at least MIN_TICKS times is used
 MANTISSAS = ((1, 2, 3, 5), (1, 1.2, 1.4, 1.6, 1.8, 2, 2.5, 3, 3.5, 4, 4.5, 5, 6, 7, 8, 9),
              tuple(round(1 + i / 10, 1) for i in range(90)))
-MIN_TICKS, TICKS = 5, 8  # labelled losses on a loss axis: at least, at most
+MIN_TICKS, TICKS = 4, 8  # labelled losses on a loss axis: at least, at most
+NARROW = 3.0  # a range whose top is at most this many times its bottom is labelled in even steps, as a linear one
 
 
 def loss_ticks(lo: float, hi: float) -> list[float]:
-    """Between MIN_TICKS and TICKS round losses from `lo` to `hi`, evenly spread on a log axis (a log axis of its
-    own labels only 2, 3 and 4 over the range 1.2 to 4.5 where losses end, and nothing over 2.4 to 2.9)."""
+    """Between MIN_TICKS and TICKS round losses from `lo` to `hi`, spread over a log axis (a log axis of its own
+    labels only 2, 3 and 4 over the range 1.2 to 4.5 where losses end, and nothing over 2.4 to 2.9)."""
     if not (0 < lo < hi and math.isfinite(hi)):
         return []
+    if hi / lo <= NARROW:  # multiples of 1, 2, 2.5 or 5 x 10^k: spread on a log axis over so short a range
+        k = math.floor(math.log10(hi - lo)) + 1
+        for step in (m * 10.0 ** e for e in range(k, k - 4, -1) for m in (5, 2.5, 2, 1)):
+            ticks = [v for i in range(math.ceil(lo / step - 1e-9), math.floor(hi / step + 1e-9) + 1)
+                     if lo <= (v := float(f"{i * step:.12g}")) <= hi]
+            if len(ticks) >= MIN_TICKS:  # the coarsest such steps that label it MIN_TICKS times
+                return ticks
     decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
     for mantissas in MANTISSAS:
         nice = sorted({v for e in decades for m in mantissas if lo <= (v := round(m * 10.0 ** e, 10)) <= hi})
         if len(nice) >= MIN_TICKS:
             break
-    else:  # narrower than a tenth of a decade's steps: evenly spaced values, as a linear axis labels them
-        from matplotlib.ticker import MaxNLocator
-
-        return [float(v) for v in MaxNLocator(MIN_TICKS).tick_values(lo, hi) if lo <= v <= hi]
     if len(nice) <= TICKS:
         return nice
     targets = [math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * i / (TICKS - 1)) for i in range(TICKS)]
