@@ -257,7 +257,8 @@ BAD_REQUESTS = [
     (b'{"prompt": "a", "n": 2}', 400, "'n' is not supported"),
     (b'{"prompt": "a", "stream": "yes"}', 400, "'stream' must be true or false"),
     (b'{"prompt": "a", "stop": [1]}', 400, "'stop' must be"),
-    (b'{"prompt": "a", "temprature": 1}', 400, "unknown parameter 'temprature'"),
+    (b'{"prompt": "a", "temprature": 1}', 400, "unknown parameter 'temprature' (did you mean temperature?)"),
+    (b'{"prompt": "a", "max_token": 5}', 400, "unknown parameter 'max_token' (did you mean max_tokens?)"),
     (b"\xff\xfe", 400, "not valid JSON"),
     (b'{"prompt": "a", "n": true}', 400, "'n' is not supported"),
     (b'{"prompt": "a", "best_of": 1.0}', 400, "'best_of' is not supported"),
@@ -288,6 +289,7 @@ def test_bad_attention_requests_and_routes_get_a_4xx_json_error(server):
         ("POST", "/api/attention", {"model": GPT_RUN, "prompt": "ab\u20ac"}, 400, "not in the vocabulary"),
         ("GET", "/v1/completions", None, 405, "Method Not Allowed"),
         ("GET", "/nowhere", None, 404, "Not Found"),
+        ("POST", "/v1/chat/completions", {"messages": []}, 404, "text completions only: POST /v1/completions"),
         ("GET", "/v1/models/no-such-run", None, 404, "no run named"),
     ]
     for method, path, body, status, message in cases:

@@ -129,8 +129,15 @@ def _static(name: str) -> bytes:
     return resources.files("chargpt.serve").joinpath("static", name).read_bytes()
 
 
+# What an OpenAI client may ask that this server does not offer, and what it offers instead.
+OFFERED = {"/v1/chat/completions": "this server offers text completions only: POST /v1/completions with a prompt",
+           "/v1/embeddings": "this server offers no embeddings: POST /v1/completions samples text"}
+
+
 async def _not_found(request: Request, exc: HTTPException) -> Response:
-    return error_response(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
+    instead = OFFERED.get(request.url.path.rstrip("/")) if exc.status_code == 404 else None
+    return error_response(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}"
+                          + (f"; {instead}" if instead else ""))
 
 
 async def _refused(request: Request, exc: RequestError) -> Response:

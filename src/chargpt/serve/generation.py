@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from ..errors import ConfigError, VocabularyError
 from ..model.gpt import GPT, window_start
 from ..model.sampling import SAMPLING_FIELDS, SamplingParams, prompt_ids
+from ..schema import did_you_mean
 from .checks import RequestError, error_body, text_field
 from .runs import Loaded
 
@@ -87,8 +88,8 @@ def _refuse_unsupported(body: dict) -> None:
     """Unknown parameters, and OpenAI's that this server takes only at their neutral value, are refused."""
     unknown = sorted(set(body) - COMPLETION_FIELDS)
     if unknown:
-        raise RequestError(400, f"unknown parameter {unknown[0]!r}; this server takes "
-                                f"{', '.join(sorted(COMPLETION_FIELDS))}", unknown[0])
+        raise RequestError(400, f"unknown parameter {unknown[0]!r}{did_you_mean(unknown[0], COMPLETION_FIELDS)}; "
+                                f"this server takes {', '.join(sorted(COMPLETION_FIELDS))}", unknown[0])
     for name, allowed in (("n", 1), ("best_of", 1), ("logprobs", None), ("suffix", None),
                           ("presence_penalty", 0), ("frequency_penalty", 0)):
         value = body.get(name)
