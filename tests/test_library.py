@@ -84,6 +84,9 @@ def test_plots_are_figures_and_are_saved_when_given_a_path(trained, tmp_path):
     att = chargpt.load(trained.path).attention("ROMEO:", tmp_path / "att.png")
     assert isinstance(att, Figure) and len(att.axes) == 1 * 2 + 1  # layers x heads, and the colour bar
     assert (tmp_path / "att.png").is_file()
+    step = trained.summary["steps"]  # titled as `chargpt attention` titles it: the run, its step, its shape
+    for figure in (att, trained.attention("ROMEO:")):  # loaded, and as train() handed it over
+        assert figure._suptitle.get_text().startswith(f"{trained.path.name} (step {step}): attention, 1 layer x 2")
 
 
 def test_load_artifact_without_wandb_access_is_one_clear_error(monkeypatch, tmp_path):

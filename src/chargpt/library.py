@@ -250,6 +250,7 @@ class Run:
         self.ckpt = self._found.ckpt
         self.device = _device(device)
         self._model, self._tokenizer, self._config = _model, _tokenizer, None
+        self._step: int | None = None  # the loaded checkpoint's step (a model handed over by train(): its summary's)
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -286,7 +287,7 @@ class Run:
         from .runs.checkpoint import load_model
 
         self._model, self._tokenizer, state = load_model(self._found, self.device)
-        self._config = Config.from_dict(state["config"])
+        self._config, self._step = Config.from_dict(state["config"]), state["step"]
 
     @property
     def model(self) -> torch.nn.Module:
@@ -365,7 +366,7 @@ class Run:
 
     def attention(self, prompt: str, path: str | os.PathLike | None = None, **renamed):
         """Each head's attention over `prompt` (a row per layer, a column per head) as a Figure."""
-        from .model.attention import attention_figure, attention_weights
+        from .model.attention import attention_figure, attention_title, attention_weights
 
         _renamed(renamed, self.attention)
         out = _claimed(path, self.path, self.ckpt)
@@ -373,7 +374,9 @@ class Run:
         model = self.model
         idx = torch.tensor([self.tokenizer.encode(prompt)], dtype=torch.long, device=next(model.parameters()).device)
         weights = attention_weights(model, idx)[0]
-        return _saved(attention_figure(weights, prompt), out)
+        step = self._step if self._step is not None else self.summary.get("steps")
+        title = attention_title(self.path.name, step, *weights.shape[:2]) if step is not None else None
+        return _saved(attention_figure(weights, prompt, title=title), out)  # titled as `chargpt attention` titles it
 
 
 def compare(runs: list["Run | str | os.PathLike"], path: str | os.PathLike | None = None, *,
