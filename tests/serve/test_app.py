@@ -634,7 +634,13 @@ def test_the_page_streams_text_and_draws_attention_in_a_real_browser(server, run
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(server.url + "/")
         page.wait_for_selector(f"#run option[value='{GPT_RUN}']", state="attached")
+        page.select_option("#run", BIGRAM_RUN)  # its config holds the GPT fields' defaults: no shape is shown
+        page.wait_for_function("document.querySelector('#summary').textContent.includes('model bigram')")
+        assert "\u00d7" not in page.inner_text("#summary") and "wide" not in page.inner_text("#summary")
+        page.wait_for_function("document.querySelector('#details').textContent.includes('seed')")
+        assert "1,337" not in page.inner_text("#details")  # a seed is an identifier, shown as given
         page.select_option("#run", GPT_RUN)
+        page.wait_for_function("document.querySelector('#summary').textContent.includes('wide')")
         page.fill("#prompt", "ROMEO:")
         page.fill("#length", "200")
         page.fill("#seed", "11")

@@ -118,7 +118,9 @@ function renderSummary() {
     : row.val_full !== null && row.val_full !== undefined ? `${valFull(row)} nats/char`
     : row.best_val ? `${row.best_val.toFixed(4)} (estimate, unfinished)` : "unfinished";
   const chips = [
-    ["model", `${m.model || s.model || "?"}${m.n_layer ? ` ${m.n_layer}\u00d7${m.n_head}, ${m.n_embd} wide` : ""}`],
+    // a bigram's config carries the GPT fields' defaults too: its shape is its context alone
+    ["model", `${m.model || s.model || "?"}${m.n_layer && (m.model || s.model) !== "bigram"
+      ? ` ${m.n_layer}\u00d7${m.n_head}, ${m.n_embd} wide` : ""}`],
     ["params", params(s.params ?? row.params)],
     ["steps", fmt(s.steps ?? row.steps)],
     ["val", val],
@@ -132,12 +134,12 @@ function renderSummary() {
     return c;
   }));
   const dl = $("#details");
-  const skip = new Set(["sample"]);
+  const skip = new Set(["sample"]), plain = new Set(["seed"]);  // an identifier, not a quantity: no separators
   dl.replaceChildren(...Object.entries(s).filter(([k]) => !skip.has(k)).map(([k, v]) => {
     const div = document.createElement("div");
     const dt = document.createElement("dt"), dd = document.createElement("dd");
     dt.textContent = k.replaceAll("_", " ");
-    dd.textContent = typeof v === "object" && v !== null ? JSON.stringify(v) : fmt(v);
+    dd.textContent = typeof v === "object" && v !== null ? JSON.stringify(v) : plain.has(k) ? String(v) : fmt(v);
     dd.title = dd.textContent;
     div.append(dt, dd);
     return div;
