@@ -265,6 +265,8 @@ def test_fine_tuning_on_text_that_shares_no_character_with_the_run_says_so(train
 # ------------------------------------------------------------------- arguments by the rules of the flags
 BAD_ARGUMENTS = {
     "generate-prompt-int": (lambda run, tmp: run.generate(5), "prompt must be a string, got 5"),
+    "generate-more-prompts-than-sampled-together": (lambda run, tmp: run.generate(["a"] * (10 ** 6 + 1)),
+                                                    "the number of prompts (sampled together) must be in [0, 10^6]"),
     "generate-prompt-bytes": (lambda run, tmp: run.generate(b"ab"), "prompt must be a string, got b'ab'"),
     "stream-prompt-int": (lambda run, tmp: run.stream(5), "prompt must be a string"),
     "loss-none": (lambda run, tmp: run.loss(None), "text must be a string, got None"),

@@ -22,7 +22,7 @@ from .config import (DEFAULT_DATA, DEFAULT_RUN, DEFAULT_RUNS_DIR, EVAL_TOKENS, M
 from .errors import (EXIT_FAILURE, ChargptError, ConfigError, TrainingInterrupted, UsageError, exit_code_of, one_line,
                      signal_name)
 from .fsutil import claim_output, read_text
-from .model.sampling import SAMPLING_FIELDS, SamplingParams
+from .model.sampling import MAX_TOGETHER, SAMPLING_FIELDS, SamplingParams
 from .runtime.signals import Terminated, command_signals
 from .schema import check_value, did_you_mean, option, renamed_note, shortened
 
@@ -391,7 +391,7 @@ def _read_prompt_file(flag: str, path: str) -> str:
 # declaration; those the library and the server take too live in config.py (PrepareOptions, ServeOptions).
 @dataclass
 class SampleOptions:
-    num_samples: int = option(1, "samples generated together as one batch", min=1, max=10 ** 6)
+    num_samples: int = option(1, "samples generated together as one batch", min=1, max=MAX_TOGETHER)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from .config import (DEFAULT_RUN, DEFAULT_RUNS_DIR, Config, PrepareOptions, RunO
 from .data.dataset import Dataset, load_dataset
 from .errors import ChargptError, CheckpointError, ConfigError, DataError
 from .runs.rundir import CKPT, SUMMARY, Located, read_metrics
-from .model.sampling import DEFAULTS, SamplingParams, prompt_ids
+from .model.sampling import DEFAULTS, MAX_TOGETHER, SamplingParams, prompt_ids
 from .schema import RENAMED, check, check_value, renamed_note
 from .sweeps.study import DEFAULT_PRUNER
 
@@ -334,6 +334,7 @@ class Run:
         from .model.batchdecode import sample_all
         from .model.engine import Engine
 
+        check("the number of prompts (sampled together)", len(prompts), int, min=0, max=MAX_TOGETHER)
         prompts = [_text(f"prompt[{i}]", p) for i, p in enumerate(prompts)]
         params = SamplingParams.checked(str, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                         top_p=top_p, seed=seed)

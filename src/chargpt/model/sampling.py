@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     import torch
 
 
+MAX_TOGETHER = 10 ** 6  # samples, or prompts, sampled together as one batch: `--num-samples`, a prompts file, a list
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     max_new_tokens: int = option(500, "characters to generate", min=0, max=MAX_BATCH)
